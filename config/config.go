@@ -1,0 +1,326 @@
+// Package config owns walletguard's configuration (CONTRACT §4): the schema,
+// its defaults, strict loading (unknown keys are errors that name the key),
+// ${ENV} expansion and the cross-checks between keys. Other packages receive
+// plain values from here and never read files or the environment themselves.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration. Every field has a default (Default), so
+// an empty file, or none, is a working setup.
+type Config struct {
+	DataDir    string     `yaml:"data_dir"`
+	Kafka      Kafka      `yaml:"kafka"`
+	HTTP       HTTP       `yaml:"http"`
+	ClickHouse ClickHouse `yaml:"clickhouse"`
+	Alerts     Alerts     `yaml:"alerts"`
+	Rules      Rules      `yaml:"rules"`
+	Detector   Detector   `yaml:"detector"`
+	Log        Log        `yaml:"log"`
+}
+
+// Kafka is where events come from and where walletguard's own records go.
+type Kafka struct {
+	// Brokers of an external cluster; empty starts the embedded broker.
+	Brokers        []string `yaml:"brokers"`
+	EmbeddedListen string   `yaml:"embedded_listen"`
+	// EmbeddedPartitions is the partition count of topics the embedded broker creates.
+	EmbeddedPartitions int      `yaml:"embedded_partitions"`
+	Topics             []string `yaml:"topics"`
+	GroupID            string   `yaml:"group_id"`
+	DLQTopic           string   `yaml:"dlq_topic"`
+	DecisionsTopic     string   `yaml:"decisions_topic"`
+	CommandsTopic      string   `yaml:"commands_topic"`
+	// SessionTimeout is the consumer-group session timeout: how long a dead
+	// instance holds its partitions before the group moves them.
+	SessionTimeout Duration `yaml:"session_timeout"`
+	// CommitInterval bounds how long handled offsets wait before they are committed.
+	CommitInterval Duration `yaml:"commit_interval"`
+	// ShutdownTimeout bounds the graceful drain on SIGTERM.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// HTTP is the API and metrics listener.
+type HTTP struct {
+	Listen string  `yaml:"listen"`
+	Tokens []Token `yaml:"tokens"`
+}
+
+// Token is one bearer token and the role it grants.
+type Token struct {
+	Token string `yaml:"token"`
+	Role  string `yaml:"role"`
+}
+
+// Roles a token may hold (CONTRACT §3).
+var Roles = []string{"viewer", "support", "gateway", "admin"}
+
+// ClickHouse is the analytics sink; an empty Addr disables it.
+type ClickHouse struct {
+	Addr     string `yaml:"addr"`
+	Database string `yaml:"database"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// Alerts configures support-alert delivery.
+type Alerts struct {
+	Webhooks []Webhook `yaml:"webhooks"`
+}
+
+// Webhook is one support-alert receiver.
+type Webhook struct {
+	URL    string `yaml:"url"`
+	Secret string `yaml:"secret"`
+}
+
+// Rules says where rule files come from.
+type Rules struct {
+	// Paths of rule files or directories; empty means the built-in packs.
+	Paths []string `yaml:"paths"`
+	// Watch reloads rule files when they change on disk.
+	Watch bool `yaml:"watch"`
+}
+
+// Detector tunes scoring and state.
+type Detector struct {
+	// AllowedLateness is how far behind the newest event time an event may
+	// arrive and still be placed in its windows; the watermark trails the
+	// newest event time by this much.
+	AllowedLateness Duration `yaml:"allowed_lateness"`
+	// IdleExpiry drops the state of accounts and entities not seen for this long (event time).
+	IdleExpiry Duration `yaml:"idle_expiry"`
+	// CheckpointInterval is how often state, timers and offsets are saved together.
+	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+	// Thresholds map a 0–100 score to an action.
+	Thresholds Thresholds `yaml:"thresholds"`
+	// AllowList accounts are never frozen automatically.
+	AllowList []string `yaml:"allow_list"`
+}
+
+// Thresholds are the lowest scores that lead to each action.
+type Thresholds struct {
+	Review int `yaml:"review"`
+	StepUp int `yaml:"step_up"`
+	Freeze int `yaml:"freeze"`
+}
+
+// Log selects the log format and level.
+type Log struct {
+	Format string `yaml:"format"` // json or text; empty picks per command
+	Level  string `yaml:"level"`  // debug, info, warn, error
+}
+
+// Duration is a time.Duration written as "10s", "5m" in YAML.
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back in Go syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Default is the configuration used when a key is absent.
+func Default() Config {
+	return Config{
+		DataDir: "./walletguard-data",
+		Kafka: Kafka{
+			EmbeddedListen:     "127.0.0.1:9092",
+			EmbeddedPartitions: 8,
+			Topics:             []string{"wallet.events"},
+			GroupID:            "walletguard",
+			DLQTopic:           "walletguard.dlq",
+			DecisionsTopic:     "walletguard.decisions",
+			CommandsTopic:      "walletguard.account-commands",
+			SessionTimeout:     Duration(10 * time.Second),
+			CommitInterval:     Duration(time.Second),
+			ShutdownTimeout:    Duration(15 * time.Second),
+		},
+		HTTP: HTTP{
+			Listen: "127.0.0.1:8080",
+			Tokens: []Token{{Token: "change-me", Role: "admin"}},
+		},
+		ClickHouse: ClickHouse{Database: "walletguard", Username: "default"},
+		Detector: Detector{
+			AllowedLateness:    Duration(5 * time.Minute),
+			IdleExpiry:         Duration(30 * 24 * time.Hour),
+			CheckpointInterval: Duration(5 * time.Second),
+			Thresholds:         Thresholds{Review: 40, StepUp: 60, Freeze: 85},
+		},
+	}
+}
+
+// Load reads and validates a config file; an empty path yields the defaults.
+func Load(path string) (Config, error) {
+	if path == "" {
+		c := Default()
+		return c, c.Validate()
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// Parse decodes YAML over the defaults, strictly, then validates.
+func Parse(b []byte) (Config, error) {
+	c := Default()
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return Config{}, fmt.Errorf("parse yaml: %w", err)
+	}
+	if len(root.Content) == 0 { // empty document: all defaults
+		return c, c.Validate()
+	}
+	var missing []string
+	expandEnv(&root, &missing)
+	if len(missing) > 0 {
+		return Config{}, fmt.Errorf("environment variables not set: %s", strings.Join(missing, ", "))
+	}
+	if err := checkKeys(root.Content[0], "", typeOfConfig); err != nil {
+		return Config{}, err
+	}
+	if err := root.Content[0].Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("decode: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// expandEnv replaces ${NAME} in scalar values with the environment's value,
+// collecting the names that are not set.
+func expandEnv(n *yaml.Node, missing *[]string) {
+	if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "${") {
+		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
+			name := ref[2 : len(ref)-1]
+			v, ok := os.LookupEnv(name)
+			if !ok {
+				*missing = append(*missing, name)
+			}
+			return v
+		})
+		// Let the expanded text resolve as if written in place, so a number
+		// from the environment can fill an integer key.
+		n.Tag, n.Style = "", 0
+	}
+	for _, c := range n.Content {
+		expandEnv(c, missing)
+	}
+}
+
+// Validate checks values and the relations between them.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.DataDir == "" {
+		bad("data_dir: must not be empty")
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		if _, _, err := net.SplitHostPort(c.Kafka.EmbeddedListen); err != nil {
+			bad("kafka.embedded_listen: %q is not host:port", c.Kafka.EmbeddedListen)
+		}
+	}
+	if c.Kafka.EmbeddedPartitions < 1 || c.Kafka.EmbeddedPartitions > 1024 {
+		bad("kafka.embedded_partitions: %d is not between 1 and 1024", c.Kafka.EmbeddedPartitions)
+	}
+	if len(c.Kafka.Topics) == 0 {
+		bad("kafka.topics: at least one topic is needed")
+	}
+	for name, v := range map[string]string{"group_id": c.Kafka.GroupID, "dlq_topic": c.Kafka.DLQTopic,
+		"decisions_topic": c.Kafka.DecisionsTopic, "commands_topic": c.Kafka.CommandsTopic} {
+		if v == "" {
+			bad("kafka.%s: must not be empty", name)
+		}
+	}
+	if c.Kafka.SessionTimeout.D() < time.Second {
+		bad("kafka.session_timeout: %s is below 1s", c.Kafka.SessionTimeout.D())
+	}
+	if c.Kafka.CommitInterval.D() <= 0 || c.Kafka.ShutdownTimeout.D() <= 0 {
+		bad("kafka.commit_interval and kafka.shutdown_timeout must be positive")
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		bad("http.listen: %q is not host:port", c.HTTP.Listen)
+	}
+	seen := map[string]bool{}
+	for i, t := range c.HTTP.Tokens {
+		if t.Token == "" {
+			bad("http.tokens[%d].token: must not be empty", i)
+		}
+		if seen[t.Token] {
+			bad("http.tokens[%d].token: the same token is listed twice", i)
+		}
+		seen[t.Token] = true
+		if !validRole(t.Role) {
+			bad("http.tokens[%d].role: %q is not one of %s", i, t.Role, strings.Join(Roles, ", "))
+		}
+	}
+	if c.ClickHouse.Addr != "" && c.ClickHouse.Database == "" {
+		bad("clickhouse.database: must not be empty when clickhouse.addr is set")
+	}
+	for i, w := range c.Alerts.Webhooks {
+		if !strings.HasPrefix(w.URL, "http://") && !strings.HasPrefix(w.URL, "https://") {
+			bad("alerts.webhooks[%d].url: %q is not an http(s) URL", i, w.URL)
+		}
+		if w.Secret == "" {
+			bad("alerts.webhooks[%d].secret: must not be empty (alerts are signed)", i)
+		}
+	}
+	d := c.Detector
+	if d.AllowedLateness.D() < 0 || d.IdleExpiry.D() <= 0 || d.CheckpointInterval.D() <= 0 {
+		bad("detector: allowed_lateness must be ≥ 0, idle_expiry and checkpoint_interval > 0")
+	}
+	th := d.Thresholds
+	if !(0 < th.Review && th.Review <= th.StepUp && th.StepUp <= th.Freeze && th.Freeze <= 100) {
+		bad("detector.thresholds: need 0 < review (%d) ≤ step_up (%d) ≤ freeze (%d) ≤ 100", th.Review, th.StepUp, th.Freeze)
+	}
+	switch c.Log.Format {
+	case "", "json", "text":
+	default:
+		bad("log.format: %q is not json or text", c.Log.Format)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+func validRole(r string) bool {
+	for _, v := range Roles {
+		if v == r {
+			return true
+		}
+	}
+	return false
+}

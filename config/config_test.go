@@ -1,0 +1,105 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNoFileIsAWorkingSetup(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kafka.EmbeddedListen != "127.0.0.1:9092" || c.HTTP.Listen != "127.0.0.1:8080" || c.Kafka.Topics[0] != "wallet.events" ||
+		c.Kafka.DLQTopic != "walletguard.dlq" || c.ClickHouse.Database != "walletguard" {
+		t.Fatalf("defaults differ from CONTRACT §4: %+v", c)
+	}
+	if c, err := Parse([]byte("# nothing\n")); err != nil || c.Kafka.GroupID != "walletguard" {
+		t.Fatalf("empty document: %v", err)
+	}
+}
+
+func TestContractExampleParses(t *testing.T) {
+	t.Setenv("WG_SECRET", "from-env")
+	t.Setenv("WG_PARTS", "3")
+	doc := `
+data_dir: /var/lib/walletguard
+kafka:
+  brokers: [k1:9092, k2:9092]
+  embedded_listen: 127.0.0.1:9092
+  embedded_partitions: ${WG_PARTS}
+  topics: [wallet.events, wallet.events.eu]
+  group_id: walletguard
+  session_timeout: 12s
+http:
+  listen: 127.0.0.1:8080
+  tokens:
+    - {token: "change-me", role: admin}
+    - {token: "${WG_SECRET}", role: gateway}
+clickhouse:
+  addr: ""
+  database: walletguard
+alerts:
+  webhooks:
+    - {url: "http://127.0.0.1:9099/hook", secret: "s3cret"}
+rules:
+  paths: []
+`
+	c, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTP.Tokens[1].Token != "from-env" || c.Kafka.EmbeddedPartitions != 3 || c.Kafka.SessionTimeout.D() != 12*time.Second {
+		t.Fatalf("parsed wrong: %+v", c)
+	}
+	if len(c.Kafka.Topics) != 2 || c.Alerts.Webhooks[0].Secret != "s3cret" {
+		t.Fatalf("parsed wrong: %+v", c)
+	}
+}
+
+func TestStrictErrorsNameTheKey(t *testing.T) {
+	cases := map[string]string{
+		"kafka:\n  brokerz: [x]\n":                         `"kafka.brokerz"`,
+		"http:\n  tokens:\n    - {token: a, rol: admin}\n": `"http.tokens[0].rol"`,
+		"datadir: x\n": `"datadir"`,
+		"http:\n  tokens:\n    - {token: a, role: root}\n":                 "http.tokens[0].role",
+		"kafka:\n  session_timeout: soon\n":                                "duration",
+		"detector:\n  thresholds: {review: 90, step_up: 60, freeze: 85}\n": "detector.thresholds",
+		"alerts:\n  webhooks:\n    - {url: ftp://x}\n":                     "alerts.webhooks[0].url",
+		"http:\n  listen: ${WG_NOT_SET_ANYWHERE}\n":                        "WG_NOT_SET_ANYWHERE",
+		"kafka: [1, 2]\n": "decode",
+	}
+	for doc, want := range cases {
+		_, err := Parse([]byte(doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %s", doc, err, want)
+		}
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "wg.yaml")
+	if err := os.WriteFile(p, []byte("nope: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("error %v does not name %s", err, p)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("kafka:\n  brokers: [a:1]\n"))
+	f.Add([]byte("http: {tokens: [{token: x, role: admin}]}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err == nil {
+			if verr := c.Validate(); verr != nil {
+				t.Fatalf("Parse accepted an invalid config: %v", verr)
+			}
+		}
+	})
+}
