@@ -1,0 +1,72 @@
+package ingest
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// EmbeddedBroker is an in-process, single-node Kafka-protocol broker for
+// development, demos and tests. Any Kafka client can reach it on its address.
+// It keeps its log in a directory but does not fsync every write, so recent
+// messages may be lost if the process dies; it is not for production.
+type EmbeddedBroker struct {
+	cluster *kfake.Cluster
+	addr    string
+}
+
+// StartEmbedded starts the broker on listen (host:port; port 0 picks one) with
+// the given topics created up front. dir, when not empty, keeps the broker's
+// log there across restarts.
+func StartEmbedded(listen, dir string, partitions int, topics []string, log *slog.Logger) (*EmbeddedBroker, error) {
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker listen %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker listen %q: bad port: %w", listen, err)
+	}
+	if port == 0 {
+		// kfake treats port 0 as "choose one", but on its own fixed host;
+		// pick the port here so that host and port are both ours.
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("embedded broker: pick a port on %s: %w", host, err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+	}
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+		}),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(partitions),
+		kfake.SeedTopics(int32(partitions), topics...),
+		kfake.GroupMinSessionTimeout(kafkaMinSession),
+	}
+	if dir != "" {
+		opts = append(opts, kfake.DataDir(dir))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded broker on %s: %w", listen, err)
+	}
+	addrs := c.ListenAddrs()
+	b := &EmbeddedBroker{cluster: c, addr: addrs[0]}
+	log.Warn("embedded Kafka broker started: for development only; messages not yet flushed are lost if the process dies",
+		"addr", b.addr, "topics", topics, "partitions", partitions, "dir", dir)
+	return b, nil
+}
+
+// Addr is the broker's host:port.
+func (b *EmbeddedBroker) Addr() string { return b.addr }
+
+// Close stops the broker; clients connected to it see their connections drop.
+func (b *EmbeddedBroker) Close() { b.cluster.Close() }

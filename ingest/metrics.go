@@ -1,0 +1,70 @@
+package ingest
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/walletguard/walletguard/event"
+)
+
+// Metrics are ingest's Prometheus series. Label values are bounded: event
+// types and rejection reasons are closed sets, partitions are few.
+type Metrics struct {
+	Consumed     *prometheus.CounterVec
+	Rejected     *prometheus.CounterVec
+	DeadLettered prometheus.Counter
+	Duplicates   prometheus.Counter
+	Lag          *prometheus.GaugeVec
+	Commits      prometheus.Counter
+	CommitErrors prometheus.Counter
+	ProduceErrs  *prometheus.CounterVec
+	Latency      prometheus.Histogram
+}
+
+// NewMetrics registers ingest's series on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		Consumed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_events_consumed_total", Help: "Valid events consumed, by event type.",
+		}, []string{"type"}),
+		Rejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_events_rejected_total", Help: "Events rejected as invalid, by reason.",
+		}, []string{"reason"}),
+		DeadLettered: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_events_dead_lettered_total", Help: "Rejected events written to the dead-letter topic.",
+		}),
+		Duplicates: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_events_duplicate_total", Help: "Events skipped because their event_id was already handled.",
+		}),
+		Lag: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "walletguard_consumer_lag", Help: "Messages between the last fetched offset and the partition's high watermark.",
+		}, []string{"topic", "partition"}),
+		Commits: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_offset_commits_total", Help: "Successful consumer-group offset commits.",
+		}),
+		CommitErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_offset_commit_errors_total", Help: "Failed consumer-group offset commits (retried).",
+		}),
+		ProduceErrs: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_produce_errors_total", Help: "Failed writes of walletguard's own records to Kafka (retried), by stream.",
+		}, []string{"stream"}),
+		Latency: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "walletguard_event_processing_seconds",
+			Help:    "Time from an event's arrival at walletguard to its outputs being durable.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}),
+	}
+	for _, t := range event.Types() {
+		m.Consumed.WithLabelValues(t.String())
+	}
+	for _, r := range event.Reasons() {
+		m.Rejected.WithLabelValues(string(r))
+	}
+	return m
+}
+
+// partitionLabel bounds the label to a number; partitions are few per topic.
+func (m *Metrics) partitionLabel(p int) string { return strconv.Itoa(p) }

@@ -1,0 +1,106 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Message is one record to produce; Topic must be set.
+type Message = kafka.Message
+
+// Header is a Kafka record header.
+type Header = kafka.Header
+
+// Producer writes walletguard's own records (decisions, account commands,
+// dead letters). Writes are synchronous and retried until they succeed or the
+// context ends, so a caller that marks offsets after Write never marks an
+// event whose outputs are not in Kafka.
+type Producer struct {
+	w       *kafka.Writer
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// NewProducer makes a producer for the brokers.
+func NewProducer(brokers []string, m *Metrics, log *slog.Logger) *Producer {
+	return &Producer{
+		w: &kafka.Writer{
+			Addr: kafka.TCP(brokers...),
+			// Murmur2 places keys on the same partitions as Java clients do,
+			// so an account's commands stay ordered for any consumer.
+			Balancer:               &kafka.Murmur2Balancer{},
+			BatchSize:              10000,
+			BatchBytes:             16 << 20,
+			BatchTimeout:           2 * time.Millisecond,
+			RequiredAcks:           kafka.RequireAll,
+			AllowAutoTopicCreation: true,
+			MaxAttempts:            3,
+			WriteBackoffMin:        50 * time.Millisecond,
+			WriteBackoffMax:        time.Second,
+		},
+		log: log, metrics: m,
+	}
+}
+
+// Write produces msgs, retrying failed ones with backoff until all are
+// acknowledged or ctx is done. stream names the kind of record for metrics
+// ("decisions", "commands", "dlq").
+func (p *Producer) Write(ctx context.Context, stream string, msgs []Message) error {
+	backoff := 100 * time.Millisecond
+	var lastErr string
+	for len(msgs) > 0 {
+		err := p.w.WriteMessages(ctx, msgs...)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("write %s: %w", stream, ctx.Err())
+		}
+		p.metrics.ProduceErrs.WithLabelValues(stream).Inc()
+		var werrs kafka.WriteErrors
+		if errors.As(err, &werrs) && len(werrs) == len(msgs) {
+			failed := msgs[:0:0]
+			for i, e := range werrs {
+				if e != nil {
+					failed = append(failed, msgs[i])
+				}
+			}
+			msgs = failed
+		}
+		if s := err.Error(); s != lastErr { // log when the error changes, not on every try
+			p.log.Warn("produce failed; retrying", "stream", stream, "pending", len(msgs), "err", err)
+			lastErr = s
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("write %s: %w", stream, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+	return nil
+}
+
+// Close flushes and closes the writer.
+func (p *Producer) Close() error { return p.w.Close() }
+
+// DeadLetter builds the dead-letter record for a rejected record: the original
+// key and bytes, and why, in headers a human can read with kcat.
+func DeadLetter(topic string, r *Record, reason, detail string) Message {
+	return Message{
+		Topic: topic,
+		Key:   r.Key,
+		Value: r.Value,
+		Headers: []Header{
+			{Key: "walletguard-reject-reason", Value: []byte(reason)},
+			{Key: "walletguard-reject-detail", Value: []byte(detail)},
+			{Key: "walletguard-source", Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
+			{Key: "walletguard-rejected-at", Value: []byte(r.Arrived.UTC().Format(time.RFC3339Nano))},
+		},
+	}
+}

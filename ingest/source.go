@@ -1,0 +1,332 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/event"
+)
+
+const kafkaMinSession = time.Second
+
+// Record is one consumed message, decoded. Exactly one of Event and Err is
+// meaningful: Err is the rejection (an *event.RejectError) for bad input.
+type Record struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Arrived   time.Time
+	Event     event.Event
+	Err       error
+}
+
+// SourceConfig configures a Source.
+type SourceConfig struct {
+	Brokers        []string
+	Topics         []string
+	GroupID        string
+	SessionTimeout time.Duration
+	CommitInterval time.Duration
+	// StartOffset, when set, overrides the group's committed offset for a
+	// partition: the detector resumes from its own checkpoint, which may be
+	// ahead of the last commit. It returns the next offset to read.
+	StartOffset func(topic string, partition int) (int64, bool)
+	Now         func() time.Time
+}
+
+// Source consumes the event topics as a member of a consumer group, one
+// fetcher per assigned partition. It is at-least-once: offsets are committed
+// only up to what the consumer has reported handled with MarkHandled, and a
+// partition's records reach the Records channel in offset order.
+type Source struct {
+	cfg     SourceConfig
+	log     *slog.Logger
+	metrics *Metrics
+	out     chan Record
+
+	mu       sync.Mutex
+	cg       *kafka.ConsumerGroup
+	gen      *kafka.Generation
+	release  chan struct{}
+	handled  map[topicPartition]int64 // next offset to commit
+	commited map[topicPartition]int64
+	ready    bool
+	assigned map[topicPartition]bool
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+// NewSource makes a Source; Run starts it.
+func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Source{
+		cfg: cfg, log: log, metrics: m,
+		out:      make(chan Record, 8192),
+		handled:  map[topicPartition]int64{},
+		commited: map[topicPartition]int64{},
+		assigned: map[topicPartition]bool{},
+	}
+}
+
+// Records is the stream of consumed records. It is closed when Run returns.
+func (s *Source) Records() <-chan Record { return s.out }
+
+// Ready reports whether the source has joined its group and is fetching.
+func (s *Source) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready
+}
+
+// Run joins the group and fetches until ctx is cancelled, across rebalances.
+// When it returns, no fetcher is running and Records is closed; committing
+// what was handled after that is Close's job.
+func (s *Source) Run(ctx context.Context) error {
+	defer close(s.out)
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                     s.cfg.GroupID,
+		Brokers:                s.cfg.Brokers,
+		Topics:                 s.cfg.Topics,
+		SessionTimeout:         s.cfg.SessionTimeout,
+		HeartbeatInterval:      s.cfg.SessionTimeout / 5,
+		RebalanceTimeout:       s.cfg.SessionTimeout,
+		JoinGroupBackoff:       time.Second,
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: 10 * time.Second,
+		StartOffset:            kafka.FirstOffset,
+		Logger:                 nil,
+		ErrorLogger:            kafka.LoggerFunc(func(msg string, args ...any) { s.log.Debug("kafka group", "msg", fmt.Sprintf(msg, args...)) }),
+	})
+	if err != nil {
+		return fmt.Errorf("consumer group %s: %w", s.cfg.GroupID, err)
+	}
+	s.mu.Lock()
+	s.cg = cg
+	s.mu.Unlock()
+
+	commitTick := time.NewTicker(s.cfg.CommitInterval)
+	defer commitTick.Stop()
+	for {
+		gen, err := cg.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("consumer group join failed; retrying", "group", s.cfg.GroupID, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		s.runGeneration(ctx, gen, commitTick.C)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// runGeneration fetches the generation's partitions until it ends or ctx is
+// cancelled, committing handled offsets on every tick. On cancel it keeps the
+// generation alive (kafka-go ends a generation as soon as one of its Start
+// functions returns) so that Close can still commit what is drained after
+// fetching stopped.
+func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick <-chan time.Time) {
+	s.mu.Lock()
+	s.gen = gen
+	s.assigned = map[topicPartition]bool{}
+	var parts int
+	for topic, as := range gen.Assignments {
+		for _, a := range as {
+			s.assigned[topicPartition{topic, a.ID}] = true
+			parts++
+		}
+	}
+	s.ready = true
+	s.mu.Unlock()
+	s.log.Info("joined consumer group", "group", s.cfg.GroupID, "generation", gen.ID, "partitions", parts)
+
+	genEnded := make(chan struct{})
+	release := make(chan struct{})
+	s.mu.Lock()
+	s.release = release
+	s.mu.Unlock()
+	gen.Start(func(genCtx context.Context) {
+		select {
+		case <-genCtx.Done():
+			close(genEnded)
+		case <-release:
+		}
+	})
+
+	fetchCtx, stopFetch := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-genEnded:
+			stopFetch()
+		case <-fetchCtx.Done():
+		}
+	}()
+	var wg sync.WaitGroup
+	for topic, as := range gen.Assignments {
+		for _, a := range as {
+			start := a.Offset
+			if s.cfg.StartOffset != nil {
+				if off, ok := s.cfg.StartOffset(topic, a.ID); ok {
+					start = off
+				}
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.fetchPartition(fetchCtx, topic, a.ID, start)
+			}()
+		}
+	}
+	for {
+		select {
+		case <-tick:
+			s.commit()
+		case <-genEnded:
+			stopFetch()
+			wg.Wait()
+			s.commit() // best effort: the group may already refuse this generation
+			s.mu.Lock()
+			s.ready = false
+			s.mu.Unlock()
+			return
+		case <-ctx.Done():
+			stopFetch()
+			wg.Wait()
+			return
+		}
+	}
+}
+
+func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64) {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:   s.cfg.Brokers,
+		Topic:     topic,
+		Partition: partition,
+		MinBytes:  1,
+		MaxBytes:  16 << 20,
+		MaxWait:   200 * time.Millisecond,
+		// Our own retries below; kafka-go's reader retries fetch errors itself.
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			s.log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
+		}),
+	})
+	defer r.Close()
+	if err := r.SetOffset(start); err != nil {
+		s.log.Error("set start offset", "topic", topic, "partition", partition, "offset", start, "err", err)
+		return
+	}
+	s.log.Debug("fetching partition", "topic", topic, "partition", partition, "from", start)
+	pl := s.metrics.partitionLabel(partition)
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+				return
+			}
+			s.log.Warn("fetch failed; retrying", "topic", topic, "partition", partition, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
+		now := s.cfg.Now()
+		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now}
+		rec.Event, rec.Err = event.Decode(m.Value, now)
+		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 {
+			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
+		}
+		select {
+		case s.out <- rec:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// MarkHandled records that every record of the partition up to and including
+// offset has been fully handled (its effects are durable), so the next commit
+// may include it. Calls for one partition must come in offset order.
+func (s *Source) MarkHandled(topic string, partition int, offset int64) {
+	s.mu.Lock()
+	tp := topicPartition{topic, partition}
+	if offset+1 > s.handled[tp] {
+		s.handled[tp] = offset + 1
+	}
+	s.mu.Unlock()
+}
+
+// commit sends handled-but-uncommitted offsets of the partitions this member
+// holds. A failed commit is retried on the next tick: the offsets stay marked.
+func (s *Source) commit() {
+	s.mu.Lock()
+	gen := s.gen
+	offsets := map[string]map[int]int64{}
+	for tp, off := range s.handled {
+		if !s.assigned[tp] || s.commited[tp] == off {
+			continue
+		}
+		if offsets[tp.topic] == nil {
+			offsets[tp.topic] = map[int]int64{}
+		}
+		offsets[tp.topic][tp.partition] = off
+	}
+	s.mu.Unlock()
+	if gen == nil || len(offsets) == 0 {
+		return
+	}
+	if err := gen.CommitOffsets(offsets); err != nil {
+		s.metrics.CommitErrors.Inc()
+		s.log.Warn("offset commit failed; will retry", "err", err)
+		return
+	}
+	s.metrics.Commits.Inc()
+	s.mu.Lock()
+	for topic, ps := range offsets {
+		for p, off := range ps {
+			s.commited[topicPartition{topic, p}] = off
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Close commits what was handled and leaves the group. Call it after Run has
+// returned and the consumer of Records has marked everything it finished.
+func (s *Source) Close() error {
+	s.commit()
+	s.mu.Lock()
+	cg, release := s.cg, s.release
+	s.release = nil
+	s.mu.Unlock()
+	if release != nil {
+		close(release)
+	}
+	if cg == nil {
+		return nil
+	}
+	if err := cg.Close(); err != nil {
+		return fmt.Errorf("leave consumer group: %w", err)
+	}
+	return nil
+}
