@@ -1,0 +1,511 @@
+package detector
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+	"unsafe"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/event"
+)
+
+// layoutVersion changes whenever a checkpointed struct changes shape; a
+// checkpoint of another layout is set aside rather than misread.
+const layoutVersion = 1
+
+var (
+	bMeta      = []byte("meta")
+	bAccounts  = []byte("accounts")
+	bDevices   = []byte("devices")
+	bIPs       = []byte("ips")
+	bPayees    = []byte("payees")
+	bMerchants = []byte("merchants")
+	bChains    = []byte("chains")
+	bTimers    = []byte("timers")
+)
+
+// Offsets are the next offsets to read, per topic and partition.
+type Offsets map[string]map[int]int64
+
+// Store is the embedded store (bbolt) that holds checkpoints.
+type Store struct {
+	db *bolt.DB
+}
+
+// OpenStore opens (creating) the checkpoint store in dir.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	path := filepath.Join(dir, "detector.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("open state store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the underlying database for other packages' buckets.
+func (s *Store) DB() *bolt.DB { return s.db }
+
+// raw views a pointer-free fixed-size value as bytes. Only used on types the
+// tests prove hold no pointers.
+func raw[T any](v *T) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
+}
+
+func fromRaw[T any](b []byte, v *T) error {
+	if len(b) != int(unsafe.Sizeof(*v)) {
+		return fmt.Errorf("state row is %d bytes, want %d", len(b), unsafe.Sizeof(*v))
+	}
+	copy(raw(v), b)
+	return nil
+}
+
+func k8(k uint64) []byte { return binary.BigEndian.AppendUint64(nil, k) }
+
+// Checkpoint writes every state change since the last checkpoint, all timers
+// and the given offsets in one transaction: after a crash, the state on disk
+// and the offsets to resume from always belong together.
+func (e *Engine) Checkpoint(s *Store, offsets Offsets) (time.Duration, error) {
+	start := time.Now()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := putRows(tx, bAccounts, e.accounts, func(r *account) []byte { return raw(r) }); err != nil {
+			return err
+		}
+		if err := putRows(tx, bDevices, e.devices, func(r *deviceState) []byte { return raw(r) }); err != nil {
+			return err
+		}
+		if err := putRows(tx, bPayees, e.payees, func(r *payeeState) []byte { return raw(r) }); err != nil {
+			return err
+		}
+		if err := putRows(tx, bIPs, e.ips, encodeIP); err != nil {
+			return err
+		}
+		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
+			for k, m := range e.merchants {
+				if err := b.Put(k8(k), encodeMerchant(m)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := rewrite(tx, bChains, func(b *bolt.Bucket) error {
+			for k, c := range e.chains {
+				if err := b.Put(k8(k), encodeChain(c)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := rewrite(tx, bTimers, func(b *bolt.Bucket) error {
+			for _, t := range e.timers {
+				if t.cancelled {
+					continue
+				}
+				v, err := encodeTimer(t)
+				if err != nil {
+					return err
+				}
+				if err := b.Put(binary.BigEndian.AppendUint64(nil, t.seq), v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bMeta)
+		if err != nil {
+			return err
+		}
+		ob, err := json.Marshal(offsets)
+		if err != nil {
+			return err
+		}
+		var m [4 * 8]byte
+		binary.LittleEndian.PutUint64(m[0:], layoutVersion)
+		binary.LittleEndian.PutUint64(m[8:], uint64(e.maxTS))
+		binary.LittleEndian.PutUint64(m[16:], uint64(e.lastSweep))
+		binary.LittleEndian.PutUint64(m[24:], e.timerSeq)
+		if err := meta.Put([]byte("engine"), m[:]); err != nil {
+			return err
+		}
+		return meta.Put([]byte("offsets"), ob)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	return time.Since(start), nil
+}
+
+func putRows[T any](tx *bolt.Tx, name []byte, t *table[T], enc func(*T) []byte) error {
+	b, err := tx.CreateBucketIfNotExists(name)
+	if err != nil {
+		return err
+	}
+	type kv struct {
+		k uint64
+		v []byte
+	}
+	var rows []kv
+	var gone []uint64
+	t.drain(func(k uint64, r *T) {
+		rows = append(rows, kv{k, slices.Clone(enc(r))})
+	}, func(k uint64) { gone = append(gone, k) })
+	// Sorted keys fill B+tree pages in order: far fewer page splits.
+	slices.SortFunc(rows, func(a, b kv) int {
+		switch {
+		case a.k < b.k:
+			return -1
+		case a.k > b.k:
+			return 1
+		}
+		return 0
+	})
+	for _, r := range rows {
+		if err := b.Put(k8(r.k), r.v); err != nil {
+			return err
+		}
+	}
+	for _, k := range gone {
+		if err := b.Delete(k8(k)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func rewrite(tx *bolt.Tx, name []byte, fill func(*bolt.Bucket) error) error {
+	if tx.Bucket(name) != nil {
+		if err := tx.DeleteBucket(name); err != nil {
+			return err
+		}
+	}
+	b, err := tx.CreateBucket(name)
+	if err != nil {
+		return err
+	}
+	return fill(b)
+}
+
+// Restore loads the last checkpoint into an empty engine and returns the
+// offsets it was taken at (nil if there is none).
+func (e *Engine) Restore(s *Store) (Offsets, error) {
+	var offsets Offsets
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bMeta)
+		if meta == nil {
+			return nil
+		}
+		m := meta.Get([]byte("engine"))
+		if len(m) != 32 {
+			return errors.New("checkpoint metadata is damaged")
+		}
+		if v := binary.LittleEndian.Uint64(m[0:]); v != layoutVersion {
+			return fmt.Errorf("checkpoint layout %d is not this build's %d", v, layoutVersion)
+		}
+		e.maxTS = uint32(binary.LittleEndian.Uint64(m[8:]))
+		e.lastSweep = uint32(binary.LittleEndian.Uint64(m[16:]))
+		e.timerSeq = binary.LittleEndian.Uint64(m[24:])
+		if err := json.Unmarshal(meta.Get([]byte("offsets")), &offsets); err != nil {
+			return fmt.Errorf("checkpoint offsets: %w", err)
+		}
+		if err := loadRows(tx, bAccounts, e.accounts, fromRaw[account]); err != nil {
+			return err
+		}
+		if err := loadRows(tx, bDevices, e.devices, fromRaw[deviceState]); err != nil {
+			return err
+		}
+		if err := loadRows(tx, bPayees, e.payees, fromRaw[payeeState]); err != nil {
+			return err
+		}
+		if err := loadRows(tx, bIPs, e.ips, decodeIP); err != nil {
+			return err
+		}
+		if b := tx.Bucket(bMerchants); b != nil {
+			if err := b.ForEach(func(k, v []byte) error {
+				m, err := decodeMerchant(v, e.intern)
+				if err != nil {
+					return err
+				}
+				e.merchants[binary.BigEndian.Uint64(k)] = m
+				return nil
+			}); err != nil {
+				return fmt.Errorf("merchants: %w", err)
+			}
+		}
+		if b := tx.Bucket(bChains); b != nil {
+			if err := b.ForEach(func(k, v []byte) error {
+				c, err := decodeChain(v, e.intern)
+				if err != nil {
+					return err
+				}
+				e.chains[binary.BigEndian.Uint64(k)] = c
+				return nil
+			}); err != nil {
+				return fmt.Errorf("payments: %w", err)
+			}
+		}
+		if b := tx.Bucket(bTimers); b != nil {
+			if err := b.ForEach(func(k, v []byte) error {
+				t, err := decodeTimer(v)
+				if err != nil {
+					return err
+				}
+				t.seq = binary.BigEndian.Uint64(k)
+				e.timers = append(e.timers, t)
+				e.byAccount[t.account] = append(e.byAccount[t.account], t)
+				return nil
+			}); err != nil {
+				return fmt.Errorf("timers: %w", err)
+			}
+			for i, t := range e.timers {
+				t.index = i
+			}
+			heapInit(&e.timers)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore checkpoint: %w", err)
+	}
+	e.updateGauges()
+	return offsets, nil
+}
+
+func loadRows[T any](tx *bolt.Tx, name []byte, t *table[T], dec func([]byte, *T) error) error {
+	b := tx.Bucket(name)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		var row T
+		if err := dec(v, &row); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		t.put(binary.BigEndian.Uint64(k), row)
+		return nil
+	})
+}
+
+// ipFlat is ipState without its pointer, for encoding.
+type ipFlat struct {
+	first, last uint32
+	logins10m   win
+	fails10m    win
+	accounts    [4]seen
+}
+
+func encodeIP(s *ipState) []byte {
+	f := ipFlat{s.first, s.last, s.logins10m, s.fails10m, s.accounts}
+	out := append([]byte(nil), raw(&f)...)
+	if s.failed != nil {
+		out = append(out, raw(s.failed)...)
+	}
+	return out
+}
+
+func decodeIP(b []byte, s *ipState) error {
+	var f ipFlat
+	n := int(unsafe.Sizeof(f))
+	if len(b) < n {
+		return errors.New("ip row too short")
+	}
+	if err := fromRaw(b[:n], &f); err != nil {
+		return err
+	}
+	*s = ipState{first: f.first, last: f.last, logins10m: f.logins10m, fails10m: f.fails10m, accounts: f.accounts}
+	if len(b) > n {
+		s.failed = new([64]seen)
+		return fromRaw(b[n:], s.failed)
+	}
+	return nil
+}
+
+// wbuf and rbuf are a minimal length-prefixed encoding for the few state
+// types that hold strings.
+type wbuf []byte
+
+func (w *wbuf) u64(v uint64) { *w = binary.AppendUvarint(*w, v) }
+func (w *wbuf) str(s string) { w.u64(uint64(len(s))); *w = append(*w, s...) }
+func (w *wbuf) f64(v float64) {
+	*w = binary.LittleEndian.AppendUint64(*w, math.Float64bits(v))
+}
+
+type rbuf struct {
+	b   []byte
+	err error
+}
+
+func (r *rbuf) u64() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated state row")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *rbuf) str(intern func(string) string) string {
+	n := r.u64()
+	if r.err != nil || uint64(len(r.b)) < n {
+		r.err = errors.New("truncated state row")
+		return ""
+	}
+	s := intern(string(r.b[:n]))
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *rbuf) f64() float64 {
+	if r.err != nil || len(r.b) < 8 {
+		r.err = errors.New("truncated state row")
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(r.b))
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *rbuf) win() win {
+	return win{start: uint32(r.u64()), cur: uint32(r.u64()), prev: uint32(r.u64())}
+}
+
+func (w *wbuf) win(x win) { w.u64(uint64(x.start)); w.u64(uint64(x.cur)); w.u64(uint64(x.prev)) }
+
+func encodeMerchant(m *merchantState) []byte {
+	var w wbuf
+	w.u64(uint64(m.first))
+	w.u64(uint64(m.last))
+	w.win(m.attempts10m)
+	w.win(m.failures10m)
+	w.f64(float64(m.baseline))
+	w.u64(uint64(m.baseN))
+	w.u64(uint64(m.bucket))
+	w.u64(uint64(m.bAttempts))
+	w.u64(uint64(m.bFailures))
+	for _, s := range m.failing {
+		w.u64(uint64(s.key))
+		w.u64(uint64(s.last))
+	}
+	for _, e := range m.errCodes {
+		w.str(e.code)
+		w.u64(uint64(e.n))
+		w.u64(uint64(e.bucket))
+	}
+	return w
+}
+
+func decodeMerchant(b []byte, intern func(string) string) (*merchantState, error) {
+	r := rbuf{b: b}
+	m := &merchantState{}
+	m.first, m.last = uint32(r.u64()), uint32(r.u64())
+	m.attempts10m, m.failures10m = r.win(), r.win()
+	m.baseline = float32(r.f64())
+	m.baseN = uint16(r.u64())
+	m.bucket, m.bAttempts, m.bFailures = uint32(r.u64()), uint32(r.u64()), uint32(r.u64())
+	for i := range m.failing {
+		m.failing[i] = seen{key: uint32(r.u64()), last: uint32(r.u64())}
+	}
+	for i := range m.errCodes {
+		m.errCodes[i] = errCount{code: r.str(intern), n: uint32(r.u64()), bucket: uint32(r.u64())}
+	}
+	return m, r.err
+}
+
+func encodeChain(c *chain) []byte {
+	var w wbuf
+	w.u64(c.account)
+	w.u64(uint64(c.first))
+	w.u64(uint64(c.last))
+	w.u64(uint64(c.firstFail))
+	w.u64(uint64(c.attempts))
+	w.u64(uint64(c.failures))
+	if c.succeeded {
+		w.u64(1)
+	} else {
+		w.u64(0)
+	}
+	w.str(c.lastStatus)
+	w.str(c.lastError)
+	for _, e := range c.errs {
+		w.str(e.code)
+		w.u64(uint64(e.n))
+	}
+	w.str(c.merchant)
+	w.u64(uint64(c.amount))
+	w.str(c.currency)
+	w.str(c.appVersion)
+	w.str(c.paymentID)
+	return w
+}
+
+func decodeChain(b []byte, intern func(string) string) (*chain, error) {
+	r := rbuf{b: b}
+	c := &chain{}
+	c.account = r.u64()
+	c.first, c.last, c.firstFail = uint32(r.u64()), uint32(r.u64()), uint32(r.u64())
+	c.attempts, c.failures = uint16(r.u64()), uint16(r.u64())
+	c.succeeded = r.u64() == 1
+	c.lastStatus, c.lastError = r.str(intern), r.str(intern)
+	for i := range c.errs {
+		c.errs[i] = errCount{code: r.str(intern), n: uint32(r.u64())}
+	}
+	c.merchant = r.str(intern)
+	c.amount = int64(r.u64())
+	c.currency, c.appVersion = r.str(intern), r.str(intern)
+	c.paymentID = r.str(func(s string) string { return s })
+	return c, r.err
+}
+
+func encodeTimer(t *timer) ([]byte, error) {
+	ev, err := event.Marshal(&t.ev)
+	if err != nil {
+		return nil, err
+	}
+	var w wbuf
+	w.u64(uint64(t.due))
+	w.str(t.rule)
+	w.u64(t.account)
+	w.str(t.paymentID)
+	w.str(string(ev))
+	return w, nil
+}
+
+func decodeTimer(b []byte) (*timer, error) {
+	r := rbuf{b: b}
+	same := func(s string) string { return s }
+	t := &timer{due: uint32(r.u64()), rule: r.str(same), account: r.u64(), paymentID: r.str(same)}
+	raw := r.str(same)
+	if r.err != nil {
+		return nil, r.err
+	}
+	// The event was valid when the timer was armed; only the future check
+	// could differ now, and a timer's event is in the past.
+	ev, err := event.Decode([]byte(raw), time.Unix(fromSec(t.due), 0).Add(48*time.Hour))
+	if err != nil {
+		return nil, fmt.Errorf("timer event: %w", err)
+	}
+	t.ev = ev
+	return t, nil
+}

@@ -1,0 +1,603 @@
+// Package detector owns per-key state on event time and turns each event into
+// a decision: it keeps the compact picture of every account and of the
+// devices, IPs, merchants, payees and payments involved, advances a watermark
+// and event-time timers, evaluates the rule set against that picture, combines
+// the scores and checkpoints everything, with the consumer offsets, to the
+// embedded store. It does not read Kafka or act on decisions: ingest feeds it
+// and app routes its decisions to enforcement, alerts and storage.
+package detector
+
+import (
+	"container/heap"
+	"encoding/hex"
+	"log/slog"
+	"math"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/rules"
+)
+
+// Config tunes the engine.
+type Config struct {
+	AllowedLateness time.Duration
+	IdleExpiry      time.Duration
+	Thresholds      Thresholds
+	AllowList       []string
+}
+
+// Thresholds are the lowest combined scores that lead to each action.
+type Thresholds struct{ Review, StepUp, Freeze int }
+
+// Hit is one rule that fired, with its reason.
+type Hit struct {
+	ID       string `json:"id"`
+	Score    int    `json:"score"`
+	Reason   string `json:"reason"`
+	Category string `json:"category,omitempty"`
+	Severity string `json:"severity,omitempty"`
+	Action   string `json:"action,omitempty"`
+	// Group is what the finding is about, for alert grouping: "account:…",
+	// "payment:…", "merchant:…", "ip:…", "device:…" or "payee:…".
+	Group string `json:"group,omitempty"`
+}
+
+// Decision is the engine's verdict on one event (CONTRACT §2), or on a timer
+// that fired (Trigger "timer": EventID is the event that started it).
+type Decision struct {
+	DecisionID     string    `json:"decision_id"`
+	EventID        string    `json:"event_id"`
+	AccountID      string    `json:"account_id"`
+	TS             time.Time `json:"ts"`
+	Score          int       `json:"score"`
+	Action         string    `json:"action"`
+	Rules          []Hit     `json:"rules"`
+	RulesetVersion string    `json:"ruleset_version"`
+	EventType      string    `json:"event_type"`
+	Trigger        string    `json:"trigger"`
+	Shadow         []Hit     `json:"shadow_rules,omitempty"`
+	// DowngradedFrom is set when the allow-list turned a freeze into a step-up.
+	DowngradedFrom string `json:"downgraded_from,omitempty"`
+	MerchantID     string `json:"merchant_id,omitempty"`
+	PaymentID      string `json:"payment_id,omitempty"`
+}
+
+// Engine holds all detection state. It is driven by one goroutine; only the
+// rule set may be swapped from another (SetRules).
+type Engine struct {
+	cfg       Config
+	log       *slog.Logger
+	metrics   *Metrics
+	set       atomic.Pointer[rules.Set]
+	allow     map[string]bool
+	lateness  uint32
+	idle      uint32
+	accounts  *table[account]
+	devices   *table[deviceState]
+	ips       *table[ipState]
+	payees    *table[payeeState]
+	merchants map[uint64]*merchantState
+	chains    map[uint64]*chain
+	timers    timerHeap
+	byAccount map[uint64][]*timer
+	timerSeq  uint64
+	maxTS     uint32
+	lastSweep uint32
+	interned  map[string]string
+	env       *rules.Env
+	eval      rules.Evaluator
+	evalErrs  uint64
+}
+
+// New makes an engine with a rule set.
+func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
+	e := &Engine{
+		cfg: cfg, log: log, metrics: m,
+		allow:     map[string]bool{},
+		lateness:  uint32(cfg.AllowedLateness / time.Second),
+		idle:      uint32(cfg.IdleExpiry / time.Second),
+		accounts:  newTable[account](),
+		devices:   newTable[deviceState](),
+		ips:       newTable[ipState](),
+		payees:    newTable[payeeState](),
+		merchants: map[uint64]*merchantState{},
+		chains:    map[uint64]*chain{},
+		byAccount: map[uint64][]*timer{},
+		interned:  map[string]string{},
+		env:       rules.NewEnv(),
+	}
+	if e.idle == 0 {
+		e.idle = 30 * day1
+	}
+	for _, a := range cfg.AllowList {
+		e.allow[a] = true
+	}
+	e.SetRules(set)
+	return e
+}
+
+// SetRules swaps the live rule set; safe from any goroutine.
+func (e *Engine) SetRules(s *rules.Set) {
+	e.set.Store(s)
+	if e.metrics != nil {
+		e.metrics.setRules(s)
+	}
+}
+
+// Rules returns the live rule set.
+func (e *Engine) Rules() *rules.Set { return e.set.Load() }
+
+// Watermark is the event time up to which the engine considers input complete.
+func (e *Engine) Watermark() time.Time {
+	return time.Unix(fromSec(e.watermark()), 0).UTC()
+}
+
+func (e *Engine) watermark() uint32 {
+	if e.maxTS <= e.lateness {
+		return 0
+	}
+	return e.maxTS - e.lateness
+}
+
+func (e *Engine) intern(s string) string {
+	if v, ok := e.interned[s]; ok {
+		return v
+	}
+	if len(e.interned) > 100000 { // hostile input must not grow this forever
+		return s
+	}
+	e.interned[s] = s
+	return s
+}
+
+func key64(s string) uint64 { return xxhash.Sum64String(s) }
+
+// DecisionID is the stable id of the decision on an event: redelivery and
+// replay give the same id, so consumers can drop repeats.
+func DecisionID(eventID string) string {
+	var b [8]byte
+	h := xxhash.Sum64String(eventID)
+	for i := range b {
+		b[i] = byte(h >> (8 * i))
+	}
+	return "dec_" + hex.EncodeToString(b[:])
+}
+
+// Process scores ev and folds it into the state. It appends to out the
+// event's decision and any timer decisions that became due, and returns out.
+// A redelivered event (same event_id as a recent one of the account) appends
+// nothing and returns dup true.
+func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup bool) {
+	set := e.set.Load()
+	now := toSec(ev.TS.Unix())
+	akey := key64(ev.AccountID)
+	acct := e.accounts.upsert(akey)
+	idh := hash32(ev.EventID)
+	if acct.isDuplicate(idh) {
+		return out, true
+	}
+	acct.remember(idh)
+
+	env := e.env
+	env.Event.Fill(ev)
+	acct.view(env.Account, ev, now)
+	acctID := hash32(ev.AccountID)
+	var dev *deviceState
+	if ev.DeviceID != "" {
+		dev = e.devices.upsert(key64(ev.DeviceID))
+		dev.view(env.Device, now)
+	} else {
+		*env.Device = rules.DeviceView{}
+	}
+	var ip *ipState
+	if ev.IP != "" {
+		ip = e.ips.upsert(key64(ev.IP))
+		ip.view(env.IP, now)
+	} else {
+		*env.IP = rules.IPView{}
+	}
+	var merch *merchantState
+	if ev.MerchantID != "" {
+		mk := key64(ev.MerchantID)
+		merch = e.merchants[mk]
+		if merch == nil {
+			merch = &merchantState{}
+			e.merchants[mk] = merch
+		}
+		merch.view(env.Merchant, now)
+	} else {
+		*env.Merchant = rules.MerchantView{}
+	}
+	var payee *payeeState
+	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
+		payee = e.payees.upsert(key64(ev.CounterpartyID))
+		payee.view(env.Payee, now)
+	} else {
+		*env.Payee = rules.PayeeView{}
+	}
+	var ch *chain
+	if ev.Type == event.TypePaymentAttempt {
+		pk := key64(ev.AccountID + "\x00" + ev.PaymentID)
+		ch = e.chains[pk]
+		if ch == nil {
+			ch = &chain{}
+			e.chains[pk] = ch
+		}
+		// The payment's chain includes this attempt: rules ask "how many
+		// attempts so far", and a timer started now must see it.
+		ch.update(ev, akey, now, e.intern)
+		ch.view(env.Payment, now)
+	} else {
+		*env.Payment = rules.PaymentView{}
+	}
+
+	if ts := e.byAccount[akey]; len(ts) > 0 {
+		e.cancelTimers(akey, ev, env, set)
+	}
+
+	d := Decision{
+		DecisionID: DecisionID(ev.EventID), EventID: ev.EventID, AccountID: ev.AccountID, TS: ev.TS,
+		RulesetVersion: set.Version, EventType: ev.Type.String(), Trigger: "event",
+		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID,
+	}
+	for _, r := range set.ForType(ev.Type) {
+		ok, err := e.eval.Match(r, env)
+		if err != nil {
+			e.ruleError(r, err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if r.Timer != nil {
+			e.armTimer(r, ev, akey, now)
+			continue
+		}
+		h := e.hit(r, env, ev)
+		if e.metrics != nil {
+			e.metrics.hit(r)
+		}
+		if r.Shadow {
+			d.Shadow = append(d.Shadow, h)
+		} else {
+			d.Rules = append(d.Rules, h)
+		}
+	}
+	e.finish(&d)
+	out = append(out, d)
+
+	acct.update(ev, now)
+	if dev != nil {
+		dev.update(ev, acctID, now)
+	}
+	if ip != nil {
+		ip.update(ev, acctID, now)
+	}
+	if merch != nil {
+		merch.update(ev, acctID, now, e.intern)
+	}
+	if payee != nil {
+		payee.update(ev, acctID, now)
+	}
+	if now > e.maxTS {
+		e.maxTS = now
+		out = e.fireDue(e.watermark(), out)
+		if e.maxTS-e.lastSweep >= hour1 {
+			e.sweep()
+		}
+	}
+	return out, false
+}
+
+func (e *Engine) hit(r *rules.Rule, env *rules.Env, ev *event.Event) Hit {
+	return Hit{ID: r.ID, Score: r.Score, Reason: e.eval.Reason(r, env), Category: r.Category,
+		Severity: r.Severity, Action: r.Action, Group: groupKey(r.GroupBy, ev)}
+}
+
+func groupKey(by string, ev *event.Event) string {
+	v := ev.AccountID
+	switch by {
+	case "payment":
+		if ev.PaymentID != "" {
+			return "payment:" + ev.AccountID + "/" + ev.PaymentID
+		}
+	case "merchant":
+		v = ev.MerchantID
+	case "ip":
+		v = ev.IP
+	case "device":
+		v = ev.DeviceID
+	case "payee":
+		v = ev.CounterpartyID
+	}
+	if v == "" {
+		return "account:" + ev.AccountID
+	}
+	if by == "" || by == "payment" {
+		by = "account"
+	}
+	return by + ":" + v
+}
+
+// finish combines the hits into a score and an action. Scores combine like
+// independent evidence (a "noisy OR"): 100·(1 − Π(1 − sᵢ/100)). Two rules of
+// 50 give 75, not 100; no number of weak signals reaches 100, and adding a
+// rule never lowers the score.
+func (e *Engine) finish(d *Decision) {
+	p := 1.0
+	forced := rules.ActionAllow
+	for _, h := range d.Rules {
+		p *= 1 - float64(h.Score)/100
+		if rules.ActionRank(h.Action) > rules.ActionRank(forced) {
+			forced = h.Action
+		}
+	}
+	d.Score = int(math.Round(100 * (1 - p)))
+	th := e.cfg.Thresholds
+	action := rules.ActionAllow
+	switch {
+	case d.Score >= th.Freeze:
+		action = rules.ActionFreeze
+	case d.Score >= th.StepUp:
+		action = rules.ActionStepUp
+	case d.Score >= th.Review:
+		action = rules.ActionReview
+	}
+	if rules.ActionRank(forced) > rules.ActionRank(action) {
+		action = forced
+	}
+	if action == rules.ActionFreeze && e.allow[d.AccountID] {
+		action, d.DowngradedFrom = rules.ActionStepUp, rules.ActionFreeze
+	}
+	d.Action = action
+	if d.Rules == nil {
+		d.Rules = []Hit{}
+	}
+	if e.metrics != nil {
+		e.metrics.decided(d)
+	}
+}
+
+func (e *Engine) ruleError(r *rules.Rule, err error) {
+	e.evalErrs++
+	if e.metrics != nil {
+		e.metrics.RuleErrors.Inc()
+	}
+	if e.evalErrs&(e.evalErrs-1) == 0 { // log the 1st, 2nd, 4th, 8th… error
+		e.log.Warn("rule evaluation failed; treated as not matching", "rule", r.ID, "err", err, "errors_so_far", e.evalErrs)
+	}
+}
+
+// sweep drops state idle for longer than the expiry, on event time.
+func (e *Engine) sweep() {
+	e.lastSweep = e.maxTS
+	cut := since(e.watermark(), e.idle)
+	n := e.accounts.expire(func(a *account) bool { return a.last < cut })
+	n += e.devices.expire(func(d *deviceState) bool { return d.last < cut })
+	n += e.ips.expire(func(s *ipState) bool { return s.last < cut })
+	n += e.payees.expire(func(p *payeeState) bool { return p.last < cut })
+	for k, m := range e.merchants {
+		if m.last < cut {
+			delete(e.merchants, k)
+			n++
+		}
+	}
+	chainCut := since(e.watermark(), day1)
+	for k, c := range e.chains {
+		if c.last < chainCut && !e.chainHasTimer(c) {
+			delete(e.chains, k)
+			n++
+		}
+	}
+	if n > 0 {
+		e.log.Debug("expired idle state", "entries", n, "before", time.Unix(fromSec(cut), 0).UTC())
+	}
+	e.updateGauges()
+}
+
+func (e *Engine) chainHasTimer(c *chain) bool {
+	for _, t := range e.byAccount[c.account] {
+		if t.paymentID == c.paymentID {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) updateGauges() {
+	if e.metrics == nil {
+		return
+	}
+	e.metrics.State.WithLabelValues("account").Set(float64(e.accounts.len()))
+	e.metrics.State.WithLabelValues("device").Set(float64(e.devices.len()))
+	e.metrics.State.WithLabelValues("ip").Set(float64(e.ips.len()))
+	e.metrics.State.WithLabelValues("payee").Set(float64(e.payees.len()))
+	e.metrics.State.WithLabelValues("merchant").Set(float64(len(e.merchants)))
+	e.metrics.State.WithLabelValues("payment").Set(float64(len(e.chains)))
+	e.metrics.State.WithLabelValues("timer").Set(float64(len(e.timers)))
+}
+
+// Stats summarises the state held.
+type Stats struct {
+	Accounts, Devices, IPs, Payees, Merchants, Payments, Timers int
+}
+
+// Stats counts the state held.
+func (e *Engine) Stats() Stats {
+	return Stats{e.accounts.len(), e.devices.len(), e.ips.len(), e.payees.len(), len(e.merchants), len(e.chains), len(e.timers)}
+}
+
+// timer is a pending "nothing matching until within after" check.
+type timer struct {
+	due       uint32
+	seq       uint64
+	rule      string
+	account   uint64
+	paymentID string
+	ev        event.Event
+	cancelled bool
+	index     int
+}
+
+type timerHeap []*timer
+
+func (h timerHeap) Len() int { return len(h) }
+func (h timerHeap) Less(i, j int) bool {
+	if h[i].due != h[j].due {
+		return h[i].due < h[j].due
+	}
+	return h[i].seq < h[j].seq
+}
+func (h timerHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
+func (h *timerHeap) Push(x any)   { t := x.(*timer); t.index = len(*h); *h = append(*h, t) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}
+
+func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now uint32) {
+	scopeID := ""
+	if r.Timer.Scope == "payment" {
+		scopeID = ev.PaymentID
+	}
+	for _, t := range e.byAccount[akey] {
+		if t.rule == r.ID && t.paymentID == scopeID {
+			return // one pending timer per rule and scope
+		}
+	}
+	e.timerSeq++
+	t := &timer{due: now + uint32(r.After/time.Second), seq: e.timerSeq, rule: r.ID, account: akey, paymentID: scopeID, ev: *ev}
+	t.ev.Detail = nil
+	heap.Push(&e.timers, t)
+	e.byAccount[akey] = append(e.byAccount[akey], t)
+}
+
+// cancelTimers checks ev against the account's pending timers.
+func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set *rules.Set) {
+	ts := e.byAccount[akey]
+	kept := ts[:0]
+	for _, t := range ts {
+		r := set.ByID(t.rule)
+		if r == nil || r.Timer == nil {
+			t.cancelled = true // the rule was removed or changed by a reload
+			continue
+		}
+		if t.paymentID != "" && ev.PaymentID != t.paymentID {
+			kept = append(kept, t)
+			continue
+		}
+		stop, err := e.eval.Until(r, env)
+		if err != nil {
+			e.ruleError(r, err)
+		}
+		if stop && toSec(ev.TS.Unix()) <= t.due {
+			t.cancelled = true
+			continue
+		}
+		kept = append(kept, t)
+	}
+	if len(kept) == 0 {
+		delete(e.byAccount, akey)
+	} else {
+		e.byAccount[akey] = kept
+	}
+}
+
+// fireDue fires every timer whose deadline the watermark has passed.
+func (e *Engine) fireDue(wm uint32, out []Decision) []Decision {
+	set := e.set.Load()
+	for len(e.timers) > 0 && e.timers[0].due <= wm {
+		t := heap.Pop(&e.timers).(*timer)
+		e.dropFromAccount(t)
+		if t.cancelled {
+			continue
+		}
+		r := set.ByID(t.rule)
+		if r == nil || r.Timer == nil {
+			continue
+		}
+		out = append(out, e.timerDecision(r, t, set))
+	}
+	return out
+}
+
+func (e *Engine) dropFromAccount(t *timer) {
+	ts := e.byAccount[t.account]
+	for i, x := range ts {
+		if x == t {
+			ts = append(ts[:i], ts[i+1:]...)
+			break
+		}
+	}
+	if len(ts) == 0 {
+		delete(e.byAccount, t.account)
+	} else {
+		e.byAccount[t.account] = ts
+	}
+}
+
+func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision {
+	ev := &t.ev
+	env := e.env
+	env.Event.Fill(ev)
+	now := t.due
+	if a := e.accounts.get(t.account); a != nil {
+		a.view(env.Account, ev, now)
+	} else {
+		*env.Account = rules.AccountView{}
+	}
+	*env.Device, *env.IP, *env.Payee = rules.DeviceView{}, rules.IPView{}, rules.PayeeView{}
+	*env.Merchant = rules.MerchantView{}
+	if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
+		m.view(env.Merchant, now)
+	}
+	*env.Payment = rules.PaymentView{}
+	if t.paymentID != "" {
+		if c := e.chains[key64(ev.AccountID+"\x00"+t.paymentID)]; c != nil {
+			c.view(env.Payment, now)
+		}
+	}
+	h := e.hit(r, env, ev)
+	if e.metrics != nil {
+		e.metrics.hit(r)
+	}
+	d := Decision{
+		DecisionID: DecisionID("timer\x00" + r.ID + "\x00" + ev.EventID), EventID: ev.EventID, AccountID: ev.AccountID,
+		TS: time.Unix(fromSec(t.due), 0).UTC(), RulesetVersion: set.Version, EventType: ev.Type.String(), Trigger: "timer",
+		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID,
+	}
+	if r.Shadow {
+		d.Shadow = []Hit{h}
+	} else {
+		d.Rules = []Hit{h}
+	}
+	e.finish(&d)
+	return d
+}
+
+// Flush fires the timers due by the newest event time seen, ignoring the
+// allowed lateness: the end of a replay, where no later event will come.
+func (e *Engine) Flush(out []Decision) []Decision {
+	return e.fireDue(e.maxTS, out)
+}
+
+// PendingTimers lists pending timers (rule, account, due), for inspection.
+func (e *Engine) PendingTimers() []string {
+	var out []string
+	for _, t := range e.timers {
+		if !t.cancelled {
+			out = append(out, t.rule+" "+t.ev.AccountID+" "+strconv.FormatInt(fromSec(t.due), 10))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func heapInit(h *timerHeap) { heap.Init(h) }

@@ -1,0 +1,312 @@
+package detector
+
+import (
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/rules"
+)
+
+// deviceState is one device across accounts.
+type deviceState struct {
+	first, last uint32
+	accounts    [6]seen // distinct accounts recently on it
+	fails10m    win
+}
+
+func (d *deviceState) view(v *rules.DeviceView, now uint32) {
+	*v = rules.DeviceView{Known: d.first != 0}
+	if d.first == 0 {
+		return
+	}
+	v.Accounts1h = countSince(d.accounts[:], since(now, hour1))
+	v.Accounts24h = countSince(d.accounts[:], since(now, day1))
+	v.LoginFails10m = d.fails10m.count(now, min10)
+	v.AgeHours = float64(now-min(now, d.first)) / 3600
+}
+
+func (d *deviceState) update(ev *event.Event, acct, now uint32) {
+	if d.first == 0 {
+		d.first = now
+	}
+	d.last = max(d.last, now)
+	touch(d.accounts[:], acct, now)
+	if ev.Type == event.TypeLogin && ev.Result == "failure" {
+		d.fails10m.add(now, min10, 1)
+	}
+}
+
+// ipState is one IP address across accounts. The distinct-account sets are
+// only allocated once the IP fails a login: most addresses never do.
+type ipState struct {
+	first, last uint32
+	logins10m   win
+	fails10m    win
+	accounts    [4]seen
+	failed      *[64]seen // accounts with failed logins, for credential stuffing
+}
+
+func (s *ipState) view(v *rules.IPView, now uint32) {
+	*v = rules.IPView{Known: s.first != 0}
+	if s.first == 0 {
+		return
+	}
+	v.Logins10m = s.logins10m.count(now, min10)
+	v.LoginFails10m = s.fails10m.count(now, min10)
+	v.Accounts1h = countSince(s.accounts[:], since(now, hour1))
+	if s.failed != nil {
+		v.FailedAccounts10 = countSince(s.failed[:], since(now, min10))
+		v.FailedAccounts1h = countSince(s.failed[:], since(now, hour1))
+		v.Accounts1h = max(v.Accounts1h, v.FailedAccounts1h)
+	}
+	if v.Logins10m > 0 {
+		v.FailureRatio10m = min(1, float64(v.LoginFails10m)/float64(v.Logins10m))
+	}
+}
+
+func (s *ipState) update(ev *event.Event, acct, now uint32) {
+	if s.first == 0 {
+		s.first = now
+	}
+	s.last = max(s.last, now)
+	touch(s.accounts[:], acct, now)
+	if ev.Type != event.TypeLogin {
+		return
+	}
+	s.logins10m.add(now, min10, 1)
+	if ev.Result == "failure" {
+		s.fails10m.add(now, min10, 1)
+		if s.failed == nil {
+			s.failed = new([64]seen)
+		}
+		touch(s.failed[:], acct, now)
+	}
+}
+
+// merchantState is one merchant's payment health. Merchants are few, so it
+// may be larger than per-account state.
+type merchantState struct {
+	first, last uint32
+	attempts10m win
+	failures10m win
+	baseline    float32 // EWMA of the failure rate of closed 10-minute buckets
+	baseN       uint16
+	bucket      uint32
+	bAttempts   uint32
+	bFailures   uint32
+	failing     [128]seen // distinct accounts with failing attempts
+	errCodes    [6]errCount
+}
+
+type errCount struct {
+	code   string
+	n      uint32
+	bucket uint32
+}
+
+func (m *merchantState) view(v *rules.MerchantView, now uint32) {
+	*v = rules.MerchantView{Known: m.first != 0}
+	if m.first == 0 {
+		return
+	}
+	v.Attempts10m = m.attempts10m.count(now, min10)
+	v.Failures10m = m.failures10m.count(now, min10)
+	if v.Attempts10m > 0 {
+		v.FailureRate10m = min(1, float64(v.Failures10m)/float64(v.Attempts10m))
+	}
+	v.BaselineFailRate = float64(m.baseline)
+	if m.baseN < 3 {
+		v.BaselineFailRate = 0.05 // too young to know: assume a typical 5%
+	}
+	v.FailingAccounts10m = countSince(m.failing[:], since(now, min10))
+	var best errCount
+	floor := since(now, 2*min10)
+	for _, e := range m.errCodes {
+		if e.bucket >= floor && e.n > best.n {
+			best = e
+		}
+	}
+	v.TopError10m = best.code
+}
+
+func failedAttempt(ev *event.Event) bool {
+	return ev.Status == "failed" || ev.Status == "retrying"
+}
+
+func (m *merchantState) update(ev *event.Event, acct, now uint32, intern func(string) string) {
+	if m.first == 0 {
+		m.first = now
+	}
+	m.last = max(m.last, now)
+	if ev.Type != event.TypePaymentAttempt {
+		return
+	}
+	b := now - now%min10
+	if b > m.bucket {
+		// Close the finished bucket into the baseline, unless it was itself
+		// an outage (a spike should not teach the baseline that failing is normal).
+		if m.bAttempts >= 10 {
+			rate := float32(m.bFailures) / float32(m.bAttempts)
+			if m.baseN == 0 {
+				m.baseline = rate
+			} else if m.baseN < 3 || rate < 3*m.baseline+0.1 {
+				m.baseline += 0.1 * (rate - m.baseline)
+			}
+			m.baseN++
+		}
+		m.bucket, m.bAttempts, m.bFailures = b, 0, 0
+	}
+	m.attempts10m.add(now, min10, 1)
+	if b == m.bucket {
+		m.bAttempts++
+	}
+	if !failedAttempt(ev) {
+		return
+	}
+	m.failures10m.add(now, min10, 1)
+	if b == m.bucket {
+		m.bFailures++
+	}
+	touch(m.failing[:], acct, now)
+	if ev.ErrorCode == "" {
+		return
+	}
+	slot, oldest := -1, 0
+	for i := range m.errCodes {
+		if m.errCodes[i].code == ev.ErrorCode {
+			slot = i
+			break
+		}
+		if m.errCodes[i].bucket < m.errCodes[oldest].bucket {
+			oldest = i
+		}
+	}
+	if slot < 0 {
+		slot = oldest
+		m.errCodes[slot] = errCount{code: intern(ev.ErrorCode)}
+	}
+	e := &m.errCodes[slot]
+	if e.bucket < since(b, min10) {
+		e.n = 0
+	}
+	e.n++
+	e.bucket = b
+}
+
+// payeeState is one counterparty across senders (mule detection).
+type payeeState struct {
+	first, last uint32
+	senders     [8]seen
+	received    sumWin
+}
+
+func (p *payeeState) view(v *rules.PayeeView, now uint32) {
+	*v = rules.PayeeView{Known: p.first != 0}
+	if p.first == 0 {
+		return
+	}
+	v.Senders24h = countSince(p.senders[:], since(now, day1))
+	v.AgeHours = float64(now-min(now, p.first)) / 3600
+	v.Received24h = p.received.sum(now, day1)
+}
+
+func (p *payeeState) update(ev *event.Event, acct, now uint32) {
+	if ev.Type != event.TypeTransaction || !rules.IsOutgoing(ev.Kind) || ev.Status == "failed" || ev.Status == "reversed" {
+		return
+	}
+	if p.first == 0 {
+		p.first = now
+	}
+	p.last = max(p.last, now)
+	touch(p.senders[:], acct, now)
+	p.received.add(now, day1, float64(ev.Amount))
+}
+
+// chain is the attempts of one payment_id.
+type chain struct {
+	account     uint64
+	first, last uint32
+	firstFail   uint32
+	attempts    uint16
+	failures    uint16
+	succeeded   bool
+	lastStatus  string
+	lastError   string
+	errs        [4]errCount
+	merchant    string
+	amount      int64
+	currency    string
+	appVersion  string
+	paymentID   string
+}
+
+func (c *chain) view(v *rules.PaymentView, now uint32) {
+	*v = rules.PaymentView{Known: c.first != 0}
+	if c.first == 0 {
+		return
+	}
+	v.Attempts, v.Failures, v.Succeeded = int(c.attempts), int(c.failures), c.succeeded
+	v.LastStatus, v.LastError = c.lastStatus, c.lastError
+	var best errCount
+	for _, e := range c.errs {
+		if e.code != "" {
+			v.DistinctErrors++
+			if e.n > best.n {
+				best = e
+			}
+		}
+	}
+	v.DominantError = best.code
+	v.MinsSinceFirst = minsSince(now, c.first)
+	v.MinsSinceFailure = minsSince(now, c.firstFail)
+	v.MerchantID, v.Amount, v.Currency, v.AppVersion, v.PaymentID = c.merchant, float64(c.amount), c.currency, c.appVersion, c.paymentID
+}
+
+func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(string) string) {
+	if c.first == 0 || now < c.first {
+		c.first = now
+		c.account = acct
+		c.paymentID = ev.PaymentID
+	}
+	c.last = max(c.last, now)
+	if c.attempts < 65535 {
+		c.attempts++
+	}
+	c.lastStatus = intern(ev.Status)
+	if ev.MerchantID != "" {
+		c.merchant = intern(ev.MerchantID)
+	}
+	if ev.Amount > 0 {
+		c.amount, c.currency = ev.Amount, intern(ev.Currency)
+	}
+	if ev.AppVersion != "" {
+		c.appVersion = intern(ev.AppVersion)
+	}
+	switch {
+	case ev.Status == "succeeded":
+		c.succeeded = true
+	case failedAttempt(ev):
+		if c.failures < 65535 {
+			c.failures++
+		}
+		if c.firstFail == 0 || now < c.firstFail {
+			c.firstFail = now
+		}
+		if ev.ErrorCode != "" {
+			c.lastError = intern(ev.ErrorCode)
+			slot, least := -1, 0
+			for i := range c.errs {
+				if c.errs[i].code == ev.ErrorCode {
+					slot = i
+					break
+				}
+				if c.errs[i].n < c.errs[least].n {
+					least = i
+				}
+			}
+			if slot < 0 {
+				slot = least
+				c.errs[slot] = errCount{code: c.lastError}
+			}
+			c.errs[slot].n++
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package detector
+
+// table stores fixed-size state rows in one slice, indexed by a 64-bit key
+// hash: far less memory and GC work than a map of pointers, and rows can be
+// checkpointed incrementally through the dirty list.
+type table[T any] struct {
+	idx     map[uint64]uint32
+	rows    []T
+	keys    []uint64
+	free    []uint32
+	dirty   []bool
+	changed []uint32 // rows dirtied since the last checkpoint
+	deleted []uint64 // keys removed since the last checkpoint
+}
+
+func newTable[T any]() *table[T] {
+	return &table[T]{idx: map[uint64]uint32{}}
+}
+
+func (t *table[T]) len() int { return len(t.idx) }
+
+// get returns the row for key, or nil. The pointer is valid until the next insert.
+func (t *table[T]) get(key uint64) *T {
+	i, ok := t.idx[key]
+	if !ok {
+		return nil
+	}
+	return &t.rows[i]
+}
+
+// upsert returns the row for key, creating a zero row if absent, and marks it
+// dirty. The pointer is valid until the next insert.
+func (t *table[T]) upsert(key uint64) *T {
+	i, ok := t.idx[key]
+	if !ok {
+		var zero T
+		if n := len(t.free); n > 0 {
+			i = t.free[n-1]
+			t.free = t.free[:n-1]
+			t.rows[i], t.keys[i] = zero, key
+		} else {
+			i = uint32(len(t.rows))
+			t.rows = append(t.rows, zero)
+			t.keys = append(t.keys, key)
+			t.dirty = append(t.dirty, false)
+		}
+		t.idx[key] = i
+	}
+	if !t.dirty[i] {
+		t.dirty[i] = true
+		t.changed = append(t.changed, i)
+	}
+	return &t.rows[i]
+}
+
+// put stores a row as loaded from a checkpoint; it is not dirty.
+func (t *table[T]) put(key uint64, row T) {
+	p := t.upsert(key)
+	*p = row
+	i := t.idx[key]
+	t.dirty[i] = false
+	t.changed = t.changed[:len(t.changed)-1]
+}
+
+// expire removes rows for which idle reports true.
+func (t *table[T]) expire(idle func(*T) bool) int {
+	n := 0
+	for key, i := range t.idx {
+		if idle(&t.rows[i]) {
+			delete(t.idx, key)
+			var zero T
+			t.rows[i] = zero
+			t.free = append(t.free, i)
+			t.deleted = append(t.deleted, key)
+			n++
+		}
+	}
+	return n
+}
+
+// drain calls fn for every row changed and every key deleted since the last
+// call, then clears the lists.
+func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
+	for _, i := range t.changed {
+		t.dirty[i] = false
+		key := t.keys[i]
+		if j, ok := t.idx[key]; ok && j == i {
+			fn(key, &t.rows[i])
+		}
+	}
+	t.changed = t.changed[:0]
+	for _, k := range t.deleted {
+		if _, back := t.idx[k]; !back {
+			gone(k)
+		}
+	}
+	t.deleted = t.deleted[:0]
+}
+
+// each visits every row.
+func (t *table[T]) each(fn func(key uint64, row *T)) {
+	for key, i := range t.idx {
+		fn(key, &t.rows[i])
+	}
+}

@@ -1,0 +1,166 @@
+package detector
+
+// Event time in state is stored as uint32 seconds since epochBase: half the
+// size of a Unix int64 and good until 2156.
+const epochBase = 1577836800 // 2020-01-01T00:00:00Z
+
+func toSec(unix int64) uint32 {
+	if unix <= epochBase {
+		return 1
+	}
+	return uint32(unix - epochBase)
+}
+
+func fromSec(s uint32) int64 { return int64(s) + epochBase }
+
+// win is a sliding-window counter on event time: two fixed buckets, the
+// previous one weighted by how much of it still overlaps the window (the
+// "sliding window counter" estimate). 12 bytes, O(1), no per-event history.
+type win struct {
+	start     uint32
+	cur, prev uint32
+}
+
+func (w *win) roll(now, size uint32) bool {
+	b := now - now%size
+	switch {
+	case b == w.start:
+		return true
+	case b > w.start:
+		if b == w.start+size {
+			w.prev = w.cur
+		} else {
+			w.prev = 0
+		}
+		w.cur, w.start = 0, b
+		return true
+	}
+	return false // now is in an older bucket
+}
+
+func (w *win) add(now, size, n uint32) {
+	if w.roll(now, size) {
+		w.cur += n
+	} else if now >= w.start-size {
+		w.prev += n // late, but still inside the previous bucket
+	}
+}
+
+// count estimates the events in the window of length size ending at now.
+func (w *win) count(now, size uint32) int {
+	b := now - now%size
+	cur, prev := w.cur, w.prev
+	switch {
+	case b == w.start+size:
+		cur, prev = 0, w.cur
+	case b > w.start+size:
+		return 0
+	case b < w.start:
+		b = w.start
+	}
+	frac := 1 - float64(now-b)/float64(size)
+	if frac < 0 {
+		frac = 0
+	}
+	return int(float64(cur) + float64(prev)*frac + 0.5)
+}
+
+// sumWin is win for amounts.
+type sumWin struct {
+	start     uint32
+	_         uint32
+	cur, prev float64
+}
+
+func (w *sumWin) add(now, size uint32, v float64) {
+	b := now - now%size
+	switch {
+	case b == w.start:
+	case b > w.start:
+		if b == w.start+size {
+			w.prev = w.cur
+		} else {
+			w.prev = 0
+		}
+		w.cur, w.start = 0, b
+	default:
+		if now >= w.start-size {
+			w.prev += v
+		}
+		return
+	}
+	w.cur += v
+}
+
+func (w *sumWin) sum(now, size uint32) float64 {
+	b := now - now%size
+	cur, prev := w.cur, w.prev
+	switch {
+	case b == w.start+size:
+		cur, prev = 0, w.cur
+	case b > w.start+size:
+		return 0
+	case b < w.start:
+		b = w.start
+	}
+	frac := 1 - float64(now-b)/float64(size)
+	if frac < 0 {
+		frac = 0
+	}
+	return cur + prev*frac
+}
+
+// recent is a small set of (key, last seen) pairs that forgets the least
+// recently seen key when full: known devices, payees, merchants, the distinct
+// accounts behind an IP. Its size is the caller's array.
+type seen struct {
+	key  uint32
+	last uint32
+}
+
+// touch marks key seen at now; it reports whether key was already present.
+func touch(set []seen, key, now uint32) bool {
+	oldest := 0
+	for i := range set {
+		if set[i].key == key && set[i].last != 0 {
+			if now > set[i].last {
+				set[i].last = now
+			}
+			return true
+		}
+		if set[i].last < set[oldest].last {
+			oldest = i
+		}
+	}
+	set[oldest] = seen{key: key, last: now}
+	return false
+}
+
+func has(set []seen, key uint32) bool {
+	for i := range set {
+		if set[i].key == key && set[i].last != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// countSince counts entries seen at or after t.
+func countSince(set []seen, t uint32) int {
+	n := 0
+	for i := range set {
+		if set[i].last != 0 && set[i].last >= t {
+			n++
+		}
+	}
+	return n
+}
+
+func used(set []seen) int { return countSince(set, 1) }
+
+func since(now, d uint32) uint32 {
+	if now > d {
+		return now - d
+	}
+	return 1
+}
