@@ -1,0 +1,321 @@
+// Package alerts owns support alerts: it groups rule findings into one alert
+// per incident (a stuck payment, a merchant outage, a takeover of one
+// account), folds later evidence into the open alert instead of raising new
+// ones, writes the summary and recommended actions a support agent can act on,
+// and keeps the alerts durable. Delivery to webhooks is the job of its sinks.
+package alerts
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/rules"
+)
+
+// Alert is a support alert (CONTRACT §2).
+type Alert struct {
+	AlertID            string    `json:"alert_id"`
+	DedupKey           string    `json:"dedup_key"`
+	Severity           string    `json:"severity"`
+	Category           string    `json:"category"`
+	AccountID          string    `json:"account_id,omitempty"`
+	MerchantID         string    `json:"merchant_id,omitempty"`
+	Title              string    `json:"title"`
+	Summary            string    `json:"summary"`
+	Evidence           []string  `json:"evidence"`
+	RecommendedActions []string  `json:"recommended_actions"`
+	CreatedAt          time.Time `json:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at"`
+	Status             string    `json:"status"`
+	Count              int       `json:"count"`
+	AffectedAccounts   int       `json:"affected_accounts,omitempty"`
+	Rules              []string  `json:"rules"`
+	DecisionIDs        []string  `json:"decision_ids"`
+	Action             string    `json:"action,omitempty"` // strongest action taken on the account
+	Cause              string    `json:"cause,omitempty"`  // stuck retries: network, balance, verification, …
+
+	accounts map[string]bool
+}
+
+const (
+	maxEvidence = 20
+	// An incident with no new evidence for this long (event time) is over:
+	// new findings open a new alert.
+	quietAfter = 6 * time.Hour
+)
+
+// Manager groups findings into alerts. Driven by the pipeline goroutine.
+type Manager struct {
+	open    map[string]*Alert // by dedup key
+	outages map[string]string // merchant id -> dedup key of its open outage alert
+	dirty   map[string]bool
+}
+
+// NewManager makes an empty manager.
+func NewManager() *Manager {
+	return &Manager{open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{}}
+}
+
+// Observe folds a decision into the alerts. It appends to out a copy of every
+// alert it created or that changed in a way a person should see (a new
+// alert, a higher severity, a stronger action, more affected users), and
+// returns out.
+func (m *Manager) Observe(d *detector.Decision, out []Alert) []Alert {
+	for i := range d.Rules {
+		h := &d.Rules[i]
+		// Low-severity findings that did not move the action stay in the
+		// decision record; a support queue full of them gets ignored.
+		if h.Category == "" || rules.SeverityRank(h.Severity) < 2 && rules.ActionRank(d.Action) == 0 {
+			continue
+		}
+		out = m.observeHit(d, h, out)
+	}
+	return out
+}
+
+func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert) []Alert {
+	// A stuck payment at a merchant that is having an outage belongs to the
+	// outage: support handles the merchant once, not each of its users.
+	if h.Category == "stuck_retry" && d.MerchantID != "" {
+		if key, ok := m.outages[d.MerchantID]; ok {
+			if a := m.open[key]; a != nil && d.TS.Sub(a.UpdatedAt) < quietAfter {
+				return m.update(a, d, h, out)
+			}
+		}
+	}
+	key := h.Category + "|" + h.Group
+	a := m.open[key]
+	if a != nil && d.TS.Sub(a.UpdatedAt) >= quietAfter {
+		delete(m.open, key)
+		a = nil
+	}
+	if a == nil {
+		a = m.create(key, d, h)
+		return append(out, a.copy())
+	}
+	return m.update(a, d, h, out)
+}
+
+func alertID(key, decisionID string) string {
+	h := xxhash.Sum64String(key + "\x00" + decisionID)
+	var b [8]byte
+	for i := range b {
+		b[i] = byte(h >> (8 * i))
+	}
+	return "alt_" + hex.EncodeToString(b[:])
+}
+
+func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Alert {
+	a := &Alert{
+		AlertID: alertID(key, d.DecisionID), DedupKey: key, Severity: h.Severity, Category: h.Category,
+		CreatedAt: d.TS, UpdatedAt: d.TS, Status: "open", Count: 1,
+		Rules: []string{h.ID}, DecisionIDs: []string{d.DecisionID},
+		accounts: map[string]bool{d.AccountID: true},
+	}
+	if strings.HasPrefix(h.Group, "merchant:") {
+		a.MerchantID = strings.TrimPrefix(h.Group, "merchant:")
+		m.outages[a.MerchantID] = key
+	} else {
+		a.AccountID = d.AccountID
+		a.MerchantID = d.MerchantID
+	}
+	a.Severity = maxSeverity(a.Severity, actionSeverity(d.Action))
+	if rules.ActionRank(d.Action) > 0 {
+		a.Action = d.Action
+	}
+	a.Evidence = []string{evidence(d, h)}
+	if h.Category == "stuck_retry" {
+		a.Cause = causeFromReason(h.Reason)
+	}
+	a.AffectedAccounts = len(a.accounts)
+	a.Title, a.Summary, a.RecommendedActions = describe(a, h)
+	m.dirty[key] = true
+	m.open[key] = a
+	return a
+}
+
+func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []Alert) []Alert {
+	before := *a
+	a.Count++
+	if d.TS.After(a.UpdatedAt) {
+		a.UpdatedAt = d.TS
+	}
+	if !contains(a.Rules, h.ID) {
+		a.Rules = append(a.Rules, h.ID)
+	}
+	if len(a.DecisionIDs) < maxEvidence && !contains(a.DecisionIDs, d.DecisionID) {
+		a.DecisionIDs = append(a.DecisionIDs, d.DecisionID)
+	}
+	a.accounts[d.AccountID] = true
+	a.AffectedAccounts = len(a.accounts)
+	a.Severity = maxSeverity(maxSeverity(a.Severity, h.Severity), actionSeverity(d.Action))
+	if rules.ActionRank(d.Action) > rules.ActionRank(a.Action) {
+		a.Action = d.Action
+	}
+	if len(a.Evidence) < maxEvidence {
+		a.Evidence = append(a.Evidence, evidence(d, h))
+	}
+	if a.Category == "stuck_retry" && h.Category == "stuck_retry" {
+		a.Cause = causeFromReason(h.Reason)
+	}
+	if a.Status == "resolved" {
+		a.Status = "open" // the incident continues
+	}
+	a.Title, a.Summary, a.RecommendedActions = describe(a, h)
+	m.dirty[a.DedupKey] = true
+	// Tell people when it matters, not on every event.
+	grew := a.AffectedAccounts != before.AffectedAccounts && isMilestone(a.AffectedAccounts)
+	if a.Severity != before.Severity || a.Action != before.Action || grew || a.Status != before.Status ||
+		a.Count == 2 && h.Category == "stuck_retry" {
+		out = append(out, a.copy())
+	}
+	return out
+}
+
+// isMilestone is true at 5, 10, 20, 50, 100, 200, 500…: a growing outage
+// updates its alert as it grows without one message per user.
+func isMilestone(n int) bool {
+	for b := 1; b <= n; b *= 10 {
+		if n == 5*b || n == 10*b || n == 20*b || n == 50*b {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Alert) copy() Alert {
+	c := *a
+	c.Evidence = append([]string(nil), a.Evidence...)
+	c.Rules = append([]string(nil), a.Rules...)
+	c.DecisionIDs = append([]string(nil), a.DecisionIDs...)
+	c.RecommendedActions = append([]string(nil), a.RecommendedActions...)
+	c.accounts = nil
+	return c
+}
+
+func evidence(d *detector.Decision, h *detector.Hit) string {
+	return fmt.Sprintf("%s %s [%s, score %d, %s]: %s", d.TS.UTC().Format("2006-01-02 15:04:05Z"), d.AccountID, h.ID, d.Score, d.Action, h.Reason)
+}
+
+func causeFromReason(r string) string {
+	const p = "likely cause: "
+	i := strings.Index(r, p)
+	if i < 0 {
+		return ""
+	}
+	rest := r[i+len(p):]
+	if j := strings.IndexAny(rest, " (;"); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
+}
+
+func actionSeverity(a string) string {
+	switch a {
+	case rules.ActionFreeze:
+		return "critical"
+	case rules.ActionStepUp:
+		return "high"
+	}
+	return ""
+}
+
+func maxSeverity(a, b string) string {
+	if rules.SeverityRank(b) > rules.SeverityRank(a) {
+		return b
+	}
+	return a
+}
+
+func contains(l []string, v string) bool {
+	for _, x := range l {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Open lists open alerts, newest first.
+func (m *Manager) Open() []Alert {
+	var out []Alert
+	for _, a := range m.open {
+		if a.Status != "resolved" {
+			out = append(out, a.copy())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UpdatedAt.After(out[j].UpdatedAt) })
+	return out
+}
+
+var bucket = []byte("alerts")
+
+type stored struct {
+	Alert
+	Accounts []string `json:"accounts"`
+}
+
+// Save writes changed alerts inside the caller's transaction.
+func (m *Manager) Save(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return err
+	}
+	for key := range m.dirty {
+		a := m.open[key]
+		if a == nil {
+			if err := b.Delete([]byte(key)); err != nil {
+				return err
+			}
+			continue
+		}
+		s := stored{Alert: *a}
+		for acc := range a.accounts {
+			s.Accounts = append(s.Accounts, acc)
+		}
+		sort.Strings(s.Accounts)
+		v, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(key), v); err != nil {
+			return err
+		}
+	}
+	clear(m.dirty)
+	return nil
+}
+
+// Load reads the alerts saved by Save.
+func (m *Manager) Load(db *bolt.DB) error {
+	return db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var s stored
+			if err := json.Unmarshal(v, &s); err != nil {
+				return fmt.Errorf("alert %s: %w", k, err)
+			}
+			a := s.Alert
+			a.accounts = map[string]bool{}
+			for _, acc := range s.Accounts {
+				a.accounts[acc] = true
+			}
+			m.open[string(k)] = &a
+			if a.Category == "merchant_outage" && a.MerchantID != "" {
+				m.outages[a.MerchantID] = string(k)
+			}
+			return nil
+		})
+	})
+}
