@@ -1,0 +1,55 @@
+package app
+
+import (
+	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/event"
+)
+
+// Outputs are the records one or more events produced.
+type Outputs struct {
+	Decisions []detector.Decision
+	Commands  []enforce.Command
+	Alerts    []alerts.Alert
+}
+
+// Reset empties the outputs, keeping their capacity.
+func (o *Outputs) Reset() {
+	o.Decisions, o.Commands, o.Alerts = o.Decisions[:0], o.Commands[:0], o.Alerts[:0]
+}
+
+// Processor is the one path from a valid event to its outputs, shared by the
+// daemon, replay and the synchronous scoring API so that all three decide
+// alike.
+type Processor struct {
+	Engine  *detector.Engine
+	Planner *enforce.Planner
+	Alerts  *alerts.Manager
+}
+
+// Handle scores ev and appends what it produced; dup reports a redelivered
+// event that produced nothing.
+func (p *Processor) Handle(ev *event.Event, out *Outputs) (dup bool) {
+	n := len(out.Decisions)
+	out.Decisions, dup = p.Engine.Process(ev, out.Decisions)
+	p.follow(out, n)
+	return dup
+}
+
+// Flush fires timers due by the last event time (end of a replay).
+func (p *Processor) Flush(out *Outputs) {
+	n := len(out.Decisions)
+	out.Decisions = p.Engine.Flush(out.Decisions)
+	p.follow(out, n)
+}
+
+func (p *Processor) follow(out *Outputs, from int) {
+	for i := from; i < len(out.Decisions); i++ {
+		d := &out.Decisions[i]
+		out.Commands = p.Planner.Plan(d, out.Commands)
+		if len(d.Rules) > 0 {
+			out.Alerts = p.Alerts.Observe(d, out.Alerts)
+		}
+	}
+}

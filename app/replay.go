@@ -1,0 +1,177 @@
+package app
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+
+	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/rules"
+)
+
+// ReplaySummary is what a replay saw and decided.
+type ReplaySummary struct {
+	Lines, Events, Rejected, Duplicates int
+	ByAction                            map[string]int
+	RuleHits                            map[string]int
+	Commands, Alerts                    int
+	Elapsed                             time.Duration
+	RulesetVersion                      string
+}
+
+// NewProcessor builds the detection path from config and a rule set.
+func NewProcessor(cfg config.Config, set *rules.Set, m *detector.Metrics, log *slog.Logger) *Processor {
+	d := cfg.Detector
+	return &Processor{
+		Engine: detector.New(detector.Config{
+			AllowedLateness: d.AllowedLateness.D(), IdleExpiry: d.IdleExpiry.D(), AllowList: d.AllowList,
+			Thresholds: detector.Thresholds{Review: d.Thresholds.Review, StepUp: d.Thresholds.StepUp, Freeze: d.Thresholds.Freeze},
+		}, set, m, log),
+		Planner: enforce.NewPlanner(),
+		Alerts:  alerts.NewManager(),
+	}
+}
+
+// Replay scores newline-delimited events from r without Kafka (CONTRACT §5)
+// and writes decisions, alerts and commands as NDJSON into outDir.
+func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *slog.Logger) (ReplaySummary, error) {
+	start := time.Now()
+	sum := ReplaySummary{ByAction: map[string]int{}, RuleHits: map[string]int{}, RulesetVersion: set.Version}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return sum, fmt.Errorf("create output dir: %w", err)
+	}
+	files := map[string]*bufio.Writer{}
+	var closers []*os.File
+	for _, name := range []string{"decisions", "alerts", "commands"} {
+		f, err := os.Create(filepath.Join(outDir, name+".ndjson"))
+		if err != nil {
+			return sum, fmt.Errorf("create %s output: %w", name, err)
+		}
+		closers = append(closers, f)
+		files[name] = bufio.NewWriterSize(f, 1<<20)
+	}
+	defer func() {
+		for _, f := range closers {
+			f.Close()
+		}
+	}()
+	p := NewProcessor(cfg, set, nil, log)
+	var out Outputs
+	write := func() error {
+		for i := range out.Decisions {
+			d := &out.Decisions[i]
+			sum.ByAction[d.Action]++
+			for _, h := range d.Rules {
+				sum.RuleHits[h.ID]++
+			}
+			for _, h := range d.Shadow {
+				sum.RuleHits[h.ID+" (shadow)"]++
+			}
+			if err := writeLine(files["decisions"], d); err != nil {
+				return err
+			}
+		}
+		for i := range out.Commands {
+			sum.Commands++
+			if err := writeLine(files["commands"], &out.Commands[i]); err != nil {
+				return err
+			}
+		}
+		for i := range out.Alerts {
+			sum.Alerts++
+			if err := writeLine(files["alerts"], &out.Alerts[i]); err != nil {
+				return err
+			}
+		}
+		out.Reset()
+		return nil
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 256<<10), event.MaxSize+1024)
+	now := time.Now()
+	for sc.Scan() {
+		line := sc.Bytes()
+		sum.Lines++
+		if len(strings.TrimSpace(string(line))) == 0 {
+			continue
+		}
+		ev, err := event.Decode(line, now)
+		if err != nil {
+			sum.Rejected++
+			log.Warn("replay: event rejected", "line", sum.Lines, "reason", event.ReasonOf(err), "err", err)
+			continue
+		}
+		sum.Events++
+		if p.Handle(&ev, &out) {
+			sum.Duplicates++
+		}
+		if len(out.Decisions) >= 1024 {
+			if err := write(); err != nil {
+				return sum, err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return sum, fmt.Errorf("read events (line %d): %w", sum.Lines+1, err)
+	}
+	p.Flush(&out)
+	if err := write(); err != nil {
+		return sum, err
+	}
+	for _, w := range files {
+		if err := w.Flush(); err != nil {
+			return sum, fmt.Errorf("write output: %w", err)
+		}
+	}
+	sum.Elapsed = time.Since(start)
+	return sum, nil
+}
+
+func writeLine(w *bufio.Writer, v any) error {
+	b, err := gojson.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode output: %w", err)
+	}
+	w.Write(b)
+	return w.WriteByte('\n')
+}
+
+// Print writes the summary for a person.
+func (s ReplaySummary) Print(w io.Writer) {
+	rate := float64(s.Events) / max(s.Elapsed.Seconds(), 1e-9)
+	fmt.Fprintf(w, "replayed %d events in %s (%.0f events/s), rule set %s\n", s.Events, s.Elapsed.Round(time.Millisecond), rate, s.RulesetVersion)
+	fmt.Fprintf(w, "rejected %d, duplicates %d\n", s.Rejected, s.Duplicates)
+	fmt.Fprintf(w, "decisions:")
+	for _, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {
+		fmt.Fprintf(w, " %s=%d", a, s.ByAction[a])
+	}
+	fmt.Fprintf(w, "\ncommands %d, alerts %d\n", s.Commands, s.Alerts)
+	type kv struct {
+		k string
+		v int
+	}
+	var top []kv
+	for k, v := range s.RuleHits {
+		top = append(top, kv{k, v})
+	}
+	sort.Slice(top, func(i, j int) bool { return top[i].v > top[j].v || top[i].v == top[j].v && top[i].k < top[j].k })
+	fmt.Fprintln(w, "top rules:")
+	for i, t := range top {
+		if i == 15 {
+			break
+		}
+		fmt.Fprintf(w, "  %6d  %s\n", t.v, t.k)
+	}
+}

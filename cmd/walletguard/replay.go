@@ -1,0 +1,67 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/walletguard/walletguard/app"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/rules"
+)
+
+func cmdReplay(args []string) int {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	out := fs.String("out", "", "output directory for decisions.ndjson, alerts.ndjson, commands.ndjson (required)")
+	cfgPath := fs.String("config", "", "config file (thresholds, allow-list, rules.paths)")
+	rulePaths := fs.String("rules", "", "comma-separated rule files or directories to use instead of the configured ones")
+	// Accept the file before or after the flags: "replay FILE --out DIR".
+	var file string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		file, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if file == "" && fs.NArg() > 0 {
+		file = fs.Arg(0)
+	}
+	if file == "" || *out == "" {
+		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE]")
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
+		return 2
+	}
+	paths := cfg.Rules.Paths
+	if *rulePaths != "" {
+		paths = strings.Split(*rulePaths, ",")
+	}
+	set, err := rules.Load(paths)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "replay: rules:\n%v\n", err)
+		return 2
+	}
+	var in io.Reader = os.Stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "replay: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		in = f
+	}
+	sum, err := app.Replay(cfg, set, in, *out, newLogger("text", "warn"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
+		return 1
+	}
+	sum.Print(os.Stdout)
+	fmt.Printf("wrote %s/decisions.ndjson, alerts.ndjson, commands.ndjson\n", strings.TrimRight(*out, "/"))
+	return 0
+}
