@@ -183,7 +183,7 @@ func (a *account) view(v *rules.AccountView, ev *event.Event, now uint32) {
 			if d.key == k && d.last != 0 {
 				v.IsNewDevice = false
 				v.DeviceAgeHours = float64(now-min(now, d.first)) / 3600
-				v.OnNewDevice = v.DeviceAgeHours < 24 && d.first > a.first+600
+				v.OnNewDevice = v.DeviceAgeHours < 24 && d.first > a.first+hour1
 			}
 		}
 		if v.IsNewDevice {

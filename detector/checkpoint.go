@@ -79,8 +79,20 @@ func k8(k uint64) []byte { return binary.BigEndian.AppendUint64(nil, k) }
 // and the given offsets in one transaction: after a crash, the state on disk
 // and the offsets to resume from always belong together.
 func (e *Engine) Checkpoint(s *Store, offsets Offsets) (time.Duration, error) {
+	return e.CheckpointWith(s, offsets)
+}
+
+// CheckpointWith is Checkpoint with more state written in the same
+// transaction (account security states, alerts), so that all of it and the
+// offsets move together.
+func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.Tx) error) (time.Duration, error) {
 	start := time.Now()
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, fn := range extra {
+			if err := fn(tx); err != nil {
+				return err
+			}
+		}
 		if err := putRows(tx, bAccounts, e.accounts, func(r *account) []byte { return raw(r) }); err != nil {
 			return err
 		}

@@ -35,10 +35,11 @@ type SourceConfig struct {
 	GroupID        string
 	SessionTimeout time.Duration
 	CommitInterval time.Duration
-	// StartOffset, when set, overrides the group's committed offset for a
-	// partition: the detector resumes from its own checkpoint, which may be
-	// ahead of the last commit. It returns the next offset to read.
-	StartOffset func(topic string, partition int) (int64, bool)
+	// StartOffset, when set, chooses where a newly assigned partition starts:
+	// it gets the group's committed offset (negative if none) and returns the
+	// next offset to read. The detector resumes from its own checkpoint,
+	// which may be ahead of the last commit.
+	StartOffset func(topic string, partition int, committed int64) int64
 	Now         func() time.Time
 }
 
@@ -186,9 +187,7 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 		for _, a := range as {
 			start := a.Offset
 			if s.cfg.StartOffset != nil {
-				if off, ok := s.cfg.StartOffset(topic, a.ID); ok {
-					start = off
-				}
+				start = s.cfg.StartOffset(topic, a.ID, a.Offset)
 			}
 			wg.Add(1)
 			go func() {

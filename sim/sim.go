@@ -255,6 +255,13 @@ func (g *Generator) planHistory() {
 		for k := 0; k < n; k++ {
 			g.history = append(g.history, histSlot{at: from.Add(time.Duration(g.rng.Int64N(int64(span - time.Hour)))), acct: int32(i), k: int32(k)})
 		}
+		// Slot 0 comes first for the account: it is the set-up session.
+		first := len(g.history) - n
+		for j := first + 1; j < len(g.history); j++ {
+			if g.history[j].at.Before(g.history[first].at) {
+				g.history[j].at, g.history[first].at = g.history[first].at, g.history[j].at
+			}
+		}
 	}
 	slices.SortFunc(g.history, func(x, y histSlot) int { return x.at.Compare(y.at) })
 }
@@ -266,6 +273,16 @@ func (g *Generator) historySession(s histSlot) {
 	t := s.at
 	k := int(s.k)
 	dev := a.devices[k%len(a.devices)]
+	if k == 0 {
+		// The account's first session signs in on each of its devices, as
+		// when a user sets up the app: every device is known from the start.
+		for _, d := range a.devices[1:] {
+			login := g.base(a, event.TypeLogin, t, a.home, d, a.ip)
+			login.Result, login.Method = "success", "password"
+			g.emit(login)
+			t = t.Add(20*time.Second + g.jitter(time.Minute))
+		}
+	}
 	login := g.base(a, event.TypeLogin, t, a.home, dev, a.ip)
 	login.Result, login.Method = "success", "password"
 	g.emit(login)

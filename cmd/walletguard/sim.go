@@ -28,9 +28,6 @@ func cmdSim(args []string) int {
 	}
 	cfg := sim.DefaultConfig(*accounts)
 	cfg.Seed, cfg.Duration, cfg.InvalidRate = *seed, time.Duration(*days*24*float64(time.Hour)), *invalid
-	scale := *days
-	cfg.StuckPerDay, cfg.TakeoversPerDay = cfg.StuckPerDay, cfg.TakeoversPerDay
-	_ = scale
 	t, err := time.Parse(time.RFC3339, *start)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sim: --start: %v\n", err)

@@ -1,0 +1,474 @@
+// Package app is the one place that wires walletguard's packages together:
+// ingest -> detector (rules) -> enforce / alerts -> Kafka, plus the HTTP API,
+// the embedded broker and the state store. New builds everything, Run blocks
+// until its context ends and then shuts down in order within a bounded time.
+// Tests start the whole daemon in-process through it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	gojson "github.com/goccy/go-json"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/walletguard/walletguard/api"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/rules"
+)
+
+// App is a running walletguard.
+type App struct {
+	cfg      config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	broker   *ingest.EmbeddedBroker
+	brokers  []string
+	store    *detector.Store
+	proc     *Processor
+	procMu   sync.Mutex // the pipeline holds it per batch; the API briefly
+	source   *ingest.Source
+	producer *ingest.Producer
+	imet     *ingest.Metrics
+	dmet     *detector.Metrics
+	amet     *appMetrics
+	http     *http.Server
+	httpLn   net.Listener
+	recent   *recentDecisions
+	ckptErr  atomic.Value // string: why the last checkpoint failed, "" if fine
+	observer func(Outputs)
+
+	reloadMu sync.Mutex
+	cleanup  []func()
+}
+
+type appMetrics struct {
+	checkpoints    prometheus.Counter
+	checkpointErrs prometheus.Counter
+	checkpointSecs prometheus.Histogram
+	reloadOK       prometheus.Gauge
+	reloads        *prometheus.CounterVec
+	commands       *prometheus.CounterVec
+	alertsRaised   *prometheus.CounterVec
+	watermark      prometheus.Gauge
+}
+
+func newAppMetrics(reg prometheus.Registerer) *appMetrics {
+	f := promauto.With(reg)
+	m := &appMetrics{
+		checkpoints: f.NewCounter(prometheus.CounterOpts{Name: "walletguard_checkpoints_total", Help: "State checkpoints written."}),
+		checkpointErrs: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_checkpoint_errors_total", Help: "State checkpoints that failed (offsets are not committed until one succeeds).",
+		}),
+		checkpointSecs: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "walletguard_checkpoint_seconds", Help: "Time to write a state checkpoint.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
+		}),
+		reloadOK: f.NewGauge(prometheus.GaugeOpts{
+			Name: "walletguard_rules_last_reload_successful", Help: "1 if the last rule reload succeeded, 0 if it was refused.",
+		}),
+		reloads: f.NewCounterVec(prometheus.CounterOpts{Name: "walletguard_rules_reloads_total", Help: "Rule reloads by result."}, []string{"result"}),
+		commands: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_account_commands_total", Help: "Account commands issued, by command.",
+		}, []string{"command"}),
+		alertsRaised: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_alerts_total", Help: "Alert records emitted (new or changed), by category.",
+		}, []string{"category"}),
+		watermark: f.NewGauge(prometheus.GaugeOpts{
+			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
+		}),
+	}
+	m.reloadOK.Set(1)
+	for _, c := range []string{enforce.CmdFreeze, enforce.CmdRequire2FA, enforce.CmdUnfreeze, enforce.CmdClear2FA} {
+		m.commands.WithLabelValues(c)
+	}
+	return m
+}
+
+// Options are what tests and the demo can change beyond the config file.
+type Options struct {
+	// Observer, if set, sees every batch of outputs after it is durable (the demo prints from it).
+	Observer func(Outputs)
+}
+
+// New builds the daemon from a validated config. Nothing runs until Run.
+func New(cfg config.Config, log *slog.Logger, opts Options) (a *App, err error) {
+	a = &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), recent: newRecent(10000), observer: opts.Observer}
+	defer func() {
+		if err != nil {
+			a.runCleanup()
+		}
+	}()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.imet = ingest.NewMetrics(a.reg)
+	a.dmet = detector.NewMetrics(a.reg)
+	a.amet = newAppMetrics(a.reg)
+	a.ckptErr.Store("")
+
+	set, err := rules.Load(cfg.Rules.Paths)
+	if err != nil {
+		return nil, fmt.Errorf("load rules: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	a.store, err = detector.OpenStore(filepath.Join(cfg.DataDir, "state"))
+	if err != nil {
+		return nil, err
+	}
+	a.cleanup = append(a.cleanup, func() { a.store.Close() })
+
+	a.proc = NewProcessor(cfg, set, a.dmet, log)
+	offsets, err := a.proc.Engine.Restore(a.store)
+	if err != nil {
+		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
+	}
+	if err := a.proc.Planner.Load(a.store.DB()); err != nil {
+		return nil, fmt.Errorf("restore account states: %w", err)
+	}
+	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
+		return nil, fmt.Errorf("restore alerts: %w", err)
+	}
+	if offsets != nil {
+		st := a.proc.Engine.Stats()
+		log.Info("restored checkpoint", "accounts", st.Accounts, "timers", st.Timers, "watermark", a.proc.Engine.Watermark())
+	}
+
+	a.brokers = cfg.Kafka.Brokers
+	if len(a.brokers) == 0 {
+		topics := append([]string{cfg.Kafka.DLQTopic, cfg.Kafka.DecisionsTopic, cfg.Kafka.CommandsTopic}, cfg.Kafka.Topics...)
+		a.broker, err = ingest.StartEmbedded(cfg.Kafka.EmbeddedListen, filepath.Join(cfg.DataDir, "broker"), cfg.Kafka.EmbeddedPartitions, topics, log)
+		if err != nil {
+			return nil, err
+		}
+		a.cleanup = append(a.cleanup, a.broker.Close)
+		a.brokers = []string{a.broker.Addr()}
+	}
+	a.producer = ingest.NewProducer(a.brokers, a.imet, log)
+	a.cleanup = append(a.cleanup, func() { a.producer.Close() })
+	a.source = ingest.NewSource(ingest.SourceConfig{
+		Brokers: a.brokers, Topics: cfg.Kafka.Topics, GroupID: cfg.Kafka.GroupID,
+		SessionTimeout: cfg.Kafka.SessionTimeout.D(), CommitInterval: cfg.Kafka.CommitInterval.D(),
+		StartOffset: func(topic string, partition int, committed int64) int64 {
+			// Resume from the checkpoint: the state on disk includes exactly
+			// the events before it. Commits never pass the checkpoint, so it
+			// is at or ahead of the committed offset unless another instance
+			// owned the partition meanwhile.
+			if ck, ok := offsets[topic][partition]; ok && (committed < 0 || ck >= committed) {
+				return ck
+			}
+			return committed
+		},
+	}, a.imet, log)
+
+	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("http listen %s: %w", cfg.HTTP.Listen, err)
+	}
+	a.cleanup = append(a.cleanup, func() { a.httpLn.Close() })
+	a.http = &http.Server{Handler: api.New(a.apiBackend(), cfg.HTTP.Tokens, a.reg, log), ReadHeaderTimeout: 10 * time.Second}
+	return a, nil
+}
+
+// BrokerAddr is the Kafka bootstrap address in use (the embedded broker's if any).
+func (a *App) BrokerAddr() string { return a.brokers[0] }
+
+// HTTPAddr is the address the API listens on.
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// Registry is the daemon's Prometheus registry.
+func (a *App) Registry() *prometheus.Registry { return a.reg }
+
+func (a *App) runCleanup() {
+	for i := len(a.cleanup) - 1; i >= 0; i-- {
+		a.cleanup[i]()
+	}
+	a.cleanup = nil
+}
+
+// Run serves until ctx is cancelled, then stops fetching, finishes the events
+// in flight, checkpoints, commits and returns within the shutdown timeout.
+func (a *App) Run(ctx context.Context) error {
+	defer a.runCleanup()
+	go func() {
+		if err := a.http.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "err", err)
+		}
+	}()
+	if a.cfg.Rules.Watch && len(a.cfg.Rules.Paths) > 0 {
+		go a.watchRules(ctx)
+	}
+	srcDone := make(chan error, 1)
+	go func() { srcDone <- a.source.Run(ctx) }()
+	a.log.Info("walletguard running", "kafka", a.brokers, "topics", a.cfg.Kafka.Topics, "http", a.HTTPAddr(),
+		"rules", a.proc.Engine.Rules().Version)
+
+	// The pipeline drains Records until the source closes it, which it does
+	// only after its fetchers stopped; events in flight are finished.
+	pipeErr := a.pipeline(a.source.Records())
+	srcErr := <-srcDone
+
+	stopCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D())
+	defer cancel()
+	if err := a.source.Close(); err != nil {
+		a.log.Warn("leaving consumer group", "err", err)
+	}
+	if err := a.http.Shutdown(stopCtx); err != nil {
+		a.log.Warn("http shutdown", "err", err)
+	}
+	a.log.Info("walletguard stopped")
+	return errors.Join(pipeErr, srcErr)
+}
+
+// pipeline is the single goroutine that owns detection state.
+func (a *App) pipeline(records <-chan ingest.Record) error {
+	const maxBatch = 4096
+	var (
+		out      Outputs
+		msgs     []ingest.Message
+		next     = map[string]map[int]int64{} // next offset per partition, handled
+		arrived  []time.Time
+		lastCkpt = time.Now()
+		interval = a.cfg.Detector.CheckpointInterval.D()
+	)
+	ctx := context.Background() // writes retry until done: shutdown waits for them within its timeout
+	flush := func() {
+		if len(out.Decisions)+len(out.Commands)+len(out.Alerts)+len(msgs) == 0 && len(arrived) == 0 {
+			return
+		}
+		msgs = a.appendOutputs(msgs, &out)
+		if err := a.producer.Write(ctx, "outputs", msgs); err != nil {
+			a.log.Error("write outputs", "err", err)
+		}
+		now := time.Now()
+		for _, t := range arrived {
+			a.imet.Latency.Observe(now.Sub(t).Seconds())
+		}
+		if a.observer != nil {
+			a.observer(out)
+		}
+		a.recent.add(out.Decisions)
+		msgs, arrived = msgs[:0], arrived[:0]
+		out.Reset()
+	}
+	checkpoint := func() {
+		flush()
+		offsets := detector.Offsets{}
+		for t, ps := range next {
+			offsets[t] = map[int]int64{}
+			for p, o := range ps {
+				offsets[t][p] = o
+			}
+		}
+		a.procMu.Lock()
+		took, err := a.proc.Engine.CheckpointWith(a.store, offsets, a.proc.Planner.Save, a.proc.Alerts.Save)
+		a.procMu.Unlock()
+		lastCkpt = time.Now()
+		if err != nil {
+			a.amet.checkpointErrs.Inc()
+			if a.ckptErr.Load().(string) != err.Error() {
+				a.log.Error("checkpoint failed: offsets will not be committed until one succeeds", "err", err)
+			}
+			a.ckptErr.Store(err.Error())
+			return
+		}
+		if a.ckptErr.Load().(string) != "" {
+			a.log.Info("checkpoints succeed again")
+		}
+		a.ckptErr.Store("")
+		a.amet.checkpoints.Inc()
+		a.amet.checkpointSecs.Observe(took.Seconds())
+		a.amet.watermark.Set(float64(a.proc.Engine.Watermark().Unix()))
+		for t, ps := range offsets {
+			for p, o := range ps {
+				a.source.MarkHandled(t, p, o-1)
+			}
+		}
+	}
+	defer checkpoint()
+
+	batch := 0
+	a.procMu.Lock()
+	locked := true
+	unlock := func() {
+		if locked {
+			a.procMu.Unlock()
+			locked = false
+		}
+	}
+	defer unlock()
+	for {
+		var rec ingest.Record
+		var ok bool
+		select {
+		case rec, ok = <-records:
+		default:
+			// Nothing waiting: make what we have durable now (low latency
+			// when idle, big batches under load).
+			unlock()
+			flush()
+			if time.Since(lastCkpt) >= interval {
+				checkpoint()
+			}
+			batch = 0
+			select {
+			case rec, ok = <-records:
+			case <-time.After(interval):
+				if time.Since(lastCkpt) >= interval {
+					checkpoint()
+				}
+				continue
+			}
+		}
+		if !ok {
+			return nil
+		}
+		if !locked {
+			a.procMu.Lock()
+			locked = true
+		}
+		a.handle(&rec, &out, &msgs)
+		arrived = append(arrived, rec.Arrived)
+		ps := next[rec.Topic]
+		if ps == nil {
+			ps = map[int]int64{}
+			next[rec.Topic] = ps
+		}
+		ps[rec.Partition] = rec.Offset + 1
+		batch++
+		if batch >= maxBatch {
+			unlock()
+			flush()
+			batch = 0
+			if time.Since(lastCkpt) >= interval {
+				checkpoint()
+			}
+		}
+	}
+}
+
+// handle processes one record: a rejection becomes a dead letter, a valid
+// event goes through the processor.
+func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
+	if rec.Err != nil {
+		reason := event.ReasonOf(rec.Err)
+		var detail string
+		var re *event.RejectError
+		if errors.As(rec.Err, &re) {
+			detail = re.Detail
+		}
+		a.imet.Rejected.WithLabelValues(string(reason)).Inc()
+		a.imet.DeadLettered.Inc()
+		a.log.Warn("event rejected to dead-letter topic", "reason", reason, "detail", detail,
+			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		*msgs = append(*msgs, ingest.DeadLetter(a.cfg.Kafka.DLQTopic, rec, string(reason), detail))
+		return
+	}
+	a.imet.Consumed.WithLabelValues(rec.Event.TypeName).Inc()
+	if a.proc.Handle(&rec.Event, out) {
+		a.imet.Duplicates.Inc()
+	}
+}
+
+// appendOutputs renders decisions and commands as Kafka records.
+func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
+	for i := range out.Decisions {
+		d := &out.Decisions[i]
+		b, err := gojson.Marshal(d)
+		if err != nil {
+			a.log.Error("encode decision", "err", err)
+			continue
+		}
+		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: []byte(d.AccountID), Value: b})
+	}
+	for i := range out.Commands {
+		c := &out.Commands[i]
+		b, err := gojson.Marshal(c)
+		if err != nil {
+			a.log.Error("encode command", "err", err)
+			continue
+		}
+		a.amet.commands.WithLabelValues(c.Command).Inc()
+		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: b})
+	}
+	for i := range out.Alerts {
+		a.amet.alertsRaised.WithLabelValues(out.Alerts[i].Category).Inc()
+	}
+	return msgs
+}
+
+// ReloadRules re-reads the rule files; a set that fails validation is
+// refused as a whole and the old one stays live.
+func (a *App) ReloadRules() (*rules.Set, error) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	set, err := rules.Load(a.cfg.Rules.Paths)
+	if err != nil {
+		a.amet.reloadOK.Set(0)
+		a.amet.reloads.WithLabelValues("refused").Inc()
+		a.log.Error("rule reload refused; the previous rule set stays live", "version", a.proc.Engine.Rules().Version, "err", err)
+		return nil, err
+	}
+	old := a.proc.Engine.Rules().Version
+	a.proc.Engine.SetRules(set)
+	a.amet.reloadOK.Set(1)
+	a.amet.reloads.WithLabelValues("ok").Inc()
+	a.log.Info("rules reloaded", "version", set.Version, "previous", old, "rules", len(set.Rules))
+	return set, nil
+}
+
+// watchRules reloads when a rule file changes (polling: rule directories
+// are small and this works on every filesystem, including ConfigMap mounts).
+func (a *App) watchRules(ctx context.Context) {
+	stamp := func() string {
+		src, err := rules.ReadSources(a.cfg.Rules.Paths)
+		if err != nil {
+			return "error:" + err.Error()
+		}
+		h := ""
+		for _, f := range src {
+			h += fmt.Sprintf("%s:%x;", f.Name, xxhash.Sum64(f.Content))
+		}
+		return h
+	}
+	last := stamp()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if s := stamp(); s != last {
+				last = s
+				a.ReloadRules()
+			}
+		}
+	}
+}
+
+// ready reports whether the daemon should receive traffic, and why not.
+func (a *App) ready() (bool, string) {
+	if !a.source.Ready() {
+		return false, "not consuming yet (joining the consumer group)"
+	}
+	if e := a.ckptErr.Load().(string); e != "" {
+		return false, "checkpoints failing: " + e
+	}
+	return true, ""
+}
