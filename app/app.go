@@ -219,8 +219,17 @@ func (a *App) Run(ctx context.Context) error {
 		"rules", a.proc.Engine.Rules().Version)
 
 	// The pipeline drains Records until the source closes it, which it does
-	// only after its fetchers stopped; events in flight are finished.
-	pipeErr := a.pipeline(a.source.Records())
+	// only after its fetchers stopped; events in flight are finished. Its
+	// writes retry for as long as it takes while running, and until the
+	// shutdown timeout once stopping: what is not written by then is not
+	// checkpointed, so it is redelivered on the next start.
+	writeCtx, stopWrites := context.WithCancel(context.Background())
+	defer stopWrites()
+	stopAfter := context.AfterFunc(ctx, func() {
+		time.AfterFunc(a.cfg.Kafka.ShutdownTimeout.D(), stopWrites)
+	})
+	defer stopAfter()
+	pipeErr := a.pipeline(writeCtx, a.source.Records())
 	srcErr := <-srcDone
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D())
@@ -236,7 +245,7 @@ func (a *App) Run(ctx context.Context) error {
 }
 
 // pipeline is the single goroutine that owns detection state.
-func (a *App) pipeline(records <-chan ingest.Record) error {
+func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error {
 	const maxBatch = 4096
 	var (
 		out      Outputs
@@ -246,14 +255,15 @@ func (a *App) pipeline(records <-chan ingest.Record) error {
 		lastCkpt = time.Now()
 		interval = a.cfg.Detector.CheckpointInterval.D()
 	)
-	ctx := context.Background() // writes retry until done: shutdown waits for them within its timeout
+	failed := false // outputs that could not be written: nothing after them may be checkpointed
 	flush := func() {
 		if len(out.Decisions)+len(out.Commands)+len(out.Alerts)+len(msgs) == 0 && len(arrived) == 0 {
 			return
 		}
 		msgs = a.appendOutputs(msgs, &out)
 		if err := a.producer.Write(ctx, "outputs", msgs); err != nil {
-			a.log.Error("write outputs", "err", err)
+			a.log.Error("outputs not written; their events will be redelivered after restart", "records", len(msgs), "err", err)
+			failed = true
 		}
 		now := time.Now()
 		for _, t := range arrived {
@@ -268,6 +278,9 @@ func (a *App) pipeline(records <-chan ingest.Record) error {
 	}
 	checkpoint := func() {
 		flush()
+		if failed {
+			return
+		}
 		offsets := detector.Offsets{}
 		for t, ps := range next {
 			offsets[t] = map[int]int64{}

@@ -69,6 +69,16 @@ type account struct {
 
 	pwReset, mfaOff, phoneChg, emailChg, payeeAdded, secAny uint32
 	secChanges                                              win
+
+	risk   uint8 // highest decision score in the last day
+	riskAt uint32
+}
+
+// noteRisk remembers a decision's score for a day.
+func (a *account) noteRisk(score int, now uint32) {
+	if a.riskAt == 0 || now-min(now, a.riskAt) > day1 || score >= int(a.risk) {
+		a.risk, a.riskAt = uint8(score), now
+	}
 }
 
 func hash32(s string) uint32 {
@@ -295,6 +305,9 @@ func (a *account) view(v *rules.AccountView, ev *event.Event, now uint32) {
 	v.MinsSincePayeeAdded = minsSince(now, a.payeeAdded)
 	v.MinsSinceSecurityChg = minsSince(now, a.secAny)
 	v.SecurityChanges24h = a.secChanges.count(now, day1)
+	if a.riskAt != 0 && now-min(now, a.riskAt) <= day1 {
+		v.RecentRisk = int(a.risk)
+	}
 }
 
 // update folds ev into the account.

@@ -271,6 +271,7 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 	e.finish(&d)
 	out = append(out, d)
 
+	acct.noteRisk(d.Score, now)
 	acct.update(ev, now)
 	if dev != nil {
 		dev.update(ev, acctID, now)

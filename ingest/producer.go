@@ -35,7 +35,9 @@ func NewProducer(brokers []string, m *Metrics, log *slog.Logger) *Producer {
 			// so an account's commands stay ordered for any consumer.
 			Balancer:               &kafka.Murmur2Balancer{},
 			BatchSize:              10000,
-			BatchBytes:             16 << 20,
+			// Kafka's default message.max.bytes is 1 MB; a larger batch is
+			// refused whole.
+			BatchBytes:             1_000_000,
 			BatchTimeout:           2 * time.Millisecond,
 			RequiredAcks:           kafka.RequireAll,
 			AllowAutoTopicCreation: true,
@@ -65,12 +67,17 @@ func (p *Producer) Write(ctx context.Context, stream string, msgs []Message) err
 		var werrs kafka.WriteErrors
 		if errors.As(err, &werrs) && len(werrs) == len(msgs) {
 			failed := msgs[:0:0]
+			var first error
 			for i, e := range werrs {
 				if e != nil {
 					failed = append(failed, msgs[i])
+					if first == nil {
+						first = e
+					}
 				}
 			}
 			msgs = failed
+			err = fmt.Errorf("%d of %d records failed, first: %w", len(failed), len(werrs), first)
 		}
 		if s := err.Error(); s != lastErr { // log when the error changes, not on every try
 			p.log.Warn("produce failed; retrying", "stream", stream, "pending", len(msgs), "err", err)

@@ -154,6 +154,10 @@ type AccountView struct {
 	MinsSinceSecurityChg   float64 `expr:"mins_since_security_change"` // any of the above
 	MinsSinceNewDevice     float64 `expr:"mins_since_new_device"`      // newest device's first appearance
 	SecurityChanges24h     int     `expr:"security_changes_24h"`
+	// RecentRisk is the highest score of the account's decisions in the last
+	// 24 h: evidence from earlier events (a reset, a 2FA removal) carries over
+	// to the transfer that follows.
+	RecentRisk int `expr:"recent_risk"`
 }
 
 // DeviceView describes the event's device across all accounts.

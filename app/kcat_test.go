@@ -1,0 +1,61 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestKcatProducesAndReadsDeadLetters drives the daemon from librdkafka, an
+// outside Kafka client: kcat produces 3 valid and 2 invalid events to the
+// embedded broker, and reads the 2 dead letters back with their reasons.
+func TestKcatProducesAndReadsDeadLetters(t *testing.T) {
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatal("kcat is required (Debian package kcat; the test script installs it)")
+	}
+	r := start(t, testConfig(t, t.TempDir()))
+	broker := r.app.BrokerAddr()
+	var in bytes.Buffer
+	for _, v := range append(append([]string{}, validEvents...), invalidEvents...) {
+		in.WriteString(v + "\n")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kcat, "-P", "-b", broker, "-t", "wallet.events")
+	cmd.Stdin = &in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kcat -P: %v: %s", err, out)
+	}
+	addr := r.app.HTTPAddr()
+	waitFor(t, 20*time.Second, "kcat's events handled", func() bool {
+		return metric(t, addr, "walletguard_events_dead_lettered_total") == 2
+	})
+	if got := r.app.Snapshot().Consumed; got != 3 {
+		t.Errorf("consumed %v, want 3", got)
+	}
+	var lines []string
+	waitFor(t, 20*time.Second, "kcat to read 2 dead letters", func() bool {
+		out, err := exec.CommandContext(ctx, kcat, "-C", "-b", broker, "-t", "walletguard.dlq", "-o", "beginning", "-e", "-q",
+			"-f", "%h\t%s\n").Output()
+		if err != nil {
+			return false
+		}
+		lines = strings.Split(strings.TrimSpace(string(out)), "\n")
+		return len(lines) == 2 && lines[0] != ""
+	})
+	joined := strings.Join(lines, "\n")
+	for _, want := range []string{"walletguard-reject-reason=invalid_json", "walletguard-reject-reason=negative_amount", invalidEvents[1]} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("kcat's view of the dead-letter topic lacks %q:\n%s", want, joined)
+		}
+	}
+	// And the decisions topic is readable by an outside client too.
+	out, err := exec.CommandContext(ctx, kcat, "-C", "-b", broker, "-t", "walletguard.decisions", "-o", "beginning", "-e", "-q").Output()
+	if err != nil || strings.Count(string(out), `"decision_id"`) != 3 {
+		t.Errorf("kcat read decisions: %v\n%s", err, out)
+	}
+}
