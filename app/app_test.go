@@ -188,7 +188,7 @@ var validEvents = []string{
 }
 
 var invalidEvents = []string{
-	`{"event_id":"bad1","type":"login","ts":"` + ts + `","account_id":"acc-3"`,                                          // truncated JSON
+	`{"event_id":"bad1","type":"login","ts":"` + ts + `","account_id":"acc-3"`,                                                                                     // truncated JSON
 	`{"event_id":"bad2","type":"transaction","ts":"` + ts + `","account_id":"acc-3","tx_id":"t","kind":"payment","amount":-5,"currency":"IDR","status":"success"}`, // negative amount
 }
 

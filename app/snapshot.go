@@ -7,10 +7,10 @@ import (
 // Snapshot is a few headline numbers read from the daemon's own metrics.
 type Snapshot struct {
 	Consumed, Rejected, DeadLettered, Duplicates float64
-	Lag                                         float64
-	Decisions                                   map[string]float64 // by action
-	Commands                                    map[string]float64
-	Alerts                                      float64
+	Lag                                          float64
+	Decisions                                    map[string]float64 // by action
+	Commands                                     map[string]float64
+	Alerts                                       float64
 }
 
 // Snapshot reads the headline numbers.

@@ -33,8 +33,8 @@ func NewProducer(brokers []string, m *Metrics, log *slog.Logger) *Producer {
 			Addr: kafka.TCP(brokers...),
 			// Murmur2 places keys on the same partitions as Java clients do,
 			// so an account's commands stay ordered for any consumer.
-			Balancer:               &kafka.Murmur2Balancer{},
-			BatchSize:              10000,
+			Balancer:  &kafka.Murmur2Balancer{},
+			BatchSize: 10000,
 			// Kafka's default message.max.bytes is 1 MB; a larger batch is
 			// refused whole.
 			BatchBytes:             1_000_000,

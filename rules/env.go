@@ -104,12 +104,12 @@ type AccountView struct {
 	EventsSeen   int     `expr:"events_seen"` // events of the account so far
 	Transactions int     `expr:"transactions"`
 
-	IsNewDevice      bool    `expr:"is_new_device"`
-	DeviceAgeHours   float64 `expr:"device_age_hours"` // since this device first appeared on the account (0 if new)
-	KnownDevices     int     `expr:"known_devices"`
+	IsNewDevice    bool    `expr:"is_new_device"`
+	DeviceAgeHours float64 `expr:"device_age_hours"` // since this device first appeared on the account (0 if new)
+	KnownDevices   int     `expr:"known_devices"`
 	// OnNewDevice: the event's device joined this account in the last 24 h,
 	// after the account had been used from another device.
-	OnNewDevice bool `expr:"on_new_device"`
+	OnNewDevice      bool    `expr:"on_new_device"`
 	IsNewIPPrefix    bool    `expr:"is_new_ip_prefix"`
 	IsNewCountry     bool    `expr:"is_new_country"`
 	HomeCountry      string  `expr:"home_country"`
