@@ -34,44 +34,44 @@ type country struct {
 // and it encodes to a fixed number of bytes for checkpoints (see Size in the
 // README).
 type account struct {
+	balance, peak int64
+
 	first, last uint32
 	events      uint32
 	txs         uint32
 
-	dedup    [8]uint32 // hashes of the last event_ids, to drop redeliveries
-	dedupPos uint8
-	consFail uint8
-	currency uint16 // home currency, packed (the habits below are in it)
+	dedup [8]uint32 // hashes of the last event_ids, to drop redeliveries
 
 	loginFail1m, loginFail10m, loginFail1h win
 	tx10m, tx1h, tx24h                     win
+	secChanges                             win
 	out1h, out24h                          sumWin
 
 	// Amount habit: EWMA of log(amount) and of its absolute deviation.
 	amtMean, amtDev float32
-	amtN            uint16
-	hourN           uint16
-	hours           [24]uint8 // decayed histogram of active hours
 
 	devices   [4]device
 	prefixes  [4]seen
-	countries [4]country
 	payees    [6]seen
-	merchants [4]seen
+	merchants [3]seen
+	countries [3]country
 
 	loginLat, loginLon float32
 	loginAt            uint32
-	loginCountry       uint16
-
-	balance, peak int64
-	peakAt        uint32
-	hasBalance    bool
+	peakAt             uint32
+	riskAt             uint32
 
 	pwReset, mfaOff, phoneChg, emailChg, payeeAdded, secAny uint32
-	secChanges                                              win
 
-	risk   uint8 // highest decision score in the last day
-	riskAt uint32
+	amtN         uint16
+	hourN        uint16
+	currency     uint16 // home currency, packed (the habits above are in it)
+	loginCountry uint16
+	hours        [24]uint8 // decayed histogram of active hours
+	dedupPos     uint8
+	consFail     uint8
+	risk         uint8 // highest decision score in the last day
+	hasBalance   bool
 }
 
 // noteRisk remembers a decision's score for a day.

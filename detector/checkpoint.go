@@ -19,7 +19,7 @@ import (
 
 // layoutVersion changes whenever a checkpointed struct changes shape; a
 // checkpoint of another layout is set aside rather than misread.
-const layoutVersion = 2
+const layoutVersion = 3
 
 var (
 	bMeta      = []byte("meta")

@@ -185,21 +185,21 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 
 	env := e.env
 	env.Event.Fill(ev)
-	acct.view(env.Account, ev, now)
+	acct.view(&env.Account, ev, now)
 	acctID := hash32(ev.AccountID)
 	var dev *deviceState
 	if ev.DeviceID != "" {
 		dev = e.devices.upsert(key64(ev.DeviceID))
-		dev.view(env.Device, now)
+		dev.view(&env.Device, now)
 	} else {
-		*env.Device = rules.DeviceView{}
+		env.Device = rules.DeviceView{}
 	}
 	var ip *ipState
 	if ev.IP != "" {
 		ip = e.ips.upsert(key64(ev.IP))
-		ip.view(env.IP, now)
+		ip.view(&env.IP, now)
 	} else {
-		*env.IP = rules.IPView{}
+		env.IP = rules.IPView{}
 	}
 	var merch *merchantState
 	if ev.MerchantID != "" {
@@ -209,16 +209,16 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 			merch = &merchantState{}
 			e.merchants[mk] = merch
 		}
-		merch.view(env.Merchant, now)
+		merch.view(&env.Merchant, now)
 	} else {
-		*env.Merchant = rules.MerchantView{}
+		env.Merchant = rules.MerchantView{}
 	}
 	var payee *payeeState
 	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
 		payee = e.payees.upsert(key64(ev.CounterpartyID))
-		payee.view(env.Payee, now)
+		payee.view(&env.Payee, now)
 	} else {
-		*env.Payee = rules.PayeeView{}
+		env.Payee = rules.PayeeView{}
 	}
 	var ch *chain
 	if ev.Type == event.TypePaymentAttempt {
@@ -231,9 +231,9 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
 		ch.update(ev, akey, now, e.intern)
-		ch.view(env.Payment, now)
+		ch.view(&env.Payment, now)
 	} else {
-		*env.Payment = rules.PaymentView{}
+		env.Payment = rules.PaymentView{}
 	}
 
 	if ts := e.byAccount[akey]; len(ts) > 0 {
@@ -285,6 +285,7 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 	if payee != nil {
 		payee.update(ev, acctID, now)
 	}
+	e.sweepStep()
 	if now > e.maxTS {
 		e.maxTS = now
 		out = e.fireDue(e.watermark(), out)
@@ -374,14 +375,20 @@ func (e *Engine) ruleError(r *rules.Rule, err error) {
 	}
 }
 
-// sweep drops state idle for longer than the expiry, on event time.
+// sweepStep expires a few idle rows of each table per event (on event time).
+func (e *Engine) sweepStep() {
+	cut := since(e.watermark(), e.idle)
+	e.accounts.sweepSome(2, func(a *account) bool { return a.last < cut })
+	e.devices.sweepSome(2, func(d *deviceState) bool { return d.last < cut })
+	e.ips.sweepSome(2, func(s *ipState) bool { return s.last < cut })
+	e.payees.sweepSome(2, func(p *payeeState) bool { return p.last < cut })
+}
+
+// sweep drops idle merchants and finished payment chains, hourly on event time.
 func (e *Engine) sweep() {
 	e.lastSweep = e.maxTS
 	cut := since(e.watermark(), e.idle)
-	n := e.accounts.expire(func(a *account) bool { return a.last < cut })
-	n += e.devices.expire(func(d *deviceState) bool { return d.last < cut })
-	n += e.ips.expire(func(s *ipState) bool { return s.last < cut })
-	n += e.payees.expire(func(p *payeeState) bool { return p.last < cut })
+	n := 0
 	for k, m := range e.merchants {
 		if m.last < cut {
 			delete(e.merchants, k)
@@ -550,19 +557,19 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision
 	env.Event.Fill(ev)
 	now := t.due
 	if a := e.accounts.get(t.account); a != nil {
-		a.view(env.Account, ev, now)
+		a.view(&env.Account, ev, now)
 	} else {
-		*env.Account = rules.AccountView{}
+		env.Account = rules.AccountView{}
 	}
-	*env.Device, *env.IP, *env.Payee = rules.DeviceView{}, rules.IPView{}, rules.PayeeView{}
-	*env.Merchant = rules.MerchantView{}
+	env.Device, env.IP, env.Payee = rules.DeviceView{}, rules.IPView{}, rules.PayeeView{}
+	env.Merchant = rules.MerchantView{}
 	if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
-		m.view(env.Merchant, now)
+		m.view(&env.Merchant, now)
 	}
-	*env.Payment = rules.PaymentView{}
+	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
 		if c := e.chains[key64(ev.AccountID+"\x00"+t.paymentID)]; c != nil {
-			c.view(env.Payment, now)
+			c.view(&env.Payment, now)
 		}
 	}
 	h := e.hit(r, env, ev)

@@ -1,11 +1,20 @@
 package detector
 
-// table stores fixed-size state rows in one slice, indexed by a 64-bit key
+// chunkRows is how many rows a chunk holds. Rows live in fixed chunks rather
+// than one growing slice: growing a slice of a million rows copies hundreds
+// of megabytes at once (and the GC cannot preempt that copy), while a new
+// chunk costs one small allocation and leaves every row where it was.
+const chunkBits = 12
+const chunkRows = 1 << chunkBits
+
+// table stores fixed-size state rows in chunks, indexed by a 64-bit key
 // hash: far less memory and GC work than a map of pointers, and rows can be
 // checkpointed incrementally through the dirty list.
 type table[T any] struct {
 	idx     map[uint64]uint32
-	rows    []T
+	chunks  []*[chunkRows]T
+	n       uint32 // rows ever allocated (free ones included)
+	hand    uint32 // next row sweepSome looks at
 	keys    []uint64
 	free    []uint32
 	dirty   []bool
@@ -19,17 +28,20 @@ func newTable[T any]() *table[T] {
 
 func (t *table[T]) len() int { return len(t.idx) }
 
-// get returns the row for key, or nil. The pointer is valid until the next insert.
+func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRows-1)] }
+
+// get returns the row for key, or nil. The pointer stays valid until the row
+// expires.
 func (t *table[T]) get(key uint64) *T {
 	i, ok := t.idx[key]
 	if !ok {
 		return nil
 	}
-	return &t.rows[i]
+	return t.row(i)
 }
 
 // upsert returns the row for key, creating a zero row if absent, and marks it
-// dirty. The pointer is valid until the next insert.
+// dirty.
 func (t *table[T]) upsert(key uint64) *T {
 	i, ok := t.idx[key]
 	if !ok {
@@ -37,10 +49,13 @@ func (t *table[T]) upsert(key uint64) *T {
 		if n := len(t.free); n > 0 {
 			i = t.free[n-1]
 			t.free = t.free[:n-1]
-			t.rows[i], t.keys[i] = zero, key
+			*t.row(i), t.keys[i] = zero, key
 		} else {
-			i = uint32(len(t.rows))
-			t.rows = append(t.rows, zero)
+			i = t.n
+			if int(i>>chunkBits) == len(t.chunks) {
+				t.chunks = append(t.chunks, new([chunkRows]T))
+			}
+			t.n++
 			t.keys = append(t.keys, key)
 			t.dirty = append(t.dirty, false)
 		}
@@ -50,7 +65,7 @@ func (t *table[T]) upsert(key uint64) *T {
 		t.dirty[i] = true
 		t.changed = append(t.changed, i)
 	}
-	return &t.rows[i]
+	return t.row(i)
 }
 
 // put stores a row as loaded from a checkpoint; it is not dirty.
@@ -66,10 +81,10 @@ func (t *table[T]) put(key uint64, row T) {
 func (t *table[T]) expire(idle func(*T) bool) int {
 	n := 0
 	for key, i := range t.idx {
-		if idle(&t.rows[i]) {
+		if idle(t.row(i)) {
 			delete(t.idx, key)
 			var zero T
-			t.rows[i] = zero
+			*t.row(i) = zero
 			t.free = append(t.free, i)
 			t.deleted = append(t.deleted, key)
 			n++
@@ -85,7 +100,7 @@ func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
 		t.dirty[i] = false
 		key := t.keys[i]
 		if j, ok := t.idx[key]; ok && j == i {
-			fn(key, &t.rows[i])
+			fn(key, t.row(i))
 		}
 	}
 	t.changed = t.changed[:0]
@@ -100,6 +115,33 @@ func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
 // each visits every row.
 func (t *table[T]) each(fn func(key uint64, row *T)) {
 	for key, i := range t.idx {
-		fn(key, &t.rows[i])
+		fn(key, t.row(i))
 	}
+}
+
+// sweepSome checks the next n row slots (a clock hand over the table) and
+// removes idle rows: expiry costs a constant amount per event instead of a
+// pause that walks millions of rows.
+func (t *table[T]) sweepSome(n int, idle func(*T) bool) int {
+	removed := 0
+	for ; n > 0 && t.n > 0; n-- {
+		if t.hand >= t.n {
+			t.hand = 0
+		}
+		i := t.hand
+		t.hand++
+		key := t.keys[i]
+		if j, ok := t.idx[key]; !ok || j != i {
+			continue // a free slot
+		}
+		if idle(t.row(i)) {
+			delete(t.idx, key)
+			var zero T
+			*t.row(i) = zero
+			t.free = append(t.free, i)
+			t.deleted = append(t.deleted, key)
+			removed++
+		}
+	}
+	return removed
 }

@@ -65,14 +65,15 @@ func (w *win) count(now, size uint32) int {
 	return int(float64(cur) + float64(prev)*frac + 0.5)
 }
 
-// sumWin is win for amounts.
+// sumWin is win for amounts. float32 keeps 7 significant digits: plenty for
+// risk windows, half the bytes of float64.
 type sumWin struct {
 	start     uint32
-	_         uint32
-	cur, prev float64
+	cur, prev float32
 }
 
-func (w *sumWin) add(now, size uint32, v float64) {
+func (w *sumWin) add(now, size uint32, v64 float64) {
+	v := float32(v64)
 	b := now - now%size
 	switch {
 	case b == w.start:
@@ -107,7 +108,7 @@ func (w *sumWin) sum(now, size uint32) float64 {
 	if frac < 0 {
 		frac = 0
 	}
-	return cur + prev*frac
+	return float64(cur) + float64(prev)*frac
 }
 
 // recent is a small set of (key, last seen) pairs that forgets the least

@@ -19,21 +19,21 @@ const Never = 1e9
 // Env is everything a rule expression can see. The detector fills one per
 // event; Env is also the type every expression is checked against at load,
 // so a misspelt field is a load error. Field names are the expr tags.
+//
+// The views are values, not pointers: expr then compiles `account.amount_ratio`
+// to one field load by index instead of a lookup by name at run time.
 type Env struct {
-	Event    *EventView    `expr:"event"`
-	Account  *AccountView  `expr:"account"`
-	Device   *DeviceView   `expr:"device"`
-	IP       *IPView       `expr:"ip"`
-	Merchant *MerchantView `expr:"merchant"`
-	Payee    *PayeeView    `expr:"payee"`
-	Payment  *PaymentView  `expr:"payment"`
+	Event    EventView    `expr:"event"`
+	Account  AccountView  `expr:"account"`
+	Device   DeviceView   `expr:"device"`
+	IP       IPView       `expr:"ip"`
+	Merchant MerchantView `expr:"merchant"`
+	Payee    PayeeView    `expr:"payee"`
+	Payment  PaymentView  `expr:"payment"`
 }
 
-// NewEnv returns an Env whose views are allocated and zero.
-func NewEnv() *Env {
-	return &Env{Event: &EventView{}, Account: &AccountView{}, Device: &DeviceView{}, IP: &IPView{},
-		Merchant: &MerchantView{}, Payee: &PayeeView{}, Payment: &PaymentView{}}
-}
+// NewEnv returns a zero Env.
+func NewEnv() *Env { return &Env{} }
 
 // EventView is the event being scored, as rules see it.
 type EventView struct {

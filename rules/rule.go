@@ -249,7 +249,7 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 	} else if !contains(scopes, s.GroupBy) {
 		bad("group_by %q is not one of %s", s.GroupBy, strings.Join(scopes, ", "))
 	}
-	opts := append([]expr.Option{expr.Env(NewEnv()), expr.AsBool()}, functions()...)
+	opts := append([]expr.Option{expr.Env(Env{}), expr.AsBool()}, functions()...)
 	if s.When == "" {
 		bad("when: an expression is required")
 	} else if p, err := expr.Compile(s.When, opts...); err != nil {

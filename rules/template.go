@@ -21,7 +21,7 @@ type piece struct {
 func parseTemplate(s string) (template, error) {
 	var t template
 	var lit strings.Builder
-	opts := append([]expr.Option{expr.Env(NewEnv())}, functions()...)
+	opts := append([]expr.Option{expr.Env(Env{})}, functions()...)
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {

@@ -1,0 +1,313 @@
+package detector
+
+import (
+	"bytes"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/sim"
+)
+
+func TestSlidingWindowOnEventTime(t *testing.T) {
+	var w win
+	base := uint32(1_000_000 - 1_000_000%min10)
+	for i := 0; i < 6; i++ {
+		w.add(base+uint32(i*60), min10, 1) // one a minute
+	}
+	if got := w.count(base+360, min10); got != 6 {
+		t.Fatalf("count within the window = %d, want 6", got)
+	}
+	// Half a window later, about half of the previous bucket still counts.
+	if got := w.count(base+min10+300, min10); got != 3 {
+		t.Fatalf("count half a window later = %d, want 3", got)
+	}
+	if got := w.count(base+3*min10, min10); got != 0 {
+		t.Fatalf("count long after = %d, want 0", got)
+	}
+	// A late event inside the previous bucket still counts; an older one does not.
+	w.add(base+min10+10, min10, 1)
+	w.add(base+100, min10, 1)
+	w.add(base-2*min10, min10, 1)
+	if got := w.count(base+min10+10, min10); got != 8 {
+		t.Fatalf("count with late events = %d, want 8", got)
+	}
+}
+
+func newEngine(t testing.TB, lateness time.Duration) *Engine {
+	t.Helper()
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(Config{AllowedLateness: lateness, IdleExpiry: 30 * 24 * time.Hour,
+		Thresholds: Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, set, nil, slog.New(slog.DiscardHandler))
+}
+
+func genEvents(t testing.TB, accounts int, seed uint64, days float64) []event.Event {
+	t.Helper()
+	cfg := sim.DefaultConfig(accounts)
+	cfg.Seed = seed
+	cfg.HistoryDays = 2
+	cfg.Duration = time.Duration(days * 24 * float64(time.Hour))
+	g := sim.New(cfg)
+	var out []event.Event
+	for {
+		it, ok := g.Next()
+		if !ok {
+			return out
+		}
+		out = append(out, it.Event)
+	}
+}
+
+// genRaw renders generated traffic into one pointer-free buffer, so that the
+// benchmark's input does not load the garbage collector.
+func genRaw(t testing.TB, accounts int, seed uint64, days float64) [][]byte {
+	t.Helper()
+	if rawCache != nil {
+		return rawCache
+	}
+	defer func() { runtime.GC() }()
+	cfg := sim.DefaultConfig(accounts)
+	cfg.Seed = seed
+	cfg.HistoryDays = 2
+	cfg.Duration = time.Duration(days * 24 * float64(time.Hour))
+	g := sim.New(cfg)
+	buf := make([]byte, 0, 1<<30)
+	ends := make([]int, 0, 1<<22)
+	for {
+		it, ok := g.Next()
+		if !ok {
+			break
+		}
+		j, err := event.Marshal(&it.Event)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf = append(buf, j...)
+		ends = append(ends, len(buf))
+	}
+	out := make([][]byte, len(ends))
+	start := 0
+	for i, end := range ends {
+		out[i] = buf[start:end:end]
+		start = end
+	}
+	rawCache = out
+	return out
+}
+
+// rawCache keeps the generated stream across the benchmark's runs.
+var rawCache [][]byte
+
+func encodeAll(t testing.TB, ds []Decision) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	for i := range ds {
+		j, err := gojson.Marshal(&ds[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
+
+// TestCheckpointRestoreIsExact processes a stream in one engine, and the same
+// stream in an engine that is checkpointed and replaced by a restored one
+// halfway (a crash right after a checkpoint, which is the only state a crash
+// can leave): the decisions must be byte-identical, so nothing was lost or
+// counted twice, timers included.
+func TestCheckpointRestoreIsExact(t *testing.T) {
+	evs := genEvents(t, 400, 11, 1)
+	ref := newEngine(t, 5*time.Minute)
+	var want []Decision
+	for i := range evs {
+		want, _ = ref.Process(&evs[i], want)
+	}
+
+	dir := t.TempDir()
+	var got []Decision
+	e := newEngine(t, 5*time.Minute)
+	cuts := []int{len(evs) / 3, len(evs) / 2, 2 * len(evs) / 3}
+	next := 0
+	for i := range evs {
+		if next < len(cuts) && i == cuts[next] {
+			next++
+			st, err := OpenStore(filepath.Join(dir, "state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Checkpoint(st, Offsets{"wallet.events": {0: int64(i)}}); err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+			st, err = OpenStore(filepath.Join(dir, "state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e = newEngine(t, 5*time.Minute)
+			off, err := e.Restore(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+			if off["wallet.events"][0] != int64(i) {
+				t.Fatalf("restored offsets %v, want %d", off, i)
+			}
+		}
+		got, _ = e.Process(&evs[i], got)
+	}
+	if len(ref.timers) == 0 && len(e.timers) == 0 {
+		t.Log("no timers pending at the end")
+	}
+	a, b := encodeAll(t, want), encodeAll(t, got)
+	if !bytes.Equal(a, b) {
+		al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
+		for i := range min(len(al), len(bl)) {
+			if !bytes.Equal(al[i], bl[i]) {
+				t.Fatalf("decision %d differs after restore:\nuninterrupted: %s\nrestored:      %s", i, al[i], bl[i])
+			}
+		}
+		t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
+	}
+	timerDecisions := bytes.Count(a, []byte(`"trigger":"timer"`))
+	if timerDecisions == 0 {
+		t.Fatal("the stream produced no timer decisions: the test does not cover timers")
+	}
+	t.Logf("%d events, %d decisions, %d from timers, identical across 3 restores", len(evs), len(want), timerDecisions)
+}
+
+func TestRedeliveredEventIsNotCountedTwice(t *testing.T) {
+	e := newEngine(t, time.Minute)
+	ts := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	login := event.Event{EventID: "e1", Type: event.TypeLogin, TypeName: "login", TS: ts, AccountID: "a", Result: "failure", BalanceAfter: -1}
+	out, dup := e.Process(&login, nil)
+	if dup || len(out) != 1 {
+		t.Fatalf("first delivery: dup=%v decisions=%d", dup, len(out))
+	}
+	out, dup = e.Process(&login, nil)
+	if !dup || len(out) != 0 {
+		t.Fatalf("redelivery: dup=%v decisions=%d", dup, len(out))
+	}
+	next := login
+	next.EventID, next.TS = "e2", ts.Add(time.Second)
+	var v rules.AccountView
+	a := e.accounts.get(key64("a"))
+	a.view(&v, &next, toSec(next.TS.Unix()))
+	if v.LoginsFailed10m != 1 {
+		t.Fatalf("failed logins counted %d times, want 1", v.LoginsFailed10m)
+	}
+}
+
+func TestTimerFiresOnWatermarkAndCancels(t *testing.T) {
+	e := newEngine(t, time.Minute)
+	base := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	att := func(id, acc, pid, status string, at time.Duration, n int64) event.Event {
+		return event.Event{EventID: id, Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: base.Add(at),
+			AccountID: acc, PaymentID: pid, Attempt: n, Status: status, ErrorCode: "NETWORK_TIMEOUT", BalanceAfter: -1, MerchantID: "m"}
+	}
+	var out []Decision
+	for _, ev := range []event.Event{
+		att("a1", "stuck", "p1", "retrying", 0, 1),
+		att("b1", "recovers", "p2", "retrying", time.Minute, 1),
+		att("b2", "recovers", "p2", "succeeded", 2*time.Minute, 2),
+		att("x", "other", "p3", "succeeded", 10*time.Minute, 1),
+	} {
+		out, _ = e.Process(&ev, out)
+	}
+	for _, d := range out {
+		if d.Trigger == "timer" {
+			t.Fatalf("timer fired before the watermark passed its deadline: %+v", d)
+		}
+	}
+	later := att("y", "other", "p4", "succeeded", 12*time.Minute, 1) // watermark = 11 min
+	out, _ = e.Process(&later, out)
+	var fired []Decision
+	for _, d := range out {
+		if d.Trigger == "timer" {
+			fired = append(fired, d)
+		}
+	}
+	if len(fired) != 1 || fired[0].AccountID != "stuck" || fired[0].Rules[0].ID != "payment_not_recovered" {
+		t.Fatalf("timer decisions %+v, want one for the stuck payment", fired)
+	}
+	if r := fired[0].Rules[0].Reason; !bytes.Contains([]byte(r), []byte("network")) {
+		t.Errorf("timer reason does not name the cause: %q", r)
+	}
+}
+
+// BenchmarkPipeline is the hot path decode -> state -> rules -> decision with
+// the built-in packs, over a population of accounts held in memory.
+func BenchmarkPipeline(b *testing.B) {
+	raw := genRaw(b, 100_000, 5, 0.5)
+	e := newEngine(b, 5*time.Minute)
+	now := time.Now()
+	out := make([]Decision, 0, 16)
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if i == len(raw) {
+			b.StopTimer()
+			e = newEngine(b, 5*time.Minute) // a second pass would only find duplicates
+			i = 0
+			b.StartTimer()
+		}
+		ev, err := event.Decode(raw[i], now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, _ = e.Process(&ev, out[:0])
+		i++
+	}
+	b.ReportMetric(float64(len(raw)), "events-in-stream")
+}
+
+// BenchmarkAccountMemory measures the heap held per account with a million
+// accounts in state (reported as bytes/account).
+func BenchmarkAccountMemory(b *testing.B) {
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		e := newEngine(b, time.Minute)
+		ts := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+		ev := event.Event{Type: event.TypeLogin, TypeName: "login", TS: ts, Result: "success", DeviceID: "", BalanceAfter: -1}
+		ids := make([]byte, 0, 32)
+		const n = 1_000_000
+		for i := 0; i < n; i++ {
+			ids = append(ids[:0], "acc-"...)
+			ids = appendInt(ids, i)
+			ev.AccountID = string(ids)
+			ev.EventID = ev.AccountID + "-e"
+			e.Process(&ev, nil)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/account")
+		runtime.KeepAlive(e)
+	}
+}
+
+func appendInt(b []byte, i int) []byte {
+	var tmp [20]byte
+	n := len(tmp)
+	for {
+		n--
+		tmp[n] = byte('0' + i%10)
+		i /= 10
+		if i == 0 {
+			break
+		}
+	}
+	return append(b, tmp[n:]...)
+}

@@ -1,0 +1,37 @@
+package detector
+
+import (
+	"reflect"
+	"testing"
+	"unsafe"
+)
+
+// pointerFree reports whether t holds no pointers: such types are
+// checkpointed as raw bytes.
+func pointerFree(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Pointer, reflect.String, reflect.Slice, reflect.Map, reflect.Interface, reflect.Func, reflect.Chan, reflect.UnsafePointer:
+		return false
+	case reflect.Array:
+		return pointerFree(t.Elem())
+	case reflect.Struct:
+		for i := 0; i < t.NumField(); i++ {
+			if !pointerFree(t.Field(i).Type) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func TestRawEncodedStateHasNoPointers(t *testing.T) {
+	for _, v := range []any{account{}, deviceState{}, payeeState{}, ipFlat{}, [64]seen{}} {
+		if !pointerFree(reflect.TypeOf(v)) {
+			t.Errorf("%T holds a pointer and cannot be checkpointed as raw bytes", v)
+		}
+	}
+	t.Logf("account row: %d bytes", unsafe.Sizeof(account{}))
+	if n := unsafe.Sizeof(account{}); n > 448 {
+		t.Errorf("account row is %d bytes: with its index entry it no longer fits 512 bytes per account", n)
+	}
+}
