@@ -311,3 +311,42 @@ func appendInt(b []byte, i int) []byte {
 	}
 	return append(b, tmp[n:]...)
 }
+
+// BenchmarkCheckpointRestore1M writes a full checkpoint of a million
+// accounts and restores it: the recovery time after a restart.
+func BenchmarkCheckpointRestore1M(b *testing.B) {
+	for b.Loop() {
+		e := newEngine(b, time.Minute)
+		ts := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+		ev := event.Event{Type: event.TypeLogin, TypeName: "login", TS: ts, Result: "success", DeviceID: "d", IP: "36.72.1.1", BalanceAfter: -1}
+		const n = 1_000_000
+		ids := make([]byte, 0, 32)
+		for i := 0; i < n; i++ {
+			ids = appendInt(append(ids[:0], "acc-"...), i)
+			ev.AccountID = string(ids)
+			ev.EventID = ev.AccountID + "-e"
+			e.Process(&ev, nil)
+		}
+		st, err := OpenStore(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := e.Checkpoint(st, Offsets{}); err != nil {
+			b.Fatal(err)
+		}
+		write := time.Since(start)
+		start = time.Now()
+		r := newEngine(b, time.Minute)
+		if _, err := r.Restore(st); err != nil {
+			b.Fatal(err)
+		}
+		restore := time.Since(start)
+		if r.Stats().Accounts != n {
+			b.Fatalf("restored %d accounts", r.Stats().Accounts)
+		}
+		st.Close()
+		b.ReportMetric(write.Seconds(), "checkpoint-s")
+		b.ReportMetric(restore.Seconds(), "restore-s")
+	}
+}

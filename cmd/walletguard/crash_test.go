@@ -22,10 +22,32 @@ import (
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/event"
-	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
 )
+
+// startBroker runs `walletguard broker` with one-partition topics and
+// returns its address.
+func startBroker(t *testing.T, bin string) string {
+	t.Helper()
+	addr := freePort(t)
+	cmd := exec.Command(bin, "broker", "--listen", addr, "--partitions", "1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("broker did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
 
 func buildBinary(t *testing.T) string {
 	t.Helper()
@@ -88,7 +110,6 @@ func readTopic(t *testing.T, broker, topic string) []kafka.Message {
 	return out
 }
 
-
 func byID(t *testing.T, ms [][]byte, idField string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -113,11 +134,9 @@ func byID(t *testing.T, ms [][]byte, idField string) map[string]string {
 // different content (state and timers neither lost nor counted twice).
 func TestKill9RestartLosesAndDoublesNothing(t *testing.T) {
 	bin := buildBinary(t)
-	broker, err := ingest.StartEmbedded("127.0.0.1:0", "", 1, []string{"wallet.events", "walletguard.decisions", "walletguard.account-commands", "walletguard.dlq"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	// The broker runs in its own process: it must outlive the daemon's kills,
+	// and stay fast when this test is built with -race.
+	brokerAddr := startBroker(t, bin)
 
 	// One partition: the daemon sees the events in file order, like replay.
 	scfg := sim.DefaultConfig(4000)
@@ -135,7 +154,7 @@ func TestKill9RestartLosesAndDoublesNothing(t *testing.T) {
 		file.WriteByte('\n')
 		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(broker.Addr()), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond}
+	w := &kafka.Writer{Addr: kafka.TCP(brokerAddr), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond}
 	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +181,7 @@ detector:
   checkpoint_interval: 300ms
 log:
   level: warn
-`, filepath.Join(dir, "data"), broker.Addr(), httpAddr)), 0o600)
+`, filepath.Join(dir, "data"), brokerAddr, httpAddr)), 0o600)
 
 	startDaemon := func() *exec.Cmd {
 		cmd := exec.Command(bin, "run", "--config", cfgPath)
@@ -191,7 +210,7 @@ log:
 	}
 	decided := func() int {
 		n := 0
-		for _, m := range readTopic(t, broker.Addr(), "walletguard.decisions") {
+		for _, m := range readTopic(t, brokerAddr, "walletguard.decisions") {
 			if bytes.Contains(m.Value, []byte(`"trigger":"event"`)) {
 				n++
 			}
@@ -201,9 +220,15 @@ log:
 	rng := rand.New(rand.NewPCG(7, 7))
 	kills, midStream := 0, 0
 	var progress []int
+	last := 0
 	for i := 0; i < 5; i++ {
 		cmd := startDaemon()
-		time.Sleep(time.Duration(600+rng.IntN(900)) * time.Millisecond)
+		// Kill while it works: once it has made progress, at a random moment.
+		waitUntil := time.Now().Add(30 * time.Second)
+		for decided() <= last && time.Now().Before(waitUntil) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -211,6 +236,7 @@ log:
 		kills++
 		n := decided()
 		progress = append(progress, n)
+		last = n
 		if n < wantEvents {
 			midStream++
 		}
@@ -224,7 +250,7 @@ log:
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		var vals [][]byte
-		for _, m := range readTopic(t, broker.Addr(), "walletguard.decisions") {
+		for _, m := range readTopic(t, brokerAddr, "walletguard.decisions") {
 			vals = append(vals, m.Value)
 		}
 		got = byID(t, vals, "decision_id")
@@ -275,7 +301,7 @@ log:
 		}
 	}
 	var cmdVals [][]byte
-	for _, m := range readTopic(t, broker.Addr(), "walletguard.account-commands") {
+	for _, m := range readTopic(t, brokerAddr, "walletguard.account-commands") {
 		cmdVals = append(cmdVals, m.Value)
 	}
 	gotCmds := byID(t, cmdVals, "command_id")

@@ -17,6 +17,7 @@ Usage:
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
   walletguard sim [--accounts N --days D]  generate wallet traffic as NDJSON
+  walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development)
   walletguard version                      build information
 `
 
@@ -42,6 +43,8 @@ func dispatch(cmd string, args []string) int {
 		return cmdConfig(args)
 	case "sim":
 		return cmdSim(args)
+	case "broker":
+		return cmdBroker(args)
 	case "version", "--version":
 		return cmdVersion()
 	case "help", "-h", "--help":
