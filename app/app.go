@@ -51,7 +51,8 @@ type App struct {
 	http     *http.Server
 	httpLn   net.Listener
 	recent   *recentDecisions
-	ckptErr  atomic.Value // string: why the last checkpoint failed, "" if fine
+	resumed  detector.Offsets // offsets of the restored checkpoint
+	ckptErr  atomic.Value     // string: why the last checkpoint failed, "" if fine
 	observer func(Outputs)
 
 	reloadMu sync.Mutex
@@ -135,6 +136,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (a *App, err error) 
 
 	a.proc = NewProcessor(cfg, set, a.dmet, log)
 	offsets, err := a.proc.Engine.Restore(a.store)
+	a.resumed = offsets
 	if err != nil {
 		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
 	}
@@ -255,6 +257,15 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		lastCkpt = time.Now()
 		interval = a.cfg.Detector.CheckpointInterval.D()
 	)
+	// A checkpoint records the offsets of every partition the state has seen,
+	// including those this run has not consumed yet: the state still
+	// includes their events up to the restored offsets.
+	for t, ps := range a.resumed {
+		next[t] = map[int]int64{}
+		for p, o := range ps {
+			next[t][p] = o
+		}
+	}
 	failed := false // outputs that could not be written: nothing after them may be checkpointed
 	flush := func() {
 		if len(out.Decisions)+len(out.Commands)+len(out.Alerts)+len(msgs) == 0 && len(arrived) == 0 {

@@ -59,6 +59,7 @@ type Source struct {
 	release  chan struct{}
 	handled  map[topicPartition]int64 // next offset to commit
 	commited map[topicPartition]int64
+	fetched  map[topicPartition]int64 // next offset after the last record handed on
 	ready    bool
 	assigned map[topicPartition]bool
 }
@@ -78,6 +79,7 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 		out:      make(chan Record, 8192),
 		handled:  map[topicPartition]int64{},
 		commited: map[topicPartition]int64{},
+		fetched:  map[topicPartition]int64{},
 		assigned: map[topicPartition]bool{},
 	}
 }
@@ -189,6 +191,15 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			if s.cfg.StartOffset != nil {
 				start = s.cfg.StartOffset(topic, a.ID, a.Offset)
 			}
+			// A partition that comes back after a rebalance continues after
+			// the last record this process already handed on: those records
+			// are in its state (or on their way), and must not be read twice.
+			s.mu.Lock()
+			if f, ok := s.fetched[topicPartition{topic, a.ID}]; ok && f > start {
+				start = f
+			}
+			s.mu.Unlock()
+			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -236,6 +247,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	}
 	s.log.Debug("fetching partition", "topic", topic, "partition", partition, "from", start)
 	pl := s.metrics.partitionLabel(partition)
+	next := start
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -250,6 +262,16 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			}
 			continue
 		}
+		if m.Offset < next {
+			// Kafka may return the rest of a batch that starts before the
+			// requested offset; those records were handled already.
+			s.log.Warn("skipping record before the start offset", "offset", m.Offset, "next", next)
+			continue
+		}
+		if next >= 0 && m.Offset > next {
+			s.log.Warn("offset gap in partition", "topic", topic, "partition", partition, "expected", next, "got", m.Offset)
+		}
+		next = m.Offset + 1
 		now := s.cfg.Now()
 		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now}
 		rec.Event, rec.Err = event.Decode(m.Value, now)
@@ -258,6 +280,9 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		}
 		select {
 		case s.out <- rec:
+			s.mu.Lock()
+			s.fetched[topicPartition{topic, partition}] = m.Offset + 1
+			s.mu.Unlock()
 		case <-ctx.Done():
 			return
 		}
