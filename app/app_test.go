@@ -31,7 +31,7 @@ func testConfig(t *testing.T, dataDir string) config.Config {
 	cfg.Kafka.CommitInterval = config.Duration(200 * time.Millisecond)
 	cfg.Detector.CheckpointInterval = config.Duration(200 * time.Millisecond)
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.HTTP.Tokens = []config.Token{{Token: "admin-token", Role: "admin"}, {Token: "viewer-token", Role: "viewer"}}
+	cfg.HTTP.Tokens = []config.Token{{Token: "admin-token", Role: "admin"}, {Token: "viewer-token", Role: "viewer"}, {Token: "gateway-token", Role: "gateway"}}
 	return cfg
 }
 

@@ -1,0 +1,81 @@
+package alerts
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walletguard/walletguard/detector"
+)
+
+var t0 = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+
+func stuck(account, payment, merchant string, at time.Duration, n int) detector.Decision {
+	return detector.Decision{
+		DecisionID: "d-" + account + payment + at.String(), EventID: "e", AccountID: account, TS: t0.Add(at),
+		Action: "allow", MerchantID: merchant, PaymentID: payment,
+		Rules: []detector.Hit{{ID: "payment_retry_loop", Score: 10, Category: "stuck_retry", Severity: "medium",
+			Group: "payment:" + account + "/" + payment,
+			Reason: "payment " + payment + " failed 3 of 3 attempts; likely cause: network (NETWORK_TIMEOUT); ask the user"}},
+	}
+}
+
+func TestOneAlertPerStuckPayment(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	for i := 0; i < 5; i++ {
+		d := stuck("acc-1", "pay-1", "m-1", time.Duration(i)*time.Minute, i)
+		out = m.Observe(&d, out)
+	}
+	open := m.Open()
+	if len(open) != 1 {
+		t.Fatalf("%d alerts for one stuck payment", len(open))
+	}
+	a := open[0]
+	if a.Count != 5 || a.Cause != "network" || !strings.Contains(a.Title, "network") || len(a.RecommendedActions) == 0 {
+		t.Fatalf("alert %+v", a)
+	}
+	if !strings.Contains(a.RecommendedActions[0], "connection") {
+		t.Errorf("advice for a network cause: %q", a.RecommendedActions[0])
+	}
+	ids := map[string]bool{}
+	for _, x := range out {
+		ids[x.AlertID] = true
+	}
+	if len(ids) != 1 {
+		t.Errorf("emissions carry %d different alert ids for one incident", len(ids))
+	}
+}
+
+func TestMerchantOutageAbsorbsUsersStuckPayments(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	outage := detector.Decision{DecisionID: "o1", AccountID: "u-0", TS: t0, Action: "allow", MerchantID: "m-9",
+		Rules: []detector.Hit{{ID: "merchant_failure_spike", Category: "merchant_outage", Severity: "high", Group: "merchant:m-9", Reason: "merchant m-9 failing"}}}
+	out = m.Observe(&outage, out)
+	for i := 1; i <= 12; i++ {
+		d := stuck("u-"+string(rune('a'+i)), "p", "m-9", time.Duration(i)*time.Minute, 3)
+		out = m.Observe(&d, out)
+	}
+	open := m.Open()
+	if len(open) != 1 || open[0].Category != "merchant_outage" {
+		t.Fatalf("want only the outage alert, got %d: %+v", len(open), open)
+	}
+	if open[0].AffectedAccounts != 13 {
+		t.Errorf("affected accounts %d, want 13", open[0].AffectedAccounts)
+	}
+	// The outage alert is re-sent as it grows (5, 10 users), not once per user.
+	if len(out) > 4 {
+		t.Errorf("%d alert emissions for a 13-user outage", len(out))
+	}
+}
+
+func TestFreezeMakesTheAlertCritical(t *testing.T) {
+	m := NewManager()
+	d := detector.Decision{DecisionID: "x", AccountID: "acc-7", TS: t0, Action: "freeze", Score: 95,
+		Rules: []detector.Hit{{ID: "balance_drain_after_takeover", Category: "theft", Severity: "high", Group: "account:acc-7", Reason: "90% of the balance moved out"}}}
+	out := m.Observe(&d, nil)
+	if len(out) != 1 || out[0].Severity != "critical" || out[0].Action != "freeze" || !strings.Contains(out[0].RecommendedActions[0], "frozen") {
+		t.Fatalf("%+v", out)
+	}
+}
