@@ -15,7 +15,7 @@ func stuck(account, payment, merchant string, at time.Duration, n int) detector.
 		DecisionID: "d-" + account + payment + at.String(), EventID: "e", AccountID: account, TS: t0.Add(at),
 		Action: "allow", MerchantID: merchant, PaymentID: payment,
 		Rules: []detector.Hit{{ID: "payment_retry_loop", Score: 10, Category: "stuck_retry", Severity: "medium",
-			Group: "payment:" + account + "/" + payment,
+			Group:  "payment:" + account + "/" + payment,
 			Reason: "payment " + payment + " failed 3 of 3 attempts; likely cause: network (NETWORK_TIMEOUT); ask the user"}},
 	}
 }
