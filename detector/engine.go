@@ -12,8 +12,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"math"
-	"sort"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -594,18 +592,6 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision
 // allowed lateness: the end of a replay, where no later event will come.
 func (e *Engine) Flush(out []Decision) []Decision {
 	return e.fireDue(e.maxTS, out)
-}
-
-// PendingTimers lists pending timers (rule, account, due), for inspection.
-func (e *Engine) PendingTimers() []string {
-	var out []string
-	for _, t := range e.timers {
-		if !t.cancelled {
-			out = append(out, t.rule+" "+t.ev.AccountID+" "+strconv.FormatInt(fromSec(t.due), 10))
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 func heapInit(h *timerHeap) { heap.Init(h) }

@@ -77,22 +77,6 @@ func (t *table[T]) put(key uint64, row T) {
 	t.changed = t.changed[:len(t.changed)-1]
 }
 
-// expire removes rows for which idle reports true.
-func (t *table[T]) expire(idle func(*T) bool) int {
-	n := 0
-	for key, i := range t.idx {
-		if idle(t.row(i)) {
-			delete(t.idx, key)
-			var zero T
-			*t.row(i) = zero
-			t.free = append(t.free, i)
-			t.deleted = append(t.deleted, key)
-			n++
-		}
-	}
-	return n
-}
-
 // drain calls fn for every row changed and every key deleted since the last
 // call, then clears the lists.
 func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {

@@ -21,48 +21,54 @@ type win struct {
 	cur, prev uint32
 }
 
-func (w *win) roll(now, size uint32) bool {
+// addTo adds v at event time now to a two-bucket window: the current bucket
+// rolls forward when now has left it, and a late value still inside the
+// previous bucket counts there.
+func addTo[V uint32 | float32](start *uint32, cur, prev *V, now, size uint32, v V) {
 	b := now - now%size
 	switch {
-	case b == w.start:
-		return true
-	case b > w.start:
-		if b == w.start+size {
-			w.prev = w.cur
+	case b == *start:
+	case b > *start:
+		if b == *start+size {
+			*prev = *cur
 		} else {
-			w.prev = 0
+			*prev = 0
 		}
-		w.cur, w.start = 0, b
-		return true
+		*cur, *start = 0, b
+	default:
+		if now >= *start-size {
+			*prev += v
+		}
+		return
 	}
-	return false // now is in an older bucket
+	*cur += v
 }
 
-func (w *win) add(now, size, n uint32) {
-	if w.roll(now, size) {
-		w.cur += n
-	} else if now >= w.start-size {
-		w.prev += n // late, but still inside the previous bucket
-	}
-}
+func (w *win) add(now, size, n uint32) { addTo(&w.start, &w.cur, &w.prev, now, size, n) }
 
 // count estimates the events in the window of length size ending at now.
 func (w *win) count(now, size uint32) int {
+	cur, prev := slide(w.start, now, size, float64(w.cur), float64(w.prev))
+	return int(cur + prev + 0.5)
+}
+
+// slide reads a two-bucket window at now: the current bucket's value and the
+// share of the previous one that still overlaps the window.
+func slide(start, now, size uint32, cur, prev float64) (float64, float64) {
 	b := now - now%size
-	cur, prev := w.cur, w.prev
 	switch {
-	case b == w.start+size:
-		cur, prev = 0, w.cur
-	case b > w.start+size:
-		return 0
-	case b < w.start:
-		b = w.start
+	case b == start+size:
+		cur, prev = 0, cur
+	case b > start+size:
+		return 0, 0
+	case b < start:
+		b = start
 	}
 	frac := 1 - float64(now-b)/float64(size)
 	if frac < 0 {
 		frac = 0
 	}
-	return int(float64(cur) + float64(prev)*frac + 0.5)
+	return cur, prev * frac
 }
 
 // sumWin is win for amounts. float32 keeps 7 significant digits: plenty for
@@ -72,43 +78,13 @@ type sumWin struct {
 	cur, prev float32
 }
 
-func (w *sumWin) add(now, size uint32, v64 float64) {
-	v := float32(v64)
-	b := now - now%size
-	switch {
-	case b == w.start:
-	case b > w.start:
-		if b == w.start+size {
-			w.prev = w.cur
-		} else {
-			w.prev = 0
-		}
-		w.cur, w.start = 0, b
-	default:
-		if now >= w.start-size {
-			w.prev += v
-		}
-		return
-	}
-	w.cur += v
+func (w *sumWin) add(now, size uint32, v float64) {
+	addTo(&w.start, &w.cur, &w.prev, now, size, float32(v))
 }
 
 func (w *sumWin) sum(now, size uint32) float64 {
-	b := now - now%size
-	cur, prev := w.cur, w.prev
-	switch {
-	case b == w.start+size:
-		cur, prev = 0, w.cur
-	case b > w.start+size:
-		return 0
-	case b < w.start:
-		b = w.start
-	}
-	frac := 1 - float64(now-b)/float64(size)
-	if frac < 0 {
-		frac = 0
-	}
-	return float64(cur) + float64(prev)*frac
+	cur, prev := slide(w.start, now, size, float64(w.cur), float64(w.prev))
+	return cur + prev
 }
 
 // recent is a small set of (key, last seen) pairs that forgets the least
@@ -156,8 +132,6 @@ func countSince(set []seen, t uint32) int {
 	}
 	return n
 }
-
-func used(set []seen) int { return countSince(set, 1) }
 
 func since(now, d uint32) uint32 {
 	if now > d {
