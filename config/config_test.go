@@ -103,3 +103,17 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestDeployExampleIsValid keeps deploy/walletguard.example.yaml loadable.
+func TestDeployExampleIsValid(t *testing.T) {
+	for _, name := range []string{"WALLETGUARD_ADMIN_TOKEN", "WALLETGUARD_SUPPORT_TOKEN", "WALLETGUARD_GATEWAY_TOKEN", "WALLETGUARD_VIEWER_TOKEN", "WALLETGUARD_WEBHOOK_SECRET"} {
+		t.Setenv(name, "test-"+strings.ToLower(name))
+	}
+	c, err := Load("../deploy/walletguard.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Kafka.Brokers) != 3 || len(c.HTTP.Tokens) != 4 || c.HTTP.Tokens[2].Role != "gateway" || !c.Rules.Watch {
+		t.Fatalf("example parsed wrong: %+v", c)
+	}
+}
