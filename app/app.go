@@ -403,7 +403,7 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 		*msgs = append(*msgs, ingest.DeadLetter(a.cfg.Kafka.DLQTopic, rec, string(reason), detail))
 		return
 	}
-	a.imet.Consumed.WithLabelValues(rec.Event.TypeName).Inc()
+	a.imet.CountConsumed(rec.Event.Type)
 	if a.proc.Handle(&rec.Event, out) {
 		a.imet.Duplicates.Inc()
 	}

@@ -23,6 +23,9 @@ type Metrics struct {
 	mu      sync.Mutex
 	version string
 	hits    map[*rules.Rule]prometheus.Counter
+	// decisions caches the counters by action rank and trigger: a label
+	// lookup per event costs more than the rest of the bookkeeping.
+	decisions [4][2]prometheus.Counter
 }
 
 // NewMetrics registers the detector's series on reg.
@@ -49,9 +52,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		hits: map[*rules.Rule]prometheus.Counter{},
 	}
-	for _, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {
-		m.Decisions.WithLabelValues(a, "event")
-		m.Decisions.WithLabelValues(a, "timer")
+	for i, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {
+		m.decisions[i][0] = m.Decisions.WithLabelValues(a, "event")
+		m.decisions[i][1] = m.Decisions.WithLabelValues(a, "timer")
 	}
 	return m
 }
@@ -85,5 +88,9 @@ func (m *Metrics) hit(r *rules.Rule) {
 }
 
 func (m *Metrics) decided(d *Decision) {
-	m.Decisions.WithLabelValues(d.Action, d.Trigger).Inc()
+	t := 0
+	if d.Trigger == "timer" {
+		t = 1
+	}
+	m.decisions[rules.ActionRank(d.Action)][t].Inc()
 }

@@ -21,6 +21,15 @@ type Metrics struct {
 	CommitErrors prometheus.Counter
 	ProduceErrs  *prometheus.CounterVec
 	Latency      prometheus.Histogram
+
+	consumed [event.NumTypes]prometheus.Counter
+}
+
+// CountConsumed counts a valid event of type t without a label lookup.
+func (m *Metrics) CountConsumed(t event.Type) {
+	if c := m.consumed[t]; c != nil { // valid events always have a known type
+		c.Inc()
+	}
 }
 
 // NewMetrics registers ingest's series on reg.
@@ -58,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	for _, t := range event.Types() {
-		m.Consumed.WithLabelValues(t.String())
+		m.consumed[t] = m.Consumed.WithLabelValues(t.String())
 	}
 	for _, r := range event.Reasons() {
 		m.Rejected.WithLabelValues(string(r))
