@@ -46,7 +46,7 @@ func cmdDemo(args []string) int {
 		*dataDir = dir
 	}
 	cfg.DataDir = *dataDir
-	log := newLogger("text", orDefault(cfg.Log.Level, "warn"))
+	log := newLogger("text", orDefault(cfg.Log.Level, "error")) // the progress lines say what matters; rejects are counted there
 
 	var mu sync.Mutex
 	var notes []string
@@ -71,7 +71,7 @@ func cmdDemo(args []string) int {
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
-	fmt.Printf("walletguard demo\n  Kafka (embedded): %s   topics: %s\n  API: http://%s  (token %q)  metrics: http://%s/metrics\n  state: %s\n  Ctrl-C to stop.\n\n",
+	fmt.Printf("walletguard demo\n  Kafka (embedded, for development: data not yet flushed is lost if the process dies): %s   topics: %s\n  API: http://%s  (token %q)  metrics: http://%s/metrics\n  state: %s\n  Ctrl-C to stop.\n\n",
 		a.BrokerAddr(), strings.Join(cfg.Kafka.Topics, ","), a.HTTPAddr(), firstToken(cfg), a.HTTPAddr(), cfg.DataDir)
 
 	scfg := sim.DefaultConfig(*accounts)
