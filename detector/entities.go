@@ -102,6 +102,22 @@ type errCount struct {
 	bucket uint32
 }
 
+// errSlot returns the slot counting code, taking over the slot with the
+// smallest rank when code is not counted yet.
+func errSlot(slots []errCount, code string, intern func(string) string, rank func(*errCount) uint32) *errCount {
+	low := 0
+	for i := range slots {
+		if slots[i].code == code {
+			return &slots[i]
+		}
+		if rank(&slots[i]) < rank(&slots[low]) {
+			low = i
+		}
+	}
+	slots[low] = errCount{code: intern(code)}
+	return &slots[low]
+}
+
 func (m *merchantState) view(v *rules.MerchantView, now uint32) {
 	*v = rules.MerchantView{Known: m.first != 0}
 	if m.first == 0 {
@@ -169,21 +185,7 @@ func (m *merchantState) update(ev *event.Event, acct, now uint32, intern func(st
 	if ev.ErrorCode == "" {
 		return
 	}
-	slot, oldest := -1, 0
-	for i := range m.errCodes {
-		if m.errCodes[i].code == ev.ErrorCode {
-			slot = i
-			break
-		}
-		if m.errCodes[i].bucket < m.errCodes[oldest].bucket {
-			oldest = i
-		}
-	}
-	if slot < 0 {
-		slot = oldest
-		m.errCodes[slot] = errCount{code: intern(ev.ErrorCode)}
-	}
-	e := &m.errCodes[slot]
+	e := errSlot(m.errCodes[:], ev.ErrorCode, intern, func(x *errCount) uint32 { return x.bucket })
 	if e.bucket < since(b, min10) {
 		e.n = 0
 	}
@@ -292,21 +294,7 @@ func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(str
 		}
 		if ev.ErrorCode != "" {
 			c.lastError = intern(ev.ErrorCode)
-			slot, least := -1, 0
-			for i := range c.errs {
-				if c.errs[i].code == ev.ErrorCode {
-					slot = i
-					break
-				}
-				if c.errs[i].n < c.errs[least].n {
-					least = i
-				}
-			}
-			if slot < 0 {
-				slot = least
-				c.errs[slot] = errCount{code: c.lastError}
-			}
-			c.errs[slot].n++
+			errSlot(c.errs[:], c.lastError, intern, func(x *errCount) uint32 { return x.n }).n++
 		}
 	}
 }
