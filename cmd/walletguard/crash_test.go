@@ -6,9 +6,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -235,16 +237,17 @@ log:
 	rng := rand.New(rand.NewPCG(7, 7))
 	kills, midStream := 0, 0
 	var progress []int
-	last := 0
 	const nkills = 5
 	for i := 0; i < nkills; i++ {
 		cmd := startDaemon()
-		// Kill while it works: once it has made progress, at a random moment.
+		// Kill while it works: once this run has consumed events, at a random
+		// moment. Polling its own counter is cheap even when this test is
+		// built with -race.
 		waitUntil := time.Now().Add(30 * time.Second)
-		for decided() <= last && time.Now().Before(waitUntil) {
-			time.Sleep(20 * time.Millisecond)
+		for consumed(httpAddr) == 0 && time.Now().Before(waitUntil) {
+			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+		time.Sleep(time.Duration(150+rng.IntN(500)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +255,6 @@ log:
 		kills++
 		n := decided()
 		progress = append(progress, n)
-		last = n
 		if n < wantEvents {
 			midStream++
 		}
@@ -394,4 +396,24 @@ func grepLines(s string, words ...string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// consumed reads walletguard_events_consumed_total (all types) from a
+// daemon's /metrics; 0 while it is not up.
+func consumed(addr string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	total := 0.0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "walletguard_events_consumed_total{") {
+			var v float64
+			fmt.Sscanf(l[strings.LastIndexByte(l, ' ')+1:], "%g", &v)
+			total += v
+		}
+	}
+	return total
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,8 +42,8 @@ rules:
   watch: true
 `, filepath.Join(dir, "data"), freePort(t), httpAddr, rulesDir)), 0o600)
 	cmd := exec.Command(bin, "run", "--config", cfgPath)
-	var logs strings.Builder
-	cmd.Stderr = &logs
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,4 +106,22 @@ rules:
 	os.Remove(filepath.Join(rulesDir, "broken.yaml"))
 	os.WriteFile(filepath.Join(rulesDir, "extra.yaml"), []byte("rules:\n  - id: shadow_dawn\n    on: [login]\n    when: event.hour < 6\n    mode: shadow\n"), 0o644)
 	waitUntil("the watcher to load the fixed set", func() bool { v := version(); return v != v2 && v != "" })
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
