@@ -236,7 +236,7 @@ func (a *App) Run(ctx context.Context) error {
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D())
 	defer cancel()
-	if err := a.source.Close(); err != nil {
+	if err := a.source.Close(stopCtx); err != nil {
 		a.log.Warn("leaving consumer group", "err", err)
 	}
 	if err := a.http.Shutdown(stopCtx); err != nil {

@@ -336,8 +336,22 @@ func (s *Source) commit() {
 }
 
 // Close commits what was handled and leaves the group. Call it after Run has
-// returned and the consumer of Records has marked everything it finished.
-func (s *Source) Close() error {
+// returned and the consumer of Records has marked everything it finished. It
+// gives up when ctx ends: with the broker gone, a commit can block for as long
+// as the connection lives, and a stopping daemon must not wait on it (the next
+// start resumes from the checkpoint anyway).
+func (s *Source) Close(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("leave consumer group: %w", ctx.Err())
+	}
+}
+
+func (s *Source) close() error {
 	s.commit()
 	s.mu.Lock()
 	cg, release := s.cg, s.release
