@@ -28,6 +28,7 @@ type Alert struct {
 	Category           string    `json:"category"`
 	AccountID          string    `json:"account_id,omitempty"`
 	MerchantID         string    `json:"merchant_id,omitempty"`
+	AppVersion         string    `json:"app_version,omitempty"`
 	Title              string    `json:"title"`
 	Summary            string    `json:"summary"`
 	Evidence           []string  `json:"evidence"`
@@ -41,6 +42,10 @@ type Alert struct {
 	DecisionIDs        []string  `json:"decision_ids"`
 	Action             string    `json:"action,omitempty"` // strongest action taken on the account
 	Cause              string    `json:"cause,omitempty"`  // stuck retries: network, balance, verification, …
+	// GroupedUnder is the alert this one was folded into (status
+	// "grouped"): a user's stuck payment at a merchant whose outage was
+	// recognised after the user's alert went out.
+	GroupedUnder string `json:"grouped_under,omitempty"`
 
 	accounts map[string]bool
 }
@@ -55,7 +60,7 @@ const (
 // Manager groups findings into alerts. Driven by the pipeline goroutine.
 type Manager struct {
 	open    map[string]*Alert // by dedup key
-	outages map[string]string // merchant id -> dedup key of its open outage alert
+	outages map[string]string // "merchant:<id>" or "app:<version>" -> dedup key of its open outage or app-fault alert
 	dirty   map[string]bool
 }
 
@@ -71,9 +76,10 @@ func NewManager() *Manager {
 func (m *Manager) Observe(d *detector.Decision, out []Alert) []Alert {
 	for i := range d.Rules {
 		h := &d.Rules[i]
-		// Low-severity findings that did not move the action stay in the
-		// decision record; a support queue full of them gets ignored.
-		if h.Category == "" || rules.SeverityRank(h.Severity) < 2 && rules.ActionRank(d.Action) == 0 {
+		// Low-severity findings stay in the decision record (a review
+		// decision is the risk team's queue) unless the account was acted
+		// on; a support queue full of them gets ignored.
+		if h.Category == "" || rules.SeverityRank(h.Severity) < 2 && rules.ActionRank(d.Action) < rules.ActionRank(rules.ActionStepUp) {
 			continue
 		}
 		out = m.observeHit(d, h, out)
@@ -83,11 +89,21 @@ func (m *Manager) Observe(d *detector.Decision, out []Alert) []Alert {
 
 func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert) []Alert {
 	// A stuck payment at a merchant that is having an outage belongs to the
-	// outage: support handles the merchant once, not each of its users.
-	if h.Category == "stuck_retry" && d.MerchantID != "" {
-		if key, ok := m.outages[d.MerchantID]; ok {
-			if a := m.open[key]; a != nil && d.TS.Sub(a.UpdatedAt) < quietAfter {
-				return m.update(a, d, h, out)
+	// outage, and one failing with app errors in a faulty app version to the
+	// app fault: support handles the merchant or release once, not each user.
+	if h.Category == "stuck_retry" {
+		var parents []string
+		if d.MerchantID != "" {
+			parents = append(parents, "merchant:"+d.MerchantID)
+		}
+		if d.AppVersion != "" && causeFromReason(h.Reason) == "app" {
+			parents = append(parents, "app:"+d.AppVersion)
+		}
+		for _, k := range parents {
+			if key, ok := m.outages[k]; ok {
+				if a := m.open[key]; a != nil && d.TS.Sub(a.UpdatedAt) < quietAfter {
+					return m.update(a, d, h, out)
+				}
 			}
 		}
 	}
@@ -99,9 +115,42 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	}
 	if a == nil {
 		a = m.create(key, d, h)
-		return append(out, a.copy())
+		out = append(out, a.copy())
+		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" {
+			out = m.groupUnder(a, out)
+		}
+		return out
 	}
 	return m.update(a, d, h, out)
+}
+
+// groupUnder folds open stuck-payment alerts into a new merchant-outage or
+// app-fault alert: the first users' payments got stuck before the outage was
+// recognised, and support should handle the merchant or release once.
+func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
+	keys := make([]string, 0, 4)
+	for key, a := range m.open {
+		if a.Category != "stuck_retry" || a.Status != "open" || outage.CreatedAt.Sub(a.UpdatedAt) >= time.Hour {
+			continue
+		}
+		if outage.AppVersion != "" && a.AppVersion == outage.AppVersion && a.Cause == "app" ||
+			outage.AppVersion == "" && a.MerchantID == outage.MerchantID {
+			keys = append(keys, key)
+		}
+	}
+	sort.Strings(keys) // map order must not leak into the output
+	for _, key := range keys {
+		a := m.open[key]
+		a.Status, a.GroupedUnder = "grouped", outage.AlertID
+		m.dirty[key] = true
+		outage.accounts[a.AccountID] = true
+		out = append(out, a.copy())
+	}
+	if len(keys) > 0 {
+		outage.AffectedAccounts = len(outage.accounts)
+		out = append(out, outage.copy())
+	}
+	return out
 }
 
 func alertID(key, decisionID string) string {
@@ -120,12 +169,17 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 		Rules: []string{h.ID}, DecisionIDs: []string{d.DecisionID},
 		accounts: map[string]bool{d.AccountID: true},
 	}
-	if strings.HasPrefix(h.Group, "merchant:") {
+	switch {
+	case strings.HasPrefix(h.Group, "merchant:"):
 		a.MerchantID = strings.TrimPrefix(h.Group, "merchant:")
-		m.outages[a.MerchantID] = key
-	} else {
+		m.outages[h.Group] = key
+	case strings.HasPrefix(h.Group, "app:"):
+		a.AppVersion = strings.TrimPrefix(h.Group, "app:")
+		m.outages[h.Group] = key
+	default:
 		a.AccountID = d.AccountID
 		a.MerchantID = d.MerchantID
+		a.AppVersion = d.AppVersion
 	}
 	a.Severity = maxSeverity(a.Severity, actionSeverity(d.Action))
 	if rules.ActionRank(d.Action) > 0 {
@@ -244,11 +298,12 @@ func contains(l []string, v string) bool {
 	return false
 }
 
-// Open lists open alerts, newest first.
+// Open lists the alerts support still has to handle (not resolved, not
+// grouped under another), newest first.
 func (m *Manager) Open() []Alert {
 	var out []Alert
 	for _, a := range m.open {
-		if a.Status != "resolved" {
+		if a.Status != "resolved" && a.Status != "grouped" {
 			out = append(out, a.copy())
 		}
 	}
@@ -312,8 +367,11 @@ func (m *Manager) Load(db *bolt.DB) error {
 				a.accounts[acc] = true
 			}
 			m.open[string(k)] = &a
-			if a.Category == "merchant_outage" && a.MerchantID != "" {
-				m.outages[a.MerchantID] = string(k)
+			switch {
+			case a.AccountID == "" && a.AppVersion != "":
+				m.outages["app:"+a.AppVersion] = string(k)
+			case a.AccountID == "" && a.MerchantID != "":
+				m.outages["merchant:"+a.MerchantID] = string(k)
 			}
 			return nil
 		})

@@ -70,6 +70,51 @@ func TestMerchantOutageAbsorbsUsersStuckPayments(t *testing.T) {
 	}
 }
 
+func TestOutageRecognisedLaterGroupsEarlierUserAlerts(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	for i := 0; i < 3; i++ {
+		d := stuck("u-"+string(rune('a'+i)), "p", "m-9", time.Duration(i)*time.Minute, 3)
+		out = m.Observe(&d, out)
+	}
+	other := stuck("u-z", "p", "m-1", 2*time.Minute, 3) // another merchant: not part of the outage
+	out = m.Observe(&other, out)
+	if n := len(m.Open()); n != 4 {
+		t.Fatalf("%d open alerts before the outage is recognised, want 4", n)
+	}
+	outage := detector.Decision{DecisionID: "o1", AccountID: "u-d", TS: t0.Add(4 * time.Minute), Action: "allow", MerchantID: "m-9",
+		Rules: []detector.Hit{{ID: "merchant_failure_spike", Category: "merchant_outage", Severity: "high", Group: "merchant:m-9", Reason: "merchant m-9 failing"}}}
+	out = m.Observe(&outage, out[:0])
+	open := m.Open()
+	if len(open) != 2 {
+		t.Fatalf("want the outage and the other merchant's alert open, got %d: %+v", len(open), open)
+	}
+	var outageAlert Alert
+	grouped := 0
+	for _, a := range out {
+		switch {
+		case a.Category == "merchant_outage":
+			outageAlert = a
+		case a.Status == "grouped":
+			grouped++
+			if a.MerchantID != "m-9" {
+				t.Errorf("alert of merchant %s grouped under m-9's outage", a.MerchantID)
+			}
+		}
+	}
+	if grouped != 3 {
+		t.Errorf("%d user alerts re-sent as grouped, want 3", grouped)
+	}
+	if outageAlert.AffectedAccounts != 4 {
+		t.Errorf("outage counts %d affected users, want 4 (three earlier, one now)", outageAlert.AffectedAccounts)
+	}
+	for _, a := range out {
+		if a.Status == "grouped" && a.GroupedUnder != outageAlert.AlertID {
+			t.Errorf("grouped under %q, want %q", a.GroupedUnder, outageAlert.AlertID)
+		}
+	}
+}
+
 func TestFreezeMakesTheAlertCritical(t *testing.T) {
 	m := NewManager()
 	d := detector.Decision{DecisionID: "x", AccountID: "acc-7", TS: t0, Action: "freeze", Score: 95,

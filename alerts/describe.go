@@ -11,7 +11,11 @@ import (
 // the numbers (amounts, times, devices, the cause of a stuck retry).
 func describe(a *Alert, h *detector.Hit) (title, summary string, actions []string) {
 	subject := a.AccountID
-	if a.Category == "merchant_outage" || subject == "" {
+	switch {
+	case subject != "":
+	case a.AppVersion != "":
+		subject = "app version " + a.AppVersion
+	default:
 		subject = "merchant " + a.MerchantID
 	}
 	switch a.Category {
@@ -33,6 +37,12 @@ func describe(a *Alert, h *detector.Hit) (title, summary string, actions []strin
 		actions = []string{
 			"Tell affected users the merchant is having problems and to try later or pay another way; no action on their accounts is needed",
 			"Contact the merchant's technical support and the payments team",
+		}
+	case "app_fault":
+		title = fmt.Sprintf("App fault: payments failing in app version %s (%d users affected)", a.AppVersion, a.AffectedAccounts)
+		actions = []string{
+			"Tell affected users to update the app (or reinstall it) and retry; their accounts need no action",
+			"Send the evidence to the mobile team: the error rate is far above this version's normal",
 		}
 	case "credential_stuffing":
 		title = "Credential stuffing: " + h.Group

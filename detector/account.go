@@ -53,7 +53,7 @@ type account struct {
 	devices   [4]device
 	prefixes  [4]seen
 	payees    [6]seen
-	merchants [3]seen
+	merchants bloom // every merchant ever paid: a user's shops outnumber any small recent-set
 	countries [3]country
 
 	loginLat, loginLon float32
@@ -62,6 +62,7 @@ type account struct {
 	riskAt             uint32
 
 	pwReset, mfaOff, phoneChg, emailChg, payeeAdded, secAny uint32
+	newNet                                                  uint32 // first use of a network not in prefixes (not the first network)
 
 	amtN         uint16
 	hourN        uint16
@@ -212,6 +213,7 @@ func (a *account) view(v *rules.AccountView, ev *event.Event, now uint32) {
 		}
 	}
 	v.MinsSinceNewDevice = minsSince(now, newest)
+	v.MinsSinceNewNetwork = minsSince(now, a.newNet)
 	if p := ipPrefix(ev.IP); p != 0 {
 		v.IsNewIPPrefix = !has(a.prefixes[:], p)
 	}
@@ -237,7 +239,7 @@ func (a *account) view(v *rules.AccountView, ev *event.Event, now uint32) {
 		v.IsNewPayee = !has(a.payees[:], hash32(ev.CounterpartyID))
 	}
 	if ev.MerchantID != "" {
-		v.IsNewMerchant = !has(a.merchants[:], hash32(ev.MerchantID))
+		v.IsNewMerchant = !a.merchants.has(hash32(ev.MerchantID))
 	}
 	h := ev.TS.UTC().Hour()
 	v.UsualHour = a.hourN < 10 || int(a.hours[h])*24 >= int(a.hourN)/2
@@ -339,7 +341,10 @@ func (a *account) update(ev *event.Event, now uint32) {
 		}
 	}
 	if p := ipPrefix(ev.IP); p != 0 {
-		touch(a.prefixes[:], p, now)
+		had := a.prefixes[0].last != 0 || a.prefixes[1].last != 0 || a.prefixes[2].last != 0 || a.prefixes[3].last != 0
+		if !touch(a.prefixes[:], p, now) && had {
+			a.newNet = now
+		}
 	}
 	if cc := pack2(ev.Country()); cc != 0 {
 		slot, oldest := -1, 0
@@ -443,7 +448,7 @@ func (a *account) updateTx(ev *event.Event, now uint32) {
 		touch(a.payees[:], hash32(ev.CounterpartyID), now)
 	}
 	if ev.MerchantID != "" {
-		touch(a.merchants[:], hash32(ev.MerchantID), now)
+		a.merchants.add(hash32(ev.MerchantID))
 	}
 	cur := pack3(ev.Currency)
 	if a.currency == 0 {

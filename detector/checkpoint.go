@@ -19,7 +19,7 @@ import (
 
 // layoutVersion changes whenever a checkpointed struct changes shape; a
 // checkpoint of another layout is set aside rather than misread.
-const layoutVersion = 3
+const layoutVersion = 4
 
 var (
 	bMeta      = []byte("meta")

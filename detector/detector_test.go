@@ -2,6 +2,7 @@ package detector
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"runtime"
@@ -348,5 +349,27 @@ func BenchmarkCheckpointRestore1M(b *testing.B) {
 		st.Close()
 		b.ReportMetric(write.Seconds(), "checkpoint-s")
 		b.ReportMetric(restore.Seconds(), "restore-s")
+	}
+}
+
+func TestBloomRemembersEveryMemberAndRarelyInventsOne(t *testing.T) {
+	var b bloom
+	for i := 0; i < 8; i++ {
+		b.add(hash32(fmt.Sprintf("m-%04d", i)))
+	}
+	for i := 0; i < 8; i++ {
+		if !b.has(hash32(fmt.Sprintf("m-%04d", i))) {
+			t.Fatalf("member m-%04d forgotten", i)
+		}
+	}
+	false_ := 0
+	for i := 1000; i < 11000; i++ {
+		if b.has(hash32(fmt.Sprintf("m-%04d", i))) {
+			false_++
+		}
+	}
+	// Three probes into 128 bits with 8 members: ≈ 0.4% in theory.
+	if false_ > 150 {
+		t.Errorf("%d of 10000 new merchants read as known", false_)
 	}
 }

@@ -63,6 +63,7 @@ type Decision struct {
 	DowngradedFrom string `json:"downgraded_from,omitempty"`
 	MerchantID     string `json:"merchant_id,omitempty"`
 	PaymentID      string `json:"payment_id,omitempty"`
+	AppVersion     string `json:"app_version,omitempty"`
 }
 
 // Engine holds all detection state. It is driven by one goroutine; only the
@@ -218,6 +219,19 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 	} else {
 		env.Payee = rules.PayeeView{}
 	}
+	// App versions share the merchants' health counters, under their own keys.
+	var app *merchantState
+	if ev.Type == event.TypePaymentAttempt && ev.AppVersion != "" {
+		ak := appKey(ev.AppVersion)
+		app = e.merchants[ak]
+		if app == nil {
+			app = &merchantState{}
+			e.merchants[ak] = app
+		}
+		app.view(&env.App, now)
+	} else {
+		env.App = rules.MerchantView{}
+	}
 	var ch *chain
 	if ev.Type == event.TypePaymentAttempt {
 		pk := key64(ev.AccountID + "\x00" + ev.PaymentID)
@@ -241,7 +255,7 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 	d := Decision{
 		DecisionID: DecisionID(ev.EventID), EventID: ev.EventID, AccountID: ev.AccountID, TS: ev.TS,
 		RulesetVersion: set.Version, EventType: ev.Type.String(), Trigger: "event",
-		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID,
+		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID, AppVersion: ev.AppVersion,
 	}
 	for _, r := range set.ForType(ev.Type) {
 		ok, err := e.eval.Match(r, env)
@@ -280,6 +294,9 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 	if merch != nil {
 		merch.update(ev, acctID, now, e.intern)
 	}
+	if app != nil {
+		app.update(ev, acctID, now, e.intern)
+	}
 	if payee != nil {
 		payee.update(ev, acctID, now)
 	}
@@ -299,6 +316,9 @@ func (e *Engine) hit(r *rules.Rule, env *rules.Env, ev *event.Event) Hit {
 		Severity: r.Severity, Action: r.Action, Group: groupKey(r.GroupBy, ev)}
 }
 
+// appKey keys an app version's health counters in the merchants map.
+func appKey(version string) uint64 { return key64("app\x00" + version) }
+
 func groupKey(by string, ev *event.Event) string {
 	v := ev.AccountID
 	switch by {
@@ -308,6 +328,10 @@ func groupKey(by string, ev *event.Event) string {
 		}
 	case "merchant":
 		v = ev.MerchantID
+	case "app_version":
+		if ev.AppVersion != "" {
+			return "app:" + ev.AppVersion
+		}
 	case "ip":
 		v = ev.IP
 	case "device":
@@ -529,7 +553,9 @@ func (e *Engine) fireDue(wm uint32, out []Decision) []Decision {
 		if r == nil || r.Timer == nil {
 			continue
 		}
-		out = append(out, e.timerDecision(r, t, set))
+		if d, ok := e.timerDecision(r, t, set); ok {
+			out = append(out, d)
+		}
 	}
 	return out
 }
@@ -549,7 +575,7 @@ func (e *Engine) dropFromAccount(t *timer) {
 	}
 }
 
-func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision {
+func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decision, bool) {
 	ev := &t.ev
 	env := e.env
 	env.Event.Fill(ev)
@@ -560,15 +586,34 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision
 		env.Account = rules.AccountView{}
 	}
 	env.Device, env.IP, env.Payee = rules.DeviceView{}, rules.IPView{}, rules.PayeeView{}
-	env.Merchant = rules.MerchantView{}
+	if ev.DeviceID != "" {
+		if d := e.devices.get(key64(ev.DeviceID)); d != nil {
+			d.view(&env.Device, now)
+		}
+	}
+	if ev.IP != "" {
+		if ip := e.ips.get(key64(ev.IP)); ip != nil {
+			ip.view(&env.IP, now)
+		}
+	}
+	env.Merchant, env.App = rules.MerchantView{}, rules.MerchantView{}
 	if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
 		m.view(&env.Merchant, now)
+	}
+	if m := e.merchants[appKey(ev.AppVersion)]; m != nil && ev.AppVersion != "" {
+		m.view(&env.App, now)
 	}
 	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
 		if c := e.chains[key64(ev.AccountID+"\x00"+t.paymentID)]; c != nil {
 			c.view(&env.Payment, now)
 		}
+	}
+	if ok, err := e.eval.Confirm(r, env); err != nil || !ok {
+		if err != nil {
+			e.ruleError(r, err)
+		}
+		return Decision{}, false
 	}
 	h := e.hit(r, env, ev)
 	if e.metrics != nil {
@@ -577,7 +622,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision
 	d := Decision{
 		DecisionID: DecisionID("timer\x00" + r.ID + "\x00" + ev.EventID), EventID: ev.EventID, AccountID: ev.AccountID,
 		TS: time.Unix(fromSec(t.due), 0).UTC(), RulesetVersion: set.Version, EventType: ev.Type.String(), Trigger: "timer",
-		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID,
+		MerchantID: ev.MerchantID, PaymentID: ev.PaymentID, AppVersion: ev.AppVersion,
 	}
 	if r.Shadow {
 		d.Shadow = []Hit{h}
@@ -585,7 +630,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) Decision
 		d.Rules = []Hit{h}
 	}
 	e.finish(&d)
-	return d
+	return d, true
 }
 
 // Flush fires the timers due by the newest event time seen, ignoring the

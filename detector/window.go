@@ -139,3 +139,29 @@ func since(now, d uint32) uint32 {
 	}
 	return 1
 }
+
+// bloom is a 128-bit Bloom filter with three probes: "have we ever seen this
+// key" in 16 bytes, for sets with no natural bound. With 10 members about 1 in
+// 100 new keys reads as known, with 20 about 1 in 20 (a missed signal, never a
+// false alarm).
+type bloom [2]uint64
+
+// probes skips bit 0 of the key: hash32 always sets it.
+func probes(key uint32) [3]uint32 {
+	return [3]uint32{key >> 1 & 127, key >> 8 & 127, key >> 15 & 127}
+}
+
+func (b *bloom) add(key uint32) {
+	for _, bit := range probes(key) {
+		b[bit>>6] |= 1 << (bit & 63)
+	}
+}
+
+func (b *bloom) has(key uint32) bool {
+	for _, bit := range probes(key) {
+		if b[bit>>6]&(1<<(bit&63)) == 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -28,8 +28,11 @@ type Env struct {
 	Device   DeviceView   `expr:"device"`
 	IP       IPView       `expr:"ip"`
 	Merchant MerchantView `expr:"merchant"`
-	Payee    PayeeView    `expr:"payee"`
-	Payment  PaymentView  `expr:"payment"`
+	// App is the payment health of the event's app version, across all
+	// users: an error spike in one release is an app fault, not theirs.
+	App     MerchantView `expr:"app"`
+	Payee   PayeeView    `expr:"payee"`
+	Payment PaymentView  `expr:"payment"`
 }
 
 // NewEnv returns a zero Env.
@@ -153,6 +156,7 @@ type AccountView struct {
 	MinsSincePayeeAdded    float64 `expr:"mins_since_payee_added"`
 	MinsSinceSecurityChg   float64 `expr:"mins_since_security_change"` // any of the above
 	MinsSinceNewDevice     float64 `expr:"mins_since_new_device"`      // newest device's first appearance
+	MinsSinceNewNetwork    float64 `expr:"mins_since_new_network"`     // first use of an IP range the account had not used
 	SecurityChanges24h     int     `expr:"security_changes_24h"`
 	// RecentRisk is the highest score of the account's decisions in the last
 	// 24 h: evidence from earlier events (a reset, a 2FA removal) carries over

@@ -47,7 +47,7 @@ func ActionRank(a string) int {
 var (
 	categories = []string{"theft", "abnormal", "stuck_retry", "merchant_outage", "credential_stuffing", "app_fault", "brute_force", "velocity", "impossible_travel", "mule"}
 	severities = []string{"low", "medium", "high", "critical"}
-	scopes     = []string{"account", "payment", "merchant", "ip", "device", "payee"}
+	scopes     = []string{"account", "payment", "merchant", "ip", "device", "payee", "app_version"}
 )
 
 // SeverityRank orders severities; unknown ranks 0.
@@ -85,6 +85,11 @@ type TimerSpec struct {
 	// "account" (same account).
 	Scope string `yaml:"scope"`
 	Until string `yaml:"until"`
+	// Confirm, when set, is checked as the timer fires, over the state at
+	// that moment (the event's account, device, IP, merchant and payment):
+	// the rule hits only if it holds. "Look again in ten minutes": was the
+	// IP this account just signed in from attacking others by then?
+	Confirm string `yaml:"confirm"`
 }
 
 type fileSpec struct {
@@ -100,9 +105,10 @@ type Rule struct {
 	Shadow bool
 	After  time.Duration
 
-	when   *vm.Program
-	until  *vm.Program
-	reason template
+	when    *vm.Program
+	until   *vm.Program
+	confirm *vm.Program
+	reason  template
 }
 
 // Set is a loaded, validated rule set.
@@ -266,12 +272,22 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 		if t.Scope != "payment" && t.Scope != "account" {
 			bad("timer.scope: %q is not payment or account", t.Scope)
 		}
-		if t.Until == "" {
-			bad("timer.until: an expression is required")
-		} else if p, err := expr.Compile(t.Until, opts...); err != nil {
-			bad("timer.until: %s", exprError(err))
-		} else {
-			r.until = p
+		switch {
+		case t.Until == "" && t.Confirm == "":
+			bad("timer: until or confirm (or both) is required")
+		case t.Until != "":
+			if p, err := expr.Compile(t.Until, opts...); err != nil {
+				bad("timer.until: %s", exprError(err))
+			} else {
+				r.until = p
+			}
+		}
+		if t.Confirm != "" {
+			if p, err := expr.Compile(t.Confirm, opts...); err != nil {
+				bad("timer.confirm: %s", exprError(err))
+			} else {
+				r.confirm = p
+			}
 		}
 	}
 	tpl, err := parseTemplate(s.Reason)
@@ -330,6 +346,19 @@ func (e *Evaluator) Until(r *Rule, env *Env) (bool, error) {
 	out, err := e.vm.Run(r.until, env)
 	if err != nil {
 		return false, fmt.Errorf("rule %s timer.until: %w", r.ID, err)
+	}
+	b, _ := out.(bool)
+	return b, nil
+}
+
+// Confirm evaluates the rule's timer confirm condition; true without one.
+func (e *Evaluator) Confirm(r *Rule, env *Env) (bool, error) {
+	if r.confirm == nil {
+		return true, nil
+	}
+	out, err := e.vm.Run(r.confirm, env)
+	if err != nil {
+		return false, fmt.Errorf("rule %s timer.confirm: %w", r.ID, err)
 	}
 	b, _ := out.(bool)
 	return b, nil

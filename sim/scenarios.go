@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/walletguard/walletguard/event"
@@ -44,6 +45,12 @@ func (g *Generator) session(a *acct, t time.Time) {
 	if r.Float64() < 0.002 { // a new phone
 		dev = fmt.Sprintf("%s-n%d", a.devices[0], len(a.devices))
 		a.devices = append(a.devices, dev)
+		if r.Float64() < 0.3 { // the old one was lost: the password is reset from the new one
+			reset := g.base(a, event.TypeAccountChange, t, place, dev, ip)
+			reset.Change = "password_reset"
+			g.emit(reset)
+			t = t.Add(time.Minute + g.jitter(3*time.Minute))
+		}
 		login := g.base(a, event.TypeLogin, t, place, dev, ip)
 		login.Result, login.Method = "success", "otp"
 		g.emit(login)
@@ -73,6 +80,24 @@ func (g *Generator) session(a *acct, t time.Time) {
 		login := g.base(a, event.TypeLogin, t, place, dev, ip)
 		login.Result, login.Method = "success", []string{"password", "biometric", "biometric"}[r.IntN(3)]
 		g.emit(login)
+	}
+	if r.Float64() < 0.01 { // a new friend or family member to pay
+		t = t.Add(20*time.Second + g.jitter(2*time.Minute))
+		payee := fmt.Sprintf("acc-%07d", r.IntN(len(g.accounts)))
+		add := g.base(a, event.TypeAccountChange, t, place, dev, ip)
+		add.Change, add.Detail = "payee_added", map[string]any{"payee": payee}
+		g.emit(add)
+		a.payees = append(a.payees, payee)
+		t = t.Add(30*time.Second + g.jitter(2*time.Minute))
+		amt := g.amount(a, 2)
+		if amt > a.balance {
+			t = g.topup(a, t, place, dev, ip, amt*2)
+		}
+		a.balance -= amt
+		tx := g.base(a, event.TypeTransaction, t, place, dev, ip)
+		tx.TxID, tx.Kind, tx.Amount, tx.Currency, tx.Status = g.txID(), "transfer", amt, "IDR", "success"
+		tx.CounterpartyID, tx.CounterpartyCountry, tx.BalanceAfter = payee, "ID", a.balance
+		g.emit(tx)
 	}
 	for n := r.IntN(4); n > 0; n-- {
 		t = t.Add(20*time.Second + g.jitter(4*time.Minute))
@@ -168,6 +193,8 @@ func (g *Generator) incident(s scheduled) {
 		g.stuckRetry(s.at)
 	case KindMerchantOutage:
 		g.outage(s.at)
+	case KindAppFault:
+		g.appFault(s.at)
 	case KindTakeover:
 		g.takeover(s.at)
 	case KindStuffing:
@@ -238,6 +265,42 @@ func (g *Generator) outage(t time.Time) {
 			ev.MerchantID, ev.Amount, ev.Currency, ev.LatencyMS = merchant, amt, "IDR", int64(5000+r.IntN(5000))
 			l.EventIDs = append(l.EventIDs, g.emit(ev))
 			ts = ts.Add(15*time.Second + g.jitter(40*time.Second))
+		}
+		l.Accounts = append(l.Accounts, a.id)
+		a.busyTill = ts.Add(15 * time.Minute)
+		if ts.After(end) {
+			end = ts
+		}
+	}
+	l.End = end
+}
+
+// appFault: a new app release breaks payments for the users who installed
+// it, whatever the merchant: they retry and give up.
+func (g *Generator) appFault(t time.Time) {
+	r := g.rng
+	l := g.label(KindAppFault, t)
+	l.AppVersion, l.Expect = fmt.Sprintf("5.3.%d", len(g.labels)), "alert"
+	users := min(15+r.IntN(25), max(6, len(g.accounts)/3))
+	end := t
+	for i := 0; i < users; i++ {
+		a := g.freeAccount(t)
+		a.appVer = l.AppVersion // this user updated; later sessions use the new release too
+		ts := t.Add(g.jitter(20 * time.Minute))
+		pid := fmt.Sprintf("pay-app-%d-%d", g.cfg.Seed, g.seq)
+		g.seq++
+		merchant := a.merchants[r.IntN(len(a.merchants))]
+		amt := g.amount(a, 1)
+		n := int64(1 + r.IntN(3))
+		for k := int64(1); k <= n; k++ {
+			ev := g.base(a, event.TypePaymentAttempt, ts, a.home, a.devices[0], a.ip)
+			ev.PaymentID, ev.Attempt, ev.Status, ev.ErrorCode = pid, k, "retrying", "APP_ERROR"
+			if k == n {
+				ev.Status = "failed"
+			}
+			ev.MerchantID, ev.Amount, ev.Currency, ev.LatencyMS = merchant, amt, "IDR", int64(100+r.IntN(300))
+			l.EventIDs = append(l.EventIDs, g.emit(ev))
+			ts = ts.Add(10*time.Second + g.jitter(30*time.Second))
 		}
 		l.Accounts = append(l.Accounts, a.id)
 		a.busyTill = ts.Add(15 * time.Minute)
@@ -367,6 +430,9 @@ func (g *Generator) spike(t time.Time) {
 	t = t.Add(time.Minute + g.jitter(2*time.Minute))
 	amt := g.amount(a, 60+r.Float64()*60)
 	merchant := g.merchants[r.IntN(len(g.merchants))]
+	for slices.Contains(a.merchants, merchant) {
+		merchant = g.merchants[r.IntN(len(g.merchants))]
+	}
 	l.MerchantID = merchant
 	if amt > a.balance {
 		a.balance += amt * 2

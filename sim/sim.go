@@ -2,9 +2,10 @@
 // the demo, tests, benchmarks and detection-quality measurement. A population
 // of accounts with habits (devices, home city and network, spending level,
 // active hours, payees, favourite merchants) produces ordinary sessions with
-// honest noise (password typos, network retries that then succeed, new phones,
-// travel, a rare big purchase, forgotten passwords), and incidents are woven
-// in: stuck payment retries, a merchant outage, account takeovers, credential
+// honest noise (password typos, network retries that then succeed, new phones
+// — some after losing the old one, with a password reset — travel, a rare big
+// purchase, forgotten passwords, new payees), and incidents are woven
+// in: stuck payment retries, a merchant outage, a faulty app release, account takeovers, credential
 // stuffing and spending far above habit. The stream is in event-time order and
 // deterministic for a seed; Labels says which events belong to which incident.
 package sim
@@ -29,7 +30,7 @@ type Config struct {
 	// SessionsPerAccountDay is how often an ordinary account opens the app.
 	SessionsPerAccountDay float64
 	// Incidents per day of each kind (0 disables it).
-	StuckPerDay, OutagesPerDay, TakeoversPerDay, StuffingPerDay, SpikesPerDay float64
+	StuckPerDay, OutagesPerDay, AppFaultsPerDay, TakeoversPerDay, StuffingPerDay, SpikesPerDay float64
 	// InvalidRate is the share of events emitted as malformed bytes instead.
 	InvalidRate float64
 	// HistoryDays of ordinary use precede Start, so that habits exist when
@@ -44,7 +45,7 @@ func DefaultConfig(n int) Config {
 	return Config{
 		Seed: 1, Accounts: n, Start: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC), Duration: 24 * time.Hour,
 		SessionsPerAccountDay: 1.5, HistoryDays: 7,
-		StuckPerDay: max(3, float64(n)/2000), OutagesPerDay: 1, TakeoversPerDay: max(4, float64(n)/5000),
+		StuckPerDay: max(3, float64(n)/2000), OutagesPerDay: 1, AppFaultsPerDay: 0.5, TakeoversPerDay: max(4, float64(n)/5000),
 		StuffingPerDay: 1, SpikesPerDay: max(2, float64(n)/5000),
 	}
 }
@@ -53,6 +54,7 @@ func DefaultConfig(n int) Config {
 const (
 	KindStuckRetry     = "stuck_retry"
 	KindMerchantOutage = "merchant_outage"
+	KindAppFault       = "app_fault"
 	KindTakeover       = "takeover"
 	KindStuffing       = "credential_stuffing"
 	KindSpendingSpike  = "spending_spike"
@@ -66,6 +68,7 @@ type Label struct {
 	Variant    string    `json:"variant,omitempty"`
 	Accounts   []string  `json:"accounts"`
 	MerchantID string    `json:"merchant_id,omitempty"`
+	AppVersion string    `json:"app_version,omitempty"`
 	PaymentID  string    `json:"payment_id,omitempty"`
 	IP         string    `json:"ip,omitempty"`
 	Cause      string    `json:"cause,omitempty"` // stuck retries: network, balance, verification
@@ -192,6 +195,7 @@ func New(cfg Config) *Generator {
 	}
 	sched(cfg.StuckPerDay, KindStuckRetry)
 	sched(cfg.OutagesPerDay, KindMerchantOutage)
+	sched(cfg.AppFaultsPerDay, KindAppFault)
 	sched(cfg.TakeoversPerDay, KindTakeover)
 	sched(cfg.StuffingPerDay, KindStuffing)
 	sched(cfg.SpikesPerDay, KindSpendingSpike)

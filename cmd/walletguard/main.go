@@ -13,6 +13,7 @@ Usage:
   walletguard run [--config FILE]          the daemon
   walletguard demo [--accounts N]          the daemon plus generated traffic with incidents
   walletguard replay FILE --out DIR        score NDJSON events without Kafka (backtest)
+  walletguard eval [--seeds 1,2,3]         detection quality on labelled generated traffic
   walletguard rules check FILE...          validate rule files
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
@@ -37,6 +38,8 @@ func dispatch(cmd string, args []string) int {
 		return cmdDemo(args)
 	case "replay":
 		return cmdReplay(args)
+	case "eval":
+		return cmdEval(args)
 	case "rules":
 		return cmdRules(args)
 	case "config":

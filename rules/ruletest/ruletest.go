@@ -15,6 +15,7 @@
 //	    rules: [balance_drain_after_takeover]  # these must fire
 //	    not_rules: [mule_payee]                # these must not
 //	    min_score: 85
+//	    max_action: step_up                    # at most this action (an honest case: never a freeze)
 //	  - timer: payment_not_recovered           # a timer decision must appear
 //	    event_id: e2                           # the event that started it
 //	alerts:
@@ -56,13 +57,15 @@ type Case struct {
 
 // Expectation is one expected decision.
 type Expectation struct {
-	EventID  string   `yaml:"event_id"`
-	Timer    string   `yaml:"timer"`
-	Action   string   `yaml:"action"`
-	Rules    []string `yaml:"rules"`
-	NotRules []string `yaml:"not_rules"`
-	MinScore int      `yaml:"min_score"`
-	MaxScore *int     `yaml:"max_score"`
+	EventID string `yaml:"event_id"`
+	Timer   string `yaml:"timer"`
+	Action  string `yaml:"action"`
+	// MaxAction is the strongest action allowed.
+	MaxAction string   `yaml:"max_action"`
+	Rules     []string `yaml:"rules"`
+	NotRules  []string `yaml:"not_rules"`
+	MinScore  int      `yaml:"min_score"`
+	MaxScore  *int     `yaml:"max_score"`
 }
 
 // AlertExpect is an expectation on the alerts raised.
@@ -202,6 +205,9 @@ func check(c *Case, ds []detector.Decision, open []alerts.Alert) error {
 		fired := ruleIDs(d)
 		if x.Action != "" && d.Action != x.Action {
 			errs = append(errs, fmt.Errorf("%s: action %s (score %d, rules %v), want %s", what, d.Action, d.Score, fired, x.Action))
+		}
+		if x.MaxAction != "" && rules.ActionRank(d.Action) > rules.ActionRank(x.MaxAction) {
+			errs = append(errs, fmt.Errorf("%s: action %s (score %d, rules %v), want at most %s", what, d.Action, d.Score, fired, x.MaxAction))
 		}
 		for _, r := range x.Rules {
 			if !slices.Contains(fired, r) {
