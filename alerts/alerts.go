@@ -124,6 +124,36 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	return m.update(a, d, h, out)
 }
 
+// Raise opens (or refreshes) an alert walletguard raises about itself or an
+// action, not from a rule: the freeze-storm breaker, a 2FA lockout. key is
+// its dedup key; a repeat while it is open updates it.
+func (m *Manager) Raise(key, category, severity, accountID, title, summary string, actions []string, at time.Time, out []Alert) []Alert {
+	if a := m.open[key]; a != nil && a.Status != "resolved" {
+		a.Count++
+		a.UpdatedAt = at
+		a.Summary = summary
+		if len(a.Evidence) < maxEvidence {
+			a.Evidence = append(a.Evidence, at.UTC().Format("2006-01-02 15:04:05Z")+": "+summary)
+		}
+		m.dirty[key] = true
+		return append(out, a.copy())
+	}
+	a := &Alert{
+		AlertID: alertID(key, at.UTC().Format(time.RFC3339Nano)), DedupKey: key, Severity: severity, Category: category,
+		AccountID: accountID, Title: title, Summary: summary, RecommendedActions: actions,
+		Evidence:  []string{at.UTC().Format("2006-01-02 15:04:05Z") + ": " + summary},
+		CreatedAt: at, UpdatedAt: at, Status: "open", Count: 1, Rules: []string{}, DecisionIDs: []string{},
+		accounts: map[string]bool{},
+	}
+	if accountID != "" {
+		a.accounts[accountID] = true
+		a.AffectedAccounts = 1
+	}
+	m.open[key] = a
+	m.dirty[key] = true
+	return append(out, a.copy())
+}
+
 // groupUnder folds open stuck-payment alerts into a new merchant-outage or
 // app-fault alert: the first users' payments got stuck before the outage was
 // recognised, and support should handle the merchant or release once.

@@ -5,7 +5,9 @@
 package api
 
 import (
+	"context"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -28,13 +30,14 @@ import (
 
 // Account is the answer of GET /v1/accounts/{id}.
 type Account struct {
-	AccountID       string              `json:"account_id"`
-	Frozen          bool                `json:"frozen"`
-	FrozenReason    string              `json:"frozen_reason"`
-	StepUpRequired  bool                `json:"step_up_required"`
-	RiskScore       int                 `json:"risk_score"`
-	RecentDecisions []detector.Decision `json:"recent_decisions"`
-	State           *enforce.State      `json:"state,omitempty"`
+	AccountID       string               `json:"account_id"`
+	Frozen          bool                 `json:"frozen"`
+	FrozenReason    string               `json:"frozen_reason"`
+	StepUpRequired  bool                 `json:"step_up_required"`
+	RiskScore       int                  `json:"risk_score"`
+	RecentDecisions []detector.Decision  `json:"recent_decisions"`
+	RecentActions   []enforce.AuditEntry `json:"recent_actions"`
+	State           *enforce.State       `json:"state,omitempty"`
 }
 
 // Backend is what the API needs from the daemon.
@@ -46,7 +49,19 @@ type Backend interface {
 	Rules() *rules.Set
 	ReloadRules() (*rules.Set, error)
 	Score(ev *event.Event) (detector.Decision, error)
+
+	Freeze(id, actor, reason string) (enforce.State, error)
+	Unfreeze(id, actor, reason string) (enforce.State, error)
+	Enroll(id, actor string) (enforce.Enrollment, error)
+	Verify(id, actor, code string) (enforce.VerifyResult, error)
+	Unlock2FA(id, actor, reason string) (enforce.State, error)
+	Breaker() enforce.BreakerStatus
+	ResetBreaker(actor, reason string) (enforce.BreakerStatus, error)
+	Audit(account string, limit int) ([]enforce.AuditEntry, error)
 }
+
+// maxBody bounds request bodies: the largest legitimate one is an event.
+const maxBody = event.MaxSize + 1024
 
 // New returns the HTTP handler.
 func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.Logger) http.Handler {
@@ -56,11 +71,18 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// The freeze-storm breaker is reported, not made a reason to stop
+		// traffic: with it open walletguard still scores and steps up.
+		br := b.Breaker()
 		if ok, why := b.Ready(); !ok {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": why})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reason": why, "freeze_breaker": br})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		status := "ready"
+		if br.Open {
+			status = "ready, degraded: automatic freezing stopped by the freeze-storm breaker"
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": status, "freeze_breaker": br})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /v1/accounts/{id}", s.auth(s.account, "viewer", "gateway", "support"))
@@ -69,6 +91,14 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("GET /v1/rules", s.auth(s.rules, "viewer"))
 	mux.HandleFunc("POST /v1/rules/reload", s.auth(s.reload))
 	mux.HandleFunc("POST /v1/score", s.auth(s.score, "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/freeze", s.auth(s.freeze, "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/unfreeze", s.auth(s.unfreeze, "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.enroll, "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.verify, "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.unlock, "support"))
+	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
+	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
+	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.resetBreaker))
 	mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}, "viewer", "support", "gateway"))
@@ -81,10 +111,10 @@ type server struct {
 	log    *slog.Logger
 }
 
-type ctxRole struct{}
+type ctxActor struct{}
 
 // auth checks the bearer token; admin may do everything, other roles only
-// what the route lists.
+// what the route lists. The handler finds who called in the context.
 func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -93,10 +123,12 @@ func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 			writeErr(w, http.StatusUnauthorized, "missing bearer token")
 			return
 		}
-		role := ""
+		role, name := "", ""
 		for _, t := range s.tokens {
+			// Every token is compared, in constant time: the answer's timing
+			// tells nothing about which token came close.
 			if subtle.ConstantTimeCompare([]byte(t.Token), []byte(tok)) == 1 {
-				role = t.Role
+				role, name = t.Role, t.Name
 			}
 		}
 		if role == "" {
@@ -107,7 +139,11 @@ func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 			writeErr(w, http.StatusForbidden, "role "+role+" may not "+r.Method+" "+r.URL.Path)
 			return
 		}
-		h(w, r)
+		if name == "" {
+			name = role + " token"
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r.WithContext(context.WithValue(r.Context(), ctxActor{}, name)))
 	}
 }
 
@@ -201,9 +237,9 @@ func (s *server) reload(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *server) score(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, event.MaxSize+1))
+	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, "read body: "+err.Error())
+		writeErr(w, http.StatusRequestEntityTooLarge, "read body: "+err.Error())
 		return
 	}
 	ev, err := event.Decode(body, time.Now())
@@ -222,6 +258,165 @@ func (s *server) score(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+// actionBody is the body of state-changing calls.
+type actionBody struct {
+	Reason string `json:"reason"`
+	// Operator names the person acting through a shared support tool; it is
+	// recorded beside the token's name in the audit trail.
+	Operator string `json:"operator"`
+	Code     string `json:"code"`
+}
+
+// readAction decodes an optional JSON body; the actor is the token's name
+// plus the operator it names.
+func readAction(w http.ResponseWriter, r *http.Request) (actionBody, string, bool) {
+	var b actionBody
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil && !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "body too large")
+		} else {
+			writeErr(w, http.StatusBadRequest, "body: "+err.Error())
+		}
+		return b, "", false
+	}
+	b.Reason, b.Operator = strings.TrimSpace(b.Reason), strings.TrimSpace(b.Operator)
+	actor, _ := r.Context().Value(ctxActor{}).(string)
+	if b.Operator != "" {
+		actor += " (" + b.Operator + ")"
+	}
+	return b, actor, true
+}
+
+func (s *server) freeze(w http.ResponseWriter, r *http.Request) {
+	b, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	if b.Reason == "" {
+		b.Reason = "frozen by support"
+	}
+	st, err := s.b.Freeze(r.PathValue("id"), actor, b.Reason)
+	s.answerState(w, r, st, err)
+}
+
+func (s *server) unfreeze(w http.ResponseWriter, r *http.Request) {
+	b, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	if b.Reason == "" {
+		writeErr(w, http.StatusBadRequest, "a reason is required to unfreeze (it goes into the audit trail)")
+		return
+	}
+	st, err := s.b.Unfreeze(r.PathValue("id"), actor, b.Reason)
+	s.answerState(w, r, st, err)
+}
+
+func (s *server) unlock(w http.ResponseWriter, r *http.Request) {
+	b, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	if b.Reason == "" {
+		writeErr(w, http.StatusBadRequest, "a reason is required to unlock two-factor verification")
+		return
+	}
+	st, err := s.b.Unlock2FA(r.PathValue("id"), actor, b.Reason)
+	s.answerState(w, r, st, err)
+}
+
+func (s *server) answerState(w http.ResponseWriter, r *http.Request, st enforce.State, err error) {
+	if err != nil {
+		s.actionErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"account_id": r.PathValue("id"), "state": st})
+}
+
+// actionErr maps enforcement errors to statuses; the message never carries
+// a secret (enforce's errors do not).
+func (s *server) actionErr(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, enforce.ErrNotFound):
+		writeErr(w, http.StatusConflict, err.Error())
+	case errors.Is(err, enforce.ErrNotEnrolled):
+		writeErr(w, http.StatusConflict, err.Error())
+	case errors.Is(err, enforce.ErrLocked):
+		writeErr(w, http.StatusLocked, err.Error())
+	case errors.Is(err, enforce.ErrBadCode):
+		writeErr(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, enforce.ErrWrongCode), errors.Is(err, enforce.ErrReplayed):
+		writeErr(w, http.StatusUnprocessableEntity, err.Error())
+	case errors.Is(err, enforce.ErrNoKey):
+		writeErr(w, http.StatusServiceUnavailable, err.Error())
+	default:
+		s.log.Error("account action failed", "path", r.URL.Path, "err", err)
+		writeErr(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func (s *server) enroll(w http.ResponseWriter, r *http.Request) {
+	_, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	en, err := s.b.Enroll(r.PathValue("id"), actor)
+	if err != nil {
+		s.actionErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"otpauth_url": en.OTPAuthURL, "qr_png_base64": base64.StdEncoding.EncodeToString(en.QRPNG)})
+}
+
+func (s *server) verify(w http.ResponseWriter, r *http.Request) {
+	b, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	res, err := s.b.Verify(r.PathValue("id"), actor, b.Code)
+	if err != nil {
+		s.actionErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"verified": true, "step_up_cleared": res.StepUpCleared})
+}
+
+func (s *server) audit(w http.ResponseWriter, r *http.Request) {
+	entries, err := s.b.Audit(r.URL.Query().Get("account_id"), limitParam(r, 100))
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if entries == nil {
+		entries = []enforce.AuditEntry{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}
+
+func (s *server) breaker(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.b.Breaker())
+}
+
+func (s *server) resetBreaker(w http.ResponseWriter, r *http.Request) {
+	b, actor, ok := readAction(w, r)
+	if !ok {
+		return
+	}
+	if b.Reason == "" {
+		writeErr(w, http.StatusBadRequest, "a reason is required to close the breaker")
+		return
+	}
+	st, err := s.b.ResetBreaker(actor, b.Reason)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 // DuplicateError is returned by Backend.Score for an event already scored.

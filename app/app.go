@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/config"
@@ -30,6 +31,7 @@ import (
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
 
@@ -48,9 +50,12 @@ type App struct {
 	imet     *ingest.Metrics
 	dmet     *detector.Metrics
 	amet     *appMetrics
+	emet     *enforce.Metrics
+	box      *outbox.Box
 	http     *http.Server
 	httpLn   net.Listener
 	recent   *recentDecisions
+	scores   scoreQueue
 	resumed  detector.Offsets // offsets of the restored checkpoint
 	ckptErr  atomic.Value     // string: why the last checkpoint failed, "" if fine
 	observer func(Outputs)
@@ -108,17 +113,19 @@ type Options struct {
 }
 
 // New builds the daemon from a validated config. Nothing runs until Run.
-func New(cfg config.Config, log *slog.Logger, opts Options) (a *App, err error) {
-	a = &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), recent: newRecent(10000), observer: opts.Observer}
+func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), recent: newRecent(10000), observer: opts.Observer,
+		scores: scoreQueue{wake: make(chan struct{}, 1)}}
 	defer func() {
 		if err != nil {
-			a.runCleanup()
+			a.runCleanup() // close what was opened before the error
 		}
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.imet = ingest.NewMetrics(a.reg)
 	a.dmet = detector.NewMetrics(a.reg)
 	a.amet = newAppMetrics(a.reg)
+	a.emet = enforce.NewMetrics(a.reg)
 	a.ckptErr.Store("")
 
 	set, err := rules.Load(cfg.Rules.Paths)
@@ -134,14 +141,42 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (a *App, err error) 
 	}
 	a.cleanup = append(a.cleanup, func() { a.store.Close() })
 
+	a.box, err = outbox.Open(a.store.DB())
+	if err != nil {
+		return nil, err
+	}
 	a.proc = NewProcessor(cfg, set, a.dmet, log)
+	pc := PlannerConfig(cfg)
+	key, err := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv)
+	if err != nil {
+		return nil, err
+	}
+	if key != nil {
+		if pc.Sealer, err = enforce.NewSealer(key); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Enforce.AccountService.URL != "" {
+		pc.Forward = func(tx *bolt.Tx, c enforce.Command) error {
+			b, err := gojson.Marshal(&c)
+			if err != nil {
+				return err
+			}
+			return a.box.Put(tx, destAccountService, c.CommandID, b, time.Now())
+		}
+	}
+	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
 	offsets, err := a.proc.Engine.Restore(a.store)
 	a.resumed = offsets
 	if err != nil {
 		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
 	}
-	if err := a.proc.Planner.Load(a.store.DB()); err != nil {
+	enrolled, err := a.proc.Planner.Load(a.store.DB())
+	if err != nil {
 		return nil, fmt.Errorf("restore account states: %w", err)
+	}
+	if enrolled > 0 && pc.Sealer == nil {
+		return nil, fmt.Errorf("%d accounts have sealed TOTP secrets but no key is configured: set enforce.totp.key_file or $%s", enrolled, cfg.Enforce.TOTP.KeyEnv)
 	}
 	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
 		return nil, fmt.Errorf("restore alerts: %w", err)
@@ -215,6 +250,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.cfg.Rules.Watch && len(a.cfg.Rules.Paths) > 0 {
 		go a.watchRules(ctx)
 	}
+	go a.deliverCommands(ctx)
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()
 	a.log.Info("walletguard running", "kafka", a.brokers, "topics", a.cfg.Kafka.Topics, "http", a.HTTPAddr(),
@@ -231,7 +267,10 @@ func (a *App) Run(ctx context.Context) error {
 		time.AfterFunc(a.cfg.Kafka.ShutdownTimeout.D(), stopWrites)
 	})
 	defer stopAfter()
+	scoresDone := make(chan struct{})
+	go func() { a.publishScores(ctx, writeCtx); close(scoresDone) }()
 	pipeErr := a.pipeline(writeCtx, a.source.Records())
+	<-scoresDone
 	srcErr := <-srcDone
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D())
@@ -317,6 +356,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		a.ckptErr.Store("")
 		a.amet.checkpoints.Inc()
 		a.amet.checkpointSecs.Observe(took.Seconds())
+		a.box.Notify(destAccountService)
 		a.amet.watermark.Set(float64(a.proc.Engine.Watermark().Unix()))
 		for t, ps := range offsets {
 			for p, o := range ps {

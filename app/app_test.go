@@ -21,8 +21,7 @@ import (
 )
 
 // testConfig is the default config on free ports with fast timings.
-func testConfig(t *testing.T, dataDir string) config.Config {
-	t.Helper()
+func testConfig(t testing.TB, dataDir string) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = dataDir
 	cfg.Kafka.EmbeddedListen = "127.0.0.1:0"

@@ -3,11 +3,15 @@ package app
 import (
 	"context"
 	"sort"
+	"sync"
+	"time"
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 )
 
@@ -26,6 +30,10 @@ func (b backend) Account(id string) api.Account {
 	acc.RecentDecisions = b.Decisions(id, 20)
 	if acc.RecentDecisions == nil {
 		acc.RecentDecisions = []detector.Decision{}
+	}
+	acc.RecentActions, _ = b.Audit(id, 20)
+	if acc.RecentActions == nil {
+		acc.RecentActions = []enforce.AuditEntry{}
 	}
 	return acc
 }
@@ -52,8 +60,12 @@ func (b backend) Rules() *rules.Set { return b.a.proc.Engine.Rules() }
 
 func (b backend) ReloadRules() (*rules.Set, error) { return b.a.ReloadRules() }
 
-// Score decides on one event synchronously, through the same processor as
-// the stream, and publishes its outputs like the stream does.
+// Score decides on one event synchronously, through the same processor and
+// state as the stream. The answer does not wait for Kafka: the outputs are
+// published right after by scorePublisher (the gateway needs its answer in
+// well under a millisecond, a produce round trip takes several). Should
+// walletguard die in between, the event's own copy on wallet.events is
+// decided again after the restart, with the same decision and command ids.
 func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 	var out Outputs
 	b.a.procMu.Lock()
@@ -62,10 +74,138 @@ func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 	if dup {
 		return detector.Decision{}, &api.DuplicateError{EventID: ev.EventID}
 	}
-	msgs := b.a.appendOutputs(nil, &out)
-	if err := b.a.producer.Write(context.Background(), "outputs", msgs); err != nil {
-		return detector.Decision{}, err
-	}
+	b.a.scores.add(b.a.appendOutputs(nil, &out))
 	b.a.recent.add(out.Decisions)
 	return out.Decisions[0], nil
+}
+
+// scoreQueue hands the synchronous API's outputs to their publisher.
+type scoreQueue struct {
+	mu   sync.Mutex
+	msgs []ingest.Message
+	wake chan struct{}
+}
+
+func (q *scoreQueue) add(msgs []ingest.Message) {
+	q.mu.Lock()
+	q.msgs = append(q.msgs, msgs...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *scoreQueue) take() []ingest.Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	m := q.msgs
+	q.msgs = nil
+	return m
+}
+
+// publishScores writes the API's outputs to Kafka until ctx ends, then
+// what is left within writeCtx (the shutdown timeout).
+func (a *App) publishScores(ctx, writeCtx context.Context) {
+	for {
+		select {
+		case <-a.scores.wake:
+		case <-ctx.Done():
+			if msgs := a.scores.take(); len(msgs) > 0 {
+				if err := a.producer.Write(writeCtx, "score", msgs); err != nil {
+					a.log.Error("scoring API outputs not written before shutdown", "records", len(msgs), "err", err)
+				}
+			}
+			return
+		}
+		if msgs := a.scores.take(); len(msgs) > 0 {
+			if err := a.producer.Write(writeCtx, "score", msgs); err != nil {
+				a.log.Error("scoring API outputs not written", "records", len(msgs), "err", err)
+			}
+		}
+	}
+}
+
+func (b backend) Freeze(id, actor, reason string) (enforce.State, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	ch := b.a.proc.Planner.Freeze(id, actor, reason, time.Now())
+	if err := b.a.apply(ch); err != nil {
+		return enforce.State{}, err
+	}
+	st, _ := b.a.proc.Planner.Get(id)
+	return st, nil
+}
+
+func (b backend) Unfreeze(id, actor, reason string) (enforce.State, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	ch, err := b.a.proc.Planner.Unfreeze(id, actor, reason, time.Now())
+	if err != nil {
+		return enforce.State{}, err
+	}
+	if err := b.a.apply(ch); err != nil {
+		return enforce.State{}, err
+	}
+	st, _ := b.a.proc.Planner.Get(id)
+	return st, nil
+}
+
+func (b backend) Enroll(id, actor string) (enforce.Enrollment, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	en, ch, err := b.a.proc.Planner.Enroll(id, actor, time.Now())
+	if err != nil {
+		return en, err
+	}
+	return en, b.a.apply(ch)
+}
+
+func (b backend) Verify(id, actor, code string) (enforce.VerifyResult, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	res, ch, verr := b.a.proc.Planner.Verify(id, actor, code, time.Now())
+	if len(ch.Audit) > 0 || len(ch.Commands) > 0 {
+		// Wrong codes count durably too: a restart must not reset a lockout.
+		if err := b.a.apply(ch); err != nil {
+			return res, err
+		}
+	}
+	return res, verr
+}
+
+func (b backend) Unlock2FA(id, actor, reason string) (enforce.State, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	ch, err := b.a.proc.Planner.Unlock2FA(id, actor, reason, time.Now())
+	if err != nil {
+		return enforce.State{}, err
+	}
+	if err := b.a.apply(ch); err != nil {
+		return enforce.State{}, err
+	}
+	st, _ := b.a.proc.Planner.Get(id)
+	return st, nil
+}
+
+func (b backend) Breaker() enforce.BreakerStatus {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	return b.a.proc.Planner.Breaker()
+}
+
+func (b backend) ResetBreaker(actor, reason string) (enforce.BreakerStatus, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	ch, changed := b.a.proc.Planner.ResetBreaker(actor, reason, time.Now())
+	if changed {
+		if err := b.a.apply(ch); err != nil {
+			return enforce.BreakerStatus{}, err
+		}
+	}
+	return b.a.proc.Planner.Breaker(), nil
+}
+
+func (b backend) Audit(account string, limit int) ([]enforce.AuditEntry, error) {
+	return enforce.ListAudit(b.a.store.DB(), account, limit)
 }

@@ -48,6 +48,9 @@ func (p *Processor) follow(out *Outputs, from int) {
 	for i := from; i < len(out.Decisions); i++ {
 		d := &out.Decisions[i]
 		out.Commands = p.Planner.Plan(d, out.Commands)
+		for _, sa := range p.Planner.TakeAlerts() {
+			out.Alerts = p.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Title, sa.Summary, sa.Actions, sa.At, out.Alerts)
+		}
 		if len(d.Rules) > 0 {
 			out.Alerts = p.Alerts.Observe(d, out.Alerts)
 		}

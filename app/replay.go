@@ -31,6 +31,13 @@ type ReplaySummary struct {
 	RulesetVersion                      string
 }
 
+// PlannerConfig is the enforcement part of cfg, without the secret-sealing
+// key and forwarding (which only the daemon has).
+func PlannerConfig(cfg config.Config) enforce.Config {
+	e := cfg.Enforce
+	return enforce.Config{MaxFreezes: e.Breaker.MaxFreezes, Window: e.Breaker.Window.D(), MaxWrongCodes: e.TOTP.MaxWrongCodes, Issuer: e.TOTP.Issuer}
+}
+
 // NewProcessor builds the detection path from config and a rule set.
 func NewProcessor(cfg config.Config, set *rules.Set, m *detector.Metrics, log *slog.Logger) *Processor {
 	d := cfg.Detector
@@ -39,7 +46,7 @@ func NewProcessor(cfg config.Config, set *rules.Set, m *detector.Metrics, log *s
 			AllowedLateness: d.AllowedLateness.D(), IdleExpiry: d.IdleExpiry.D(), AllowList: d.AllowList,
 			Thresholds: detector.Thresholds{Review: d.Thresholds.Review, StepUp: d.Thresholds.StepUp, Freeze: d.Thresholds.Freeze},
 		}, set, m, log),
-		Planner: enforce.NewPlanner(),
+		Planner: enforce.NewPlanner(PlannerConfig(cfg), nil),
 		Alerts:  alerts.NewManager(),
 	}
 }

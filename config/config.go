@@ -26,7 +26,41 @@ type Config struct {
 	Alerts     Alerts     `yaml:"alerts"`
 	Rules      Rules      `yaml:"rules"`
 	Detector   Detector   `yaml:"detector"`
+	Enforce    Enforce    `yaml:"enforce"`
 	Log        Log        `yaml:"log"`
+}
+
+// Enforce configures what walletguard does to accounts: the freeze-storm
+// breaker, TOTP step-up and the wallet's account service.
+type Enforce struct {
+	// Breaker stops automatic freezes when more than MaxFreezes happen
+	// within Window (event time): a bad rule or a broken upstream field
+	// must not freeze the customer base. Freezes become step-ups until an
+	// admin closes it again.
+	Breaker Breaker `yaml:"breaker"`
+	TOTP    TOTP    `yaml:"totp"`
+	// AccountService, if URL is set, also receives every account command
+	// as a signed HTTP POST, retried until it succeeds.
+	AccountService Webhook `yaml:"account_service"`
+}
+
+// Breaker is the freeze-storm breaker.
+type Breaker struct {
+	MaxFreezes int      `yaml:"max_freezes"`
+	Window     Duration `yaml:"window"`
+}
+
+// TOTP is two-factor step-up.
+type TOTP struct {
+	Issuer string `yaml:"issuer"`
+	// The AES-256 key that encrypts TOTP secrets at rest: 32 bytes as 64
+	// hex characters or base64, from a file or from an environment variable
+	// (named here, so the key never sits in the config). Required once any
+	// account is enrolled.
+	KeyFile string `yaml:"key_file"`
+	KeyEnv  string `yaml:"key_env"`
+	// MaxWrongCodes in a row lock the account's verification.
+	MaxWrongCodes int `yaml:"max_wrong_codes"`
 }
 
 // Kafka is where events come from and where walletguard's own records go.
@@ -56,10 +90,12 @@ type HTTP struct {
 	Tokens []Token `yaml:"tokens"`
 }
 
-// Token is one bearer token and the role it grants.
+// Token is one bearer token and the role it grants. Name says whose it is
+// in the audit trail (the token itself never appears there).
 type Token struct {
 	Token string `yaml:"token"`
 	Role  string `yaml:"role"`
+	Name  string `yaml:"name"`
 }
 
 // Roles a token may hold (CONTRACT §3).
@@ -170,6 +206,10 @@ func Default() Config {
 			IdleExpiry:         Duration(30 * 24 * time.Hour),
 			CheckpointInterval: Duration(5 * time.Second),
 			Thresholds:         Thresholds{Review: 40, StepUp: 60, Freeze: 85},
+		},
+		Enforce: Enforce{
+			Breaker: Breaker{MaxFreezes: 30, Window: Duration(time.Minute)},
+			TOTP:    TOTP{Issuer: "walletguard", KeyEnv: "WALLETGUARD_TOTP_KEY", MaxWrongCodes: 5},
 		},
 	}
 }
@@ -302,6 +342,24 @@ func (c *Config) Validate() error {
 	th := d.Thresholds
 	if !(0 < th.Review && th.Review <= th.StepUp && th.StepUp <= th.Freeze && th.Freeze <= 100) {
 		bad("detector.thresholds: need 0 < review (%d) ≤ step_up (%d) ≤ freeze (%d) ≤ 100", th.Review, th.StepUp, th.Freeze)
+	}
+	e := c.Enforce
+	if e.Breaker.MaxFreezes < 1 || e.Breaker.Window.D() <= 0 {
+		bad("enforce.breaker: max_freezes must be ≥ 1 and window > 0")
+	}
+	if e.TOTP.MaxWrongCodes < 1 {
+		bad("enforce.totp.max_wrong_codes: must be ≥ 1")
+	}
+	if e.TOTP.Issuer == "" {
+		bad("enforce.totp.issuer: must not be empty (authenticator apps show it)")
+	}
+	if u := e.AccountService.URL; u != "" {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			bad("enforce.account_service.url: %q is not an http(s) URL", u)
+		}
+		if e.AccountService.Secret == "" {
+			bad("enforce.account_service.secret: must not be empty (commands are signed)")
+		}
 	}
 	switch c.Log.Format {
 	case "", "json", "text":

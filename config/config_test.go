@@ -106,7 +106,7 @@ func FuzzParse(f *testing.F) {
 
 // TestDeployExampleIsValid keeps deploy/walletguard.example.yaml loadable.
 func TestDeployExampleIsValid(t *testing.T) {
-	for _, name := range []string{"WALLETGUARD_ADMIN_TOKEN", "WALLETGUARD_SUPPORT_TOKEN", "WALLETGUARD_GATEWAY_TOKEN", "WALLETGUARD_VIEWER_TOKEN", "WALLETGUARD_WEBHOOK_SECRET"} {
+	for _, name := range []string{"WALLETGUARD_ADMIN_TOKEN", "WALLETGUARD_SUPPORT_TOKEN", "WALLETGUARD_GATEWAY_TOKEN", "WALLETGUARD_VIEWER_TOKEN", "WALLETGUARD_WEBHOOK_SECRET", "WALLETGUARD_ACCOUNT_SERVICE_SECRET"} {
 		t.Setenv(name, "test-"+strings.ToLower(name))
 	}
 	c, err := Load("../deploy/walletguard.example.yaml")

@@ -1,14 +1,16 @@
-// Package enforce owns what walletguard does to accounts: it turns decisions
-// into account commands (freeze, require_2fa; unfreeze and clear_2fa come from
-// people and verified codes), remembers each account's security state so a
-// command is issued once per cause, and gives every command a stable id so
-// downstream consumers can drop repeats. It does not decide risk (detector)
-// or deliver commands (app produces them to Kafka).
+// Package enforce owns what walletguard does to accounts and remembers it:
+// each account's security state (frozen, step-up required, TOTP enrollment
+// and failed codes), the account commands that change it (freeze and
+// require_2fa from decisions; freeze, unfreeze and clear_2fa from people and
+// verified codes) with stable ids, the freeze-storm breaker, TOTP two-factor
+// verification with secrets sealed at rest, and the audit trail of every
+// action. It does not decide risk (detector) or deliver anything (the app
+// produces commands to Kafka and the outbox sends them on).
 package enforce
 
 import (
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,6 +29,9 @@ const (
 	CmdClear2FA   = "clear_2fa"
 )
 
+// Actor of automatic actions.
+const Auto = "walletguard"
+
 // Command is one record of the account-commands topic.
 type Command struct {
 	CommandID  string    `json:"command_id"`
@@ -38,30 +43,115 @@ type Command struct {
 	Actor      string    `json:"actor"` // "walletguard" or the operator
 }
 
-// State is an account's security state.
+// State is an account's security state. The TOTP secret is not part of it:
+// it is kept sealed beside it and never leaves this package.
 type State struct {
 	Frozen         bool      `json:"frozen"`
 	FrozenReason   string    `json:"frozen_reason,omitempty"`
 	FrozenBy       string    `json:"frozen_by,omitempty"`
 	FrozenAt       time.Time `json:"frozen_at,omitzero"`
 	FrozenDecision string    `json:"frozen_decision,omitempty"`
-	StepUp         bool      `json:"step_up_required"`
-	StepUpReason   string    `json:"step_up_reason,omitempty"`
-	StepUpAt       time.Time `json:"step_up_at,omitzero"`
-	LastRiskScore  int       `json:"risk_score"`
+	// StepUp stays required until a correct code is verified.
+	StepUp        bool      `json:"step_up_required"`
+	StepUpReason  string    `json:"step_up_reason,omitempty"`
+	StepUpAt      time.Time `json:"step_up_at,omitzero"`
+	LastRiskScore int       `json:"risk_score"`
+
+	TOTPEnrolled bool      `json:"totp_enrolled"`
+	EnrolledAt   time.Time `json:"totp_enrolled_at,omitzero"`
+	WrongCodes   int       `json:"totp_wrong_codes"`
+	LockedAt     time.Time `json:"totp_locked_at,omitzero"`
+	LastVerified time.Time `json:"totp_last_verified_at,omitzero"`
+
+	lastStep int64  // the time step of the last accepted code: older or equal ones are replays
+	sealed   []byte // AES-GCM sealed TOTP secret
 }
 
-// Planner turns decisions into commands and keeps account states. It is
-// driven by the pipeline goroutine; durable through Save/Load in the same
-// checkpoint transaction as the detector.
-type Planner struct {
-	states map[string]*State
-	dirty  map[string]bool
+// Locked reports whether code verification is locked after wrong codes.
+func (s *State) Locked() bool { return !s.LockedAt.IsZero() }
+
+// Config tunes the planner.
+type Config struct {
+	// Breaker: more than MaxFreezes automatic freezes within Window (event
+	// time) opens it.
+	MaxFreezes    int
+	Window        time.Duration
+	MaxWrongCodes int
+	Issuer        string
+	// Sealer encrypts TOTP secrets; nil refuses enrollment.
+	Sealer *Sealer
+	// Forward, if set, receives every automatic command inside the
+	// checkpoint transaction that saves it (the account-service outbox);
+	// the app forwards manual commands itself, in their own transaction.
+	Forward func(tx *bolt.Tx, c Command) error
 }
+
+// AuditEntry is one automatic or manual action, with the decision or
+// operator behind it.
+type AuditEntry struct {
+	At         time.Time `json:"at"`
+	Action     string    `json:"action"` // freeze, unfreeze, require_2fa, clear_2fa, 2fa_enroll, 2fa_verify_failed, 2fa_locked, 2fa_unlock, breaker_open, breaker_reset, …
+	Origin     string    `json:"origin"` // auto or manual
+	Actor      string    `json:"actor"`
+	AccountID  string    `json:"account_id,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	DecisionID string    `json:"decision_id,omitempty"`
+	CommandID  string    `json:"command_id,omitempty"`
+	Outcome    string    `json:"outcome,omitempty"`
+}
+
+// SystemAlert is an alert for operators that enforcement raises itself
+// (the breaker opening, a 2FA lockout).
+type SystemAlert struct {
+	Key, Category, Severity, Title, Summary string
+	AccountID                               string
+	Actions                                 []string
+	At                                      time.Time
+}
+
+// Change is what one manual action did: to be made durable together.
+type Change struct {
+	AccountID string
+	Commands  []Command
+	Audit     []AuditEntry
+	Alerts    []SystemAlert
+}
+
+// Planner turns decisions into commands and keeps account states. The
+// pipeline drives Plan; the API's manual actions come in between under the
+// same lock (the app's), so a Planner is not safe for concurrent use on its own.
+type Planner struct {
+	cfg     Config
+	states  map[string]*State
+	dirty   map[string]bool
+	audit   []AuditEntry // automatic actions not yet saved
+	forward []Command    // automatic commands not yet handed to Forward
+	alerts  []SystemAlert
+	metrics *Metrics
+
+	breaker breakerState
+}
+
+// ErrNotFound is returned for actions on accounts walletguard knows nothing of.
+var ErrNotFound = errors.New("account not known")
 
 // NewPlanner makes an empty planner.
-func NewPlanner() *Planner {
-	return &Planner{states: map[string]*State{}, dirty: map[string]bool{}}
+func NewPlanner(cfg Config, m *Metrics) *Planner {
+	if cfg.MaxFreezes <= 0 {
+		cfg.MaxFreezes = 1 << 30
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = time.Minute
+	}
+	if cfg.MaxWrongCodes <= 0 {
+		cfg.MaxWrongCodes = 5
+	}
+	if cfg.Issuer == "" {
+		cfg.Issuer = "walletguard"
+	}
+	p := &Planner{cfg: cfg, states: map[string]*State{}, dirty: map[string]bool{}, metrics: m}
+	m.breakerOpen(false)
+	return p
 }
 
 // CommandID is stable for the same cause: the same account, command and decision.
@@ -75,33 +165,54 @@ func CommandID(account, command, cause string) string {
 }
 
 // Plan returns the commands a decision calls for, appended to out. An account
-// already frozen (or already asked for 2FA) gets no repeat command.
+// already frozen (or already asked for 2FA) gets no repeat command. While the
+// freeze-storm breaker is open, a freeze decision is turned into a step-up
+// (the decision records it in DowngradedFrom).
 func (p *Planner) Plan(d *detector.Decision, out []Command) []Command {
+	if d.Action == rules.ActionFreeze && p.breakerBlocks(d) {
+		d.Action, d.DowngradedFrom = rules.ActionStepUp, rules.ActionFreeze+" (freeze-storm breaker open)"
+	}
 	if d.Action != rules.ActionFreeze && d.Action != rules.ActionStepUp {
-		if s := p.states[d.AccountID]; s != nil {
+		if s := p.states[d.AccountID]; s != nil && s.LastRiskScore != d.Score {
 			s.LastRiskScore = d.Score
+			p.dirty[d.AccountID] = true
 		}
 		return out
 	}
 	s := p.state(d.AccountID)
 	s.LastRiskScore = d.Score
 	reason := topReason(d)
+	var c Command
 	switch d.Action {
 	case rules.ActionFreeze:
 		if s.Frozen {
 			return out
 		}
-		s.Frozen, s.FrozenReason, s.FrozenBy, s.FrozenAt, s.FrozenDecision = true, reason, "walletguard", d.TS, d.DecisionID
-		return append(out, Command{CommandID: CommandID(d.AccountID, CmdFreeze, d.DecisionID), Command: CmdFreeze,
-			AccountID: d.AccountID, Reason: reason, DecisionID: d.DecisionID, IssuedAt: d.TS, Actor: "walletguard"})
+		s.Frozen, s.FrozenReason, s.FrozenBy, s.FrozenAt, s.FrozenDecision = true, reason, Auto, d.TS, d.DecisionID
+		c = Command{CommandID: CommandID(d.AccountID, CmdFreeze, d.DecisionID), Command: CmdFreeze,
+			AccountID: d.AccountID, Reason: reason, DecisionID: d.DecisionID, IssuedAt: d.TS, Actor: Auto}
 	default:
 		if s.StepUp || s.Frozen {
 			return out
 		}
 		s.StepUp, s.StepUpReason, s.StepUpAt = true, reason, d.TS
-		return append(out, Command{CommandID: CommandID(d.AccountID, CmdRequire2FA, d.DecisionID), Command: CmdRequire2FA,
-			AccountID: d.AccountID, Reason: reason, DecisionID: d.DecisionID, IssuedAt: d.TS, Actor: "walletguard"})
+		c = Command{CommandID: CommandID(d.AccountID, CmdRequire2FA, d.DecisionID), Command: CmdRequire2FA,
+			AccountID: d.AccountID, Reason: reason, DecisionID: d.DecisionID, IssuedAt: d.TS, Actor: Auto}
 	}
+	p.audit = append(p.audit, AuditEntry{At: d.TS, Action: c.Command, Origin: "auto", Actor: Auto, AccountID: d.AccountID,
+		Reason: reason, DecisionID: d.DecisionID, CommandID: c.CommandID})
+	p.metrics.action(c.Command, "auto")
+	if p.cfg.Forward != nil {
+		p.forward = append(p.forward, c)
+	}
+	return append(out, c)
+}
+
+// TakeAlerts returns the system alerts raised since the last call.
+func (p *Planner) TakeAlerts() []SystemAlert {
+	a := p.alerts
+	p.alerts = nil
+	return a
 }
 
 func (p *Planner) state(id string) *State {
@@ -120,7 +231,9 @@ func (p *Planner) Get(id string) (State, bool) {
 	if !ok {
 		return State{}, false
 	}
-	return *s, true
+	c := *s
+	c.sealed = nil
+	return c, true
 }
 
 func topReason(d *detector.Decision) string {
@@ -136,41 +249,37 @@ func topReason(d *detector.Decision) string {
 	return d.Rules[best].ID + ": " + d.Rules[best].Reason
 }
 
-var bucket = []byte("enforce")
-
-// Save writes changed states inside the caller's transaction.
-func (p *Planner) Save(tx *bolt.Tx) error {
-	b, err := tx.CreateBucketIfNotExists(bucket)
-	if err != nil {
-		return err
+// Freeze freezes an account on an operator's word. Idempotent: an account
+// already frozen gets no second command.
+func (p *Planner) Freeze(id, actor, reason string, now time.Time) Change {
+	s := p.state(id)
+	ch := Change{AccountID: id}
+	if s.Frozen {
+		ch.Audit = append(ch.Audit, AuditEntry{At: now, Action: CmdFreeze, Origin: "manual", Actor: actor, AccountID: id,
+			Reason: reason, Outcome: "already frozen"})
+		return ch
 	}
-	for id := range p.dirty {
-		v, err := json.Marshal(p.states[id])
-		if err != nil {
-			return err
-		}
-		if err := b.Put([]byte(id), v); err != nil {
-			return err
-		}
-	}
-	clear(p.dirty)
-	return nil
+	s.Frozen, s.FrozenReason, s.FrozenBy, s.FrozenAt, s.FrozenDecision = true, reason, actor, now, ""
+	return p.manual(ch, CmdFreeze, actor, reason, now)
 }
 
-// Load reads all states.
-func (p *Planner) Load(db *bolt.DB) error {
-	return db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var s State
-			if err := json.Unmarshal(v, &s); err != nil {
-				return fmt.Errorf("account state %s: %w", k, err)
-			}
-			p.states[string(k)] = &s
-			return nil
-		})
-	})
+// Unfreeze lifts a freeze; reason is required (the caller checks it).
+func (p *Planner) Unfreeze(id, actor, reason string, now time.Time) (Change, error) {
+	s, ok := p.states[id]
+	if !ok || !s.Frozen {
+		return Change{}, fmt.Errorf("account %s is not frozen: %w", id, ErrNotFound)
+	}
+	p.dirty[id] = true
+	s.Frozen, s.FrozenReason, s.FrozenBy, s.FrozenAt, s.FrozenDecision = false, "", "", time.Time{}, ""
+	return p.manual(Change{AccountID: id}, CmdUnfreeze, actor, reason, now), nil
+}
+
+func (p *Planner) manual(ch Change, cmd, actor, reason string, now time.Time) Change {
+	c := Command{CommandID: CommandID(ch.AccountID, cmd, "manual\x00"+actor+"\x00"+now.Format(time.RFC3339Nano)), Command: cmd,
+		AccountID: ch.AccountID, Reason: reason, IssuedAt: now.UTC(), Actor: actor}
+	ch.Commands = append(ch.Commands, c)
+	ch.Audit = append(ch.Audit, AuditEntry{At: now.UTC(), Action: cmd, Origin: "manual", Actor: actor, AccountID: ch.AccountID,
+		Reason: reason, CommandID: c.CommandID, Outcome: "done"})
+	p.metrics.action(cmd, "manual")
+	return ch
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
@@ -46,6 +48,17 @@ func cmdDemo(args []string) int {
 		*dataDir = dir
 	}
 	cfg.DataDir = *dataDir
+	if key, _ := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv); key == nil {
+		// The demo seals TOTP secrets with a key of its own, kept beside its state.
+		keyFile := filepath.Join(cfg.DataDir, "totp-demo.key")
+		if _, err := os.Stat(keyFile); err != nil {
+			if err := os.WriteFile(keyFile, []byte(enforce.NewKey()+"\n"), 0o600); err != nil {
+				fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+				return 1
+			}
+		}
+		cfg.Enforce.TOTP.KeyFile = keyFile
+	}
 	log := newLogger("text", orDefault(cfg.Log.Level, "error")) // the progress lines say what matters; rejects are counted there
 
 	var mu sync.Mutex

@@ -1,0 +1,111 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
+)
+
+// Outbox destinations of account commands.
+const (
+	// destCommands carries manual commands to the account-commands topic
+	// (automatic ones are produced with their decisions).
+	destCommands = "commands"
+	// destAccountService carries every command to the wallet's account
+	// service, when one is configured.
+	destAccountService = "account_service"
+)
+
+// apply makes a manual action durable before it is answered: the account's
+// state, the audit entries, the commands (into the outbox, from which they
+// reach Kafka and the account service) and any alerts, in one transaction.
+// The caller holds procMu.
+func (a *App) apply(ch enforce.Change) error {
+	now := time.Now()
+	var out Outputs
+	for _, sa := range ch.Alerts {
+		out.Alerts = a.proc.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Title, sa.Summary, sa.Actions, sa.At, out.Alerts)
+	}
+	err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		if err := a.proc.Planner.SaveAccount(tx, ch.AccountID); err != nil {
+			return err
+		}
+		if err := enforce.AppendAudit(tx, ch.Audit...); err != nil {
+			return err
+		}
+		for i := range ch.Commands {
+			b, err := gojson.Marshal(&ch.Commands[i])
+			if err != nil {
+				return err
+			}
+			if err := a.box.Put(tx, destCommands, ch.Commands[i].CommandID, b, now); err != nil {
+				return err
+			}
+			if a.cfg.Enforce.AccountService.URL != "" {
+				if err := a.box.Put(tx, destAccountService, ch.Commands[i].CommandID, b, now); err != nil {
+					return err
+				}
+			}
+		}
+		if len(ch.Alerts) > 0 {
+			return a.proc.Alerts.Save(tx)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save %s: %w", describeChange(ch), err)
+	}
+	for i := range out.Alerts {
+		a.amet.alertsRaised.WithLabelValues(out.Alerts[i].Category).Inc()
+	}
+	for _, c := range ch.Commands {
+		a.amet.commands.WithLabelValues(c.Command).Inc()
+	}
+	if len(ch.Commands) > 0 {
+		a.box.Notify(destCommands)
+		a.box.Notify(destAccountService)
+	}
+	for _, e := range ch.Audit {
+		a.log.Info("account action", "action", e.Action, "origin", e.Origin, "actor", e.Actor, "account", e.AccountID, "outcome", e.Outcome)
+	}
+	return nil
+}
+
+func describeChange(ch enforce.Change) string {
+	if len(ch.Audit) > 0 {
+		return ch.Audit[0].Action + " of " + ch.AccountID
+	}
+	return "change of " + ch.AccountID
+}
+
+// deliverCommands runs the outbox workers of account commands until ctx ends.
+func (a *App) deliverCommands(ctx context.Context) {
+	go a.box.Deliver(ctx, destCommands, func(ctx context.Context, it *outbox.Item) error {
+		var c enforce.Command
+		if err := gojson.Unmarshal(it.Payload, &c); err != nil {
+			return &outbox.PermanentError{Err: fmt.Errorf("decode command %s: %w", it.ID, err)}
+		}
+		return a.producer.Write(ctx, "commands", []ingest.Message{{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: it.Payload}})
+	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destCommands)})
+	if svc := a.cfg.Enforce.AccountService; svc.URL != "" {
+		p := &outbox.Poster{URL: svc.URL, Secret: svc.Secret, Client: &http.Client{Timeout: 10 * time.Second}}
+		go a.box.Deliver(ctx, destAccountService, p.Send,
+			outbox.Policy{MinBackoff: time.Second, MaxBackoff: 5 * time.Minute, Observe: a.observeDelivery(destAccountService)})
+	}
+}
+
+func (a *App) observeDelivery(dest string) func(*outbox.Item, int, error) {
+	return func(it *outbox.Item, attempt int, err error) {
+		if err != nil && (attempt == 1 || attempt%10 == 0) {
+			a.log.Warn("delivery failed; retrying", "destination", dest, "id", it.ID, "attempt", attempt, "err", err)
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package enforce
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/walletguard/walletguard/detector"
+)
+
+// breakerState counts automatic freezes on event time. When more than
+// MaxFreezes fall within Window, a bad rule or a broken upstream field is
+// far likelier than a wave of real thefts: automatic freezing stops (freezes
+// become step-ups, which cost an honest user one code) until an admin
+// closes the breaker.
+type breakerState struct {
+	Open     bool        `json:"open"`
+	OpenedAt time.Time   `json:"opened_at,omitzero"`
+	Why      string      `json:"why,omitempty"`
+	Recent   []time.Time `json:"recent,omitempty"` // automatic freezes within the window
+	Held     int         `json:"held"`             // freezes turned into step-ups while open
+	dirty    bool
+}
+
+// BreakerStatus is the breaker as the API and readiness show it.
+type BreakerStatus struct {
+	Open       bool      `json:"open"`
+	OpenedAt   time.Time `json:"opened_at,omitzero"`
+	Why        string    `json:"why,omitempty"`
+	Held       int       `json:"freezes_held"`
+	MaxFreezes int       `json:"max_freezes"`
+	Window     string    `json:"window"`
+}
+
+// Breaker reports the freeze-storm breaker's state.
+func (p *Planner) Breaker() BreakerStatus {
+	b := &p.breaker
+	return BreakerStatus{Open: b.Open, OpenedAt: b.OpenedAt, Why: b.Why, Held: b.Held, MaxFreezes: p.cfg.MaxFreezes, Window: p.cfg.Window.String()}
+}
+
+// breakerBlocks counts an automatic freeze and reports whether the breaker
+// holds it back.
+func (p *Planner) breakerBlocks(d *detector.Decision) bool {
+	b := &p.breaker
+	if s := p.states[d.AccountID]; s != nil && s.Frozen {
+		return false // no new freeze: nothing to count
+	}
+	if b.Open {
+		b.Held++
+		b.dirty = true
+		return true
+	}
+	cut := d.TS.Add(-p.cfg.Window)
+	i := 0
+	for i < len(b.Recent) && !b.Recent[i].After(cut) {
+		i++
+	}
+	b.Recent = append(b.Recent[i:], d.TS)
+	b.dirty = true
+	if len(b.Recent) <= p.cfg.MaxFreezes {
+		return false
+	}
+	b.Open, b.OpenedAt, b.Held = true, d.TS, 1
+	b.Why = fmt.Sprintf("%d automatic freezes within %s (limit %d); latest on %s by rule %s",
+		len(b.Recent), p.cfg.Window, p.cfg.MaxFreezes, d.AccountID, topRuleID(d))
+	b.Recent = nil
+	p.metrics.breakerOpen(true)
+	p.audit = append(p.audit, AuditEntry{At: d.TS, Action: "breaker_open", Origin: "auto", Actor: Auto, Reason: b.Why, DecisionID: d.DecisionID})
+	p.alerts = append(p.alerts, SystemAlert{
+		Key: "system|freeze-breaker", Category: "freeze_storm", Severity: "critical", At: d.TS,
+		Title:   "Automatic freezing stopped: freeze-storm breaker open",
+		Summary: b.Why + ". Freezes are now step-ups until an admin closes the breaker.",
+		Actions: []string{
+			"Find the rule or upstream field behind the flood (walletguard_rule_hits_total, the latest decisions)",
+			"Fix or shadow the rule, unfreeze the accounts it froze by mistake, then close the breaker: POST /v1/enforce/breaker/reset",
+		},
+	})
+	return true
+}
+
+func topRuleID(d *detector.Decision) string {
+	best := ""
+	score := -1
+	for _, h := range d.Rules {
+		if h.Action == "freeze" || h.Score > score {
+			best, score = h.ID, h.Score
+			if h.Action == "freeze" {
+				break
+			}
+		}
+	}
+	return best
+}
+
+// ResetBreaker closes the breaker (an admin's decision).
+func (p *Planner) ResetBreaker(actor, reason string, now time.Time) (Change, bool) {
+	b := &p.breaker
+	if !b.Open {
+		return Change{}, false
+	}
+	held := b.Held
+	*b = breakerState{dirty: true}
+	p.metrics.breakerOpen(false)
+	return Change{Audit: []AuditEntry{{At: now.UTC(), Action: "breaker_reset", Origin: "manual", Actor: actor, Reason: reason,
+		Outcome: fmt.Sprintf("automatic freezing resumed; %d freezes had been held as step-ups", held)}}}, true
+}

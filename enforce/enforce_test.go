@@ -1,0 +1,237 @@
+package enforce
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/rules"
+)
+
+func testSealer(t *testing.T) *Sealer {
+	t.Helper()
+	key, err := LoadKey("", "")
+	if err != nil || key != nil {
+		t.Fatalf("no key configured must give nil, nil: %v %v", key, err)
+	}
+	t.Setenv("WG_TEST_TOTP_KEY", NewKey())
+	key, err = LoadKey("", "WG_TEST_TOTP_KEY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSealer(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// oathtool computes the current TOTP code with an independent implementation.
+func oathtool(t *testing.T, secret string, at time.Time) string {
+	t.Helper()
+	bin, err := exec.LookPath("oathtool")
+	if err != nil {
+		t.Fatal("oathtool is required (Debian package oathtool; the test script installs it)")
+	}
+	out, err := exec.Command(bin, "--totp", "-b", "--now", at.UTC().Format("2006-01-02 15:04:05 UTC"), secret).CombinedOutput()
+	if err != nil {
+		t.Fatalf("oathtool: %v: %s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func secretOf(t *testing.T, otpauth string) string {
+	t.Helper()
+	u, err := url.Parse(otpauth)
+	if err != nil || u.Scheme != "otpauth" || u.Host != "totp" {
+		t.Fatalf("not an otpauth TOTP URL: %q", otpauth)
+	}
+	q := u.Query()
+	if q.Get("digits") != "6" || q.Get("period") != "30" || q.Get("algorithm") != "SHA1" {
+		t.Errorf("parameters authenticator apps expect: %v", q)
+	}
+	return q.Get("secret")
+}
+
+func TestTOTPAgainstOathtool(t *testing.T) {
+	p := NewPlanner(Config{Sealer: testSealer(t), MaxWrongCodes: 5}, nil)
+	now := time.Now()
+	en, ch, err := p.Enroll("acc-1", "gateway", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(en.QRPNG) < 100 || string(en.QRPNG[1:4]) != "PNG" {
+		t.Errorf("QR code is not a PNG (%d bytes)", len(en.QRPNG))
+	}
+	secret := secretOf(t, en.OTPAuthURL)
+	if len(ch.Audit) != 1 || strings.Contains(fmt.Sprint(ch.Audit), secret) {
+		t.Errorf("enrollment audit %+v", ch.Audit)
+	}
+
+	// A step-up is pending: the right code clears it and sends clear_2fa.
+	d := detector.Decision{DecisionID: "d1", AccountID: "acc-1", TS: now, Action: rules.ActionStepUp, Score: 70,
+		Rules: []detector.Hit{{ID: "new_device_login", Score: 70, Reason: "new phone"}}}
+	if cmds := p.Plan(&d, nil); len(cmds) != 1 || cmds[0].Command != CmdRequire2FA {
+		t.Fatalf("step-up decision gave %+v", cmds)
+	}
+	code := oathtool(t, secret, now)
+	res, ch, err := p.Verify("acc-1", "gateway", code, now)
+	if err != nil || !res.StepUpCleared {
+		t.Fatalf("oathtool's code %s refused: %v %+v", code, err, res)
+	}
+	if len(ch.Commands) != 1 || ch.Commands[0].Command != CmdClear2FA {
+		t.Errorf("a verified code must send clear_2fa, got %+v", ch.Commands)
+	}
+	if st, _ := p.Get("acc-1"); st.StepUp {
+		t.Error("step-up still required after a correct code")
+	}
+	// The same code again is a replay.
+	if _, _, err := p.Verify("acc-1", "gateway", code, now.Add(5*time.Second)); !errors.Is(err, ErrReplayed) {
+		t.Errorf("the same code twice: %v, want ErrReplayed", err)
+	}
+	// The previous step's code is accepted (clock drift), the one before not.
+	if _, _, err := p.Verify("acc-1", "gateway", oathtool(t, secret, now.Add(60*time.Second)), now.Add(90*time.Second)); err != nil {
+		t.Errorf("code of the previous time step refused: %v", err)
+	}
+	if _, _, err := p.Verify("acc-1", "gateway", oathtool(t, secret, now.Add(60*time.Second)), now.Add(150*time.Second)); err == nil {
+		t.Error("a code two steps old was accepted")
+	}
+	// Five wrong codes in a row lock verification and raise an alert; then
+	// even the right code is refused.
+	at := now.Add(200 * time.Second)
+	if _, _, err := p.Verify("acc-1", "gateway", oathtool(t, secret, at), at); err != nil {
+		t.Fatalf("a correct code ends the run of wrong ones: %v", err)
+	}
+	var alerts []SystemAlert
+	for i := 0; i < 5; i++ {
+		_, ch, err := p.Verify("acc-1", "attacker", "000000", now.Add(200*time.Second))
+		if !errors.Is(err, ErrWrongCode) && !errors.Is(err, ErrReplayed) {
+			t.Fatalf("wrong code %d: %v", i, err)
+		}
+		alerts = append(alerts, ch.Alerts...)
+	}
+	if len(alerts) != 1 || alerts[0].Category != "2fa_lockout" {
+		t.Errorf("lockout alerts %+v", alerts)
+	}
+	late := now.Add(300 * time.Second)
+	if _, _, err := p.Verify("acc-1", "gateway", oathtool(t, secret, late), late); !errors.Is(err, ErrLocked) {
+		t.Errorf("right code while locked: %v, want ErrLocked", err)
+	}
+	if _, _, err := p.Enroll("acc-1", "gateway", late); !errors.Is(err, ErrLocked) {
+		t.Errorf("re-enrolling while locked: %v, want ErrLocked", err)
+	}
+	if _, err := p.Unlock2FA("acc-1", "support", "owner verified", late); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Verify("acc-1", "gateway", oathtool(t, secret, late), late); err != nil {
+		t.Errorf("right code after unlock: %v", err)
+	}
+}
+
+func TestSecretsAreSealedAtRestAndSurviveRestart(t *testing.T) {
+	sealer := testSealer(t)
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p := NewPlanner(Config{Sealer: sealer}, nil)
+	now := time.Now()
+	en, _, err := p.Enroll("acc-2", "gateway", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := secretOf(t, en.OTPAuthURL)
+	if err := db.Update(p.Save); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx *bolt.Tx) error {
+		raw := string(tx.Bucket(bucketStates).Get([]byte("acc-2")))
+		if strings.Contains(raw, secret) || !strings.Contains(raw, "totp_sealed") {
+			t.Errorf("stored state shows the secret or lacks the sealed one: %s", raw)
+		}
+		return nil
+	})
+	st, _ := p.Get("acc-2")
+	if b, _ := json.Marshal(st); strings.Contains(string(b), secret) || strings.Contains(string(b), "sealed") {
+		t.Errorf("state as the API shows it leaks the secret: %s", b)
+	}
+
+	q := NewPlanner(Config{Sealer: sealer}, nil)
+	n, err := q.Load(db)
+	if err != nil || n != 1 {
+		t.Fatalf("load: %d enrolled, %v", n, err)
+	}
+	if _, _, err := q.Verify("acc-2", "gateway", oathtool(t, secret, now), now); err != nil {
+		t.Errorf("code after restart: %v", err)
+	}
+	other, _ := NewSealer(make([]byte, 32))
+	r := NewPlanner(Config{Sealer: other}, nil)
+	r.Load(db)
+	if _, _, err := r.Verify("acc-2", "gateway", oathtool(t, secret, now), now); err == nil || errors.Is(err, ErrWrongCode) {
+		t.Errorf("a different key must fail to open the secret, got %v", err)
+	}
+}
+
+func freezeDecision(acc string, at time.Time) detector.Decision {
+	return detector.Decision{DecisionID: "d-" + acc, AccountID: acc, TS: at, Action: rules.ActionFreeze, Score: 95,
+		Rules: []detector.Hit{{ID: "broken_rule", Score: 95, Action: "freeze", Reason: "field missing"}}}
+}
+
+func TestBreakerTurnsAFreezeFloodIntoStepUps(t *testing.T) {
+	p := NewPlanner(Config{MaxFreezes: 10, Window: time.Minute}, nil)
+	t0 := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	// Freezes spread out under the limit are fine.
+	for i := 0; i < 30; i++ {
+		d := freezeDecision(fmt.Sprintf("slow-%d", i), t0.Add(time.Duration(i)*10*time.Second))
+		if cmds := p.Plan(&d, nil); len(cmds) != 1 || cmds[0].Command != CmdFreeze {
+			t.Fatalf("freeze %d at a normal rate: %+v", i, cmds)
+		}
+	}
+	if p.Breaker().Open {
+		t.Fatal("breaker opened at 6 freezes a minute with a limit of 10")
+	}
+	// A flood: 200 accounts in 20 seconds.
+	t1 := t0.Add(time.Hour)
+	freezes, stepUps := 0, 0
+	for i := 0; i < 200; i++ {
+		d := freezeDecision(fmt.Sprintf("flood-%d", i), t1.Add(time.Duration(i)*100*time.Millisecond))
+		for _, c := range p.Plan(&d, nil) {
+			switch c.Command {
+			case CmdFreeze:
+				freezes++
+			case CmdRequire2FA:
+				stepUps++
+				if d.Action != rules.ActionStepUp || !strings.HasPrefix(d.DowngradedFrom, "freeze") {
+					t.Fatalf("held freeze decision reads %s (downgraded from %q)", d.Action, d.DowngradedFrom)
+				}
+			}
+		}
+	}
+	if freezes != 10 || stepUps != 190 {
+		t.Errorf("flood of 200: %d freezes, %d step-ups; want 10 and 190", freezes, stepUps)
+	}
+	b := p.Breaker()
+	if !b.Open || b.Held != 190 {
+		t.Errorf("breaker %+v", b)
+	}
+	if a := p.TakeAlerts(); len(a) != 1 || a[0].Severity != "critical" || !strings.Contains(a[0].Summary, "broken_rule") {
+		t.Errorf("breaker alert %+v", a)
+	}
+	if _, ok := p.ResetBreaker("admin", "rule fixed", time.Now()); !ok {
+		t.Fatal("reset did nothing")
+	}
+	d := freezeDecision("after-reset", t1.Add(time.Hour))
+	if cmds := p.Plan(&d, nil); len(cmds) != 1 || cmds[0].Command != CmdFreeze {
+		t.Errorf("after reset: %+v", cmds)
+	}
+}

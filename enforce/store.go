@@ -1,0 +1,188 @@
+package enforce
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketStates = []byte("enforce")
+	bucketMeta   = []byte("enforce_meta")
+	bucketAudit  = []byte("audit")
+	keyBreaker   = []byte("breaker")
+)
+
+// record is an account's state as stored: the state plus what must never
+// leave the package (the sealed secret, the last used time step).
+type record struct {
+	State
+	Sealed   []byte `json:"totp_sealed,omitempty"`
+	LastStep int64  `json:"totp_last_step,omitempty"`
+}
+
+// Save writes changed states, the breaker and the automatic actions' audit
+// entries inside the caller's transaction (the checkpoint's), and hands
+// automatic commands to Forward.
+func (p *Planner) Save(tx *bolt.Tx) error {
+	for id := range p.dirty {
+		if err := p.putState(tx, id); err != nil {
+			return err
+		}
+	}
+	clear(p.dirty)
+	if p.breaker.dirty {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		v, err := json.Marshal(&p.breaker)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keyBreaker, v); err != nil {
+			return err
+		}
+		p.breaker.dirty = false
+	}
+	if err := AppendAudit(tx, p.audit...); err != nil {
+		return err
+	}
+	p.audit = p.audit[:0]
+	if p.cfg.Forward != nil {
+		for _, c := range p.forward {
+			if err := p.cfg.Forward(tx, c); err != nil {
+				return err
+			}
+		}
+	}
+	p.forward = p.forward[:0]
+	return nil
+}
+
+// SaveAccount writes one account's state and the breaker inside the
+// caller's transaction: a manual action is durable before it is answered.
+func (p *Planner) SaveAccount(tx *bolt.Tx, id string) error {
+	if id != "" {
+		if err := p.putState(tx, id); err != nil {
+			return err
+		}
+	}
+	if !p.breaker.dirty {
+		return nil
+	}
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(&p.breaker)
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyBreaker, v)
+}
+
+func (p *Planner) putState(tx *bolt.Tx, id string) error {
+	b, err := tx.CreateBucketIfNotExists(bucketStates)
+	if err != nil {
+		return err
+	}
+	s := p.states[id]
+	if s == nil {
+		return nil
+	}
+	v, err := json.Marshal(record{State: *s, Sealed: s.sealed, LastStep: s.lastStep})
+	if err != nil {
+		return fmt.Errorf("encode state of %s: %w", id, err)
+	}
+	return b.Put([]byte(id), v)
+}
+
+// Load reads all states and the breaker. It reports how many accounts have
+// a TOTP secret, so the caller can refuse to start without the key.
+func (p *Planner) Load(db *bolt.DB) (enrolled int, err error) {
+	err = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			if v := meta.Get(keyBreaker); v != nil {
+				if err := json.Unmarshal(v, &p.breaker); err != nil {
+					return fmt.Errorf("freeze breaker: %w", err)
+				}
+				p.metrics.breakerOpen(p.breaker.Open)
+			}
+		}
+		b := tx.Bucket(bucketStates)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("account state %s: %w", k, err)
+			}
+			s := r.State
+			s.sealed, s.lastStep = r.Sealed, r.LastStep
+			if len(s.sealed) > 0 {
+				enrolled++
+			}
+			p.states[string(k)] = &s
+			return nil
+		})
+	})
+	return enrolled, err
+}
+
+// AppendAudit adds entries to the audit trail inside the caller's transaction.
+func AppendAudit(tx *bolt.Tx, entries ...AuditEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists(bucketAudit)
+	if err != nil {
+		return err
+	}
+	for i := range entries {
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		v, err := json.Marshal(&entries[i])
+		if err != nil {
+			return err
+		}
+		var k [8]byte
+		binary.BigEndian.PutUint64(k[:], seq)
+		if err := b.Put(k[:], v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListAudit returns audit entries, newest first, of one account (all for "").
+func ListAudit(db *bolt.DB, account string, limit int) ([]AuditEntry, error) {
+	var out []AuditEntry
+	err := db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		scanned := 0
+		// One account's entries are looked for among the latest 200,000:
+		// older ones are for ClickHouse, not for a support lookup.
+		for k, v := c.Last(); k != nil && len(out) < limit && scanned < 200_000; k, v = c.Prev() {
+			scanned++
+			var e AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("audit entry %x: %w", k, err)
+			}
+			if account == "" || e.AccountID == account {
+				out = append(out, e)
+			}
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,287 @@
+// Package outbox owns durable, at-least-once delivery to the outside world:
+// a record is written into the embedded store in the same transaction as the
+// state change behind it, and a worker per destination sends records in
+// order, retrying with exponential backoff and jitter until the receiver
+// takes them (or, if the destination says so, gives up after an age and
+// keeps them in a dead-letter list). A slow or dead receiver delays only its
+// own destination. Records keep their id across retries, so receivers can
+// drop repeats.
+package outbox
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketPending = []byte("outbox")
+	bucketDead    = []byte("outbox_dead")
+)
+
+// Item is one record to deliver.
+type Item struct {
+	ID      string          `json:"id"`
+	Payload json.RawMessage `json:"payload"`
+	AddedAt time.Time       `json:"added_at"`
+	// Filled in on the dead-letter list.
+	Attempts  int       `json:"attempts,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	GaveUpAt  time.Time `json:"gave_up_at,omitzero"`
+	Dest      string    `json:"destination,omitempty"`
+}
+
+// Box is the outbox of one bbolt database.
+type Box struct {
+	db   *bolt.DB
+	mu   sync.Mutex
+	wake map[string]chan struct{}
+}
+
+// Open prepares the outbox buckets in db.
+func Open(db *bolt.DB) (*Box, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketPending, bucketDead} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open outbox: %w", err)
+	}
+	return &Box{db: db, wake: map[string]chan struct{}{}}, nil
+}
+
+func key(dest string, seq uint64) []byte {
+	k := make([]byte, len(dest)+1+8)
+	copy(k, dest)
+	binary.BigEndian.PutUint64(k[len(dest)+1:], seq)
+	return k
+}
+
+// Put adds a record for dest inside the caller's transaction; call Notify
+// after the transaction commits to wake the destination's worker at once.
+func (b *Box) Put(tx *bolt.Tx, dest, id string, payload []byte, now time.Time) error {
+	bk := tx.Bucket(bucketPending)
+	if bk == nil {
+		var err error
+		if bk, err = tx.CreateBucketIfNotExists(bucketPending); err != nil {
+			return err
+		}
+	}
+	seq, err := bk.NextSequence()
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(Item{ID: id, Payload: payload, AddedAt: now})
+	if err != nil {
+		return fmt.Errorf("outbox %s: encode %s: %w", dest, id, err)
+	}
+	return bk.Put(key(dest, seq), v)
+}
+
+// Notify wakes dest's worker.
+func (b *Box) Notify(dest string) {
+	select {
+	case b.wakeChan(dest) <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Box) wakeChan(dest string) chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.wake[dest]
+	if c == nil {
+		c = make(chan struct{}, 1)
+		b.wake[dest] = c
+	}
+	return c
+}
+
+// Pending reports how many records wait for dest and when the oldest was added.
+func (b *Box) Pending(dest string) (n int, oldest time.Time) {
+	prefix := append([]byte(dest), 0)
+	_ = b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			if n == 0 {
+				var it Item
+				if json.Unmarshal(v, &it) == nil {
+					oldest = it.AddedAt
+				}
+			}
+			n++
+		}
+		return nil
+	})
+	return n, oldest
+}
+
+// Dead lists records dest gave up on, oldest first (all destinations for "").
+func (b *Box) Dead(dest string, limit int) []Item {
+	var out []Item
+	_ = b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDead).Cursor()
+		prefix := []byte(nil)
+		if dest != "" {
+			prefix = append([]byte(dest), 0)
+		}
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
+			var it Item
+			if json.Unmarshal(v, &it) == nil {
+				out = append(out, it)
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+func hasPrefix(k, p []byte) bool {
+	return len(k) >= len(p) && string(k[:len(p)]) == string(p)
+}
+
+// RetryAfterError asks for the next attempt no sooner than After (an HTTP
+// 429 or 503 with Retry-After).
+type RetryAfterError struct {
+	After time.Duration
+	Err   error
+}
+
+func (e *RetryAfterError) Error() string { return fmt.Sprintf("%v (retry after %s)", e.Err, e.After) }
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// PermanentError is a refusal that retrying cannot fix (a 400): the record
+// goes to the dead-letter list at once.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Policy is how a destination retries.
+type Policy struct {
+	MinBackoff, MaxBackoff time.Duration
+	// GiveUpAfter moves a record older than this to the dead-letter list
+	// after a failed attempt; 0 retries for ever.
+	GiveUpAfter time.Duration
+	// Observe, if set, sees every attempt's outcome (for metrics and logs).
+	Observe func(it *Item, attempt int, err error)
+}
+
+// Deliver sends dest's records in order with send until ctx ends.
+func (b *Box) Deliver(ctx context.Context, dest string, send func(context.Context, *Item) error, p Policy) {
+	if p.MinBackoff <= 0 {
+		p.MinBackoff = 500 * time.Millisecond
+	}
+	if p.MaxBackoff < p.MinBackoff {
+		p.MaxBackoff = 5 * time.Minute
+	}
+	wake := b.wakeChan(dest)
+	attempt := 0
+	var lastKey []byte
+	for ctx.Err() == nil {
+		k, it, err := b.first(dest)
+		if err != nil || it == nil {
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			case <-time.After(time.Second): // records put without Notify
+			}
+			continue
+		}
+		if string(k) != string(lastKey) {
+			attempt, lastKey = 0, k
+		}
+		attempt++
+		err = send(ctx, it)
+		if p.Observe != nil {
+			p.Observe(it, attempt, err)
+		}
+		if err == nil {
+			if derr := b.remove(k, nil); derr != nil {
+				// Delivered but not forgotten: it will be sent again, which
+				// receivers tolerate (same id).
+				sleep(ctx, p.MinBackoff)
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		var perm *PermanentError
+		if errors.As(err, &perm) || p.GiveUpAfter > 0 && time.Since(it.AddedAt) > p.GiveUpAfter {
+			it.Attempts, it.LastError, it.GaveUpAt, it.Dest = attempt, err.Error(), time.Now().UTC(), dest
+			_ = b.remove(k, it)
+			continue
+		}
+		wait := backoff(attempt, p.MinBackoff, p.MaxBackoff)
+		var ra *RetryAfterError
+		if errors.As(err, &ra) && ra.After > wait {
+			wait = ra.After // the receiver knows best when it will be back
+		}
+		sleep(ctx, wait)
+	}
+}
+
+// backoff is exponential with full jitter in its upper half, so that many
+// workers retrying one receiver do not arrive together.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo << min(attempt-1, 20)
+	if d > hi || d <= 0 {
+		d = hi
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func (b *Box) first(dest string) ([]byte, *Item, error) {
+	prefix := append([]byte(dest), 0)
+	var k []byte
+	var it *Item
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		kk, v := c.Seek(prefix)
+		if kk == nil || !hasPrefix(kk, prefix) {
+			return nil
+		}
+		k = append([]byte(nil), kk...)
+		it = &Item{}
+		return json.Unmarshal(v, it)
+	})
+	return k, it, err
+}
+
+// remove deletes a pending record; with dead set, it moves it to the
+// dead-letter list instead.
+func (b *Box) remove(k []byte, dead *Item) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		if dead != nil {
+			v, err := json.Marshal(dead)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketDead).Put(k, v); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketPending).Delete(k)
+	})
+}
