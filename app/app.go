@@ -444,7 +444,7 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 		return
 	}
 	a.imet.CountConsumed(rec.Event.Type)
-	if a.proc.Handle(&rec.Event, out) {
+	if a.proc.HandleFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, out) {
 		a.imet.Duplicates.Inc()
 	}
 }

@@ -69,7 +69,7 @@ func (b backend) ReloadRules() (*rules.Set, error) { return b.a.ReloadRules() }
 func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 	var out Outputs
 	b.a.procMu.Lock()
-	dup := b.a.proc.Handle(ev, &out)
+	dup := b.a.proc.HandleFrom(apiSource, ev, &out)
 	b.a.procMu.Unlock()
 	if dup {
 		return detector.Decision{}, &api.DuplicateError{EventID: ev.EventID}

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
@@ -31,8 +33,14 @@ type Processor struct {
 // Handle scores ev and appends what it produced; dup reports a redelivered
 // event that produced nothing.
 func (p *Processor) Handle(ev *event.Event, out *Outputs) (dup bool) {
+	return p.HandleFrom(0, ev, out)
+}
+
+// HandleFrom is Handle for an event from source src (a partition: its
+// timers fire on that partition's event time).
+func (p *Processor) HandleFrom(src uint32, ev *event.Event, out *Outputs) (dup bool) {
 	n := len(out.Decisions)
-	out.Decisions, dup = p.Engine.Process(ev, out.Decisions)
+	out.Decisions, dup = p.Engine.ProcessFrom(src, ev, out.Decisions)
 	p.follow(out, n)
 	return dup
 }
@@ -56,3 +64,11 @@ func (p *Processor) follow(out *Outputs, from int) {
 		}
 	}
 }
+
+// SourceID names a topic partition as a timer source.
+func SourceID(topic string, partition int) uint32 {
+	return uint32(xxhash.Sum64String(topic))<<16 | uint32(partition)&0xffff
+}
+
+// apiSource is the timer source of events scored through POST /v1/score.
+const apiSource = 0xffffffff

@@ -19,7 +19,7 @@ import (
 
 // layoutVersion changes whenever a checkpointed struct changes shape; a
 // checkpoint of another layout is set aside rather than misread.
-const layoutVersion = 4
+const layoutVersion = 5
 
 var (
 	bMeta      = []byte("meta")
@@ -126,7 +126,7 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 			return err
 		}
 		if err := rewrite(tx, bTimers, func(b *bolt.Bucket) error {
-			for _, t := range e.timers {
+			for _, t := range e.allTimers() {
 				if t.cancelled {
 					continue
 				}
@@ -156,6 +156,14 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 		binary.LittleEndian.PutUint64(m[16:], uint64(e.lastSweep))
 		binary.LittleEndian.PutUint64(m[24:], e.timerSeq)
 		if err := meta.Put([]byte("engine"), m[:]); err != nil {
+			return err
+		}
+		srcs := make([]byte, 0, 8*len(e.srcMax))
+		for src, ts := range e.srcMax {
+			srcs = binary.LittleEndian.AppendUint32(srcs, src)
+			srcs = binary.LittleEndian.AppendUint32(srcs, ts)
+		}
+		if err := meta.Put([]byte("sources"), srcs); err != nil {
 			return err
 		}
 		return meta.Put([]byte("offsets"), ob)
@@ -281,16 +289,22 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 					return err
 				}
 				t.seq = binary.BigEndian.Uint64(k)
-				e.timers = append(e.timers, t)
+				h := e.queue(t.src)
+				t.index = len(*h)
+				*h = append(*h, t)
 				e.byAccount[t.account] = append(e.byAccount[t.account], t)
 				return nil
 			}); err != nil {
 				return fmt.Errorf("timers: %w", err)
 			}
-			for i, t := range e.timers {
-				t.index = i
+			for _, h := range e.timers {
+				heapInit(h)
 			}
-			heapInit(&e.timers)
+		}
+		if v := meta.Get([]byte("sources")); len(v)%8 == 0 {
+			for i := 0; i < len(v); i += 8 {
+				e.srcMax[binary.LittleEndian.Uint32(v[i:])] = binary.LittleEndian.Uint32(v[i+4:])
+			}
 		}
 		return nil
 	})
@@ -501,6 +515,7 @@ func encodeTimer(t *timer) ([]byte, error) {
 	w.u64(t.account)
 	w.str(t.paymentID)
 	w.str(string(ev))
+	w.u64(uint64(t.src))
 	return w, nil
 }
 
@@ -509,6 +524,7 @@ func decodeTimer(b []byte) (*timer, error) {
 	same := func(s string) string { return s }
 	t := &timer{due: uint32(r.u64()), rule: r.str(same), account: r.u64(), paymentID: r.str(same)}
 	raw := r.str(same)
+	t.src = uint32(r.u64())
 	if r.err != nil {
 		return nil, r.err
 	}

@@ -373,3 +373,47 @@ func TestBloomRemembersEveryMemberAndRarelyInventsOne(t *testing.T) {
 		t.Errorf("%d of 10000 new merchants read as known", false_)
 	}
 }
+
+// TestTimersFollowTheirOwnPartition: a partition read far ahead of another
+// (catching up after a lag) must not fire the other's timers before the
+// events that cancel them were read.
+func TestTimersFollowTheirOwnPartition(t *testing.T) {
+	e := newEngine(t, time.Minute)
+	t0 := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	attempt := func(id, acc, status string, at time.Time) *event.Event {
+		ev := &event.Event{EventID: id, Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: at, AccountID: acc,
+			PaymentID: "pay-" + acc, Attempt: 1, Status: status, MerchantID: "m-1", Amount: 100, Currency: "IDR", BalanceAfter: -1}
+		if status != "succeeded" {
+			ev.ErrorCode = "NETWORK_TIMEOUT"
+		}
+		return ev
+	}
+	var out []Decision
+	timers := func() int {
+		n := 0
+		for _, d := range out {
+			if d.Trigger == "timer" {
+				n++
+			}
+		}
+		return n
+	}
+	// Partition 2: a failed attempt, the success comes 2 minutes later.
+	out, _ = e.ProcessFrom(2, attempt("b1", "acc-b", "retrying", t0), out)
+	// Partition 1 is read an hour ahead meanwhile.
+	out, _ = e.ProcessFrom(1, attempt("a1", "acc-a", "succeeded", t0.Add(time.Hour)), out)
+	if n := timers(); n != 0 {
+		t.Fatalf("another partition's event time fired %d timers of partition 2", n)
+	}
+	out, _ = e.ProcessFrom(2, attempt("b2", "acc-b", "succeeded", t0.Add(2*time.Minute)), out)
+	out, _ = e.ProcessFrom(2, attempt("b3", "acc-c", "retrying", t0.Add(time.Hour)), out)
+	if n := timers(); n != 0 {
+		t.Errorf("%d timer decisions for a payment that recovered", n)
+	}
+	// Without the success, partition 2's own time fires it.
+	out, _ = e.ProcessFrom(3, attempt("c1", "acc-d", "retrying", t0), out)
+	out, _ = e.ProcessFrom(3, attempt("c2", "acc-e", "succeeded", t0.Add(30*time.Minute)), out)
+	if n := timers(); n != 1 {
+		t.Errorf("%d timer decisions, want the one of acc-d", n)
+	}
+}

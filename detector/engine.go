@@ -8,10 +8,12 @@
 package detector
 
 import (
+	"cmp"
 	"container/heap"
 	"encoding/hex"
 	"log/slog"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -82,7 +84,12 @@ type Engine struct {
 	payees    *table[payeeState]
 	merchants map[uint64]*merchantState
 	chains    map[uint64]*chain
-	timers    timerHeap
+	// Timers are queued per source (a Kafka partition) and fire when that
+	// source's own event time passes their deadline: partitions consumed
+	// at different speeds (catching up after a lag) must not fire a timer
+	// before the events that would cancel it were read.
+	timers    map[uint32]*timerHeap
+	srcMax    map[uint32]uint32 // newest event time per source
 	byAccount map[uint64][]*timer
 	timerSeq  uint64
 	maxTS     uint32
@@ -107,6 +114,8 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 		merchants: map[uint64]*merchantState{},
 		chains:    map[uint64]*chain{},
 		byAccount: map[uint64][]*timer{},
+		timers:    map[uint32]*timerHeap{},
+		srcMax:    map[uint32]uint32{},
 		interned:  map[string]string{},
 		env:       rules.NewEnv(),
 	}
@@ -172,6 +181,12 @@ func DecisionID(eventID string) string {
 // A redelivered event (same event_id as a recent one of the account) appends
 // nothing and returns dup true.
 func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup bool) {
+	return e.ProcessFrom(0, ev, out)
+}
+
+// ProcessFrom is Process for an event read from source src (a partition):
+// the event's timers fire on that source's event time.
+func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []Decision, dup bool) {
 	set := e.set.Load()
 	now := toSec(ev.TS.Unix())
 	akey := key64(ev.AccountID)
@@ -267,7 +282,7 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 			continue
 		}
 		if r.Timer != nil {
-			e.armTimer(r, ev, akey, now)
+			e.armTimer(r, ev, akey, now, src)
 			continue
 		}
 		h := e.hit(r, env, ev)
@@ -301,9 +316,12 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 		payee.update(ev, acctID, now)
 	}
 	e.sweepStep()
+	if now > e.srcMax[src] {
+		e.srcMax[src] = now
+		out = e.fireDue(src, since(now, e.lateness), out)
+	}
 	if now > e.maxTS {
 		e.maxTS = now
-		out = e.fireDue(e.watermark(), out)
 		if e.maxTS-e.lastSweep >= hour1 {
 			e.sweep()
 		}
@@ -449,7 +467,7 @@ func (e *Engine) updateGauges() {
 	e.metrics.State.WithLabelValues("payee").Set(float64(e.payees.len()))
 	e.metrics.State.WithLabelValues("merchant").Set(float64(len(e.merchants)))
 	e.metrics.State.WithLabelValues("payment").Set(float64(len(e.chains)))
-	e.metrics.State.WithLabelValues("timer").Set(float64(len(e.timers)))
+	e.metrics.State.WithLabelValues("timer").Set(float64(e.timerCount()))
 }
 
 // Stats summarises the state held.
@@ -459,7 +477,7 @@ type Stats struct {
 
 // Stats counts the state held.
 func (e *Engine) Stats() Stats {
-	return Stats{e.accounts.len(), e.devices.len(), e.ips.len(), e.payees.len(), len(e.merchants), len(e.chains), len(e.timers)}
+	return Stats{e.accounts.len(), e.devices.len(), e.ips.len(), e.payees.len(), len(e.merchants), len(e.chains), e.timerCount()}
 }
 
 // timer is a pending "nothing matching until within after" check.
@@ -469,6 +487,7 @@ type timer struct {
 	rule      string
 	account   uint64
 	paymentID string
+	src       uint32
 	ev        event.Event
 	cancelled bool
 	index     int
@@ -492,7 +511,34 @@ func (h *timerHeap) Pop() any {
 	return t
 }
 
-func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now uint32) {
+// allTimers lists the pending timers of every source, in seq order.
+func (e *Engine) allTimers() []*timer {
+	var all []*timer
+	for _, h := range e.timers {
+		all = append(all, *h...)
+	}
+	slices.SortFunc(all, func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
+	return all
+}
+
+func (e *Engine) timerCount() int {
+	n := 0
+	for _, h := range e.timers {
+		n += len(*h)
+	}
+	return n
+}
+
+func (e *Engine) queue(src uint32) *timerHeap {
+	h := e.timers[src]
+	if h == nil {
+		h = &timerHeap{}
+		e.timers[src] = h
+	}
+	return h
+}
+
+func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now, src uint32) {
 	scopeID := ""
 	if r.Timer.Scope == "payment" {
 		scopeID = ev.PaymentID
@@ -503,9 +549,9 @@ func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now uint3
 		}
 	}
 	e.timerSeq++
-	t := &timer{due: now + uint32(r.After/time.Second), seq: e.timerSeq, rule: r.ID, account: akey, paymentID: scopeID, ev: *ev}
+	t := &timer{due: now + uint32(r.After/time.Second), seq: e.timerSeq, rule: r.ID, account: akey, paymentID: scopeID, ev: *ev, src: src}
 	t.ev.Detail = nil
-	heap.Push(&e.timers, t)
+	heap.Push(e.queue(src), t)
 	e.byAccount[akey] = append(e.byAccount[akey], t)
 }
 
@@ -540,11 +586,12 @@ func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set 
 	}
 }
 
-// fireDue fires every timer whose deadline the watermark has passed.
-func (e *Engine) fireDue(wm uint32, out []Decision) []Decision {
+// fireDue fires every timer of src whose deadline the source's watermark has passed.
+func (e *Engine) fireDue(src, wm uint32, out []Decision) []Decision {
 	set := e.set.Load()
-	for len(e.timers) > 0 && e.timers[0].due <= wm {
-		t := heap.Pop(&e.timers).(*timer)
+	h := e.timers[src]
+	for h != nil && len(*h) > 0 && (*h)[0].due <= wm {
+		t := heap.Pop(h).(*timer)
 		e.dropFromAccount(t)
 		if t.cancelled {
 			continue
@@ -633,10 +680,18 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	return d, true
 }
 
-// Flush fires the timers due by the newest event time seen, ignoring the
-// allowed lateness: the end of a replay, where no later event will come.
+// Flush fires the timers due by each source's newest event time, ignoring
+// the allowed lateness: the end of a replay, where no later event will come.
 func (e *Engine) Flush(out []Decision) []Decision {
-	return e.fireDue(e.maxTS, out)
+	srcs := make([]uint32, 0, len(e.timers))
+	for src := range e.timers {
+		srcs = append(srcs, src)
+	}
+	slices.Sort(srcs) // map order must not decide the output order
+	for _, src := range srcs {
+		out = e.fireDue(src, e.srcMax[src], out)
+	}
+	return out
 }
 
 func heapInit(h *timerHeap) { heap.Init(h) }
