@@ -8,6 +8,7 @@ package alerts
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -29,6 +30,7 @@ type Alert struct {
 	AccountID          string    `json:"account_id,omitempty"`
 	MerchantID         string    `json:"merchant_id,omitempty"`
 	AppVersion         string    `json:"app_version,omitempty"`
+	IP                 string    `json:"ip,omitempty"` // credential stuffing: the source
 	Title              string    `json:"title"`
 	Summary            string    `json:"summary"`
 	Evidence           []string  `json:"evidence"`
@@ -46,6 +48,15 @@ type Alert struct {
 	// "grouped"): a user's stuck payment at a merchant whose outage was
 	// recognised after the user's alert went out.
 	GroupedUnder string `json:"grouped_under,omitempty"`
+	// Reason is the latest finding's reason, with its numbers; the summary
+	// leads with it.
+	Reason string `json:"reason,omitempty"`
+	// Lifecycle: who acknowledged and resolved it, and when.
+	AcknowledgedBy string    `json:"acknowledged_by,omitempty"`
+	AcknowledgedAt time.Time `json:"acknowledged_at,omitzero"`
+	ResolvedBy     string    `json:"resolved_by,omitempty"`
+	ResolvedAt     time.Time `json:"resolved_at,omitzero"`
+	Resolution     string    `json:"resolution,omitempty"`
 
 	accounts map[string]bool
 }
@@ -59,14 +70,23 @@ const (
 
 // Manager groups findings into alerts. Driven by the pipeline goroutine.
 type Manager struct {
+	tpl     *Templates
 	open    map[string]*Alert // by dedup key
 	outages map[string]string // "merchant:<id>" or "app:<version>" -> dedup key of its open outage or app-fault alert
 	dirty   map[string]bool
+	seen    int // observations since the last prune
 }
+
+// keepFor is how long (event time) an alert with no news stays in the
+// store; ClickHouse keeps the history.
+const keepFor = 7 * 24 * time.Hour
+
+// SetTemplates replaces the wording (alerts.templates_dir).
+func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
 
 // NewManager makes an empty manager.
 func NewManager() *Manager {
-	return &Manager{open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{}}
+	return &Manager{tpl: DefaultTemplates(), open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{}}
 }
 
 // Observe folds a decision into the alerts. It appends to out a copy of every
@@ -74,6 +94,9 @@ func NewManager() *Manager {
 // alert, a higher severity, a stronger action, more affected users), and
 // returns out.
 func (m *Manager) Observe(d *detector.Decision, out []Alert) []Alert {
+	if m.seen++; m.seen >= 10000 {
+		m.prune(d.TS.Add(-keepFor))
+	}
 	for i := range d.Rules {
 		h := &d.Rules[i]
 		// Low-severity findings stay in the decision record (a review
@@ -126,30 +149,31 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 
 // Raise opens (or refreshes) an alert walletguard raises about itself or an
 // action, not from a rule: the freeze-storm breaker, a 2FA lockout. key is
-// its dedup key; a repeat while it is open updates it.
-func (m *Manager) Raise(key, category, severity, accountID, title, summary string, actions []string, at time.Time, out []Alert) []Alert {
-	if a := m.open[key]; a != nil && a.Status != "resolved" {
+// its dedup key; a repeat while it is open updates it. reason says what
+// happened, with the numbers; the templates add title and actions.
+func (m *Manager) Raise(key, category, severity, accountID, reason string, at time.Time, out []Alert) []Alert {
+	a := m.open[key]
+	if a != nil && a.Status != "resolved" {
 		a.Count++
 		a.UpdatedAt = at
-		a.Summary = summary
 		if len(a.Evidence) < maxEvidence {
-			a.Evidence = append(a.Evidence, at.UTC().Format("2006-01-02 15:04:05Z")+": "+summary)
+			a.Evidence = append(a.Evidence, at.UTC().Format("2006-01-02 15:04:05Z")+": "+reason)
 		}
-		m.dirty[key] = true
-		return append(out, a.copy())
+	} else {
+		a = &Alert{
+			AlertID: alertID(key, at.UTC().Format(time.RFC3339Nano)), DedupKey: key, Severity: severity, Category: category,
+			AccountID: accountID, Evidence: []string{at.UTC().Format("2006-01-02 15:04:05Z") + ": " + reason},
+			CreatedAt: at, UpdatedAt: at, Status: "open", Count: 1, Rules: []string{}, DecisionIDs: []string{},
+			accounts: map[string]bool{},
+		}
+		if accountID != "" {
+			a.accounts[accountID] = true
+			a.AffectedAccounts = 1
+		}
+		m.open[key] = a
 	}
-	a := &Alert{
-		AlertID: alertID(key, at.UTC().Format(time.RFC3339Nano)), DedupKey: key, Severity: severity, Category: category,
-		AccountID: accountID, Title: title, Summary: summary, RecommendedActions: actions,
-		Evidence:  []string{at.UTC().Format("2006-01-02 15:04:05Z") + ": " + summary},
-		CreatedAt: at, UpdatedAt: at, Status: "open", Count: 1, Rules: []string{}, DecisionIDs: []string{},
-		accounts: map[string]bool{},
-	}
-	if accountID != "" {
-		a.accounts[accountID] = true
-		a.AffectedAccounts = 1
-	}
-	m.open[key] = a
+	a.Reason = reason
+	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
 	return append(out, a.copy())
 }
@@ -206,6 +230,8 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	case strings.HasPrefix(h.Group, "app:"):
 		a.AppVersion = strings.TrimPrefix(h.Group, "app:")
 		m.outages[h.Group] = key
+	case strings.HasPrefix(h.Group, "ip:"):
+		a.IP = strings.TrimPrefix(h.Group, "ip:")
 	default:
 		a.AccountID = d.AccountID
 		a.MerchantID = d.MerchantID
@@ -220,7 +246,8 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 		a.Cause = causeFromReason(h.Reason)
 	}
 	a.AffectedAccounts = len(a.accounts)
-	a.Title, a.Summary, a.RecommendedActions = describe(a, h)
+	a.Reason = h.Reason
+	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
 	m.open[key] = a
 	return a
@@ -252,8 +279,10 @@ func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []
 	}
 	if a.Status == "resolved" {
 		a.Status = "open" // the incident continues
+		a.ResolvedBy, a.ResolvedAt, a.Resolution = "", time.Time{}, ""
 	}
-	a.Title, a.Summary, a.RecommendedActions = describe(a, h)
+	a.Reason = h.Reason
+	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[a.DedupKey] = true
 	// Tell people when it matters, not on every event.
 	grew := a.AffectedAccounts != before.AffectedAccounts && isMilestone(a.AffectedAccounts)
@@ -326,6 +355,73 @@ func contains(l []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// prune forgets alerts not updated since cut.
+func (m *Manager) prune(cut time.Time) {
+	m.seen = 0
+	for key, a := range m.open {
+		if a.UpdatedAt.Before(cut) {
+			delete(m.open, key)
+			m.dirty[key] = true // Save deletes it
+			for k, v := range m.outages {
+				if v == key {
+					delete(m.outages, k)
+				}
+			}
+		}
+	}
+}
+
+// ErrNoAlert is returned for an alert id walletguard does not hold.
+var ErrNoAlert = errors.New("no such alert")
+
+// Ack marks an alert acknowledged: someone is on it.
+func (m *Manager) Ack(id, actor string, at time.Time) (Alert, error) {
+	a := m.byID(id)
+	if a == nil {
+		return Alert{}, fmt.Errorf("alert %s: %w", id, ErrNoAlert)
+	}
+	if a.Status == "open" || a.Status == "grouped" {
+		a.Status, a.AcknowledgedBy, a.AcknowledgedAt = "acknowledged", actor, at.UTC()
+		m.dirty[a.DedupKey] = true
+	}
+	return a.copy(), nil
+}
+
+// Resolve closes an alert; it re-opens if the incident continues.
+func (m *Manager) Resolve(id, actor, note string, at time.Time) (Alert, error) {
+	a := m.byID(id)
+	if a == nil {
+		return Alert{}, fmt.Errorf("alert %s: %w", id, ErrNoAlert)
+	}
+	if a.Status != "resolved" {
+		if a.AcknowledgedBy == "" {
+			a.AcknowledgedBy, a.AcknowledgedAt = actor, at.UTC()
+		}
+		a.Status, a.ResolvedBy, a.ResolvedAt, a.Resolution = "resolved", actor, at.UTC(), note
+		m.dirty[a.DedupKey] = true
+	}
+	return a.copy(), nil
+}
+
+func (m *Manager) byID(id string) *Alert {
+	for _, a := range m.open {
+		if a.AlertID == id {
+			return a
+		}
+	}
+	return nil
+}
+
+// All lists every alert held (any status), newest first.
+func (m *Manager) All() []Alert {
+	out := make([]Alert, 0, len(m.open))
+	for _, a := range m.open {
+		out = append(out, a.copy())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UpdatedAt.After(out[j].UpdatedAt) })
+	return out
 }
 
 // Open lists the alerts support still has to handle (not resolved, not

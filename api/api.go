@@ -25,6 +25,7 @@ import (
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
 
@@ -58,6 +59,9 @@ type Backend interface {
 	Breaker() enforce.BreakerStatus
 	ResetBreaker(actor, reason string) (enforce.BreakerStatus, error)
 	Audit(account string, limit int) ([]enforce.AuditEntry, error)
+	// AlertLifecycle acknowledges (verb "ack") or resolves an alert.
+	AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error)
+	DeadAlerts(limit int) []outbox.Item
 }
 
 // maxBody bounds request bodies: the largest legitimate one is an event.
@@ -96,6 +100,9 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.enroll, "gateway"))
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.verify, "gateway"))
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.unlock, "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.alertLifecycle("ack"), "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.alertLifecycle("resolve"), "support"))
+	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
 	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
 	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.resetBreaker))
@@ -384,6 +391,32 @@ func (s *server) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"verified": true, "step_up_cleared": res.StepUpCleared})
+}
+
+func (s *server) alertLifecycle(verb string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		b, actor, ok := readAction(w, r)
+		if !ok {
+			return
+		}
+		al, err := s.b.AlertLifecycle(r.PathValue("id"), actor, verb, b.Reason)
+		switch {
+		case errors.Is(err, alerts.ErrNoAlert):
+			writeErr(w, http.StatusNotFound, err.Error())
+		case err != nil:
+			s.actionErr(w, r, err)
+		default:
+			writeJSON(w, http.StatusOK, al)
+		}
+	}
+}
+
+func (s *server) deadAlerts(w http.ResponseWriter, r *http.Request) {
+	items := s.b.DeadAlerts(limitParam(r, 100))
+	if items == nil {
+		items = []outbox.Item{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"dead_letters": items})
 }
 
 func (s *server) audit(w http.ResponseWriter, r *http.Request) {

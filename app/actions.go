@@ -9,6 +9,7 @@ import (
 	gojson "github.com/goccy/go-json"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
@@ -27,12 +28,14 @@ const (
 // apply makes a manual action durable before it is answered: the account's
 // state, the audit entries, the commands (into the outbox, from which they
 // reach Kafka and the account service) and any alerts, in one transaction.
-// The caller holds procMu.
-func (a *App) apply(ch enforce.Change) error {
+// The caller holds procMu. changed are alert versions a lifecycle call made
+// (acknowledged, resolved), saved and delivered like new ones.
+func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	now := time.Now()
 	var out Outputs
+	out.Alerts = append(out.Alerts, changed...)
 	for _, sa := range ch.Alerts {
-		out.Alerts = a.proc.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Title, sa.Summary, sa.Actions, sa.At, out.Alerts)
+		out.Alerts = a.proc.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Reason, sa.At, out.Alerts)
 	}
 	err := a.store.DB().Update(func(tx *bolt.Tx) error {
 		if err := a.proc.Planner.SaveAccount(tx, ch.AccountID); err != nil {
@@ -55,7 +58,12 @@ func (a *App) apply(ch enforce.Change) error {
 				}
 			}
 		}
-		if len(ch.Alerts) > 0 {
+		if len(out.Alerts) > 0 {
+			if err := a.enqueueAlerts(tx, out.Alerts); err != nil {
+				return err
+			}
+		}
+		if len(out.Alerts) > 0 {
 			return a.proc.Alerts.Save(tx)
 		}
 		return nil
@@ -63,8 +71,9 @@ func (a *App) apply(ch enforce.Change) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", describeChange(ch), err)
 	}
-	for i := range out.Alerts {
-		a.amet.alertsRaised.WithLabelValues(out.Alerts[i].Category).Inc()
+	a.countAlerts(out.Alerts)
+	if len(out.Alerts) > 0 {
+		a.notifyReceivers()
 	}
 	for _, c := range ch.Commands {
 		a.amet.commands.WithLabelValues(c.Command).Inc()
@@ -104,7 +113,15 @@ func (a *App) deliverCommands(ctx context.Context) {
 
 func (a *App) observeDelivery(dest string) func(*outbox.Item, int, error) {
 	return func(it *outbox.Item, attempt int, err error) {
-		if err != nil && (attempt == 1 || attempt%10 == 0) {
+		if attempt > 1 {
+			a.dlv.retries.WithLabelValues(dest).Inc()
+		}
+		if err == nil {
+			a.dlv.deliveries.WithLabelValues(dest, "delivered").Inc()
+			return
+		}
+		a.dlv.deliveries.WithLabelValues(dest, "failed").Inc()
+		if attempt == 1 || attempt%10 == 0 {
 			a.log.Warn("delivery failed; retrying", "destination", dest, "id", it.ID, "attempt", attempt, "err", err)
 		}
 	}

@@ -6,6 +6,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
@@ -52,13 +54,20 @@ type App struct {
 	amet     *appMetrics
 	emet     *enforce.Metrics
 	box      *outbox.Box
-	http     *http.Server
-	httpLn   net.Listener
-	recent   *recentDecisions
-	scores   scoreQueue
-	resumed  detector.Offsets // offsets of the restored checkpoint
-	ckptErr  atomic.Value     // string: why the last checkpoint failed, "" if fine
-	observer func(Outputs)
+	dlv      *deliveryMetrics
+	tpl      *alerts.Templates
+	alertQ   alertQueue            // alert records waiting for the next checkpoint to enter the outbox
+	rates    map[string]rateWindow // per receiver; touched under procMu
+	// deliveryBackoff is the first retry delay of alert delivery;
+	// digestEvery how often rate-limited receivers get their digest.
+	deliveryBackoff, digestEvery time.Duration
+	http                         *http.Server
+	httpLn                       net.Listener
+	recent                       *recentDecisions
+	scores                       scoreQueue
+	resumed                      detector.Offsets // offsets of the restored checkpoint
+	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
+	observer                     func(Outputs)
 
 	reloadMu sync.Mutex
 	cleanup  []func()
@@ -93,8 +102,8 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 			Name: "walletguard_account_commands_total", Help: "Account commands issued, by command.",
 		}, []string{"command"}),
 		alertsRaised: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "walletguard_alerts_total", Help: "Alert records emitted (new or changed), by category.",
-		}, []string{"category"}),
+			Name: "walletguard_alerts_total", Help: "Alert records emitted (new or changed), by category and severity.",
+		}, []string{"category", "severity"}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
 		}),
@@ -110,12 +119,15 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 type Options struct {
 	// Observer, if set, sees every batch of outputs after it is durable (the demo prints from it).
 	Observer func(Outputs)
+	// DeliveryBackoff and DigestEvery shorten alert delivery's timings (tests).
+	DeliveryBackoff, DigestEvery time.Duration
 }
 
 // New builds the daemon from a validated config. Nothing runs until Run.
 func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), recent: newRecent(10000), observer: opts.Observer,
-		scores: scoreQueue{wake: make(chan struct{}, 1)}}
+		scores: scoreQueue{wake: make(chan struct{}, 1)}, rates: map[string]rateWindow{},
+		deliveryBackoff: cmp.Or(opts.DeliveryBackoff, time.Second), digestEvery: cmp.Or(opts.DigestEvery, time.Minute)}
 	defer func() {
 		if err != nil {
 			a.runCleanup() // close what was opened before the error
@@ -145,7 +157,17 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if err != nil {
 		return nil, err
 	}
+	a.dlv = newDeliveryMetrics(a.reg, a.box)
+	if a.tpl, err = alerts.LoadTemplates(cfg.Alerts.TemplatesDir); err != nil {
+		return nil, err
+	}
+	for i, w := range cfg.Alerts.Webhooks {
+		if !a.tpl.Has(w.Language) {
+			return nil, fmt.Errorf("alerts.webhooks[%d].language: no templates for %q (have %v)", i, w.Language, a.tpl.Languages())
+		}
+	}
 	a.proc = NewProcessor(cfg, set, a.dmet, log)
+	a.proc.Alerts.SetTemplates(a.tpl)
 	pc := PlannerConfig(cfg)
 	key, err := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv)
 	if err != nil {
@@ -251,6 +273,7 @@ func (a *App) Run(ctx context.Context) error {
 		go a.watchRules(ctx)
 	}
 	go a.deliverCommands(ctx)
+	go a.deliverAlerts(ctx)
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()
 	a.log.Info("walletguard running", "kafka", a.brokers, "topics", a.cfg.Kafka.Topics, "http", a.HTTPAddr(),
@@ -339,7 +362,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			}
 		}
 		a.procMu.Lock()
-		took, err := a.proc.Engine.CheckpointWith(a.store, offsets, a.proc.Planner.Save, a.proc.Alerts.Save)
+		took, err := a.proc.Engine.CheckpointWith(a.store, offsets, a.proc.Planner.Save, a.proc.Alerts.Save, a.saveAlerts)
 		a.procMu.Unlock()
 		lastCkpt = time.Now()
 		if err != nil {
@@ -357,6 +380,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		a.amet.checkpoints.Inc()
 		a.amet.checkpointSecs.Observe(took.Seconds())
 		a.box.Notify(destAccountService)
+		a.notifyReceivers()
 		a.amet.watermark.Set(float64(a.proc.Engine.Watermark().Unix()))
 		for t, ps := range offsets {
 			for p, o := range ps {
@@ -470,10 +494,15 @@ func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Messag
 		a.amet.commands.WithLabelValues(c.Command).Inc()
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: b})
 	}
-	for i := range out.Alerts {
-		a.amet.alertsRaised.WithLabelValues(out.Alerts[i].Category).Inc()
-	}
+	a.countAlerts(out.Alerts)
+	a.alertQ.add(out.Alerts)
 	return msgs
+}
+
+func (a *App) countAlerts(list []alerts.Alert) {
+	for i := range list {
+		a.amet.alertsRaised.WithLabelValues(list[i].Category, list[i].Severity).Inc()
+	}
 }
 
 // ReloadRules re-reads the rule files; a set that fails validation is

@@ -12,6 +12,7 @@ import (
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
 
@@ -42,13 +43,17 @@ func (b backend) Decisions(accountID string, limit int) []detector.Decision {
 	return b.a.recent.list(limit, func(d *detector.Decision) bool { return accountID == "" || d.AccountID == accountID })
 }
 
+// Alerts lists alerts by status: "" is the support queue (open and
+// acknowledged), "all" everything held, otherwise that status.
 func (b backend) Alerts(status string) []alerts.Alert {
 	b.a.procMu.Lock()
-	all := b.a.proc.Alerts.Open()
+	all := b.a.proc.Alerts.All()
 	b.a.procMu.Unlock()
 	var out []alerts.Alert
 	for _, a := range all {
-		if status == "" || a.Status == status {
+		switch {
+		case status == "all", status == a.Status,
+			status == "" && (a.Status == "open" || a.Status == "acknowledged"):
 			out = append(out, a)
 		}
 	}
@@ -209,3 +214,24 @@ func (b backend) ResetBreaker(actor, reason string) (enforce.BreakerStatus, erro
 func (b backend) Audit(account string, limit int) ([]enforce.AuditEntry, error) {
 	return enforce.ListAudit(b.a.store.DB(), account, limit)
 }
+
+func (b backend) AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	now := time.Now()
+	var al alerts.Alert
+	var err error
+	if verb == "ack" {
+		al, err = b.a.proc.Alerts.Ack(id, actor, now)
+	} else {
+		al, err = b.a.proc.Alerts.Resolve(id, actor, note, now)
+	}
+	if err != nil {
+		return al, err
+	}
+	ch := enforce.Change{AccountID: "", Audit: []enforce.AuditEntry{{At: now.UTC(), Action: "alert_" + verb, Origin: "manual", Actor: actor,
+		AccountID: al.AccountID, Reason: note, Outcome: al.AlertID + " " + al.Status}}}
+	return al, b.a.apply(ch, al)
+}
+
+func (b backend) DeadAlerts(limit int) []outbox.Item { return b.a.deadAlerts(limit) }

@@ -57,7 +57,7 @@ func (p *Processor) follow(out *Outputs, from int) {
 		d := &out.Decisions[i]
 		out.Commands = p.Planner.Plan(d, out.Commands)
 		for _, sa := range p.Planner.TakeAlerts() {
-			out.Alerts = p.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Title, sa.Summary, sa.Actions, sa.At, out.Alerts)
+			out.Alerts = p.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Reason, sa.At, out.Alerts)
 		}
 		if len(d.Rules) > 0 {
 			out.Alerts = p.Alerts.Observe(d, out.Alerts)

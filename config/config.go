@@ -112,12 +112,32 @@ type ClickHouse struct {
 // Alerts configures support-alert delivery.
 type Alerts struct {
 	Webhooks []Webhook `yaml:"webhooks"`
+	// TemplatesDir holds edited copies of the alert wording (one YAML file
+	// per language); empty uses the built-in English, Chinese and Indonesian.
+	TemplatesDir string `yaml:"templates_dir"`
 }
 
-// Webhook is one support-alert receiver.
+// Webhook is one receiver: of support alerts (alerts.webhooks) or of
+// account commands (enforce.account_service, which uses URL and Secret).
 type Webhook struct {
 	URL    string `yaml:"url"`
 	Secret string `yaml:"secret"`
+	// Name labels the receiver in metrics and the API; default receiver-N.
+	Name string `yaml:"name"`
+	// Format: json (signed, CONTRACT §2), slack (incoming-webhook message)
+	// or alertmanager (POST /api/v2/alerts of Prometheus Alertmanager).
+	Format string `yaml:"format"`
+	// Language of titles, summaries and actions: en, zh, id, or one from templates_dir.
+	Language string `yaml:"language"`
+	// Routing: only alerts at least this severe, and of these categories (empty: all).
+	MinSeverity string   `yaml:"min_severity"`
+	Categories  []string `yaml:"categories"`
+	// RateLimit caps alerts a minute (critical ones always pass); the rest
+	// arrive as one digest at the end of the minute. 0: no limit.
+	RateLimit int `yaml:"rate_limit"`
+	// GiveUpAfter moves an alert not delivered for this long to the
+	// dead-letter list (GET /v1/alerts/dead-letters).
+	GiveUpAfter Duration `yaml:"give_up_after"`
 }
 
 // Rules says where rule files come from.
@@ -327,12 +347,47 @@ func (c *Config) Validate() error {
 	if c.ClickHouse.Addr != "" && c.ClickHouse.Database == "" {
 		bad("clickhouse.database: must not be empty when clickhouse.addr is set")
 	}
-	for i, w := range c.Alerts.Webhooks {
+	names := map[string]bool{}
+	for i := range c.Alerts.Webhooks {
+		w := &c.Alerts.Webhooks[i]
+		if w.Name == "" {
+			w.Name = fmt.Sprintf("receiver-%d", i)
+		}
+		if w.Format == "" {
+			w.Format = "json"
+		}
+		if w.Language == "" {
+			w.Language = "en"
+		}
+		if w.MinSeverity == "" {
+			w.MinSeverity = "low"
+		}
+		if w.GiveUpAfter == 0 {
+			w.GiveUpAfter = Duration(24 * time.Hour)
+		}
+		if names[w.Name] {
+			bad("alerts.webhooks[%d].name: %q is used twice", i, w.Name)
+		}
+		names[w.Name] = true
 		if !strings.HasPrefix(w.URL, "http://") && !strings.HasPrefix(w.URL, "https://") {
 			bad("alerts.webhooks[%d].url: %q is not an http(s) URL", i, w.URL)
 		}
-		if w.Secret == "" {
-			bad("alerts.webhooks[%d].secret: must not be empty (alerts are signed)", i)
+		switch w.Format {
+		case "json":
+			if w.Secret == "" {
+				bad("alerts.webhooks[%d].secret: must not be empty (json alerts are signed)", i)
+			}
+		case "slack", "alertmanager":
+		default:
+			bad("alerts.webhooks[%d].format: %q is not json, slack or alertmanager", i, w.Format)
+		}
+		switch w.MinSeverity {
+		case "low", "medium", "high", "critical":
+		default:
+			bad("alerts.webhooks[%d].min_severity: %q is not low, medium, high or critical", i, w.MinSeverity)
+		}
+		if w.RateLimit < 0 || w.GiveUpAfter.D() < 0 {
+			bad("alerts.webhooks[%d]: rate_limit and give_up_after must not be negative", i)
 		}
 	}
 	d := c.Detector

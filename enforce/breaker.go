@@ -65,15 +65,8 @@ func (p *Planner) breakerBlocks(d *detector.Decision) bool {
 	b.Recent = nil
 	p.metrics.breakerOpen(true)
 	p.audit = append(p.audit, AuditEntry{At: d.TS, Action: "breaker_open", Origin: "auto", Actor: Auto, Reason: b.Why, DecisionID: d.DecisionID})
-	p.alerts = append(p.alerts, SystemAlert{
-		Key: "system|freeze-breaker", Category: "freeze_storm", Severity: "critical", At: d.TS,
-		Title:   "Automatic freezing stopped: freeze-storm breaker open",
-		Summary: b.Why + ". Freezes are now step-ups until an admin closes the breaker.",
-		Actions: []string{
-			"Find the rule or upstream field behind the flood (walletguard_rule_hits_total, the latest decisions)",
-			"Fix or shadow the rule, unfreeze the accounts it froze by mistake, then close the breaker: POST /v1/enforce/breaker/reset",
-		},
-	})
+	p.alerts = append(p.alerts, SystemAlert{Key: "system|freeze-breaker", Category: "freeze_storm", Severity: "critical", At: d.TS,
+		Reason: b.Why + "; freezes are now step-ups until an admin closes the breaker"})
 	return true
 }
 

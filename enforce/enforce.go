@@ -101,12 +101,12 @@ type AuditEntry struct {
 }
 
 // SystemAlert is an alert for operators that enforcement raises itself
-// (the breaker opening, a 2FA lockout).
+// (the breaker opening, a 2FA lockout). Its wording beyond Reason comes from
+// the alert templates of its category.
 type SystemAlert struct {
-	Key, Category, Severity, Title, Summary string
-	AccountID                               string
-	Actions                                 []string
-	At                                      time.Time
+	Key, Category, Severity, Reason string
+	AccountID                       string
+	At                              time.Time
 }
 
 // Change is what one manual action did: to be made durable together.

@@ -224,7 +224,7 @@ func TestBreakerTurnsAFreezeFloodIntoStepUps(t *testing.T) {
 	if !b.Open || b.Held != 190 {
 		t.Errorf("breaker %+v", b)
 	}
-	if a := p.TakeAlerts(); len(a) != 1 || a[0].Severity != "critical" || !strings.Contains(a[0].Summary, "broken_rule") {
+	if a := p.TakeAlerts(); len(a) != 1 || a[0].Severity != "critical" || !strings.Contains(a[0].Reason, "broken_rule") {
 		t.Errorf("breaker alert %+v", a)
 	}
 	if _, ok := p.ResetBreaker("admin", "rule fixed", time.Now()); !ok {

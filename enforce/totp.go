@@ -209,13 +209,7 @@ func (p *Planner) Verify(id, actor, code string, now time.Time) (VerifyResult, C
 				Reason: fmt.Sprintf("%d wrong codes in a row", s.WrongCodes)})
 			ch.Alerts = append(ch.Alerts, SystemAlert{Key: "2fa_lockout|account:" + id, Category: "2fa_lockout", Severity: "high",
 				AccountID: id, At: now.UTC(),
-				Title:   "Two-factor verification locked: " + id,
-				Summary: fmt.Sprintf("%d wrong codes in a row for %s: someone without the authenticator is trying to pass the step-up", s.WrongCodes, id),
-				Actions: []string{
-					"Contact the owner on the registered phone number; do not unlock on an inbound caller's word",
-					"If the owner was not trying to pay, treat the account as compromised: freeze it and reset the password",
-					"Unlock with POST /v1/accounts/{id}/2fa/unlock once the owner is verified",
-				}})
+				Reason: fmt.Sprintf("%d wrong codes in a row for %s: someone without the authenticator is trying to pass the step-up", s.WrongCodes, id)})
 		}
 		return VerifyResult{}, ch, verr
 	}

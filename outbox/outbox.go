@@ -108,6 +108,73 @@ func (b *Box) wakeChan(dest string) chan struct{} {
 	return c
 }
 
+// Drain removes and returns every pending record of dest inside the
+// caller's transaction (a digest collects them into one).
+func (b *Box) Drain(tx *bolt.Tx, dest string) ([]Item, error) {
+	prefix := append([]byte(dest), 0)
+	bk := tx.Bucket(bucketPending)
+	var items []Item
+	var keys [][]byte
+	c := bk.Cursor()
+	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+		var it Item
+		if err := json.Unmarshal(v, &it); err != nil {
+			return nil, fmt.Errorf("outbox %s: %w", dest, err)
+		}
+		items = append(items, it)
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := bk.Delete(k); err != nil {
+			return nil, err
+		}
+	}
+	return items, nil
+}
+
+// Stats reports, per destination, the pending records, the oldest one's
+// age and the dead-letter count: for metrics.
+func (b *Box) Stats() map[string]DestStats {
+	out := map[string]DestStats{}
+	now := time.Now()
+	_ = b.db.View(func(tx *bolt.Tx) error {
+		for _, bk := range []struct {
+			name []byte
+			dead bool
+		}{{bucketPending, false}, {bucketDead, true}} {
+			c := tx.Bucket(bk.name).Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				i := len(k) - 9
+				if i < 0 {
+					continue
+				}
+				dest := string(k[:i])
+				s := out[dest]
+				if bk.dead {
+					s.Dead++
+				} else {
+					if s.Pending == 0 {
+						var it Item
+						if json.Unmarshal(v, &it) == nil {
+							s.OldestAge = now.Sub(it.AddedAt)
+						}
+					}
+					s.Pending++
+				}
+				out[dest] = s
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// DestStats describe one destination's queue.
+type DestStats struct {
+	Pending, Dead int
+	OldestAge     time.Duration
+}
+
 // Pending reports how many records wait for dest and when the oldest was added.
 func (b *Box) Pending(dest string) (n int, oldest time.Time) {
 	prefix := append([]byte(dest), 0)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,6 +187,9 @@ func TestKill9RestartLosesAndDoublesNothing(t *testing.T) {
 
 	dir := t.TempDir()
 	httpAddr := freePort(t)
+	// The support webhook is down for every run that gets killed: its
+	// alerts wait in the outbox across the kills.
+	hookAddr := freePort(t)
 	cfgPath := filepath.Join(dir, "walletguard.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`data_dir: %s
 kafka:
@@ -194,11 +198,13 @@ kafka:
   commit_interval: 200ms
 http:
   listen: %s
+alerts:
+  webhooks: [{url: "http://%s/hook", secret: s3cret, name: support}]
 detector:
   checkpoint_interval: 300ms
 log:
   level: info
-`, filepath.Join(dir, "data"), brokerAddr, httpAddr)), 0o600)
+`, filepath.Join(dir, "data"), brokerAddr, httpAddr, hookAddr)), 0o600)
 
 	startDaemon := func() *exec.Cmd {
 		cmd := exec.Command(bin, "run", "--config", cfgPath)
@@ -294,6 +300,7 @@ log:
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	checkAlertsDelivered(t, httpAddr, hookAddr, filepath.Join(refDir, "alerts.ndjson"))
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -416,4 +423,85 @@ func consumed(addr string) float64 {
 		}
 	}
 	return total
+}
+
+// checkAlertsDelivered brings the support webhook up and waits until every
+// alert the daemon holds has arrived, signed; none may be unknown to the
+// undisturbed run.
+func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]bool{}
+	unsigned := 0
+	ln, err := net.Listen("tcp", hookAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var a struct {
+			AlertID string `json:"alert_id"`
+		}
+		json.NewDecoder(r.Body).Decode(&a)
+		mu.Lock()
+		got[a.AlertID] = true
+		if !strings.Contains(r.Header.Get("Walletguard-Signature"), "v1=") {
+			unsigned++
+		}
+		mu.Unlock()
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	ref := map[string]bool{}
+	for _, l := range readLines(t, refAlerts) {
+		var a struct {
+			AlertID string `json:"alert_id"`
+		}
+		json.Unmarshal([]byte(l), &a)
+		ref[a.AlertID] = true
+	}
+	req, _ := http.NewRequest("GET", "http://"+httpAddr+"/v1/alerts?status=all", nil)
+	req.Header.Set("Authorization", "Bearer change-me")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held struct {
+		Alerts []struct {
+			AlertID string `json:"alert_id"`
+		} `json:"alerts"`
+	}
+	json.NewDecoder(resp.Body).Decode(&held)
+	resp.Body.Close()
+	if len(held.Alerts) == 0 {
+		t.Fatal("the daemon holds no alerts; the stream should raise several")
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		mu.Lock()
+		missing := 0
+		for _, a := range held.Alerts {
+			if !got[a.AlertID] {
+				missing++
+			}
+		}
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d alerts not delivered a minute after the webhook came back", missing, len(held.Alerts))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id := range got {
+		if !ref[id] {
+			t.Errorf("delivered alert %s is not one of the undisturbed run's", id)
+		}
+	}
+	if unsigned > 0 {
+		t.Errorf("%d deliveries without a signature", unsigned)
+	}
+	t.Logf("%d alerts delivered after %d kills during the webhook outage", len(got), 5)
 }

@@ -1,0 +1,254 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/outbox"
+)
+
+// Alert delivery: every alert record the pipeline, the scoring API or a
+// manual action emits is put, rendered for each receiver that routes it,
+// into the outbox in the same transaction that makes the alert durable (the
+// pipeline's checkpoint, before the events behind it are committed). A
+// worker per receiver delivers it; a receiver over its rate limit gets the
+// rest of the minute as one digest.
+
+func alertDest(name string) string  { return "alerts:" + name }
+func digestDest(name string) string { return "digest:" + name }
+
+type alertQueue struct {
+	mu     sync.Mutex
+	alerts []alerts.Alert
+}
+
+func (q *alertQueue) add(list []alerts.Alert) {
+	if len(list) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.alerts = append(q.alerts, list...)
+	q.mu.Unlock()
+}
+
+func (q *alertQueue) take() []alerts.Alert {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := q.alerts
+	q.alerts = nil
+	return l
+}
+
+// rateWindow counts a receiver's alerts in the current wall-clock minute.
+type rateWindow struct {
+	start time.Time
+	n     int
+}
+
+type deliveryMetrics struct {
+	deliveries *prometheus.CounterVec
+	retries    *prometheus.CounterVec
+	digests    *prometheus.CounterVec
+}
+
+func newDeliveryMetrics(reg prometheus.Registerer, box *outbox.Box) *deliveryMetrics {
+	m := &deliveryMetrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_deliveries_total", Help: "Outbox deliveries by destination and outcome (delivered, failed, dead).",
+		}, []string{"destination", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_delivery_retries_total", Help: "Delivery attempts after a first failure, by destination.",
+		}, []string{"destination"}),
+		digests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_alert_digests_total", Help: "Digests sent to receivers over their rate limit, by receiver.",
+		}, []string{"receiver"}),
+	}
+	reg.MustRegister(m.deliveries, m.retries, m.digests, outboxCollector{box})
+	return m
+}
+
+// outboxCollector reads the outbox's depth, age and dead letters at scrape time.
+type outboxCollector struct{ box *outbox.Box }
+
+var (
+	outboxPendingDesc = prometheus.NewDesc("walletguard_outbox_pending", "Records waiting for delivery, by destination.", []string{"destination"}, nil)
+	outboxAgeDesc     = prometheus.NewDesc("walletguard_outbox_oldest_age_seconds", "Age of the oldest undelivered record, by destination.", []string{"destination"}, nil)
+	outboxDeadDesc    = prometheus.NewDesc("walletguard_outbox_dead_letters", "Records given up on (see GET /v1/alerts/dead-letters), by destination.", []string{"destination"}, nil)
+)
+
+func (c outboxCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- outboxPendingDesc
+	ch <- outboxAgeDesc
+	ch <- outboxDeadDesc
+}
+
+func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	for dest, s := range c.box.Stats() {
+		ch <- prometheus.MustNewConstMetric(outboxPendingDesc, prometheus.GaugeValue, float64(s.Pending), dest)
+		ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, s.OldestAge.Seconds(), dest)
+		ch <- prometheus.MustNewConstMetric(outboxDeadDesc, prometheus.GaugeValue, float64(s.Dead), dest)
+	}
+}
+
+// enqueueAlerts renders list for every receiver that routes it and puts it
+// into the outbox, inside tx.
+func (a *App) enqueueAlerts(tx *bolt.Tx, list []alerts.Alert) error {
+	if len(list) == 0 || len(a.cfg.Alerts.Webhooks) == 0 {
+		return nil
+	}
+	now := time.Now()
+	for i := range a.cfg.Alerts.Webhooks {
+		w := &a.cfg.Alerts.Webhooks[i]
+		for j := range list {
+			al := &list[j]
+			if !alerts.Routes(w, al) {
+				continue
+			}
+			dest := alertDest(w.Name)
+			if w.RateLimit > 0 && al.Severity != "critical" {
+				rw := a.rates[w.Name]
+				if now.Sub(rw.start) >= time.Minute {
+					rw = rateWindow{start: now}
+				}
+				rw.n++
+				a.rates[w.Name] = rw
+				if rw.n > w.RateLimit {
+					dest = digestDest(w.Name)
+				}
+			}
+			var body []byte
+			var err error
+			if dest == digestDest(w.Name) {
+				body, err = gojson.Marshal(al) // the digest is rendered when the minute ends
+			} else {
+				body, err = alerts.Payload(w.Format, a.tpl, w.Language, []alerts.Alert{*al}, false)
+			}
+			if err != nil {
+				return fmt.Errorf("render alert %s for %s: %w", al.AlertID, w.Name, err)
+			}
+			// Each version of an alert (it grows, is acknowledged, resolved)
+			// is one delivery; its alert_id stays the same.
+			id := fmt.Sprintf("%s/%d/%s", al.AlertID, al.UpdatedAt.UnixMilli(), al.Status)
+			if err := a.box.Put(tx, dest, id, body, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// saveAlerts is the checkpoint's writer for alerts waiting for the outbox.
+func (a *App) saveAlerts(tx *bolt.Tx) error {
+	list := a.alertQ.take()
+	if err := a.enqueueAlerts(tx, list); err != nil {
+		a.alertQ.add(list) // retried with the next checkpoint
+		return err
+	}
+	return nil
+}
+
+func (a *App) notifyReceivers() {
+	for _, w := range a.cfg.Alerts.Webhooks {
+		a.box.Notify(alertDest(w.Name))
+	}
+}
+
+// deliverAlerts runs a worker per receiver, and the digests, until ctx ends.
+func (a *App) deliverAlerts(ctx context.Context) {
+	for i := range a.cfg.Alerts.Webhooks {
+		w := a.cfg.Alerts.Webhooks[i]
+		p := &outbox.Poster{URL: w.URL, Client: &http.Client{Timeout: 10 * time.Second}}
+		if w.Format == "json" || w.Secret != "" {
+			p.Secret = w.Secret
+		}
+		go a.box.Deliver(ctx, alertDest(w.Name), p.Send, outbox.Policy{
+			MinBackoff: a.deliveryBackoff, MaxBackoff: 5 * time.Minute, GiveUpAfter: w.GiveUpAfter.D(),
+			Observe: a.observeDelivery(alertDest(w.Name)),
+		})
+	}
+	if !hasRateLimit(a.cfg.Alerts.Webhooks) {
+		return
+	}
+	t := time.NewTicker(a.digestEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.sendDigests()
+		}
+	}
+}
+
+func hasRateLimit(ws []config.Webhook) bool {
+	for _, w := range ws {
+		if w.RateLimit > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// sendDigests folds each receiver's held alerts into one delivery.
+func (a *App) sendDigests() {
+	for i := range a.cfg.Alerts.Webhooks {
+		w := &a.cfg.Alerts.Webhooks[i]
+		if w.RateLimit == 0 {
+			continue
+		}
+		var sent bool
+		err := a.store.DB().Update(func(tx *bolt.Tx) error {
+			items, err := a.box.Drain(tx, digestDest(w.Name))
+			if err != nil || len(items) == 0 {
+				return err
+			}
+			list := make([]alerts.Alert, 0, len(items))
+			for _, it := range items {
+				var al alerts.Alert
+				if err := gojson.Unmarshal(it.Payload, &al); err != nil {
+					return fmt.Errorf("held alert %s: %w", it.ID, err)
+				}
+				list = append(list, al)
+			}
+			body, err := alerts.Payload(w.Format, a.tpl, w.Language, list, true)
+			if err != nil {
+				return err
+			}
+			sent = true
+			return a.box.Put(tx, alertDest(w.Name), fmt.Sprintf("digest/%s/%d", w.Name, time.Now().UnixNano()), body, time.Now())
+		})
+		if err != nil {
+			a.log.Error("alert digest not built; the held alerts stay queued", "receiver", w.Name, "err", err)
+			continue
+		}
+		if sent {
+			a.dlv.digests.WithLabelValues(w.Name).Inc()
+			a.box.Notify(alertDest(w.Name))
+		}
+	}
+}
+
+// deadAlerts lists alerts receivers gave up on.
+func (a *App) deadAlerts(limit int) []outbox.Item {
+	var out []outbox.Item
+	for _, it := range a.box.Dead("", 100000) {
+		if strings.HasPrefix(it.Dest, "alerts:") {
+			out = append(out, it)
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out
+}

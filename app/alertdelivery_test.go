@@ -1,0 +1,353 @@
+package app
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/config"
+)
+
+// receiver is a support system's webhook endpoint under test: it checks
+// each delivery's signature the way the README tells receivers to.
+type receiver struct {
+	mu       sync.Mutex
+	secret   string
+	fail     int // answer 500 to this many requests
+	bodies   [][]byte
+	ids      map[string]int // alert_id -> deliveries
+	badSigs  int
+	requests int
+}
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.requests++
+	if rc.fail > 0 {
+		rc.fail--
+		http.Error(w, "database is down", http.StatusInternalServerError)
+		return
+	}
+	if !verifySignature(rc.secret, r.Header.Get("Walletguard-Signature"), body, 5*time.Minute) {
+		rc.badSigs++
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	rc.bodies = append(rc.bodies, body)
+	var a struct {
+		AlertID string `json:"alert_id"`
+	}
+	json.Unmarshal(body, &a)
+	rc.ids[a.AlertID]++
+}
+
+// verifySignature is the receiver-side check from the README.
+func verifySignature(secret, header string, body []byte, tolerance time.Duration) bool {
+	var ts, sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			sig = v
+		}
+	}
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || time.Since(time.Unix(t, 0)).Abs() > tolerance {
+		return false
+	}
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(ts + "."))
+	m.Write(body)
+	want := hex.EncodeToString(m.Sum(nil))
+	return hmac.Equal([]byte(sig), []byte(want))
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func alertIDs(t *testing.T, addr string) map[string]bool {
+	_, m := call(t, addr, "GET", "/v1/alerts?status=all", "viewer-token", "")
+	ids := map[string]bool{}
+	for _, a := range m["alerts"].([]any) {
+		ids[a.(map[string]any)["alert_id"].(string)] = true
+	}
+	return ids
+}
+
+// TestAlertsSurviveAReceiverOutage: the webhook is down (connection
+// refused), then fails with 500, then accepts; walletguard is restarted in
+// the middle. Every alert arrives, signed, and no alert_id is lost.
+func TestAlertsSurviveAReceiverOutage(t *testing.T) {
+	dir := t.TempDir()
+	hookAddr := freePort(t)
+	cfg := enforceConfig(t, dir)
+	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + hookAddr + "/hook", Secret: "hook-secret", Name: "support"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{DeliveryBackoff: 50 * time.Millisecond}
+	a, err := New(cfg, discardLog(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, a)
+	addr := r.app.HTTPAddr()
+	ms, _ := simMessages(t, 400, 11, 12000)
+	produce(t, r.app.BrokerAddr(), "wallet.events", append(ms, takeoverEvents(t)...)...)
+	waitFor(t, 30*time.Second, "events decided", func() bool { return r.app.Snapshot().Consumed >= float64(len(ms)) })
+	waitFor(t, 10*time.Second, "alerts queued for the dead receiver", func() bool {
+		return metric(t, addr, `walletguard_outbox_pending{destination="alerts:support"}`) > 0
+	})
+	if metric(t, addr, `walletguard_deliveries_total{destination="alerts:support",outcome="failed"}`) == 0 {
+		t.Error("no failed delivery counted while the receiver was down")
+	}
+	r.stop(t) // a restart in the middle of the outage
+
+	a, err = New(cfg, discardLog(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, a)
+	addr = r.app.HTTPAddr()
+	want := alertIDs(t, addr)
+	if len(want) < 3 {
+		t.Fatalf("only %d alerts raised; the traffic should hold several incidents", len(want))
+	}
+	rc := &receiver{secret: "hook-secret", fail: 3, ids: map[string]int{}}
+	srv := &http.Server{Addr: hookAddr, Handler: rc}
+	ln, err := net.Listen("tcp", hookAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	waitFor(t, 30*time.Second, "the outbox drained", func() bool {
+		return metric(t, addr, `walletguard_outbox_pending{destination="alerts:support"}`) == 0
+	})
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.badSigs > 0 {
+		t.Errorf("%d deliveries with a bad signature", rc.badSigs)
+	}
+	for id := range want {
+		if rc.ids[id] == 0 {
+			t.Errorf("alert %s never delivered", id)
+		}
+	}
+	t.Logf("%d alerts, %d deliveries (versions of them), %d requests", len(want), len(rc.bodies), rc.requests)
+}
+
+func run(t *testing.T, a *App) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{app: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	waitFor(t, 30*time.Second, "daemon ready", func() bool {
+		resp, err := http.Get("http://" + a.HTTPAddr() + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return r
+}
+
+// TestAlertLifecycleAndRateLimit: support acknowledges and resolves with
+// who and when; a receiver over its rate limit gets a digest; a Slack-style
+// receiver gets chat messages in its language.
+func TestAlertLifecycleAndRateLimit(t *testing.T) {
+	limited := &receiver{secret: "s1", ids: map[string]int{}}
+	chat := &receiver{ids: map[string]int{}}
+	var chatBodies [][]byte
+	limitedSrv := httptestServer(t, limited)
+	chatSrv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		chat.mu.Lock()
+		chatBodies = append(chatBodies, b)
+		chat.mu.Unlock()
+	}))
+	cfg := enforceConfig(t, t.TempDir())
+	cfg.Alerts.Webhooks = []config.Webhook{
+		{URL: limitedSrv + "/hook", Secret: "s1", Name: "limited", RateLimit: 2, Categories: []string{"stuck_retry"}},
+		{URL: chatSrv + "/slack", Name: "chat", Format: "slack", Language: "id", MinSeverity: "critical"},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, discardLog(), Options{DeliveryBackoff: 50 * time.Millisecond, DigestEvery: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, a)
+	addr := r.app.HTTPAddr()
+	// Six users' payments stuck at six merchants, and a takeover.
+	var ms []kafka.Message
+	for u := 0; u < 6; u++ {
+		acc := "stuck-" + strconv.Itoa(u)
+		for k := 1; k <= 4; k++ {
+			ms = append(ms, kafka.Message{Key: []byte(acc), Value: []byte(`{"event_id":"` + acc + `-` + strconv.Itoa(k) + `","type":"payment_attempt","ts":"` + ts +
+				`","account_id":"` + acc + `","payment_id":"p-` + acc + `","attempt":` + strconv.Itoa(k) + `,"status":"retrying","error_code":"NETWORK_TIMEOUT","merchant_id":"m-` + acc + `","amount":100,"currency":"IDR"}`)})
+		}
+	}
+	produce(t, r.app.BrokerAddr(), "wallet.events", append(ms, takeoverEvents(t)...)...)
+	waitFor(t, 20*time.Second, "stuck payments alerted", func() bool {
+		_, m := call(t, addr, "GET", "/v1/alerts?category=stuck_retry", "viewer-token", "")
+		l, _ := m["alerts"].([]any)
+		return len(l) == 6
+	})
+	waitFor(t, 20*time.Second, "limited receiver got individual alerts and a digest", func() bool {
+		limited.mu.Lock()
+		defer limited.mu.Unlock()
+		digests := 0
+		for _, b := range limited.bodies {
+			if strings.Contains(string(b), `"digest":true`) {
+				digests++
+			}
+		}
+		return digests >= 1
+	})
+	limited.mu.Lock()
+	single := 0
+	for _, b := range limited.bodies {
+		if !strings.Contains(string(b), `"digest":true`) {
+			single++
+			if !strings.Contains(string(b), `"category":"stuck_retry"`) {
+				t.Errorf("a stuck_retry-only receiver got %s", b)
+			}
+		}
+	}
+	limited.mu.Unlock()
+	if single > 2 {
+		t.Errorf("%d single alerts within a minute to a receiver limited to 2", single)
+	}
+	waitFor(t, 20*time.Second, "the chat room heard of the takeover", func() bool {
+		chat.mu.Lock()
+		defer chat.mu.Unlock()
+		for _, b := range chatBodies {
+			if strings.Contains(string(b), "pengambilalihan akun") && strings.Contains(string(b), `"blocks"`) {
+				return true
+			}
+		}
+		return false
+	})
+
+	// Lifecycle.
+	_, m := call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
+	theft := m["alerts"].([]any)[0].(map[string]any)
+	id := theft["alert_id"].(string)
+	if code, _ := call(t, addr, "POST", "/v1/alerts/"+id+"/ack", "viewer-token", ""); code != 403 {
+		t.Errorf("viewer acknowledging: %d", code)
+	}
+	if code, _ := call(t, addr, "POST", "/v1/alerts/alt_nope/ack", "support-token", ""); code != 404 {
+		t.Errorf("unknown alert: %d", code)
+	}
+	code, al := call(t, addr, "POST", "/v1/alerts/"+id+"/ack", "support-token", `{"operator":"rina"}`)
+	if code != 200 || al["status"] != "acknowledged" || al["acknowledged_by"] != "support desk (rina)" || al["acknowledged_at"] == nil {
+		t.Fatalf("ack: %d %v", code, al)
+	}
+	code, al = call(t, addr, "POST", "/v1/alerts/"+id+"/resolve", "support-token", `{"reason":"owner confirmed; account recovered"}`)
+	if code != 200 || al["status"] != "resolved" || al["resolution"] != "owner confirmed; account recovered" {
+		t.Fatalf("resolve: %d %v", code, al)
+	}
+	_, m = call(t, addr, "GET", "/v1/alerts?status=resolved", "viewer-token", "")
+	if l := m["alerts"].([]any); len(l) != 1 || l[0].(map[string]any)["alert_id"] != id {
+		t.Errorf("resolved alerts: %v", l)
+	}
+	_, m = call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
+	if l := m["alerts"].([]any); len(l) != 0 {
+		t.Errorf("the queue still shows the resolved alert: %v", l)
+	}
+	_, audit := call(t, addr, "GET", "/v1/audit", "viewer-token", "")
+	if !strings.Contains(toJSON(audit), `"action":"alert_resolve"`) {
+		t.Errorf("resolve not audited: %v", audit)
+	}
+}
+
+func toJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+func httptestServer(t *testing.T, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// TestAlertsReachAlertmanager sends alerts to a real Prometheus
+// Alertmanager and reads them back with amtool.
+func TestAlertsReachAlertmanager(t *testing.T) {
+	am, err := exec.LookPath("prometheus-alertmanager")
+	if err != nil {
+		t.Fatal("prometheus-alertmanager is required (Debian package prometheus-alertmanager; the test script installs it)")
+	}
+	dir := t.TempDir()
+	amAddr := freePort(t)
+	conf := filepath.Join(dir, "am.yml")
+	os.WriteFile(conf, []byte("route:\n  receiver: support\n  group_by: [category]\nreceivers:\n  - name: support\n"), 0o644)
+	cmd := exec.Command(am, "--config.file="+conf, "--storage.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+amAddr, "--cluster.listen-address=")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	waitFor(t, 20*time.Second, "alertmanager ready", func() bool {
+		resp, err := http.Get("http://" + amAddr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+
+	cfg := enforceConfig(t, filepath.Join(dir, "wg"))
+	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + amAddr + "/api/v2/alerts", Name: "oncall", Format: "alertmanager", MinSeverity: "high"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, discardLog(), Options{DeliveryBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, a)
+	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
+	var out []byte
+	waitFor(t, 30*time.Second, "amtool to show the theft alert", func() bool {
+		out, err = exec.Command("amtool", "alert", "query", "--alertmanager.url=http://"+amAddr, "-o", "json", "alertname=walletguard_theft").Output()
+		return err == nil && strings.Contains(string(out), `"account_id":"acc-1"`)
+	})
+	if !strings.Contains(string(out), `"severity":"critical"`) || !strings.Contains(string(out), "Likely account takeover") {
+		t.Errorf("amtool shows %s", out)
+	}
+}
