@@ -10,7 +10,7 @@ import (
 )
 
 var categories = []string{"theft", "stuck_retry", "merchant_outage", "app_fault", "credential_stuffing", "brute_force",
-	"impossible_travel", "velocity", "freeze_storm", "2fa_lockout", "abnormal"}
+	"impossible_travel", "velocity", "freeze_storm", "2fa_lockout", "analytics_spool", "abnormal"}
 
 // TestEveryLanguageSpeaksEveryCategory: each built-in language has its own
 // wording for every category, with the alert's numbers filled in.

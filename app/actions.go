@@ -71,6 +71,7 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", describeChange(ch), err)
 	}
+	a.toSink(nil, nil, nil, out.Alerts, ch.Audit)
 	a.countAlerts(out.Alerts)
 	if len(out.Alerts) > 0 {
 		a.notifyReceivers()

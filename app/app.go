@@ -35,6 +35,7 @@ import (
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/store"
 )
 
 // App is a running walletguard.
@@ -55,6 +56,9 @@ type App struct {
 	emet     *enforce.Metrics
 	box      *outbox.Box
 	dlv      *deliveryMetrics
+	sink     *store.Writer // nil without clickhouse.addr
+	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
+	spoolAlerted bool
 	tpl      *alerts.Templates
 	alertQ   alertQueue            // alert records waiting for the next checkpoint to enter the outbox
 	rates    map[string]rateWindow // per receiver; touched under procMu
@@ -168,6 +172,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	}
 	a.proc = NewProcessor(cfg, set, a.dmet, log)
 	a.proc.Alerts.SetTemplates(a.tpl)
+	if err := a.openSink(); err != nil {
+		return nil, err
+	}
 	pc := PlannerConfig(cfg)
 	key, err := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv)
 	if err != nil {
@@ -304,6 +311,11 @@ func (a *App) Run(ctx context.Context) error {
 	if err := a.http.Shutdown(stopCtx); err != nil {
 		a.log.Warn("http shutdown", "err", err)
 	}
+	if a.sink != nil {
+		if err := a.sink.Close(stopCtx); err != nil {
+			a.log.Warn("analytics rows not all written at shutdown; the events behind them are read again at the next start", "err", err)
+		}
+	}
 	a.log.Info("walletguard stopped")
 	return errors.Join(pipeErr, srcErr)
 }
@@ -352,6 +364,15 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	checkpoint := func() {
 		flush()
 		if failed {
+			return
+		}
+		if err := a.syncSink(ctx); err != nil {
+			a.amet.checkpointErrs.Inc()
+			if a.ckptErr.Load().(string) != err.Error() {
+				a.log.Error("checkpoint postponed: analytics rows not durable; offsets will not be committed until they are", "err", err)
+			}
+			a.ckptErr.Store(err.Error())
+			lastCkpt = time.Now()
 			return
 		}
 		offsets := detector.Offsets{}
@@ -468,9 +489,12 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 		return
 	}
 	a.imet.CountConsumed(rec.Event.Type)
+	nd, na := len(out.Decisions), len(out.Alerts)
 	if a.proc.HandleFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, out) {
 		a.imet.Duplicates.Inc()
+		return
 	}
+	a.toSink(&rec.Event, rec.Value, out.Decisions[nd:], out.Alerts[na:], nil)
 }
 
 // appendOutputs renders decisions and commands as Kafka records.

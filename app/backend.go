@@ -75,6 +75,10 @@ func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 	var out Outputs
 	b.a.procMu.Lock()
 	dup := b.a.proc.HandleFrom(apiSource, ev, &out)
+	if !dup && b.a.sink != nil {
+		raw, _ := event.Marshal(ev)
+		b.a.toSink(ev, raw, out.Decisions, out.Alerts, nil)
+	}
 	b.a.procMu.Unlock()
 	if dup {
 		return detector.Decision{}, &api.DuplicateError{EventID: ev.EventID}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	gojson "github.com/goccy/go-json"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
@@ -19,6 +21,7 @@ import (
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/store"
 )
 
 // ReplaySummary is what a replay saw and decided.
@@ -28,6 +31,8 @@ type ReplaySummary struct {
 	RuleHits                            map[string]int
 	Commands, Alerts                    int
 	Elapsed                             time.Duration
+	// ClickHouse is set when the replay also wrote to clickhouse.addr.
+	ClickHouse string
 	RulesetVersion                      string
 }
 
@@ -75,6 +80,19 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 		}
 	}()
 	p := NewProcessor(cfg, set, nil, log)
+	var sink *store.Writer
+	if ch := cfg.ClickHouse; ch.Addr != "" {
+		// A backtest can land in ClickHouse too, for analysts; its spool
+		// lives beside the outputs.
+		var err error
+		sink, err = store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password,
+			SpoolDir: filepath.Join(outDir, "spool"), SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
+			FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, log, prometheus.NewRegistry())
+		if err != nil {
+			return sum, fmt.Errorf("clickhouse: %w", err)
+		}
+		sum.ClickHouse = ch.Addr + "/" + ch.Database
+	}
 	var out Outputs
 	write := func() error {
 		for i := range out.Decisions {
@@ -127,8 +145,11 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 		if ev.TS.After(now) {
 			now = ev.TS
 		}
+		nd, na := len(out.Decisions), len(out.Alerts)
 		if p.Handle(&ev, &out) {
 			sum.Duplicates++
+		} else if sink != nil {
+			sink.Add(sinkBatch(&ev, line, out.Decisions[nd:], out.Alerts[na:], p.Planner.TakeAudit()))
 		}
 		if len(out.Decisions) >= 1024 {
 			if err := write(); err != nil {
@@ -139,9 +160,24 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 	if err := sc.Err(); err != nil {
 		return sum, fmt.Errorf("read events (line %d): %w", sum.Lines+1, err)
 	}
+	nd, na := len(out.Decisions), len(out.Alerts)
 	p.Flush(&out)
+	if sink != nil {
+		sink.Add(sinkBatch(nil, nil, out.Decisions[nd:], out.Alerts[na:], p.Planner.TakeAudit()))
+	}
 	if err := write(); err != nil {
 		return sum, err
+	}
+	if sink != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := sink.Close(ctx); err != nil {
+			return sum, fmt.Errorf("clickhouse: %w", err)
+		}
+		if n := sink.SpoolBytes(); n > 0 {
+			return sum, fmt.Errorf("clickhouse %s did not take every row: %d bytes remain in %s (a later replay with the same --out writes them)",
+				cfg.ClickHouse.Addr, n, filepath.Join(outDir, "spool"))
+		}
 	}
 	for _, w := range files {
 		if err := w.Flush(); err != nil {
@@ -150,6 +186,25 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, nil
+}
+
+// sinkBatch is the analytics rows of one event's outputs.
+func sinkBatch(ev *event.Event, raw []byte, ds []detector.Decision, als []alerts.Alert, audit []enforce.AuditEntry) store.Batch {
+	now := time.Now()
+	var b store.Batch
+	if ev != nil {
+		b.Events = []store.EventRow{store.NewEventRow(ev, raw, now)}
+	}
+	for i := range ds {
+		b.Decisions = append(b.Decisions, store.NewDecisionRow(&ds[i], now))
+	}
+	for i := range als {
+		b.Alerts = append(b.Alerts, store.NewAlertRow(&als[i], now))
+	}
+	for i := range audit {
+		b.Actions = append(b.Actions, store.NewActionRow(&audit[i], now))
+	}
+	return b
 }
 
 func writeLine(w *bufio.Writer, v any) error {
@@ -166,6 +221,9 @@ func (s ReplaySummary) Print(w io.Writer) {
 	rate := float64(s.Events) / max(s.Elapsed.Seconds(), 1e-9)
 	fmt.Fprintf(w, "replayed %d events in %s (%.0f events/s), rule set %s\n", s.Events, s.Elapsed.Round(time.Millisecond), rate, s.RulesetVersion)
 	fmt.Fprintf(w, "rejected %d, duplicates %d\n", s.Rejected, s.Duplicates)
+	if s.ClickHouse != "" {
+		fmt.Fprintf(w, "events, decisions, actions and alerts written to ClickHouse %s\n", s.ClickHouse)
+	}
 	fmt.Fprintf(w, "decisions:")
 	for _, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {
 		fmt.Fprintf(w, " %s=%d", a, s.ByAction[a])

@@ -103,10 +103,20 @@ var Roles = []string{"viewer", "support", "gateway", "admin"}
 
 // ClickHouse is the analytics sink; an empty Addr disables it.
 type ClickHouse struct {
-	Addr     string `yaml:"addr"`
+	Addr     string `yaml:"addr"` // native protocol, host:9000
 	Database string `yaml:"database"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// Rows are written in batches of BatchRows or every FlushInterval.
+	BatchRows     int      `yaml:"batch_rows"`
+	FlushInterval Duration `yaml:"flush_interval"`
+	// WriteTimeout bounds one insert; a slower ClickHouse spills to the spool.
+	WriteTimeout Duration `yaml:"write_timeout"`
+	// The spool in data_dir/spool holds rows while ClickHouse is down:
+	// past SpoolAlertMB an alert is raised, at SpoolLimitMB rows are refused
+	// and checkpoints wait (the events are read again later).
+	SpoolAlertMB int `yaml:"spool_alert_mb"`
+	SpoolLimitMB int `yaml:"spool_limit_mb"`
 }
 
 // Alerts configures support-alert delivery.
@@ -220,7 +230,8 @@ func Default() Config {
 			Listen: "127.0.0.1:8080",
 			Tokens: []Token{{Token: "change-me", Role: "admin"}},
 		},
-		ClickHouse: ClickHouse{Database: "walletguard", Username: "default"},
+		ClickHouse: ClickHouse{Database: "walletguard", Username: "default", BatchRows: 10000, FlushInterval: Duration(time.Second),
+			WriteTimeout: Duration(10 * time.Second), SpoolAlertMB: 512, SpoolLimitMB: 2048},
 		Detector: Detector{
 			AllowedLateness:    Duration(5 * time.Minute),
 			IdleExpiry:         Duration(30 * 24 * time.Hour),
@@ -344,8 +355,19 @@ func (c *Config) Validate() error {
 			bad("http.tokens[%d].role: %q is not one of %s", i, t.Role, strings.Join(Roles, ", "))
 		}
 	}
-	if c.ClickHouse.Addr != "" && c.ClickHouse.Database == "" {
-		bad("clickhouse.database: must not be empty when clickhouse.addr is set")
+	if ch := c.ClickHouse; ch.Addr != "" {
+		if ch.Database == "" {
+			bad("clickhouse.database: must not be empty when clickhouse.addr is set")
+		}
+		if _, _, err := net.SplitHostPort(ch.Addr); err != nil {
+			bad("clickhouse.addr: %q is not host:port (the native protocol port, 9000 by default)", ch.Addr)
+		}
+		if ch.BatchRows < 1 || ch.FlushInterval.D() <= 0 || ch.WriteTimeout.D() <= 0 {
+			bad("clickhouse: batch_rows, flush_interval and write_timeout must be positive")
+		}
+		if ch.SpoolLimitMB < 1 || ch.SpoolAlertMB < 1 || ch.SpoolAlertMB > ch.SpoolLimitMB {
+			bad("clickhouse: need 1 ≤ spool_alert_mb (%d) ≤ spool_limit_mb (%d)", ch.SpoolAlertMB, ch.SpoolLimitMB)
+		}
 	}
 	names := map[string]bool{}
 	for i := range c.Alerts.Webhooks {

@@ -73,6 +73,18 @@ type account struct {
 	consFail     uint8
 	risk         uint8 // highest decision score in the last day
 	hasBalance   bool
+	paidAbroad   bool // an outgoing transaction to another country than home
+}
+
+// homeCountry is the country the account is seen in most.
+func (a *account) homeCountry() uint16 {
+	var best country
+	for _, c := range a.countries {
+		if c.code != 0 && c.n > best.n {
+			best = c
+		}
+	}
+	return best.code
 }
 
 // noteRisk remembers a decision's score for a day.
@@ -227,6 +239,7 @@ func (a *account) view(v *rules.AccountView, ev *event.Event, now uint32) {
 		}
 	}
 	v.HomeCountry = unpack2(best.code)
+	v.HasPaidAbroad = a.paidAbroad
 	if cc := pack2(ev.Country()); cc != 0 {
 		v.IsNewCountry = true
 		for _, c := range a.countries {
@@ -438,6 +451,9 @@ func (a *account) updateTx(ev *event.Event, now uint32) {
 	}
 	if !rules.IsOutgoing(ev.Kind) {
 		return
+	}
+	if cc := pack2(ev.CounterpartyCountry); cc != 0 && cc != a.homeCountry() {
+		a.paidAbroad = true
 	}
 	a.tx10m.add(now, min10, 1)
 	a.tx1h.add(now, hour1, 1)

@@ -19,7 +19,7 @@ import (
 
 // layoutVersion changes whenever a checkpointed struct changes shape; a
 // checkpoint of another layout is set aside rather than misread.
-const layoutVersion = 5
+const layoutVersion = 6
 
 var (
 	bMeta      = []byte("meta")

@@ -64,7 +64,7 @@ func (p *Planner) breakerBlocks(d *detector.Decision) bool {
 		len(b.Recent), p.cfg.Window, p.cfg.MaxFreezes, d.AccountID, topRuleID(d))
 	b.Recent = nil
 	p.metrics.breakerOpen(true)
-	p.audit = append(p.audit, AuditEntry{At: d.TS, Action: "breaker_open", Origin: "auto", Actor: Auto, Reason: b.Why, DecisionID: d.DecisionID})
+	p.note(AuditEntry{At: d.TS, Action: "breaker_open", Origin: "auto", Actor: Auto, Reason: b.Why, DecisionID: d.DecisionID})
 	p.alerts = append(p.alerts, SystemAlert{Key: "system|freeze-breaker", Category: "freeze_storm", Severity: "critical", At: d.TS,
 		Reason: b.Why + "; freezes are now step-ups until an admin closes the breaker"})
 	return true

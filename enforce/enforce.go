@@ -125,6 +125,7 @@ type Planner struct {
 	states  map[string]*State
 	dirty   map[string]bool
 	audit   []AuditEntry // automatic actions not yet saved
+	fresh   []AuditEntry // automatic actions not yet taken by TakeAudit (the analytics sink)
 	forward []Command    // automatic commands not yet handed to Forward
 	alerts  []SystemAlert
 	metrics *Metrics
@@ -199,13 +200,26 @@ func (p *Planner) Plan(d *detector.Decision, out []Command) []Command {
 		c = Command{CommandID: CommandID(d.AccountID, CmdRequire2FA, d.DecisionID), Command: CmdRequire2FA,
 			AccountID: d.AccountID, Reason: reason, DecisionID: d.DecisionID, IssuedAt: d.TS, Actor: Auto}
 	}
-	p.audit = append(p.audit, AuditEntry{At: d.TS, Action: c.Command, Origin: "auto", Actor: Auto, AccountID: d.AccountID,
+	p.note(AuditEntry{At: d.TS, Action: c.Command, Origin: "auto", Actor: Auto, AccountID: d.AccountID,
 		Reason: reason, DecisionID: d.DecisionID, CommandID: c.CommandID})
 	p.metrics.action(c.Command, "auto")
 	if p.cfg.Forward != nil {
 		p.forward = append(p.forward, c)
 	}
 	return append(out, c)
+}
+
+// note records an automatic action for the audit trail and the sink.
+func (p *Planner) note(e AuditEntry) {
+	p.audit = append(p.audit, e)
+	p.fresh = append(p.fresh, e)
+}
+
+// TakeAudit returns the automatic actions recorded since the last call.
+func (p *Planner) TakeAudit() []AuditEntry {
+	f := p.fresh
+	p.fresh = nil
+	return f
 }
 
 // TakeAlerts returns the system alerts raised since the last call.

@@ -117,6 +117,7 @@ type AccountView struct {
 	IsNewCountry     bool    `expr:"is_new_country"`
 	HomeCountry      string  `expr:"home_country"`
 	KnownCountries   int     `expr:"known_countries"`
+	HasPaidAbroad    bool    `expr:"has_paid_abroad"` // ever sent money to another country than home
 	IsNewPayee       bool    `expr:"is_new_payee"`
 	IsNewMerchant    bool    `expr:"is_new_merchant"`
 	UsualHour        bool    `expr:"usual_hour"`

@@ -1,0 +1,68 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/store"
+)
+
+// openSink starts the ClickHouse writer when clickhouse.addr is set.
+func (a *App) openSink() error {
+	ch := a.cfg.ClickHouse
+	if ch.Addr == "" {
+		return nil
+	}
+	w, err := store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password,
+		SpoolDir: filepath.Join(a.cfg.DataDir, "spool"), SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
+		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, a.log, a.reg)
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	a.sink = w
+	return nil
+}
+
+// toSink hands what one event (or action) produced to the analytics
+// writer. Called with procMu held, so the planner's audit is ours to take.
+func (a *App) toSink(ev *event.Event, raw []byte, ds []detector.Decision, als []alerts.Alert, audit []enforce.AuditEntry) {
+	if a.sink == nil {
+		return
+	}
+	b := sinkBatch(ev, raw, ds, als, append(audit, a.proc.Planner.TakeAudit()...))
+	a.sink.Add(b)
+}
+
+// syncSink makes the rows of everything a checkpoint covers durable (in
+// ClickHouse or the spool) before the checkpoint is written, and raises an
+// alert when the spool grows past its threshold.
+func (a *App) syncSink(ctx context.Context) error {
+	if a.sink == nil {
+		return nil
+	}
+	if err := a.sink.Sync(ctx); err != nil {
+		return fmt.Errorf("analytics: %w", err)
+	}
+	spool, limit := a.sink.SpoolBytes(), int64(a.cfg.ClickHouse.SpoolAlertMB)<<20
+	switch {
+	case spool > limit && !a.spoolAlerted:
+		a.spoolAlerted = true
+		a.procMu.Lock()
+		out := a.proc.Alerts.Raise("system|analytics-spool", "analytics_spool", "high", "",
+			fmt.Sprintf("ClickHouse has not taken rows for a while (%s); %d MB wait in the local spool (alert at %d MB, rows refused at %d MB)",
+				a.sink.LastError(), spool>>20, a.cfg.ClickHouse.SpoolAlertMB, a.cfg.ClickHouse.SpoolLimitMB), time.Now(), nil)
+		a.toSink(nil, nil, nil, out, nil)
+		a.procMu.Unlock()
+		a.countAlerts(out)
+		a.alertQ.add(out)
+	case spool < limit/2:
+		a.spoolAlerted = false
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walletguard/walletguard/app"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/sim"
+	"github.com/walletguard/walletguard/store"
+	"github.com/walletguard/walletguard/store/chserver"
+)
+
+// table is a TSVWithNames result.
+type table struct {
+	cols []string
+	rows [][]string
+}
+
+func (t table) col(name string) int {
+	for i, c := range t.cols {
+		if c == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func query(t *testing.T, s *chserver.Server, sql string) table {
+	t.Helper()
+	out, err := s.Query(context.Background(), sql+" FORMAT TSVWithNames")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	tb := table{cols: strings.Split(lines[0], "\t")}
+	for _, l := range lines[1:] {
+		tb.rows = append(tb.rows, strings.Split(l, "\t"))
+	}
+	return tb
+}
+
+func num(s string) float64 { f, _ := strconv.ParseFloat(s, 64); return f }
+
+// TestReplayLandsInClickHouseAndTheQueryPackAnswers replays labelled
+// traffic into a real ClickHouse, checks that every event and decision
+// landed once, and runs each analyst query of deploy/clickhouse/queries
+// against it, checking its answer against the labels.
+func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
+	s := chserver.Start(t)
+	scfg := sim.DefaultConfig(3000)
+	scfg.Seed, scfg.Duration, scfg.HistoryDays = 5, 48*time.Hour, 3
+	scfg.Start = time.Now().UTC().Add(-60 * time.Hour).Truncate(time.Hour)
+	g := sim.New(scfg)
+	var in bytes.Buffer
+	for {
+		it, ok := g.Next()
+		if !ok {
+			break
+		}
+		b, _ := event.Marshal(&it.Event)
+		in.Write(append(b, '\n'))
+	}
+	cfg := config.Default()
+	cfg.ClickHouse.Addr = s.Addr
+	set, _ := rules.Load(nil)
+	out := t.TempDir()
+	sum, err := app.Replay(cfg, set, &in, out, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	decisions := strings.Count(readFile(t, filepath.Join(out, "decisions.ndjson")), "\n")
+	got := query(t, s, "SELECT (SELECT count() FROM walletguard.events FINAL) AS events, (SELECT uniqExact(event_id) FROM walletguard.events) AS event_ids, "+
+		"(SELECT count() FROM walletguard.decisions FINAL) AS decisions, (SELECT uniqExact(decision_id) FROM walletguard.decisions) AS decision_ids")
+	want := []string{strconv.Itoa(sum.Events), strconv.Itoa(sum.Events), strconv.Itoa(decisions), strconv.Itoa(decisions)}
+	if strings.Join(got.rows[0], " ") != strings.Join(want, " ") {
+		t.Fatalf("ClickHouse holds %v (events, ids, decisions, ids); the replay had %v", got.rows[0], want)
+	}
+
+	// Support unfreezes one automatically frozen account: a false positive.
+	frozen := query(t, s, "SELECT account_id, decision_id FROM walletguard.actions FINAL WHERE action = 'freeze' AND origin = 'auto' ORDER BY account_id LIMIT 1")
+	if len(frozen.rows) == 0 {
+		t.Fatal("the replay froze nobody; the traffic holds takeovers")
+	}
+	w, err := store.Open(store.Config{Addr: s.Addr, Database: "walletguard", Username: "default", SpoolDir: t.TempDir()}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := enforce.AuditEntry{At: time.Now(), Action: "unfreeze", Origin: "manual", Actor: "support desk", AccountID: frozen.rows[0][0], Reason: "owner verified"}
+	w.Add(store.Batch{Actions: []store.ActionRow{store.NewActionRow(&e, time.Now())}})
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	unfrozenRule := query(t, s, "SELECT rule_ids, rule_actions, rule_scores FROM walletguard.decisions FINAL WHERE decision_id = '"+frozen.rows[0][1]+"'")
+
+	labels := g.Labels()
+	count := func(kind string) int {
+		n := 0
+		for _, l := range labels {
+			if l.Kind == kind {
+				n++
+			}
+		}
+		return n
+	}
+	stuffingIP := ""
+	for _, l := range labels {
+		if l.Kind == sim.KindStuffing {
+			stuffingIP = l.IP
+		}
+	}
+	pack := map[string]func(tb table){
+		"stuck_retries_by_merchant.sql": func(tb table) {
+			total := 0.0
+			for _, r := range tb.rows {
+				total += num(r[tb.col("stuck_payments")])
+				switch c := r[tb.col("cause")]; c {
+				case "network", "balance", "verification", "app", "merchant", "limit":
+				default:
+					t.Errorf("stuck payments with cause %q", c)
+				}
+			}
+			if int(total) < count(sim.KindStuckRetry) {
+				t.Errorf("%v stuck payments, the traffic holds %d", total, count(sim.KindStuckRetry))
+			}
+		},
+		"rule_freeze_outcomes.sql": func(tb table) {
+			frozenSum, unfrozen := 0.0, 0.0
+			for _, r := range tb.rows {
+				frozenSum += num(r[tb.col("frozen")])
+				unfrozen += num(r[tb.col("unfrozen_by_support")])
+			}
+			if frozenSum < float64(count(sim.KindTakeover)) || unfrozen != 1 {
+				t.Errorf("freezes %v (takeovers %d), unfrozen by support %v (want 1); decision of the unfrozen account: %v\n%v",
+					frozenSum, count(sim.KindTakeover), unfrozen, unfrozenRule.rows, tb.rows)
+			}
+		},
+		"takeover_time_to_freeze.sql": func(tb table) {
+			if len(tb.rows) < count(sim.KindTakeover) {
+				t.Errorf("%d accounts with a time to freeze; %d takeovers", len(tb.rows), count(sim.KindTakeover))
+			}
+			for _, r := range tb.rows {
+				if m := num(r[tb.col("minutes_to_freeze")]); m < 0 || m > 24*60 {
+					t.Errorf("time to freeze %v min for %s", m, r[0])
+				}
+			}
+		},
+		"risky_ips_and_devices.sql": func(tb table) {
+			if len(tb.rows) == 0 || tb.rows[0][tb.col("id")] != stuffingIP {
+				t.Errorf("the stuffing IP %s is not the riskiest: %v", stuffingIP, tb.rows)
+			}
+		},
+		"alerts_by_category.sql": func(tb table) {
+			cats := map[string]float64{}
+			for _, r := range tb.rows {
+				cats[r[tb.col("category")]] = num(r[tb.col("alerts")])
+			}
+			for _, c := range []string{"theft", "stuck_retry", "merchant_outage", "credential_stuffing"} {
+				if cats[c] == 0 {
+					t.Errorf("no %s alerts in %v", c, cats)
+				}
+			}
+		},
+	}
+	files, _ := filepath.Glob("../deploy/clickhouse/queries/*.sql")
+	if len(files) != len(pack) {
+		t.Errorf("%d queries in the pack, %d checked here", len(files), len(pack))
+	}
+	for _, f := range files {
+		check := pack[filepath.Base(f)]
+		if check == nil {
+			t.Errorf("query %s has no check", f)
+			continue
+		}
+		tb := query(t, s, strings.TrimRight(strings.TrimSpace(readFile(t, f)), ";"))
+		t.Logf("%s: %d rows, first %v", filepath.Base(f), len(tb.rows), first(tb.rows))
+		check(tb)
+	}
+}
+
+func first(rows [][]string) []string {
+	if len(rows) == 0 {
+		return nil
+	}
+	return rows[0]
+}
+
+func readFile(t *testing.T, name string) string {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,107 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/store/chserver"
+)
+
+func eventRows(from, n int) Batch {
+	var b Batch
+	now := time.Now()
+	for i := from; i < from+n; i++ {
+		ev := event.Event{EventID: fmt.Sprintf("ev-%d", i), Type: event.TypeTransaction, TS: time.Date(2026, 11, 20, 10, 0, i%60, 0, time.UTC),
+			AccountID: fmt.Sprintf("acc-%d", i%50), Kind: "payment", Amount: int64(i * 100), Currency: "IDR", Status: "success", BalanceAfter: -1}
+		b.Events = append(b.Events, NewEventRow(&ev, []byte(`{"event_id":"`+ev.EventID+`"}`), now))
+		d := detector.Decision{DecisionID: fmt.Sprintf("dec-%d", i), EventID: ev.EventID, AccountID: ev.AccountID, TS: ev.TS, Score: i % 100,
+			Action: "allow", Trigger: "event", Rules: []detector.Hit{{ID: "r1", Score: 10, Reason: "because"}}}
+		b.Decisions = append(b.Decisions, NewDecisionRow(&d, now))
+	}
+	return b
+}
+
+func counts(t *testing.T, s *chserver.Server) string {
+	t.Helper()
+	out, err := s.Query(context.Background(), `SELECT count(), uniqExact(event_id) FROM walletguard.events FINAL;
+SELECT count(), uniqExact(decision_id) FROM walletguard.decisions FINAL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(strings.Fields(out), " ")
+}
+
+// TestWriterSurvivesAClickHouseOutage: rows written while ClickHouse is
+// stopped spool locally and land once it is back; nothing lost, nothing twice.
+func TestWriterSurvivesAClickHouseOutage(t *testing.T) {
+	s := chserver.Start(t)
+	w, err := Open(Config{Addr: s.Addr, Database: "walletguard", Username: "default", SpoolDir: t.TempDir(), BatchRows: 500,
+		FlushEvery: 100 * time.Millisecond, WriteTimeout: 3 * time.Second}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	w.Add(eventRows(0, 1000))
+	if err := w.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counts(t, s); got != "1000 1000 1000 1000" {
+		t.Fatalf("after the first batch: %s", got)
+	}
+	s.Stop()
+	w.Add(eventRows(1000, 1000))
+	if err := w.Sync(ctx); err != nil {
+		t.Fatalf("with ClickHouse down, rows must spool, not fail: %v", err)
+	}
+	if w.SpoolBytes() == 0 || w.LastError() == "" {
+		t.Fatalf("spool %d bytes, last error %q", w.SpoolBytes(), w.LastError())
+	}
+	w.Add(eventRows(1500, 1000)) // overlaps: 500 rows written twice
+	w.Sync(ctx)
+	s.Restart()
+	deadline := time.Now().Add(30 * time.Second)
+	for w.SpoolBytes() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("spool not drained 30s after ClickHouse came back: %d bytes, %s", w.SpoolBytes(), w.LastError())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := counts(t, s); got != "2500 2500 2500 2500" {
+		t.Errorf("after the outage: %s, want 2500 distinct events and decisions, each once", got)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestMigrateIsIdempotentAndVersioned(t *testing.T) {
+	s := chserver.Start(t)
+	w, err := Open(Config{Addr: s.Addr, Database: "wg2", Username: "default", SpoolDir: t.TempDir()}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	w.Add(eventRows(0, 1))
+	if err := w.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	applied, err := Migrate(ctx, w.conn, "wg2")
+	if err != nil || len(applied) != 0 {
+		t.Errorf("second migration applied %v, %v; want nothing", applied, err)
+	}
+	out, _ := s.Query(ctx, "SELECT version, name FROM wg2.schema_migrations ORDER BY version; SHOW TABLES FROM wg2")
+	for _, want := range []string{"1\tevents, decisions, actions, alerts", "actions", "alerts", "decisions", "events"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("schema lacks %q:\n%s", want, out)
+		}
+	}
+	w.Close(ctx)
+}
