@@ -59,9 +59,9 @@ type App struct {
 	sink     *store.Writer // nil without clickhouse.addr
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
-	tpl      *alerts.Templates
-	alertQ   alertQueue            // alert records waiting for the next checkpoint to enter the outbox
-	rates    map[string]rateWindow // per receiver; touched under procMu
+	tpl          *alerts.Templates
+	alertQ       alertQueue            // alert records waiting for the next checkpoint to enter the outbox
+	rates        map[string]rateWindow // per receiver; touched under procMu
 	// deliveryBackoff is the first retry delay of alert delivery;
 	// digestEvery how often rate-limited receivers get their digest.
 	deliveryBackoff, digestEvery time.Duration

@@ -32,8 +32,8 @@ type ReplaySummary struct {
 	Commands, Alerts                    int
 	Elapsed                             time.Duration
 	// ClickHouse is set when the replay also wrote to clickhouse.addr.
-	ClickHouse string
-	RulesetVersion                      string
+	ClickHouse     string
+	RulesetVersion string
 }
 
 // PlannerConfig is the enforcement part of cfg, without the secret-sealing
