@@ -62,6 +62,8 @@ type Backend interface {
 	// AlertLifecycle acknowledges (verb "ack") or resolves an alert.
 	AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error)
 	DeadAlerts(limit int) []outbox.Item
+	// LogLevel is the process's switchable level, nil if fixed.
+	LogLevel() *slog.LevelVar
 }
 
 // maxBody bounds request bodies: the largest legitimate one is an event.
@@ -103,6 +105,8 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.alertLifecycle("ack"), "support"))
 	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.alertLifecycle("resolve"), "support"))
 	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
+	mux.HandleFunc("GET /v1/log/level", s.auth(s.getLogLevel))
+	mux.HandleFunc("PUT /v1/log/level", s.auth(s.setLogLevel))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
 	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
 	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.resetBreaker))
@@ -417,6 +421,41 @@ func (s *server) deadAlerts(w http.ResponseWriter, r *http.Request) {
 		items = []outbox.Item{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"dead_letters": items})
+}
+
+func (s *server) getLogLevel(w http.ResponseWriter, _ *http.Request) {
+	lv := s.b.LogLevel()
+	if lv == nil {
+		writeErr(w, http.StatusNotImplemented, "the log level of this process is fixed")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"level": strings.ToLower(lv.Level().String())})
+}
+
+// setLogLevel switches the level at runtime (admin): {"level": "debug"}.
+func (s *server) setLogLevel(w http.ResponseWriter, r *http.Request) {
+	lv := s.b.LogLevel()
+	if lv == nil {
+		writeErr(w, http.StatusNotImplemented, "the log level of this process is fixed")
+		return
+	}
+	var body struct {
+		Level string `json:"level"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		writeErr(w, http.StatusBadRequest, "body: "+err.Error())
+		return
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(body.Level)); err != nil {
+		writeErr(w, http.StatusBadRequest, "level: want debug, info, warn or error")
+		return
+	}
+	old := lv.Level()
+	lv.Set(l)
+	actor, _ := r.Context().Value(ctxActor{}).(string)
+	s.log.Warn("log level changed", "from", old.String(), "to", l.String(), "by", actor)
+	writeJSON(w, http.StatusOK, map[string]string{"level": strings.ToLower(l.String())})
 }
 
 func (s *server) audit(w http.ResponseWriter, r *http.Request) {

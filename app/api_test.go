@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -74,5 +75,30 @@ func TestAPIRolesAndScoring(t *testing.T) {
 	}
 	if code, _ := call(t, addr, "GET", "/v1/nope", "viewer-token", ""); code != 404 {
 		t.Errorf("unknown endpoint: %d", code)
+	}
+}
+
+// TestLogLevelSwitchesAtRuntime: an admin turns debug logging on and off
+// without a restart; others may not.
+func TestLogLevelSwitchesAtRuntime(t *testing.T) {
+	lv := new(slog.LevelVar)
+	cfg := testConfig(t, t.TempDir())
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: lv})), Options{LogLevel: lv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, a)
+	addr := r.app.HTTPAddr()
+	if code, _ := call(t, addr, "PUT", "/v1/log/level", "viewer-token", `{"level":"debug"}`); code != 403 {
+		t.Errorf("viewer switching the log level: %d", code)
+	}
+	if code, m := call(t, addr, "PUT", "/v1/log/level", "admin-token", `{"level":"debug"}`); code != 200 || m["level"] != "debug" || lv.Level() != slog.LevelDebug {
+		t.Errorf("admin to debug: %d %v, level now %v", code, m, lv.Level())
+	}
+	if code, _ := call(t, addr, "PUT", "/v1/log/level", "admin-token", `{"level":"loud"}`); code != 400 {
+		t.Errorf("unknown level: %d", code)
+	}
+	if _, m := call(t, addr, "GET", "/v1/log/level", "admin-token", ""); m["level"] != "debug" {
+		t.Errorf("GET level: %v", m)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +59,7 @@ type App struct {
 	box      *outbox.Box
 	dlv      *deliveryMetrics
 	sink     *store.Writer // nil without clickhouse.addr
+	logLevel *slog.LevelVar
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
 	tpl          *alerts.Templates
@@ -125,6 +128,10 @@ type Options struct {
 	Observer func(Outputs)
 	// DeliveryBackoff and DigestEvery shorten alert delivery's timings (tests).
 	DeliveryBackoff, DigestEvery time.Duration
+	// LogLevel, if set, is switchable at runtime through PUT /v1/log/level.
+	LogLevel *slog.LevelVar
+	// Version is the build's version for walletguard_build_info.
+	Version string
 }
 
 // New builds the daemon from a validated config. Nothing runs until Run.
@@ -138,6 +145,8 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		}
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(a.reg, cmp.Or(opts.Version, "dev"))
+	a.logLevel = opts.LogLevel
 	a.imet = ingest.NewMetrics(a.reg)
 	a.dmet = detector.NewMetrics(a.reg)
 	a.amet = newAppMetrics(a.reg)
@@ -588,4 +597,20 @@ func (a *App) ready() (bool, string) {
 		return false, "checkpoints failing: " + e
 	}
 	return true, ""
+}
+
+// registerBuildInfo exports walletguard_build_info{version, revision, go_version}.
+func registerBuildInfo(reg prometheus.Registerer, version string) {
+	rev, goVersion := "unknown", runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "walletguard_build_info", Help: "Build of the running walletguard (always 1).",
+		ConstLabels: prometheus.Labels{"version": version, "revision": rev, "go_version": goVersion}})
+	g.Set(1)
+	reg.MustRegister(g)
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -239,3 +240,5 @@ func (b backend) AlertLifecycle(id, actor, verb, note string) (alerts.Alert, err
 }
 
 func (b backend) DeadAlerts(limit int) []outbox.Item { return b.a.deadAlerts(limit) }
+
+func (b backend) LogLevel() *slog.LevelVar { return b.a.logLevel }

@@ -28,8 +28,8 @@ func cmdRun(args []string) int {
 	if format == "" {
 		format = "json"
 	}
-	log := newLogger(format, cfg.Log.Level)
-	a, err := app.New(cfg, log, app.Options{})
+	log, level := newLoggerVar(format, cfg.Log.Level)
+	a, err := app.New(cfg, log, app.Options{LogLevel: level, Version: version})
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
