@@ -130,6 +130,13 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 			}
 		}
 	}
+	// Other findings about an account that is being taken over are part of
+	// the takeover: one alert for the incident, not one per category.
+	if h.Category != "theft" && h.Category != "stuck_retry" && strings.HasPrefix(h.Group, "account:") {
+		if t := m.open["theft|"+h.Group]; t != nil && t.Status != "resolved" && d.TS.Sub(t.UpdatedAt) < quietAfter {
+			return m.update(t, d, h, out)
+		}
+	}
 	key := h.Category + "|" + h.Group
 	a := m.open[key]
 	if a != nil && d.TS.Sub(a.UpdatedAt) >= quietAfter {
@@ -139,7 +146,7 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	if a == nil {
 		a = m.create(key, d, h)
 		out = append(out, a.copy())
-		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" {
+		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" || a.Category == "theft" {
 			out = m.groupUnder(a, out)
 		}
 		return out
@@ -178,17 +185,26 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 	return append(out, a.copy())
 }
 
-// groupUnder folds open stuck-payment alerts into a new merchant-outage or
-// app-fault alert: the first users' payments got stuck before the outage was
-// recognised, and support should handle the merchant or release once.
+// groupUnder folds open alerts into a new incident alert: stuck payments
+// into a merchant outage or app fault (the first users' payments got stuck
+// before the outage was recognised, and support should handle the merchant
+// or release once), an account's other findings into its takeover.
 func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 	keys := make([]string, 0, 4)
 	for key, a := range m.open {
-		if a.Category != "stuck_retry" || a.Status != "open" || outage.CreatedAt.Sub(a.UpdatedAt) >= time.Hour {
+		if a == outage || a.Status != "open" {
 			continue
 		}
-		if outage.AppVersion != "" && a.AppVersion == outage.AppVersion && a.Cause == "app" ||
-			outage.AppVersion == "" && a.MerchantID == outage.MerchantID {
+		switch {
+		case outage.Category == "theft":
+			// A takeover recognised after earlier findings on the account
+			// (a new device, an odd amount) takes them in.
+			if a.AccountID == outage.AccountID && a.Category != "stuck_retry" && outage.CreatedAt.Sub(a.UpdatedAt) < quietAfter {
+				keys = append(keys, key)
+			}
+		case a.Category != "stuck_retry" || outage.CreatedAt.Sub(a.UpdatedAt) >= time.Hour:
+		case outage.AppVersion != "" && a.AppVersion == outage.AppVersion && a.Cause == "app",
+			outage.AppVersion == "" && a.MerchantID == outage.MerchantID:
 			keys = append(keys, key)
 		}
 	}

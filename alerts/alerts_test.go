@@ -124,3 +124,38 @@ func TestFreezeMakesTheAlertCritical(t *testing.T) {
 		t.Fatalf("%+v", out)
 	}
 }
+
+// TestTakeoverIsOneAlert: the findings on an account being taken over —
+// before and after the theft rule fires — make one alert, not one per
+// category.
+func TestTakeoverIsOneAlert(t *testing.T) {
+	m := NewManager()
+	hit := func(id, cat, sev string, at time.Duration, action string) detector.Decision {
+		return detector.Decision{DecisionID: "d-" + id, AccountID: "acc-3", TS: t0.Add(at), Action: action,
+			Rules: []detector.Hit{{ID: id, Category: cat, Severity: sev, Group: "account:acc-3", Reason: id + " fired"}}}
+	}
+	var out []Alert
+	for _, d := range []detector.Decision{
+		hit("impossible_travel", "impossible_travel", "high", 0, "review"),
+		hit("payee_added_from_new_device", "theft", "medium", 5*time.Minute, "step_up"),
+		hit("amount_far_above_habit", "abnormal", "low", 8*time.Minute, "freeze"),
+	} {
+		out = m.Observe(&d, out)
+	}
+	open := m.Open()
+	if len(open) != 1 || open[0].Category != "theft" || open[0].Count != 2 {
+		t.Fatalf("want one theft alert holding the later finding, got %+v", open)
+	}
+	grouped := 0
+	for _, a := range m.All() {
+		if a.Status == "grouped" {
+			grouped++
+			if a.GroupedUnder != open[0].AlertID || a.Category != "impossible_travel" {
+				t.Errorf("grouped %+v", a)
+			}
+		}
+	}
+	if grouped != 1 {
+		t.Errorf("%d earlier alerts grouped under the takeover, want 1", grouped)
+	}
+}

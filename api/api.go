@@ -22,6 +22,7 @@ import (
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/console"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
@@ -36,9 +37,62 @@ type Account struct {
 	FrozenReason    string               `json:"frozen_reason"`
 	StepUpRequired  bool                 `json:"step_up_required"`
 	RiskScore       int                  `json:"risk_score"`
-	RecentDecisions []detector.Decision  `json:"recent_decisions"`
+	RecentDecisions []TimelineEntry      `json:"recent_decisions"`
 	RecentActions   []enforce.AuditEntry `json:"recent_actions"`
 	State           *enforce.State       `json:"state,omitempty"`
+}
+
+// TimelineEntry is a decision with the event behind it, briefly.
+type TimelineEntry struct {
+	detector.Decision
+	Event *EventBrief `json:"event,omitempty"`
+}
+
+// EventBrief is what a support agent needs of an event on a timeline.
+type EventBrief struct {
+	Type           string `json:"type"`
+	Kind           string `json:"kind,omitempty"`
+	Result         string `json:"result,omitempty"`
+	Status         string `json:"status,omitempty"`
+	Change         string `json:"change,omitempty"`
+	Amount         int64  `json:"amount,omitempty"`
+	Currency       string `json:"currency,omitempty"`
+	MerchantID     string `json:"merchant_id,omitempty"`
+	CounterpartyID string `json:"counterparty_id,omitempty"`
+	PaymentID      string `json:"payment_id,omitempty"`
+	ErrorCode      string `json:"error_code,omitempty"`
+	DeviceID       string `json:"device_id,omitempty"`
+	IP             string `json:"ip,omitempty"`
+	Country        string `json:"country,omitempty"`
+}
+
+// Brief makes the timeline view of an event.
+func Brief(ev *event.Event) *EventBrief {
+	return &EventBrief{Type: ev.Type.String(), Kind: ev.Kind, Result: ev.Result, Status: ev.Status, Change: ev.Change,
+		Amount: ev.Amount, Currency: ev.Currency, MerchantID: ev.MerchantID, CounterpartyID: ev.CounterpartyID,
+		PaymentID: ev.PaymentID, ErrorCode: ev.ErrorCode, DeviceID: ev.DeviceID, IP: ev.IP, Country: ev.Country()}
+}
+
+// Stats is the last hour, per minute, for the console's overview.
+type Stats struct {
+	Minutes []MinuteStats `json:"minutes"`
+	// TopRules are the rules that fired in the last hour, most first.
+	TopRules      []RuleHits            `json:"top_rules"`
+	RuleHitsTotal map[string]int        `json:"rule_hits_total"`
+	Breaker       enforce.BreakerStatus `json:"breaker"`
+}
+
+// MinuteStats counts one wall-clock minute.
+type MinuteStats struct {
+	T         time.Time      `json:"t"`
+	Events    int            `json:"events"`
+	Decisions map[string]int `json:"decisions"`
+}
+
+// RuleHits is a rule and how often it fired.
+type RuleHits struct {
+	ID   string `json:"id"`
+	Hits int    `json:"hits"`
 }
 
 // Backend is what the API needs from the daemon.
@@ -64,6 +118,7 @@ type Backend interface {
 	DeadAlerts(limit int) []outbox.Item
 	// LogLevel is the process's switchable level, nil if fixed.
 	LogLevel() *slog.LevelVar
+	Stats() Stats
 }
 
 // maxBody bounds request bodies: the largest legitimate one is an event.
@@ -91,6 +146,13 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 		writeJSON(w, http.StatusOK, map[string]any{"status": status, "freeze_breaker": br})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// The console is static; what it shows needs a token like any client.
+	mux.Handle("GET /console/", console.Handler("/console/"))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/console/", http.StatusFound)
+	})
+	mux.HandleFunc("GET /v1/whoami", s.auth(s.whoami, "viewer", "support", "gateway"))
+	mux.HandleFunc("GET /v1/stats", s.auth(s.stats, "viewer", "support"))
 	mux.HandleFunc("GET /v1/accounts/{id}", s.auth(s.account, "viewer", "gateway", "support"))
 	mux.HandleFunc("GET /v1/decisions", s.auth(s.decisions, "viewer", "support"))
 	mux.HandleFunc("GET /v1/alerts", s.auth(s.alerts, "viewer", "support"))
@@ -122,7 +184,10 @@ type server struct {
 	log    *slog.Logger
 }
 
-type ctxActor struct{}
+type (
+	ctxActor struct{}
+	ctxRole  struct{}
+)
 
 // auth checks the bearer token; admin may do everything, other roles only
 // what the route lists. The handler finds who called in the context.
@@ -154,7 +219,8 @@ func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 			name = role + " token"
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		h(w, r.WithContext(context.WithValue(r.Context(), ctxActor{}, name)))
+		ctx := context.WithValue(r.Context(), ctxActor{}, name)
+		h(w, r.WithContext(context.WithValue(ctx, ctxRole{}, role)))
 	}
 }
 
@@ -421,6 +487,16 @@ func (s *server) deadAlerts(w http.ResponseWriter, r *http.Request) {
 		items = []outbox.Item{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"dead_letters": items})
+}
+
+func (s *server) whoami(w http.ResponseWriter, r *http.Request) {
+	name, _ := r.Context().Value(ctxActor{}).(string)
+	role, _ := r.Context().Value(ctxRole{}).(string)
+	writeJSON(w, http.StatusOK, map[string]string{"name": name, "role": role})
+}
+
+func (s *server) stats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.b.Stats())
 }
 
 func (s *server) getLogLevel(w http.ResponseWriter, _ *http.Request) {

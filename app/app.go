@@ -71,6 +71,7 @@ type App struct {
 	http                         *http.Server
 	httpLn                       net.Listener
 	recent                       *recentDecisions
+	stats                        minuteStats
 	scores                       scoreQueue
 	resumed                      detector.Offsets // offsets of the restored checkpoint
 	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
@@ -366,7 +367,6 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if a.observer != nil {
 			a.observer(out)
 		}
-		a.recent.add(out.Decisions)
 		msgs, arrived = msgs[:0], arrived[:0]
 		out.Reset()
 	}
@@ -504,6 +504,8 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 		return
 	}
 	a.toSink(&rec.Event, rec.Value, out.Decisions[nd:], out.Alerts[na:], nil)
+	a.recent.add(out.Decisions[nd:], &rec.Event)
+	a.stats.add(rec.Arrived, 1, out.Decisions[nd:])
 }
 
 // appendOutputs renders decisions and commands as Kafka records.

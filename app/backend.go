@@ -29,9 +29,9 @@ func (b backend) Account(id string) api.Account {
 	b.a.procMu.Unlock()
 	acc := api.Account{AccountID: id, Frozen: st.Frozen, FrozenReason: st.FrozenReason, StepUpRequired: st.StepUp,
 		RiskScore: st.LastRiskScore, State: &st}
-	acc.RecentDecisions = b.Decisions(id, 20)
+	acc.RecentDecisions = b.timeline(id, 50)
 	if acc.RecentDecisions == nil {
-		acc.RecentDecisions = []detector.Decision{}
+		acc.RecentDecisions = []api.TimelineEntry{}
 	}
 	acc.RecentActions, _ = b.Audit(id, 20)
 	if acc.RecentActions == nil {
@@ -41,7 +41,21 @@ func (b backend) Account(id string) api.Account {
 }
 
 func (b backend) Decisions(accountID string, limit int) []detector.Decision {
+	var out []detector.Decision
+	for _, e := range b.timeline(accountID, limit) {
+		out = append(out, e.Decision)
+	}
+	return out
+}
+
+func (b backend) timeline(accountID string, limit int) []api.TimelineEntry {
 	return b.a.recent.list(limit, func(d *detector.Decision) bool { return accountID == "" || d.AccountID == accountID })
+}
+
+func (b backend) Stats() api.Stats {
+	st := b.a.stats.snapshot(time.Now())
+	st.Breaker = b.Breaker()
+	return st
 }
 
 // Alerts lists alerts by status: "" is the support queue (open and
@@ -85,7 +99,8 @@ func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 		return detector.Decision{}, &api.DuplicateError{EventID: ev.EventID}
 	}
 	b.a.scores.add(b.a.appendOutputs(nil, &out))
-	b.a.recent.add(out.Decisions)
+	b.a.recent.add(out.Decisions, ev)
+	b.a.stats.add(time.Now(), 1, out.Decisions)
 	return out.Decisions[0], nil
 }
 
@@ -216,8 +231,16 @@ func (b backend) ResetBreaker(actor, reason string) (enforce.BreakerStatus, erro
 	return b.a.proc.Planner.Breaker(), nil
 }
 
+// Audit lists the trail newest first: automatic actions the next
+// checkpoint will save, then what is stored.
 func (b backend) Audit(account string, limit int) ([]enforce.AuditEntry, error) {
-	return enforce.ListAudit(b.a.store.DB(), account, limit)
+	b.a.procMu.Lock()
+	pending := b.a.proc.Planner.PendingAudit(account)
+	b.a.procMu.Unlock()
+	stored, err := enforce.ListAudit(b.a.store.DB(), account, limit)
+	out := append(pending, stored...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].At.After(out[j].At) })
+	return out[:min(len(out), limit)], err
 }
 
 func (b backend) AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error) {

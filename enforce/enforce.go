@@ -215,6 +215,18 @@ func (p *Planner) note(e AuditEntry) {
 	p.fresh = append(p.fresh, e)
 }
 
+// PendingAudit returns the automatic actions not yet saved (the next
+// checkpoint saves them), newest first, of one account (all for "").
+func (p *Planner) PendingAudit(account string) []AuditEntry {
+	var out []AuditEntry
+	for i := len(p.audit) - 1; i >= 0; i-- {
+		if account == "" || p.audit[i].AccountID == account {
+			out = append(out, p.audit[i])
+		}
+	}
+	return out
+}
+
 // TakeAudit returns the automatic actions recorded since the last call.
 func (p *Planner) TakeAudit() []AuditEntry {
 	f := p.fresh

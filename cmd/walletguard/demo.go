@@ -51,6 +51,10 @@ func cmdDemo(args []string) int {
 	if key, _ := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv); key == nil {
 		// The demo seals TOTP secrets with a key of its own, kept beside its state.
 		keyFile := filepath.Join(cfg.DataDir, "totp-demo.key")
+		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+			return 1
+		}
 		if _, err := os.Stat(keyFile); err != nil {
 			if err := os.WriteFile(keyFile, []byte(enforce.NewKey()+"\n"), 0o600); err != nil {
 				fmt.Fprintf(os.Stderr, "demo: %v\n", err)
@@ -84,12 +88,14 @@ func cmdDemo(args []string) int {
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
-	fmt.Printf("walletguard demo\n  Kafka (embedded, for development: data not yet flushed is lost if the process dies): %s   topics: %s\n  API: http://%s  (token %q)  metrics: http://%s/metrics\n  state: %s\n  Ctrl-C to stop.\n\n",
-		a.BrokerAddr(), strings.Join(cfg.Kafka.Topics, ","), a.HTTPAddr(), firstToken(cfg), a.HTTPAddr(), cfg.DataDir)
+	fmt.Printf("walletguard demo\n  support console: http://%s/console/  (sign in with token %q)\n  Kafka (embedded, for development: data not yet flushed is lost if the process dies): %s   topics: %s\n  API: http://%s  metrics: http://%s/metrics\n  state: %s\n  Ctrl-C to stop.\n\n",
+		a.HTTPAddr(), firstToken(cfg), a.BrokerAddr(), strings.Join(cfg.Kafka.Topics, ","), a.HTTPAddr(), a.HTTPAddr(), cfg.DataDir)
 
 	scfg := sim.DefaultConfig(*accounts)
 	scfg.Seed, scfg.Duration, scfg.InvalidRate = *seed, time.Duration(*days*24*float64(time.Hour)), 0.0005
-	scfg.Start = time.Now().UTC().Add(-scfg.Duration).Truncate(time.Hour)
+	// Incidents may run a few hours past the period (a thief waits for a
+	// top-up): start early enough that the traffic ends about now.
+	scfg.Start = time.Now().UTC().Add(-scfg.Duration - 6*time.Hour).Truncate(time.Hour)
 	gen := sim.New(scfg)
 	produced := make(chan int, 1)
 	go func() { produced <- produce(ctx, a.BrokerAddr(), cfg.Kafka.Topics[0], gen, *rate) }()

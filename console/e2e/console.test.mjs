@@ -1,0 +1,98 @@
+// End-to-end test of the support console in headless Chromium (Debian's
+// /usr/bin/chromium driven by playwright-core), against a running
+// `walletguard demo`: sign in, see a theft alert, open the account, see the
+// takeover chain, unfreeze with a reason, see the audit entry.
+//   WG_URL=http://127.0.0.1:8080/console/ WG_TOKEN=change-me node console.test.mjs
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const url = process.env.WG_URL, tok = process.env.WG_TOKEN;
+const shots = process.env.WG_SCREENSHOTS || "screenshots";
+if (!url || !tok) {
+  console.error("set WG_URL and WG_TOKEN");
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failed = false;
+const check = (ok, what) => {
+  console.log((ok ? "ok   " : "FAIL ") + what);
+  if (!ok) failed = true;
+};
+try {
+  const page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
+  const external = [];
+  page.on("request", (r) => { if (!r.url().startsWith(new URL(url).origin)) external.push(r.url()); });
+
+  await page.goto(url);
+  await page.fill("#token", "wrong-token");
+  await page.click("#signin-form button");
+  await page.waitForSelector("#signin-error:has-text('refused')");
+  check(true, "a wrong token is refused");
+  await page.fill("#token", tok);
+  await page.click("#signin-form button");
+  await page.waitForSelector("#who:has-text('(admin)')");
+  check(await page.evaluate(() => Object.keys(localStorage).length === 0 && sessionStorage.length === 1), "only the token is stored, in session storage");
+
+  // A takeover the demo froze shows up in the queue.
+  // Critical: the account was frozen (a freeze makes a theft alert critical).
+  const row = page.locator("#alerts-table tr[data-category='theft']").filter({ has: page.locator(".sev.critical") }).first();
+  await row.waitFor({ timeout: 90000 });
+  check(true, "a critical theft alert is in the queue");
+  await page.screenshot({ path: `${shots}/alerts.png`, fullPage: false });
+  const firstSev = await page.locator("#alerts-table tbody tr .sev").first().textContent();
+  check(firstSev.trim() === "critical", "the most severe alerts come first");
+
+  const account = (await row.locator("td:nth-child(3) a").textContent()).trim();
+  await row.locator("td:nth-child(3) a").click();
+  await page.waitForSelector("#frozen-flag:has-text('FROZEN')");
+  check(true, `account ${account} shows as frozen`);
+  const chain = await page.locator("#timeline li.chain").count();
+  check(chain >= 2, `the takeover chain is highlighted (${chain} entries)`);
+  await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
+
+  // Unfreezing needs a reason.
+  await page.click("#btn-unfreeze");
+  check((await page.textContent("#act-result")).includes("reason"), "unfreeze without a reason is refused");
+  await page.fill("#act-reason", "owner verified by video call; password reset (e2e)");
+  await page.click("#btn-unfreeze");
+  await page.waitForSelector("#frozen-flag:has-text('not frozen')");
+  const audit = await page.locator("#audit-table tbody tr").first().textContent();
+  check(audit.includes("unfreeze") && audit.includes("manual") && audit.includes("owner verified by video call"), "the unfreeze is in the audit trail: " + audit.trim());
+  await page.screenshot({ path: `${shots}/unfrozen.png`, fullPage: true });
+
+  await page.click("a[data-page='overview']");
+  await page.waitForSelector("#chart-events svg path");
+  const top = await page.locator("#top-rules li").count();
+  check(top > 0, `the overview shows top rules (${top})`);
+  check((await page.textContent("#breaker-state")).length > 0, "the overview shows the breaker state");
+  await page.screenshot({ path: `${shots}/overview.png` });
+
+  await page.click("a[data-page='rules']");
+  await page.waitForSelector("#rules-table tbody tr");
+  const rules = await page.locator("#rules-table tbody tr").count();
+  check(rules >= 20, `the rules page lists the loaded rules (${rules})`);
+  await page.screenshot({ path: `${shots}/rules.png` });
+
+  // Acknowledge an alert from the queue.
+  await page.click("a[data-page='alerts']");
+  const ack = page.locator("#alerts-table button[data-ack]").first();
+  await ack.waitFor();
+  const id = await ack.getAttribute("data-ack");
+  await ack.click();
+  await page.waitForSelector(`#alerts-table tr[data-alert='${id}'] .status:has-text('acknowledged')`);
+  check(true, "an alert is acknowledged with one click");
+  check(external.length === 0, "no request leaves the daemon: " + external.join(", "));
+} catch (e) {
+  console.log("FAIL " + e.message);
+  failed = true;
+  for (const p of browser.contexts().flatMap((c) => c.pages())) await p.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

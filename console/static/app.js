@@ -1,0 +1,229 @@
+// walletguard support console: a small page over the daemon's own API. The
+// bearer token lives in session storage only; nothing else is stored.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const sevRank = { critical: 4, high: 3, medium: 2, low: 1 };
+const colors = { allow: "#9aa3b2", review: "#b7791f", step_up: "#d9480f", freeze: "#b42318" };
+let timer = null;
+
+function token() { return sessionStorage.getItem("wg-token"); }
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: { "Authorization": "Bearer " + token(), "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* not JSON */ }
+  if (res.status === 401) { signOut(); throw new Error("token refused"); }
+  if (!res.ok) throw new Error((data && data.error) || res.status + " " + res.statusText);
+  return data;
+}
+
+function toast(msg) {
+  const t = $("#toast");
+  t.textContent = msg;
+  t.hidden = false;
+  clearTimeout(toast.h);
+  toast.h = setTimeout(() => { t.hidden = true; }, 5000);
+}
+
+function when(ts) {
+  if (!ts || ts.startsWith("0001") || ts.startsWith("1970")) return "";
+  return new Date(ts).toISOString().replace("T", " ").slice(0, 19) + "Z";
+}
+
+function signOut() {
+  sessionStorage.removeItem("wg-token");
+  show();
+}
+
+async function show() {
+  clearInterval(timer);
+  const signedIn = !!token();
+  $("#signin").hidden = signedIn;
+  $("#nav").hidden = !signedIn;
+  $("#signout").hidden = !signedIn;
+  document.querySelectorAll(".page").forEach((p) => { p.hidden = true; });
+  if (!signedIn) { $("#who").textContent = ""; $("#breaker").hidden = true; return; }
+  try {
+    const me = await api("GET", "/v1/whoami");
+    $("#who").textContent = me.name + " (" + me.role + ")";
+  } catch (e) { return; }
+  const [page, arg] = (location.hash.replace(/^#\//, "") || "alerts").split("/");
+  document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
+  const el = $("#page-" + page) || $("#page-alerts");
+  el.hidden = false;
+  const render = { alerts: renderAlerts, account: () => renderAccount(decodeURIComponent(arg || "")), overview: renderOverview, rules: renderRules }[page] || renderAlerts;
+  const tick = async () => { try { await render(); await renderBreakerBadge(); } catch (e) { toast(e.message); } };
+  await tick();
+  // Live: outages grow, alerts arrive. The account page only refreshes on demand.
+  if (page !== "account") timer = setInterval(tick, 3000);
+}
+
+async function renderBreakerBadge() {
+  const b = await api("GET", "/v1/enforce/breaker");
+  const badge = $("#breaker");
+  badge.hidden = !b.open;
+  badge.textContent = "Automatic freezing stopped (breaker open)";
+}
+
+// ---- alerts
+async function renderAlerts() {
+  const cat = $("#alert-category").value, status = $("#alert-status").value;
+  const q = new URLSearchParams();
+  if (status) q.set("status", status);
+  if (cat) q.set("category", cat);
+  const data = await api("GET", "/v1/alerts?" + q);
+  const all = await api("GET", "/v1/alerts?status=all");
+  const cats = [...new Set(all.alerts.map((a) => a.category))].sort();
+  const sel = $("#alert-category");
+  for (const c of cats) {
+    if (![...sel.options].some((o) => o.value === c)) sel.add(new Option(c, c));
+  }
+  const list = data.alerts.slice().sort((a, b) => (sevRank[b.severity] - sevRank[a.severity]) || (b.updated_at > a.updated_at ? 1 : -1));
+  const tb = $("#alerts-table tbody");
+  tb.innerHTML = list.map((a) => {
+    const subject = a.account_id ? `<a href="#/account/${encodeURIComponent(a.account_id)}">${esc(a.account_id)}</a>`
+      : a.app_version ? "app " + esc(a.app_version) : a.ip ? "IP " + esc(a.ip) : "merchant " + esc(a.merchant_id);
+    const buttons = a.status === "resolved" ? "" :
+      (a.status !== "acknowledged" ? `<button data-ack="${esc(a.alert_id)}">Acknowledge</button> ` : "") +
+      `<button data-resolve="${esc(a.alert_id)}">Resolve</button>`;
+    return `<tr data-alert="${esc(a.alert_id)}" data-category="${esc(a.category)}">
+      <td><span class="sev ${esc(a.severity)}">${esc(a.severity)}</span></td>
+      <td><strong>${esc(a.title)}</strong><div class="summary">${esc(a.summary)}</div></td>
+      <td>${subject}</td><td class="affected">${a.affected_accounts || ""}</td><td>${a.count}</td>
+      <td>${when(a.updated_at)}</td><td class="status">${esc(a.status)}${a.acknowledged_by ? "<div class=muted>by " + esc(a.acknowledged_by) + "</div>" : ""}</td>
+      <td>${buttons}</td></tr>`;
+  }).join("");
+  $("#alerts-empty").hidden = list.length > 0;
+  $("#alerts-updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+document.addEventListener("click", async (ev) => {
+  const t = ev.target;
+  if (t.dataset.ack || t.dataset.resolve) {
+    try {
+      if (t.dataset.ack) await api("POST", `/v1/alerts/${t.dataset.ack}/ack`, {});
+      else {
+        const note = prompt("Resolution (what was done):", "");
+        if (note === null) return;
+        await api("POST", `/v1/alerts/${t.dataset.resolve}/resolve`, { reason: note });
+      }
+      await renderAlerts();
+    } catch (e) { toast(e.message); }
+  }
+});
+
+// ---- account
+async function renderAccount(id) {
+  $("#account-id").value = id;
+  $("#account-view").hidden = !id;
+  if (!id) return;
+  const acc = await api("GET", "/v1/accounts/" + encodeURIComponent(id));
+  const st = acc.state || {};
+  $("#account-state").innerHTML = `<h2>${esc(acc.account_id)}</h2>
+    <p>${acc.frozen ? `<span class="state-frozen" id="frozen-flag">FROZEN</span> — ${esc(acc.frozen_reason)}<br><span class="muted">by ${esc(st.frozen_by)} at ${when(st.frozen_at)}</span>`
+      : `<span class="state-ok" id="frozen-flag">not frozen</span>`}</p>
+    <p>Second factor: ${acc.step_up_required ? "<strong>required</strong> — " + esc(st.step_up_reason) : "not required"}
+      · TOTP ${st.totp_enrolled ? "enrolled" : "not enrolled"}${st.totp_locked_at ? " · <strong>locked</strong>" : ""}</p>
+    <p>Risk score: <strong>${acc.risk_score}</strong></p>`;
+  $("#btn-freeze").hidden = acc.frozen;
+  $("#btn-unfreeze").hidden = !acc.frozen;
+  const chainCount = acc.recent_decisions.filter(isChain).length;
+  $("#timeline").innerHTML = acc.recent_decisions.map((d) => {
+    const chain = isChain(d);
+    const ev = d.event || {};
+    const what = [ev.type || d.event_type, ev.kind, ev.change, ev.result, ev.status].filter(Boolean).join(" · ");
+    const money = ev.amount ? ` ${(ev.amount / 100).toLocaleString()} ${esc(ev.currency)}` : "";
+    const to = ev.counterparty_id ? " → " + esc(ev.counterparty_id) : ev.merchant_id ? " @ " + esc(ev.merchant_id) : "";
+    const where = [ev.device_id && "device " + ev.device_id, ev.ip && "IP " + ev.ip, ev.country].filter(Boolean).map(esc).join(", ");
+    return `<li class="${chain ? "chain" : ""}">
+      <strong>${when(d.ts)}</strong> ${esc(what)}${money}${to} <span class="muted">${where}</span>
+      — <span class="sev ${d.action === "freeze" ? "critical" : d.action === "step_up" ? "high" : d.action === "review" ? "medium" : "low"}">${esc(d.action)} ${d.score}</span>
+      ${chain ? '<span class="tag">takeover chain</span>' : ""}${d.trigger === "timer" ? '<span class="muted"> (timer)</span>' : ""}
+      <ul class="rules">${d.rules.map((r) => `<li><code>${esc(r.id)}</code> +${r.score}: ${esc(r.reason)}</li>`).join("")}</ul></li>`;
+  }).join("") || "<li class=muted>No recent events that fired rules.</li>";
+  if (chainCount > 1) $("#timeline").insertAdjacentHTML("afterbegin", `<li class="chain"><strong>${chainCount} steps of a takeover chain</strong> are highlighted below.</li>`);
+  $("#audit-table tbody").innerHTML = acc.recent_actions.map((e) => `<tr><td>${when(e.at)}</td><td>${esc(e.action)}</td><td>${esc(e.origin)}</td>
+    <td>${esc(e.actor)}</td><td>${esc(e.reason)}</td><td>${esc(e.outcome)}</td></tr>`).join("");
+}
+
+function isChain(d) { return (d.rules || []).some((r) => r.category === "theft"); }
+
+$("#account-search").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  location.hash = "#/account/" + encodeURIComponent($("#account-id").value.trim());
+});
+
+async function act(kind) {
+  const id = $("#account-id").value.trim(), reason = $("#act-reason").value.trim();
+  if (!reason) { $("#act-result").textContent = "A reason is required."; return; }
+  try {
+    await api("POST", `/v1/accounts/${encodeURIComponent(id)}/${kind}`, { reason });
+    $("#act-result").textContent = kind === "unfreeze" ? "Unfrozen; the audit trail records it." : "Frozen.";
+    $("#act-reason").value = "";
+    await renderAccount(id);
+  } catch (e) { $("#act-result").textContent = e.message; }
+}
+$("#btn-freeze").addEventListener("click", () => act("freeze"));
+$("#btn-unfreeze").addEventListener("click", () => act("unfreeze"));
+
+// ---- overview
+function lineChart(el, series) {
+  const w = 600, h = 120, pad = 4;
+  const n = Math.max(...series.map((s) => s.values.length), 2);
+  const maxV = Math.max(1, ...series.flatMap((s) => s.values));
+  const path = (vals) => vals.map((v, i) => `${i ? "L" : "M"}${(pad + (i * (w - 2 * pad)) / (n - 1)).toFixed(1)},${(h - pad - (v / maxV) * (h - 2 * pad)).toFixed(1)}`).join("");
+  el.innerHTML = `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img">${series.map((s) =>
+    `<path d="${path(s.values)}" fill="none" stroke="${s.color}" stroke-width="2"/>`).join("")}</svg>`;
+}
+
+async function renderOverview() {
+  const s = await api("GET", "/v1/stats");
+  const m = s.minutes;
+  lineChart($("#chart-events"), [{ color: "#5b7db1", values: m.map((x) => x.events / 60) }]);
+  $("#events-now").textContent = (m.length ? (m[m.length - 1].events / 60).toFixed(1) : "0") + " events/s";
+  const actions = ["review", "step_up", "freeze"];
+  lineChart($("#chart-decisions"), actions.map((a) => ({ color: colors[a], values: m.map((x) => (x.decisions || {})[a] || 0) })));
+  $("#decisions-legend").innerHTML = actions.map((a) => `<li><i style="background:${colors[a]}"></i>${a}: ${m.reduce((t, x) => t + ((x.decisions || {})[a] || 0), 0)}</li>`).join("");
+  const top = s.top_rules.slice(0, 10), max = Math.max(1, ...top.map((r) => r.hits));
+  $("#top-rules").innerHTML = top.map((r) => `<li><code>${esc(r.id)}</code><span class="b" style="width:${(100 * r.hits) / max}%"></span><span>${r.hits}</span></li>`).join("") || "<li class=muted>no rule fired</li>";
+  $("#breaker-state").textContent = s.breaker.open ? "OPEN — automatic freezing stopped" : "closed";
+  $("#breaker-state").className = "big " + (s.breaker.open ? "state-frozen" : "state-ok");
+  $("#breaker-why").textContent = s.breaker.open ? s.breaker.why : `limit ${s.breaker.max_freezes} automatic freezes per ${s.breaker.window}`;
+}
+
+// ---- rules
+async function renderRules() {
+  const [set, s] = await Promise.all([api("GET", "/v1/rules"), api("GET", "/v1/stats")]);
+  $("#rules-version").textContent = "version " + set.version;
+  const hour = Object.fromEntries(s.top_rules.map((r) => [r.id, r.hits]));
+  $("#rules-table tbody").innerHTML = set.rules.map((r) => `<tr><td><code>${esc(r.id)}</code><div class="summary">${esc(r.description)}</div></td>
+    <td>${esc(r.mode)}</td><td>${esc(r.category)}</td><td>${esc(r.severity)}</td><td>${r.score}</td><td>${esc(r.action || "")}</td>
+    <td>${hour[r.id] || 0}</td><td>${(s.rule_hits_total || {})[r.id] || 0}</td></tr>`).join("");
+}
+
+// ---- sign-in
+$("#signin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("wg-token", $("#token").value.trim());
+  $("#token").value = "";
+  try {
+    await api("GET", "/v1/whoami");
+    $("#signin-error").textContent = "";
+    if (!location.hash) location.hash = "#/alerts";
+    show();
+  } catch (e) {
+    sessionStorage.removeItem("wg-token");
+    $("#signin-error").textContent = "That token was refused.";
+  }
+});
+$("#signout").addEventListener("click", signOut);
+$("#alert-category").addEventListener("change", renderAlerts);
+$("#alert-status").addEventListener("change", renderAlerts);
+window.addEventListener("hashchange", show);
+show();
