@@ -370,40 +370,32 @@ func readAction(w http.ResponseWriter, r *http.Request) (actionBody, string, boo
 }
 
 func (s *server) freeze(w http.ResponseWriter, r *http.Request) {
-	b, actor, ok := readAction(w, r)
-	if !ok {
-		return
-	}
-	if b.Reason == "" {
-		b.Reason = "frozen by support"
-	}
-	st, err := s.b.Freeze(r.PathValue("id"), actor, b.Reason)
-	s.answerState(w, r, st, err)
+	s.stateAction(w, r, "", s.b.Freeze)
 }
 
 func (s *server) unfreeze(w http.ResponseWriter, r *http.Request) {
-	b, actor, ok := readAction(w, r)
-	if !ok {
-		return
-	}
-	if b.Reason == "" {
-		writeErr(w, http.StatusBadRequest, "a reason is required to unfreeze (it goes into the audit trail)")
-		return
-	}
-	st, err := s.b.Unfreeze(r.PathValue("id"), actor, b.Reason)
-	s.answerState(w, r, st, err)
+	s.stateAction(w, r, "a reason is required to unfreeze (it goes into the audit trail)", s.b.Unfreeze)
 }
 
 func (s *server) unlock(w http.ResponseWriter, r *http.Request) {
+	s.stateAction(w, r, "a reason is required to unlock two-factor verification", s.b.Unlock2FA)
+}
+
+// stateAction runs a state-changing call on the path's account; a non-empty
+// needReason is the 400 answer when the body has no reason.
+func (s *server) stateAction(w http.ResponseWriter, r *http.Request, needReason string, do func(id, actor, reason string) (enforce.State, error)) {
 	b, actor, ok := readAction(w, r)
 	if !ok {
 		return
 	}
 	if b.Reason == "" {
-		writeErr(w, http.StatusBadRequest, "a reason is required to unlock two-factor verification")
-		return
+		if needReason != "" {
+			writeErr(w, http.StatusBadRequest, needReason)
+			return
+		}
+		b.Reason = "frozen by support"
 	}
-	st, err := s.b.Unlock2FA(r.PathValue("id"), actor, b.Reason)
+	st, err := do(r.PathValue("id"), actor, b.Reason)
 	s.answerState(w, r, st, err)
 }
 

@@ -179,14 +179,19 @@ func (a *App) deliverAlerts(ctx context.Context) {
 	if !hasRateLimit(a.cfg.Alerts.Webhooks) {
 		return
 	}
-	t := time.NewTicker(a.digestEvery)
+	every(ctx, a.digestEvery, a.sendDigests)
+}
+
+// every calls f each period until ctx ends.
+func every(ctx context.Context, period time.Duration, f func()) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			a.sendDigests()
+			f()
 		}
 	}
 }

@@ -575,19 +575,12 @@ func (a *App) watchRules(ctx context.Context) {
 		return h
 	}
 	last := stamp()
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if s := stamp(); s != last {
-				last = s
-				a.ReloadRules()
-			}
+	every(ctx, 2*time.Second, func() {
+		if s := stamp(); s != last {
+			last = s
+			a.ReloadRules()
 		}
-	}
+	})
 }
 
 // ready reports whether the daemon should receive traffic, and why not.

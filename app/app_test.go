@@ -47,19 +47,7 @@ func start(t *testing.T, cfg config.Config) *running {
 	if err != nil {
 		t.Fatalf("start walletguard: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{app: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	waitFor(t, 30*time.Second, "daemon ready", func() bool {
-		resp, err := http.Get("http://" + a.HTTPAddr() + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return r
+	return run(t, a)
 }
 
 // stop is SIGTERM for the in-process daemon: it must return cleanly in time.

@@ -152,20 +152,23 @@ func (a *App) publishScores(ctx, writeCtx context.Context) {
 }
 
 func (b backend) Freeze(id, actor, reason string) (enforce.State, error) {
-	b.a.procMu.Lock()
-	defer b.a.procMu.Unlock()
-	ch := b.a.proc.Planner.Freeze(id, actor, reason, time.Now())
-	if err := b.a.apply(ch); err != nil {
-		return enforce.State{}, err
-	}
-	st, _ := b.a.proc.Planner.Get(id)
-	return st, nil
+	return b.change(id, func(p *enforce.Planner, now time.Time) (enforce.Change, error) {
+		return p.Freeze(id, actor, reason, now), nil
+	})
 }
 
 func (b backend) Unfreeze(id, actor, reason string) (enforce.State, error) {
+	return b.change(id, func(p *enforce.Planner, now time.Time) (enforce.Change, error) {
+		return p.Unfreeze(id, actor, reason, now)
+	})
+}
+
+// change runs a manual action on the account's state, makes it durable and
+// returns the new state.
+func (b backend) change(id string, do func(*enforce.Planner, time.Time) (enforce.Change, error)) (enforce.State, error) {
 	b.a.procMu.Lock()
 	defer b.a.procMu.Unlock()
-	ch, err := b.a.proc.Planner.Unfreeze(id, actor, reason, time.Now())
+	ch, err := do(b.a.proc.Planner, time.Now())
 	if err != nil {
 		return enforce.State{}, err
 	}
@@ -200,17 +203,9 @@ func (b backend) Verify(id, actor, code string) (enforce.VerifyResult, error) {
 }
 
 func (b backend) Unlock2FA(id, actor, reason string) (enforce.State, error) {
-	b.a.procMu.Lock()
-	defer b.a.procMu.Unlock()
-	ch, err := b.a.proc.Planner.Unlock2FA(id, actor, reason, time.Now())
-	if err != nil {
-		return enforce.State{}, err
-	}
-	if err := b.a.apply(ch); err != nil {
-		return enforce.State{}, err
-	}
-	st, _ := b.a.proc.Planner.Get(id)
-	return st, nil
+	return b.change(id, func(p *enforce.Planner, now time.Time) (enforce.Change, error) {
+		return p.Unlock2FA(id, actor, reason, now)
+	})
 }
 
 func (b backend) Breaker() enforce.BreakerStatus {

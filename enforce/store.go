@@ -33,19 +33,8 @@ func (p *Planner) Save(tx *bolt.Tx) error {
 		}
 	}
 	clear(p.dirty)
-	if p.breaker.dirty {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		v, err := json.Marshal(&p.breaker)
-		if err != nil {
-			return err
-		}
-		if err := meta.Put(keyBreaker, v); err != nil {
-			return err
-		}
-		p.breaker.dirty = false
+	if err := p.putBreaker(tx); err != nil {
+		return err
 	}
 	if err := AppendAudit(tx, p.audit...); err != nil {
 		return err
@@ -70,6 +59,11 @@ func (p *Planner) SaveAccount(tx *bolt.Tx, id string) error {
 			return err
 		}
 	}
+	return p.putBreaker(tx)
+}
+
+// putBreaker writes the breaker's state when it changed.
+func (p *Planner) putBreaker(tx *bolt.Tx) error {
 	if !p.breaker.dirty {
 		return nil
 	}
@@ -81,7 +75,11 @@ func (p *Planner) SaveAccount(tx *bolt.Tx, id string) error {
 	if err != nil {
 		return err
 	}
-	return meta.Put(keyBreaker, v)
+	if err := meta.Put(keyBreaker, v); err != nil {
+		return err
+	}
+	p.breaker.dirty = false
+	return nil
 }
 
 func (p *Planner) putState(tx *bolt.Tx, id string) error {
