@@ -104,9 +104,11 @@ func (t *table[T]) each(fn func(key uint64, row *T)) {
 }
 
 // sweepSome checks the next n row slots (a clock hand over the table) and
-// removes idle rows: expiry costs a constant amount per event instead of a
-// pause that walks millions of rows.
-func (t *table[T]) sweepSome(n int, idle func(*T) bool) int {
+// frees those last seen before cut. lastSeen reads a row's last event time:
+// never 0 for a row in use (event times start at 1), always 0 for a freed
+// (zeroed) slot — so a free slot is told without a lookup in the index, a
+// random memory access per slot that cost more than the rest of an event.
+func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32) int {
 	removed := 0
 	for ; n > 0 && t.n > 0; n-- {
 		if t.hand >= t.n {
@@ -114,18 +116,20 @@ func (t *table[T]) sweepSome(n int, idle func(*T) bool) int {
 		}
 		i := t.hand
 		t.hand++
+		last := lastSeen(t.row(i))
+		if last == 0 || last >= cut {
+			continue
+		}
 		key := t.keys[i]
 		if j, ok := t.idx[key]; !ok || j != i {
-			continue // a free slot
+			continue
 		}
-		if idle(t.row(i)) {
-			delete(t.idx, key)
-			var zero T
-			*t.row(i) = zero
-			t.free = append(t.free, i)
-			t.deleted = append(t.deleted, key)
-			removed++
-		}
+		delete(t.idx, key)
+		var zero T
+		*t.row(i) = zero
+		t.free = append(t.free, i)
+		t.deleted = append(t.deleted, key)
+		removed++
 	}
 	return removed
 }
