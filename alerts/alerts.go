@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -75,6 +76,11 @@ type Manager struct {
 	outages map[string]string // "merchant:<id>" or "app:<version>" -> dedup key of its open outage or app-fault alert
 	dirty   map[string]bool
 	seen    int // observations since the last prune
+	// related indexes the alerts a new incident alert may take in, so that
+	// grouping looks at a handful instead of every alert held: stuck
+	// payments by "merchant:<id>" and "app:<version>", account alerts by
+	// "account:<id>". Keys may be stale (grouped, pruned); users check.
+	related map[string][]string
 }
 
 // keepFor is how long (event time) an alert with no news stays in the
@@ -86,7 +92,8 @@ func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
 
 // NewManager makes an empty manager.
 func NewManager() *Manager {
-	return &Manager{tpl: DefaultTemplates(), open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{}}
+	return &Manager{tpl: DefaultTemplates(), open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{},
+		related: map[string][]string{}}
 }
 
 // Observe folds a decision into the alerts. It appends to out a copy of every
@@ -190,25 +197,35 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 // before the outage was recognised, and support should handle the merchant
 // or release once), an account's other findings into its takeover.
 func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
+	var idx string
+	switch {
+	case outage.Category == "theft":
+		idx = "account:" + outage.AccountID
+	case outage.AppVersion != "":
+		idx = "app:" + outage.AppVersion
+	default:
+		idx = "merchant:" + outage.MerchantID
+	}
 	keys := make([]string, 0, 4)
-	for key, a := range m.open {
-		if a == outage || a.Status != "open" {
+	for _, key := range m.related[idx] {
+		a := m.open[key]
+		if a == nil || a == outage || a.Status != "open" || slices.Contains(keys, key) {
 			continue
 		}
 		switch {
 		case outage.Category == "theft":
 			// A takeover recognised after earlier findings on the account
 			// (a new device, an odd amount) takes them in.
-			if a.AccountID == outage.AccountID && a.Category != "stuck_retry" && outage.CreatedAt.Sub(a.UpdatedAt) < quietAfter {
+			if a.Category != "stuck_retry" && outage.CreatedAt.Sub(a.UpdatedAt) < quietAfter {
 				keys = append(keys, key)
 			}
 		case a.Category != "stuck_retry" || outage.CreatedAt.Sub(a.UpdatedAt) >= time.Hour:
-		case outage.AppVersion != "" && a.AppVersion == outage.AppVersion && a.Cause == "app",
-			outage.AppVersion == "" && a.MerchantID == outage.MerchantID:
+		case outage.AppVersion != "" && a.Cause == "app", outage.AppVersion == "":
 			keys = append(keys, key)
 		}
 	}
-	sort.Strings(keys) // map order must not leak into the output
+	delete(m.related, idx) // what was not taken in now never will be
+	sort.Strings(keys)     // map order must not leak into the output
 	for _, key := range keys {
 		a := m.open[key]
 		a.Status, a.GroupedUnder = "grouped", outage.AlertID
@@ -266,7 +283,24 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
 	m.open[key] = a
+	m.index(key, a)
 	return a
+}
+
+// index files an alert under what a later incident alert would look for.
+func (m *Manager) index(key string, a *Alert) {
+	if a.Category == "stuck_retry" {
+		if a.MerchantID != "" {
+			m.related["merchant:"+a.MerchantID] = append(m.related["merchant:"+a.MerchantID], key)
+		}
+		if a.AppVersion != "" {
+			m.related["app:"+a.AppVersion] = append(m.related["app:"+a.AppVersion], key)
+		}
+		return
+	}
+	if a.AccountID != "" && a.Category != "theft" {
+		m.related["account:"+a.AccountID] = append(m.related["account:"+a.AccountID], key)
+	}
 }
 
 func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []Alert) []Alert {
@@ -376,6 +410,7 @@ func contains(l []string, v string) bool {
 // prune forgets alerts not updated since cut.
 func (m *Manager) prune(cut time.Time) {
 	m.seen = 0
+	defer m.reindex()
 	for key, a := range m.open {
 		if a.UpdatedAt.Before(cut) {
 			delete(m.open, key)
@@ -385,6 +420,21 @@ func (m *Manager) prune(cut time.Time) {
 					delete(m.outages, k)
 				}
 			}
+		}
+	}
+}
+
+// reindex rebuilds the related index from the alerts held.
+func (m *Manager) reindex() {
+	m.related = map[string][]string{}
+	keys := make([]string, 0, len(m.open))
+	for k := range m.open {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if a := m.open[k]; a.Status == "open" {
+			m.index(k, a)
 		}
 	}
 }
@@ -493,6 +543,7 @@ func (m *Manager) Save(tx *bolt.Tx) error {
 
 // Load reads the alerts saved by Save.
 func (m *Manager) Load(db *bolt.DB) error {
+	defer m.reindex()
 	return db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b == nil {

@@ -115,31 +115,10 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 		}); err != nil {
 			return err
 		}
-		if err := rewrite(tx, bChains, func(b *bolt.Bucket) error {
-			for k, c := range e.chains {
-				if err := b.Put(k8(k), encodeChain(c)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
+		if err := e.putChains(tx); err != nil {
 			return err
 		}
-		if err := rewrite(tx, bTimers, func(b *bolt.Bucket) error {
-			for _, t := range e.allTimers() {
-				if t.cancelled {
-					continue
-				}
-				v, err := encodeTimer(t)
-				if err != nil {
-					return err
-				}
-				if err := b.Put(binary.BigEndian.AppendUint64(nil, t.seq), v); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
+		if err := e.putTimers(tx); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bMeta)
@@ -208,6 +187,62 @@ func putRows[T any](tx *bolt.Tx, name []byte, t *table[T], enc func(*T) []byte) 
 			return err
 		}
 	}
+	return nil
+}
+
+// putChains writes the payment chains changed since the last checkpoint and
+// deletes the expired ones, in key order (bbolt fills pages in order far
+// faster than at random).
+func (e *Engine) putChains(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(bChains)
+	if err != nil {
+		return err
+	}
+	slices.Sort(e.chainsDirty)
+	for _, k := range e.chainsDirty {
+		if c := e.chains[k]; c != nil {
+			if err := b.Put(k8(k), encodeChain(c)); err != nil {
+				return err
+			}
+			c.dirty = false
+		}
+	}
+	for _, k := range e.chainsGone {
+		if e.chains[k] == nil { // not created again since
+			if err := b.Delete(k8(k)); err != nil {
+				return err
+			}
+		}
+	}
+	e.chainsDirty, e.chainsGone = e.chainsDirty[:0], e.chainsGone[:0]
+	return nil
+}
+
+// putTimers writes the timers armed since the last checkpoint that are
+// still pending and deletes those that fired or were cancelled.
+func (e *Engine) putTimers(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(bTimers)
+	if err != nil {
+		return err
+	}
+	for _, t := range e.timersNew { // armed in seq order
+		if t.cancelled || t.done {
+			continue
+		}
+		v, err := encodeTimer(t)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(binary.BigEndian.AppendUint64(nil, t.seq), v); err != nil {
+			return err
+		}
+	}
+	for _, seq := range e.timersGone {
+		if err := b.Delete(binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+			return err
+		}
+	}
+	e.timersNew, e.timersGone = e.timersNew[:0], e.timersGone[:0]
 	return nil
 }
 

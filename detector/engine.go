@@ -8,7 +8,6 @@
 package detector
 
 import (
-	"cmp"
 	"container/heap"
 	"encoding/hex"
 	"log/slog"
@@ -88,16 +87,21 @@ type Engine struct {
 	// source's own event time passes their deadline: partitions consumed
 	// at different speeds (catching up after a lag) must not fire a timer
 	// before the events that would cancel it were read.
-	timers    map[uint32]*timerHeap
-	srcMax    map[uint32]uint32 // newest event time per source
-	byAccount map[uint64][]*timer
-	timerSeq  uint64
-	maxTS     uint32
-	lastSweep uint32
-	interned  map[string]string
-	env       *rules.Env
-	eval      rules.Evaluator
-	evalErrs  uint64
+	timers map[uint32]*timerHeap
+	// Checkpoints write only what changed: payment chains touched and
+	// expired, timers armed and gone (fired or cancelled).
+	chainsDirty, chainsGone []uint64
+	timersNew               []*timer
+	timersGone              []uint64
+	srcMax                  map[uint32]uint32 // newest event time per source
+	byAccount               map[uint64][]*timer
+	timerSeq                uint64
+	maxTS                   uint32
+	lastSweep               uint32
+	interned                map[string]string
+	env                     *rules.Env
+	eval                    rules.Evaluator
+	evalErrs                uint64
 }
 
 // New makes an engine with a rule set.
@@ -258,6 +262,10 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
 		ch.update(ev, akey, now, e.intern)
+		if !ch.dirty {
+			ch.dirty = true
+			e.chainsDirty = append(e.chainsDirty, pk)
+		}
 		ch.view(&env.Payment, now)
 	} else {
 		env.Payment = rules.PaymentView{}
@@ -442,6 +450,7 @@ func (e *Engine) sweep() {
 		for k, c := range e.chains {
 			if c.last < chainCut && !e.chainHasTimer(c) {
 				delete(e.chains, k)
+				e.chainsGone = append(e.chainsGone, k)
 				n++
 			}
 		}
@@ -494,6 +503,7 @@ type timer struct {
 	src       uint32
 	ev        event.Event
 	cancelled bool
+	done      bool // fired
 	index     int
 }
 
@@ -513,16 +523,6 @@ func (h *timerHeap) Pop() any {
 	t := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return t
-}
-
-// allTimers lists the pending timers of every source, in seq order.
-func (e *Engine) allTimers() []*timer {
-	var all []*timer
-	for _, h := range e.timers {
-		all = append(all, *h...)
-	}
-	slices.SortFunc(all, func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
-	return all
 }
 
 func (e *Engine) timerCount() int {
@@ -556,6 +556,7 @@ func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now, src 
 	t := &timer{due: now + uint32(r.After/time.Second), seq: e.timerSeq, rule: r.ID, account: akey, paymentID: scopeID, ev: *ev, src: src}
 	t.ev.Detail = nil
 	heap.Push(e.queue(src), t)
+	e.timersNew = append(e.timersNew, t)
 	e.byAccount[akey] = append(e.byAccount[akey], t)
 }
 
@@ -567,6 +568,7 @@ func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set 
 		r := set.ByID(t.rule)
 		if r == nil || r.Timer == nil {
 			t.cancelled = true // the rule was removed or changed by a reload
+			e.timersGone = append(e.timersGone, t.seq)
 			continue
 		}
 		if t.paymentID != "" && ev.PaymentID != t.paymentID {
@@ -579,6 +581,7 @@ func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set 
 		}
 		if stop && toSec(ev.TS.Unix()) <= t.due {
 			t.cancelled = true
+			e.timersGone = append(e.timersGone, t.seq)
 			continue
 		}
 		kept = append(kept, t)
@@ -596,6 +599,8 @@ func (e *Engine) fireDue(src, wm uint32, out []Decision) []Decision {
 	h := e.timers[src]
 	for h != nil && len(*h) > 0 && (*h)[0].due <= wm {
 		t := heap.Pop(h).(*timer)
+		t.done = true
+		e.timersGone = append(e.timersGone, t.seq)
 		e.dropFromAccount(t)
 		if t.cancelled {
 			continue

@@ -238,6 +238,7 @@ type chain struct {
 	currency    string
 	appVersion  string
 	paymentID   string
+	dirty       bool // changed since the last checkpoint
 }
 
 func (c *chain) view(v *rules.PaymentView, now uint32) {

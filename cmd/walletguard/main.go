@@ -14,6 +14,7 @@ Usage:
   walletguard demo [--accounts N]          the daemon plus generated traffic with incidents
   walletguard replay FILE --out DIR        score NDJSON events without Kafka (backtest)
   walletguard eval [--seeds 1,2,3]         detection quality on labelled generated traffic
+  walletguard bench [--accounts N]         throughput and latency through Kafka, state per account
   walletguard rules check FILE...          validate rule files
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
@@ -40,6 +41,8 @@ func dispatch(cmd string, args []string) int {
 		return cmdReplay(args)
 	case "eval":
 		return cmdEval(args)
+	case "bench":
+		return cmdBench(args)
 	case "rules":
 		return cmdRules(args)
 	case "config":

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/app"
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/sim"
+)
+
+// cmdBench measures walletguard end to end through Kafka: generated traffic
+// is produced to a broker, read back by a bare kafka-go reader that only
+// decodes (the floor), then consumed by the full daemon with the built-in
+// rules (sustained events/s), then offered at a fixed share of that rate to
+// measure event-to-decision latency, and fed to a detector alone to measure
+// its state per account.
+func cmdBench(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	accounts := fs.Int("accounts", 1_000_000, "accounts in the population")
+	events := fs.Int("events", 3_000_000, "events to produce for the throughput run")
+	share := fs.Float64("rate-share", 0.5, "offered rate of the latency run, as a share of the measured maximum")
+	latencySecs := fs.Int("latency-seconds", 20, "length of the latency run")
+	brokers := fs.String("brokers", "", "comma-separated brokers (default: the embedded broker)")
+	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	topic := fmt.Sprintf("bench.events.%d", time.Now().UnixNano())
+	decisions := "walletguard.decisions"
+	var bs []string
+	if *brokers == "" {
+		b, err := ingest.StartEmbedded("127.0.0.1:0", "", *partitions, []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands"}, log)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
+		defer b.Close()
+		bs = []string{b.Addr()}
+	} else {
+		bs = strings.Split(*brokers, ",")
+	}
+	fmt.Printf("walletguard bench: %d accounts, %d events, brokers %v, %d CPUs\n", *accounts, *events, bs, runtime.NumCPU())
+
+	t0 := time.Now()
+	msgs, evs := benchTraffic(*accounts, *events, 1)
+	fmt.Printf("generated %d events in %s\n", len(msgs), time.Since(t0).Round(time.Millisecond))
+	// Measured first, while nothing else allocates in this process.
+	perAccount, held := benchStateMemory(evs)
+	t0 = time.Now()
+	if err := benchProduce(bs, topic, msgs); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: produce: %v\n", err)
+		return 1
+	}
+	fmt.Printf("produced in %s (%.0f events/s)\n", time.Since(t0).Round(time.Millisecond), float64(len(msgs))/time.Since(t0).Seconds())
+
+	bare, err := benchBareConsume(bs, topic, len(msgs))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: bare consume: %v\n", err)
+		return 1
+	}
+	fmt.Printf("bare kafka-go reader + decode: %.0f events/s\n", bare)
+
+	dir, err := os.MkdirTemp("", "walletguard-bench-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	cfg := config.Default()
+	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir, bs, []string{topic}
+	cfg.Kafka.GroupID = "bench-" + topic
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	a, err := app.New(cfg, log, app.Options{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for a.Snapshot().Consumed == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	for a.Snapshot().Consumed < float64(len(msgs)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	full := float64(len(msgs)) / time.Since(start).Seconds()
+	fmt.Printf("walletguard end to end (decode, state, %d rules, decisions written to Kafka, checkpoints): %.0f events/s — %.0f%% of the bare reader\n",
+		len(mustRules().Rules), full, 100*full/bare)
+
+	lat, err := benchLatency(bs, topic, decisions, *accounts, full**share, time.Duration(*latencySecs)*time.Second)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: latency: %v\n", err)
+		return 1
+	}
+	fmt.Printf("event-to-decision latency at %.0f events/s (%.0f%% of the maximum), produce to decision readable on %s: p50 %s  p99 %s  p99.9 %s  (%d events)\n",
+		lat.offered, 100**share, decisions, lat.p50, lat.p99, lat.p999, lat.n)
+
+	p50, p99 := histogramQuantiles(a, "walletguard_event_processing_seconds")
+	fmt.Printf("  of which inside walletguard (arrival → outputs durable, from its histogram): p50 ≤ %s  p99 ≤ %s\n", p50, p99)
+	c50, c99 := histogramQuantiles(a, "walletguard_checkpoint_seconds")
+	fmt.Printf("  checkpoints (the pipeline waits for them): p50 ≤ %s  p99 ≤ %s\n", c50, c99)
+	fmt.Printf("detection state: %.0f bytes per account (%d accounts held after the stream)\n", perAccount, held)
+	return 0
+}
+
+func mustRules() *rules.Set {
+	s, err := rules.Load(nil)
+	if err != nil {
+		panic(err) // the built-in packs are tested
+	}
+	return s
+}
+
+// benchTraffic generates n events of a population, without history (a
+// million accounts' week would be hundreds of millions of events).
+func benchTraffic(accounts, n int, seed uint64) ([]kafka.Message, []event.Event) {
+	cfg := sim.DefaultConfig(accounts)
+	cfg.Seed = seed
+	cfg.HistoryDays = 0
+	// About five events per account and day; generate a little more and cut.
+	cfg.Duration = time.Duration(float64(n) * 1.2 / (float64(accounts) * 5) * 24 * float64(time.Hour))
+	cfg.Start = time.Now().UTC().Add(-cfg.Duration - 6*time.Hour)
+	g := sim.New(cfg)
+	msgs := make([]kafka.Message, 0, n)
+	evs := make([]event.Event, 0, n)
+	for len(msgs) < n {
+		it, ok := g.Next()
+		if !ok {
+			break
+		}
+		b, _ := event.Marshal(&it.Event)
+		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
+		evs = append(evs, it.Event)
+	}
+	return msgs, evs
+}
+
+func benchProduce(brokers []string, topic string, msgs []kafka.Message) error {
+	// Batches stay under the broker's default 1 MiB message-set limit.
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, BatchSize: 2000,
+		BatchBytes: 1 << 20, BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafka.RequireAll}
+	defer w.Close()
+	const chunk = 50_000
+	for i := 0; i < len(msgs); i += chunk {
+		if err := w.WriteMessages(context.Background(), msgs[i:min(i+chunk, len(msgs))]...); err != nil {
+			return fmt.Errorf("%.300s", err.Error()) // kafka-go lists every failed message
+		}
+	}
+	return nil
+}
+
+// benchBareConsume reads every partition with a plain kafka-go reader and
+// decodes each event: what consuming costs without walletguard's work.
+func benchBareConsume(brokers []string, topic string, n int) (float64, error) {
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		return 0, err
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		return 0, err
+	}
+	var read atomic.Int64
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	for _, p := range parts {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond})
+			defer r.Close()
+			now := time.Now()
+			for read.Load() < int64(n) {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					return
+				}
+				if _, err := event.Decode(m.Value, now); err == nil {
+					read.Add(1)
+				}
+				if m.Offset == m.HighWaterMark-1 {
+					return
+				}
+			}
+		}(p.ID)
+	}
+	wg.Wait()
+	if int(read.Load()) < n {
+		return 0, fmt.Errorf("read %d of %d events", read.Load(), n)
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+type latencies struct {
+	p50, p99, p999 time.Duration
+	n              int
+	offered        float64 // events/s actually offered
+}
+
+// benchLatency offers fresh events at rate for d and measures, for each,
+// the time from producing it to its decision being readable on the
+// decisions topic.
+func benchLatency(brokers []string, topic, decisions string, accounts int, rate float64, d time.Duration) (latencies, error) {
+	var res latencies
+	n := int(rate * d.Seconds())
+	msgs, _ := benchTraffic(accounts, n, 2) // other ids than the throughput run's
+
+	sent := make(map[string]time.Time, len(msgs))
+	var mu sync.Mutex
+	// Watch the decisions topic from its end.
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		return res, err
+	}
+	parts, err := conn.ReadPartitions(decisions)
+	conn.Close()
+	if err != nil {
+		return res, err
+	}
+	lat := make([]time.Duration, 0, len(msgs))
+	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
+	defer cancel()
+	var got atomic.Int64
+	for _, p := range parts {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: decisions, Partition: p.ID, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 10 * time.Millisecond})
+		r.SetOffset(kafka.LastOffset)
+		go func() {
+			defer r.Close()
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					return
+				}
+				now := time.Now()
+				id := eventIDOf(m.Value)
+				mu.Lock()
+				if t, ok := sent[id]; ok {
+					lat = append(lat, now.Sub(t))
+					delete(sent, id)
+					got.Add(1)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // readers positioned at the end
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, BatchSize: 500,
+		BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll, Async: false}
+	defer w.Close()
+	// Offer in 10 ms slices to hold the rate.
+	per := max(1, int(rate/100))
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	for i := 0; i < len(msgs); i += per {
+		<-tick.C
+		batch := msgs[i:min(i+per, len(msgs))]
+		now := time.Now()
+		mu.Lock()
+		for _, m := range batch {
+			sent[eventIDOf(m.Value)] = now
+		}
+		mu.Unlock()
+		if err := w.WriteMessages(ctx, batch...); err != nil {
+			return res, err
+		}
+	}
+	res.offered = float64(len(msgs)) / time.Since(start).Seconds()
+	for got.Load() < int64(len(msgs)) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lat) == 0 {
+		return res, fmt.Errorf("no decisions seen")
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration {
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
+	res.p50, res.p99, res.p999, res.n = q(0.5), q(0.99), q(0.999), len(lat)
+	return res, nil
+}
+
+// eventIDOf pulls "event_id" out of an event or decision record.
+func eventIDOf(b []byte) string {
+	const k = `"event_id":"`
+	s := string(b)
+	i := strings.Index(s, k)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(k):]
+	if j := strings.IndexByte(s, '"'); j >= 0 {
+		return s[:j]
+	}
+	return ""
+}
+
+// benchStateMemory feeds the events to a detector alone and returns its
+// heap growth per account held.
+func benchStateMemory(evs []event.Event) (float64, int) {
+	// Twice: sync.Pool caches (the JSON encoders') survive one collection.
+	runtime.GC()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	e := detector.New(detector.Config{AllowedLateness: 5 * time.Minute, IdleExpiry: 30 * 24 * time.Hour,
+		Thresholds: detector.Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, mustRules(), nil, slog.New(slog.DiscardHandler))
+	out := make([]detector.Decision, 0, 8)
+	for i := range evs {
+		out, _ = e.Process(&evs[i], out[:0])
+	}
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	held := e.Stats().Accounts
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(evs) // the input is not part of the state: it must not be freed in between
+	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(max(held, 1)), held
+}
+
+// histogramQuantiles reads the upper bounds of the buckets holding the
+// 50th and 99th percentiles of a histogram of the daemon's registry.
+func histogramQuantiles(a *app.App, name string) (time.Duration, time.Duration) {
+	mfs, err := a.Registry().Gather()
+	if err != nil {
+		return 0, 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		total := float64(h.GetSampleCount())
+		q := func(p float64) time.Duration {
+			for _, b := range h.GetBucket() {
+				if float64(b.GetCumulativeCount()) >= p*total {
+					return time.Duration(b.GetUpperBound() * float64(time.Second))
+				}
+			}
+			return 0
+		}
+		return q(0.5), q(0.99)
+	}
+	return 0, 0
+}
