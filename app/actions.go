@@ -44,6 +44,9 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 		if err := enforce.AppendAudit(tx, ch.Audit...); err != nil {
 			return err
 		}
+		if err := a.proc.Planner.ForwardPending(tx); err != nil {
+			return err
+		}
 		for i := range ch.Commands {
 			b, err := gojson.Marshal(&ch.Commands[i])
 			if err != nil {

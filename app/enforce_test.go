@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,3 +271,67 @@ func TestBreakerOpensUnderAFreezeFlood(t *testing.T) {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestAccountServiceGetsEveryCommand: with enforce.account_service set,
+// automatic and manual commands reach the wallet's account service as
+// signed POSTs, in order, even when it fails at first.
+func TestAccountServiceGetsEveryCommand(t *testing.T) {
+	var mu sync.Mutex
+	var got []enforce.Command
+	fails := 2
+	srv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		if !verifySignature("svc-secret", r.Header.Get("Walletguard-Signature"), body, time.Minute) {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var c enforce.Command
+		json.Unmarshal(body, &c)
+		got = append(got, c)
+	}))
+	cfg := enforceConfig(t, t.TempDir())
+	cfg.Enforce.AccountService = config.Webhook{URL: srv + "/commands", Secret: "svc-secret"}
+	r := run(t, mustNew(t, cfg))
+	addr := r.app.HTTPAddr()
+	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
+	waitFor(t, 20*time.Second, "acc-1 frozen", func() bool {
+		_, acc := call(t, addr, "GET", "/v1/accounts/acc-1", "gateway-token", "")
+		return acc["frozen"] == true
+	})
+	if code, _ := call(t, addr, "POST", "/v1/accounts/acc-1/unfreeze", "support-token", `{"reason":"owner verified"}`); code != 200 {
+		t.Fatalf("unfreeze: %d", code)
+	}
+	waitFor(t, 30*time.Second, "three commands at the account service", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var seq []string
+	for _, c := range got {
+		seq = append(seq, c.Command)
+	}
+	if strings.Join(seq, ",") != "require_2fa,freeze,unfreeze" {
+		t.Errorf("account service got %v, want require_2fa,freeze,unfreeze in order", seq)
+	}
+}
+
+func mustNew(t *testing.T, cfg config.Config) *App {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, discardLog(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}

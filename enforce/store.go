@@ -40,6 +40,13 @@ func (p *Planner) Save(tx *bolt.Tx) error {
 		return err
 	}
 	p.audit = p.audit[:0]
+	return p.ForwardPending(tx)
+}
+
+// ForwardPending hands the automatic commands not yet forwarded to Forward
+// inside tx. A manual action calls it before adding its own command, so the
+// account service sees a freeze before the unfreeze that undoes it.
+func (p *Planner) ForwardPending(tx *bolt.Tx) error {
 	if p.cfg.Forward != nil {
 		for _, c := range p.forward {
 			if err := p.cfg.Forward(tx, c); err != nil {
