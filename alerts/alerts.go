@@ -512,16 +512,25 @@ type stored struct {
 
 // Save writes changed alerts inside the caller's transaction.
 func (m *Manager) Save(tx *bolt.Tx) error {
-	b, err := tx.CreateBucketIfNotExists(bucket)
+	write, err := m.PrepareSave()
 	if err != nil {
 		return err
 	}
+	return write(tx)
+}
+
+// PrepareSave captures the changed alerts, encoded, and returns the
+// function that writes them (for a checkpoint written outside the lock).
+func (m *Manager) PrepareSave() (func(*bolt.Tx) error, error) {
+	type kv struct {
+		key string
+		v   []byte // nil: delete
+	}
+	var rows []kv
 	for key := range m.dirty {
 		a := m.open[key]
 		if a == nil {
-			if err := b.Delete([]byte(key)); err != nil {
-				return err
-			}
+			rows = append(rows, kv{key, nil})
 			continue
 		}
 		s := stored{Alert: *a}
@@ -531,14 +540,28 @@ func (m *Manager) Save(tx *bolt.Tx) error {
 		sort.Strings(s.Accounts)
 		v, err := json.Marshal(s)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := b.Put([]byte(key), v); err != nil {
-			return err
-		}
+		rows = append(rows, kv{key, v})
 	}
 	clear(m.dirty)
-	return nil
+	return func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if r.v == nil {
+				err = b.Delete([]byte(r.key))
+			} else {
+				err = b.Put([]byte(r.key), r.v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
 }
 
 // Load reads the alerts saved by Save.

@@ -37,6 +37,8 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	for _, sa := range ch.Alerts {
 		out.Alerts = a.proc.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Reason, sa.At, out.Alerts)
 	}
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	err := a.store.DB().Update(func(tx *bolt.Tx) error {
 		if err := a.proc.Planner.SaveAccount(tx, ch.AccountID); err != nil {
 			return err

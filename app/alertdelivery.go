@@ -100,13 +100,20 @@ func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// enqueueAlerts renders list for every receiver that routes it and puts it
-// into the outbox, inside tx.
-func (a *App) enqueueAlerts(tx *bolt.Tx, list []alerts.Alert) error {
+// delivery is one rendered alert for one receiver's outbox.
+type delivery struct {
+	dest, id string
+	body     []byte
+}
+
+// renderAlerts renders list for every receiver that routes it (counting
+// receivers' rate limits). Called with procMu held.
+func (a *App) renderAlerts(list []alerts.Alert) ([]delivery, error) {
 	if len(list) == 0 || len(a.cfg.Alerts.Webhooks) == 0 {
-		return nil
+		return nil, nil
 	}
 	now := time.Now()
+	var out []delivery
 	for i := range a.cfg.Alerts.Webhooks {
 		w := &a.cfg.Alerts.Webhooks[i]
 		for j := range list {
@@ -134,27 +141,45 @@ func (a *App) enqueueAlerts(tx *bolt.Tx, list []alerts.Alert) error {
 				body, err = alerts.Payload(w.Format, a.tpl, w.Language, []alerts.Alert{*al}, false)
 			}
 			if err != nil {
-				return fmt.Errorf("render alert %s for %s: %w", al.AlertID, w.Name, err)
+				return nil, fmt.Errorf("render alert %s for %s: %w", al.AlertID, w.Name, err)
 			}
 			// Each version of an alert (it grows, is acknowledged, resolved)
 			// is one delivery; its alert_id stays the same.
-			id := fmt.Sprintf("%s/%d/%s", al.AlertID, al.UpdatedAt.UnixMilli(), al.Status)
-			if err := a.box.Put(tx, dest, id, body, now); err != nil {
-				return err
-			}
+			out = append(out, delivery{dest, fmt.Sprintf("%s/%d/%s", al.AlertID, al.UpdatedAt.UnixMilli(), al.Status), body})
+		}
+	}
+	return out, nil
+}
+
+func (a *App) putDeliveries(tx *bolt.Tx, ds []delivery) error {
+	now := time.Now()
+	for _, d := range ds {
+		if err := a.box.Put(tx, d.dest, d.id, d.body, now); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// saveAlerts is the checkpoint's writer for alerts waiting for the outbox.
-func (a *App) saveAlerts(tx *bolt.Tx) error {
-	list := a.alertQ.take()
-	if err := a.enqueueAlerts(tx, list); err != nil {
-		a.alertQ.add(list) // retried with the next checkpoint
+// enqueueAlerts renders list and puts it into the outbox, inside tx.
+func (a *App) enqueueAlerts(tx *bolt.Tx, list []alerts.Alert) error {
+	ds, err := a.renderAlerts(list)
+	if err != nil {
 		return err
 	}
-	return nil
+	return a.putDeliveries(tx, ds)
+}
+
+// prepareAlerts renders the alerts waiting for the checkpoint; the returned
+// function puts them into the outbox inside the checkpoint's transaction.
+func (a *App) prepareAlerts() (func(*bolt.Tx) error, error) {
+	list := a.alertQ.take()
+	ds, err := a.renderAlerts(list)
+	if err != nil {
+		a.alertQ.add(list) // retried with the next checkpoint
+		return nil, err
+	}
+	return func(tx *bolt.Tx) error { return a.putDeliveries(tx, ds) }, nil
 }
 
 func (a *App) notifyReceivers() {

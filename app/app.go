@@ -60,6 +60,9 @@ type App struct {
 	dlv      *deliveryMetrics
 	sink     *store.Writer // nil without clickhouse.addr
 	logLevel *slog.LevelVar
+	// writeMu orders writes to the store: a manual action waits for a
+	// checkpoint being written, so its newer state lands after the older.
+	writeMu sync.Mutex
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
 	tpl          *alerts.Templates
@@ -330,6 +333,32 @@ func (a *App) Run(ctx context.Context) error {
 	return errors.Join(pipeErr, srcErr)
 }
 
+// prepareCheckpoint captures everything a checkpoint writes: the account
+// security states, alerts and their deliveries, and the detection state
+// with the offsets, in the order they are written. Called with procMu held.
+func (a *App) prepareCheckpoint(offsets detector.Offsets) ([]func(*bolt.Tx) error, error) {
+	var writers []func(*bolt.Tx) error
+	for _, prep := range []func() (func(*bolt.Tx) error, error){
+		a.proc.Planner.PrepareSave, a.proc.Alerts.PrepareSave, a.prepareAlerts,
+		func() (func(*bolt.Tx) error, error) { return a.proc.Engine.PrepareCheckpoint(offsets) },
+	} {
+		w, err := prep()
+		if err != nil {
+			return nil, err
+		}
+		writers = append(writers, w)
+	}
+	return writers, nil
+}
+
+func (a *App) checkpointFailed(err error) {
+	a.amet.checkpointErrs.Inc()
+	if a.ckptErr.Load().(string) != err.Error() {
+		a.log.Error("checkpoint failed: offsets will not be committed until one succeeds", "err", err)
+	}
+	a.ckptErr.Store(err.Error())
+}
+
 // pipeline is the single goroutine that owns detection state.
 func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error {
 	const maxBatch = 4096
@@ -370,7 +399,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		msgs, arrived = msgs[:0], arrived[:0]
 		out.Reset()
 	}
-	checkpoint := func() {
+	ckptSlot := make(chan struct{}, 1)
+	checkpoint := func(final bool) {
 		flush()
 		if failed {
 			return
@@ -391,34 +421,62 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				offsets[t][p] = o
 			}
 		}
+		// One write at a time: wait for the previous checkpoint's.
+		ckptSlot <- struct{}{}
+		// Capture under the lock (a copy of what changed), write without
+		// it: the pipeline goes on deciding while bbolt writes.
 		a.procMu.Lock()
-		took, err := a.proc.Engine.CheckpointWith(a.store, offsets, a.proc.Planner.Save, a.proc.Alerts.Save, a.saveAlerts)
+		writers, err := a.prepareCheckpoint(offsets)
+		wm := a.proc.Engine.Watermark()
 		a.procMu.Unlock()
 		lastCkpt = time.Now()
 		if err != nil {
-			a.amet.checkpointErrs.Inc()
-			if a.ckptErr.Load().(string) != err.Error() {
-				a.log.Error("checkpoint failed: offsets will not be committed until one succeeds", "err", err)
-			}
-			a.ckptErr.Store(err.Error())
+			<-ckptSlot
+			a.checkpointFailed(err)
 			return
 		}
-		if a.ckptErr.Load().(string) != "" {
-			a.log.Info("checkpoints succeed again")
-		}
-		a.ckptErr.Store("")
-		a.amet.checkpoints.Inc()
-		a.amet.checkpointSecs.Observe(took.Seconds())
-		a.box.Notify(destAccountService)
-		a.notifyReceivers()
-		a.amet.watermark.Set(float64(a.proc.Engine.Watermark().Unix()))
-		for t, ps := range offsets {
-			for p, o := range ps {
-				a.source.MarkHandled(t, p, o-1)
+		write := func() {
+			defer func() { <-ckptSlot }()
+			start := time.Now()
+			a.writeMu.Lock()
+			err := a.store.DB().Update(func(tx *bolt.Tx) error {
+				for _, w := range writers {
+					if err := w(tx); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			a.writeMu.Unlock()
+			if err != nil {
+				a.checkpointFailed(fmt.Errorf("checkpoint: %w", err))
+				return
+			}
+			if a.ckptErr.Load().(string) != "" {
+				a.log.Info("checkpoints succeed again")
+			}
+			a.ckptErr.Store("")
+			a.amet.checkpoints.Inc()
+			a.amet.checkpointSecs.Observe(time.Since(start).Seconds())
+			a.box.Notify(destAccountService)
+			a.notifyReceivers()
+			a.amet.watermark.Set(float64(wm.Unix()))
+			for t, ps := range offsets {
+				for p, o := range ps {
+					a.source.MarkHandled(t, p, o-1)
+				}
 			}
 		}
+		if final {
+			write()
+		} else {
+			go write()
+		}
 	}
-	defer checkpoint()
+	// Runs after the final checkpoint: no write may be left in flight when
+	// the store closes.
+	defer func() { ckptSlot <- struct{}{} }()
+	defer checkpoint(true)
 
 	batch := 0
 	a.procMu.Lock()
@@ -441,14 +499,14 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			unlock()
 			flush()
 			if time.Since(lastCkpt) >= interval {
-				checkpoint()
+				checkpoint(false)
 			}
 			batch = 0
 			select {
 			case rec, ok = <-records:
 			case <-time.After(interval):
 				if time.Since(lastCkpt) >= interval {
-					checkpoint()
+					checkpoint(false)
 				}
 				continue
 			}
@@ -474,7 +532,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			flush()
 			batch = 0
 			if time.Since(lastCkpt) >= interval {
-				checkpoint()
+				checkpoint(false)
 			}
 		}
 	}

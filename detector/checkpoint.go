@@ -87,65 +87,17 @@ func (e *Engine) Checkpoint(s *Store, offsets Offsets) (time.Duration, error) {
 // offsets move together.
 func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.Tx) error) (time.Duration, error) {
 	start := time.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	write, err := e.PrepareCheckpoint(offsets)
+	if err != nil {
+		return 0, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, fn := range extra {
 			if err := fn(tx); err != nil {
 				return err
 			}
 		}
-		if err := putRows(tx, bAccounts, e.accounts, func(r *account) []byte { return raw(r) }); err != nil {
-			return err
-		}
-		if err := putRows(tx, bDevices, e.devices, func(r *deviceState) []byte { return raw(r) }); err != nil {
-			return err
-		}
-		if err := putRows(tx, bPayees, e.payees, func(r *payeeState) []byte { return raw(r) }); err != nil {
-			return err
-		}
-		if err := putRows(tx, bIPs, e.ips, encodeIP); err != nil {
-			return err
-		}
-		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
-			for k, m := range e.merchants {
-				if err := b.Put(k8(k), encodeMerchant(m)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if err := e.putChains(tx); err != nil {
-			return err
-		}
-		if err := e.putTimers(tx); err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists(bMeta)
-		if err != nil {
-			return err
-		}
-		ob, err := json.Marshal(offsets)
-		if err != nil {
-			return err
-		}
-		var m [4 * 8]byte
-		binary.LittleEndian.PutUint64(m[0:], layoutVersion)
-		binary.LittleEndian.PutUint64(m[8:], uint64(e.maxTS))
-		binary.LittleEndian.PutUint64(m[16:], uint64(e.lastSweep))
-		binary.LittleEndian.PutUint64(m[24:], e.timerSeq)
-		if err := meta.Put([]byte("engine"), m[:]); err != nil {
-			return err
-		}
-		srcs := make([]byte, 0, 8*len(e.srcMax))
-		for src, ts := range e.srcMax {
-			srcs = binary.LittleEndian.AppendUint32(srcs, src)
-			srcs = binary.LittleEndian.AppendUint32(srcs, ts)
-		}
-		if err := meta.Put([]byte("sources"), srcs); err != nil {
-			return err
-		}
-		return meta.Put([]byte("offsets"), ob)
+		return write(tx)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint: %w", err)
@@ -153,21 +105,86 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 	return time.Since(start), nil
 }
 
-func putRows[T any](tx *bolt.Tx, name []byte, t *table[T], enc func(*T) []byte) error {
-	b, err := tx.CreateBucketIfNotExists(name)
+// PrepareCheckpoint captures, encoded, every state change since the last
+// checkpoint, the timers armed and gone, the engine's clocks and offsets,
+// and returns the function that writes them in a transaction. Capturing is
+// a copy (fast, under the caller's lock); the write — the slow part — may
+// run later in another goroutine while the engine goes on.
+func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error) {
+	ob, err := json.Marshal(offsets)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	type kv struct {
-		k uint64
-		v []byte
+	var m [4 * 8]byte
+	binary.LittleEndian.PutUint64(m[0:], layoutVersion)
+	binary.LittleEndian.PutUint64(m[8:], uint64(e.maxTS))
+	binary.LittleEndian.PutUint64(m[16:], uint64(e.lastSweep))
+	binary.LittleEndian.PutUint64(m[24:], e.timerSeq)
+	srcs := make([]byte, 0, 8*len(e.srcMax))
+	for src, ts := range e.srcMax {
+		srcs = binary.LittleEndian.AppendUint32(srcs, src)
+		srcs = binary.LittleEndian.AppendUint32(srcs, ts)
 	}
-	var rows []kv
-	var gone []uint64
-	t.drain(func(k uint64, r *T) {
-		rows = append(rows, kv{k, slices.Clone(enc(r))})
-	}, func(k uint64) { gone = append(gone, k) })
-	// Sorted keys fill B+tree pages in order: far fewer page splits.
+	tables := []capturedRows{
+		captureRows(bAccounts, e.accounts, func(r *account) []byte { return raw(r) }),
+		captureRows(bDevices, e.devices, func(r *deviceState) []byte { return raw(r) }),
+		captureRows(bPayees, e.payees, func(r *payeeState) []byte { return raw(r) }),
+		captureRows(bIPs, e.ips, encodeIP),
+	}
+	merchants := make([]kv, 0, len(e.merchants))
+	for k, mr := range e.merchants {
+		merchants = append(merchants, kv{k, encodeMerchant(mr)})
+	}
+	sortKV(merchants)
+	chains := e.captureChains()
+	timers, err := e.captureTimers()
+	if err != nil {
+		return nil, err
+	}
+	return func(tx *bolt.Tx) error {
+		for i := range tables {
+			if err := tables[i].write(tx); err != nil {
+				return err
+			}
+		}
+		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
+			for _, r := range merchants {
+				if err := b.Put(k8(r.k), r.v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := chains.write(tx); err != nil {
+			return err
+		}
+		if err := timers(tx); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put([]byte("engine"), m[:]); err != nil {
+			return err
+		}
+		if err := meta.Put([]byte("sources"), srcs); err != nil {
+			return err
+		}
+		return meta.Put([]byte("offsets"), ob)
+	}, nil
+}
+
+type kv struct {
+	k uint64
+	v []byte
+}
+
+// sortKV orders rows by key: bbolt fills B+tree pages in order far faster
+// than at random.
+func sortKV(rows []kv) {
 	slices.SortFunc(rows, func(a, b kv) int {
 		switch {
 		case a.k < b.k:
@@ -177,12 +194,35 @@ func putRows[T any](tx *bolt.Tx, name []byte, t *table[T], enc func(*T) []byte) 
 		}
 		return 0
 	})
-	for _, r := range rows {
+}
+
+// capturedRows are a table's changed rows, encoded, and its deleted keys.
+type capturedRows struct {
+	bucket []byte
+	rows   []kv
+	gone   []uint64
+}
+
+func captureRows[T any](name []byte, t *table[T], enc func(*T) []byte) capturedRows {
+	c := capturedRows{bucket: name}
+	t.drain(func(k uint64, r *T) {
+		c.rows = append(c.rows, kv{k, slices.Clone(enc(r))})
+	}, func(k uint64) { c.gone = append(c.gone, k) })
+	sortKV(c.rows)
+	return c
+}
+
+func (c *capturedRows) write(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(c.bucket)
+	if err != nil {
+		return err
+	}
+	for _, r := range c.rows {
 		if err := b.Put(k8(r.k), r.v); err != nil {
 			return err
 		}
 	}
-	for _, k := range gone {
+	for _, k := range c.gone {
 		if err := b.Delete(k8(k)); err != nil {
 			return err
 		}
@@ -190,60 +230,59 @@ func putRows[T any](tx *bolt.Tx, name []byte, t *table[T], enc func(*T) []byte) 
 	return nil
 }
 
-// putChains writes the payment chains changed since the last checkpoint and
-// deletes the expired ones, in key order (bbolt fills pages in order far
-// faster than at random).
-func (e *Engine) putChains(tx *bolt.Tx) error {
-	b, err := tx.CreateBucketIfNotExists(bChains)
-	if err != nil {
-		return err
-	}
-	slices.Sort(e.chainsDirty)
+// captureChains encodes the payment chains changed since the last
+// checkpoint and lists the expired ones.
+func (e *Engine) captureChains() capturedRows {
+	c := capturedRows{bucket: bChains}
 	for _, k := range e.chainsDirty {
-		if c := e.chains[k]; c != nil {
-			if err := b.Put(k8(k), encodeChain(c)); err != nil {
-				return err
-			}
-			c.dirty = false
+		if ch := e.chains[k]; ch != nil && ch.dirty {
+			c.rows = append(c.rows, kv{k, encodeChain(ch)})
+			ch.dirty = false
 		}
 	}
 	for _, k := range e.chainsGone {
 		if e.chains[k] == nil { // not created again since
-			if err := b.Delete(k8(k)); err != nil {
-				return err
-			}
+			c.gone = append(c.gone, k)
 		}
 	}
+	sortKV(c.rows)
 	e.chainsDirty, e.chainsGone = e.chainsDirty[:0], e.chainsGone[:0]
-	return nil
+	return c
 }
 
-// putTimers writes the timers armed since the last checkpoint that are
-// still pending and deletes those that fired or were cancelled.
-func (e *Engine) putTimers(tx *bolt.Tx) error {
-	b, err := tx.CreateBucketIfNotExists(bTimers)
-	if err != nil {
-		return err
-	}
+// captureTimers encodes the timers armed since the last checkpoint that are
+// still pending and lists those that fired or were cancelled.
+func (e *Engine) captureTimers() (func(*bolt.Tx) error, error) {
+	var put []kv
 	for _, t := range e.timersNew { // armed in seq order
 		if t.cancelled || t.done {
 			continue
 		}
 		v, err := encodeTimer(t)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := b.Put(binary.BigEndian.AppendUint64(nil, t.seq), v); err != nil {
-			return err
-		}
+		put = append(put, kv{t.seq, v})
 	}
-	for _, seq := range e.timersGone {
-		if err := b.Delete(binary.BigEndian.AppendUint64(nil, seq)); err != nil {
-			return err
-		}
-	}
+	gone := slices.Clone(e.timersGone)
 	e.timersNew, e.timersGone = e.timersNew[:0], e.timersGone[:0]
-	return nil
+	return func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bTimers)
+		if err != nil {
+			return err
+		}
+		for _, r := range put {
+			if err := b.Put(binary.BigEndian.AppendUint64(nil, r.k), r.v); err != nil {
+				return err
+			}
+		}
+		for _, seq := range gone {
+			if err := b.Delete(binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
 }
 
 func rewrite(tx *bolt.Tx, name []byte, fill func(*bolt.Bucket) error) error {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -27,35 +28,76 @@ type record struct {
 // entries inside the caller's transaction (the checkpoint's), and hands
 // automatic commands to Forward.
 func (p *Planner) Save(tx *bolt.Tx) error {
+	write, err := p.PrepareSave()
+	if err != nil {
+		return err
+	}
+	return write(tx)
+}
+
+// PrepareSave captures what Save writes — encoded states, the breaker,
+// audit entries, commands to forward — and returns the function that
+// writes it (for a checkpoint written outside the lock).
+func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
+	type kv struct {
+		id string
+		v  []byte
+	}
+	states := make([]kv, 0, len(p.dirty))
 	for id := range p.dirty {
-		if err := p.putState(tx, id); err != nil {
-			return err
+		v, err := p.encodeState(id)
+		if err != nil {
+			return nil, err
+		}
+		if v != nil {
+			states = append(states, kv{id, v})
 		}
 	}
 	clear(p.dirty)
-	if err := p.putBreaker(tx); err != nil {
-		return err
+	var breaker []byte
+	if p.breaker.dirty {
+		v, err := json.Marshal(&p.breaker)
+		if err != nil {
+			return nil, err
+		}
+		breaker, p.breaker.dirty = v, false
 	}
-	if err := AppendAudit(tx, p.audit...); err != nil {
-		return err
-	}
+	audit := slices.Clone(p.audit)
 	p.audit = p.audit[:0]
-	return p.ForwardPending(tx)
-}
-
-// ForwardPending hands the automatic commands not yet forwarded to Forward
-// inside tx. A manual action calls it before adding its own command, so the
-// account service sees a freeze before the unfreeze that undoes it.
-func (p *Planner) ForwardPending(tx *bolt.Tx) error {
-	if p.cfg.Forward != nil {
-		for _, c := range p.forward {
-			if err := p.cfg.Forward(tx, c); err != nil {
+	forward := slices.Clone(p.forward)
+	p.forward = p.forward[:0]
+	fwd := p.cfg.Forward
+	return func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketStates)
+		if err != nil {
+			return err
+		}
+		for _, s := range states {
+			if err := b.Put([]byte(s.id), s.v); err != nil {
 				return err
 			}
 		}
-	}
-	p.forward = p.forward[:0]
-	return nil
+		if breaker != nil {
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(keyBreaker, breaker); err != nil {
+				return err
+			}
+		}
+		if err := AppendAudit(tx, audit...); err != nil {
+			return err
+		}
+		if fwd != nil {
+			for _, c := range forward {
+				if err := fwd(tx, c); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}, nil
 }
 
 // SaveAccount writes one account's state and the breaker inside the
@@ -94,15 +136,24 @@ func (p *Planner) putState(tx *bolt.Tx, id string) error {
 	if err != nil {
 		return err
 	}
+	v, err := p.encodeState(id)
+	if err != nil || v == nil {
+		return err
+	}
+	return b.Put([]byte(id), v)
+}
+
+// encodeState is an account's stored record; nil for an unknown account.
+func (p *Planner) encodeState(id string) ([]byte, error) {
 	s := p.states[id]
 	if s == nil {
-		return nil
+		return nil, nil
 	}
 	v, err := json.Marshal(record{State: *s, Sealed: s.sealed, LastStep: s.lastStep})
 	if err != nil {
-		return fmt.Errorf("encode state of %s: %w", id, err)
+		return nil, fmt.Errorf("encode state of %s: %w", id, err)
 	}
-	return b.Put([]byte(id), v)
+	return v, nil
 }
 
 // Load reads all states and the breaker. It reports how many accounts have
@@ -190,4 +241,19 @@ func ListAudit(db *bolt.DB, account string, limit int) ([]AuditEntry, error) {
 		return nil
 	})
 	return out, err
+}
+
+// ForwardPending hands the automatic commands not yet forwarded to Forward
+// inside tx. A manual action calls it before adding its own command, so the
+// account service sees a freeze before the unfreeze that undoes it.
+func (p *Planner) ForwardPending(tx *bolt.Tx) error {
+	if p.cfg.Forward != nil {
+		for _, c := range p.forward {
+			if err := p.cfg.Forward(tx, c); err != nil {
+				return err
+			}
+		}
+	}
+	p.forward = p.forward[:0]
+	return nil
 }
