@@ -6,7 +6,6 @@
 package alerts
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/detector"
@@ -240,14 +238,7 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 	return out
 }
 
-func alertID(key, decisionID string) string {
-	h := xxhash.Sum64String(key + "\x00" + decisionID)
-	var b [8]byte
-	for i := range b {
-		b[i] = byte(h >> (8 * i))
-	}
-	return "alt_" + hex.EncodeToString(b[:])
-}
+func alertID(key, decisionID string) string { return detector.StableID("alt_", key, decisionID) }
 
 func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Alert {
 	a := &Alert{

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -26,28 +25,6 @@ import (
 
 func alertDest(name string) string  { return "alerts:" + name }
 func digestDest(name string) string { return "digest:" + name }
-
-type alertQueue struct {
-	mu     sync.Mutex
-	alerts []alerts.Alert
-}
-
-func (q *alertQueue) add(list []alerts.Alert) {
-	if len(list) == 0 {
-		return
-	}
-	q.mu.Lock()
-	q.alerts = append(q.alerts, list...)
-	q.mu.Unlock()
-}
-
-func (q *alertQueue) take() []alerts.Alert {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	l := q.alerts
-	q.alerts = nil
-	return l
-}
 
 // rateWindow counts a receiver's alerts in the current wall-clock minute.
 type rateWindow struct {

@@ -66,7 +66,7 @@ type App struct {
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
 	tpl          *alerts.Templates
-	alertQ       alertQueue            // alert records waiting for the next checkpoint to enter the outbox
+	alertQ       *queue[alerts.Alert]  // alert records waiting for the next checkpoint to enter the outbox
 	rates        map[string]rateWindow // per receiver; touched under procMu
 	// deliveryBackoff is the first retry delay of alert delivery;
 	// digestEvery how often rate-limited receivers get their digest.
@@ -75,7 +75,7 @@ type App struct {
 	httpLn                       net.Listener
 	recent                       *recentDecisions
 	stats                        minuteStats
-	scores                       scoreQueue
+	scores                       *queue[ingest.Message]
 	resumed                      detector.Offsets // offsets of the restored checkpoint
 	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
 	observer                     func(Outputs)
@@ -141,7 +141,7 @@ type Options struct {
 // New builds the daemon from a validated config. Nothing runs until Run.
 func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), recent: newRecent(10000), observer: opts.Observer,
-		scores: scoreQueue{wake: make(chan struct{}, 1)}, rates: map[string]rateWindow{},
+		scores: newQueue[ingest.Message](), alertQ: newQueue[alerts.Alert](), rates: map[string]rateWindow{},
 		deliveryBackoff: cmp.Or(opts.DeliveryBackoff, time.Second), digestEvery: cmp.Or(opts.DigestEvery, time.Minute)}
 	defer func() {
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/walletguard/walletguard/alerts"
@@ -12,7 +11,6 @@ import (
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
-	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -102,31 +100,6 @@ func (b backend) Score(ev *event.Event) (detector.Decision, error) {
 	b.a.recent.add(out.Decisions, ev)
 	b.a.stats.add(time.Now(), 1, out.Decisions)
 	return out.Decisions[0], nil
-}
-
-// scoreQueue hands the synchronous API's outputs to their publisher.
-type scoreQueue struct {
-	mu   sync.Mutex
-	msgs []ingest.Message
-	wake chan struct{}
-}
-
-func (q *scoreQueue) add(msgs []ingest.Message) {
-	q.mu.Lock()
-	q.msgs = append(q.msgs, msgs...)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *scoreQueue) take() []ingest.Message {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	m := q.msgs
-	q.msgs = nil
-	return m
 }
 
 // publishScores writes the API's outputs to Kafka until ctx ends, then

@@ -22,6 +22,9 @@ func newRecent(n int) *recentDecisions { return &recentDecisions{ring: make([]ap
 
 // add records ds; ev, if given, is the event they decided.
 func (r *recentDecisions) add(ds []detector.Decision, ev *event.Event) {
+	if !anyFired(ds) {
+		return // most events: no lock taken on the hot path
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range ds {
@@ -56,4 +59,13 @@ func (r *recentDecisions) list(limit int, keep func(*detector.Decision) bool) []
 		}
 	}
 	return out
+}
+
+func anyFired(ds []detector.Decision) bool {
+	for i := range ds {
+		if len(ds[i].Rules) > 0 || len(ds[i].Shadow) > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -171,13 +172,18 @@ func key64(s string) uint64 { return xxhash.Sum64String(s) }
 
 // DecisionID is the stable id of the decision on an event: redelivery and
 // replay give the same id, so consumers can drop repeats.
-func DecisionID(eventID string) string {
+func DecisionID(eventID string) string { return StableID("dec_", eventID) }
+
+// StableID is prefix and the hex of a 64-bit hash of the parts joined by
+// NUL: the same cause gives the same id, in a replay too. Decisions,
+// commands, alerts and audit rows all name themselves this way.
+func StableID(prefix string, parts ...string) string {
+	h := xxhash.Sum64String(strings.Join(parts, "\x00"))
 	var b [8]byte
-	h := xxhash.Sum64String(eventID)
 	for i := range b {
 		b[i] = byte(h >> (8 * i))
 	}
-	return "dec_" + hex.EncodeToString(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
 
 // Process scores ev and folds it into the state. It appends to out the

@@ -9,12 +9,10 @@
 package enforce
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/detector"
@@ -157,12 +155,7 @@ func NewPlanner(cfg Config, m *Metrics) *Planner {
 
 // CommandID is stable for the same cause: the same account, command and decision.
 func CommandID(account, command, cause string) string {
-	h := xxhash.Sum64String(account + "\x00" + command + "\x00" + cause)
-	var b [8]byte
-	for i := range b {
-		b[i] = byte(h >> (8 * i))
-	}
-	return "cmd_" + hex.EncodeToString(b[:])
+	return detector.StableID("cmd_", account, command, cause)
 }
 
 // Plan returns the commands a decision calls for, appended to out. An account

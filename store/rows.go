@@ -1,10 +1,7 @@
 package store
 
 import (
-	"encoding/hex"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
@@ -127,13 +124,8 @@ func (r *ActionRow) values() []any {
 // NewActionRow makes the row of an audit entry. Its id is derived from the
 // entry, so an automatic action re-decided after a crash is the same row.
 func NewActionRow(e *enforce.AuditEntry, now time.Time) ActionRow {
-	h := xxhash.Sum64String(e.At.UTC().Format(time.RFC3339Nano) + "\x00" + e.Action + "\x00" + e.AccountID + "\x00" + e.Actor +
-		"\x00" + e.DecisionID + "\x00" + e.CommandID + "\x00" + e.Reason)
-	var b [8]byte
-	for i := range b {
-		b[i] = byte(h >> (8 * i))
-	}
-	return ActionRow{ActionID: "act_" + hex.EncodeToString(b[:]), At: e.At.UTC(), AtMs: uint64(e.At.UnixMilli()), Action: e.Action,
+	id := detector.StableID("act_", e.At.UTC().Format(time.RFC3339Nano), e.Action, e.AccountID, e.Actor, e.DecisionID, e.CommandID, e.Reason)
+	return ActionRow{ActionID: id, At: e.At.UTC(), AtMs: uint64(e.At.UnixMilli()), Action: e.Action,
 		Origin: e.Origin, Actor: e.Actor, AccountID: e.AccountID, Reason: e.Reason, DecisionID: e.DecisionID, Command: e.CommandID,
 		Outcome: e.Outcome, WrittenAt: now.UTC()}
 }

@@ -1,0 +1,35 @@
+package app
+
+import "sync"
+
+// queue hands records from the goroutines that make them to the one that
+// writes them: alerts waiting for the next checkpoint, the scoring API's
+// outputs waiting for Kafka.
+type queue[T any] struct {
+	mu    sync.Mutex
+	items []T
+	wake  chan struct{} // signalled on add
+}
+
+func newQueue[T any]() *queue[T] { return &queue[T]{wake: make(chan struct{}, 1)} }
+
+func (q *queue[T]) add(items []T) {
+	if len(items) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.items = append(q.items, items...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *queue[T]) take() []T {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items := q.items
+	q.items = nil
+	return items
+}
