@@ -84,7 +84,9 @@ try {
   const ack = page.locator("#alerts-table button[data-ack]").first();
   await ack.waitFor();
   const id = await ack.getAttribute("data-ack");
-  await ack.click();
+  // The queue re-renders every few seconds and may reorder: click this
+  // alert's own button, not whatever is first by then.
+  await page.locator(`#alerts-table button[data-ack='${id}']`).click();
   await page.waitForSelector(`#alerts-table tr[data-alert='${id}'] .status:has-text('acknowledged')`);
   check(true, "an alert is acknowledged with one click");
   check(external.length === 0, "no request leaves the daemon: " + external.join(", "));
