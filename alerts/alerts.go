@@ -503,7 +503,7 @@ type stored struct {
 
 // Save writes changed alerts inside the caller's transaction.
 func (m *Manager) Save(tx *bolt.Tx) error {
-	write, err := m.PrepareSave()
+	write, _, err := m.PrepareSave()
 	if err != nil {
 		return err
 	}
@@ -511,8 +511,9 @@ func (m *Manager) Save(tx *bolt.Tx) error {
 }
 
 // PrepareSave captures the changed alerts, encoded, and returns the
-// function that writes them (for a checkpoint written outside the lock).
-func (m *Manager) PrepareSave() (func(*bolt.Tx) error, error) {
+// function that writes them (for a checkpoint written outside the lock) and
+// the one that marks them changed again if that write fails.
+func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err error) {
 	type kv struct {
 		key string
 		v   []byte // nil: delete
@@ -531,12 +532,17 @@ func (m *Manager) PrepareSave() (func(*bolt.Tx) error, error) {
 		sort.Strings(s.Accounts)
 		v, err := json.Marshal(s)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		rows = append(rows, kv{key, v})
 	}
 	clear(m.dirty)
-	return func(tx *bolt.Tx) error {
+	undo = func() {
+		for _, r := range rows {
+			m.dirty[r.key] = true
+		}
+	}
+	write = func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
 			return err
@@ -552,7 +558,8 @@ func (m *Manager) PrepareSave() (func(*bolt.Tx) error, error) {
 			}
 		}
 		return nil
-	}, nil
+	}
+	return write, undo, nil
 }
 
 // Load reads the alerts saved by Save.

@@ -40,6 +40,8 @@ type Account struct {
 	RecentDecisions []TimelineEntry      `json:"recent_decisions"`
 	RecentActions   []enforce.AuditEntry `json:"recent_actions"`
 	State           *enforce.State       `json:"state,omitempty"`
+	// Profile is the account's learned habit (absent if the detector does not know it).
+	Profile *detector.Profile `json:"profile,omitempty"`
 }
 
 // TimelineEntry is a decision with the event behind it, briefly.

@@ -149,14 +149,14 @@ func (a *App) enqueueAlerts(tx *bolt.Tx, list []alerts.Alert) error {
 
 // prepareAlerts renders the alerts waiting for the checkpoint; the returned
 // function puts them into the outbox inside the checkpoint's transaction.
-func (a *App) prepareAlerts() (func(*bolt.Tx) error, error) {
+func (a *App) prepareAlerts() (write func(*bolt.Tx) error, undo func(), err error) {
 	list := a.alertQ.take()
 	ds, err := a.renderAlerts(list)
 	if err != nil {
-		a.alertQ.add(list) // retried with the next checkpoint
-		return nil, err
+		a.alertQ.putBack(list) // retried with the next checkpoint
+		return nil, nil, err
 	}
-	return func(tx *bolt.Tx) error { return a.putDeliveries(tx, ds) }, nil
+	return func(tx *bolt.Tx) error { return a.putDeliveries(tx, ds) }, func() { a.alertQ.putBack(list) }, nil
 }
 
 func (a *App) notifyReceivers() {

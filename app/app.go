@@ -93,6 +93,7 @@ type appMetrics struct {
 	commands       *prometheus.CounterVec
 	alertsRaised   *prometheus.CounterVec
 	watermark      prometheus.Gauge
+	lastCheckpoint prometheus.Gauge
 }
 
 func newAppMetrics(reg prometheus.Registerer) *appMetrics {
@@ -117,6 +118,9 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}, []string{"category", "severity"}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
+		}),
+		lastCheckpoint: f.NewGauge(prometheus.GaugeOpts{
+			Name: "walletguard_last_checkpoint_timestamp_seconds", Help: "Wall-clock time of the last checkpoint written, as Unix seconds.",
 		}),
 	}
 	m.reloadOK.Set(1)
@@ -164,6 +168,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
+	registerDiskMetrics(a.reg, cfg.DataDir)
 	a.store, err = detector.OpenStore(filepath.Join(cfg.DataDir, "state"))
 	if err != nil {
 		return nil, err
@@ -336,19 +341,36 @@ func (a *App) Run(ctx context.Context) error {
 // prepareCheckpoint captures everything a checkpoint writes: the account
 // security states, alerts and their deliveries, and the detection state
 // with the offsets, in the order they are written. Called with procMu held.
-func (a *App) prepareCheckpoint(offsets detector.Offsets) ([]func(*bolt.Tx) error, error) {
-	var writers []func(*bolt.Tx) error
-	for _, prep := range []func() (func(*bolt.Tx) error, error){
+// A retry passes the failed checkpoint's work: its detection state and
+// offsets are written as captured (only the pipeline changes them), the
+// rest is captured afresh, since a manual action may have changed it since.
+func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckptWork, error) {
+	w := &ckptWork{offsets: offsets, watermark: a.proc.Engine.Watermark()}
+	undo := func() {
+		for _, u := range w.undo {
+			u()
+		}
+	}
+	for _, prep := range []func() (func(*bolt.Tx) error, func(), error){
 		a.proc.Planner.PrepareSave, a.proc.Alerts.PrepareSave, a.prepareAlerts,
-		func() (func(*bolt.Tx) error, error) { return a.proc.Engine.PrepareCheckpoint(offsets) },
 	} {
-		w, err := prep()
+		write, u, err := prep()
 		if err != nil {
+			undo()
 			return nil, err
 		}
-		writers = append(writers, w)
+		w.writers, w.undo = append(w.writers, write), append(w.undo, u)
 	}
-	return writers, nil
+	if retry != nil {
+		w.engine, w.offsets, w.watermark = retry.engine, retry.offsets, retry.watermark
+		return w, nil
+	}
+	var err error
+	if w.engine, err = a.proc.Engine.PrepareCheckpoint(offsets); err != nil {
+		undo()
+		return nil, err
+	}
+	return w, nil
 }
 
 func (a *App) checkpointFailed(err error) {
@@ -357,6 +379,15 @@ func (a *App) checkpointFailed(err error) {
 		a.log.Error("checkpoint failed: offsets will not be committed until one succeeds", "err", err)
 	}
 	a.ckptErr.Store(err.Error())
+}
+
+// ckptWork is one captured checkpoint: its writes and what it makes durable.
+type ckptWork struct {
+	writers   []func(*bolt.Tx) error // account states, alerts, deliveries
+	undo      []func()               // mark those changed again (write failed)
+	engine    func(*bolt.Tx) error   // detection state and offsets
+	offsets   detector.Offsets
+	watermark time.Time
 }
 
 // pipeline is the single goroutine that owns detection state.
@@ -400,6 +431,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		out.Reset()
 	}
 	ckptSlot := make(chan struct{}, 1)
+	var failedCkpt *ckptWork // guarded by ckptSlot
 	checkpoint := func(final bool) {
 		flush()
 		if failed {
@@ -414,23 +446,32 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			lastCkpt = time.Now()
 			return
 		}
-		offsets := detector.Offsets{}
-		for t, ps := range next {
-			offsets[t] = map[int]int64{}
-			for p, o := range ps {
-				offsets[t][p] = o
-			}
-		}
 		// One write at a time: wait for the previous checkpoint's.
 		ckptSlot <- struct{}{}
+		lastCkpt = time.Now()
+		// A checkpoint whose write failed (a full disk, say) is written
+		// again before newer detection state is captured: capturing takes
+		// the changed rows out of the dirty lists, so dropping the failed
+		// copy would leave them out of every later checkpoint.
+		retry := failedCkpt
+		failedCkpt = nil
+		var offsets detector.Offsets
+		if retry == nil {
+			offsets = detector.Offsets{}
+			for t, ps := range next {
+				offsets[t] = map[int]int64{}
+				for p, o := range ps {
+					offsets[t][p] = o
+				}
+			}
+		}
 		// Capture under the lock (a copy of what changed), write without
 		// it: the pipeline goes on deciding while bbolt writes.
 		a.procMu.Lock()
-		writers, err := a.prepareCheckpoint(offsets)
-		wm := a.proc.Engine.Watermark()
+		work, err := a.prepareCheckpoint(offsets, retry)
 		a.procMu.Unlock()
-		lastCkpt = time.Now()
 		if err != nil {
+			failedCkpt = retry
 			<-ckptSlot
 			a.checkpointFailed(err)
 			return
@@ -440,7 +481,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			start := time.Now()
 			a.writeMu.Lock()
 			err := a.store.DB().Update(func(tx *bolt.Tx) error {
-				for _, w := range writers {
+				for _, w := range append(work.writers, work.engine) {
 					if err := w(tx); err != nil {
 						return err
 					}
@@ -449,9 +490,17 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			})
 			a.writeMu.Unlock()
 			if err != nil {
+				a.procMu.Lock()
+				for _, u := range work.undo {
+					u()
+				}
+				a.procMu.Unlock()
+				failedCkpt = work // read by the next checkpoint, once it holds the slot
 				a.checkpointFailed(fmt.Errorf("checkpoint: %w", err))
 				return
 			}
+			offsets, wm := work.offsets, work.watermark
+			a.amet.lastCheckpoint.SetToCurrentTime()
 			if a.ckptErr.Load().(string) != "" {
 				a.log.Info("checkpoints succeed again")
 			}

@@ -24,9 +24,13 @@ func (b backend) Ready() (bool, string) { return b.a.ready() }
 func (b backend) Account(id string) api.Account {
 	b.a.procMu.Lock()
 	st, _ := b.a.proc.Planner.Get(id)
+	prof, known := b.a.proc.Engine.Profile(id)
 	b.a.procMu.Unlock()
 	acc := api.Account{AccountID: id, Frozen: st.Frozen, FrozenReason: st.FrozenReason, StepUpRequired: st.StepUp,
 		RiskScore: st.LastRiskScore, State: &st}
+	if known {
+		acc.Profile = &prof
+	}
 	acc.RecentDecisions = b.timeline(id, 50)
 	if acc.RecentDecisions == nil {
 		acc.RecentDecisions = []api.TimelineEntry{}

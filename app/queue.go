@@ -33,3 +33,13 @@ func (q *queue[T]) take() []T {
 	q.items = nil
 	return items
 }
+
+// putBack returns items taken but not handled to the front of the queue.
+func (q *queue[T]) putBack(items []T) {
+	if len(items) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.items = append(items, q.items...)
+	q.mu.Unlock()
+}

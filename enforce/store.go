@@ -28,7 +28,7 @@ type record struct {
 // entries inside the caller's transaction (the checkpoint's), and hands
 // automatic commands to Forward.
 func (p *Planner) Save(tx *bolt.Tx) error {
-	write, err := p.PrepareSave()
+	write, _, err := p.PrepareSave()
 	if err != nil {
 		return err
 	}
@@ -37,8 +37,10 @@ func (p *Planner) Save(tx *bolt.Tx) error {
 
 // PrepareSave captures what Save writes — encoded states, the breaker,
 // audit entries, commands to forward — and returns the function that
-// writes it (for a checkpoint written outside the lock).
-func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
+// writes it (for a checkpoint written outside the lock), and the function
+// that puts it all back to be saved again if that write fails (called with
+// the caller's lock held; newer changes made meanwhile are kept).
+func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err error) {
 	type kv struct {
 		id string
 		v  []byte
@@ -47,7 +49,7 @@ func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
 	for id := range p.dirty {
 		v, err := p.encodeState(id)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if v != nil {
 			states = append(states, kv{id, v})
@@ -58,7 +60,7 @@ func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
 	if p.breaker.dirty {
 		v, err := json.Marshal(&p.breaker)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		breaker, p.breaker.dirty = v, false
 	}
@@ -67,7 +69,17 @@ func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
 	forward := slices.Clone(p.forward)
 	p.forward = p.forward[:0]
 	fwd := p.cfg.Forward
-	return func(tx *bolt.Tx) error {
+	undo = func() {
+		for _, s := range states {
+			p.dirty[s.id] = true
+		}
+		if breaker != nil {
+			p.breaker.dirty = true
+		}
+		p.audit = append(audit, p.audit...)
+		p.forward = append(forward, p.forward...)
+	}
+	write = func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketStates)
 		if err != nil {
 			return err
@@ -97,7 +109,8 @@ func (p *Planner) PrepareSave() (func(*bolt.Tx) error, error) {
 			}
 		}
 		return nil
-	}, nil
+	}
+	return write, undo, nil
 }
 
 // SaveAccount writes one account's state and the breaker inside the

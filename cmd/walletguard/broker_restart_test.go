@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,23 +26,7 @@ import (
 func TestBrokerRestartMidStream(t *testing.T) {
 	bin := buildBinary(t)
 	addr, dir := freePort(t), t.TempDir()
-	startB := func() *exec.Cmd {
-		cmd := exec.Command(bin, "broker", "--listen", addr, "--partitions", "4", "--dir", filepath.Join(dir, "broker"))
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				return cmd
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("broker did not start")
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	startB := func() *exec.Cmd { return runBroker(t, bin, addr, 4, filepath.Join(dir, "broker")) }
 	broker := startB()
 	defer func() { broker.Process.Signal(syscall.SIGTERM); broker.Wait() }()
 

@@ -34,18 +34,31 @@ import (
 func startBroker(t *testing.T, bin string) string {
 	t.Helper()
 	addr := freePort(t)
-	cmd := exec.Command(bin, "broker", "--listen", addr, "--partitions", "1")
+	cmd := runBroker(t, bin, addr, 1, "")
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	return addr
+}
+
+// runBroker starts `walletguard broker` on addr (its log in dir, if set)
+// and waits until it accepts connections.
+func runBroker(t *testing.T, bin, addr string, partitions int, dir string) *exec.Cmd {
+	t.Helper()
+	args := []string{"broker", "--listen", addr, "--partitions", fmt.Sprint(partitions)}
+	if dir != "" {
+		args = append(args, "--dir", dir)
+	}
+	cmd := exec.Command(bin, args...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr
+			return cmd
 		}
 		if time.Now().After(deadline) {
+			cmd.Process.Kill()
 			t.Fatal("broker did not start")
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -407,7 +420,10 @@ func grepLines(s string, words ...string) string {
 
 // consumed reads walletguard_events_consumed_total (all types) from a
 // daemon's /metrics; 0 while it is not up.
-func consumed(addr string) float64 {
+func consumed(addr string) float64 { return metricSum(addr, "walletguard_events_consumed_total") }
+
+// metricSum adds up every series of a metric the daemon at addr exports.
+func metricSum(addr, name string) float64 {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return 0
@@ -416,7 +432,7 @@ func consumed(addr string) float64 {
 	b, _ := io.ReadAll(resp.Body)
 	total := 0.0
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "walletguard_events_consumed_total{") {
+		if strings.HasPrefix(l, name+"{") || strings.HasPrefix(l, name+" ") {
 			var v float64
 			fmt.Sscanf(l[strings.LastIndexByte(l, ' ')+1:], "%g", &v)
 			total += v
