@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -174,6 +175,10 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
 	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
 	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.resetBreaker))
+	// Go's profiler, for the admin role only: heap and CPU profiles of a
+	// daemon that misbehaves in production, without restarting it.
+	mux.HandleFunc("GET /debug/pprof/", s.auth(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.auth(pprof.Profile))
 	mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}, "viewer", "support", "gateway"))

@@ -236,7 +236,8 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	a.brokers = cfg.Kafka.Brokers
 	if len(a.brokers) == 0 {
 		topics := append([]string{cfg.Kafka.DLQTopic, cfg.Kafka.DecisionsTopic, cfg.Kafka.CommandsTopic}, cfg.Kafka.Topics...)
-		a.broker, err = ingest.StartEmbedded(cfg.Kafka.EmbeddedListen, filepath.Join(cfg.DataDir, "broker"), cfg.Kafka.EmbeddedPartitions, topics, log)
+		a.broker, err = ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: cfg.Kafka.EmbeddedListen, Dir: filepath.Join(cfg.DataDir, "broker"),
+			Partitions: cfg.Kafka.EmbeddedPartitions, Topics: topics}, log)
 		if err != nil {
 			return nil, err
 		}

@@ -258,7 +258,7 @@ func simMessages(t *testing.T, accounts int, seed uint64, n int) ([]kafka.Messag
 // consuming a backlog from a broker that stays up, starts it again on the same
 // data directory, and checks that every event got exactly one decision.
 func TestRestartMidStreamHandlesEachEventOnce(t *testing.T) {
-	broker, err := ingest.StartEmbedded("127.0.0.1:0", "", 4, []string{"wallet.events"}, slog.New(slog.DiscardHandler))
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func TestEmbeddedBrokerKeepsDataAcrossRestart(t *testing.T) {
 // daemon; SIGTERM still ends it within the shutdown timeout (outputs not yet
 // written are not checkpointed, so nothing is lost: it is redone next start).
 func TestStopIsBoundedWhenTheBrokerIsGone(t *testing.T) {
-	broker, err := ingest.StartEmbedded("127.0.0.1:0", "", 2, []string{"wallet.events"}, slog.New(slog.DiscardHandler))
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 2, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

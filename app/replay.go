@@ -48,7 +48,7 @@ func NewProcessor(cfg config.Config, set *rules.Set, m *detector.Metrics, log *s
 	d := cfg.Detector
 	return &Processor{
 		Engine: detector.New(detector.Config{
-			AllowedLateness: d.AllowedLateness.D(), IdleExpiry: d.IdleExpiry.D(), AllowList: d.AllowList,
+			AllowedLateness: d.AllowedLateness.D(), IdleExpiry: d.IdleExpiry.D(), MaxRows: d.MaxAccounts, AllowList: d.AllowList,
 			Thresholds: detector.Thresholds{Review: d.Thresholds.Review, StepUp: d.Thresholds.StepUp, Freeze: d.Thresholds.Freeze},
 		}, set, m, log),
 		Planner: enforce.NewPlanner(PlannerConfig(cfg), nil),

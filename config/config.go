@@ -166,6 +166,10 @@ type Detector struct {
 	AllowedLateness Duration `yaml:"allowed_lateness"`
 	// IdleExpiry drops the state of accounts and entities not seen for this long (event time).
 	IdleExpiry Duration `yaml:"idle_expiry"`
+	// MaxAccounts caps the accounts held in detection state, and the
+	// devices, IPs and payees (each kind on its own): past it the entries seen
+	// longest ago are dropped first, so memory stays bounded whatever the input.
+	MaxAccounts int `yaml:"max_accounts"`
 	// CheckpointInterval is how often state, timers and offsets are saved together.
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 	// Thresholds map a 0–100 score to an action.
@@ -235,6 +239,7 @@ func Default() Config {
 		Detector: Detector{
 			AllowedLateness:    Duration(5 * time.Minute),
 			IdleExpiry:         Duration(30 * 24 * time.Hour),
+			MaxAccounts:        2_000_000,
 			CheckpointInterval: Duration(5 * time.Second),
 			Thresholds:         Thresholds{Review: 40, StepUp: 60, Freeze: 85},
 		},
@@ -413,6 +418,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	d := c.Detector
+	if d.MaxAccounts < 1000 {
+		bad("detector.max_accounts: must be at least 1000 (it is %d)", d.MaxAccounts)
+	}
 	if d.AllowedLateness.D() < 0 || d.IdleExpiry.D() <= 0 || d.CheckpointInterval.D() <= 0 {
 		bad("detector: allowed_lateness must be ≥ 0, idle_expiry and checkpoint_interval > 0")
 	}

@@ -111,6 +111,7 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 // a copy (fast, under the caller's lock); the write — the slow part — may
 // run later in another goroutine while the engine goes on.
 func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error) {
+	e.updateGauges() // on wall-clock time too: event time may stand still
 	ob, err := json.Marshal(offsets)
 	if err != nil {
 		return nil, err

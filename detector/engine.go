@@ -27,8 +27,13 @@ import (
 type Config struct {
 	AllowedLateness time.Duration
 	IdleExpiry      time.Duration
-	Thresholds      Thresholds
-	AllowList       []string
+	// MaxRows caps the accounts held, and each of the device, IP and payee
+	// tables: past it, the entries seen longest ago are dropped first, so a
+	// burst of new ids (a bug upstream, an attack) cannot exhaust memory.
+	// 0: no cap.
+	MaxRows    int
+	Thresholds Thresholds
+	AllowList  []string
 }
 
 // Thresholds are the lowest combined scores that lead to each action.
@@ -103,6 +108,7 @@ type Engine struct {
 	env                     *rules.Env
 	eval                    rules.Evaluator
 	evalErrs                uint64
+	evicted                 [4]uint64 // rows dropped over capacity, by evictionKinds
 }
 
 // New makes an engine with a rule set.
@@ -329,7 +335,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	if payee != nil {
 		payee.update(ev, acctID, now)
 	}
-	e.sweepStep()
+	e.sweepStep(akey)
 	if now > e.srcMax[src] {
 		e.srcMax[src] = now
 		out = e.fireDue(src, since(now, e.lateness), out)
@@ -429,13 +435,44 @@ func (e *Engine) ruleError(r *rules.Rule, err error) {
 	}
 }
 
-// sweepStep expires a few idle rows of each table per event (on event time).
-func (e *Engine) sweepStep() {
+// sweepStep expires a few idle rows of each table per event (on event time)
+// and, over capacity, drops the rows seen longest ago (never keep, the
+// account of the event at hand).
+func (e *Engine) sweepStep(keep uint64) {
 	cut := since(e.watermark(), e.idle)
 	e.accounts.sweepSome(2, func(a *account) uint32 { return a.last }, cut)
 	e.devices.sweepSome(2, func(d *deviceState) uint32 { return d.last }, cut)
 	e.ips.sweepSome(2, func(s *ipState) uint32 { return s.last }, cut)
 	e.payees.sweepSome(2, func(p *payeeState) uint32 { return p.last }, cut)
+	if max := e.cfg.MaxRows; max > 0 {
+		evictOver(e, 0, e.accounts, max, func(a *account) uint32 { return a.last }, keep, e.dropTimers)
+		evictOver(e, 1, e.devices, max, func(d *deviceState) uint32 { return d.last }, 0, nil)
+		evictOver(e, 2, e.ips, max, func(s *ipState) uint32 { return s.last }, 0, nil)
+		evictOver(e, 3, e.payees, max, func(p *payeeState) uint32 { return p.last }, 0, nil)
+	}
+}
+
+// evictionKinds name the tables in walletguard_state_evicted_total.
+var evictionKinds = [4]string{"account", "device", "ip", "payee"}
+
+func evictOver[T any](e *Engine, kind int, t *table[T], max int, lastSeen func(*T) uint32, keep uint64, gone func(uint64)) {
+	for t.len() > max {
+		key, ok := t.evictOldest(16, lastSeen, keep)
+		if !ok {
+			return
+		}
+		if gone != nil {
+			gone(key)
+		}
+		e.evicted[kind]++
+		if e.metrics != nil {
+			e.metrics.Evicted.WithLabelValues(evictionKinds[kind]).Inc()
+		}
+		if e.evicted[kind]&(e.evicted[kind]-1) == 0 { // logged at 1, 2, 4, 8… evictions
+			e.log.Warn("detection state at capacity: dropping the entries seen longest ago", "kind", evictionKinds[kind],
+				"max", max, "evicted", e.evicted[kind])
+		}
+	}
 }
 
 // sweep drops idle merchants hourly and finished payment chains every six
@@ -527,6 +564,8 @@ func (h *timerHeap) Push(x any)   { t := x.(*timer); t.index = len(*h); *h = app
 func (h *timerHeap) Pop() any {
 	old := *h
 	t := old[len(old)-1]
+	old[len(old)-1] = nil // the backing array must not keep a fired timer and its event
+	t.index = -1
 	*h = old[:len(old)-1]
 	return t
 }
@@ -564,6 +603,20 @@ func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now, src 
 	heap.Push(e.queue(src), t)
 	e.timersNew = append(e.timersNew, t)
 	e.byAccount[akey] = append(e.byAccount[akey], t)
+}
+
+// dropTimers removes the pending timers of an account whose state was
+// dropped at capacity: they would hold memory (each keeps its event) for an
+// account the engine no longer knows.
+func (e *Engine) dropTimers(akey uint64) {
+	for _, t := range e.byAccount[akey] {
+		if h := e.timers[t.src]; h != nil && t.index >= 0 && t.index < len(*h) && (*h)[t.index] == t {
+			heap.Remove(h, t.index)
+		}
+		t.cancelled = true
+		e.timersGone = append(e.timersGone, t.seq)
+	}
+	delete(e.byAccount, akey)
 }
 
 // cancelTimers checks ev against the account's pending timers.

@@ -17,6 +17,7 @@ type Metrics struct {
 	RuleHits   *prometheus.CounterVec
 	RuleErrors prometheus.Counter
 	State      *prometheus.GaugeVec
+	Evicted    *prometheus.CounterVec
 	Ruleset    *prometheus.GaugeVec
 	Rules      prometheus.Gauge
 
@@ -44,6 +45,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		State: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_state_entries", Help: "Entries held in detection state, by kind.",
 		}, []string{"kind"}),
+		Evicted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_state_evicted_total", Help: "Entries dropped from detection state because it was at capacity (detector.max_rows), by kind.",
+		}, []string{"kind"}),
 		Ruleset: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_ruleset_info", Help: "The active rule set: 1 for its content-hash version.",
 		}, []string{"version"}),
@@ -51,6 +55,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "walletguard_rules_loaded", Help: "Rules in the active rule set.",
 		}),
 		hits: map[*rules.Rule]prometheus.Counter{},
+	}
+	for _, k := range evictionKinds {
+		m.Evicted.WithLabelValues(k)
 	}
 	for i, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {
 		m.decisions[i][0] = m.Decisions.WithLabelValues(a, "event")

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -74,5 +75,67 @@ func TestProfileDescribesTheHabit(t *testing.T) {
 	q, _ := r.Profile("acc-7")
 	if q.Events != p.Events || q.TypicalAmount != p.TypicalAmount || !q.LastSeen.Equal(p.LastSeen) || q.HomeCountry != p.HomeCountry {
 		t.Errorf("restored profile %+v differs from %+v", q, p)
+	}
+}
+
+// TestCapacityDropsTheLongestUnseen: a burst of new account ids past
+// max_accounts keeps memory bounded by dropping the accounts seen longest
+// ago; an account in regular use survives the burst, and a checkpoint
+// taken after it restores the same population.
+func TestCapacityDropsTheLongestUnseen(t *testing.T) {
+	set := newEngine(t, time.Minute).Rules()
+	e := New(Config{AllowedLateness: time.Minute, IdleExpiry: 30 * 24 * time.Hour, MaxRows: 1000,
+		Thresholds: Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, set, nil, slog.New(slog.DiscardHandler))
+	ts := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	ids := make([]byte, 0, 32)
+	for i := 0; i < 20000; i++ {
+		ids = appendInt(append(ids[:0], "burst-"...), i)
+		ev := event.Event{Type: event.TypeLogin, TypeName: "login", Result: "success", TS: ts, AccountID: string(ids),
+			EventID: string(ids) + "-e", IP: "203.0.113.9", DeviceID: "d-" + string(ids), BalanceAfter: -1}
+		e.Process(&ev, nil)
+		if i%100 == 0 { // a regular user keeps using the wallet through the burst
+			reg := event.Event{Type: event.TypeLogin, TypeName: "login", Result: "success", TS: ts, AccountID: "regular",
+				EventID: "r-" + string(ids), DeviceID: "phone", BalanceAfter: -1}
+			e.Process(&reg, nil)
+		}
+		ts = ts.Add(100 * time.Millisecond)
+	}
+	st := e.Stats()
+	if st.Accounts > 1001 || st.Accounts < 900 {
+		t.Fatalf("%d accounts held with max 1000", st.Accounts)
+	}
+	if n := e.devices.len(); n > 1001 {
+		t.Fatalf("%d devices held with max 1000", n)
+	}
+	if n := e.timerCount(); n > 1001 || len(e.byAccount) > 1001 {
+		t.Fatalf("%d timers of %d accounts pending with max 1000 accounts", n, len(e.byAccount))
+	}
+	if _, ok := e.Profile("regular"); !ok {
+		t.Error("the account in regular use was dropped")
+	}
+	if _, ok := e.Profile("burst-0"); ok {
+		t.Error("the first burst account, unseen since, is still held")
+	}
+	if _, ok := e.Profile("burst-19999"); !ok {
+		t.Error("the newest account was dropped")
+	}
+	if e.evicted[0] < 18000 {
+		t.Errorf("evicted %d accounts, want about 19,000", e.evicted[0])
+	}
+
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := e.Checkpoint(s, Offsets{}); err != nil {
+		t.Fatal(err)
+	}
+	r := newEngine(t, time.Minute)
+	if _, err := r.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Stats().Accounts; got != st.Accounts {
+		t.Errorf("restored %d accounts, held %d", got, st.Accounts)
 	}
 }

@@ -124,12 +124,48 @@ func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32) int {
 		if j, ok := t.idx[key]; !ok || j != i {
 			continue
 		}
-		delete(t.idx, key)
-		var zero T
-		*t.row(i) = zero
-		t.free = append(t.free, i)
-		t.deleted = append(t.deleted, key)
+		t.remove(i, key)
 		removed++
 	}
 	return removed
+}
+
+// evictOldest frees, among the next sample row slots, the one last seen
+// longest ago — never the row of keep. A clock hand that samples: an
+// approximate least-recently-seen eviction at O(sample) per call, for when
+// the table is over its capacity.
+func (t *table[T]) evictOldest(sample int, lastSeen func(*T) uint32, keep uint64) (key uint64, ok bool) {
+	best, bestLast := uint32(0), uint32(0)
+	found := false
+	for ; sample > 0 && t.n > 0; sample-- {
+		if t.hand >= t.n {
+			t.hand = 0
+		}
+		i := t.hand
+		t.hand++
+		last := lastSeen(t.row(i))
+		if last == 0 || t.keys[i] == keep {
+			continue
+		}
+		if !found || last < bestLast {
+			best, bestLast, found = i, last, true
+		}
+	}
+	if !found {
+		return 0, false
+	}
+	key = t.keys[best]
+	if j, ok := t.idx[key]; !ok || j != best {
+		return 0, false
+	}
+	t.remove(best, key)
+	return key, true
+}
+
+func (t *table[T]) remove(i uint32, key uint64) {
+	delete(t.idx, key)
+	var zero T
+	*t.row(i) = zero
+	t.free = append(t.free, i)
+	t.deleted = append(t.deleted, key)
 }

@@ -2,7 +2,7 @@ package detector
 
 // Event time in state is stored as uint32 seconds since epochBase: half the
 // size of a Unix int64 and good until 2156.
-const epochBase = 1577836800 // 2020-01-01T00:00:00Z
+const epochBase = 1577836800 // 2020-01-01T00:00:00Z, event.MinTS: no accepted event is older
 
 func toSec(unix int64) uint32 {
 	if unix <= epochBase {

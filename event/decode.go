@@ -19,6 +19,11 @@ const MaxSize = 64 << 10
 // MaxFutureSkew is how far ahead of arrival an event's ts may be.
 const MaxFutureSkew = 24 * time.Hour
 
+// MinTS is the earliest event time accepted: no wallet event predates it,
+// and one that claims to (1970, year 1) comes from a clock that was never
+// set. Detection state counts seconds from it.
+var MinTS = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // Reason is why an event was rejected. It is a small closed set so that it can
 // label metrics; the free-text detail lives in RejectError.Detail.
 type Reason string
@@ -181,6 +186,9 @@ func validate(ev *Event, ts string, now time.Time) error {
 	t, err := time.Parse(time.RFC3339Nano, ts)
 	if err != nil {
 		return reject(ReasonInvalidValue, "ts %q is not RFC 3339 with an offset", clip(ts))
+	}
+	if t.Before(MinTS) {
+		return reject(ReasonInvalidValue, "ts %s is before %s, the earliest accepted (a device clock that was never set?)", ts, MinTS.Format(time.DateOnly))
 	}
 	if t.After(now.Add(MaxFutureSkew)) {
 		return reject(ReasonFutureTS, "ts %s is more than 24h after arrival %s", ts, now.UTC().Format(time.RFC3339))

@@ -72,6 +72,15 @@ func TestDecodeRejects(t *testing.T) {
 		{"attempt missing", base("payment_attempt", `,"payment_id":"p","status":"retrying"`), ReasonMissingField, "attempt"},
 		{"bad attempt status", base("payment_attempt", `,"payment_id":"p","attempt":1,"status":"success"`), ReasonInvalidValue, "status"},
 		{"bad change", base("account_change", `,"change":"nickname"`), ReasonInvalidValue, "change"},
+		{"ts in 1970", `{"event_id":"e","type":"login","ts":"1970-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonInvalidValue, "2020-01-01"},
+		{"ts in 2100", `{"event_id":"e","type":"login","ts":"2100-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonFutureTS, "2100"},
+		{"NaN amount", base("transaction", `,"tx_id":"t","kind":"payment","amount":NaN,"currency":"IDR","status":"success"`), ReasonInvalidJSON, "'N'"},
+		{"amount 1e400", base("transaction", `,"tx_id":"t","kind":"payment","amount":1e400,"currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
+		{"amount past int64", base("transaction", `,"tx_id":"t","kind":"payment","amount":123456789012345678901234567890,"currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
+		{"lat 1e400", base("login", `,"result":"success","geo":{"country":"ID","lat":1e400}`), ReasonWrongType, "geo.lat"},
+		{"deeply nested", base("login", `,"result":"success","x":`+strings.Repeat("[", 30000)+strings.Repeat("]", 30000)), ReasonInvalidJSON, "depth"},
+		{"truncated", `{"event_id":"e","type":"login","ts":"2026-`, ReasonInvalidJSON, ""},
+		{"null", `null`, ReasonInvalidJSON, "object"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -18,10 +18,20 @@ type EmbeddedBroker struct {
 	addr    string
 }
 
-// StartEmbedded starts the broker on listen (host:port; port 0 picks one) with
-// the given topics created up front. dir, when not empty, keeps the broker's
-// log there across restarts.
-func StartEmbedded(listen, dir string, partitions int, topics []string, log *slog.Logger) (*EmbeddedBroker, error) {
+// EmbeddedConfig says how to run the embedded broker.
+type EmbeddedConfig struct {
+	Listen     string // host:port; port 0 picks one
+	Dir        string // keeps the broker's log there across restarts; empty: memory only
+	Partitions int    // of the topics created up front and of auto-created ones
+	Topics     []string
+	// MaxMessageBytes is the largest record batch accepted (Kafka's
+	// message.max.bytes); 0 keeps Kafka's default of about 1 MB.
+	MaxMessageBytes int
+}
+
+// StartEmbedded starts the broker with the configured topics created up front.
+func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error) {
+	listen, dir, partitions, topics := cfg.Listen, cfg.Dir, cfg.Partitions, cfg.Topics
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker listen %q: %w", listen, err)
@@ -53,6 +63,9 @@ func StartEmbedded(listen, dir string, partitions int, topics []string, log *slo
 	}
 	if dir != "" {
 		opts = append(opts, kfake.DataDir(dir))
+	}
+	if cfg.MaxMessageBytes > 0 {
+		opts = append(opts, kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(cfg.MaxMessageBytes)}))
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {

@@ -58,7 +58,8 @@ func cmdBench(args []string) int {
 	decisions := "walletguard.decisions"
 	var bs []string
 	if *brokers == "" {
-		b, err := ingest.StartEmbedded("127.0.0.1:0", "", *partitions, []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands"}, log)
+		b, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: *partitions,
+			Topics: []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands"}}, log)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 			return 1

@@ -19,12 +19,14 @@ func cmdBroker(args []string) int {
 	listen := fs.String("listen", "127.0.0.1:9092", "host:port to listen on")
 	dir := fs.String("dir", "", "directory for the broker's log (empty: memory only)")
 	partitions := fs.Int("partitions", 8, "partitions of created topics")
+	maxMessage := fs.Int("max-message-bytes", 0, "largest record batch accepted (0: Kafka's default, about 1 MB)")
 	topics := fs.String("topics", "wallet.events,walletguard.dlq,walletguard.decisions,walletguard.account-commands", "topics to create")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	log := newLogger("text", "info")
-	b, err := ingest.StartEmbedded(*listen, *dir, *partitions, strings.Split(*topics, ","), log)
+	b, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: *listen, Dir: *dir, Partitions: *partitions,
+		Topics: strings.Split(*topics, ","), MaxMessageBytes: *maxMessage}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "broker: %v\n", err)
 		return 1

@@ -41,9 +41,9 @@ func startBroker(t *testing.T, bin string) string {
 
 // runBroker starts `walletguard broker` on addr (its log in dir, if set)
 // and waits until it accepts connections.
-func runBroker(t *testing.T, bin, addr string, partitions int, dir string) *exec.Cmd {
+func runBroker(t *testing.T, bin, addr string, partitions int, dir string, flags ...string) *exec.Cmd {
 	t.Helper()
-	args := []string{"broker", "--listen", addr, "--partitions", fmt.Sprint(partitions)}
+	args := append([]string{"broker", "--listen", addr, "--partitions", fmt.Sprint(partitions)}, flags...)
 	if dir != "" {
 		args = append(args, "--dir", dir)
 	}
