@@ -3,6 +3,7 @@ package app
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -141,6 +142,32 @@ func TestTheftThroughKafkaFreezesAndSupportUnfreezes(t *testing.T) {
 	if v := metric(t, addr, `walletguard_actions_total{action="unfreeze",origin="manual"}`); v != 1 {
 		t.Errorf("manual unfreezes counted %v", v)
 	}
+	// The thief — or the customer support just vouched for — moves more
+	// money the same way: within the unfreeze grace it asks for the second
+	// factor instead of freezing the account again.
+	produce(t, r.app.BrokerAddr(), "wallet.events", kafka.Message{Key: []byte("acc-1"), Value: []byte(
+		`{"event_id":"t7","type":"transaction","ts":"2026-11-21T18:16:00Z","account_id":"acc-1","device_id":"phone-x","ip":"102.89.1.9","channel":"app",` +
+			`"geo":{"country":"NG","lat":6.52,"lon":3.38},"tx_id":"x3","kind":"transfer","amount":15000000,"currency":"IDR","status":"success",` +
+			`"counterparty_id":"mule-2","counterparty_country":"ID","balance_after":2500000}`)})
+	var d7 map[string]any
+	waitFor(t, 20*time.Second, "the decision on t7", func() bool {
+		_, m := call(t, addr, "GET", "/v1/decisions?account_id=acc-1", "viewer-token", "")
+		ds, _ := m["decisions"].([]any)
+		for _, d := range ds {
+			if dm := d.(map[string]any); dm["event_id"] == "t7" {
+				d7 = dm
+				return true
+			}
+		}
+		return false
+	})
+	if d7["action"] != "step_up" || !strings.Contains(fmt.Sprint(d7["downgraded_from"]), "unfrozen by support desk (rina)") {
+		t.Errorf("a freeze-worthy event within the unfreeze grace: %v (downgraded from %v)", d7["action"], d7["downgraded_from"])
+	}
+	if code, acc := call(t, addr, "GET", "/v1/accounts/acc-1", "viewer-token", ""); code != 200 || acc["frozen"] != false || acc["step_up_required"] != true {
+		t.Errorf("within the grace acc-1 must stay unfrozen and need the second factor: %v", acc)
+	}
+
 	// Manual freeze is idempotent: one command for two calls.
 	for i := 0; i < 2; i++ {
 		if code, _ := call(t, addr, "POST", "/v1/accounts/acc-9/freeze", "support-token", `{"reason":"owner reported a stolen phone"}`); code != 200 {

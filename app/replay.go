@@ -40,7 +40,8 @@ type ReplaySummary struct {
 // key and forwarding (which only the daemon has).
 func PlannerConfig(cfg config.Config) enforce.Config {
 	e := cfg.Enforce
-	return enforce.Config{MaxFreezes: e.Breaker.MaxFreezes, Window: e.Breaker.Window.D(), MaxWrongCodes: e.TOTP.MaxWrongCodes, Issuer: e.TOTP.Issuer}
+	return enforce.Config{MaxFreezes: e.Breaker.MaxFreezes, Window: e.Breaker.Window.D(), MaxWrongCodes: e.TOTP.MaxWrongCodes, Issuer: e.TOTP.Issuer,
+		UnfreezeGrace: e.UnfreezeGrace.D()}
 }
 
 // NewProcessor builds the detection path from config and a rule set.

@@ -38,7 +38,11 @@ type Enforce struct {
 	// must not freeze the customer base. Freezes become step-ups until an
 	// admin closes it again.
 	Breaker Breaker `yaml:"breaker"`
-	TOTP    TOTP    `yaml:"totp"`
+	// UnfreezeGrace: after support unfreezes an account, automatic freezes
+	// of it become step-ups for this long (the customer travels on; a
+	// thief still has to pass the second factor). 0 turns it off.
+	UnfreezeGrace Duration `yaml:"unfreeze_grace"`
+	TOTP          TOTP     `yaml:"totp"`
 	// AccountService, if URL is set, also receives every account command
 	// as a signed HTTP POST, retried until it succeeds.
 	AccountService Webhook `yaml:"account_service"`
@@ -244,8 +248,9 @@ func Default() Config {
 			Thresholds:         Thresholds{Review: 40, StepUp: 60, Freeze: 85},
 		},
 		Enforce: Enforce{
-			Breaker: Breaker{MaxFreezes: 30, Window: Duration(time.Minute)},
-			TOTP:    TOTP{Issuer: "walletguard", KeyEnv: "WALLETGUARD_TOTP_KEY", MaxWrongCodes: 5},
+			Breaker:       Breaker{MaxFreezes: 30, Window: Duration(time.Minute)},
+			UnfreezeGrace: Duration(24 * time.Hour),
+			TOTP:          TOTP{Issuer: "walletguard", KeyEnv: "WALLETGUARD_TOTP_KEY", MaxWrongCodes: 5},
 		},
 	}
 }
@@ -431,6 +436,9 @@ func (c *Config) Validate() error {
 	e := c.Enforce
 	if e.Breaker.MaxFreezes < 1 || e.Breaker.Window.D() <= 0 {
 		bad("enforce.breaker: max_freezes must be ≥ 1 and window > 0")
+	}
+	if e.UnfreezeGrace.D() < 0 {
+		bad("enforce.unfreeze_grace: must not be negative")
 	}
 	if e.TOTP.MaxWrongCodes < 1 {
 		bad("enforce.totp.max_wrong_codes: must be ≥ 1")

@@ -54,6 +54,11 @@ type State struct {
 	StepUpReason  string    `json:"step_up_reason,omitempty"`
 	StepUpAt      time.Time `json:"step_up_at,omitzero"`
 	LastRiskScore int       `json:"risk_score"`
+	// TrustedUntil: support unfroze the account; until then automatic
+	// freezes become step-ups (the customer proved who they are, and
+	// freezing them again for the same trip is the harm support just undid).
+	TrustedUntil time.Time `json:"trusted_until,omitzero"`
+	UnfrozenBy   string    `json:"unfrozen_by,omitempty"`
 
 	TOTPEnrolled bool      `json:"totp_enrolled"`
 	EnrolledAt   time.Time `json:"totp_enrolled_at,omitzero"`
@@ -76,6 +81,9 @@ type Config struct {
 	Window        time.Duration
 	MaxWrongCodes int
 	Issuer        string
+	// UnfreezeGrace is how long after a manual unfreeze automatic freezes
+	// of that account become step-ups; 0: none.
+	UnfreezeGrace time.Duration
 	// Sealer encrypts TOTP secrets; nil refuses enrollment.
 	Sealer *Sealer
 	// Forward, if set, receives every automatic command inside the
@@ -163,8 +171,13 @@ func CommandID(account, command, cause string) string {
 // freeze-storm breaker is open, a freeze decision is turned into a step-up
 // (the decision records it in DowngradedFrom).
 func (p *Planner) Plan(d *detector.Decision, out []Command) []Command {
-	if d.Action == rules.ActionFreeze && p.breakerBlocks(d) {
-		d.Action, d.DowngradedFrom = rules.ActionStepUp, rules.ActionFreeze+" (freeze-storm breaker open)"
+	if d.Action == rules.ActionFreeze {
+		if s := p.states[d.AccountID]; s != nil && d.TS.Before(s.TrustedUntil) {
+			d.Action, d.DowngradedFrom = rules.ActionStepUp, rules.ActionFreeze+" (unfrozen by "+s.UnfrozenBy+
+				"; freezes become step-ups until "+s.TrustedUntil.UTC().Format(time.RFC3339)+")"
+		} else if p.breakerBlocks(d) {
+			d.Action, d.DowngradedFrom = rules.ActionStepUp, rules.ActionFreeze+" (freeze-storm breaker open)"
+		}
 	}
 	if d.Action != rules.ActionFreeze && d.Action != rules.ActionStepUp {
 		if s := p.states[d.AccountID]; s != nil && s.LastRiskScore != d.Score {
@@ -290,6 +303,9 @@ func (p *Planner) Unfreeze(id, actor, reason string, now time.Time) (Change, err
 	}
 	p.dirty[id] = true
 	s.Frozen, s.FrozenReason, s.FrozenBy, s.FrozenAt, s.FrozenDecision = false, "", "", time.Time{}, ""
+	if p.cfg.UnfreezeGrace > 0 {
+		s.TrustedUntil, s.UnfrozenBy = now.Add(p.cfg.UnfreezeGrace).UTC(), actor
+	}
 	return p.manual(Change{AccountID: id}, CmdUnfreeze, actor, reason, now), nil
 }
 

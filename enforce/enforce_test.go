@@ -235,3 +235,36 @@ func TestBreakerTurnsAFreezeFloodIntoStepUps(t *testing.T) {
 		t.Errorf("after reset: %+v", cmds)
 	}
 }
+
+// TestUnfreezeGraceStepsUpInsteadOfFreezingAgain: support unfreezes a
+// traveller; the next takeover-looking events of that trip ask for the
+// second factor instead of freezing again, and once the grace is over an
+// automatic freeze works as before. Other accounts are not affected.
+func TestUnfreezeGraceStepsUpInsteadOfFreezingAgain(t *testing.T) {
+	p := NewPlanner(Config{MaxFreezes: 100, Window: time.Minute, UnfreezeGrace: 24 * time.Hour}, nil)
+	t0 := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	d := freezeDecision("traveller", t0)
+	if cmds := p.Plan(&d, nil); len(cmds) != 1 || cmds[0].Command != CmdFreeze {
+		t.Fatalf("first freeze: %+v", cmds)
+	}
+	if _, err := p.Unfreeze("traveller", "support desk (rina)", "called the customer: on holiday in Singapore", t0.Add(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	again := freezeDecision("traveller", t0.Add(2*time.Hour))
+	cmds := p.Plan(&again, nil)
+	if len(cmds) != 1 || cmds[0].Command != CmdRequire2FA || again.Action != rules.ActionStepUp ||
+		!strings.Contains(again.DowngradedFrom, "unfrozen by support desk (rina)") {
+		t.Fatalf("freeze within the grace: commands %+v, decision %s downgraded from %q", cmds, again.Action, again.DowngradedFrom)
+	}
+	if st, _ := p.Get("traveller"); st.Frozen || !st.StepUp {
+		t.Errorf("within the grace the account must stay unfrozen and need a second factor: %+v", st)
+	}
+	other := freezeDecision("someone-else", t0.Add(2*time.Hour))
+	if cmds := p.Plan(&other, nil); len(cmds) != 1 || cmds[0].Command != CmdFreeze {
+		t.Errorf("another account's freeze: %+v", cmds)
+	}
+	late := freezeDecision("traveller", t0.Add(25*time.Hour))
+	if cmds := p.Plan(&late, nil); len(cmds) != 1 || cmds[0].Command != CmdFreeze {
+		t.Errorf("after the grace an automatic freeze applies again: %+v", cmds)
+	}
+}

@@ -52,6 +52,9 @@ try {
   await row.locator("td:nth-child(3) a").click();
   await page.waitForSelector("#frozen-flag:has-text('FROZEN')");
   check(true, `account ${account} shows as frozen`);
+  const habit = await page.textContent("#profile");
+  check(/usually pays [\d,.]+ [A-Z]{3}/.test(habit) && /home [A-Z]{2}/.test(habit) && /known device/.test(habit),
+    "the account's learned habit is shown: " + habit.trim().slice(0, 120));
   const chain = await page.locator("#timeline li.chain").count();
   check(chain >= 2, `the takeover chain is highlighted (${chain} entries)`);
   await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
@@ -62,6 +65,7 @@ try {
   await page.fill("#act-reason", "owner verified by video call; password reset (e2e)");
   await page.click("#btn-unfreeze");
   await page.waitForSelector("#frozen-flag:has-text('not frozen')");
+  check((await page.textContent("#trusted")).includes("step-ups until"), "the unfreeze grace is shown");
   const audit = await page.locator("#audit-table tbody tr").first().textContent();
   check(audit.includes("unfreeze") && audit.includes("manual") && audit.includes("owner verified by video call"), "the unfreeze is in the audit trail: " + audit.trim());
   await page.screenshot({ path: `${shots}/unfrozen.png`, fullPage: true });
@@ -81,13 +85,21 @@ try {
 
   // Acknowledge an alert from the queue.
   await page.click("a[data-page='alerts']");
-  const ack = page.locator("#alerts-table button[data-ack]").first();
-  await ack.waitFor();
-  const id = await ack.getAttribute("data-ack");
-  // The queue re-renders every few seconds and may reorder: click this
-  // alert's own button, not whatever is first by then.
-  await page.locator(`#alerts-table button[data-ack='${id}']`).click();
-  await page.waitForSelector(`#alerts-table tr[data-alert='${id}'] .status:has-text('acknowledged')`);
+  await page.locator("#alerts-table button[data-ack]").first().waitFor();
+  // The queue re-renders every few seconds while the demo runs and may
+  // reorder or page an alert out: pick the button and click it in one
+  // step, then ask the API what became of that alert.
+  const id = await page.evaluate(() => {
+    const b = document.querySelector("#alerts-table button[data-ack]");
+    b.click();
+    return b.getAttribute("data-ack");
+  });
+  await page.waitForFunction(async (id) => {
+    const r = await fetch("/v1/alerts?status=all", { headers: { Authorization: "Bearer " + sessionStorage.getItem("wg-token") } });
+    const body = await r.json();
+    const a = (body.alerts || []).find((x) => x.alert_id === id);
+    return a && a.status === "acknowledged";
+  }, id, { timeout: 15000, polling: 500 });
   check(true, "an alert is acknowledged with one click");
   check(external.length === 0, "no request leaves the daemon: " + external.join(", "));
 } catch (e) {

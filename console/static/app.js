@@ -130,7 +130,8 @@ async function renderAccount(id) {
       : `<span class="state-ok" id="frozen-flag">not frozen</span>`}</p>
     <p>Second factor: ${acc.step_up_required ? "<strong>required</strong> — " + esc(st.step_up_reason) : "not required"}
       · TOTP ${st.totp_enrolled ? "enrolled" : "not enrolled"}${st.totp_locked_at ? " · <strong>locked</strong>" : ""}</p>
-    <p>Risk score: <strong>${acc.risk_score}</strong></p>`;
+    ${st.trusted_until && new Date(st.trusted_until) > new Date() ? `<p id="trusted">Unfrozen by ${esc(st.unfrozen_by)}: automatic freezes become step-ups until ${when(st.trusted_until)}</p>` : ""}
+    <p>Risk score: <strong>${acc.risk_score}</strong></p>${profileHTML(acc.profile)}`;
   $("#btn-freeze").hidden = acc.frozen;
   $("#btn-unfreeze").hidden = !acc.frozen;
   const chainCount = acc.recent_decisions.filter(isChain).length;
@@ -150,6 +151,24 @@ async function renderAccount(id) {
   if (chainCount > 1) $("#timeline").insertAdjacentHTML("afterbegin", `<li class="chain"><strong>${chainCount} steps of a takeover chain</strong> are highlighted below.</li>`);
   $("#audit-table tbody").innerHTML = acc.recent_actions.map((e) => `<tr><td>${when(e.at)}</td><td>${esc(e.action)}</td><td>${esc(e.origin)}</td>
     <td>${esc(e.actor)}</td><td>${esc(e.reason)}</td><td>${esc(e.outcome)}</td></tr>`).join("");
+}
+
+// profileHTML is the account's habit as the detector learned it: what a
+// support agent weighs before calling a new phone abroad theft or travel.
+function profileHTML(p) {
+  if (!p) return `<p class="muted" id="profile">No learned habit yet (account not seen, or idle past expiry).</p>`;
+  const money = (v) => (v / 100).toLocaleString() + " " + esc(p.currency || "");
+  const items = [
+    p.typical_amount ? `usually pays <strong>${money(p.typical_amount)}</strong>` : "no payments yet",
+    p.home_country ? `home <strong>${esc(p.home_country)}</strong>` + (p.countries.length > 1 ? ` (also ${p.countries.slice(1).map(esc).join(", ")})` : "") : "",
+    `${p.known_devices} known device${p.known_devices === 1 ? "" : "s"}, ${p.known_networks} network${p.known_networks === 1 ? "" : "s"}`,
+    `${p.regular_payees} regular payee${p.regular_payees === 1 ? "" : "s"}`,
+    p.balance !== undefined ? `balance ${money(p.balance)}` : "",
+    p.last_login ? `last login ${when(p.last_login)}${p.last_login_country ? " from " + esc(p.last_login_country) : ""}` : "",
+    p.last_security_change ? `last security change ${when(p.last_security_change)}` : "",
+    `seen since ${when(p.first_seen)} (${p.events} events)`,
+  ].filter(Boolean);
+  return `<p id="profile" class="profile">Habit: ${items.join(" · ")}</p>`;
 }
 
 function isChain(d) { return (d.rules || []).some((r) => r.category === "theft"); }
