@@ -88,12 +88,15 @@ type appMetrics struct {
 	checkpoints    prometheus.Counter
 	checkpointErrs prometheus.Counter
 	checkpointSecs prometheus.Histogram
-	reloadOK       prometheus.Gauge
-	reloads        *prometheus.CounterVec
-	commands       *prometheus.CounterVec
-	alertsRaised   *prometheus.CounterVec
-	watermark      prometheus.Gauge
-	lastCheckpoint prometheus.Gauge
+	// checkpointsDeferred counts checkpoints put off because the previous
+	// write was still running.
+	checkpointsDeferred prometheus.Counter
+	reloadOK            prometheus.Gauge
+	reloads             *prometheus.CounterVec
+	commands            *prometheus.CounterVec
+	alertsRaised        *prometheus.CounterVec
+	watermark           prometheus.Gauge
+	lastCheckpoint      prometheus.Gauge
 }
 
 func newAppMetrics(reg prometheus.Registerer) *appMetrics {
@@ -102,6 +105,9 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		checkpoints: f.NewCounter(prometheus.CounterOpts{Name: "walletguard_checkpoints_total", Help: "State checkpoints written."}),
 		checkpointErrs: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_checkpoint_errors_total", Help: "State checkpoints that failed (offsets are not committed until one succeeds).",
+		}),
+		checkpointsDeferred: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_checkpoints_deferred_total", Help: "Checkpoints put off to a later batch because the previous one was still being written.",
 		}),
 		checkpointSecs: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "walletguard_checkpoint_seconds", Help: "Time to write a state checkpoint.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
@@ -438,7 +444,22 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if failed {
 			return
 		}
+		// One write at a time. While the previous one is still being
+		// written the pipeline does not wait for it — every decision would
+		// stall behind a write of seconds — but tries again after its next
+		// batch. Only the final checkpoint waits.
+		if final {
+			ckptSlot <- struct{}{}
+		} else {
+			select {
+			case ckptSlot <- struct{}{}:
+			default:
+				a.amet.checkpointsDeferred.Inc()
+				return
+			}
+		}
 		if err := a.syncSink(ctx); err != nil {
+			<-ckptSlot
 			a.amet.checkpointErrs.Inc()
 			if a.ckptErr.Load().(string) != err.Error() {
 				a.log.Error("checkpoint postponed: analytics rows not durable; offsets will not be committed until they are", "err", err)
@@ -447,8 +468,6 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			lastCkpt = time.Now()
 			return
 		}
-		// One write at a time: wait for the previous checkpoint's.
-		ckptSlot <- struct{}{}
 		lastCkpt = time.Now()
 		// A checkpoint whose write failed (a full disk, say) is written
 		// again before newer detection state is captured: capturing takes
