@@ -131,7 +131,7 @@ func cmdBench(args []string) int {
 	p50, p99 := histogramQuantiles(a, "walletguard_event_processing_seconds")
 	fmt.Printf("  of which inside walletguard (arrival → outputs durable, from its histogram): p50 ≤ %s  p99 ≤ %s\n", p50, p99)
 	c50, c99 := histogramQuantiles(a, "walletguard_checkpoint_seconds")
-	fmt.Printf("  checkpoint writes (in the background; the next one waits for it): p50 ≤ %s  p99 ≤ %s\n", c50, c99)
+	fmt.Printf("  checkpoint writes (in the background; one due meanwhile is put off): p50 ≤ %s  p99 ≤ %s\n", c50, c99)
 	fmt.Printf("detection state: %.0f bytes per account (%d accounts held after the stream)\n", perAccount, held)
 	return 0
 }
