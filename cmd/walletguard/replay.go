@@ -17,6 +17,7 @@ func cmdReplay(args []string) int {
 	out := fs.String("out", "", "output directory for decisions.ndjson, alerts.ndjson, commands.ndjson (required)")
 	cfgPath := fs.String("config", "", "config file (thresholds, allow-list, rules.paths)")
 	rulePaths := fs.String("rules", "", "comma-separated rule files or directories to use instead of the configured ones")
+	compare := fs.String("compare", "", "a previous replay's --out directory (the baseline): report what this rule set decides differently, into DIR/changes.ndjson")
 	// Accept the file before or after the flags: "replay FILE --out DIR".
 	var file string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -29,7 +30,7 @@ func cmdReplay(args []string) int {
 		file = fs.Arg(0)
 	}
 	if file == "" || *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE]")
+		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR]")
 		return 2
 	}
 	cfg, err := config.Load(*cfgPath)
@@ -63,5 +64,14 @@ func cmdReplay(args []string) int {
 	}
 	sum.Print(os.Stdout)
 	fmt.Printf("wrote %s/decisions.ndjson, alerts.ndjson, commands.ndjson\n", strings.TrimRight(*out, "/"))
+	if *compare != "" {
+		c, err := app.CompareDecisions(*compare, *out)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "replay: compare with %s: %v\n", *compare, err)
+			return 1
+		}
+		c.Print(os.Stdout)
+		fmt.Printf("wrote %s/changes.ndjson\n", strings.TrimRight(*out, "/"))
+	}
 	return 0
 }
