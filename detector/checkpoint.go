@@ -368,6 +368,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 				t.index = len(*h)
 				*h = append(*h, t)
 				e.byAccount[t.account] = append(e.byAccount[t.account], t)
+				e.markTimers(t.account)
 				return nil
 			}); err != nil {
 				return fmt.Errorf("timers: %w", err)
