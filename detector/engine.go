@@ -222,14 +222,18 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	var dev *deviceState
 	if ev.DeviceID != "" {
 		dev = e.devices.upsert(key64(ev.DeviceID))
-		dev.view(&env.Device, now)
+		if set.Uses(ev.Type, rules.RootDevice) {
+			dev.view(&env.Device, now)
+		}
 	} else {
 		env.Device = rules.DeviceView{}
 	}
 	var ip *ipState
 	if ev.IP != "" {
 		ip = e.ips.upsert(key64(ev.IP))
-		ip.view(&env.IP, now)
+		if set.Uses(ev.Type, rules.RootIP) {
+			ip.view(&env.IP, now)
+		}
 	} else {
 		env.IP = rules.IPView{}
 	}
@@ -241,14 +245,18 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			merch = &merchantState{}
 			e.merchants[mk] = merch
 		}
-		merch.view(&env.Merchant, now)
+		if set.Uses(ev.Type, rules.RootMerchant) {
+			merch.view(&env.Merchant, now)
+		}
 	} else {
 		env.Merchant = rules.MerchantView{}
 	}
 	var payee *payeeState
 	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
 		payee = e.payees.upsert(key64(ev.CounterpartyID))
-		payee.view(&env.Payee, now)
+		if set.Uses(ev.Type, rules.RootPayee) {
+			payee.view(&env.Payee, now)
+		}
 	} else {
 		env.Payee = rules.PayeeView{}
 	}
@@ -261,7 +269,9 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			app = &merchantState{}
 			e.merchants[ak] = app
 		}
-		app.view(&env.App, now)
+		if set.Uses(ev.Type, rules.RootApp) {
+			app.view(&env.App, now)
+		}
 	} else {
 		env.App = rules.MerchantView{}
 	}
@@ -280,7 +290,9 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			ch.dirty = true
 			e.chainsDirty = append(e.chainsDirty, pk)
 		}
-		ch.view(&env.Payment, now)
+		if set.Uses(ev.Type, rules.RootPayment) {
+			ch.view(&env.Payment, now)
+		}
 	} else {
 		env.Payment = rules.PaymentView{}
 	}

@@ -116,6 +116,7 @@ type Set struct {
 	Rules   []*Rule
 	Version string
 	byType  [event.NumTypes][]*Rule
+	uses    [event.NumTypes]Root
 }
 
 // ForType returns the rules that apply to events of type t.
@@ -164,8 +165,10 @@ func Compile(files []Source) (*Set, error) {
 		return nil, err
 	}
 	for _, r := range set.Rules {
+		roots := r.roots()
 		for _, t := range r.Types {
 			set.byType[t] = append(set.byType[t], r)
+			set.uses[t] |= roots
 		}
 	}
 	set.Version = hex.EncodeToString(h.Sum(nil))[:12]

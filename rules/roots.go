@@ -1,0 +1,58 @@
+package rules
+
+import (
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/vm"
+
+	"github.com/walletguard/walletguard/event"
+)
+
+// Root is one of the entity views of the environment, as a bit.
+type Root uint8
+
+// The entity views a rule can read besides event and account.
+const (
+	RootDevice Root = 1 << iota
+	RootIP
+	RootMerchant
+	RootApp
+	RootPayee
+	RootPayment
+)
+
+var rootNames = map[string]Root{"device": RootDevice, "ip": RootIP, "merchant": RootMerchant,
+	"app": RootApp, "payee": RootPayee, "payment": RootPayment}
+
+// rootsOf lists the views a compiled expression reads.
+func rootsOf(p *vm.Program) Root {
+	if p == nil {
+		return 0
+	}
+	var c rootCollector
+	n := p.Node()
+	ast.Walk(&n, &c)
+	return c.roots
+}
+
+type rootCollector struct{ roots Root }
+
+func (c *rootCollector) Visit(n *ast.Node) {
+	if id, ok := (*n).(*ast.IdentifierNode); ok {
+		c.roots |= rootNames[id.Value]
+	}
+}
+
+// roots is every view the rule reads: its condition, timer conditions and
+// reason.
+func (r *Rule) roots() Root {
+	v := rootsOf(r.when) | rootsOf(r.until) | rootsOf(r.confirm)
+	for _, p := range r.reason {
+		v |= rootsOf(p.prog)
+	}
+	return v
+}
+
+// Uses reports whether any rule for events of type t reads the view: the
+// detector leaves the others unfilled (a view costs memory reads even when
+// no rule looks at it).
+func (s *Set) Uses(t event.Type, v Root) bool { return s.uses[t]&v != 0 }
