@@ -47,3 +47,43 @@ func TestUsesListsTheViewsRulesRead(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardsNeverChangeAResult: for every built-in rule and a spread of
+// events, a condition with its native guard gives what expr alone gives.
+func TestGuardsNeverChangeAResult(t *testing.T) {
+	set, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guarded := 0
+	for _, r := range set.Rules {
+		if r.guard != nil {
+			guarded++
+		}
+	}
+	if guarded < len(set.Rules)*3/4 {
+		t.Errorf("only %d of %d built-in rules have a guard", guarded, len(set.Rules))
+	}
+	withGuard, without := &Evaluator{}, &Evaluator{}
+	env := NewEnv()
+	kinds := []string{"payment", "transfer", "withdrawal", "cash_out", "topup", ""}
+	changes := []string{"password_reset", "mfa_disabled", "payee_added", "phone_change", ""}
+	statuses := []string{"success", "failed", "retrying", "succeeded", ""}
+	results := []string{"success", "failure", ""}
+	for i := 0; i < 2000; i++ {
+		env.Event = EventView{Type: event.Types()[i%4].String(), Kind: kinds[i%len(kinds)], Change: changes[i%len(changes)], Outgoing: i%3 != 0,
+			Status: statuses[i%len(statuses)], Result: results[i%len(results)], Amount: float64(i * 1000), Country: "SG", Hour: i % 24}
+		env.Account.KnownDevices, env.Account.IsNewDevice, env.Account.AmountRatio = i%3, i%2 == 0, float64(i%40)
+		env.Account.MinsSincePasswordReset = float64(i % 200)
+		for _, r := range set.Rules {
+			got, err1 := withGuard.Match(r, env)
+			saved := r.guard
+			r.guard = nil
+			want, err2 := without.Match(r, env)
+			r.guard = saved
+			if got != want || (err1 == nil) != (err2 == nil) {
+				t.Fatalf("rule %s on %+v: with guard %v (%v), expr alone %v (%v)", r.ID, env.Event, got, err1, want, err2)
+			}
+		}
+	}
+}

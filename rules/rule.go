@@ -106,6 +106,7 @@ type Rule struct {
 	After  time.Duration
 
 	when    *vm.Program
+	guard   guard // the condition's first test, when it can be checked natively
 	until   *vm.Program
 	confirm *vm.Program
 	reason  template
@@ -264,7 +265,7 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 	} else if p, err := expr.Compile(s.When, opts...); err != nil {
 		bad("when: %s", exprError(err))
 	} else {
-		r.when = p
+		r.when, r.guard = p, guardOf(p)
 	}
 	if t := s.Timer; t != nil {
 		d, err := time.ParseDuration(t.After)
@@ -333,6 +334,9 @@ type Evaluator struct {
 
 // Match evaluates the rule's condition.
 func (e *Evaluator) Match(r *Rule, env *Env) (bool, error) {
+	if r.guard != nil && !r.guard(&env.Event) {
+		return false, nil
+	}
 	out, err := e.vm.Run(r.when, env)
 	if err != nil {
 		return false, fmt.Errorf("rule %s: %w", r.ID, err)
