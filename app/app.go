@@ -439,6 +439,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	}
 	ckptSlot := make(chan struct{}, 1)
 	var failedCkpt *ckptWork // guarded by ckptSlot
+	deferred := false        // the due checkpoint was put off (counted once)
 	checkpoint := func(final bool) {
 		flush()
 		if failed {
@@ -453,8 +454,12 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		} else {
 			select {
 			case ckptSlot <- struct{}{}:
+				deferred = false
 			default:
-				a.amet.checkpointsDeferred.Inc()
+				if !deferred { // once per checkpoint put off, not per batch
+					a.amet.checkpointsDeferred.Inc()
+					deferred = true
+				}
 				return
 			}
 		}
