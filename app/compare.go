@@ -34,6 +34,9 @@ type accountCause struct {
 	Rules      []string
 }
 
+// decisionLine is the part of a decision record (detector.Decision) a
+// comparison reads: the baseline's decisions are all held in memory, and
+// their reasons and shadow hits would be most of it.
 type decisionLine struct {
 	DecisionID     string    `json:"decision_id"`
 	EventID        string    `json:"event_id"`

@@ -66,7 +66,8 @@ type Decision struct {
 	EventType      string    `json:"event_type"`
 	Trigger        string    `json:"trigger"`
 	Shadow         []Hit     `json:"shadow_rules,omitempty"`
-	// DowngradedFrom is set when the allow-list turned a freeze into a step-up.
+	// DowngradedFrom says why a freeze became a step-up: the allow-list, the
+	// freeze-storm breaker, or a recent unfreeze by support.
 	DowngradedFrom string `json:"downgraded_from,omitempty"`
 	MerchantID     string `json:"merchant_id,omitempty"`
 	PaymentID      string `json:"payment_id,omitempty"`
@@ -465,10 +466,22 @@ func (e *Engine) sweepStep(keep uint64) {
 		e.ips.sweepSome(2, func(s *ipState) uint32 { return s.last }, cut)
 		e.payees.sweepSome(2, func(p *payeeState) uint32 { return p.last }, cut)
 	}
-	if max := e.cfg.MaxRows; max > 0 {
+	// Checked per table before the call: almost always under capacity, and
+	// then nothing else is done for the event.
+	max := e.cfg.MaxRows
+	if max <= 0 {
+		return
+	}
+	if e.accounts.len() > max {
 		evictOver(e, 0, e.accounts, max, func(a *account) uint32 { return a.last }, keep, e.dropTimers)
+	}
+	if e.devices.len() > max {
 		evictOver(e, 1, e.devices, max, func(d *deviceState) uint32 { return d.last }, 0, nil)
+	}
+	if e.ips.len() > max {
 		evictOver(e, 2, e.ips, max, func(s *ipState) uint32 { return s.last }, 0, nil)
+	}
+	if e.payees.len() > max {
 		evictOver(e, 3, e.payees, max, func(p *payeeState) uint32 { return p.last }, 0, nil)
 	}
 }

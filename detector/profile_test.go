@@ -60,18 +60,7 @@ func TestProfileDescribesTheHabit(t *testing.T) {
 		t.Error("a profile for an account never seen")
 	}
 
-	s, err := OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, err := e.Checkpoint(s, Offsets{}); err != nil {
-		t.Fatal(err)
-	}
-	r := newEngine(t, time.Minute)
-	if _, err := r.Restore(s); err != nil {
-		t.Fatal(err)
-	}
+	r := checkpointAndRestore(t, e)
 	q, _ := r.Profile("acc-7")
 	if q.Events != p.Events || q.TypicalAmount != p.TypicalAmount || !q.LastSeen.Equal(p.LastSeen) || q.HomeCountry != p.HomeCountry {
 		t.Errorf("restored profile %+v differs from %+v", q, p)
@@ -123,6 +112,16 @@ func TestCapacityDropsTheLongestUnseen(t *testing.T) {
 		t.Errorf("evicted %d accounts, want about 19,000", e.evicted[0])
 	}
 
+	r := checkpointAndRestore(t, e)
+	if got := r.Stats().Accounts; got != st.Accounts {
+		t.Errorf("restored %d accounts, held %d", got, st.Accounts)
+	}
+}
+
+// checkpointAndRestore writes a full checkpoint of e and loads it into a
+// fresh engine: what a restart would hold.
+func checkpointAndRestore(t *testing.T, e *Engine) *Engine {
+	t.Helper()
 	s, err := OpenStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +134,5 @@ func TestCapacityDropsTheLongestUnseen(t *testing.T) {
 	if _, err := r.Restore(s); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Stats().Accounts; got != st.Accounts {
-		t.Errorf("restored %d accounts, held %d", got, st.Accounts)
-	}
+	return r
 }

@@ -120,12 +120,10 @@ func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32) int {
 		if last == 0 || last >= cut {
 			continue
 		}
-		key := t.keys[i]
-		if j, ok := t.idx[key]; !ok || j != i {
-			continue
+		if key, ok := t.live(i); ok {
+			t.remove(i, key)
+			removed++
 		}
-		t.remove(i, key)
-		removed++
 	}
 	return removed
 }
@@ -154,12 +152,17 @@ func (t *table[T]) evictOldest(sample int, lastSeen func(*T) uint32, keep uint64
 	if !found {
 		return 0, false
 	}
-	key = t.keys[best]
-	if j, ok := t.idx[key]; !ok || j != best {
-		return 0, false
+	if key, ok = t.live(best); ok {
+		t.remove(best, key)
 	}
-	t.remove(best, key)
-	return key, true
+	return key, ok
+}
+
+// live returns the key of slot i if the slot holds that key's row.
+func (t *table[T]) live(i uint32) (uint64, bool) {
+	key := t.keys[i]
+	j, ok := t.idx[key]
+	return key, ok && j == i
 }
 
 func (t *table[T]) remove(i uint32, key uint64) {

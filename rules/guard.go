@@ -16,7 +16,7 @@ import (
 // one of the condition's "&&" operands is false.
 type guard func(*EventView) bool
 
-// eventFields gives the offset of every string and bool field of
+// eventStrings and eventBools give the offset of every string and bool field of
 // EventView by its expression name.
 var eventStrings, eventBools = func() (map[string]uintptr, map[string]uintptr) {
 	strs, bools := map[string]uintptr{}, map[string]uintptr{}

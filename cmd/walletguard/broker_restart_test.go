@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -42,36 +41,16 @@ func TestBrokerRestartMidStream(t *testing.T) {
 		b, _ := event.Marshal(&it.Event)
 		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
 	}
-	produceTo := func(ms []kafka.Message) {
-		w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "wallet.events", Balancer: &kafka.Murmur2Balancer{}, BatchSize: 2000,
-			BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
-		defer w.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if err := w.WriteMessages(ctx, ms...); err != nil {
-			t.Fatalf("produce: %v", err)
-		}
-	}
 	half := len(msgs) / 2
-	produceTo(msgs[:half])
+	produceEvents(t, addr, msgs[:half])
 
 	httpAddr := freePort(t)
 	cfgPath := filepath.Join(dir, "wg.yaml")
 	writeFile(t, cfgPath, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n",
 		filepath.Join(dir, "data"), addr, httpAddr))
-	daemon := exec.Command(bin, "run", "--config", cfgPath)
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", grepLines(logs.String(), "error", "ERROR", "WARN", "broker", "partition"))
-		}
-	}()
+	var logs syncBuffer
+	daemon := startDaemon(t, bin, cfgPath, &logs)
+	defer func() { stopDaemon(t, daemon, &logs, "error", "ERROR", "WARN", "broker", "partition") }()
 	waitConsumed := func(n int, within time.Duration) {
 		deadline := time.Now().Add(within)
 		for consumed(httpAddr) < float64(n) {
@@ -88,7 +67,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	broker.Wait()
 	time.Sleep(3 * time.Second)
 	broker = startB()
-	produceTo(msgs[half:])
+	produceEvents(t, addr, msgs[half:])
 	waitConsumed(len(msgs), 120*time.Second)
 	// Every event decided once: no event counted twice across the outage.
 	time.Sleep(time.Second)

@@ -58,52 +58,18 @@ func TestDiskFullStopsCommitsAndRecovers(t *testing.T) {
 	for _, m := range msgs[half:] {
 		late[string(m.Key)] = true
 	}
-	produce := func(ms []kafka.Message) {
-		w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "wallet.events", Balancer: &kafka.Murmur2Balancer{}, BatchSize: 2000,
-			BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
-		defer w.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if err := w.WriteMessages(ctx, ms...); err != nil {
-			t.Fatalf("produce: %v", err)
-		}
-	}
 
 	httpAddr := freePort(t)
 	cfgPath := filepath.Join(dir, "wg.yaml")
 	writeFile(t, cfgPath, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s, tokens: [{token: viewer-token, role: viewer}]}\ndetector: {checkpoint_interval: 300ms}\n",
 		data, addr, httpAddr))
 	var logs syncBuffer
-	start := func() *exec.Cmd {
-		d := exec.Command(bin, "run", "--config", cfgPath)
-		d.Stdout, d.Stderr = &logs, &logs
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	daemon := start()
-	defer func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", lastLines(grepLines(logs.String(), "error", "ERROR", "WARN", "checkpoint"), 40))
-		}
-	}()
-	waitFor := func(what string, within time.Duration, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(within)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within %s", what, within)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	daemon := startDaemon(t, bin, cfgPath, &logs)
+	defer func() { stopDaemon(t, daemon, &logs, "error", "ERROR", "WARN", "checkpoint") }()
 	committed := func() int64 { return committedOffsets(t, addr, "walletguard", "wallet.events", 4) }
 
-	produce(msgs[:half])
-	waitFor("first half consumed and committed", 60*time.Second, func() bool {
+	produceEvents(t, addr, msgs[:half])
+	waitUntil(t, "first half consumed and committed", 60*time.Second, func() bool {
 		return consumed(httpAddr) == float64(half) && committed() == int64(half)
 	})
 	if code, _ := readyz(httpAddr); code != 200 {
@@ -113,12 +79,12 @@ func TestDiskFullStopsCommitsAndRecovers(t *testing.T) {
 	// Fill the disk, then send the rest.
 	filler := filepath.Join(data, "filler")
 	fill(t, filler)
-	produce(msgs[half:])
-	waitFor("/readyz to report the full disk", 30*time.Second, func() bool {
+	produceEvents(t, addr, msgs[half:])
+	waitUntil(t, "/readyz to report the full disk", 30*time.Second, func() bool {
 		code, body := readyz(httpAddr)
 		return code == 503 && strings.Contains(body, "no space left on device")
 	})
-	waitFor("the second half decided while the disk is full", 60*time.Second, func() bool { return consumed(httpAddr) == float64(len(msgs)) })
+	waitUntil(t, "the second half decided while the disk is full", 60*time.Second, func() bool { return consumed(httpAddr) == float64(len(msgs)) })
 	stuck := committed()
 	time.Sleep(2 * time.Second) // several checkpoint intervals
 	if c := committed(); c != stuck || c >= int64(len(msgs)) {
@@ -136,7 +102,7 @@ func TestDiskFullStopsCommitsAndRecovers(t *testing.T) {
 
 	// Space returns: the checkpoint is written and commits catch up.
 	os.Remove(filler)
-	waitFor("/readyz ready and every offset committed after space returned", 30*time.Second, func() bool {
+	waitUntil(t, "/readyz ready and every offset committed after space returned", 30*time.Second, func() bool {
 		code, _ := readyz(httpAddr)
 		return code == 200 && committed() == int64(len(msgs))
 	})
@@ -148,8 +114,8 @@ func TestDiskFullStopsCommitsAndRecovers(t *testing.T) {
 	// What is on disk is what was in memory: kill -9 and compare.
 	daemon.Process.Kill()
 	daemon.Wait()
-	daemon = start()
-	waitFor("the restarted daemon to be ready", 30*time.Second, func() bool { code, _ := readyz(httpAddr); return code == 200 })
+	daemon = startDaemon(t, bin, cfgPath, &logs)
+	waitUntil(t, "the restarted daemon to be ready", 30*time.Second, func() bool { code, _ := readyz(httpAddr); return code == 200 })
 	time.Sleep(time.Second)
 	if n := consumed(httpAddr); n != 0 {
 		t.Errorf("the restarted daemon re-read %v events: the last checkpoint did not include them", n)

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,18 +34,8 @@ func TestHostileInputThroughKafka(t *testing.T) {
 	writeFile(t, cfgPath, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {max_accounts: 100000}\n",
 		filepath.Join(dir, "data"), addr, httpAddr))
 	var logs syncBuffer
-	daemon := exec.Command(bin, "run", "--config", cfgPath)
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", lastLines(grepLines(logs.String(), "ERROR", "WARN", "panic"), 30))
-		}
-	}()
+	daemon := startDaemon(t, bin, cfgPath, &logs)
+	defer func() { stopDaemon(t, daemon, &logs, "ERROR", "WARN", "panic") }()
 
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339)
@@ -83,14 +71,7 @@ func TestHostileInputThroughKafka(t *testing.T) {
 		id := "burst-" + strconv.Itoa(i)
 		msgs = append(msgs, kafka.Message{Key: []byte(id), Value: []byte(login(id+"-e", id, ts, `,"device_id":"d-`+id+`","ip":"198.51.100.7"`))})
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "wallet.events", Balancer: &kafka.Murmur2Balancer{}, BatchSize: 5000,
-		BatchBytes: 16 << 20, BatchTimeout: 2 * time.Millisecond, RequiredAcks: kafka.RequireAll}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := w.WriteMessages(ctx, msgs...); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
-	w.Close()
+	produceEvents(t, addr, msgs)
 
 	deadline := time.Now().Add(3 * time.Minute)
 	for consumed(httpAddr)+metricSum(httpAddr, "walletguard_events_dead_lettered_total") < float64(len(msgs)) {

@@ -71,29 +71,19 @@ rules:
 		json.Unmarshal(b, &body)
 		return body.Version
 	}
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	waitUntil("the API", func() bool { return version() != "" })
+	waitUntil(t, "the API", 20*time.Second, func() bool { return version() != "" })
 	v1 := version()
 
 	// A new rule file: the watcher (or SIGHUP) picks it up.
 	os.WriteFile(filepath.Join(rulesDir, "extra.yaml"), []byte("rules:\n  - id: shadow_night\n    on: [login]\n    when: event.hour < 5\n    mode: shadow\n"), 0o644)
 	cmd.Process.Signal(syscall.SIGHUP)
-	waitUntil("a new rule-set version", func() bool { return version() != v1 })
+	waitUntil(t, "a new rule-set version", 20*time.Second, func() bool { return version() != v1 })
 	v2 := version()
 
 	// A broken file is refused as a whole, on SIGHUP and by the watcher.
 	os.WriteFile(filepath.Join(rulesDir, "broken.yaml"), []byte("rules:\n  - id: typo\n    on: [login]\n    when: event.reslt == \"failure\"\n"), 0o644)
 	cmd.Process.Signal(syscall.SIGHUP)
-	waitUntil("the refusal in the log", func() bool { return strings.Contains(logs.String(), "rule reload refused") })
+	waitUntil(t, "the refusal in the log", 20*time.Second, func() bool { return strings.Contains(logs.String(), "rule reload refused") })
 	time.Sleep(2500 * time.Millisecond) // a watcher poll too
 	if got := version(); got != v2 {
 		t.Fatalf("version %s after a broken file, want the previous %s", got, v2)
@@ -105,7 +95,7 @@ rules:
 	// Fixing the file is picked up by the watcher alone.
 	os.Remove(filepath.Join(rulesDir, "broken.yaml"))
 	os.WriteFile(filepath.Join(rulesDir, "extra.yaml"), []byte("rules:\n  - id: shadow_dawn\n    on: [login]\n    when: event.hour < 6\n    mode: shadow\n"), 0o644)
-	waitUntil("the watcher to load the fixed set", func() bool { v := version(); return v != v2 && v != "" })
+	waitUntil(t, "the watcher to load the fixed set", 20*time.Second, func() bool { v := version(); return v != v2 && v != "" })
 }
 
 // syncBuffer collects a process's output while the test reads it.

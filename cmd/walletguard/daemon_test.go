@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// startDaemon runs `walletguard run --config cfgPath` with its output in
+// logs; stopDaemon ends it and, if the test failed, shows the log lines
+// holding any of words.
+func startDaemon(t *testing.T, bin, cfgPath string, logs *syncBuffer) *exec.Cmd {
+	t.Helper()
+	d := exec.Command(bin, "run", "--config", cfgPath)
+	d.Stdout, d.Stderr = logs, logs
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func stopDaemon(t *testing.T, d *exec.Cmd, logs *syncBuffer, words ...string) {
+	d.Process.Signal(syscall.SIGTERM)
+	d.Wait()
+	if t.Failed() {
+		t.Logf("daemon log:\n%s", lastLines(grepLines(logs.String(), words...), 40))
+	}
+}
+
+// produceEvents writes msgs to wallet.events, keyed as producers do
+// (murmur2, like Java clients), in batches of up to 16 MB.
+func produceEvents(t *testing.T, broker string, msgs []kafka.Message) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(broker), Topic: "wallet.events", Balancer: &kafka.Murmur2Balancer{}, BatchSize: 2000,
+		BatchBytes: 16 << 20, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+// waitUntil polls ok until it holds, failing the test after within.
+func waitUntil(t *testing.T, what string, within time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s (%s)", what, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
