@@ -514,27 +514,25 @@ func (m *Manager) Save(tx *bolt.Tx) error {
 // function that writes them (for a checkpoint written outside the lock) and
 // the one that marks them changed again if that write fails.
 func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err error) {
-	type kv struct {
+	// Under the caller's lock only copies are taken; encoding runs in the
+	// write, off the pipeline. An alert's slices only ever grow or are
+	// replaced, so a copy of the struct keeps what it held.
+	type row struct {
 		key string
-		v   []byte // nil: delete
+		s   *stored // nil: delete
 	}
-	var rows []kv
+	var rows []row
 	for key := range m.dirty {
 		a := m.open[key]
 		if a == nil {
-			rows = append(rows, kv{key, nil})
+			rows = append(rows, row{key, nil})
 			continue
 		}
-		s := stored{Alert: *a}
+		s := &stored{Alert: *a, Accounts: make([]string, 0, len(a.accounts))}
 		for acc := range a.accounts {
 			s.Accounts = append(s.Accounts, acc)
 		}
-		sort.Strings(s.Accounts)
-		v, err := json.Marshal(s)
-		if err != nil {
-			return nil, nil, err
-		}
-		rows = append(rows, kv{key, v})
+		rows = append(rows, row{key, s})
 	}
 	clear(m.dirty)
 	undo = func() {
@@ -548,10 +546,15 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			return err
 		}
 		for _, r := range rows {
-			if r.v == nil {
+			if r.s == nil {
 				err = b.Delete([]byte(r.key))
 			} else {
-				err = b.Put([]byte(r.key), r.v)
+				sort.Strings(r.s.Accounts)
+				var v []byte
+				if v, err = json.Marshal(r.s); err != nil {
+					return fmt.Errorf("alert %s: %w", r.key, err)
+				}
+				err = b.Put([]byte(r.key), v)
 			}
 			if err != nil {
 				return err

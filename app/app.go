@@ -88,6 +88,8 @@ type appMetrics struct {
 	checkpoints    prometheus.Counter
 	checkpointErrs prometheus.Counter
 	checkpointSecs prometheus.Histogram
+	// captureSecs is how long the pipeline stops to copy a checkpoint.
+	captureSecs prometheus.Histogram
 	// checkpointsDeferred counts checkpoints put off because the previous
 	// write was still running.
 	checkpointsDeferred prometheus.Counter
@@ -111,6 +113,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}),
 		checkpointSecs: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "walletguard_checkpoint_seconds", Help: "Time to write a state checkpoint.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
+		}),
+		captureSecs: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "walletguard_checkpoint_capture_seconds", Help: "Time the pipeline stops deciding to copy what a checkpoint writes.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 3, 10),
 		}),
 		reloadOK: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_rules_last_reload_successful", Help: "1 if the last rule reload succeeded, 0 if it was refused.",
@@ -492,9 +498,11 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 		// Capture under the lock (a copy of what changed), write without
 		// it: the pipeline goes on deciding while bbolt writes.
+		captureStart := time.Now()
 		a.procMu.Lock()
 		work, err := a.prepareCheckpoint(offsets, retry)
 		a.procMu.Unlock()
+		a.amet.captureSecs.Observe(time.Since(captureStart).Seconds())
 		if err != nil {
 			failedCkpt = retry
 			<-ckptSlot

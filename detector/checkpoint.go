@@ -127,16 +127,15 @@ func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error
 		srcs = binary.LittleEndian.AppendUint32(srcs, ts)
 	}
 	tables := []capturedRows{
-		captureRows(bAccounts, e.accounts, func(r *account) []byte { return raw(r) }),
-		captureRows(bDevices, e.devices, func(r *deviceState) []byte { return raw(r) }),
-		captureRows(bPayees, e.payees, func(r *payeeState) []byte { return raw(r) }),
-		captureRows(bIPs, e.ips, encodeIP),
+		captureRows(bAccounts, e.accounts, appendRaw[account]),
+		captureRows(bDevices, e.devices, appendRaw[deviceState]),
+		captureRows(bPayees, e.payees, appendRaw[payeeState]),
+		captureRows(bIPs, e.ips, appendIP),
 	}
 	merchants := make([]kv, 0, len(e.merchants))
 	for k, mr := range e.merchants {
 		merchants = append(merchants, kv{k, encodeMerchant(mr)})
 	}
-	sortKV(merchants)
 	chains := e.captureChains()
 	timers, err := e.captureTimers()
 	if err != nil {
@@ -148,6 +147,7 @@ func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error
 				return err
 			}
 		}
+		sortKV(merchants)
 		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
 			for _, r := range merchants {
 				if err := b.Put(k8(r.k), r.v); err != nil {
@@ -198,22 +198,55 @@ func sortKV(rows []kv) {
 }
 
 // capturedRows are a table's changed rows, encoded, and its deleted keys.
+// Capturing copies the rows into one buffer under the caller's lock;
+// ordering them for bbolt is left to the write, which runs without it.
 type capturedRows struct {
 	bucket []byte
 	rows   []kv
 	gone   []uint64
 }
 
-func captureRows[T any](name []byte, t *table[T], enc func(*T) []byte) capturedRows {
-	c := capturedRows{bucket: name}
+func captureRows[T any](name []byte, t *table[T], enc func([]byte, *T) []byte) capturedRows {
+	rb := newRowBuf(len(t.changed), int(unsafe.Sizeof(*new(T))))
+	var gone []uint64
 	t.drain(func(k uint64, r *T) {
-		c.rows = append(c.rows, kv{k, slices.Clone(enc(r))})
-	}, func(k uint64) { c.gone = append(c.gone, k) })
-	sortKV(c.rows)
-	return c
+		rb.buf = enc(rb.buf, r)
+		rb.done(k)
+	}, func(k uint64) { gone = append(gone, k) })
+	return capturedRows{bucket: name, rows: rb.kvs(), gone: gone}
+}
+
+func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
+
+// rowBuf collects encoded rows in one buffer: one allocation for a
+// checkpoint's rows instead of one per row, while the pipeline waits.
+type rowBuf struct {
+	buf  []byte
+	rows []kv
+	ends []int
+}
+
+func newRowBuf(n, size int) rowBuf {
+	return rowBuf{buf: make([]byte, 0, n*size), rows: make([]kv, 0, n), ends: make([]int, 0, n)}
+}
+
+// done ends the row appended to buf since the previous one, under key k.
+func (r *rowBuf) done(k uint64) {
+	r.rows = append(r.rows, kv{k: k})
+	r.ends = append(r.ends, len(r.buf))
+}
+
+func (r *rowBuf) kvs() []kv {
+	start := 0
+	for i, end := range r.ends {
+		r.rows[i].v = r.buf[start:end:end]
+		start = end
+	}
+	return r.rows
 }
 
 func (c *capturedRows) write(tx *bolt.Tx) error {
+	sortKV(c.rows)
 	b, err := tx.CreateBucketIfNotExists(c.bucket)
 	if err != nil {
 		return err
@@ -235,18 +268,20 @@ func (c *capturedRows) write(tx *bolt.Tx) error {
 // checkpoint and lists the expired ones.
 func (e *Engine) captureChains() capturedRows {
 	c := capturedRows{bucket: bChains}
+	rb := newRowBuf(len(e.chainsDirty), 64)
 	for _, k := range e.chainsDirty {
 		if ch := e.chains[k]; ch != nil && ch.dirty {
-			c.rows = append(c.rows, kv{k, encodeChain(ch)})
+			rb.buf = appendChain(rb.buf, ch)
+			rb.done(k)
 			ch.dirty = false
 		}
 	}
+	c.rows = rb.kvs()
 	for _, k := range e.chainsGone {
 		if e.chains[k] == nil { // not created again since
 			c.gone = append(c.gone, k)
 		}
 	}
-	sortKV(c.rows)
 	e.chainsDirty, e.chainsGone = e.chainsDirty[:0], e.chainsGone[:0]
 	return c
 }
@@ -414,9 +449,9 @@ type ipFlat struct {
 	accounts    [4]seen
 }
 
-func encodeIP(s *ipState) []byte {
+func appendIP(dst []byte, s *ipState) []byte {
 	f := ipFlat{s.first, s.last, s.logins10m, s.fails10m, s.accounts}
-	out := append([]byte(nil), raw(&f)...)
+	out := append(dst, raw(&f)...)
 	if s.failed != nil {
 		out = append(out, raw(s.failed)...)
 	}
@@ -535,8 +570,8 @@ func decodeMerchant(b []byte, intern func(string) string) (*merchantState, error
 	return m, r.err
 }
 
-func encodeChain(c *chain) []byte {
-	var w wbuf
+func appendChain(dst []byte, c *chain) []byte {
+	w := wbuf(dst)
 	w.u64(c.account)
 	w.u64(uint64(c.first))
 	w.u64(uint64(c.last))

@@ -80,11 +80,13 @@ func (t *table[T]) put(key uint64, row T) {
 // drain calls fn for every row changed and every key deleted since the last
 // call, then clears the lists.
 func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
+	// A removed slot is not dirty (remove clears the flag), and a slot
+	// reused since is listed again: the flag alone tells which entries hold
+	// a changed row, without a lookup in the index per row.
 	for _, i := range t.changed {
-		t.dirty[i] = false
-		key := t.keys[i]
-		if j, ok := t.idx[key]; ok && j == i {
-			fn(key, t.row(i))
+		if t.dirty[i] {
+			t.dirty[i] = false
+			fn(t.keys[i], t.row(i))
 		}
 	}
 	t.changed = t.changed[:0]
@@ -169,6 +171,7 @@ func (t *table[T]) remove(i uint32, key uint64) {
 	delete(t.idx, key)
 	var zero T
 	*t.row(i) = zero
+	t.dirty[i] = false
 	t.free = append(t.free, i)
 	t.deleted = append(t.deleted, key)
 }
