@@ -109,7 +109,9 @@ type Rule struct {
 	guard   guard // the condition's first test, when it can be checked natively
 	until   *vm.Program
 	confirm *vm.Program
-	reason  template
+	// The conditions compiled to Go, nil where one needs the VM.
+	whenFn, untilFn, confirmFn cond
+	reason                     template
 }
 
 // Set is a loaded, validated rule set.
@@ -265,7 +267,7 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 	} else if p, err := expr.Compile(s.When, opts...); err != nil {
 		bad("when: %s", exprError(err))
 	} else {
-		r.when, r.guard = p, guardOf(p)
+		r.when, r.guard, r.whenFn = p, guardOf(p), nativeCond(p)
 	}
 	if t := s.Timer; t != nil {
 		d, err := time.ParseDuration(t.After)
@@ -283,14 +285,14 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 			if p, err := expr.Compile(t.Until, opts...); err != nil {
 				bad("timer.until: %s", exprError(err))
 			} else {
-				r.until = p
+				r.until, r.untilFn = p, nativeCond(p)
 			}
 		}
 		if t.Confirm != "" {
 			if p, err := expr.Compile(t.Confirm, opts...); err != nil {
 				bad("timer.confirm: %s", exprError(err))
 			} else {
-				r.confirm = p
+				r.confirm, r.confirmFn = p, nativeCond(p)
 			}
 		}
 	}
@@ -329,11 +331,15 @@ func exprError(err error) string {
 // Evaluator runs compiled programs with a reused VM. It is not safe for
 // concurrent use: give each worker its own.
 type Evaluator struct {
-	vm vm.VM
+	vm     vm.VM
+	vmOnly bool // tests: run every condition on expr's VM
 }
 
 // Match evaluates the rule's condition.
 func (e *Evaluator) Match(r *Rule, env *Env) (bool, error) {
+	if r.whenFn != nil && !e.vmOnly {
+		return r.whenFn(env), nil
+	}
 	if r.guard != nil && !r.guard(&env.Event) {
 		return false, nil
 	}
@@ -350,6 +356,9 @@ func (e *Evaluator) Until(r *Rule, env *Env) (bool, error) {
 	if r.until == nil {
 		return false, nil
 	}
+	if r.untilFn != nil && !e.vmOnly {
+		return r.untilFn(env), nil
+	}
 	out, err := e.vm.Run(r.until, env)
 	if err != nil {
 		return false, fmt.Errorf("rule %s timer.until: %w", r.ID, err)
@@ -362,6 +371,9 @@ func (e *Evaluator) Until(r *Rule, env *Env) (bool, error) {
 func (e *Evaluator) Confirm(r *Rule, env *Env) (bool, error) {
 	if r.confirm == nil {
 		return true, nil
+	}
+	if r.confirmFn != nil && !e.vmOnly {
+		return r.confirmFn(env), nil
 	}
 	out, err := e.vm.Run(r.confirm, env)
 	if err != nil {
