@@ -417,14 +417,11 @@ func (m *Manager) prune(cut time.Time) {
 
 // reindex rebuilds the related index from the alerts held.
 func (m *Manager) reindex() {
-	m.related = map[string][]string{}
-	keys := make([]string, 0, len(m.open))
-	for k := range m.open {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if a := m.open[k]; a.Status == "open" {
+	// Map order is fine here: groupUnder filters an index entry's alerts
+	// and sorts what it takes, so the order within an entry never shows.
+	m.related = make(map[string][]string, len(m.related))
+	for k, a := range m.open {
+		if a.Status == "open" {
 			m.index(k, a)
 		}
 	}
