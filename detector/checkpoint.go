@@ -273,7 +273,7 @@ func (e *Engine) captureChains() capturedRows {
 		if ch := e.chains[k]; ch != nil && ch.dirty {
 			rb.buf = appendChain(rb.buf, ch)
 			rb.done(k)
-			ch.dirty = false
+			ch.dirty, ch.saved = false, true
 		}
 	}
 	c.rows = rb.kvs()
@@ -299,6 +299,7 @@ func (e *Engine) captureTimers() (func(*bolt.Tx) error, error) {
 			return nil, err
 		}
 		put = append(put, kv{t.seq, v})
+		t.saved = true
 	}
 	gone := slices.Clone(e.timersGone)
 	e.timersNew, e.timersGone = e.timersNew[:0], e.timersGone[:0]
@@ -386,6 +387,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 				if err != nil {
 					return err
 				}
+				c.saved = true
 				e.chains[binary.BigEndian.Uint64(k)] = c
 				return nil
 			}); err != nil {
@@ -398,7 +400,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 				if err != nil {
 					return err
 				}
-				t.seq = binary.BigEndian.Uint64(k)
+				t.seq, t.saved = binary.BigEndian.Uint64(k), true
 				h := e.queue(t.src)
 				t.index = len(*h)
 				*h = append(*h, t)

@@ -515,6 +515,9 @@ func evictOver[T any](e *Engine, kind int, t *table[T], max int, lastSeen func(*
 func (e *Engine) sweep() {
 	e.lastSweep = e.maxTS
 	e.rebuildTimerBits()
+	// Timers armed since the last checkpoint that already ended need no
+	// write; without checkpoints (replay) they would pile up here.
+	e.timersNew = slices.DeleteFunc(e.timersNew, func(t *timer) bool { return t.cancelled || t.done })
 	cut := since(e.watermark(), e.idle)
 	n := 0
 	for k, m := range e.merchants {
@@ -528,10 +531,13 @@ func (e *Engine) sweep() {
 		for k, c := range e.chains {
 			if c.last < chainCut && !e.chainHasTimer(c) {
 				delete(e.chains, k)
-				e.chainsGone = append(e.chainsGone, k)
+				if c.saved {
+					e.chainsGone = append(e.chainsGone, k)
+				}
 				n++
 			}
 		}
+		e.chainsDirty = slices.DeleteFunc(e.chainsDirty, func(k uint64) bool { return e.chains[k] == nil })
 	}
 	if n > 0 {
 		e.log.Debug("expired idle state", "entries", n, "before", time.Unix(fromSec(cut), 0).UTC())
@@ -582,7 +588,17 @@ type timer struct {
 	ev        event.Event
 	cancelled bool
 	done      bool // fired
+	saved     bool // in a checkpoint: its end must be written too
 	index     int
+}
+
+// timerGone records the end of a timer for the next checkpoint, if one
+// wrote it. A timer that came and went between two checkpoints leaves
+// nothing behind — where none are taken (replay), nothing accumulates.
+func (e *Engine) timerGone(t *timer) {
+	if t.saved {
+		e.timersGone = append(e.timersGone, t.seq)
+	}
 }
 
 type timerHeap []*timer
@@ -682,7 +698,7 @@ func (e *Engine) dropTimers(akey uint64) {
 			heap.Remove(h, t.index)
 		}
 		t.cancelled = true
-		e.timersGone = append(e.timersGone, t.seq)
+		e.timerGone(t)
 	}
 	delete(e.byAccount, akey)
 }
@@ -695,7 +711,7 @@ func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set 
 		r := set.ByID(t.rule)
 		if r == nil || r.Timer == nil {
 			t.cancelled = true // the rule was removed or changed by a reload
-			e.timersGone = append(e.timersGone, t.seq)
+			e.timerGone(t)
 			continue
 		}
 		if t.paymentID != "" && ev.PaymentID != t.paymentID {
@@ -708,7 +724,7 @@ func (e *Engine) cancelTimers(akey uint64, ev *event.Event, env *rules.Env, set 
 		}
 		if stop && toSec(ev.TS.Unix()) <= t.due {
 			t.cancelled = true
-			e.timersGone = append(e.timersGone, t.seq)
+			e.timerGone(t)
 			continue
 		}
 		kept = append(kept, t)
@@ -727,7 +743,7 @@ func (e *Engine) fireDue(src, wm uint32, out []Decision) []Decision {
 	for h != nil && len(*h) > 0 && (*h)[0].due <= wm {
 		t := heap.Pop(h).(*timer)
 		t.done = true
-		e.timersGone = append(e.timersGone, t.seq)
+		e.timerGone(t)
 		e.dropFromAccount(t)
 		if t.cancelled {
 			continue

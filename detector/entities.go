@@ -239,6 +239,7 @@ type chain struct {
 	appVersion  string
 	paymentID   string
 	dirty       bool // changed since the last checkpoint
+	saved       bool // in a checkpoint: its expiry must be written too
 }
 
 func (c *chain) view(v *rules.PaymentView, now uint32) {

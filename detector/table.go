@@ -18,6 +18,7 @@ type table[T any] struct {
 	keys    []uint64
 	free    []uint32
 	dirty   []bool
+	saved   []bool   // the slot's row is in a checkpoint: its removal must be written
 	changed []uint32 // rows dirtied since the last checkpoint
 	deleted []uint64 // keys removed since the last checkpoint
 }
@@ -58,6 +59,7 @@ func (t *table[T]) upsert(key uint64) *T {
 			t.n++
 			t.keys = append(t.keys, key)
 			t.dirty = append(t.dirty, false)
+			t.saved = append(t.saved, false)
 		}
 		t.idx[key] = i
 	}
@@ -73,7 +75,7 @@ func (t *table[T]) put(key uint64, row T) {
 	p := t.upsert(key)
 	*p = row
 	i := t.idx[key]
-	t.dirty[i] = false
+	t.dirty[i], t.saved[i] = false, true
 	t.changed = t.changed[:len(t.changed)-1]
 }
 
@@ -85,7 +87,7 @@ func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
 	// a changed row, without a lookup in the index per row.
 	for _, i := range t.changed {
 		if t.dirty[i] {
-			t.dirty[i] = false
+			t.dirty[i], t.saved[i] = false, true
 			fn(t.keys[i], t.row(i))
 		}
 	}
@@ -173,5 +175,10 @@ func (t *table[T]) remove(i uint32, key uint64) {
 	*t.row(i) = zero
 	t.dirty[i] = false
 	t.free = append(t.free, i)
-	t.deleted = append(t.deleted, key)
+	// A row no checkpoint wrote needs no delete (and without checkpoints,
+	// in replay, the list would only grow).
+	if t.saved[i] {
+		t.deleted = append(t.deleted, key)
+		t.saved[i] = false
+	}
 }
