@@ -23,6 +23,24 @@ import (
 // TestNativeAgreesWithTheVM checks the built-in rules and random
 // expressions on random values.
 
+// OnVM names the rule's conditions that run on expr's VM because they use
+// something outside the natively compiled subset: "when", "timer.until",
+// "timer.confirm". Such a rule works the same, only slower for every event
+// of its types; `walletguard rules check` says so.
+func (r *Rule) OnVM() []string {
+	var out []string
+	if r.when != nil && r.whenFn == nil {
+		out = append(out, "when")
+	}
+	if r.until != nil && r.untilFn == nil {
+		out = append(out, "timer.until")
+	}
+	if r.confirm != nil && r.confirmFn == nil {
+		out = append(out, "timer.confirm")
+	}
+	return out
+}
+
 // cond is a compiled condition.
 type cond func(*Env) bool
 

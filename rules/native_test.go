@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -50,16 +52,33 @@ func TestNativeCompilesTheBuiltInRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range set.Rules {
-		if r.whenFn == nil {
-			t.Errorf("rule %s: when %q runs on the VM", r.ID, r.When)
-		}
-		if r.until != nil && r.untilFn == nil {
-			t.Errorf("rule %s: timer.until runs on the VM", r.ID)
-		}
-		if r.confirm != nil && r.confirmFn == nil {
-			t.Errorf("rule %s: timer.confirm runs on the VM", r.ID)
+		if vm := r.OnVM(); len(vm) > 0 {
+			t.Errorf("rule %s: %v run on the VM", r.ID, vm)
 		}
 	}
+	// And a condition outside the subset is named, not refused.
+	slow, err := Load([]string{writeRule(t, `
+rules:
+  - id: every_third_attempt
+    on: [payment_attempt]
+    when: event.attempt % 3 == 0 && event.status == "failed"
+    score: 5
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm := slow.Rules[0].OnVM(); len(vm) != 1 || vm[0] != "when" {
+		t.Errorf("OnVM() = %v, want [when]", vm)
+	}
+}
+
+func writeRule(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "r.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // TestNativeAgreesWithTheVM: the built-in rules' conditions and thousands of

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/rules/ruletest"
@@ -25,6 +26,17 @@ func cmdRules(args []string) int {
 			return 1
 		}
 		fmt.Printf("ok: %d rules, version %s\n", len(set.Rules), set.Version)
+		for _, r := range set.Rules {
+			if vm := r.OnVM(); len(vm) > 0 {
+				verb := "runs"
+				if len(vm) > 1 {
+					verb = "run"
+				}
+				fmt.Printf("note: %s:%d: rule %s: %s %s on expr's VM, several times slower per event than compiled "+
+					"(compiled: fields, constants, comparisons, && || !, + - * / **, in [list], ?: and distance_km)\n",
+					r.File, r.Line, r.ID, strings.Join(vm, " and "), verb)
+			}
+		}
 		return 0
 	case "test":
 		if len(args) < 2 {
