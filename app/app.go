@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -354,6 +355,8 @@ func (a *App) Run(ctx context.Context) error {
 // prepareCheckpoint captures everything a checkpoint writes: the account
 // security states, alerts and their deliveries, and the detection state
 // with the offsets, in the order they are written. Called with procMu held.
+// The detection state is only begun: its rows are copied by the pipeline
+// between events (copyCheckpoint) before the write starts.
 // A retry passes the failed checkpoint's work: its detection state and
 // offsets are written as captured (only the pipeline changes them), the
 // rest is captured afresh, since a manual action may have changed it since.
@@ -379,7 +382,7 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 		return w, nil
 	}
 	var err error
-	if w.engine, err = a.proc.Engine.PrepareCheckpoint(offsets); err != nil {
+	if w.capture, err = a.proc.Engine.BeginCheckpoint(offsets); err != nil {
 		undo()
 		return nil, err
 	}
@@ -398,10 +401,20 @@ func (a *App) checkpointFailed(err error) {
 type ckptWork struct {
 	writers   []func(*bolt.Tx) error // account states, alerts, deliveries
 	undo      []func()               // mark those changed again (write failed)
+	capture   *detector.Capture      // detection state being copied; nil once engine is set
 	engine    func(*bolt.Tx) error   // detection state and offsets
 	offsets   detector.Offsets
 	watermark time.Time
 }
+
+// While a checkpoint is being copied, the pipeline copies copyRows rows
+// after every copyEvery events: pauses of about a millisecond, and the copy
+// done long before the next checkpoint is due (an event changes at most a
+// handful of rows).
+const (
+	copyEvery = 64
+	copyRows  = 4096
+)
 
 // pipeline is the single goroutine that owns detection state.
 func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error {
@@ -446,8 +459,16 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	ckptSlot := make(chan struct{}, 1)
 	var failedCkpt *ckptWork // guarded by ckptSlot
 	deferred := false        // the due checkpoint was put off (counted once)
+	var copying *ckptWork    // being copied between events; holds ckptSlot
+	var copyCheckpoint func(n int)
+	var startWrite func(work *ckptWork, final bool)
 	checkpoint := func(final bool) {
 		flush()
+		if final && copying != nil {
+			a.procMu.Lock()
+			copyCheckpoint(math.MaxInt) // its write then runs before the final one
+			a.procMu.Unlock()
+		}
 		if failed {
 			return
 		}
@@ -497,7 +518,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			}
 		}
 		// Capture under the lock (a copy of what changed), write without
-		// it: the pipeline goes on deciding while bbolt writes.
+		// it: the pipeline goes on deciding while bbolt writes. The
+		// detection state's copy is begun here and made between events.
 		captureStart := time.Now()
 		a.procMu.Lock()
 		work, err := a.prepareCheckpoint(offsets, retry)
@@ -509,6 +531,35 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.checkpointFailed(err)
 			return
 		}
+		if work.capture != nil {
+			copying = work
+			if final {
+				a.procMu.Lock()
+				copyCheckpoint(math.MaxInt)
+				a.procMu.Unlock()
+			}
+			return
+		}
+		startWrite(work, final)
+	}
+	// copyCheckpoint copies up to n more rows of the checkpoint being
+	// captured, with procMu held, and starts its write once all are copied.
+	copyCheckpoint = func(n int) {
+		if copying == nil {
+			return
+		}
+		start := time.Now()
+		done := copying.capture.CopySome(n)
+		a.amet.captureSecs.Observe(time.Since(start).Seconds())
+		if !done {
+			return
+		}
+		work := copying
+		copying = nil
+		work.engine, work.capture = work.capture.Write(), nil
+		startWrite(work, false)
+	}
+	startWrite = func(work *ckptWork, final bool) {
 		write := func() {
 			defer func() { <-ckptSlot }()
 			start := time.Now()
@@ -577,7 +628,15 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		case rec, ok = <-records:
 		default:
 			// Nothing waiting: make what we have durable now (low latency
-			// when idle, big batches under load).
+			// when idle, big batches under load), and finish copying a
+			// checkpoint while no event waits for it.
+			for copying != nil && len(records) == 0 {
+				if !locked {
+					a.procMu.Lock()
+					locked = true
+				}
+				copyCheckpoint(copyRows) // a slice at a time: an event may come
+			}
 			unlock()
 			flush()
 			if time.Since(lastCkpt) >= interval {
@@ -609,6 +668,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 		ps[rec.Partition] = rec.Offset + 1
 		batch++
+		if copying != nil && batch%copyEvery == 0 {
+			copyCheckpoint(copyRows)
+		}
 		if batch >= maxBatch {
 			unlock()
 			flush()

@@ -108,48 +108,158 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 // PrepareCheckpoint captures, encoded, every state change since the last
 // checkpoint, the timers armed and gone, the engine's clocks and offsets,
 // and returns the function that writes them in a transaction. Capturing is
-// a copy (fast, under the caller's lock); the write — the slow part — may
-// run later in another goroutine while the engine goes on.
+// a copy (under the caller's lock); the write — the slow part — may run
+// later in another goroutine while the engine goes on. BeginCheckpoint
+// spreads the copy over the events that follow.
 func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error) {
+	c, err := e.BeginCheckpoint(offsets)
+	if err != nil {
+		return nil, err
+	}
+	c.CopySome(math.MaxInt)
+	return c.Write(), nil
+}
+
+// Capture is a checkpoint being captured: the state as it was when
+// BeginCheckpoint was called. Until CopySome reports it complete, the
+// engine copies a row into it before changing the row; in between events
+// the caller copies the rest a slice at a time. The pipeline thus stops
+// only to mark what changed, not to copy it all.
+type Capture struct {
+	e         *Engine
+	meta      [4 * 8]byte
+	srcs      []byte
+	offsets   []byte
+	tables    []capturedRows
+	merchants []kv
+	chains    rowBuf
+	chainsPen []chainRef
+	chainNext int
+	chainGone []uint64
+	timers    func(*bolt.Tx) error
+	complete  bool
+}
+
+// BeginCheckpoint starts capturing a checkpoint with the offsets given: the
+// next offsets to read, which the state at this moment has consumed up to.
+// Only one may be under way; CopySome finishes it.
+func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
+	if e.capture != nil {
+		return nil, errors.New("checkpoint: the previous capture is not complete")
+	}
 	e.updateGauges() // on wall-clock time too: event time may stand still
-	ob, err := json.Marshal(offsets)
-	if err != nil {
+	c := &Capture{e: e}
+	var err error
+	if c.offsets, err = json.Marshal(offsets); err != nil {
 		return nil, err
 	}
-	var m [4 * 8]byte
-	binary.LittleEndian.PutUint64(m[0:], layoutVersion)
-	binary.LittleEndian.PutUint64(m[8:], uint64(e.maxTS))
-	binary.LittleEndian.PutUint64(m[16:], uint64(e.lastSweep))
-	binary.LittleEndian.PutUint64(m[24:], e.timerSeq)
-	srcs := make([]byte, 0, 8*len(e.srcMax))
+	binary.LittleEndian.PutUint64(c.meta[0:], layoutVersion)
+	binary.LittleEndian.PutUint64(c.meta[8:], uint64(e.maxTS))
+	binary.LittleEndian.PutUint64(c.meta[16:], uint64(e.lastSweep))
+	binary.LittleEndian.PutUint64(c.meta[24:], e.timerSeq)
+	c.srcs = make([]byte, 0, 8*len(e.srcMax))
 	for src, ts := range e.srcMax {
-		srcs = binary.LittleEndian.AppendUint32(srcs, src)
-		srcs = binary.LittleEndian.AppendUint32(srcs, ts)
+		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, src)
+		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, ts)
 	}
-	tables := []capturedRows{
-		captureRows(bAccounts, e.accounts, appendRaw[account]),
-		captureRows(bDevices, e.devices, appendRaw[deviceState]),
-		captureRows(bPayees, e.payees, appendRaw[payeeState]),
-		captureRows(bIPs, e.ips, appendIP),
-	}
-	merchants := make([]kv, 0, len(e.merchants))
-	for k, mr := range e.merchants {
-		merchants = append(merchants, kv{k, encodeMerchant(mr)})
-	}
-	chains := e.captureChains()
-	timers, err := e.captureTimers()
-	if err != nil {
+	if c.timers, err = e.captureTimers(); err != nil {
 		return nil, err
 	}
+	// Merchants and app versions are few: copied whole, now.
+	c.merchants = make([]kv, 0, len(e.merchants))
+	for k, mr := range e.merchants {
+		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr)})
+	}
+	e.accounts.beginSnapshot(appendRaw[account])
+	e.devices.beginSnapshot(appendRaw[deviceState])
+	e.payees.beginSnapshot(appendRaw[payeeState])
+	e.ips.beginSnapshot(appendIP)
+	c.chains = newRowBuf(len(e.chainsDirty), 64)
+	for _, r := range e.chainsDirty {
+		if r.c.dirty {
+			r.c.dirty, r.c.pending = false, true
+			c.chainsPen = append(c.chainsPen, r)
+		}
+	}
+	e.chainsDirty = nil
+	for _, k := range e.chainsGone {
+		if e.chains[k] == nil { // not created again since
+			c.chainGone = append(c.chainGone, k)
+		}
+	}
+	e.chainsGone = e.chainsGone[:0]
+	e.capture = c
+	return c, nil
+}
+
+func (c *Capture) copyChain(k uint64, ch *chain) {
+	c.chains.buf = appendChain(c.chains.buf, ch)
+	c.chains.done(k)
+	ch.pending, ch.saved = false, true
+}
+
+// CopySome copies up to n more changed rows into the checkpoint and reports
+// whether it is complete. Call it with the engine's lock held.
+func (c *Capture) CopySome(n int) bool {
+	if c.complete {
+		return true
+	}
+	e := c.e
+	left := n
+	for _, t := range []interface{ copySome(int) (bool, int) }{
+		snapshotter[account]{e.accounts}, snapshotter[deviceState]{e.devices},
+		snapshotter[payeeState]{e.payees}, snapshotter[ipState]{e.ips},
+	} {
+		done, copied := t.copySome(left)
+		left -= copied
+		if !done {
+			return false
+		}
+	}
+	for ; c.chainNext < len(c.chainsPen); c.chainNext++ {
+		if left <= 0 {
+			return false
+		}
+		if r := c.chainsPen[c.chainNext]; r.c.pending {
+			c.copyChain(r.k, r.c)
+			left--
+		}
+	}
+	c.tables = []capturedRows{
+		e.accounts.endSnapshot(bAccounts), e.devices.endSnapshot(bDevices),
+		e.payees.endSnapshot(bPayees), e.ips.endSnapshot(bIPs),
+	}
+	c.complete = true
+	e.capture = nil
+	return true
+}
+
+// snapshotter adapts a table's copySome to count what it copied.
+type snapshotter[T any] struct{ t *table[T] }
+
+func (s snapshotter[T]) copySome(n int) (bool, int) {
+	before := len(s.t.snap.rows.ends)
+	done := s.t.copySome(n)
+	return done, len(s.t.snap.rows.ends) - before
+}
+
+// Write returns the function that writes the complete checkpoint in a
+// transaction. It reads only the copy: it may run while the engine goes on,
+// and run again if it failed.
+func (c *Capture) Write() func(*bolt.Tx) error {
+	if !c.complete {
+		panic("detector: Capture.Write before the copy is complete")
+	}
+	chains := capturedRows{bucket: bChains, rows: c.chains.kvs(), gone: c.chainGone}
 	return func(tx *bolt.Tx) error {
-		for i := range tables {
-			if err := tables[i].write(tx); err != nil {
+		for i := range c.tables {
+			if err := c.tables[i].write(tx); err != nil {
 				return err
 			}
 		}
-		sortKV(merchants)
+		sortKV(c.merchants)
 		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
-			for _, r := range merchants {
+			for _, r := range c.merchants {
 				if err := b.Put(k8(r.k), r.v); err != nil {
 					return err
 				}
@@ -161,21 +271,21 @@ func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error
 		if err := chains.write(tx); err != nil {
 			return err
 		}
-		if err := timers(tx); err != nil {
+		if err := c.timers(tx); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bMeta)
 		if err != nil {
 			return err
 		}
-		if err := meta.Put([]byte("engine"), m[:]); err != nil {
+		if err := meta.Put([]byte("engine"), c.meta[:]); err != nil {
 			return err
 		}
-		if err := meta.Put([]byte("sources"), srcs); err != nil {
+		if err := meta.Put([]byte("sources"), c.srcs); err != nil {
 			return err
 		}
-		return meta.Put([]byte("offsets"), ob)
-	}, nil
+		return meta.Put([]byte("offsets"), c.offsets)
+	}
 }
 
 type kv struct {
@@ -204,16 +314,6 @@ type capturedRows struct {
 	bucket []byte
 	rows   []kv
 	gone   []uint64
-}
-
-func captureRows[T any](name []byte, t *table[T], enc func([]byte, *T) []byte) capturedRows {
-	rb := newRowBuf(len(t.changed), int(unsafe.Sizeof(*new(T))))
-	var gone []uint64
-	t.drain(func(k uint64, r *T) {
-		rb.buf = enc(rb.buf, r)
-		rb.done(k)
-	}, func(k uint64) { gone = append(gone, k) })
-	return capturedRows{bucket: name, rows: rb.kvs(), gone: gone}
 }
 
 func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
@@ -262,28 +362,6 @@ func (c *capturedRows) write(tx *bolt.Tx) error {
 		}
 	}
 	return nil
-}
-
-// captureChains encodes the payment chains changed since the last
-// checkpoint and lists the expired ones.
-func (e *Engine) captureChains() capturedRows {
-	c := capturedRows{bucket: bChains}
-	rb := newRowBuf(len(e.chainsDirty), 64)
-	for _, k := range e.chainsDirty {
-		if ch := e.chains[k]; ch != nil && ch.dirty {
-			rb.buf = appendChain(rb.buf, ch)
-			rb.done(k)
-			ch.dirty, ch.saved = false, true
-		}
-	}
-	c.rows = rb.kvs()
-	for _, k := range e.chainsGone {
-		if e.chains[k] == nil { // not created again since
-			c.gone = append(c.gone, k)
-		}
-	}
-	e.chainsDirty, e.chainsGone = e.chainsDirty[:0], e.chainsGone[:0]
-	return c
 }
 
 // captureTimers encodes the timers armed since the last checkpoint that are

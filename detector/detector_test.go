@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -415,5 +416,114 @@ func TestTimersFollowTheirOwnPartition(t *testing.T) {
 	out, _ = e.ProcessFrom(3, attempt("c2", "acc-e", "succeeded", t0.Add(30*time.Minute)), out)
 	if n := timers(); n != 1 {
 		t.Errorf("%d timer decisions, want the one of acc-d", n)
+	}
+}
+
+// TestCaptureSpreadOverEventsIsExact: a checkpoint copied a few rows at a
+// time while the engine goes on deciding holds the state of the moment it
+// began — rows changed meanwhile are copied before they change. An engine
+// restored from it and fed the events after that moment decides exactly
+// what an uninterrupted one does.
+func TestCaptureSpreadOverEventsIsExact(t *testing.T) {
+	evs := genEvents(t, 400, 11, 1)
+	ref := newEngine(t, 5*time.Minute)
+	var want []Decision
+	for i := range evs {
+		want, _ = ref.Process(&evs[i], want)
+	}
+
+	dir := t.TempDir()
+	e := newEngine(t, 5*time.Minute)
+	var got []Decision
+	cuts := []int{len(evs) / 4, len(evs) / 2, 3 * len(evs) / 4}
+	next, began, keep := 0, -1, 0
+	var c *Capture
+	for i := 0; i < len(evs); i++ {
+		if next < len(cuts) && i == cuts[next] {
+			next++
+			var err error
+			if c, err = e.BeginCheckpoint(Offsets{"wallet.events": {0: int64(i)}}); err != nil {
+				t.Fatal(err)
+			}
+			began, keep = i, len(got)
+		}
+		got, _ = e.Process(&evs[i], got)
+		if c == nil || !c.CopySome(1) {
+			continue
+		}
+		// Written when complete, several events after it began: a crash
+		// now restarts from the state and offsets of the beginning.
+		st, err := OpenStore(filepath.Join(dir, "state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.DB().Update(c.Write()); err != nil {
+			t.Fatal(err)
+		}
+		if i-began < 50 {
+			t.Fatalf("the capture took %d events: too few to test copying rows before they change", i-began)
+		}
+		e = newEngine(t, 5*time.Minute)
+		off, err := e.Restore(st)
+		st.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off["wallet.events"][0] != int64(began) {
+			t.Fatalf("restored offsets %v, want %d", off, began)
+		}
+		c, got, i = nil, got[:keep], began-1 // the restored engine re-reads from where the capture began
+	}
+	a, b := encodeAll(t, want), encodeAll(t, got)
+	if !bytes.Equal(a, b) {
+		al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
+		for i := range min(len(al), len(bl)) {
+			if !bytes.Equal(al[i], bl[i]) {
+				t.Fatalf("decision %d differs:\nuninterrupted: %s\nrestored:      %s", i, al[i], bl[i])
+			}
+		}
+		t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
+	}
+}
+
+// TestCaptureCopiesAChainBeforeItChanges: a payment attempt decided while
+// a checkpoint is being copied leaves the checkpoint's copy of its chain
+// as it was when the checkpoint began.
+func TestCaptureCopiesAChainBeforeItChanges(t *testing.T) {
+	e := newEngine(t, time.Minute)
+	base := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	att := func(id, status string, at time.Duration, n int64) event.Event {
+		return event.Event{EventID: id, Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: base.Add(at),
+			AccountID: "acc", PaymentID: "p1", Attempt: n, Status: status, ErrorCode: "NETWORK_TIMEOUT", BalanceAfter: -1, MerchantID: "m"}
+	}
+	first := att("a1", "retrying", 0, 1)
+	e.Process(&first, nil)
+	c, err := e.BeginCheckpoint(Offsets{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := att("a2", "succeeded", time.Minute, 2)
+	e.Process(&second, nil) // before any row was copied
+	if !c.CopySome(math.MaxInt) {
+		t.Fatal("capture not complete")
+	}
+	st, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.DB().Update(c.Write()); err != nil {
+		t.Fatal(err)
+	}
+	r := newEngine(t, time.Minute)
+	if _, err := r.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	ch := r.chains[key64("acc\x00p1")]
+	if ch == nil || ch.attempts != 1 || ch.lastStatus != "retrying" || ch.succeeded {
+		t.Fatalf("restored chain %+v, want the one attempt retrying when the checkpoint began", ch)
+	}
+	if a := e.chains[key64("acc\x00p1")]; a.attempts != 2 || !a.succeeded {
+		t.Fatalf("live chain %+v, want both attempts", a)
 	}
 }

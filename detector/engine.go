@@ -97,21 +97,23 @@ type Engine struct {
 	timers map[uint32]*timerHeap
 	// Checkpoints write only what changed: payment chains touched and
 	// expired, timers armed and gone (fired or cancelled).
-	chainsDirty, chainsGone []uint64
-	timersNew               []*timer
-	timersGone              []uint64
-	srcMax                  map[uint32]uint32 // newest event time per source
-	byAccount               map[uint64][]*timer
-	timerSeq                uint64
-	maxTS                   uint32
-	lastSweep               uint32
-	interned                map[string]string
-	env                     *rules.Env
-	eval                    rules.Evaluator
-	evalErrs                uint64
-	evicted                 [4]uint64 // rows dropped over capacity, by evictionKinds
-	timerBits               []uint64  // see markTimers
-	sweepTick               uint32
+	chainsDirty []chainRef // changed since the last checkpoint began
+	chainsGone  []uint64
+	capture     *Capture // the checkpoint being captured, nil if none
+	timersNew   []*timer
+	timersGone  []uint64
+	srcMax      map[uint32]uint32 // newest event time per source
+	byAccount   map[uint64][]*timer
+	timerSeq    uint64
+	maxTS       uint32
+	lastSweep   uint32
+	interned    map[string]string
+	env         *rules.Env
+	eval        rules.Evaluator
+	evalErrs    uint64
+	evicted     [4]uint64 // rows dropped over capacity, by evictionKinds
+	timerBits   []uint64  // see markTimers
+	sweepTick   uint32
 }
 
 // New makes an engine with a rule set.
@@ -286,10 +288,13 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		}
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
+		if ch.pending {
+			e.capture.copyChain(pk, ch) // the checkpoint being captured needs it as it is
+		}
 		ch.update(ev, akey, now, e.intern)
 		if !ch.dirty {
 			ch.dirty = true
-			e.chainsDirty = append(e.chainsDirty, pk)
+			e.chainsDirty = append(e.chainsDirty, chainRef{pk, ch})
 		}
 		if set.Uses(ev.Type, rules.RootPayment) {
 			ch.view(&env.Payment, now)
@@ -530,14 +535,18 @@ func (e *Engine) sweep() {
 		chainCut := since(e.watermark(), day1)
 		for k, c := range e.chains {
 			if c.last < chainCut && !e.chainHasTimer(c) {
+				if c.pending {
+					e.capture.copyChain(k, c)
+				}
 				delete(e.chains, k)
+				c.dirty = false // nothing left to write but its removal
 				if c.saved {
 					e.chainsGone = append(e.chainsGone, k)
 				}
 				n++
 			}
 		}
-		e.chainsDirty = slices.DeleteFunc(e.chainsDirty, func(k uint64) bool { return e.chains[k] == nil })
+		e.chainsDirty = slices.DeleteFunc(e.chainsDirty, func(r chainRef) bool { return !r.c.dirty })
 	}
 	if n > 0 {
 		e.log.Debug("expired idle state", "entries", n, "before", time.Unix(fromSec(cut), 0).UTC())

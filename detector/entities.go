@@ -238,8 +238,16 @@ type chain struct {
 	currency    string
 	appVersion  string
 	paymentID   string
-	dirty       bool // changed since the last checkpoint
+	dirty       bool // changed since the last checkpoint began
 	saved       bool // in a checkpoint: its expiry must be written too
+	pending     bool // changed before the checkpoint being captured, not copied yet
+}
+
+// chainRef is a changed chain: its key and itself, so that a checkpoint
+// finds it without a lookup.
+type chainRef struct {
+	k uint64
+	c *chain
 }
 
 func (c *chain) view(v *rules.PaymentView, now uint32) {

@@ -1,6 +1,8 @@
 package detector
 
 import (
+	"encoding/binary"
+	"math"
 	"path/filepath"
 	"testing"
 	"time"
@@ -62,15 +64,17 @@ func TestTableInvariantsUnderCheckpoints(t *testing.T) {
 func TestDrainReportsEachChangeOnce(t *testing.T) {
 	tb := newTable[uint64]()
 	drain := func() (map[uint64]uint64, []uint64) {
+		tb.beginSnapshot(appendRaw[uint64])
+		tb.copySome(math.MaxInt)
+		c := tb.endSnapshot(nil)
 		got := map[uint64]uint64{}
-		var gone []uint64
-		tb.drain(func(k uint64, r *uint64) {
-			if _, dup := got[k]; dup {
-				t.Errorf("key %d captured twice", k)
+		for _, r := range c.rows {
+			if _, dup := got[r.k]; dup {
+				t.Errorf("key %d captured twice", r.k)
 			}
-			got[k] = *r
-		}, func(k uint64) { gone = append(gone, k) })
-		return got, gone
+			got[r.k] = binary.LittleEndian.Uint64(r.v)
+		}
+		return got, c.gone
 	}
 	*tb.upsert(1) = 10
 	*tb.upsert(2) = 20

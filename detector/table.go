@@ -1,5 +1,7 @@
 package detector
 
+import "unsafe"
+
 // chunkRows is how many rows a chunk holds. Rows live in fixed chunks rather
 // than one growing slice: growing a slice of a million rows copies hundreds
 // of megabytes at once (and the GC cannot preempt that copy), while a new
@@ -17,10 +19,29 @@ type table[T any] struct {
 	hand    uint32 // next row sweepSome looks at
 	keys    []uint64
 	free    []uint32
-	dirty   []bool
-	saved   []bool   // the slot's row is in a checkpoint: its removal must be written
+	flags   []uint8  // per slot: rowDirty, rowSaved, rowPending
 	changed []uint32 // rows dirtied since the last checkpoint
 	deleted []uint64 // keys removed since the last checkpoint
+
+	snap *snapshot[T] // the checkpoint being captured, nil if none
+}
+
+const (
+	rowDirty   = 1 << iota // changed since the last checkpoint began
+	rowSaved               // in a checkpoint: its removal must be written too
+	rowPending             // changed before the checkpoint being captured, not copied yet
+)
+
+// snapshot is a table's part of a checkpoint being captured: the rows as
+// they were when it began. They are copied a slice at a time between
+// events (copySome), and a row about to change or go is copied first, so
+// the pipeline never stops for the whole copy.
+type snapshot[T any] struct {
+	enc     func([]byte, *T) []byte
+	rows    rowBuf
+	gone    []uint64
+	pending []uint32
+	next    int
 }
 
 func newTable[T any]() *table[T] {
@@ -58,13 +79,17 @@ func (t *table[T]) upsert(key uint64) *T {
 			}
 			t.n++
 			t.keys = append(t.keys, key)
-			t.dirty = append(t.dirty, false)
-			t.saved = append(t.saved, false)
+			t.flags = append(t.flags, 0)
 		}
 		t.idx[key] = i
 	}
-	if !t.dirty[i] {
-		t.dirty[i] = true
+	f := t.flags[i]
+	if f&rowPending != 0 {
+		t.copyRow(i) // the checkpoint being captured needs it as it is
+		f = t.flags[i]
+	}
+	if f&rowDirty == 0 {
+		t.flags[i] = f | rowDirty
 		t.changed = append(t.changed, i)
 	}
 	return t.row(i)
@@ -75,29 +100,61 @@ func (t *table[T]) put(key uint64, row T) {
 	p := t.upsert(key)
 	*p = row
 	i := t.idx[key]
-	t.dirty[i], t.saved[i] = false, true
+	t.flags[i] = rowSaved
 	t.changed = t.changed[:len(t.changed)-1]
 }
 
-// drain calls fn for every row changed and every key deleted since the last
-// call, then clears the lists.
-func (t *table[T]) drain(fn func(key uint64, row *T), gone func(key uint64)) {
-	// A removed slot is not dirty (remove clears the flag), and a slot
-	// reused since is listed again: the flag alone tells which entries hold
-	// a changed row, without a lookup in the index per row.
+// beginSnapshot starts capturing the rows changed and the keys deleted
+// since the last checkpoint, as they are now. Only flags change here; the
+// rows are copied by copySome, or by upsert and remove before they touch
+// one. Changes from now on belong to the next checkpoint.
+func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte) {
+	sn := &snapshot[T]{enc: enc, pending: t.changed}
+	size := int(unsafe.Sizeof(*new(T)))
+	sn.rows = newRowBuf(len(t.changed), size)
 	for _, i := range t.changed {
-		if t.dirty[i] {
-			t.dirty[i], t.saved[i] = false, true
-			fn(t.keys[i], t.row(i))
+		if f := t.flags[i]; f&rowDirty != 0 {
+			t.flags[i] = f&^rowDirty | rowPending
 		}
 	}
-	t.changed = t.changed[:0]
 	for _, k := range t.deleted {
 		if _, back := t.idx[k]; !back {
-			gone(k)
+			sn.gone = append(sn.gone, k)
 		}
 	}
-	t.deleted = t.deleted[:0]
+	t.changed, t.deleted = nil, t.deleted[:0]
+	t.snap = sn
+}
+
+// copyRow copies pending row i into the snapshot.
+func (t *table[T]) copyRow(i uint32) {
+	sn := t.snap
+	sn.rows.buf = sn.enc(sn.rows.buf, t.row(i))
+	sn.rows.done(t.keys[i])
+	t.flags[i] = t.flags[i]&^rowPending | rowSaved
+}
+
+// copySome copies up to n pending rows; it reports whether none are left.
+func (t *table[T]) copySome(n int) bool {
+	sn := t.snap
+	for ; n > 0 && sn.next < len(sn.pending); sn.next++ {
+		if i := sn.pending[sn.next]; t.flags[i]&rowPending != 0 {
+			t.copyRow(i)
+			n--
+		}
+	}
+	return sn.next == len(sn.pending)
+}
+
+// endSnapshot returns the captured rows and deleted keys. Every pending row
+// must have been copied.
+func (t *table[T]) endSnapshot(bucket []byte) capturedRows {
+	sn := t.snap
+	t.snap = nil
+	if t.changed == nil {
+		t.changed = sn.pending[:0] // reuse the list's memory
+	}
+	return capturedRows{bucket: bucket, rows: sn.rows.kvs(), gone: sn.gone}
 }
 
 // each visits every row.
@@ -170,15 +227,17 @@ func (t *table[T]) live(i uint32) (uint64, bool) {
 }
 
 func (t *table[T]) remove(i uint32, key uint64) {
+	if t.flags[i]&rowPending != 0 {
+		t.copyRow(i) // written as it was, then deleted by the next checkpoint
+	}
 	delete(t.idx, key)
 	var zero T
 	*t.row(i) = zero
-	t.dirty[i] = false
 	t.free = append(t.free, i)
 	// A row no checkpoint wrote needs no delete (and without checkpoints,
 	// in replay, the list would only grow).
-	if t.saved[i] {
+	if t.flags[i]&rowSaved != 0 {
 		t.deleted = append(t.deleted, key)
-		t.saved[i] = false
 	}
+	t.flags[i] = 0
 }
