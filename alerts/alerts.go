@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -58,7 +59,17 @@ type Alert struct {
 	Resolution     string    `json:"resolution,omitempty"`
 
 	accounts map[string]bool
+	rev      uint64 // see Revision
 }
+
+// revisions numbers the copies of alerts handed out.
+var revisions atomic.Uint64
+
+// Revision orders the copies of an alert: one with a higher revision was
+// taken later, from a state at least as new. Versions of an alert reach
+// receivers by two paths (the pipeline's checkpoint, a manual action's own
+// write); the revision tells which is newer.
+func (a Alert) Revision() uint64 { return a.rev }
 
 const (
 	maxEvidence = 20
@@ -347,6 +358,7 @@ func isMilestone(n int) bool {
 
 func (a *Alert) copy() Alert {
 	c := *a
+	c.rev = revisions.Add(1)
 	c.Evidence = append([]string(nil), a.Evidence...)
 	c.Rules = append([]string(nil), a.Rules...)
 	c.DecisionIDs = append([]string(nil), a.DecisionIDs...)

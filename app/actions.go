@@ -76,6 +76,12 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", describeChange(ch), err)
 	}
+	if len(out.Alerts) > 0 {
+		// Still under writeMu: no checkpoint write can come between the
+		// outbox write above and this.
+		a.direct.wrote(out.Alerts)
+		a.alertQ.drop(func(q alerts.Alert) bool { return a.direct.superseded(q.AlertID, q.Revision()) })
+	}
 	a.toSink(nil, nil, nil, out.Alerts, ch.Audit)
 	a.countAlerts(out.Alerts)
 	if len(out.Alerts) > 0 {

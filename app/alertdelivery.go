@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -80,7 +82,39 @@ func (c outboxCollector) Collect(ch chan<- prometheus.Metric) {
 // delivery is one rendered alert for one receiver's outbox.
 type delivery struct {
 	dest, id string
+	alertID  string
+	rev      uint64
 	body     []byte
+}
+
+// directAlerts remembers, per alert, the revision a manual action last
+// wrote straight to the outbox. A version still waiting for (or retrying)
+// its checkpoint with a lower revision is older than what receivers already
+// have: it is dropped rather than delivered after it, where a receiver
+// would see an acknowledged alert open again.
+type directAlerts struct {
+	mu sync.Mutex
+	at map[string]uint64 // alert id -> revision written directly
+}
+
+// wrote records list as written directly. Call it before a checkpoint
+// write can follow the outbox write (with writeMu held).
+func (d *directAlerts) wrote(list []alerts.Alert) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at == nil || len(d.at) > 100000 { // manual actions are few; keep it bounded
+		d.at = map[string]uint64{}
+	}
+	for _, al := range list {
+		d.at[al.AlertID] = max(d.at[al.AlertID], al.Revision())
+	}
+}
+
+// superseded reports whether a newer revision of the alert was written directly.
+func (d *directAlerts) superseded(id string, rev uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.at[id] > rev
 }
 
 // renderAlerts renders list for every receiver that routes it (counting
@@ -122,7 +156,7 @@ func (a *App) renderAlerts(list []alerts.Alert) ([]delivery, error) {
 			}
 			// Each version of an alert (it grows, is acknowledged, resolved)
 			// is one delivery; its alert_id stays the same.
-			out = append(out, delivery{dest, fmt.Sprintf("%s/%d/%s", al.AlertID, al.UpdatedAt.UnixMilli(), al.Status), body})
+			out = append(out, delivery{dest, fmt.Sprintf("%s/%d/%s", al.AlertID, al.UpdatedAt.UnixMilli(), al.Status), al.AlertID, al.Revision(), body})
 		}
 	}
 	return out, nil
@@ -156,7 +190,14 @@ func (a *App) prepareAlerts() (write func(*bolt.Tx) error, undo func(), err erro
 		a.alertQ.putBack(list) // retried with the next checkpoint
 		return nil, nil, err
 	}
-	return func(tx *bolt.Tx) error { return a.putDeliveries(tx, ds) }, func() { a.alertQ.putBack(list) }, nil
+	write = func(tx *bolt.Tx) error {
+		// With writeMu held: a manual action's write is wholly before or after.
+		return a.putDeliveries(tx, slices.DeleteFunc(slices.Clone(ds), func(d delivery) bool { return a.direct.superseded(d.alertID, d.rev) }))
+	}
+	undo = func() {
+		a.alertQ.putBack(slices.DeleteFunc(list, func(al alerts.Alert) bool { return a.direct.superseded(al.AlertID, al.Revision()) }))
+	}
+	return write, undo, nil
 }
 
 func (a *App) notifyReceivers() {

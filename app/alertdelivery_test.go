@@ -353,3 +353,77 @@ func TestAlertsReachAlertmanager(t *testing.T) {
 		t.Errorf("amtool shows %s", out)
 	}
 }
+
+// TestAnAcknowledgedAlertIsNotDeliveredOpenAfterwards: support acknowledges
+// an alert before the checkpoint that would deliver its first version. The
+// acknowledgement reaches the receiver at once; the older, open version must
+// not follow it (a pager would fire again for an incident someone has).
+func TestAnAcknowledgedAlertIsNotDeliveredOpenAfterwards(t *testing.T) {
+	dir := t.TempDir()
+	rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
+	hook := httptestServer(t, rc)
+	cfg := enforceConfig(t, dir)
+	cfg.Alerts.Webhooks = []config.Webhook{{URL: hook + "/hook", Secret: "hook-secret", Name: "support"}}
+	// No checkpoint until shutdown: the alert's first version waits for it.
+	cfg.Detector.CheckpointInterval = config.Duration(time.Hour)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{DeliveryBackoff: 50 * time.Millisecond}
+	a, err := New(cfg, discardLog(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, a)
+	addr := r.app.HTTPAddr()
+	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
+	var id string
+	waitFor(t, 20*time.Second, "the takeover alerted", func() bool {
+		_, m := call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
+		l, _ := m["alerts"].([]any)
+		if len(l) == 0 {
+			return false
+		}
+		id = l[0].(map[string]any)["alert_id"].(string)
+		return true
+	})
+	if code, al := call(t, addr, "POST", "/v1/alerts/"+id+"/ack", "support-token", `{"operator":"rina"}`); code != 200 {
+		t.Fatalf("ack: %d %v", code, al)
+	}
+	waitFor(t, 10*time.Second, "the acknowledgement delivered", func() bool {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		return rc.ids[id] > 0
+	})
+	r.stop(t) // the final checkpoint writes what was queued before the ack
+
+	a, err = New(cfg, discardLog(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, a)
+	waitFor(t, 10*time.Second, "the outbox drained", func() bool {
+		return metric(t, r.app.HTTPAddr(), `walletguard_outbox_pending{destination="alerts:support"}`) == 0
+	})
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	acked := false
+	for _, b := range rc.bodies {
+		var al struct {
+			AlertID string `json:"alert_id"`
+			Status  string `json:"status"`
+		}
+		json.Unmarshal(b, &al)
+		if al.AlertID != id {
+			continue
+		}
+		if al.Status == "acknowledged" {
+			acked = true
+		} else if acked {
+			t.Errorf("after the acknowledgement the receiver got the alert %s again", al.Status)
+		}
+	}
+	if !acked {
+		t.Error("the acknowledgement was never delivered")
+	}
+}

@@ -67,8 +67,12 @@ type App struct {
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
 	tpl          *alerts.Templates
-	alertQ       *queue[alerts.Alert]  // alert records waiting for the next checkpoint to enter the outbox
-	rates        map[string]rateWindow // per receiver; touched under procMu
+	alertQ       *queue[alerts.Alert] // alert records waiting for the next checkpoint to enter the outbox
+	// direct records the alerts a manual action wrote straight to the
+	// outbox, so that an older version of one, still waiting for (or
+	// retrying) its checkpoint, is not delivered after the newer one.
+	direct directAlerts
+	rates  map[string]rateWindow // per receiver; touched under procMu
 	// deliveryBackoff is the first retry delay of alert delivery;
 	// digestEvery how often rate-limited receivers get their digest.
 	deliveryBackoff, digestEvery time.Duration

@@ -1,6 +1,9 @@
 package app
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // queue hands records from the goroutines that make them to the one that
 // writes them: alerts waiting for the next checkpoint, the scoring API's
@@ -41,5 +44,12 @@ func (q *queue[T]) putBack(items []T) {
 	}
 	q.mu.Lock()
 	q.items = append(items, q.items...)
+	q.mu.Unlock()
+}
+
+// drop removes the waiting items for which gone returns true.
+func (q *queue[T]) drop(gone func(T) bool) {
+	q.mu.Lock()
+	q.items = slices.DeleteFunc(q.items, gone)
 	q.mu.Unlock()
 }
