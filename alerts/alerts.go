@@ -252,11 +252,13 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 func alertID(key, decisionID string) string { return detector.StableID("alt_", key, decisionID) }
 
 func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Alert {
+	// Clones: a decision's ids share one copy of the event record they came in.
+	acct := strings.Clone(d.AccountID)
 	a := &Alert{
 		AlertID: alertID(key, d.DecisionID), DedupKey: key, Severity: h.Severity, Category: h.Category,
 		CreatedAt: d.TS, UpdatedAt: d.TS, Status: "open", Count: 1,
 		Rules: []string{h.ID}, DecisionIDs: []string{d.DecisionID},
-		accounts: map[string]bool{d.AccountID: true},
+		accounts: map[string]bool{acct: true},
 	}
 	switch {
 	case strings.HasPrefix(h.Group, "merchant:"):
@@ -268,9 +270,9 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	case strings.HasPrefix(h.Group, "ip:"):
 		a.IP = strings.TrimPrefix(h.Group, "ip:")
 	default:
-		a.AccountID = d.AccountID
-		a.MerchantID = d.MerchantID
-		a.AppVersion = d.AppVersion
+		a.AccountID = acct
+		a.MerchantID = strings.Clone(d.MerchantID)
+		a.AppVersion = strings.Clone(d.AppVersion)
 	}
 	a.Severity = maxSeverity(a.Severity, actionSeverity(d.Action))
 	if rules.ActionRank(d.Action) > 0 {
@@ -317,7 +319,9 @@ func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []
 	if len(a.DecisionIDs) < maxEvidence && !contains(a.DecisionIDs, d.DecisionID) {
 		a.DecisionIDs = append(a.DecisionIDs, d.DecisionID)
 	}
-	a.accounts[d.AccountID] = true
+	if !a.accounts[d.AccountID] {
+		a.accounts[strings.Clone(d.AccountID)] = true
+	}
 	a.AffectedAccounts = len(a.accounts)
 	a.Severity = maxSeverity(maxSeverity(a.Severity, h.Severity), actionSeverity(d.Action))
 	if rules.ActionRank(d.Action) > rules.ActionRank(a.Action) {

@@ -172,6 +172,8 @@ func (e *Engine) intern(s string) string {
 	if v, ok := e.interned[s]; ok {
 		return v
 	}
+	// A clone: the event's strings share one copy of its whole record.
+	s = strings.Clone(s)
 	if len(e.interned) > 100000 { // hostile input must not grow this forever
 		return s
 	}

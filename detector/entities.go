@@ -1,6 +1,8 @@
 package detector
 
 import (
+	"strings"
+
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -276,7 +278,7 @@ func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(str
 	if c.first == 0 || now < c.first {
 		c.first = now
 		c.account = acct
-		c.paymentID = ev.PaymentID
+		c.paymentID = strings.Clone(ev.PaymentID) // not the whole record it came in
 	}
 	c.last = max(c.last, now)
 	if c.attempts < 65535 {

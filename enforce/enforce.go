@@ -11,6 +11,7 @@ package enforce
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -251,6 +252,7 @@ func (p *Planner) state(id string) *State {
 	s := p.states[id]
 	if s == nil {
 		s = &State{}
+		id = strings.Clone(id) // held for as long as the account is: not the event record it came in
 		p.states[id] = s
 	}
 	p.dirty[id] = true

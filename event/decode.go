@@ -81,6 +81,21 @@ type wire struct {
 // project: goccy/go-json was chosen by measurement (BenchmarkDecode* in this
 // package: about 5x faster than encoding/json on a typical event).
 func Decode(b []byte, now time.Time) (Event, error) {
+	if len(b) <= MaxSize {
+		var w wire
+		if decodeFast(b, &w) {
+			ev := w.Event
+			if err := validate(&ev, w.TS, now); err != nil {
+				return Event{}, err
+			}
+			return ev, nil
+		}
+	}
+	return decodeGoJSON(b, now)
+}
+
+// decodeGoJSON is Decode without the fast path, which must agree with it.
+func decodeGoJSON(b []byte, now time.Time) (Event, error) {
 	return decodeWith(gojson.Unmarshal, b, now)
 }
 
