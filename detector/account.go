@@ -110,8 +110,24 @@ func unpack2(v uint16) string {
 	if v == 0 {
 		return ""
 	}
+	a, b := byte(v>>8)-'A', byte(v)-'A'
+	if a < 26 && b < 26 {
+		return countryCodes[2*(26*int(a)+int(b)):][:2]
+	}
 	return string([]byte{byte(v >> 8), byte(v)})
 }
+
+// countryCodes is every two-letter code AA..ZZ in a row, so that naming a
+// country (for every event's rule environment) allocates nothing.
+var countryCodes = func() string {
+	b := make([]byte, 0, 2*26*26)
+	for a := byte('A'); a <= 'Z'; a++ {
+		for c := byte('A'); c <= 'Z'; c++ {
+			b = append(b, a, c)
+		}
+	}
+	return string(b)
+}()
 
 func pack3(s string) uint16 {
 	if len(s) != 3 {

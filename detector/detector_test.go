@@ -527,3 +527,19 @@ func TestCaptureCopiesAChainBeforeItChanges(t *testing.T) {
 		t.Fatalf("live chain %+v, want both attempts", a)
 	}
 }
+
+// TestKeysMatchStoredCheckpoints: chain keys and country names are built
+// without allocating, and must equal what earlier releases wrote to
+// checkpoints and showed in profiles.
+func TestKeysMatchStoredCheckpoints(t *testing.T) {
+	for _, c := range [][2]string{{"acc-1", "pay-9"}, {"", ""}, {string(make([]byte, 128*4)), "p"}} {
+		if got, want := chainKey(c[0], c[1]), key64(c[0]+"\x00"+c[1]); got != want {
+			t.Fatalf("chainKey(%q, %q) = %x, want %x", c[0], c[1], got, want)
+		}
+	}
+	for _, code := range []string{"AA", "ID", "SG", "ZZ", "id", "1A", "Z["} {
+		if got := unpack2(pack2(code)); got != code {
+			t.Fatalf("unpack2(pack2(%q)) = %q", code, got)
+		}
+	}
+}

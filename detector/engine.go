@@ -282,7 +282,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	}
 	var ch *chain
 	if ev.Type == event.TypePaymentAttempt {
-		pk := key64(ev.AccountID + "\x00" + ev.PaymentID)
+		pk := chainKey(ev.AccountID, ev.PaymentID)
 		ch = e.chains[pk]
 		if ch == nil {
 			ch = &chain{}
@@ -380,6 +380,13 @@ func (e *Engine) hit(r *rules.Rule, env *rules.Env, ev *event.Event) Hit {
 
 // appKey keys an app version's health counters in the merchants map.
 func appKey(version string) uint64 { return key64("app\x00" + version) }
+
+// chainKey is the key of a payment's chain: the hash of account, a zero byte
+// and payment id, built on the stack (ids are at most 128 characters).
+func chainKey(account, payment string) uint64 {
+	var buf [2*128*4 + 1]byte
+	return xxhash.Sum64(append(append(append(buf[:0], account...), 0), payment...))
+}
 
 func groupKey(by string, ev *event.Event) string {
 	v := ev.AccountID
@@ -815,7 +822,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	}
 	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
-		if c := e.chains[key64(ev.AccountID+"\x00"+t.paymentID)]; c != nil {
+		if c := e.chains[chainKey(ev.AccountID, t.paymentID)]; c != nil {
 			c.view(&env.Payment, now)
 		}
 	}

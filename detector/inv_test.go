@@ -12,12 +12,12 @@ import (
 
 func checkTable[T any](t *testing.T, name string, tb *table[T]) {
 	seen := map[uint32]uint64{}
-	for k, i := range tb.idx {
+	tb.idx.each(func(k uint64, i uint32) {
 		if prev, dup := seen[i]; dup {
 			t.Fatalf("%s: slot %d mapped by %x and %x", name, i, prev, k)
 		}
 		seen[i] = k
-	}
+	})
 	fs := map[uint32]bool{}
 	for _, i := range tb.free {
 		if fs[i] {
@@ -81,11 +81,11 @@ func TestDrainReportsEachChangeOnce(t *testing.T) {
 	drain()
 	*tb.upsert(1) = 11
 	*tb.upsert(1) = 12 // changed twice: captured once
-	i := tb.idx[2]
+	i, _ := tb.idx.get(2)
 	tb.remove(i, 2)
 	*tb.upsert(3) = 30 // reuses 2's slot
 	*tb.upsert(4) = 40
-	j := tb.idx[4]
+	j, _ := tb.idx.get(4)
 	tb.remove(j, 4) // created and gone between two checkpoints
 	got, gone := drain()
 	if len(got) != 2 || got[1] != 12 || got[3] != 30 {

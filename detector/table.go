@@ -10,10 +10,10 @@ const chunkBits = 12
 const chunkRows = 1 << chunkBits
 
 // table stores fixed-size state rows in chunks, indexed by a 64-bit key
-// hash: far less memory and GC work than a map of pointers, and rows can be
-// checkpointed incrementally through the dirty list.
+// hash (index.go): far less memory and GC work than a map of pointers, and
+// rows can be checkpointed incrementally through the dirty list.
 type table[T any] struct {
-	idx     map[uint64]uint32
+	idx     index
 	chunks  []*[chunkRows]T
 	n       uint32 // rows ever allocated (free ones included)
 	hand    uint32 // next row sweepSome looks at
@@ -45,17 +45,17 @@ type snapshot[T any] struct {
 }
 
 func newTable[T any]() *table[T] {
-	return &table[T]{idx: map[uint64]uint32{}}
+	return &table[T]{}
 }
 
-func (t *table[T]) len() int { return len(t.idx) }
+func (t *table[T]) len() int { return t.idx.len() }
 
 func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRows-1)] }
 
 // get returns the row for key, or nil. The pointer stays valid until the row
 // expires.
 func (t *table[T]) get(key uint64) *T {
-	i, ok := t.idx[key]
+	i, ok := t.idx.get(key)
 	if !ok {
 		return nil
 	}
@@ -65,7 +65,7 @@ func (t *table[T]) get(key uint64) *T {
 // upsert returns the row for key, creating a zero row if absent, and marks it
 // dirty.
 func (t *table[T]) upsert(key uint64) *T {
-	i, ok := t.idx[key]
+	i, ok := t.idx.get(key)
 	if !ok {
 		var zero T
 		if n := len(t.free); n > 0 {
@@ -81,7 +81,7 @@ func (t *table[T]) upsert(key uint64) *T {
 			t.keys = append(t.keys, key)
 			t.flags = append(t.flags, 0)
 		}
-		t.idx[key] = i
+		t.idx.put(key, i)
 	}
 	f := t.flags[i]
 	if f&rowPending != 0 {
@@ -99,7 +99,7 @@ func (t *table[T]) upsert(key uint64) *T {
 func (t *table[T]) put(key uint64, row T) {
 	p := t.upsert(key)
 	*p = row
-	i := t.idx[key]
+	i, _ := t.idx.get(key)
 	t.flags[i] = rowSaved
 	t.changed = t.changed[:len(t.changed)-1]
 }
@@ -118,7 +118,7 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte) {
 		}
 	}
 	for _, k := range t.deleted {
-		if _, back := t.idx[k]; !back {
+		if _, back := t.idx.get(k); !back {
 			sn.gone = append(sn.gone, k)
 		}
 	}
@@ -159,9 +159,7 @@ func (t *table[T]) endSnapshot(bucket []byte) capturedRows {
 
 // each visits every row.
 func (t *table[T]) each(fn func(key uint64, row *T)) {
-	for key, i := range t.idx {
-		fn(key, t.row(i))
-	}
+	t.idx.each(func(key uint64, i uint32) { fn(key, t.row(i)) })
 }
 
 // sweepSome checks the next n row slots (a clock hand over the table) and
@@ -222,7 +220,7 @@ func (t *table[T]) evictOldest(sample int, lastSeen func(*T) uint32, keep uint64
 // live returns the key of slot i if the slot holds that key's row.
 func (t *table[T]) live(i uint32) (uint64, bool) {
 	key := t.keys[i]
-	j, ok := t.idx[key]
+	j, ok := t.idx.get(key)
 	return key, ok && j == i
 }
 
@@ -230,7 +228,7 @@ func (t *table[T]) remove(i uint32, key uint64) {
 	if t.flags[i]&rowPending != 0 {
 		t.copyRow(i) // written as it was, then deleted by the next checkpoint
 	}
-	delete(t.idx, key)
+	t.idx.del(key)
 	var zero T
 	*t.row(i) = zero
 	t.free = append(t.free, i)
