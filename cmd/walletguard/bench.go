@@ -38,7 +38,7 @@ func cmdBench(args []string) int {
 	share := fs.Float64("rate-share", 0.5, "offered rate of the latency run, as a share of the measured maximum")
 	latencySecs := fs.Int("latency-seconds", 20, "length of the latency run")
 	brokers := fs.String("brokers", "", "comma-separated brokers (default: the embedded broker)")
-	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics")
+	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics, and of the run's topic on --brokers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -68,6 +68,12 @@ func cmdBench(args []string) int {
 		bs = []string{b.Addr()}
 	} else {
 		bs = strings.Split(*brokers, ",")
+		// The run's own topic: a broker that does not create topics on
+		// first use (most production clusters) needs it made first.
+		if err := benchCreateTopic(bs, topic, *partitions); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
 	}
 	fmt.Printf("walletguard bench: %d accounts, %d events, brokers %v, %d CPUs\n", *accounts, *events, bs, runtime.NumCPU())
 
@@ -173,6 +179,23 @@ func benchTraffic(accounts, n int, seed uint64) ([]kafka.Message, []event.Event)
 		evs = append(evs, it.Event)
 	}
 	return msgs, evs
+}
+
+// benchCreateTopic creates topic with n partitions and the cluster's
+// default replication.
+func benchCreateTopic(brokers []string, topic string, n int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{
+		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: n, ReplicationFactor: -1}}})
+	if err != nil {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	return nil
 }
 
 func benchProduce(brokers []string, topic string, msgs []kafka.Message) error {

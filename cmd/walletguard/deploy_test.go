@@ -285,19 +285,24 @@ func TestDeployManifestsMatchTheCode(t *testing.T) {
 	}
 }
 
-// TestBenchRuns runs `walletguard bench` small: every stage reports a number.
+// TestBenchRuns runs `walletguard bench` small, on its embedded broker and
+// on a broker process of its own (--brokers, where it creates the run's
+// topic first): every stage reports a number.
 func TestBenchRuns(t *testing.T) {
 	bin := buildBinary(t)
-	out, err := osexec.Command(bin, "bench", "--accounts", "5000", "--events", "30000", "--latency-seconds", "3").CombinedOutput()
-	if err != nil {
-		t.Fatalf("bench: %v\n%s", err, out)
-	}
-	for _, want := range []string{"bare kafka-go reader + decode:", "walletguard end to end", "event-to-decision latency at", "p99.9", "bytes per account"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("bench output lacks %q:\n%s", want, out)
+	for _, extra := range [][]string{nil, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
+		args := append([]string{"bench", "--accounts", "5000", "--events", "30000", "--latency-seconds", "3"}, extra...)
+		out, err := osexec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("walletguard %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-	}
-	if m := regexp.MustCompile(`detection state: (\d+) bytes per account`).FindSubmatch(out); m == nil {
-		t.Errorf("no positive state size in:\n%s", out)
+		for _, want := range []string{"bare kafka-go reader + decode:", "walletguard end to end", "event-to-decision latency at", "p99.9", "bytes per account"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("bench %v output lacks %q:\n%s", extra, want, out)
+			}
+		}
+		if m := regexp.MustCompile(`detection state: (\d+) bytes per account`).FindSubmatch(out); m == nil {
+			t.Errorf("no positive state size in:\n%s", out)
+		}
 	}
 }
