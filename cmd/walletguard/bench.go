@@ -136,8 +136,14 @@ func cmdBench(args []string) int {
 		fmt.Fprintf(os.Stderr, "bench: latency: %v\n", err)
 		return 1
 	}
-	fmt.Printf("event-to-decision latency at %.0f events/s (%.0f%% of the maximum), produce to decision readable on %s: p50 %s  p99 %s  p99.9 %s  (%d events)\n",
-		lat.offered, 100**share, decisions, lat.p50, lat.p99, lat.p999, lat.n)
+	aim := fmt.Sprintf("%.0f%% of the maximum", 100**share)
+	if lat.offered < 0.95*full**share {
+		// The offer is made in synchronous slices: a slice that takes longer
+		// than its 10 ms lowers the rate. Saying so keeps the figure honest.
+		aim = fmt.Sprintf("aimed at %.0f%% of the maximum, %.0f/s, which the machine could not offer beside the daemon", 100**share, full**share)
+	}
+	fmt.Printf("event-to-decision latency at %.0f events/s (%s), produce to decision readable on %s: p50 %s  p99 %s  p99.9 %s  (%d events)\n",
+		lat.offered, aim, decisions, lat.p50, lat.p99, lat.p999, lat.n)
 
 	p50, p99 := histogramOf(a, "walletguard_event_processing_seconds").since(procBefore).quantiles()
 	fmt.Printf("  of which inside walletguard (arrival → outputs durable, from its histogram): p50 ≤ %s  p99 ≤ %s\n", p50, p99)
