@@ -184,7 +184,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 	// Merchants and app versions are few: copied whole, now.
 	c.merchants = make([]kv, 0, len(e.merchants))
 	for k, mr := range e.merchants {
-		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr)})
+		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr, e.syms)})
 	}
 	e.accounts.beginSnapshot(appendRaw[account])
 	e.devices.beginSnapshot(appendRaw[deviceState])
@@ -209,7 +209,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 }
 
 func (c *Capture) copyChain(k uint64, ch *chain) {
-	c.chains.buf = appendChain(c.chains.buf, ch)
+	c.chains.buf = appendChain(c.chains.buf, ch, c.e.syms)
 	c.chains.done(k)
 	ch.pending, ch.saved = false, true
 }
@@ -465,7 +465,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 		}
 		if b := tx.Bucket(bMerchants); b != nil {
 			if err := b.ForEach(func(k, v []byte) error {
-				m, err := decodeMerchant(v, e.intern)
+				m, err := decodeMerchant(v, e.syms)
 				if err != nil {
 					return err
 				}
@@ -477,7 +477,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 		}
 		if b := tx.Bucket(bChains); b != nil {
 			if err := b.ForEach(func(k, v []byte) error {
-				c, err := decodeChain(v, e.intern)
+				c, err := decodeChain(v, e.syms)
 				if err != nil {
 					return err
 				}
@@ -599,13 +599,13 @@ func (r *rbuf) u64() uint64 {
 	return v
 }
 
-func (r *rbuf) str(intern func(string) string) string {
+func (r *rbuf) str() string {
 	n := r.u64()
 	if r.err != nil || uint64(len(r.b)) < n {
 		r.err = errors.New("truncated state row")
 		return ""
 	}
-	s := intern(string(r.b[:n]))
+	s := string(r.b[:n])
 	r.b = r.b[n:]
 	return s
 }
@@ -626,7 +626,7 @@ func (r *rbuf) win() win {
 
 func (w *wbuf) win(x win) { w.u64(uint64(x.start)); w.u64(uint64(x.cur)); w.u64(uint64(x.prev)) }
 
-func encodeMerchant(m *merchantState) []byte {
+func encodeMerchant(m *merchantState, syms *symbols) []byte {
 	var w wbuf
 	w.u64(uint64(m.first))
 	w.u64(uint64(m.last))
@@ -642,14 +642,14 @@ func encodeMerchant(m *merchantState) []byte {
 		w.u64(uint64(s.last))
 	}
 	for _, e := range m.errCodes {
-		w.str(e.code)
+		w.str(syms.name(e.code))
 		w.u64(uint64(e.n))
 		w.u64(uint64(e.bucket))
 	}
 	return w
 }
 
-func decodeMerchant(b []byte, intern func(string) string) (*merchantState, error) {
+func decodeMerchant(b []byte, syms *symbols) (*merchantState, error) {
 	r := rbuf{b: b}
 	m := &merchantState{}
 	m.first, m.last = uint32(r.u64()), uint32(r.u64())
@@ -661,12 +661,12 @@ func decodeMerchant(b []byte, intern func(string) string) (*merchantState, error
 		m.failing[i] = seen{key: uint32(r.u64()), last: uint32(r.u64())}
 	}
 	for i := range m.errCodes {
-		m.errCodes[i] = errCount{code: r.str(intern), n: uint32(r.u64()), bucket: uint32(r.u64())}
+		m.errCodes[i] = errCount{code: syms.id(r.str()), n: uint32(r.u64()), bucket: uint32(r.u64())}
 	}
 	return m, r.err
 }
 
-func appendChain(dst []byte, c *chain) []byte {
+func appendChain(dst []byte, c *chain, syms *symbols) []byte {
 	w := wbuf(dst)
 	w.u64(c.account)
 	w.u64(uint64(c.first))
@@ -679,35 +679,35 @@ func appendChain(dst []byte, c *chain) []byte {
 	} else {
 		w.u64(0)
 	}
-	w.str(c.lastStatus)
-	w.str(c.lastError)
+	w.str(syms.name(c.lastStatus))
+	w.str(syms.name(c.lastError))
 	for _, e := range c.errs {
-		w.str(e.code)
+		w.str(syms.name(e.code))
 		w.u64(uint64(e.n))
 	}
-	w.str(c.merchant)
+	w.str(syms.name(c.merchant))
 	w.u64(uint64(c.amount))
-	w.str(c.currency)
-	w.str(c.appVersion)
+	w.str(syms.name(c.currency))
+	w.str(syms.name(c.appVersion))
 	w.str(c.paymentID)
 	return w
 }
 
-func decodeChain(b []byte, intern func(string) string) (*chain, error) {
+func decodeChain(b []byte, syms *symbols) (*chain, error) {
 	r := rbuf{b: b}
 	c := &chain{}
 	c.account = r.u64()
 	c.first, c.last, c.firstFail = uint32(r.u64()), uint32(r.u64()), uint32(r.u64())
 	c.attempts, c.failures = uint16(r.u64()), uint16(r.u64())
 	c.succeeded = r.u64() == 1
-	c.lastStatus, c.lastError = r.str(intern), r.str(intern)
+	c.lastStatus, c.lastError = syms.id(r.str()), syms.id(r.str())
 	for i := range c.errs {
-		c.errs[i] = errCount{code: r.str(intern), n: uint32(r.u64())}
+		c.errs[i] = chainErr{code: syms.id(r.str()), n: uint32(r.u64())}
 	}
-	c.merchant = r.str(intern)
+	c.merchant = syms.id(r.str())
 	c.amount = int64(r.u64())
-	c.currency, c.appVersion = r.str(intern), r.str(intern)
-	c.paymentID = r.str(func(s string) string { return s })
+	c.currency, c.appVersion = syms.id(r.str()), syms.id(r.str())
+	c.paymentID = r.str()
 	return c, r.err
 }
 
@@ -728,9 +728,8 @@ func encodeTimer(t *timer) ([]byte, error) {
 
 func decodeTimer(b []byte) (*timer, error) {
 	r := rbuf{b: b}
-	same := func(s string) string { return s }
-	t := &timer{due: uint32(r.u64()), rule: r.str(same), account: r.u64(), paymentID: r.str(same)}
-	raw := r.str(same)
+	t := &timer{due: uint32(r.u64()), rule: r.str(), account: r.u64(), paymentID: r.str()}
+	raw := r.str()
 	t.src = uint32(r.u64())
 	if r.err != nil {
 		return nil, r.err

@@ -520,7 +520,7 @@ func TestCaptureCopiesAChainBeforeItChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := r.chains[key64("acc\x00p1")]
-	if ch == nil || ch.attempts != 1 || ch.lastStatus != "retrying" || ch.succeeded {
+	if ch == nil || ch.attempts != 1 || r.syms.name(ch.lastStatus) != "retrying" || ch.succeeded {
 		t.Fatalf("restored chain %+v, want the one attempt retrying when the checkpoint began", ch)
 	}
 	if a := e.chains[key64("acc\x00p1")]; a.attempts != 2 || !a.succeeded {

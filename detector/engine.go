@@ -107,7 +107,7 @@ type Engine struct {
 	timerSeq    uint64
 	maxTS       uint32
 	lastSweep   uint32
-	interned    map[string]string
+	syms        *symbols // error codes, statuses, currencies, merchants, app versions held in payment chains and merchants
 	env         *rules.Env
 	eval        rules.Evaluator
 	evalErrs    uint64
@@ -132,7 +132,7 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 		byAccount: map[uint64][]*timer{},
 		timers:    map[uint32]*timerHeap{},
 		srcMax:    map[uint32]uint32{},
-		interned:  map[string]string{},
+		syms:      newSymbols(log),
 		env:       rules.NewEnv(),
 	}
 	if e.idle == 0 {
@@ -166,19 +166,6 @@ func (e *Engine) watermark() uint32 {
 		return 0
 	}
 	return e.maxTS - e.lateness
-}
-
-func (e *Engine) intern(s string) string {
-	if v, ok := e.interned[s]; ok {
-		return v
-	}
-	// A clone: the event's strings share one copy of its whole record.
-	s = strings.Clone(s)
-	if len(e.interned) > 100000 { // hostile input must not grow this forever
-		return s
-	}
-	e.interned[s] = s
-	return s
 }
 
 func key64(s string) uint64 { return xxhash.Sum64String(s) }
@@ -251,7 +238,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			e.merchants[mk] = merch
 		}
 		if set.Uses(ev.Type, rules.RootMerchant) {
-			merch.view(&env.Merchant, now)
+			merch.view(&env.Merchant, now, e.syms)
 		}
 	} else {
 		env.Merchant = rules.MerchantView{}
@@ -275,7 +262,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			e.merchants[ak] = app
 		}
 		if set.Uses(ev.Type, rules.RootApp) {
-			app.view(&env.App, now)
+			app.view(&env.App, now, e.syms)
 		}
 	} else {
 		env.App = rules.MerchantView{}
@@ -293,13 +280,13 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		if ch.pending {
 			e.capture.copyChain(pk, ch) // the checkpoint being captured needs it as it is
 		}
-		ch.update(ev, akey, now, e.intern)
+		ch.update(ev, akey, now, e.syms)
 		if !ch.dirty {
 			ch.dirty = true
 			e.chainsDirty = append(e.chainsDirty, chainRef{pk, ch})
 		}
 		if set.Uses(ev.Type, rules.RootPayment) {
-			ch.view(&env.Payment, now)
+			ch.view(&env.Payment, now, e.syms)
 		}
 	} else {
 		env.Payment = rules.PaymentView{}
@@ -351,10 +338,10 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		ip.update(ev, acctID, now)
 	}
 	if merch != nil {
-		merch.update(ev, acctID, now, e.intern)
+		merch.update(ev, acctID, now, e.syms)
 	}
 	if app != nil {
-		app.update(ev, acctID, now, e.intern)
+		app.update(ev, acctID, now, e.syms)
 	}
 	if payee != nil {
 		payee.update(ev, acctID, now)
@@ -815,15 +802,15 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	}
 	env.Merchant, env.App = rules.MerchantView{}, rules.MerchantView{}
 	if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
-		m.view(&env.Merchant, now)
+		m.view(&env.Merchant, now, e.syms)
 	}
 	if m := e.merchants[appKey(ev.AppVersion)]; m != nil && ev.AppVersion != "" {
-		m.view(&env.App, now)
+		m.view(&env.App, now, e.syms)
 	}
 	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
 		if c := e.chains[chainKey(ev.AccountID, t.paymentID)]; c != nil {
-			c.view(&env.Payment, now)
+			c.view(&env.Payment, now, e.syms)
 		}
 	}
 	if ok, err := e.eval.Confirm(r, env); err != nil || !ok {

@@ -99,14 +99,14 @@ type merchantState struct {
 }
 
 type errCount struct {
-	code   string
+	code   sym
 	n      uint32
 	bucket uint32
 }
 
 // errSlot returns the slot counting code, taking over the slot with the
 // smallest rank when code is not counted yet.
-func errSlot(slots []errCount, code string, intern func(string) string, rank func(*errCount) uint32) *errCount {
+func errSlot(slots []errCount, code sym, rank func(*errCount) uint32) *errCount {
 	low := 0
 	for i := range slots {
 		if slots[i].code == code {
@@ -116,11 +116,11 @@ func errSlot(slots []errCount, code string, intern func(string) string, rank fun
 			low = i
 		}
 	}
-	slots[low] = errCount{code: intern(code)}
+	slots[low] = errCount{code: code}
 	return &slots[low]
 }
 
-func (m *merchantState) view(v *rules.MerchantView, now uint32) {
+func (m *merchantState) view(v *rules.MerchantView, now uint32, syms *symbols) {
 	*v = rules.MerchantView{Known: m.first != 0}
 	if m.first == 0 {
 		return
@@ -142,14 +142,14 @@ func (m *merchantState) view(v *rules.MerchantView, now uint32) {
 			best = e
 		}
 	}
-	v.TopError10m = best.code
+	v.TopError10m = syms.name(best.code)
 }
 
 func failedAttempt(ev *event.Event) bool {
 	return ev.Status == "failed" || ev.Status == "retrying"
 }
 
-func (m *merchantState) update(ev *event.Event, acct, now uint32, intern func(string) string) {
+func (m *merchantState) update(ev *event.Event, acct, now uint32, syms *symbols) {
 	if m.first == 0 {
 		m.first = now
 	}
@@ -187,7 +187,7 @@ func (m *merchantState) update(ev *event.Event, acct, now uint32, intern func(st
 	if ev.ErrorCode == "" {
 		return
 	}
-	e := errSlot(m.errCodes[:], ev.ErrorCode, intern, func(x *errCount) uint32 { return x.bucket })
+	e := errSlot(m.errCodes[:], syms.id(ev.ErrorCode), func(x *errCount) uint32 { return x.bucket })
 	if e.bucket < since(b, min10) {
 		e.n = 0
 	}
@@ -232,17 +232,23 @@ type chain struct {
 	attempts    uint16
 	failures    uint16
 	succeeded   bool
-	lastStatus  string
-	lastError   string
-	errs        [4]errCount
-	merchant    string
+	lastStatus  sym
+	lastError   sym
+	errs        [4]chainErr
+	merchant    sym
+	currency    sym
+	appVersion  sym
 	amount      int64
-	currency    string
-	appVersion  string
 	paymentID   string
 	dirty       bool // changed since the last checkpoint began
 	saved       bool // in a checkpoint: its expiry must be written too
 	pending     bool // changed before the checkpoint being captured, not copied yet
+}
+
+// chainErr counts one error code of a payment's attempts.
+type chainErr struct {
+	code sym
+	n    uint32
 }
 
 // chainRef is a changed chain: its key and itself, so that a checkpoint
@@ -252,29 +258,29 @@ type chainRef struct {
 	c *chain
 }
 
-func (c *chain) view(v *rules.PaymentView, now uint32) {
+func (c *chain) view(v *rules.PaymentView, now uint32, syms *symbols) {
 	*v = rules.PaymentView{Known: c.first != 0}
 	if c.first == 0 {
 		return
 	}
 	v.Attempts, v.Failures, v.Succeeded = int(c.attempts), int(c.failures), c.succeeded
-	v.LastStatus, v.LastError = c.lastStatus, c.lastError
-	var best errCount
+	v.LastStatus, v.LastError = syms.name(c.lastStatus), syms.name(c.lastError)
+	var best chainErr
 	for _, e := range c.errs {
-		if e.code != "" {
+		if e.code != symNone {
 			v.DistinctErrors++
 			if e.n > best.n {
 				best = e
 			}
 		}
 	}
-	v.DominantError = best.code
+	v.DominantError = syms.name(best.code)
 	v.MinsSinceFirst = minsSince(now, c.first)
 	v.MinsSinceFailure = minsSince(now, c.firstFail)
-	v.MerchantID, v.Amount, v.Currency, v.AppVersion, v.PaymentID = c.merchant, float64(c.amount), c.currency, c.appVersion, c.paymentID
+	v.MerchantID, v.Amount, v.Currency, v.AppVersion, v.PaymentID = syms.name(c.merchant), float64(c.amount), syms.name(c.currency), syms.name(c.appVersion), c.paymentID
 }
 
-func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(string) string) {
+func (c *chain) update(ev *event.Event, acct uint64, now uint32, syms *symbols) {
 	if c.first == 0 || now < c.first {
 		c.first = now
 		c.account = acct
@@ -284,15 +290,15 @@ func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(str
 	if c.attempts < 65535 {
 		c.attempts++
 	}
-	c.lastStatus = intern(ev.Status)
+	c.lastStatus = syms.id(ev.Status)
 	if ev.MerchantID != "" {
-		c.merchant = intern(ev.MerchantID)
+		c.merchant = syms.id(ev.MerchantID)
 	}
 	if ev.Amount > 0 {
-		c.amount, c.currency = ev.Amount, intern(ev.Currency)
+		c.amount, c.currency = ev.Amount, syms.id(ev.Currency)
 	}
 	if ev.AppVersion != "" {
-		c.appVersion = intern(ev.AppVersion)
+		c.appVersion = syms.id(ev.AppVersion)
 	}
 	switch {
 	case ev.Status == "succeeded":
@@ -305,8 +311,24 @@ func (c *chain) update(ev *event.Event, acct uint64, now uint32, intern func(str
 			c.firstFail = now
 		}
 		if ev.ErrorCode != "" {
-			c.lastError = intern(ev.ErrorCode)
-			errSlot(c.errs[:], c.lastError, intern, func(x *errCount) uint32 { return x.n }).n++
+			c.lastError = syms.id(ev.ErrorCode)
+			c.countError(c.lastError)
 		}
 	}
+}
+
+// countError counts one attempt failing with code; a code not counted yet
+// takes the slot of the rarest one when all four are taken.
+func (c *chain) countError(code sym) {
+	low := 0
+	for i := range c.errs {
+		if c.errs[i].code == code {
+			c.errs[i].n++
+			return
+		}
+		if c.errs[i].n < c.errs[low].n {
+			low = i
+		}
+	}
+	c.errs[low] = chainErr{code: code, n: 1}
 }

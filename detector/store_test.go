@@ -1,6 +1,8 @@
 package detector
 
 import (
+	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,5 +47,22 @@ func TestStoreOpensUnderAnAddressSpaceLimit(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS") {
 		t.Fatalf("child under ulimit -v: %v\n%s", err, out)
+	}
+}
+
+// TestSymbolsPastCapacity: names past the table's capacity read as one
+// placeholder, and the ones recorded before keep theirs.
+func TestSymbolsPastCapacity(t *testing.T) {
+	s := newSymbols(slog.New(slog.DiscardHandler))
+	s.max = 1000
+	first := s.id("NETWORK_TIMEOUT")
+	for i := len(s.names); i < s.max; i++ {
+		s.id(fmt.Sprint("m-", i))
+	}
+	if got := s.name(s.id("one-too-many")); got != symOtherName {
+		t.Fatalf("a name past capacity reads %q, want %q", got, symOtherName)
+	}
+	if s.id("NETWORK_TIMEOUT") != first || s.name(first) != "NETWORK_TIMEOUT" {
+		t.Fatal("a name recorded before capacity lost its symbol")
 	}
 }
