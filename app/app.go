@@ -718,11 +718,7 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
 	for i := range out.Decisions {
 		d := &out.Decisions[i]
-		b, err := gojson.Marshal(d)
-		if err != nil {
-			a.log.Error("encode decision", "err", err)
-			continue
-		}
+		b := d.AppendJSON(make([]byte, 0, 512))
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: []byte(d.AccountID), Value: b})
 	}
 	for i := range out.Commands {

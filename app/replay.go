@@ -95,6 +95,7 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 		sum.ClickHouse = ch.Addr + "/" + ch.Database
 	}
 	var out Outputs
+	var buf []byte // one decision's JSON at a time
 	write := func() error {
 		for i := range out.Decisions {
 			d := &out.Decisions[i]
@@ -105,8 +106,11 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 			for _, h := range d.Shadow {
 				sum.RuleHits[h.ID+" (shadow)"]++
 			}
-			if err := writeLine(files["decisions"], d); err != nil {
-				return err
+			w := files["decisions"]
+			buf = d.AppendJSON(buf[:0])
+			w.Write(buf)
+			if err := w.WriteByte('\n'); err != nil {
+				return fmt.Errorf("write decision: %w", err)
 			}
 		}
 		for i := range out.Commands {
