@@ -80,7 +80,7 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 		// Still under writeMu: no checkpoint write can come between the
 		// outbox write above and this.
 		a.direct.wrote(out.Alerts)
-		a.alertQ.drop(func(q alerts.Alert) bool { return a.direct.superseded(q.AlertID, q.Revision()) })
+		a.alertQ.drop(a.direct.supersedes)
 	}
 	a.toSink(nil, nil, nil, out.Alerts, ch.Audit)
 	a.countAlerts(out.Alerts)

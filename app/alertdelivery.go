@@ -110,6 +110,11 @@ func (d *directAlerts) wrote(list []alerts.Alert) {
 	}
 }
 
+// supersedes reports whether a newer version of al was written directly.
+func (d *directAlerts) supersedes(al alerts.Alert) bool {
+	return d.superseded(al.AlertID, al.Revision())
+}
+
 // superseded reports whether a newer revision of the alert was written directly.
 func (d *directAlerts) superseded(id string, rev uint64) bool {
 	d.mu.Lock()
@@ -195,7 +200,7 @@ func (a *App) prepareAlerts() (write func(*bolt.Tx) error, undo func(), err erro
 		return a.putDeliveries(tx, slices.DeleteFunc(slices.Clone(ds), func(d delivery) bool { return a.direct.superseded(d.alertID, d.rev) }))
 	}
 	undo = func() {
-		a.alertQ.putBack(slices.DeleteFunc(list, func(al alerts.Alert) bool { return a.direct.superseded(al.AlertID, al.Revision()) }))
+		a.alertQ.putBack(slices.DeleteFunc(list, a.direct.supersedes))
 	}
 	return write, undo, nil
 }

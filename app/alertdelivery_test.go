@@ -108,14 +108,8 @@ func TestAlertsSurviveAReceiverOutage(t *testing.T) {
 	hookAddr := freePort(t)
 	cfg := enforceConfig(t, dir)
 	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + hookAddr + "/hook", Secret: "hook-secret", Name: "support"}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	opts := Options{DeliveryBackoff: 50 * time.Millisecond}
-	a, err := New(cfg, discardLog(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustNew(t, cfg, opts)
 	r := run(t, a)
 	addr := r.app.HTTPAddr()
 	ms, _ := simMessages(t, 400, 11, 12000)
@@ -129,10 +123,7 @@ func TestAlertsSurviveAReceiverOutage(t *testing.T) {
 	}
 	r.stop(t) // a restart in the middle of the outage
 
-	a, err = New(cfg, discardLog(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a = mustNew(t, cfg, opts)
 	r = run(t, a)
 	addr = r.app.HTTPAddr()
 	want := alertIDs(t, addr)
@@ -199,13 +190,7 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 		{URL: limitedSrv + "/hook", Secret: "s1", Name: "limited", RateLimit: 2, Categories: []string{"stuck_retry"}},
 		{URL: chatSrv + "/slack", Name: "chat", Format: "slack", Language: "id", MinSeverity: "critical"},
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(cfg, discardLog(), Options{DeliveryBackoff: 50 * time.Millisecond, DigestEvery: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustNew(t, cfg, Options{DeliveryBackoff: 50 * time.Millisecond, DigestEvery: 300 * time.Millisecond})
 	r := run(t, a)
 	addr := r.app.HTTPAddr()
 	// Six users' payments stuck at six merchants, and a takeover.
@@ -333,13 +318,7 @@ func TestAlertsReachAlertmanager(t *testing.T) {
 
 	cfg := enforceConfig(t, filepath.Join(dir, "wg"))
 	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + amAddr + "/api/v2/alerts", Name: "oncall", Format: "alertmanager", MinSeverity: "high"}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(cfg, discardLog(), Options{DeliveryBackoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustNew(t, cfg, Options{DeliveryBackoff: 50 * time.Millisecond})
 	r := run(t, a)
 	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
 	var out []byte
@@ -366,14 +345,8 @@ func TestAnAcknowledgedAlertIsNotDeliveredOpenAfterwards(t *testing.T) {
 	cfg.Alerts.Webhooks = []config.Webhook{{URL: hook + "/hook", Secret: "hook-secret", Name: "support"}}
 	// No checkpoint until shutdown: the alert's first version waits for it.
 	cfg.Detector.CheckpointInterval = config.Duration(time.Hour)
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	opts := Options{DeliveryBackoff: 50 * time.Millisecond}
-	a, err := New(cfg, discardLog(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustNew(t, cfg, opts)
 	r := run(t, a)
 	addr := r.app.HTTPAddr()
 	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
@@ -397,10 +370,7 @@ func TestAnAcknowledgedAlertIsNotDeliveredOpenAfterwards(t *testing.T) {
 	})
 	r.stop(t) // the final checkpoint writes what was queued before the ack
 
-	a, err = New(cfg, discardLog(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a = mustNew(t, cfg, opts)
 	r = run(t, a)
 	waitFor(t, 10*time.Second, "the outbox drained", func() bool {
 		return metric(t, r.app.HTTPAddr(), `walletguard_outbox_pending{destination="alerts:support"}`) == 0

@@ -325,7 +325,7 @@ func TestAccountServiceGetsEveryCommand(t *testing.T) {
 	}))
 	cfg := enforceConfig(t, t.TempDir())
 	cfg.Enforce.AccountService = config.Webhook{URL: srv + "/commands", Secret: "svc-secret"}
-	r := run(t, mustNew(t, cfg))
+	r := run(t, mustNew(t, cfg, Options{}))
 	addr := r.app.HTTPAddr()
 	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
 	waitFor(t, 20*time.Second, "acc-1 frozen", func() bool {
@@ -351,12 +351,13 @@ func TestAccountServiceGetsEveryCommand(t *testing.T) {
 	}
 }
 
-func mustNew(t *testing.T, cfg config.Config) *App {
+// mustNew validates cfg and builds the daemon on it.
+func mustNew(t *testing.T, cfg config.Config, opts Options) *App {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(cfg, discardLog(), Options{})
+	a, err := New(cfg, discardLog(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

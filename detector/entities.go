@@ -104,20 +104,20 @@ type errCount struct {
 	bucket uint32
 }
 
-// errSlot returns the slot counting code, taking over the slot with the
-// smallest rank when code is not counted yet.
-func errSlot(slots []errCount, code sym, rank func(*errCount) uint32) *errCount {
+// errSlot returns the slot counting code, taking over the slot counted
+// longest ago when code is not counted yet.
+func (m *merchantState) errSlot(code sym) *errCount {
 	low := 0
-	for i := range slots {
-		if slots[i].code == code {
-			return &slots[i]
+	for i := range m.errCodes {
+		if m.errCodes[i].code == code {
+			return &m.errCodes[i]
 		}
-		if rank(&slots[i]) < rank(&slots[low]) {
+		if m.errCodes[i].bucket < m.errCodes[low].bucket {
 			low = i
 		}
 	}
-	slots[low] = errCount{code: code}
-	return &slots[low]
+	m.errCodes[low] = errCount{code: code}
+	return &m.errCodes[low]
 }
 
 func (m *merchantState) view(v *rules.MerchantView, now uint32, syms *symbols) {
@@ -187,7 +187,7 @@ func (m *merchantState) update(ev *event.Event, acct, now uint32, syms *symbols)
 	if ev.ErrorCode == "" {
 		return
 	}
-	e := errSlot(m.errCodes[:], syms.id(ev.ErrorCode), func(x *errCount) uint32 { return x.bucket })
+	e := m.errSlot(syms.id(ev.ErrorCode))
 	if e.bucket < since(b, min10) {
 		e.n = 0
 	}
