@@ -49,7 +49,7 @@ func OpenStore(dir string) (*Store, error) {
 	path := filepath.Join(dir, "detector.db")
 	opts := bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: mmapReserve}
 	db, err := bolt.Open(path, 0o600, &opts)
-	if err != nil && errors.Is(err, syscall.ENOMEM) {
+	if errors.Is(err, syscall.ENOMEM) {
 		// An address-space limit (ulimit -v) refuses the reservation: map
 		// only what the file needs, and pay for the remaps.
 		opts.InitialMmapSize = 0
