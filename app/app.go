@@ -190,6 +190,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if err != nil {
 		return nil, err
 	}
+	a.store.SetLogger(log)
 	a.cleanup = append(a.cleanup, func() { a.store.Close() })
 
 	a.box, err = outbox.Open(a.store.DB())
@@ -560,7 +561,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 		work := copying
 		copying = nil
-		work.engine, work.capture = work.capture.Write(), nil
+		work.engine, work.capture = work.capture.Write(a.store), nil
 		startWrite(work, false)
 	}
 	startWrite = func(work *ckptWork, final bool) {

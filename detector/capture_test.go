@@ -32,7 +32,7 @@ func BenchmarkCheckpointCapture(b *testing.B) {
 			e.Process(&ev, nil)
 		}
 		b.StartTimer()
-		if _, err := e.PrepareCheckpoint(Offsets{}); err != nil {
+		if _, err := e.PrepareCheckpoint(nil, Offsets{}); err != nil {
 			b.Fatal(err)
 		}
 	}

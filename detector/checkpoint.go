@@ -1,10 +1,13 @@
 package detector
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -38,7 +41,8 @@ type Offsets map[string]map[int]int64
 
 // Store is the embedded store (bbolt) that holds checkpoints.
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	rows *rowLog
 }
 
 // OpenStore opens (creating) the checkpoint store in dir.
@@ -58,7 +62,12 @@ func OpenStore(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	rows, err := openRowLog(db, filepath.Join(dir, "rows"))
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state store %s: %w", path, err)
+	}
+	return &Store{db: db, rows: rows}, nil
 }
 
 // mmapReserve is the address space bbolt maps for the store up front. When
@@ -69,8 +78,14 @@ func OpenStore(dir string) (*Store, error) {
 // only the pages the store reads or writes are resident.
 const mmapReserve = 16 << 30
 
-// Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the store. A merge of row files under way is abandoned.
+func (s *Store) Close() error {
+	s.rows.close()
+	return s.db.Close()
+}
+
+// SetLogger sets where the store reports the merges of its row files.
+func (s *Store) SetLogger(log *slog.Logger) { s.rows.log = log }
 
 // DB exposes the underlying database for other packages' buckets.
 func (s *Store) DB() *bolt.DB { return s.db }
@@ -103,7 +118,7 @@ func (e *Engine) Checkpoint(s *Store, offsets Offsets) (time.Duration, error) {
 // offsets move together.
 func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.Tx) error) (time.Duration, error) {
 	start := time.Now()
-	write, err := e.PrepareCheckpoint(offsets)
+	write, err := e.PrepareCheckpoint(s, offsets)
 	if err != nil {
 		return 0, err
 	}
@@ -127,13 +142,13 @@ func (e *Engine) CheckpointWith(s *Store, offsets Offsets, extra ...func(*bolt.T
 // a copy (under the caller's lock); the write — the slow part — may run
 // later in another goroutine while the engine goes on. BeginCheckpoint
 // spreads the copy over the events that follow.
-func (e *Engine) PrepareCheckpoint(offsets Offsets) (func(*bolt.Tx) error, error) {
+func (e *Engine) PrepareCheckpoint(s *Store, offsets Offsets) (func(*bolt.Tx) error, error) {
 	c, err := e.BeginCheckpoint(offsets)
 	if err != nil {
 		return nil, err
 	}
 	c.CopySome(math.MaxInt)
-	return c.Write(), nil
+	return c.Write(s), nil
 }
 
 // Capture is a checkpoint being captured: the state as it was when
@@ -146,13 +161,15 @@ type Capture struct {
 	meta      [4 * 8]byte
 	srcs      []byte
 	offsets   []byte
-	tables    []capturedRows
+	tables    []rowSet
 	merchants []kv
 	chains    rowBuf
 	chainsPen []chainRef
 	chainNext int
 	chainGone []uint64
-	timers    func(*bolt.Tx) error
+	timerPut  []*timer
+	timerGone []uint64
+	timerSet  *rowSet // timerPut encoded, by the first write
 	complete  bool
 }
 
@@ -178,9 +195,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, src)
 		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, ts)
 	}
-	if c.timers, err = e.captureTimers(); err != nil {
-		return nil, err
-	}
+	c.timerPut, c.timerGone = e.captureTimers()
 	// Merchants and app versions are few: copied whole, now.
 	c.merchants = make([]kv, 0, len(e.merchants))
 	for k, mr := range e.merchants {
@@ -241,9 +256,9 @@ func (c *Capture) CopySome(n int) bool {
 			left--
 		}
 	}
-	c.tables = []capturedRows{
-		e.accounts.endSnapshot(bAccounts), e.devices.endSnapshot(bDevices),
-		e.payees.endSnapshot(bPayees), e.ips.endSnapshot(bIPs),
+	c.tables = []rowSet{
+		e.accounts.endSnapshot(rowAccount), e.devices.endSnapshot(rowDevice),
+		e.payees.endSnapshot(rowPayee), e.ips.endSnapshot(rowIP),
 	}
 	c.complete = true
 	e.capture = nil
@@ -262,18 +277,33 @@ func (s snapshotter[T]) copySome(n int) (bool, int) {
 // Write returns the function that writes the complete checkpoint in a
 // transaction. It reads only the copy: it may run while the engine goes on,
 // and run again if it failed.
-func (c *Capture) Write() func(*bolt.Tx) error {
+func (c *Capture) Write(s *Store) func(*bolt.Tx) error {
 	if !c.complete {
 		panic("detector: Capture.Write before the copy is complete")
 	}
-	chains := capturedRows{bucket: bChains, rows: c.chains.kvs(), gone: c.chainGone}
+	chains := rowSet{kind: rowChain, rows: c.chains.kvs(), gone: c.chainGone}
+	sortKV(c.merchants)
 	return func(tx *bolt.Tx) error {
-		for i := range c.tables {
-			if err := c.tables[i].write(tx); err != nil {
-				return err
+		timers, err := c.timerRows()
+		if err != nil {
+			return err
+		}
+		sets := append(slices.Clip(c.tables), chains, timers)
+		// A store from before the row files kept rows as keys: the
+		// engine restored from it wrote them all to its first file.
+		legacy := tx.Bucket(bMeta) != nil && tx.Bucket(bMeta).Get(metaRowLog) == nil
+		if err := s.rows.write(tx, sets); err != nil {
+			return err
+		}
+		if legacy {
+			for _, name := range [][]byte{bAccounts, bDevices, bPayees, bIPs, bChains, bTimers} {
+				if tx.Bucket(name) != nil {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
 			}
 		}
-		sortKV(c.merchants)
 		if err := rewrite(tx, bMerchants, func(b *bolt.Bucket) error {
 			for _, r := range c.merchants {
 				if err := b.Put(k8(r.k), r.v); err != nil {
@@ -282,12 +312,6 @@ func (c *Capture) Write() func(*bolt.Tx) error {
 			}
 			return nil
 		}); err != nil {
-			return err
-		}
-		if err := chains.write(tx); err != nil {
-			return err
-		}
-		if err := c.timers(tx); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bMeta)
@@ -323,15 +347,6 @@ func sortKV(rows []kv) {
 	})
 }
 
-// capturedRows are a table's changed rows, encoded, and its deleted keys.
-// Capturing copies the rows into one buffer under the caller's lock;
-// ordering them for bbolt is left to the write, which runs without it.
-type capturedRows struct {
-	bucket []byte
-	rows   []kv
-	gone   []uint64
-}
-
 func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
 
 // rowBuf collects encoded rows in one buffer: one allocation for a
@@ -361,59 +376,36 @@ func (r *rowBuf) kvs() []kv {
 	return r.rows
 }
 
-func (c *capturedRows) write(tx *bolt.Tx) error {
-	sortKV(c.rows)
-	b, err := tx.CreateBucketIfNotExists(c.bucket)
-	if err != nil {
-		return err
-	}
-	for _, r := range c.rows {
-		if err := b.Put(k8(r.k), r.v); err != nil {
-			return err
-		}
-	}
-	for _, k := range c.gone {
-		if err := b.Delete(k8(k)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// captureTimers encodes the timers armed since the last checkpoint that are
-// still pending and lists those that fired or were cancelled.
-func (e *Engine) captureTimers() (func(*bolt.Tx) error, error) {
-	var put []kv
+// captureTimers lists the timers armed since the last checkpoint that are
+// still pending, and those that fired or were cancelled. Encoding them is
+// left to the write: a timer does not change once armed.
+func (e *Engine) captureTimers() (put []*timer, gone []uint64) {
 	for _, t := range e.timersNew { // armed in seq order
 		if t.cancelled || t.done {
 			continue
 		}
-		v, err := encodeTimer(t)
-		if err != nil {
-			return nil, err
-		}
-		put = append(put, kv{t.seq, v})
+		put = append(put, t)
 		t.saved = true
 	}
-	gone := slices.Clone(e.timersGone)
+	gone = slices.Clone(e.timersGone)
 	e.timersNew, e.timersGone = e.timersNew[:0], e.timersGone[:0]
-	return func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bTimers)
-		if err != nil {
-			return err
-		}
-		for _, r := range put {
-			if err := b.Put(binary.BigEndian.AppendUint64(nil, r.k), r.v); err != nil {
-				return err
+	return put, gone
+}
+
+// timerRows encodes the captured timers, once.
+func (c *Capture) timerRows() (rowSet, error) {
+	if c.timerSet == nil {
+		s := rowSet{kind: rowTimer, rows: make([]kv, 0, len(c.timerPut)), gone: c.timerGone}
+		for _, t := range c.timerPut {
+			v, err := encodeTimer(t)
+			if err != nil {
+				return rowSet{}, fmt.Errorf("timer %s: %w", t.rule, err)
 			}
+			s.rows = append(s.rows, kv{t.seq, v})
 		}
-		for _, seq := range gone {
-			if err := b.Delete(binary.BigEndian.AppendUint64(nil, seq)); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, nil
+		c.timerSet = &s
+	}
+	return *c.timerSet, nil
 }
 
 func rewrite(tx *bolt.Tx, name []byte, fill func(*bolt.Bucket) error) error {
@@ -451,16 +443,7 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 		if err := json.Unmarshal(meta.Get([]byte("offsets")), &offsets); err != nil {
 			return fmt.Errorf("checkpoint offsets: %w", err)
 		}
-		if err := loadRows(tx, bAccounts, e.accounts, fromRaw[account]); err != nil {
-			return err
-		}
-		if err := loadRows(tx, bDevices, e.devices, fromRaw[deviceState]); err != nil {
-			return err
-		}
-		if err := loadRows(tx, bPayees, e.payees, fromRaw[payeeState]); err != nil {
-			return err
-		}
-		if err := loadRows(tx, bIPs, e.ips, decodeIP); err != nil {
+		if err := e.loadRows(tx, s); err != nil {
 			return err
 		}
 		if b := tx.Bucket(bMerchants); b != nil {
@@ -475,39 +458,6 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 				return fmt.Errorf("merchants: %w", err)
 			}
 		}
-		if b := tx.Bucket(bChains); b != nil {
-			if err := b.ForEach(func(k, v []byte) error {
-				c, err := decodeChain(v, e.syms)
-				if err != nil {
-					return err
-				}
-				c.saved = true
-				e.chains[binary.BigEndian.Uint64(k)] = c
-				return nil
-			}); err != nil {
-				return fmt.Errorf("payments: %w", err)
-			}
-		}
-		if b := tx.Bucket(bTimers); b != nil {
-			if err := b.ForEach(func(k, v []byte) error {
-				t, err := decodeTimer(v)
-				if err != nil {
-					return err
-				}
-				t.seq, t.saved = binary.BigEndian.Uint64(k), true
-				h := e.queue(t.src)
-				t.index = len(*h)
-				*h = append(*h, t)
-				e.byAccount[t.account] = append(e.byAccount[t.account], t)
-				e.markTimers(t.account)
-				return nil
-			}); err != nil {
-				return fmt.Errorf("timers: %w", err)
-			}
-			for _, h := range e.timers {
-				heapInit(h)
-			}
-		}
 		if v := meta.Get([]byte("sources")); len(v)%8 == 0 {
 			for i := 0; i < len(v); i += 8 {
 				e.srcMax[binary.LittleEndian.Uint32(v[i:])] = binary.LittleEndian.Uint32(v[i+4:])
@@ -520,6 +470,153 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 	}
 	e.updateGauges()
 	return offsets, nil
+}
+
+// loadRows loads the rows of the checkpoint: from its row files, or from
+// the keyed buckets of a store written before them — then the next
+// checkpoint writes every row to a file and drops the buckets.
+func (e *Engine) loadRows(tx *bolt.Tx, s *Store) error {
+	e.restoring = map[uint64]*timer{}
+	defer func() { e.restoring = nil }()
+	if tx.Bucket(bMeta).Get(metaRowLog) == nil {
+		if err := e.loadBuckets(tx); err != nil {
+			return err
+		}
+		// All of it goes to the first file.
+		e.markAllChanged()
+		for _, t := range e.installTimers() {
+			t.saved = false
+			e.timersNew = append(e.timersNew, t)
+		}
+		return nil
+	}
+	for _, f := range s.rows.files {
+		if err := s.rows.read(f, e.applyRow); err != nil {
+			return err
+		}
+	}
+	e.installTimers()
+	return nil
+}
+
+// installTimers queues the timers restored, in the order they were armed,
+// and returns them.
+func (e *Engine) installTimers() []*timer {
+	ts := slices.SortedFunc(maps.Values(e.restoring), func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
+	for _, t := range ts {
+		h := e.queue(t.src)
+		t.index = len(*h)
+		*h = append(*h, t)
+		e.byAccount[t.account] = append(e.byAccount[t.account], t)
+		e.markTimers(t.account)
+	}
+	for _, h := range e.timers {
+		heapInit(h)
+	}
+	return ts
+}
+
+// applyRow applies one record of a row file: rows replace what earlier
+// files held, deletes remove it.
+func (e *Engine) applyRow(kind byte, key uint64, v []byte) error {
+	switch kind {
+	case rowAccount:
+		return applyTableRow(e.accounts, key, v, fromRaw[account])
+	case rowDevice:
+		return applyTableRow(e.devices, key, v, fromRaw[deviceState])
+	case rowPayee:
+		return applyTableRow(e.payees, key, v, fromRaw[payeeState])
+	case rowIP:
+		return applyTableRow(e.ips, key, v, decodeIP)
+	case rowTimer:
+		if v == nil {
+			delete(e.restoring, key)
+			return nil
+		}
+		t, err := decodeTimer(v)
+		if err != nil {
+			return fmt.Errorf("timers: %w", err)
+		}
+		t.seq, t.saved = key, true
+		e.restoring[key] = t
+		return nil
+	case rowChain:
+		if v == nil {
+			delete(e.chains, key)
+			return nil
+		}
+		c, err := decodeChain(v, e.syms)
+		if err != nil {
+			return fmt.Errorf("payments: %w", err)
+		}
+		c.saved = true
+		e.chains[key] = c
+		return nil
+	}
+	return fmt.Errorf("checkpoint file: unknown row kind %d", kind)
+}
+
+func applyTableRow[T any](t *table[T], key uint64, v []byte, dec func([]byte, *T) error) error {
+	if v == nil {
+		t.drop(key)
+		return nil
+	}
+	var row T
+	if err := dec(v, &row); err != nil {
+		return err
+	}
+	t.put(key, row)
+	return nil
+}
+
+func (e *Engine) loadBuckets(tx *bolt.Tx) error {
+	if err := loadRows(tx, bAccounts, e.accounts, fromRaw[account]); err != nil {
+		return err
+	}
+	if err := loadRows(tx, bDevices, e.devices, fromRaw[deviceState]); err != nil {
+		return err
+	}
+	if err := loadRows(tx, bPayees, e.payees, fromRaw[payeeState]); err != nil {
+		return err
+	}
+	if err := loadRows(tx, bIPs, e.ips, decodeIP); err != nil {
+		return err
+	}
+	if b := tx.Bucket(bChains); b != nil {
+		if err := b.ForEach(func(k, v []byte) error {
+			c, err := decodeChain(v, e.syms)
+			if err != nil {
+				return err
+			}
+			c.saved = true
+			e.chains[binary.BigEndian.Uint64(k)] = c
+			return nil
+		}); err != nil {
+			return fmt.Errorf("payments: %w", err)
+		}
+	}
+	if b := tx.Bucket(bTimers); b != nil {
+		if err := b.ForEach(func(k, v []byte) error {
+			return e.applyRow(rowTimer, binary.BigEndian.Uint64(k), v)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markAllChanged makes every row part of the next checkpoint.
+func (e *Engine) markAllChanged() {
+	e.accounts.markAllChanged()
+	e.devices.markAllChanged()
+	e.payees.markAllChanged()
+	e.ips.markAllChanged()
+	for k, c := range e.chains {
+		if !c.dirty {
+			c.dirty = true
+			e.chainsDirty = append(e.chainsDirty, chainRef{k, c})
+		}
+	}
 }
 
 func loadRows[T any](tx *bolt.Tx, name []byte, t *table[T], dec func([]byte, *T) error) error {

@@ -457,7 +457,7 @@ func TestCaptureSpreadOverEventsIsExact(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.DB().Update(c.Write()); err != nil {
+		if err := st.DB().Update(c.Write(st)); err != nil {
 			t.Fatal(err)
 		}
 		if i-began < 50 {
@@ -512,7 +512,7 @@ func TestCaptureCopiesAChainBeforeItChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if err := st.DB().Update(c.Write()); err != nil {
+	if err := st.DB().Update(c.Write(st)); err != nil {
 		t.Fatal(err)
 	}
 	r := newEngine(t, time.Minute)

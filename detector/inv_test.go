@@ -66,7 +66,7 @@ func TestDrainReportsEachChangeOnce(t *testing.T) {
 	drain := func() (map[uint64]uint64, []uint64) {
 		tb.beginSnapshot(appendRaw[uint64])
 		tb.copySome(math.MaxInt)
-		c := tb.endSnapshot(nil)
+		c := tb.endSnapshot(0)
 		got := map[uint64]uint64{}
 		for _, r := range c.rows {
 			if _, dup := got[r.k]; dup {

@@ -104,6 +104,30 @@ func (t *table[T]) put(key uint64, row T) {
 	t.changed = t.changed[:len(t.changed)-1]
 }
 
+// drop removes a row as a checkpoint's delete says, without recording
+// the removal for the next checkpoint.
+func (t *table[T]) drop(key uint64) {
+	i, ok := t.idx.get(key)
+	if !ok {
+		return
+	}
+	t.idx.del(key)
+	var zero T
+	*t.row(i) = zero
+	t.free = append(t.free, i)
+	t.flags[i] = 0
+}
+
+// markAllChanged marks every row changed: the next checkpoint holds them all.
+func (t *table[T]) markAllChanged() {
+	t.idx.each(func(_ uint64, i uint32) {
+		if f := t.flags[i]; f&rowDirty == 0 {
+			t.flags[i] = f | rowDirty
+			t.changed = append(t.changed, i)
+		}
+	})
+}
+
 // beginSnapshot starts capturing the rows changed and the keys deleted
 // since the last checkpoint, as they are now. Only flags change here; the
 // rows are copied by copySome, or by upsert and remove before they touch
@@ -148,13 +172,13 @@ func (t *table[T]) copySome(n int) bool {
 
 // endSnapshot returns the captured rows and deleted keys. Every pending row
 // must have been copied.
-func (t *table[T]) endSnapshot(bucket []byte) capturedRows {
+func (t *table[T]) endSnapshot(kind byte) rowSet {
 	sn := t.snap
 	t.snap = nil
 	if t.changed == nil {
 		t.changed = sn.pending[:0] // reuse the list's memory
 	}
-	return capturedRows{bucket: bucket, rows: sn.rows.kvs(), gone: sn.gone}
+	return rowSet{kind: kind, rows: sn.rows.kvs(), gone: sn.gone}
 }
 
 // each visits every row.

@@ -1,0 +1,303 @@
+package detector
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// checkpointed returns an engine fed n generated events and checkpointed
+// into a store in dir, and the store.
+func checkpointed(t *testing.T, dir string, n int) (*Engine, *Store) {
+	t.Helper()
+	evs := genEvents(t, 200, 5, 1)
+	e := newEngine(t, 5*time.Minute)
+	for i := range evs[:min(n, len(evs))] {
+		e.Process(&evs[i], nil)
+	}
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Checkpoint(st, Offsets{"t": {0: int64(n)}}); err != nil {
+		t.Fatal(err)
+	}
+	return e, st
+}
+
+func rowFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "rows", "rows-*.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestDamagedRowFileIsRefused: a checkpoint whose row file was changed or
+// cut short is not restored as if it were whole; the error names the file.
+func TestDamagedRowFileIsRefused(t *testing.T) {
+	for _, damage := range []struct {
+		name string
+		do   func([]byte) []byte
+	}{
+		{"a byte flipped", func(b []byte) []byte { b[len(b)/2] ^= 0x20; return b }},
+		{"cut short", func(b []byte) []byte { return b[:len(b)-100] }},
+	} {
+		t.Run(damage.name, func(t *testing.T) {
+			dir := t.TempDir()
+			_, st := checkpointed(t, dir, 3000)
+			st.Close()
+			files := rowFiles(t, dir)
+			if len(files) != 1 {
+				t.Fatalf("%d row files after one checkpoint", len(files))
+			}
+			b, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(files[0], damage.do(b), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			st, err = OpenStore(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			_, err = newEngine(t, 5*time.Minute).Restore(st)
+			if err == nil || !strings.Contains(err.Error(), filepath.Base(files[0])) {
+				t.Fatalf("restore of a damaged row file: %v", err)
+			}
+		})
+	}
+}
+
+// TestRowFilesOfUncommittedCheckpointsGo: a row file written for a
+// checkpoint whose transaction failed (a full disk) or that a crash cut
+// off is deleted — by the next checkpoint, or at the next start — and the
+// state restored is the last committed one.
+func TestRowFilesOfUncommittedCheckpointsGo(t *testing.T) {
+	dir := t.TempDir()
+	e, st := checkpointed(t, dir, 2000)
+	evs := genEvents(t, 200, 5, 1)
+	for i := 2000; i < 3000; i++ {
+		e.Process(&evs[i], nil)
+	}
+	write, err := e.PrepareCheckpoint(st, Offsets{"t": {0: 3000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := errors.New("disk full")
+	if err := st.DB().Update(func(tx *bolt.Tx) error {
+		if err := write(tx); err != nil {
+			return err
+		}
+		return failed
+	}); !errors.Is(err, failed) {
+		t.Fatal(err)
+	}
+	if n := len(rowFiles(t, dir)); n != 2 {
+		t.Fatalf("%d row files after the failed write, want the committed one and the failed one's", n)
+	}
+	// The retry writes the same capture again.
+	if err := st.DB().Update(write); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rowFiles(t, dir)); n != 2 {
+		t.Fatalf("%d row files after the retry, want 2", n)
+	}
+	// A crash between writing a file and committing its checkpoint.
+	orphan := filepath.Join(dir, "rows", rowFile{Seq: 1 << 40}.name())
+	if err := os.WriteFile(orphan, []byte(rowFileMagic), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if st, err = OpenStore(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("the uncommitted file is still there: %v", err)
+	}
+	r := newEngine(t, 5*time.Minute)
+	off, err := r.Restore(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off["t"][0] != 3000 || r.Stats().Accounts != e.Stats().Accounts {
+		t.Fatalf("restored offset %v and %d accounts, want 3000 and %d", off, r.Stats().Accounts, e.Stats().Accounts)
+	}
+	// File numbers are not reused: the orphan's number was seen.
+	if st.rows.next <= 1<<40 {
+		t.Fatalf("next row file %d would reuse a number seen on disk", st.rows.next)
+	}
+}
+
+// TestStoreFromBeforeRowFilesIsUpgraded: a store written by the release
+// that kept rows as keys in bbolt (testdata/store-v6: the first half of the
+// stream of TestCheckpointRestoreIsExact, checkpointed) is restored; the
+// first checkpoint moves every row into a file and drops the old buckets;
+// and decisions, before and after that, equal an uninterrupted run's.
+func TestStoreFromBeforeRowFilesIsUpgraded(t *testing.T) {
+	evs := genEvents(t, 400, 11, 1)
+	ref := newEngine(t, 5*time.Minute)
+	var want []Decision
+	for i := range evs {
+		want, _ = ref.Process(&evs[i], want)
+	}
+	cut := len(evs) / 2
+	var skip int // the decisions of the first half, which the old release made
+	{
+		e := newEngine(t, 5*time.Minute)
+		var d []Decision
+		for i := range evs[:cut] {
+			d, _ = e.Process(&evs[i], d)
+		}
+		skip = len(d)
+	}
+
+	dir := t.TempDir()
+	gz, err := os.Open("testdata/store-v6/detector.db.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gz.Close()
+	zr, err := gzip.NewReader(gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "detector.db"), db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, 5*time.Minute)
+	off, err := e.Restore(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off["wallet.events"][0] != int64(cut) {
+		t.Fatalf("restored offsets %v, want %d", off, cut)
+	}
+	var got []Decision
+	upgradeAt := cut + (len(evs)-cut)/2
+	for i := cut; i < len(evs); i++ {
+		if i == upgradeAt {
+			if _, err := e.Checkpoint(st, Offsets{"wallet.events": {0: int64(i)}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.DB().View(func(tx *bolt.Tx) error {
+				for _, name := range [][]byte{bAccounts, bDevices, bPayees, bIPs, bChains} {
+					if tx.Bucket(name) != nil {
+						t.Errorf("bucket %s still there after the first checkpoint", name)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+			if st, err = OpenStore(dir); err != nil {
+				t.Fatal(err)
+			}
+			e = newEngine(t, 5*time.Minute)
+			if _, err := e.Restore(st); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _ = e.Process(&evs[i], got)
+	}
+	st.Close()
+	a, b := encodeAll(t, want[skip:]), encodeAll(t, got)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("decisions after restoring the old store differ from an uninterrupted run's (%d and %d bytes)", len(a), len(b))
+	}
+	if len(rowFiles(t, dir)) != 1 {
+		t.Fatalf("%d row files, want the one full checkpoint", len(rowFiles(t, dir)))
+	}
+	t.Logf("%d decisions after the old release's checkpoint, identical", len(got))
+}
+
+// TestMergeKeepsTheNewestRowOfEachKey: merged files hold, for each kind and
+// key, the row of the newest file that has it, and no row a newer file
+// deletes — whatever the order the checkpoints captured them in.
+func TestMergeKeepsTheNewestRowOfEachKey(t *testing.T) {
+	st, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.rows.minLog = 1 << 40 // merged below, by hand
+	want := map[[2]uint64]string{}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for f := 0; f < 6; f++ {
+		var sets []rowSet
+		for kind := byte(rowChain); kind >= rowAccount; kind-- { // not in kind order
+			s := rowSet{kind: kind}
+			seen := map[uint64]bool{}
+			for range 300 {
+				k := uint64(rng.IntN(500))
+				if seen[k] {
+					continue // a checkpoint holds a key once
+				}
+				seen[k] = true
+				id := [2]uint64{uint64(kind), k}
+				if _, ok := want[id]; ok && rng.IntN(4) == 0 {
+					s.gone = append(s.gone, k)
+					delete(want, id)
+					continue
+				}
+				v := fmt.Sprintf("%d/%d/%d", f, kind, k)
+				s.rows = append(s.rows, kv{k, []byte(v)})
+				want[id] = v
+			}
+			sets = append(sets, s)
+		}
+		if err := st.DB().Update(func(tx *bolt.Tx) error { return st.rows.write(tx, sets) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(st.rows.files) != 6 {
+		t.Fatalf("%d files listed", len(st.rows.files))
+	}
+	out := rowFile{Seq: 1000}
+	if err := st.rows.merge(st.rows.files, &out); err != nil {
+		t.Fatal(err)
+	}
+	got := map[[2]uint64]string{}
+	var prev rec
+	if err := st.rows.read(out, func(kind byte, key uint64, v []byte) error {
+		r := rec{kind: kind, key: key}
+		if v == nil {
+			t.Errorf("the merge kept a delete of %d/%d", kind, key)
+		}
+		if len(got) > 0 && !prev.less(r) {
+			t.Errorf("%d/%d after %d/%d: not in order", kind, key, prev.kind, prev.key)
+		}
+		prev = r
+		got[[2]uint64{uint64(kind), key}] = string(v)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("merged %d rows, want %d", len(got), len(want))
+	}
+}
