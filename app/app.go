@@ -425,10 +425,7 @@ const (
 func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error {
 	const maxBatch = 4096
 	var (
-		out      Outputs
-		msgs     []ingest.Message
 		next     = map[string]map[int]int64{} // next offset per partition, handled
-		arrived  []time.Time
 		lastCkpt = time.Now()
 		interval = a.cfg.Detector.CheckpointInterval.D()
 	)
@@ -441,26 +438,67 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			next[t][p] = o
 		}
 	}
-	failed := false // outputs that could not be written: nothing after them may be checkpointed
+	// A writer goroutine encodes each batch's outputs and writes them to
+	// Kafka while the pipeline decides the next batch: the pipeline does not
+	// wait out a produce round trip per batch, and the encoding runs on the
+	// other core. At most len(pool) batches are in flight or being filled.
+	type outBatch struct {
+		out     Outputs
+		msgs    []ingest.Message
+		arrived []time.Time
+	}
+	free := make(chan *outBatch, 3)
+	for range cap(free) {
+		free <- &outBatch{}
+	}
+	jobs := make(chan *outBatch, cap(free))
+	var inflight sync.WaitGroup
+	var writeFailed atomic.Bool // outputs that could not be written: nothing after them may be checkpointed
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for b := range jobs {
+			b.msgs = a.encodeOutputs(b.msgs, &b.out)
+			if err := a.producer.Write(ctx, "outputs", b.msgs); err != nil {
+				a.log.Error("outputs not written; their events will be redelivered after restart", "records", len(b.msgs), "err", err)
+				writeFailed.Store(true)
+			}
+			now := time.Now()
+			for _, t := range b.arrived {
+				a.imet.Latency.Observe(now.Sub(t).Seconds())
+			}
+			if a.observer != nil {
+				a.observer(b.out)
+			}
+			b.msgs, b.arrived = b.msgs[:0], b.arrived[:0]
+			b.out.Reset()
+			inflight.Done()
+			free <- b
+		}
+	}()
+	cur := <-free
+	failed := false // set from writeFailed once the writes before a checkpoint are done
 	flush := func() {
-		if len(out.Decisions)+len(out.Commands)+len(out.Alerts)+len(msgs) == 0 && len(arrived) == 0 {
+		if len(cur.out.Decisions)+len(cur.out.Commands)+len(cur.out.Alerts)+len(cur.msgs) == 0 && len(cur.arrived) == 0 {
 			return
 		}
-		msgs = a.appendOutputs(msgs, &out)
-		if err := a.producer.Write(ctx, "outputs", msgs); err != nil {
-			a.log.Error("outputs not written; their events will be redelivered after restart", "records", len(msgs), "err", err)
-			failed = true
-		}
-		now := time.Now()
-		for _, t := range arrived {
-			a.imet.Latency.Observe(now.Sub(t).Seconds())
-		}
-		if a.observer != nil {
-			a.observer(out)
-		}
-		msgs, arrived = msgs[:0], arrived[:0]
-		out.Reset()
+		a.queueAlerts(cur.out.Alerts)
+		inflight.Add(1)
+		jobs <- cur
+		cur = <-free
 	}
+	// settle flushes and waits until every output so far is written: what
+	// a checkpoint's offsets cover must be in Kafka before it is saved.
+	settle := func() {
+		flush()
+		inflight.Wait()
+		failed = failed || writeFailed.Load()
+	}
+	// Runs last, after the final checkpoint has settled every write.
+	defer func() {
+		close(jobs)
+		<-writerDone
+	}()
 	ckptSlot := make(chan struct{}, 1)
 	var failedCkpt *ckptWork // guarded by ckptSlot
 	deferred := false        // the due checkpoint was put off (counted once)
@@ -468,7 +506,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	var copyCheckpoint func(n int)
 	var startWrite func(work *ckptWork, final bool)
 	checkpoint := func(final bool) {
-		flush()
+		settle()
 		if final && copying != nil {
 			a.procMu.Lock()
 			copyCheckpoint(math.MaxInt) // its write then runs before the final one
@@ -664,8 +702,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.procMu.Lock()
 			locked = true
 		}
-		a.handle(&rec, &out, &msgs)
-		arrived = append(arrived, rec.Arrived)
+		a.handle(&rec, &cur.out, &cur.msgs)
+		cur.arrived = append(cur.arrived, rec.Arrived)
 		ps := next[rec.Topic]
 		if ps == nil {
 			ps = map[int]int64{}
@@ -715,8 +753,23 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 	a.stats.add(rec.Arrived, 1, out.Decisions[nd:])
 }
 
-// appendOutputs renders decisions and commands as Kafka records.
+// appendOutputs renders decisions and commands as Kafka records and queues
+// the alerts for the next checkpoint.
 func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
+	msgs = a.encodeOutputs(msgs, out)
+	a.queueAlerts(out.Alerts)
+	return msgs
+}
+
+// queueAlerts queues alerts for the next checkpoint, which puts them in the
+// outbox.
+func (a *App) queueAlerts(list []alerts.Alert) {
+	a.countAlerts(list)
+	a.alertQ.add(list)
+}
+
+// encodeOutputs renders decisions and commands as Kafka records.
+func (a *App) encodeOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
 	for i := range out.Decisions {
 		d := &out.Decisions[i]
 		b := d.AppendJSON(make([]byte, 0, 512))
@@ -732,8 +785,6 @@ func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Messag
 		a.amet.commands.WithLabelValues(c.Command).Inc()
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: b})
 	}
-	a.countAlerts(out.Alerts)
-	a.alertQ.add(out.Alerts)
 	return msgs
 }
 
