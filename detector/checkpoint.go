@@ -205,7 +205,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 	e.devices.beginSnapshot(appendRaw[deviceState])
 	e.payees.beginSnapshot(appendRaw[payeeState])
 	e.ips.beginSnapshot(appendIP)
-	c.chains = newRowBuf(len(e.chainsDirty), 64)
+	c.chains.rows = make([]kv, 0, len(e.chainsDirty))
 	for _, r := range e.chainsDirty {
 		if r.c.dirty {
 			r.c.dirty, r.c.pending = false, true
@@ -224,6 +224,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 }
 
 func (c *Capture) copyChain(k uint64, ch *chain) {
+	c.chains.grow(128)
 	c.chains.buf = appendChain(c.chains.buf, ch, c.e.syms)
 	c.chains.done(k)
 	ch.pending, ch.saved = false, true
@@ -269,9 +270,9 @@ func (c *Capture) CopySome(n int) bool {
 type snapshotter[T any] struct{ t *table[T] }
 
 func (s snapshotter[T]) copySome(n int) (bool, int) {
-	before := len(s.t.snap.rows.ends)
+	before := len(s.t.snap.rows.rows)
 	done := s.t.copySome(n)
-	return done, len(s.t.snap.rows.ends) - before
+	return done, len(s.t.snap.rows.rows) - before
 }
 
 // Write returns the function that writes the complete checkpoint in a
@@ -349,32 +350,36 @@ func sortKV(rows []kv) {
 
 func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
 
-// rowBuf collects encoded rows in one buffer: one allocation for a
-// checkpoint's rows instead of one per row, while the pipeline waits.
+// rowBuf collects encoded rows in chunks of a megabyte: a few allocations
+// for a checkpoint's rows instead of one per row, and none of the size of
+// them all — allocating a million rows' worth at once, while the pipeline
+// waited, paid for it in one go (the page faults and the garbage
+// collector's assist): pauses of up to 200 ms.
 type rowBuf struct {
-	buf  []byte
-	rows []kv
-	ends []int
+	buf   []byte
+	start int // of the row being appended
+	rows  []kv
 }
 
-func newRowBuf(n, size int) rowBuf {
-	return rowBuf{buf: make([]byte, 0, n*size), rows: make([]kv, 0, n), ends: make([]int, 0, n)}
+const rowChunk = 1 << 20
+
+// grow makes room for a row of about n bytes; a longer one still fits,
+// moved to a larger array by append (the rows before it stay where they
+// are).
+func (r *rowBuf) grow(n int) {
+	if cap(r.buf)-len(r.buf) < n {
+		r.buf, r.start = make([]byte, 0, max(rowChunk, n)), 0
+	}
 }
 
 // done ends the row appended to buf since the previous one, under key k.
 func (r *rowBuf) done(k uint64) {
-	r.rows = append(r.rows, kv{k: k})
-	r.ends = append(r.ends, len(r.buf))
+	end := len(r.buf)
+	r.rows = append(r.rows, kv{k: k, v: r.buf[r.start:end:end]})
+	r.start = end
 }
 
-func (r *rowBuf) kvs() []kv {
-	start := 0
-	for i, end := range r.ends {
-		r.rows[i].v = r.buf[start:end:end]
-		start = end
-	}
-	return r.rows
-}
+func (r *rowBuf) kvs() []kv { return r.rows }
 
 // captureTimers lists the timers armed since the last checkpoint that are
 // still pending, and those that fired or were cancelled. Encoding them is

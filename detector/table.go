@@ -39,6 +39,7 @@ const (
 type snapshot[T any] struct {
 	enc     func([]byte, *T) []byte
 	rows    rowBuf
+	size    int // of a row
 	gone    []uint64
 	pending []uint32
 	next    int
@@ -135,7 +136,8 @@ func (t *table[T]) markAllChanged() {
 func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte) {
 	sn := &snapshot[T]{enc: enc, pending: t.changed}
 	size := int(unsafe.Sizeof(*new(T)))
-	sn.rows = newRowBuf(len(t.changed), size)
+	sn.size = size
+	sn.rows.rows = make([]kv, 0, len(t.changed))
 	for _, i := range t.changed {
 		if f := t.flags[i]; f&rowDirty != 0 {
 			t.flags[i] = f&^rowDirty | rowPending
@@ -153,6 +155,7 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte) {
 // copyRow copies pending row i into the snapshot.
 func (t *table[T]) copyRow(i uint32) {
 	sn := t.snap
+	sn.rows.grow(sn.size)
 	sn.rows.buf = sn.enc(sn.rows.buf, t.row(i))
 	sn.rows.done(t.keys[i])
 	t.flags[i] = t.flags[i]&^rowPending | rowSaved
