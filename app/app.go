@@ -439,19 +439,20 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 	}
 	// A writer goroutine encodes each batch's outputs and writes them to
-	// Kafka while the pipeline decides the next batch: the pipeline does not
-	// wait out a produce round trip per batch, and the encoding runs on the
-	// other core. At most len(pool) batches are in flight or being filled.
+	// Kafka while the pipeline decides the next batch, on the other core.
+	// There are two batches: one being written, one being filled. A batch
+	// is handed over as soon as the writer is free, so its size follows
+	// the write's round trip — small when the broker answers fast, larger
+	// when it is slow — instead of a queue of small writes building up
+	// behind a slow one.
 	type outBatch struct {
 		out     Outputs
 		msgs    []ingest.Message
 		arrived []time.Time
 	}
-	free := make(chan *outBatch, 3)
-	for range cap(free) {
-		free <- &outBatch{}
-	}
-	jobs := make(chan *outBatch, cap(free))
+	free := make(chan *outBatch, 2) // batches the writer is done with
+	free <- &outBatch{}
+	jobs := make(chan *outBatch, 1)
 	var inflight sync.WaitGroup
 	var writeFailed atomic.Bool // outputs that could not be written: nothing after them may be checkpointed
 	writerDone := make(chan struct{})
@@ -476,21 +477,45 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			free <- b
 		}
 	}()
-	cur := <-free
-	failed := false // set from writeFailed once the writes before a checkpoint are done
-	flush := func() {
-		if len(cur.out.Decisions)+len(cur.out.Commands)+len(cur.out.Alerts)+len(cur.msgs) == 0 && len(cur.arrived) == 0 {
-			return
-		}
+	cur := &outBatch{}
+	pending := func() bool {
+		return len(cur.out.Decisions)+len(cur.out.Commands)+len(cur.out.Alerts)+len(cur.msgs) > 0 || len(cur.arrived) > 0
+	}
+	// handOver gives the batch being filled to the writer, which is done
+	// with next.
+	handOver := func(next *outBatch) {
 		a.queueAlerts(cur.out.Alerts)
 		inflight.Add(1)
 		jobs <- cur
-		cur = <-free
+		cur = next
 	}
+	// flush hands the batch over if the writer is free; wait: waits for it.
+	flush := func(wait bool) {
+		if !pending() {
+			return
+		}
+		if wait {
+			handOver(<-free)
+			return
+		}
+		select {
+		case next := <-free:
+			handOver(next)
+		default: // the batch goes on filling while the writer works
+		}
+	}
+	// freeIfPending is the writer's "done" to wait for while a batch waits.
+	freeIfPending := func() <-chan *outBatch {
+		if pending() {
+			return free
+		}
+		return nil
+	}
+	failed := false // set from writeFailed once the writes before a checkpoint are done
 	// settle flushes and waits until every output so far is written: what
 	// a checkpoint's offsets cover must be in Kafka before it is saved.
 	settle := func() {
-		flush()
+		flush(true)
 		inflight.Wait()
 		failed = failed || writeFailed.Load()
 	}
@@ -681,13 +706,16 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				copyCheckpoint(copyRows) // a slice at a time: an event may come
 			}
 			unlock()
-			flush()
+			flush(false)
 			if time.Since(lastCkpt) >= interval {
 				checkpoint(false)
 			}
 			batch = 0
 			select {
 			case rec, ok = <-records:
+			case next := <-freeIfPending():
+				handOver(next)
+				continue
 			case <-time.After(interval):
 				if time.Since(lastCkpt) >= interval {
 					checkpoint(false)
@@ -714,9 +742,12 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if copying != nil && batch%copyEvery == 0 {
 			copyCheckpoint(copyRows)
 		}
+		if batch%64 == 0 {
+			flush(false) // under steady load too, a batch goes as soon as the writer is free
+		}
 		if batch >= maxBatch {
 			unlock()
-			flush()
+			flush(true)
 			batch = 0
 			if time.Since(lastCkpt) >= interval {
 				checkpoint(false)
