@@ -9,6 +9,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
+// embeddedSegmentBytes is the size of the embedded broker's log segments.
+const embeddedSegmentBytes = 8 << 20
+
 // EmbeddedBroker is an in-process, single-node Kafka-protocol broker for
 // development, demos and tests. Any Kafka client can reach it on its address.
 // It keeps its log in a directory but does not fsync every write, so recent
@@ -64,9 +67,14 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 	if dir != "" {
 		opts = append(opts, kfake.DataDir(dir))
 	}
+	// Small segments: kfake keeps a segment in one growing buffer, and
+	// growing a 100 MB one (its default) copies it while every client of
+	// the broker waits — produce acknowledgements of 100–300 ms.
+	brokerCfg := map[string]string{"log.segment.bytes": strconv.Itoa(embeddedSegmentBytes)}
 	if cfg.MaxMessageBytes > 0 {
-		opts = append(opts, kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(cfg.MaxMessageBytes)}))
+		brokerCfg["message.max.bytes"] = strconv.Itoa(cfg.MaxMessageBytes)
 	}
+	opts = append(opts, kfake.BrokerConfigs(brokerCfg))
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded broker on %s: %w", listen, err)
