@@ -145,6 +145,7 @@ func cmdBench(args []string) int {
 	fmt.Printf("event-to-decision latency at %.0f events/s (%s), produce to decision readable on %s: p50 %s  p99 %s  p99.9 %s  (%d events)\n",
 		lat.offered, aim, decisions, lat.p50, lat.p99, lat.p999, lat.n)
 
+	fmt.Printf("  of which producing, until the broker acknowledged: p50 %s  p99 %s\n", lat.ack50, lat.ack99)
 	p50, p99 := histogramOf(a, "walletguard_event_processing_seconds").since(procBefore).quantiles()
 	fmt.Printf("  of which inside walletguard (arrival → outputs durable, from its histogram): p50 ≤ %s  p99 ≤ %s\n", p50, p99)
 	c50, c99 := histogramOf(a, "walletguard_checkpoint_seconds").since(ckptBefore).quantiles()
@@ -266,7 +267,8 @@ func benchBareConsume(brokers []string, topic string, n int) (float64, error) {
 type latencies struct {
 	p50, p99, p999 time.Duration
 	n              int
-	offered        float64 // events/s actually offered
+	offered        float64       // events/s actually offered
+	ack50, ack99   time.Duration // from producing an event to the broker's acknowledgement
 }
 
 // benchLatency offers fresh events at rate for d and measures, for each,
@@ -324,6 +326,7 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
+	acks := make([]time.Duration, 0, len(msgs))
 	for i := 0; i < len(msgs); i += per {
 		<-tick.C
 		batch := msgs[i:min(i+per, len(msgs))]
@@ -336,7 +339,13 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 		if err := w.WriteMessages(ctx, batch...); err != nil {
 			return res, err
 		}
+		ack := time.Since(now)
+		for range batch {
+			acks = append(acks, ack)
+		}
 	}
+	slices.Sort(acks)
+	res.ack50, res.ack99 = quantile(acks, 0.5), quantile(acks, 0.99)
 	res.offered = float64(len(msgs)) / time.Since(start).Seconds()
 	for got.Load() < int64(len(msgs)) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
@@ -347,11 +356,16 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 		return res, fmt.Errorf("no decisions seen")
 	}
 	slices.Sort(lat)
-	q := func(p float64) time.Duration {
-		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
-	}
-	res.p50, res.p99, res.p999, res.n = q(0.5), q(0.99), q(0.999), len(lat)
+	res.p50, res.p99, res.p999, res.n = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 0.999), len(lat)
 	return res, nil
+}
+
+// quantile reads quantile p of sorted durations.
+func quantile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))].Round(10 * time.Microsecond)
 }
 
 // eventIDOf pulls "event_id" out of an event or decision record.
