@@ -61,8 +61,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "walletguard_produce_errors_total", Help: "Failed writes of walletguard's own records to Kafka (retried), by stream.",
 		}, []string{"stream"}),
 		Latency: f.NewHistogram(prometheus.HistogramOpts{
-			Name:    "walletguard_event_processing_seconds",
-			Help:    "Time from an event's arrival at walletguard to its outputs being durable.",
+			Name: "walletguard_event_processing_seconds",
+			Help: "Time from an event's arrival at walletguard to its outputs being durable.",
 			// Fine around the 10 ms an event should take, coarse in the tail.
 			Buckets: []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30},
 		}),
