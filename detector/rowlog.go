@@ -421,7 +421,7 @@ func writeRowFile(path string, recs iter.Seq[rec]) (size int64, crc uint32, err 
 			os.Remove(path)
 		}
 	}()
-	cw := &crcWriter{w: file}
+	cw := &crcWriter{w: &syncingWriter{f: file}}
 	w := bufio.NewWriterSize(cw, 1<<20)
 	w.WriteString(rowFileMagic)
 	var hdr [1 + 8 + binary.MaxVarintLen64]byte
@@ -458,6 +458,27 @@ func writeRowFile(path string, recs iter.Seq[rec]) (size int64, crc uint32, err 
 		return 0, 0, err
 	}
 	return cw.n + 4, cw.crc, nil
+}
+
+// syncingWriter makes a file durable as it goes, every syncEvery bytes.
+// A merge writes hundreds of megabytes; left dirty, they would all be
+// flushed by the next checkpoint's fsync (ext4 commits them together) and
+// that checkpoint would wait seconds for them.
+type syncingWriter struct {
+	f        *os.File
+	unsynced int
+}
+
+const syncEvery = 16 << 20
+
+func (w *syncingWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.unsynced += n
+	if err == nil && w.unsynced >= syncEvery {
+		w.unsynced = 0
+		err = w.f.Sync()
+	}
+	return n, err
 }
 
 func syncDir(dir string) error {
