@@ -481,33 +481,40 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 // the keyed buckets of a store written before them — then the next
 // checkpoint writes every row to a file and drops the buckets.
 func (e *Engine) loadRows(tx *bolt.Tx, s *Store) error {
-	e.restoring = map[uint64]*timer{}
-	defer func() { e.restoring = nil }()
-	if tx.Bucket(bMeta).Get(metaRowLog) == nil {
-		if err := e.loadBuckets(tx); err != nil {
-			return err
+	timers := map[uint64]*timer{}
+	apply := e.rowApplier(timers)
+	if tx.Bucket(bMeta).Get(metaRowLog) != nil {
+		for _, f := range s.rows.files {
+			if err := s.rows.read(f, apply); err != nil {
+				return err
+			}
 		}
-		// All of it goes to the first file.
-		e.markAllChanged()
-		for _, t := range e.installTimers() {
-			t.saved = false
-			e.timersNew = append(e.timersNew, t)
-		}
+		e.installTimers(timers)
 		return nil
 	}
-	for _, f := range s.rows.files {
-		if err := s.rows.read(f, e.applyRow); err != nil {
-			return err
+	for _, b := range []struct {
+		name []byte
+		kind byte
+	}{{bAccounts, rowAccount}, {bDevices, rowDevice}, {bPayees, rowPayee}, {bIPs, rowIP}, {bChains, rowChain}, {bTimers, rowTimer}} {
+		if bk := tx.Bucket(b.name); bk != nil {
+			if err := bk.ForEach(func(k, v []byte) error { return apply(b.kind, binary.BigEndian.Uint64(k), v) }); err != nil {
+				return err
+			}
 		}
 	}
-	e.installTimers()
+	// All of it goes to the first file.
+	e.markAllChanged()
+	for _, t := range e.installTimers(timers) {
+		t.saved = false
+		e.timersNew = append(e.timersNew, t)
+	}
 	return nil
 }
 
 // installTimers queues the timers restored, in the order they were armed,
 // and returns them.
-func (e *Engine) installTimers() []*timer {
-	ts := slices.SortedFunc(maps.Values(e.restoring), func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
+func (e *Engine) installTimers(timers map[uint64]*timer) []*timer {
+	ts := slices.SortedFunc(maps.Values(timers), func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
 	for _, t := range ts {
 		h := e.queue(t.src)
 		t.index = len(*h)
@@ -521,92 +528,59 @@ func (e *Engine) installTimers() []*timer {
 	return ts
 }
 
-// applyRow applies one record of a row file: rows replace what earlier
-// files held, deletes remove it.
-func (e *Engine) applyRow(kind byte, key uint64, v []byte) error {
-	switch kind {
-	case rowAccount:
-		return applyTableRow(e.accounts, key, v, fromRaw[account])
-	case rowDevice:
-		return applyTableRow(e.devices, key, v, fromRaw[deviceState])
-	case rowPayee:
-		return applyTableRow(e.payees, key, v, fromRaw[payeeState])
-	case rowIP:
-		return applyTableRow(e.ips, key, v, decodeIP)
-	case rowTimer:
-		if v == nil {
-			delete(e.restoring, key)
+// rowApplier returns the function that applies one record of a checkpoint
+// to the engine, in order: rows replace what earlier files held, deletes
+// remove it. Timers are collected in timers, to be queued once all are read.
+func (e *Engine) rowApplier(timers map[uint64]*timer) func(kind byte, key uint64, v []byte) error {
+	return func(kind byte, key uint64, v []byte) error {
+		switch kind {
+		case rowAccount:
+			return applyTableRow("accounts", e.accounts, key, v, fromRaw[account])
+		case rowDevice:
+			return applyTableRow("devices", e.devices, key, v, fromRaw[deviceState])
+		case rowPayee:
+			return applyTableRow("payees", e.payees, key, v, fromRaw[payeeState])
+		case rowIP:
+			return applyTableRow("ips", e.ips, key, v, decodeIP)
+		case rowTimer:
+			if v == nil {
+				delete(timers, key)
+				return nil
+			}
+			t, err := decodeTimer(v)
+			if err != nil {
+				return fmt.Errorf("timers: %w", err)
+			}
+			t.seq, t.saved = key, true
+			timers[key] = t
+			return nil
+		case rowChain:
+			if v == nil {
+				delete(e.chains, key)
+				return nil
+			}
+			c, err := decodeChain(v, e.syms)
+			if err != nil {
+				return fmt.Errorf("payments: %w", err)
+			}
+			c.saved = true
+			e.chains[key] = c
 			return nil
 		}
-		t, err := decodeTimer(v)
-		if err != nil {
-			return fmt.Errorf("timers: %w", err)
-		}
-		t.seq, t.saved = key, true
-		e.restoring[key] = t
-		return nil
-	case rowChain:
-		if v == nil {
-			delete(e.chains, key)
-			return nil
-		}
-		c, err := decodeChain(v, e.syms)
-		if err != nil {
-			return fmt.Errorf("payments: %w", err)
-		}
-		c.saved = true
-		e.chains[key] = c
-		return nil
+		return fmt.Errorf("checkpoint: unknown row kind %d", kind)
 	}
-	return fmt.Errorf("checkpoint file: unknown row kind %d", kind)
 }
 
-func applyTableRow[T any](t *table[T], key uint64, v []byte, dec func([]byte, *T) error) error {
+func applyTableRow[T any](name string, t *table[T], key uint64, v []byte, dec func([]byte, *T) error) error {
 	if v == nil {
 		t.drop(key)
 		return nil
 	}
 	var row T
 	if err := dec(v, &row); err != nil {
-		return err
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	t.put(key, row)
-	return nil
-}
-
-func (e *Engine) loadBuckets(tx *bolt.Tx) error {
-	if err := loadRows(tx, bAccounts, e.accounts, fromRaw[account]); err != nil {
-		return err
-	}
-	if err := loadRows(tx, bDevices, e.devices, fromRaw[deviceState]); err != nil {
-		return err
-	}
-	if err := loadRows(tx, bPayees, e.payees, fromRaw[payeeState]); err != nil {
-		return err
-	}
-	if err := loadRows(tx, bIPs, e.ips, decodeIP); err != nil {
-		return err
-	}
-	if b := tx.Bucket(bChains); b != nil {
-		if err := b.ForEach(func(k, v []byte) error {
-			c, err := decodeChain(v, e.syms)
-			if err != nil {
-				return err
-			}
-			c.saved = true
-			e.chains[binary.BigEndian.Uint64(k)] = c
-			return nil
-		}); err != nil {
-			return fmt.Errorf("payments: %w", err)
-		}
-	}
-	if b := tx.Bucket(bTimers); b != nil {
-		if err := b.ForEach(func(k, v []byte) error {
-			return e.applyRow(rowTimer, binary.BigEndian.Uint64(k), v)
-		}); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -622,21 +596,6 @@ func (e *Engine) markAllChanged() {
 			e.chainsDirty = append(e.chainsDirty, chainRef{k, c})
 		}
 	}
-}
-
-func loadRows[T any](tx *bolt.Tx, name []byte, t *table[T], dec func([]byte, *T) error) error {
-	b := tx.Bucket(name)
-	if b == nil {
-		return nil
-	}
-	return b.ForEach(func(k, v []byte) error {
-		var row T
-		if err := dec(v, &row); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		t.put(binary.BigEndian.Uint64(k), row)
-		return nil
-	})
 }
 
 // ipFlat is ipState without its pointer, for encoding.

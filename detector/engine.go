@@ -101,7 +101,6 @@ type Engine struct {
 	chainsGone  []uint64
 	capture     *Capture // the checkpoint being captured, nil if none
 	timersNew   []*timer
-	restoring   map[uint64]*timer // timers read from a checkpoint, by seq
 	timersGone  []uint64
 	srcMax      map[uint32]uint32 // newest event time per source
 	byAccount   map[uint64][]*timer

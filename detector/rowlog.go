@@ -309,20 +309,15 @@ func (l *rowLog) merge(in []rowFile, out *rowFile) error {
 				return
 			}
 			r := curs[best].r
-			keep := r.v != nil
-			if keep && !yield(r) {
+			if r.v != nil && !yield(r) {
 				return
 			}
+			// Past this key in every file that has it (r keeps the key).
 			for _, c := range curs {
-				if !c.done && c.r.same(r) && c != curs[best] {
+				if !c.done && c.r.same(r) {
 					if c.err = c.next(); c.err != nil {
 						return
 					}
-				}
-			}
-			if c := curs[best]; true {
-				if c.err = c.next(); c.err != nil {
-					return
 				}
 			}
 		}

@@ -108,15 +108,9 @@ func (t *table[T]) put(key uint64, row T) {
 // drop removes a row as a checkpoint's delete says, without recording
 // the removal for the next checkpoint.
 func (t *table[T]) drop(key uint64) {
-	i, ok := t.idx.get(key)
-	if !ok {
-		return
+	if i, ok := t.idx.get(key); ok {
+		t.release(i, key)
 	}
-	t.idx.del(key)
-	var zero T
-	*t.row(i) = zero
-	t.free = append(t.free, i)
-	t.flags[i] = 0
 }
 
 // markAllChanged marks every row changed: the next checkpoint holds them all.
@@ -255,14 +249,19 @@ func (t *table[T]) remove(i uint32, key uint64) {
 	if t.flags[i]&rowPending != 0 {
 		t.copyRow(i) // written as it was, then deleted by the next checkpoint
 	}
-	t.idx.del(key)
-	var zero T
-	*t.row(i) = zero
-	t.free = append(t.free, i)
 	// A row no checkpoint wrote needs no delete (and without checkpoints,
 	// in replay, the list would only grow).
 	if t.flags[i]&rowSaved != 0 {
 		t.deleted = append(t.deleted, key)
 	}
+	t.release(i, key)
+}
+
+// release frees slot i, which holds key's row.
+func (t *table[T]) release(i uint32, key uint64) {
+	t.idx.del(key)
+	var zero T
+	*t.row(i) = zero
+	t.free = append(t.free, i)
 	t.flags[i] = 0
 }
