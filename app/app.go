@@ -478,9 +478,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 	}()
 	cur := &outBatch{}
-	pending := func() bool {
-		return len(cur.out.Decisions)+len(cur.out.Commands)+len(cur.out.Alerts)+len(cur.msgs) > 0 || len(cur.arrived) > 0
-	}
+	// Every record handled, dead letters included, adds an arrival.
+	pending := func() bool { return len(cur.arrived) > 0 }
 	// handOver gives the batch being filled to the writer, which is done
 	// with next.
 	handOver := func(next *outBatch) {
