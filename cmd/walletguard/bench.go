@@ -332,11 +332,8 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	// Asynchronous, so that the offer holds its rate whatever the broker's
 	// acknowledgements take: a synchronous write per slice made the rate
 	// fall short whenever one took longer than the slice.
-	var (
-		ackMu  sync.Mutex
-		acks   = make([]time.Duration, 0, len(msgs))
-		failed atomic.Int64
-	)
+	acks := make([]time.Duration, 0, len(msgs)) // guarded by mu
+	var failed atomic.Int64
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{}, BatchSize: 500,
 		BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll, Async: true,
 		Completion: func(ms []kafka.Message, err error) {
@@ -345,14 +342,10 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 				return
 			}
 			now := time.Now()
-			ackMu.Lock()
-			for _, m := range ms {
-				acks = append(acks, now.Sub(m.WriterData.(time.Time)))
-			}
-			ackMu.Unlock()
 			mu.Lock()
 			for _, m := range ms {
-				if id := eventIDOf(m.Value); sent[id] != (time.Time{}) {
+				acks = append(acks, now.Sub(m.WriterData.(time.Time)))
+				if id := eventIDOf(m.Value); sent[id] != (time.Time{}) { // not decided yet
 					acked[id] = now
 				}
 			}
@@ -384,10 +377,6 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	if n := failed.Load(); n > 0 {
 		return res, fmt.Errorf("%d of %d events could not be produced", n, len(msgs))
 	}
-	ackMu.Lock()
-	slices.Sort(acks)
-	res.ack50, res.ack99 = quantile(acks, 0.5), quantile(acks, 0.99)
-	ackMu.Unlock()
 	for got.Load() < int64(len(msgs)) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -398,6 +387,8 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	}
 	slices.Sort(lat)
 	res.p50, res.p99, res.p999, res.n = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 0.999), len(lat)
+	slices.Sort(acks)
+	res.ack50, res.ack99 = quantile(acks, 0.5), quantile(acks, 0.99)
 	slices.Sort(afterAck)
 	res.post50, res.post99 = quantile(afterAck, 0.5), quantile(afterAck, 0.99)
 	return res, nil
