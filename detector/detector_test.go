@@ -109,6 +109,35 @@ func genRaw(t testing.TB, accounts int, seed uint64, days float64) [][]byte {
 // rawCache keeps the generated stream across the benchmark's runs.
 var rawCache [][]byte
 
+// decideAll runs evs through a fresh engine without interruption: the
+// decisions every checkpointed and restored run must reproduce.
+func decideAll(t testing.TB, evs []event.Event) []Decision {
+	t.Helper()
+	ref := newEngine(t, 5*time.Minute)
+	var want []Decision
+	for i := range evs {
+		want, _ = ref.Process(&evs[i], want)
+	}
+	return want
+}
+
+// sameDecisions fails at the first decision of got that differs from want's,
+// byte for byte as published.
+func sameDecisions(t testing.TB, want, got []Decision) {
+	t.Helper()
+	a, b := encodeAll(t, want), encodeAll(t, got)
+	if bytes.Equal(a, b) {
+		return
+	}
+	al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
+	for i := range min(len(al), len(bl)) {
+		if !bytes.Equal(al[i], bl[i]) {
+			t.Fatalf("decision %d differs after restore:\nuninterrupted: %s\nrestored:      %s", i, al[i], bl[i])
+		}
+	}
+	t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
+}
+
 func encodeAll(t testing.TB, ds []Decision) []byte {
 	t.Helper()
 	var b bytes.Buffer
@@ -130,11 +159,7 @@ func encodeAll(t testing.TB, ds []Decision) []byte {
 // counted twice, timers included.
 func TestCheckpointRestoreIsExact(t *testing.T) {
 	evs := genEvents(t, 400, 11, 1)
-	ref := newEngine(t, 5*time.Minute)
-	var want []Decision
-	for i := range evs {
-		want, _ = ref.Process(&evs[i], want)
-	}
+	want := decideAll(t, evs)
 
 	dir := t.TempDir()
 	var got []Decision
@@ -168,20 +193,11 @@ func TestCheckpointRestoreIsExact(t *testing.T) {
 		}
 		got, _ = e.Process(&evs[i], got)
 	}
-	if len(ref.timers) == 0 && len(e.timers) == 0 {
+	if len(e.timers) == 0 {
 		t.Log("no timers pending at the end")
 	}
-	a, b := encodeAll(t, want), encodeAll(t, got)
-	if !bytes.Equal(a, b) {
-		al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
-		for i := range min(len(al), len(bl)) {
-			if !bytes.Equal(al[i], bl[i]) {
-				t.Fatalf("decision %d differs after restore:\nuninterrupted: %s\nrestored:      %s", i, al[i], bl[i])
-			}
-		}
-		t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
-	}
-	timerDecisions := bytes.Count(a, []byte(`"trigger":"timer"`))
+	sameDecisions(t, want, got)
+	timerDecisions := bytes.Count(encodeAll(t, want), []byte(`"trigger":"timer"`))
 	if timerDecisions == 0 {
 		t.Fatal("the stream produced no timer decisions: the test does not cover timers")
 	}
@@ -426,11 +442,7 @@ func TestTimersFollowTheirOwnPartition(t *testing.T) {
 // what an uninterrupted one does.
 func TestCaptureSpreadOverEventsIsExact(t *testing.T) {
 	evs := genEvents(t, 400, 11, 1)
-	ref := newEngine(t, 5*time.Minute)
-	var want []Decision
-	for i := range evs {
-		want, _ = ref.Process(&evs[i], want)
-	}
+	want := decideAll(t, evs)
 
 	dir := t.TempDir()
 	e := newEngine(t, 5*time.Minute)
@@ -474,16 +486,7 @@ func TestCaptureSpreadOverEventsIsExact(t *testing.T) {
 		}
 		c, got, i = nil, got[:keep], began-1 // the restored engine re-reads from where the capture began
 	}
-	a, b := encodeAll(t, want), encodeAll(t, got)
-	if !bytes.Equal(a, b) {
-		al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
-		for i := range min(len(al), len(bl)) {
-			if !bytes.Equal(al[i], bl[i]) {
-				t.Fatalf("decision %d differs:\nuninterrupted: %s\nrestored:      %s", i, al[i], bl[i])
-			}
-		}
-		t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
-	}
+	sameDecisions(t, want, got)
 }
 
 // TestCaptureCopiesAChainBeforeItChanges: a payment attempt decided while

@@ -1,7 +1,6 @@
 package detector
 
 import (
-	"bytes"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -37,11 +36,7 @@ func testManyRestores(t *testing.T, compactAt int64) {
 		}
 		evs = append(evs, it.Event)
 	}
-	ref := newEngine(t, 5*time.Minute)
-	var want []Decision
-	for i := range evs {
-		want, _ = ref.Process(&evs[i], want)
-	}
+	want := decideAll(t, evs)
 	dir := t.TempDir()
 	st, err := OpenStore(filepath.Join(dir, "s"))
 	if err != nil {
@@ -78,16 +73,7 @@ func testManyRestores(t *testing.T, compactAt int64) {
 		}
 		got, _ = e.Process(&evs[i], got)
 	}
-	a, b := encodeAll(t, want), encodeAll(t, got)
-	if !bytes.Equal(a, b) {
-		al, bl := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
-		for i := range min(len(al), len(bl)) {
-			if !bytes.Equal(al[i], bl[i]) {
-				t.Fatalf("decision %d differs:\n%s\n%s", i, al[i], bl[i])
-			}
-		}
-		t.Fatalf("%d decisions uninterrupted, %d with restores", len(al), len(bl))
-	}
+	sameDecisions(t, want, got)
 	// A merge under way finishes and is listed by the next checkpoint.
 	st.rows.wait()
 	if _, err := e.Checkpoint(st, Offsets{"t": {0: int64(len(evs))}}); err != nil {
