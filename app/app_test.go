@@ -124,7 +124,7 @@ func readAll(t *testing.T, broker, topic string, n int, within time.Duration) []
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	for _, p := range parts {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: p.ID, MaxWait: ingest.FetchMaxWait})
 		go func() {
 			defer r.Close()
 			for {

@@ -15,6 +15,15 @@ import (
 
 const kafkaMinSession = time.Second
 
+// FetchMaxWait is the MaxWait for kafka-go readers. kafka-go uses it as the
+// read deadline of a whole fetch, and asks the broker to hold an empty fetch
+// for MaxWait less one second (less a quarter under a second). At 200 ms a
+// busy broker building a large response missed the deadline every time: the
+// reader reconnected and asked again, for seconds on end. At 1.5 s the broker
+// holds an empty fetch 0.5 s and has a second to answer; a fetch that finds
+// records still returns at once, so latency does not depend on it.
+const FetchMaxWait = 1500 * time.Millisecond
+
 // Record is one consumed message, decoded. Exactly one of Event and Err is
 // meaningful: Err is the rejection (an *event.RejectError) for bad input.
 type Record struct {
@@ -234,7 +243,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		Partition: partition,
 		MinBytes:  1,
 		MaxBytes:  16 << 20,
-		MaxWait:   200 * time.Millisecond,
+		MaxWait:   FetchMaxWait,
 		// Our own retries below; kafka-go's reader retries fetch errors itself.
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
 			s.log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))

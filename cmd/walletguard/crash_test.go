@@ -25,6 +25,7 @@ import (
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
 )
@@ -108,7 +109,7 @@ func readTopic(t *testing.T, broker, topic string) []kafka.Message {
 		if err != nil || last == 0 {
 			continue
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: p.ID, MaxWait: 50 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: p.ID, MaxWait: ingest.FetchMaxWait})
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		for {
 			m, err := r.ReadMessage(ctx)
