@@ -326,7 +326,7 @@ func (s *server) score(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusRequestEntityTooLarge, "read body: "+err.Error())
 		return
 	}
-	ev, err := event.Decode(body, time.Now())
+	ev, err := event.DecodeOwned(body, time.Now())
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error(), "reason": string(event.ReasonOf(err))})
 		return

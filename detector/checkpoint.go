@@ -797,7 +797,7 @@ func decodeTimer(b []byte) (*timer, error) {
 	}
 	// The event was valid when the timer was armed; only the future check
 	// could differ now, and a timer's event is in the past.
-	ev, err := event.Decode([]byte(raw), time.Unix(fromSec(t.due), 0).Add(48*time.Hour))
+	ev, err := event.DecodeOwned([]byte(raw), time.Unix(fromSec(t.due), 0).Add(48*time.Hour))
 	if err != nil {
 		return nil, fmt.Errorf("timer event: %w", err)
 	}

@@ -81,9 +81,21 @@ type wire struct {
 // project: goccy/go-json was chosen by measurement (BenchmarkDecode* in this
 // package: about 5x faster than encoding/json on a typical event).
 func Decode(b []byte, now time.Time) (Event, error) {
+	return decode(b, now, false)
+}
+
+// DecodeOwned is Decode for a record the caller hands over: the event's
+// strings point into b instead of a copy of it, so b must never change
+// afterwards. kafka-go gives every record a buffer of its own, and the copy
+// was a quarter of the decoding time.
+func DecodeOwned(b []byte, now time.Time) (Event, error) {
+	return decode(b, now, true)
+}
+
+func decode(b []byte, now time.Time, owned bool) (Event, error) {
 	if len(b) <= MaxSize {
 		var w wire
-		if decodeFast(b, &w) {
+		if decodeFast(b, &w, owned) {
 			ev := w.Event
 			if err := validate(&ev, w.TS, now); err != nil {
 				return Event{}, err

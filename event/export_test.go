@@ -5,4 +5,4 @@ package event
 var DecodeGoJSON = decodeGoJSON
 
 // DecodesFast reports whether b takes the fast path.
-func DecodesFast(b []byte) bool { var w wire; return decodeFast(b, &w) }
+func DecodesFast(b []byte) bool { var w wire; return decodeFast(b, &w, false) }

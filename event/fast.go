@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The fast path reads the shape producers send nearly always: one flat
@@ -125,9 +126,9 @@ type fastDecoder struct {
 }
 
 // decodeFast fills w from b if b has the common shape, and reports whether
-// it did. It allocates one copy of b for the strings and the Geo, nothing
-// else.
-func decodeFast(b []byte, w *wire) bool {
+// it did. It allocates one copy of b for the strings (none if the caller
+// hands b over: owned) and the Geo, nothing else.
+func decodeFast(b []byte, w *wire, owned bool) bool {
 	d := fastDecoder{b: b}
 	if !d.object() {
 		return false
@@ -136,7 +137,12 @@ func decodeFast(b []byte, w *wire) bool {
 	if d.i != len(b) || d.nonASCII && !utf8.Valid(b) {
 		return false
 	}
-	s := string(b)
+	var s string
+	if owned {
+		s = unsafe.String(unsafe.SliceData(b), len(b))
+	} else {
+		s = string(b)
+	}
 	at := func(f int) string { sp := d.strs[f]; return s[sp.from:sp.to] }
 	w.EventID, w.TypeName, w.TS, w.AccountID = at(fEventID), at(fType), at(fTS), at(fAccountID)
 	w.DeviceID, w.IP, w.UserAgent, w.AppVersion, w.Channel = at(fDeviceID), at(fIP), at(fUserAgent), at(fAppVersion), at(fChannel)

@@ -283,7 +283,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		next = m.Offset + 1
 		now := s.cfg.Now()
 		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now}
-		rec.Event, rec.Err = event.Decode(m.Value, now)
+		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
 		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
 		}

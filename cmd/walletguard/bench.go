@@ -249,7 +249,7 @@ func benchBareConsume(brokers []string, topic string, n int) (float64, error) {
 				if err != nil {
 					return
 				}
-				if _, err := event.Decode(m.Value, now); err == nil {
+				if _, err := event.DecodeOwned(m.Value, now); err == nil {
 					read.Add(1)
 				}
 				if m.Offset == m.HighWaterMark-1 {
