@@ -750,7 +750,7 @@ func appendChain(dst []byte, c *chain, syms *symbols) []byte {
 	w.u64(uint64(c.amount))
 	w.str(syms.name(c.currency))
 	w.str(syms.name(c.appVersion))
-	w.str(c.paymentID)
+	w.str("") // where earlier releases wrote the payment id, which the chain no longer keeps
 	return w
 }
 
@@ -768,7 +768,7 @@ func decodeChain(b []byte, syms *symbols) (*chain, error) {
 	c.merchant = syms.id(r.str())
 	c.amount = int64(r.u64())
 	c.currency, c.appVersion = syms.id(r.str()), syms.id(r.str())
-	c.paymentID = r.str()
+	r.str() // the payment id of earlier releases
 	return c, r.err
 }
 

@@ -286,7 +286,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			e.chainsDirty = append(e.chainsDirty, chainRef{pk, ch})
 		}
 		if set.Uses(ev.Type, rules.RootPayment) {
-			ch.view(&env.Payment, now, e.syms)
+			ch.view(&env.Payment, ev.PaymentID, now, e.syms)
 		}
 	} else {
 		env.Payment = rules.PaymentView{}
@@ -530,7 +530,7 @@ func (e *Engine) sweep() {
 	if (e.maxTS/hour1)%6 == 0 {
 		chainCut := since(e.watermark(), day1)
 		for k, c := range e.chains {
-			if c.last < chainCut && !e.chainHasTimer(c) {
+			if c.last < chainCut && !e.chainHasTimer(k, c) {
 				if c.pending {
 					e.capture.copyChain(k, c)
 				}
@@ -550,9 +550,9 @@ func (e *Engine) sweep() {
 	e.updateGauges()
 }
 
-func (e *Engine) chainHasTimer(c *chain) bool {
+func (e *Engine) chainHasTimer(k uint64, c *chain) bool {
 	for _, t := range e.byAccount[c.account] {
-		if t.paymentID == c.paymentID {
+		if t.paymentID != "" && chainKey(t.ev.AccountID, t.paymentID) == k {
 			return true
 		}
 	}
@@ -810,7 +810,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
 		if c := e.chains[chainKey(ev.AccountID, t.paymentID)]; c != nil {
-			c.view(&env.Payment, now, e.syms)
+			c.view(&env.Payment, t.paymentID, now, e.syms)
 		}
 	}
 	if ok, err := e.eval.Confirm(r, env); err != nil || !ok {

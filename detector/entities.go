@@ -1,8 +1,6 @@
 package detector
 
 import (
-	"strings"
-
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -224,7 +222,9 @@ func (p *payeeState) update(ev *event.Event, acct, now uint32) {
 	p.received.add(now, day1, float64(ev.Amount))
 }
 
-// chain is the attempts of one payment_id.
+// chain is the attempts of one payment_id. It does not keep the id: its
+// key hashes it, and whoever reads the chain (an attempt, a timer) has it —
+// a string per chain was a tenth of all detection state.
 type chain struct {
 	account     uint64
 	first, last uint32
@@ -239,7 +239,6 @@ type chain struct {
 	currency    sym
 	appVersion  sym
 	amount      int64
-	paymentID   string
 	dirty       bool // changed since the last checkpoint began
 	saved       bool // in a checkpoint: its expiry must be written too
 	pending     bool // changed before the checkpoint being captured, not copied yet
@@ -258,7 +257,9 @@ type chainRef struct {
 	c *chain
 }
 
-func (c *chain) view(v *rules.PaymentView, now uint32, syms *symbols) {
+// view fills v for rules; paymentID is the chain's (from the attempt or the
+// timer that reads it).
+func (c *chain) view(v *rules.PaymentView, paymentID string, now uint32, syms *symbols) {
 	*v = rules.PaymentView{Known: c.first != 0}
 	if c.first == 0 {
 		return
@@ -277,14 +278,13 @@ func (c *chain) view(v *rules.PaymentView, now uint32, syms *symbols) {
 	v.DominantError = syms.name(best.code)
 	v.MinsSinceFirst = minsSince(now, c.first)
 	v.MinsSinceFailure = minsSince(now, c.firstFail)
-	v.MerchantID, v.Amount, v.Currency, v.AppVersion, v.PaymentID = syms.name(c.merchant), float64(c.amount), syms.name(c.currency), syms.name(c.appVersion), c.paymentID
+	v.MerchantID, v.Amount, v.Currency, v.AppVersion, v.PaymentID = syms.name(c.merchant), float64(c.amount), syms.name(c.currency), syms.name(c.appVersion), paymentID
 }
 
 func (c *chain) update(ev *event.Event, acct uint64, now uint32, syms *symbols) {
 	if c.first == 0 || now < c.first {
 		c.first = now
 		c.account = acct
-		c.paymentID = strings.Clone(ev.PaymentID) // not the whole record it came in
 	}
 	c.last = max(c.last, now)
 	if c.attempts < 65535 {
