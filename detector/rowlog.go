@@ -237,11 +237,7 @@ func (l *rowLog) maybeMerge() {
 	if l.merging || l.merged != nil || l.closed.Load() || len(l.files) < 2 {
 		return
 	}
-	var newer int64
-	for _, f := range l.files[1:] {
-		newer += f.Size
-	}
-	if newer <= max(l.files[0].Size, l.minLog) && len(l.files) < l.maxFiles {
+	if l.newerSize() <= max(l.files[0].Size, l.minLog) && len(l.files) < l.maxFiles {
 		return
 	}
 	in := slices.Clone(l.files)
@@ -265,6 +261,16 @@ func (l *rowLog) maybeMerge() {
 		l.merged = &mergedFile{file: out, upto: in[len(in)-1].Seq}
 		l.log.Info("merged checkpoint files", "files", len(in), "bytes", out.Size, "took", time.Since(start).Round(time.Millisecond))
 	}()
+}
+
+// newerSize is the size of the listed files after the oldest: a merge is
+// due once they outweigh it.
+func (l *rowLog) newerSize() int64 {
+	var n int64
+	for _, f := range l.files[1:] {
+		n += f.Size
+	}
+	return n
 }
 
 // errClosed stops a merge when the store closes.

@@ -97,10 +97,7 @@ func testManyRestores(t *testing.T, compactAt int64) {
 	t.Logf("%d merges, at most %d row files, %d now", merges, maxFiles, len(files))
 	// Merged means no merge is due: the files after the oldest do not
 	// outweigh it (how many there are depends on the rows' sizes).
-	var newer int64
-	for _, f := range st.rows.files[1:] {
-		newer += f.Size
-	}
+	newer := st.rows.newerSize()
 	if compactAt == 0 && (merges < 3 || newer > st.rows.files[0].Size) {
 		t.Errorf("%d merges, and %d row files at the end whose newer ones outweigh the oldest (%d > %d bytes): the files are not merged",
 			merges, len(files), newer, st.rows.files[0].Size)
