@@ -163,10 +163,6 @@ type Capture struct {
 	offsets   []byte
 	tables    []rowSet
 	merchants []kv
-	chains    rowBuf
-	chainsPen []chainRef
-	chainNext int
-	chainGone []uint64
 	timerPut  []*timer
 	timerGone []uint64
 	timerSet  *rowSet // timerPut encoded, by the first write
@@ -201,33 +197,14 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 	for k, mr := range e.merchants {
 		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr, e.syms)})
 	}
-	e.accounts.beginSnapshot(appendRaw[account])
-	e.devices.beginSnapshot(appendRaw[deviceState])
-	e.payees.beginSnapshot(appendRaw[payeeState])
-	e.ips.beginSnapshot(appendIP)
-	c.chains.rows = make([]kv, 0, len(e.chainsDirty))
-	for _, r := range e.chainsDirty {
-		if r.c.dirty {
-			r.c.dirty, r.c.pending = false, true
-			c.chainsPen = append(c.chainsPen, r)
-		}
-	}
-	e.chainsDirty = nil
-	for _, k := range e.chainsGone {
-		if e.chains[k] == nil { // not created again since
-			c.chainGone = append(c.chainGone, k)
-		}
-	}
-	e.chainsGone = e.chainsGone[:0]
+	e.accounts.beginSnapshot(appendRaw[account], rawSize[account]())
+	e.devices.beginSnapshot(appendRaw[deviceState], rawSize[deviceState]())
+	e.payees.beginSnapshot(appendRaw[payeeState], rawSize[payeeState]())
+	e.ips.beginSnapshot(appendIP, rawSize[ipFlat]())
+	syms := e.syms
+	e.chains.beginSnapshot(func(dst []byte, c *chain) []byte { return appendChain(dst, c, syms) }, 128)
 	e.capture = c
 	return c, nil
-}
-
-func (c *Capture) copyChain(k uint64, ch *chain) {
-	c.chains.grow(128)
-	c.chains.buf = appendChain(c.chains.buf, ch, c.e.syms)
-	c.chains.done(k)
-	ch.pending, ch.saved = false, true
 }
 
 // CopySome copies up to n more changed rows into the checkpoint and reports
@@ -241,6 +218,7 @@ func (c *Capture) CopySome(n int) bool {
 	for _, t := range []interface{ copySome(int) (bool, int) }{
 		snapshotter[account]{e.accounts}, snapshotter[deviceState]{e.devices},
 		snapshotter[payeeState]{e.payees}, snapshotter[ipState]{e.ips},
+		snapshotter[chain]{e.chains},
 	} {
 		done, copied := t.copySome(left)
 		left -= copied
@@ -248,18 +226,10 @@ func (c *Capture) CopySome(n int) bool {
 			return false
 		}
 	}
-	for ; c.chainNext < len(c.chainsPen); c.chainNext++ {
-		if left <= 0 {
-			return false
-		}
-		if r := c.chainsPen[c.chainNext]; r.c.pending {
-			c.copyChain(r.k, r.c)
-			left--
-		}
-	}
 	c.tables = []rowSet{
 		e.accounts.endSnapshot(rowAccount), e.devices.endSnapshot(rowDevice),
 		e.payees.endSnapshot(rowPayee), e.ips.endSnapshot(rowIP),
+		e.chains.endSnapshot(rowChain),
 	}
 	c.complete = true
 	e.capture = nil
@@ -282,14 +252,13 @@ func (c *Capture) Write(s *Store) func(*bolt.Tx) error {
 	if !c.complete {
 		panic("detector: Capture.Write before the copy is complete")
 	}
-	chains := rowSet{kind: rowChain, rows: c.chains.kvs(), gone: c.chainGone}
 	sortKV(c.merchants)
 	return func(tx *bolt.Tx) error {
 		timers, err := c.timerRows()
 		if err != nil {
 			return err
 		}
-		sets := append(slices.Clip(c.tables), chains, timers)
+		sets := append(slices.Clip(c.tables), timers)
 		// A store from before the row files kept rows as keys: the
 		// engine restored from it wrote them all to its first file.
 		legacy := tx.Bucket(bMeta) != nil && tx.Bucket(bMeta).Get(metaRowLog) == nil
@@ -349,6 +318,8 @@ func sortKV(rows []kv) {
 }
 
 func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
+
+func rawSize[T any]() int { return int(unsafe.Sizeof(*new(T))) }
 
 // rowBuf collects encoded rows in chunks of a megabyte: a few allocations
 // for a checkpoint's rows instead of one per row, and none of the size of
@@ -555,17 +526,7 @@ func (e *Engine) rowApplier(timers map[uint64]*timer) func(kind byte, key uint64
 			timers[key] = t
 			return nil
 		case rowChain:
-			if v == nil {
-				delete(e.chains, key)
-				return nil
-			}
-			c, err := decodeChain(v, e.syms)
-			if err != nil {
-				return fmt.Errorf("payments: %w", err)
-			}
-			c.saved = true
-			e.chains[key] = c
-			return nil
+			return applyTableRow("payments", e.chains, key, v, func(b []byte, c *chain) error { return decodeChain(b, c, e.syms) })
 		}
 		return fmt.Errorf("checkpoint: unknown row kind %d", kind)
 	}
@@ -590,12 +551,7 @@ func (e *Engine) markAllChanged() {
 	e.devices.markAllChanged()
 	e.payees.markAllChanged()
 	e.ips.markAllChanged()
-	for k, c := range e.chains {
-		if !c.dirty {
-			c.dirty = true
-			e.chainsDirty = append(e.chainsDirty, chainRef{k, c})
-		}
-	}
+	e.chains.markAllChanged()
 }
 
 // ipFlat is ipState without its pointer, for encoding.
@@ -606,11 +562,18 @@ type ipFlat struct {
 	accounts    [4]seen
 }
 
+// appendIP writes the failing accounts as a set of 64, as releases before
+// the row held the first one did; decodeIP folds a set of one back.
 func appendIP(dst []byte, s *ipState) []byte {
 	f := ipFlat{s.first, s.last, s.logins10m, s.fails10m, s.accounts}
 	out := append(dst, raw(&f)...)
-	if s.failed != nil {
+	switch {
+	case s.failed != nil:
 		out = append(out, raw(s.failed)...)
+	case s.failedOne[0].last != 0:
+		var set [64]seen
+		set[0] = s.failedOne[0]
+		out = append(out, raw(&set)...)
 	}
 	return out
 }
@@ -625,9 +588,21 @@ func decodeIP(b []byte, s *ipState) error {
 		return err
 	}
 	*s = ipState{first: f.first, last: f.last, logins10m: f.logins10m, fails10m: f.fails10m, accounts: f.accounts}
-	if len(b) > n {
-		s.failed = new([64]seen)
-		return fromRaw(b[n:], s.failed)
+	if len(b) == n {
+		return nil
+	}
+	var set [64]seen
+	if err := fromRaw(b[n:], &set); err != nil {
+		return err
+	}
+	if countSince(set[:], 1) > 1 {
+		s.failed = &set
+		return nil
+	}
+	for _, f := range set {
+		if f.last != 0 {
+			s.failedOne[0] = f
+		}
 	}
 	return nil
 }
@@ -754,9 +729,8 @@ func appendChain(dst []byte, c *chain, syms *symbols) []byte {
 	return w
 }
 
-func decodeChain(b []byte, syms *symbols) (*chain, error) {
+func decodeChain(b []byte, c *chain, syms *symbols) error {
 	r := rbuf{b: b}
-	c := &chain{}
 	c.account = r.u64()
 	c.first, c.last, c.firstFail = uint32(r.u64()), uint32(r.u64()), uint32(r.u64())
 	c.attempts, c.failures = uint16(r.u64()), uint16(r.u64())
@@ -769,7 +743,7 @@ func decodeChain(b []byte, syms *symbols) (*chain, error) {
 	c.amount = int64(r.u64())
 	c.currency, c.appVersion = syms.id(r.str()), syms.id(r.str())
 	r.str() // the payment id of earlier releases
-	return c, r.err
+	return r.err
 }
 
 func encodeTimer(t *timer) ([]byte, error) {

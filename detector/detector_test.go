@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -595,11 +596,11 @@ func TestCaptureCopiesAChainBeforeItChanges(t *testing.T) {
 	if _, err := r.Restore(st); err != nil {
 		t.Fatal(err)
 	}
-	ch := r.chains[key64("acc\x00p1")]
+	ch := r.chains.get(key64("acc\x00p1"))
 	if ch == nil || ch.attempts != 1 || r.syms.name(ch.lastStatus) != "retrying" || ch.succeeded {
 		t.Fatalf("restored chain %+v, want the one attempt retrying when the checkpoint began", ch)
 	}
-	if a := e.chains[key64("acc\x00p1")]; a.attempts != 2 || !a.succeeded {
+	if a := e.chains.get(key64("acc\x00p1")); a.attempts != 2 || !a.succeeded {
 		t.Fatalf("live chain %+v, want both attempts", a)
 	}
 }
@@ -617,5 +618,157 @@ func TestKeysMatchStoredCheckpoints(t *testing.T) {
 		if got := unpack2(pack2(code)); got != code {
 			t.Fatalf("unpack2(pack2(%q)) = %q", code, got)
 		}
+	}
+}
+
+// TestPaymentChainsExpire: a settled payment's chain goes an hour after its
+// last attempt, a failing one after a day, and one a pending timer will read
+// stays until the timer has fired — with the attempts it had.
+func TestPaymentChainsExpire(t *testing.T) {
+	set, err := rules.Compile([]rules.Source{{Name: "slow.yaml", Content: []byte(`
+rules:
+  - id: settlement_overdue
+    description: A payment still retrying a day and a half later.
+    on: [payment_attempt]
+    when: event.status == "retrying"
+    timer:
+      after: 36h
+      scope: payment
+      until: event.type == "payment_attempt" && event.status == "succeeded"
+    score: 10
+    category: stuck_retry
+    severity: low
+    reason: payment {payment.payment_id} retried {payment.attempts} times and never settled
+`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Config{AllowedLateness: time.Minute, IdleExpiry: 30 * 24 * time.Hour,
+		Thresholds: Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, set, nil, slog.New(slog.DiscardHandler))
+	base := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	seq := 0
+	att := func(acc, pid, status string, at time.Duration) event.Event {
+		seq++
+		return event.Event{EventID: fmt.Sprintf("e%d", seq), Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: base.Add(at),
+			AccountID: acc, PaymentID: pid, Attempt: 1, Status: status, ErrorCode: "NETWORK_TIMEOUT", BalanceAfter: -1, MerchantID: "m"}
+	}
+	var fired []Decision
+	process := func(ev event.Event) {
+		out, _ := e.Process(&ev, nil)
+		for _, d := range out {
+			if d.Trigger == "timer" {
+				fired = append(fired, d)
+			}
+		}
+	}
+	for _, ev := range []event.Event{
+		att("settled", "p-ok", "succeeded", 0),
+		att("failing", "p-bad", "failed", 0),
+		att("waiting", "p-wait", "retrying", 0),
+		att("waiting", "p-wait", "retrying", time.Minute),
+	} {
+		process(ev)
+	}
+	has := func(acc, pid string) bool { return e.chains.get(chainKey(acc, pid)) != nil }
+	// Other accounts' payments move event time on; sweeping visits a few
+	// slots per event, so each step sends enough of them to go round.
+	advance := func(to time.Duration) {
+		for i := 0; i < 400; i++ {
+			process(att(fmt.Sprintf("busy-%d", i%40), fmt.Sprintf("q-%d", i%40), "succeeded", to))
+		}
+	}
+	advance(50 * time.Minute)
+	if !has("settled", "p-ok") {
+		t.Fatal("a settled payment's chain went within its hour")
+	}
+	advance(2 * time.Hour)
+	if has("settled", "p-ok") {
+		t.Error("a settled payment's chain is still held two hours after its attempt")
+	}
+	if !has("failing", "p-bad") || !has("waiting", "p-wait") {
+		t.Fatal("a failing payment's chain went within its day")
+	}
+	advance(26 * time.Hour)
+	if has("failing", "p-bad") {
+		t.Error("a failed payment's chain is still held a day after its last attempt")
+	}
+	if !has("waiting", "p-wait") {
+		t.Fatal("the chain a pending timer reads went before the timer fired")
+	}
+	if len(fired) != 0 {
+		t.Fatalf("timer fired early: %+v", fired)
+	}
+	advance(38 * time.Hour)
+	if len(fired) != 1 || fired[0].AccountID != "waiting" || !strings.Contains(fired[0].Rules[0].Reason, "retried 2 times") {
+		t.Fatalf("timer decisions %+v, want one for p-wait quoting its 2 attempts", fired)
+	}
+	advance(39 * time.Hour)
+	if has("waiting", "p-wait") {
+		t.Error("the chain is still held after its timer fired and its day passed")
+	}
+}
+
+// TestFailingAccountsPerIPSurviveRestore: an address counts each account
+// failing logins from it once, whether it has seen one (held in the row) or
+// many (in a set), across a checkpoint and restore at either stage, and
+// forgets a lone failure after the hour.
+func TestFailingAccountsPerIPSurviveRestore(t *testing.T) {
+	base := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	seq := 0
+	fail := func(e *Engine, acc, ip string, at time.Duration) {
+		seq++
+		ev := event.Event{EventID: fmt.Sprintf("l%d", seq), Type: event.TypeLogin, TypeName: "login", TS: base.Add(at),
+			AccountID: acc, IP: ip, Result: "failure", BalanceAfter: -1}
+		e.Process(&ev, nil)
+	}
+	failing := func(e *Engine, ip string, at time.Duration) (in10m, in1h int) {
+		var v rules.IPView
+		e.ips.get(key64(ip)).view(&v, toSec(base.Add(at).Unix()))
+		return v.FailedAccounts10, v.FailedAccounts1h
+	}
+	restored := func(e *Engine) *Engine {
+		st, err := OpenStore(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if _, err := e.Checkpoint(st, Offsets{}); err != nil {
+			t.Fatal(err)
+		}
+		r := newEngine(t, time.Minute)
+		if _, err := r.Restore(st); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	e := newEngine(t, time.Minute)
+	for i := range 3 {
+		fail(e, "mistyper", "10.0.0.1", time.Duration(i)*time.Minute)
+	}
+	if n, _ := failing(e, "10.0.0.1", 3*time.Minute); n != 1 {
+		t.Fatalf("one account failing three times counts as %d accounts", n)
+	}
+	e = restored(e)
+	if n, _ := failing(e, "10.0.0.1", 3*time.Minute); n != 1 {
+		t.Fatalf("after a restore, one failing account counts as %d", n)
+	}
+	for i := range 12 {
+		fail(e, fmt.Sprintf("victim-%d", i), "10.0.0.1", 4*time.Minute+time.Duration(i)*time.Second)
+	}
+	if n, _ := failing(e, "10.0.0.1", 5*time.Minute); n != 13 {
+		t.Fatalf("13 accounts failing from one address count as %d", n)
+	}
+	e = restored(e)
+	if n, _ := failing(e, "10.0.0.1", 5*time.Minute); n != 13 {
+		t.Fatalf("after a restore, 13 failing accounts count as %d", n)
+	}
+	fail(e, "mistyper", "10.0.0.2", 5*time.Minute)
+	fail(e, "other", "10.0.0.2", 70*time.Minute) // the first failure is over an hour old
+	if n10, n1h := failing(e, "10.0.0.2", 70*time.Minute); n10 != 1 || n1h != 1 {
+		t.Fatalf("a failure after an hour alone counts as %d (10 min) / %d (1 h) accounts, want 1 / 1", n10, n1h)
+	}
+	fail(e, "third", "10.0.0.2", 71*time.Minute)
+	if n, _ := failing(e, "10.0.0.2", 71*time.Minute); n != 2 {
+		t.Fatalf("two accounts failing within minutes count as %d", n)
 	}
 }

@@ -89,31 +89,29 @@ type Engine struct {
 	ips       *table[ipState]
 	payees    *table[payeeState]
 	merchants map[uint64]*merchantState
-	chains    map[uint64]*chain
+	chains    *table[chain]
 	// Timers are queued per source (a Kafka partition) and fire when that
 	// source's own event time passes their deadline: partitions consumed
 	// at different speeds (catching up after a lag) must not fire a timer
 	// before the events that would cancel it were read.
 	timers map[uint32]*timerHeap
-	// Checkpoints write only what changed: payment chains touched and
-	// expired, timers armed and gone (fired or cancelled).
-	chainsDirty []chainRef // changed since the last checkpoint began
-	chainsGone  []uint64
-	capture     *Capture // the checkpoint being captured, nil if none
-	timersNew   []*timer
-	timersGone  []uint64
-	srcMax      map[uint32]uint32 // newest event time per source
-	byAccount   map[uint64][]*timer
-	timerSeq    uint64
-	maxTS       uint32
-	lastSweep   uint32
-	syms        *symbols // error codes, statuses, currencies, merchants, app versions held in payment chains and merchants
-	env         *rules.Env
-	eval        rules.Evaluator
-	evalErrs    uint64
-	evicted     [4]uint64 // rows dropped over capacity, by evictionKinds
-	timerBits   []uint64  // see markTimers
-	sweepTick   uint32
+	// Checkpoints write only what changed: the tables track their rows;
+	// timers armed and gone (fired or cancelled) are listed here.
+	capture    *Capture // the checkpoint being captured, nil if none
+	timersNew  []*timer
+	timersGone []uint64
+	srcMax     map[uint32]uint32 // newest event time per source
+	byAccount  map[uint64][]*timer
+	timerSeq   uint64
+	maxTS      uint32
+	lastSweep  uint32
+	syms       *symbols // error codes, statuses, currencies, merchants, app versions held in payment chains and merchants
+	env        *rules.Env
+	eval       rules.Evaluator
+	evalErrs   uint64
+	evicted    [4]uint64 // rows dropped over capacity, by evictionKinds
+	timerBits  []uint64  // see markTimers
+	sweepTick  uint32
 }
 
 // New makes an engine with a rule set.
@@ -128,7 +126,7 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 		ips:       newTable[ipState](),
 		payees:    newTable[payeeState](),
 		merchants: map[uint64]*merchantState{},
-		chains:    map[uint64]*chain{},
+		chains:    newTable[chain](),
 		byAccount: map[uint64][]*timer{},
 		timers:    map[uint32]*timerHeap{},
 		srcMax:    map[uint32]uint32{},
@@ -269,22 +267,10 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	}
 	var ch *chain
 	if ev.Type == event.TypePaymentAttempt {
-		pk := chainKey(ev.AccountID, ev.PaymentID)
-		ch = e.chains[pk]
-		if ch == nil {
-			ch = &chain{}
-			e.chains[pk] = ch
-		}
+		ch = e.chains.upsert(chainKey(ev.AccountID, ev.PaymentID))
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
-		if ch.pending {
-			e.capture.copyChain(pk, ch) // the checkpoint being captured needs it as it is
-		}
 		ch.update(ev, akey, now, e.syms)
-		if !ch.dirty {
-			ch.dirty = true
-			e.chainsDirty = append(e.chainsDirty, chainRef{pk, ch})
-		}
 		if set.Uses(ev.Type, rules.RootPayment) {
 			ch.view(&env.Payment, ev.PaymentID, now, e.syms)
 		}
@@ -462,10 +448,13 @@ func (e *Engine) sweepStep(keep uint64) {
 	// an expiry measured in days — at a quarter of the memory traffic.
 	if e.sweepTick++; e.sweepTick&3 == 0 {
 		cut := since(e.watermark(), e.idle)
-		e.accounts.sweepSome(2, func(a *account) uint32 { return a.last }, cut)
-		e.devices.sweepSome(2, func(d *deviceState) uint32 { return d.last }, cut)
-		e.ips.sweepSome(2, func(s *ipState) uint32 { return s.last }, cut)
-		e.payees.sweepSome(2, func(p *payeeState) uint32 { return p.last }, cut)
+		e.accounts.sweepSome(2, func(a *account) uint32 { return a.last }, cut, nil)
+		e.devices.sweepSome(2, func(d *deviceState) uint32 { return d.last }, cut, nil)
+		e.ips.sweepSome(2, func(s *ipState) uint32 { return s.last }, cut, nil)
+		e.payees.sweepSome(2, func(p *payeeState) uint32 { return p.last }, cut, nil)
+		// Chains live a day, not a month: four slots, so that a million
+		// of them are looked at within a million events.
+		e.chains.sweepSome(4, chainExpiry, since(e.watermark(), day1), e.chainHasTimer)
 	}
 	// Checked per table before the call: almost always under capacity, and
 	// then nothing else is done for the event.
@@ -510,9 +499,8 @@ func evictOver[T any](e *Engine, kind int, t *table[T], max int, lastSeen func(*
 	}
 }
 
-// sweep drops idle merchants hourly and finished payment chains every six
-// hours, on event time. Chains are many small heap objects: visiting each
-// hourly cost half a microsecond per event in cache misses alone.
+// sweep drops idle merchants hourly, on event time, and rebuilds the timer
+// filter.
 func (e *Engine) sweep() {
 	e.lastSweep = e.maxTS
 	e.rebuildTimerBits()
@@ -527,30 +515,31 @@ func (e *Engine) sweep() {
 			n++
 		}
 	}
-	if (e.maxTS/hour1)%6 == 0 {
-		chainCut := since(e.watermark(), day1)
-		for k, c := range e.chains {
-			if c.last < chainCut && !e.chainHasTimer(k, c) {
-				if c.pending {
-					e.capture.copyChain(k, c)
-				}
-				delete(e.chains, k)
-				c.dirty = false // nothing left to write but its removal
-				if c.saved {
-					e.chainsGone = append(e.chainsGone, k)
-				}
-				n++
-			}
-		}
-		e.chainsDirty = slices.DeleteFunc(e.chainsDirty, func(r chainRef) bool { return !r.c.dirty })
-	}
 	if n > 0 {
 		e.log.Debug("expired idle state", "entries", n, "before", time.Unix(fromSec(cut), 0).UTC())
 	}
 	e.updateGauges()
 }
 
+// chainExpiry is what sweeping compares with a day before the watermark: a
+// payment that succeeded is settled, and its chain goes an hour after its
+// last attempt (late or repeated attempts within the hour still find it
+// succeeded); one that has not stays a day, for the stuck-payment rules to
+// count its failures. A chain a pending timer will read stays.
+func chainExpiry(c *chain) uint32 {
+	if c.last == 0 {
+		return 0 // a free slot
+	}
+	if c.succeeded && c.last > day1-hour1 {
+		return c.last - (day1 - hour1)
+	}
+	return c.last
+}
+
 func (e *Engine) chainHasTimer(k uint64, c *chain) bool {
+	if !e.mayHaveTimers(c.account) {
+		return false
+	}
 	for _, t := range e.byAccount[c.account] {
 		if t.paymentID != "" && chainKey(t.ev.AccountID, t.paymentID) == k {
 			return true
@@ -568,7 +557,7 @@ func (e *Engine) updateGauges() {
 	e.metrics.State.WithLabelValues("ip").Set(float64(e.ips.len()))
 	e.metrics.State.WithLabelValues("payee").Set(float64(e.payees.len()))
 	e.metrics.State.WithLabelValues("merchant").Set(float64(len(e.merchants)))
-	e.metrics.State.WithLabelValues("payment").Set(float64(len(e.chains)))
+	e.metrics.State.WithLabelValues("payment").Set(float64(e.chains.len()))
 	e.metrics.State.WithLabelValues("timer").Set(float64(e.timerCount()))
 }
 
@@ -579,7 +568,7 @@ type Stats struct {
 
 // Stats counts the state held.
 func (e *Engine) Stats() Stats {
-	return Stats{e.accounts.len(), e.devices.len(), e.ips.len(), e.payees.len(), len(e.merchants), len(e.chains), e.timerCount()}
+	return Stats{e.accounts.len(), e.devices.len(), e.ips.len(), e.payees.len(), len(e.merchants), e.chains.len(), e.timerCount()}
 }
 
 // timer is a pending "nothing matching until within after" check.
@@ -809,7 +798,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	}
 	env.Payment = rules.PaymentView{}
 	if t.paymentID != "" {
-		if c := e.chains[chainKey(ev.AccountID, t.paymentID)]; c != nil {
+		if c := e.chains.get(chainKey(ev.AccountID, t.paymentID)); c != nil {
 			c.view(&env.Payment, t.paymentID, now, e.syms)
 		}
 	}

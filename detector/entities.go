@@ -34,14 +34,18 @@ func (d *deviceState) update(ev *event.Event, acct, now uint32) {
 	}
 }
 
-// ipState is one IP address across accounts. The distinct-account sets are
-// only allocated once the IP fails a login: most addresses never do.
+// ipState is one IP address across accounts. Accounts failing logins from
+// it are counted for credential stuffing: the first in the row, more in a
+// set allocated once a second account fails within the hour — an address
+// where one user mistypes a password is common, one where several fail is
+// rare, and a set for each of the former was a sixteenth of all state.
 type ipState struct {
 	first, last uint32
 	logins10m   win
 	fails10m    win
 	accounts    [4]seen
-	failed      *[64]seen // accounts with failed logins, for credential stuffing
+	failedOne   [1]seen   // the account failing logins, while it is the only one
+	failed      *[64]seen // accounts with failed logins, once more than one
 }
 
 func (s *ipState) view(v *rules.IPView, now uint32) {
@@ -52,9 +56,9 @@ func (s *ipState) view(v *rules.IPView, now uint32) {
 	v.Logins10m = s.logins10m.count(now, min10)
 	v.LoginFails10m = s.fails10m.count(now, min10)
 	v.Accounts1h = countSince(s.accounts[:], since(now, hour1))
-	if s.failed != nil {
-		v.FailedAccounts10 = countSince(s.failed[:], since(now, min10))
-		v.FailedAccounts1h = countSince(s.failed[:], since(now, hour1))
+	if f := s.failedSet(); f != nil {
+		v.FailedAccounts10 = countSince(f, since(now, min10))
+		v.FailedAccounts1h = countSince(f, since(now, hour1))
 		v.Accounts1h = max(v.Accounts1h, v.FailedAccounts1h)
 	}
 	if v.Logins10m > 0 {
@@ -74,9 +78,33 @@ func (s *ipState) update(ev *event.Event, acct, now uint32) {
 	s.logins10m.add(now, min10, 1)
 	if ev.Result == "failure" {
 		s.fails10m.add(now, min10, 1)
-		if s.failed == nil {
-			s.failed = new([64]seen)
-		}
+		s.failedLogin(acct, now)
+	}
+}
+
+// failedSet is the accounts with failed logins, nil if none.
+func (s *ipState) failedSet() []seen {
+	switch {
+	case s.failed != nil:
+		return s.failed[:]
+	case s.failedOne[0].last != 0:
+		return s.failedOne[:]
+	}
+	return nil
+}
+
+func (s *ipState) failedLogin(acct, now uint32) {
+	one := &s.failedOne[0]
+	switch {
+	case s.failed != nil:
+		touch(s.failed[:], acct, now)
+	case one.last == 0 || one.last < since(now, hour1):
+		*one = seen{key: acct, last: now}
+	case one.key == acct:
+		one.last = max(one.last, now)
+	default:
+		s.failed = new([64]seen)
+		s.failed[0], *one = *one, seen{}
 		touch(s.failed[:], acct, now)
 	}
 }
@@ -239,22 +267,12 @@ type chain struct {
 	currency    sym
 	appVersion  sym
 	amount      int64
-	dirty       bool // changed since the last checkpoint began
-	saved       bool // in a checkpoint: its expiry must be written too
-	pending     bool // changed before the checkpoint being captured, not copied yet
 }
 
 // chainErr counts one error code of a payment's attempts.
 type chainErr struct {
 	code sym
 	n    uint32
-}
-
-// chainRef is a changed chain: its key and itself, so that a checkpoint
-// finds it without a lookup.
-type chainRef struct {
-	k uint64
-	c *chain
 }
 
 // view fills v for rules; paymentID is the chain's (from the attempt or the

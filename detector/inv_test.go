@@ -64,7 +64,7 @@ func TestTableInvariantsUnderCheckpoints(t *testing.T) {
 func TestDrainReportsEachChangeOnce(t *testing.T) {
 	tb := newTable[uint64]()
 	drain := func() (map[uint64]uint64, []uint64) {
-		tb.beginSnapshot(appendRaw[uint64])
+		tb.beginSnapshot(appendRaw[uint64], 8)
 		tb.copySome(math.MaxInt)
 		c := tb.endSnapshot(0)
 		got := map[uint64]uint64{}

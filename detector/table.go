@@ -1,7 +1,5 @@
 package detector
 
-import "unsafe"
-
 // chunkRows is how many rows a chunk holds. Rows live in fixed chunks rather
 // than one growing slice: growing a slice of a million rows copies hundreds
 // of megabytes at once (and the GC cannot preempt that copy), while a new
@@ -39,7 +37,7 @@ const (
 type snapshot[T any] struct {
 	enc     func([]byte, *T) []byte
 	rows    rowBuf
-	size    int // of a row
+	size    int // of an encoded row, usually
 	gone    []uint64
 	pending []uint32
 	next    int
@@ -126,11 +124,10 @@ func (t *table[T]) markAllChanged() {
 // beginSnapshot starts capturing the rows changed and the keys deleted
 // since the last checkpoint, as they are now. Only flags change here; the
 // rows are copied by copySome, or by upsert and remove before they touch
-// one. Changes from now on belong to the next checkpoint.
-func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte) {
-	sn := &snapshot[T]{enc: enc, pending: t.changed}
-	size := int(unsafe.Sizeof(*new(T)))
-	sn.size = size
+// one. Changes from now on belong to the next checkpoint. enc encodes a
+// row, usually in size bytes.
+func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
+	sn := &snapshot[T]{enc: enc, pending: t.changed, size: size}
 	sn.rows.rows = make([]kv, 0, len(t.changed))
 	for _, i := range t.changed {
 		if f := t.flags[i]; f&rowDirty != 0 {
@@ -188,7 +185,8 @@ func (t *table[T]) each(fn func(key uint64, row *T)) {
 // never 0 for a row in use (event times start at 1), always 0 for a freed
 // (zeroed) slot — so a free slot is told without a lookup in the index, a
 // random memory access per slot that cost more than the rest of an event.
-func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32) int {
+// keep, if not nil, may hold back a row that is due.
+func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32, keep func(key uint64, row *T) bool) int {
 	removed := 0
 	for ; n > 0 && t.n > 0; n-- {
 		if t.hand >= t.n {
@@ -200,7 +198,7 @@ func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32) int {
 		if last == 0 || last >= cut {
 			continue
 		}
-		if key, ok := t.live(i); ok {
+		if key, ok := t.live(i); ok && (keep == nil || !keep(key, t.row(i))) {
 			t.remove(i, key)
 			removed++
 		}
