@@ -22,10 +22,18 @@ type index struct {
 	moved int // entries of old moved so far (old[:moved])
 }
 
+// islot is 12 bytes, the key in two halves: a 64-bit field would pad it
+// to 16, and a quarter of the index would be padding.
 type islot struct {
-	key uint64
-	row uint32 // row number + 1; 0 is an empty slot, tomb a deleted one (in old only)
+	lo, hi uint32 // the key
+	row    uint32 // row number + 1; 0 is an empty slot, tomb a deleted one (in old only)
 }
+
+func mkSlot(key uint64, row uint32) islot { return islot{uint32(key), uint32(key >> 32), row} }
+
+func (s *islot) key() uint64 { return uint64(s.hi)<<32 | uint64(s.lo) }
+
+func (s *islot) is(key uint64) bool { return s.lo == uint32(key) && s.hi == uint32(key>>32) }
 
 const (
 	tomb         = ^uint32(0)
@@ -43,7 +51,7 @@ func (x *index) get(key uint64) (uint32, bool) {
 			if s.row == 0 {
 				break
 			}
-			if s.key == key {
+			if s.is(key) {
 				return s.row - 1, true
 			}
 		}
@@ -64,7 +72,7 @@ func (x *index) findOld(key uint64) (uint64, bool) {
 		if s.row == 0 {
 			return 0, false
 		}
-		if s.key == key && s.row != tomb {
+		if s.is(key) && s.row != tomb {
 			return j, true
 		}
 	}
@@ -94,7 +102,7 @@ func (x *index) place(key uint64, row uint32) {
 	for x.slots[i].row != 0 {
 		i = (i + 1) & x.mask
 	}
-	x.slots[i] = islot{key, row}
+	x.slots[i] = mkSlot(key, row)
 }
 
 // moveSome moves the next old slots into the current array.
@@ -102,7 +110,7 @@ func (x *index) moveSome() {
 	end := min(x.moved+moveStep, len(x.old))
 	for _, s := range x.old[x.moved:end] {
 		if s.row != 0 && s.row != tomb {
-			x.place(s.key, s.row)
+			x.place(s.key(), s.row)
 		}
 	}
 	x.moved = end
@@ -129,7 +137,7 @@ func (x *index) del(key uint64) {
 		if s.row == 0 {
 			return
 		}
-		if s.key == key {
+		if s.is(key) {
 			break
 		}
 		i = (i + 1) & x.mask
@@ -146,7 +154,7 @@ func (x *index) del(key uint64) {
 			if s.row == 0 {
 				return
 			}
-			h := s.key & x.mask
+			h := s.key() & x.mask
 			// s stays if its home is cyclically within (i, j].
 			if i <= j && i < h && h <= j || i > j && (i < h || h <= j) {
 				continue
@@ -162,13 +170,13 @@ func (x *index) del(key uint64) {
 func (x *index) each(fn func(key uint64, row uint32)) {
 	for _, s := range x.slots {
 		if s.row != 0 {
-			fn(s.key, s.row-1)
+			fn(s.key(), s.row-1)
 		}
 	}
 	if x.old != nil {
 		for _, s := range x.old[x.moved:] {
 			if s.row != 0 && s.row != tomb {
-				fn(s.key, s.row-1)
+				fn(s.key(), s.row-1)
 			}
 		}
 	}
