@@ -688,38 +688,40 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 	}
 	defer unlock()
+	ahead := recordsAhead{in: records, engine: a.proc.Engine}
 	for {
-		var rec ingest.Record
-		var ok bool
-		select {
-		case rec, ok = <-records:
-		default:
-			// Nothing waiting: make what we have durable now (low latency
-			// when idle, big batches under load), and finish copying a
-			// checkpoint while no event waits for it.
-			for copying != nil && len(records) == 0 {
-				if !locked {
-					a.procMu.Lock()
-					locked = true
-				}
-				copyCheckpoint(copyRows) // a slice at a time: an event may come
-			}
-			unlock()
-			flush(false)
-			if time.Since(lastCkpt) >= interval {
-				checkpoint(false)
-			}
-			batch = 0
+		rec, ok, got := ahead.take()
+		if !got {
 			select {
 			case rec, ok = <-records:
-			case next := <-freeIfPending():
-				handOver(next)
-				continue
-			case <-time.After(interval):
+			default:
+				// Nothing waiting: make what we have durable now (low latency
+				// when idle, big batches under load), and finish copying a
+				// checkpoint while no event waits for it.
+				for copying != nil && len(records) == 0 {
+					if !locked {
+						a.procMu.Lock()
+						locked = true
+					}
+					copyCheckpoint(copyRows) // a slice at a time: an event may come
+				}
+				unlock()
+				flush(false)
 				if time.Since(lastCkpt) >= interval {
 					checkpoint(false)
 				}
-				continue
+				batch = 0
+				select {
+				case rec, ok = <-records:
+				case next := <-freeIfPending():
+					handOver(next)
+					continue
+				case <-time.After(interval):
+					if time.Since(lastCkpt) >= interval {
+						checkpoint(false)
+					}
+					continue
+				}
 			}
 		}
 		if !ok {
@@ -729,6 +731,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.procMu.Lock()
 			locked = true
 		}
+		ahead.fill()
 		a.handle(&rec, &cur.out, &cur.msgs)
 		cur.arrived = append(cur.arrived, rec.Arrived)
 		ps := next[rec.Topic]

@@ -301,6 +301,7 @@ func BenchmarkPipeline(b *testing.B) {
 	e := newEngine(b, 5*time.Minute)
 	now := time.Now()
 	out := make([]Decision, 0, 16)
+	var ahead decodeAhead
 	b.ReportAllocs()
 	b.ResetTimer()
 	i := 0
@@ -311,14 +312,34 @@ func BenchmarkPipeline(b *testing.B) {
 			i = 0
 			b.StartTimer()
 		}
-		ev, err := event.DecodeOwned(raw[i], now)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out, _ = e.Process(&ev, out[:0])
+		out, _ = e.Process(ahead.next(b, e, raw, i, now), out[:0])
 		i++
 	}
 	b.ReportMetric(float64(len(raw)), "events-in-stream")
+}
+
+// decodeAhead decodes events as the daemon's pipeline receives them:
+// each is decoded and announced to the engine (Prefetch) two events before
+// it is processed.
+type decodeAhead struct {
+	ring [3]event.Event
+	upTo int // raw events decoded and announced: [0, upTo)
+}
+
+// next returns raw[i], decoded, having announced the events up to i+2.
+func (d *decodeAhead) next(b *testing.B, e *Engine, raw [][]byte, i int, now time.Time) *event.Event {
+	if d.upTo <= i || d.upTo > i+3 {
+		d.upTo = i // a new pass
+	}
+	for ; d.upTo < min(i+3, len(raw)); d.upTo++ {
+		ev := &d.ring[d.upTo%3]
+		var err error
+		if *ev, err = event.DecodeOwned(raw[d.upTo], now); err != nil {
+			b.Fatal(err)
+		}
+		e.Prefetch(ev)
+	}
+	return &d.ring[i%3]
 }
 
 // BenchmarkPipeline1M is BenchmarkPipeline over a million accounts: the
@@ -343,6 +364,7 @@ func BenchmarkPipeline1M(b *testing.B) {
 	}
 	e := warm()
 	held := e.Stats().Accounts
+	var ahead decodeAhead
 	b.ReportAllocs()
 	b.ResetTimer()
 	i := st.warm
@@ -353,11 +375,7 @@ func BenchmarkPipeline1M(b *testing.B) {
 			i = st.warm
 			b.StartTimer()
 		}
-		ev, err := event.DecodeOwned(st.raw[i], now)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out, _ = e.Process(&ev, out[:0])
+		out, _ = e.Process(ahead.next(b, e, st.raw, i, now), out[:0])
 		i++
 	}
 	b.ReportMetric(float64(held), "accounts-held")
@@ -770,5 +788,39 @@ func TestFailingAccountsPerIPSurviveRestore(t *testing.T) {
 	fail(e, "third", "10.0.0.2", 71*time.Minute)
 	if n, _ := failing(e, "10.0.0.2", 71*time.Minute); n != 2 {
 		t.Fatalf("two accounts failing within minutes count as %d", n)
+	}
+}
+
+// TestPrefetchChangesNothing: announcing events ahead, in order as the
+// pipeline does or wrongly (events that never come, on an empty engine, in
+// the middle of a checkpoint's capture), leaves every decision as it was.
+func TestPrefetchChangesNothing(t *testing.T) {
+	evs := genEvents(t, 300, 17, 1)
+	want := decideAll(t, evs)
+	e := newEngine(t, 5*time.Minute)
+	stray := evs[len(evs)/2]
+	stray.AccountID, stray.DeviceID, stray.IP = "never-seen", "never-seen", "203.0.113.9"
+	e.Prefetch(&stray) // before any state exists
+	var got []Decision
+	for i := range evs {
+		if i+2 < len(evs) {
+			e.Prefetch(&evs[i+2])
+		}
+		if i%97 == 0 {
+			e.Prefetch(&stray)
+		}
+		if i == len(evs)/3 {
+			if _, err := e.BeginCheckpoint(Offsets{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == len(evs)/3+50 {
+			e.capture.CopySome(math.MaxInt)
+		}
+		got, _ = e.Process(&evs[i], got)
+	}
+	sameDecisions(t, want, got)
+	if s := e.Stats(); s.Accounts == 0 || e.accounts.get(key64("never-seen")) != nil {
+		t.Fatalf("state after the stream: %+v; an announced event that never came must leave no row", s)
 	}
 }

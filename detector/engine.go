@@ -112,6 +112,7 @@ type Engine struct {
 	evicted    [4]uint64 // rows dropped over capacity, by evictionKinds
 	timerBits  []uint64  // see markTimers
 	sweepTick  uint32
+	ahead      lookahead // see Prefetch
 }
 
 // New makes an engine with a rule set.

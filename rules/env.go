@@ -204,7 +204,9 @@ type PayeeView struct {
 	Received24h float64 `expr:"received_24h"`
 }
 
-// PaymentView is the chain of attempts of the event's payment_id.
+// PaymentView is the chain of attempts of the event's payment_id. A chain is
+// kept a day after its last attempt, an hour once the payment succeeded, and
+// as long as a timer will read it.
 type PaymentView struct {
 	Known            bool    `expr:"known"`
 	Attempts         int     `expr:"attempts"`
