@@ -109,7 +109,7 @@ type Engine struct {
 	env        *rules.Env
 	eval       rules.Evaluator
 	evalErrs   uint64
-	evicted    [4]uint64 // rows dropped over capacity, by evictionKinds
+	evicted    [5]uint64 // rows dropped over capacity, by evictionKinds
 	timerBits  []uint64  // see markTimers
 	sweepTick  uint32
 	ahead      lookahead // see Prefetch
@@ -475,10 +475,13 @@ func (e *Engine) sweepStep(keep uint64) {
 	if e.payees.len() > max {
 		evictOver(e, 3, e.payees, max, func(p *payeeState) uint32 { return p.last }, 0, nil)
 	}
+	if e.chains.len() > max { // a flood of payment ids: a timer that finds its chain gone still fires
+		evictOver(e, 4, e.chains, max, chainExpiry, 0, nil)
+	}
 }
 
 // evictionKinds name the tables in walletguard_state_evicted_total.
-var evictionKinds = [4]string{"account", "device", "ip", "payee"}
+var evictionKinds = [5]string{"account", "device", "ip", "payee", "payment"}
 
 func evictOver[T any](e *Engine, kind int, t *table[T], max int, lastSeen func(*T) uint32, keep uint64, gone func(uint64)) {
 	for t.len() > max {

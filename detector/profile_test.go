@@ -111,6 +111,21 @@ func TestCapacityDropsTheLongestUnseen(t *testing.T) {
 	if e.evicted[0] < 18000 {
 		t.Errorf("evicted %d accounts, want about 19,000", e.evicted[0])
 	}
+	// A flood of payment ids within the hour, before any chain expires.
+	for i := 0; i < 3000; i++ {
+		ids = appendInt(append(ids[:0], "pay-"...), i)
+		ev := event.Event{Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: ts, AccountID: "regular",
+			EventID: string(ids), PaymentID: string(ids), Attempt: 1, Status: "failed", ErrorCode: "NETWORK_TIMEOUT", MerchantID: "m", BalanceAfter: -1}
+		e.Process(&ev, nil)
+		ts = ts.Add(100 * time.Millisecond)
+	}
+	if n := e.chains.len(); n > 1001 || e.evicted[4] < 1900 {
+		t.Fatalf("%d payment chains held with max 1000, %d evicted", n, e.evicted[4])
+	}
+	if e.chains.get(chainKey("regular", "pay-2999")) == nil {
+		t.Error("the newest payment's chain was dropped")
+	}
+	st = e.Stats()
 
 	r := checkpointAndRestore(t, e)
 	if got := r.Stats().Accounts; got != st.Accounts {
