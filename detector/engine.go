@@ -112,7 +112,7 @@ type Engine struct {
 	evicted    [5]uint64 // rows dropped over capacity, by evictionKinds
 	timerBits  []uint64  // see markTimers
 	sweepTick  uint32
-	ahead      lookahead // see Prefetch
+	ahead      stateKeys // of the event announced last, see Prefetch
 }
 
 // New makes an engine with a rule set.
@@ -198,7 +198,8 @@ func (e *Engine) Process(ev *event.Event, out []Decision) (_ []Decision, dup boo
 func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []Decision, dup bool) {
 	set := e.set.Load()
 	now := toSec(ev.TS.Unix())
-	akey := key64(ev.AccountID)
+	keys := keysOf(ev)
+	akey := keys.acct
 	acct := e.accounts.upsert(akey)
 	idh := hash32(ev.EventID)
 	if acct.isDuplicate(idh) {
@@ -211,8 +212,8 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	acct.view(&env.Account, ev, now)
 	acctID := hash32(ev.AccountID)
 	var dev *deviceState
-	if ev.DeviceID != "" {
-		dev = e.devices.upsert(key64(ev.DeviceID))
+	if keys.has&hasDev != 0 {
+		dev = e.devices.upsert(keys.dev)
 		if set.Uses(ev.Type, rules.RootDevice) {
 			dev.view(&env.Device, now)
 		}
@@ -220,8 +221,8 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		env.Device = rules.DeviceView{}
 	}
 	var ip *ipState
-	if ev.IP != "" {
-		ip = e.ips.upsert(key64(ev.IP))
+	if keys.has&hasIP != 0 {
+		ip = e.ips.upsert(keys.ip)
 		if set.Uses(ev.Type, rules.RootIP) {
 			ip.view(&env.IP, now)
 		}
@@ -243,8 +244,8 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		env.Merchant = rules.MerchantView{}
 	}
 	var payee *payeeState
-	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
-		payee = e.payees.upsert(key64(ev.CounterpartyID))
+	if keys.has&hasPayee != 0 {
+		payee = e.payees.upsert(keys.payee)
 		if set.Uses(ev.Type, rules.RootPayee) {
 			payee.view(&env.Payee, now)
 		}
@@ -267,8 +268,8 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		env.App = rules.MerchantView{}
 	}
 	var ch *chain
-	if ev.Type == event.TypePaymentAttempt {
-		ch = e.chains.upsert(chainKey(ev.AccountID, ev.PaymentID))
+	if keys.has&hasChain != 0 {
+		ch = e.chains.upsert(keys.chain)
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
 		ch.update(ev, akey, now, e.syms)

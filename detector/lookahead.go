@@ -12,9 +12,10 @@ import (
 // load their state in the background, in two steps (the index entry says
 // where the row is), while it decides the events before them.
 
-// lookahead is the event announced by the last Prefetch: its index entries
-// are on their way, and the next Prefetch loads its rows.
-type lookahead struct {
+// stateKeys are the keys of the rows an event touches, and which of them it
+// has. ProcessFrom and Prefetch both take them from keysOf, so that what is
+// loaded ahead is what will be used.
+type stateKeys struct {
 	acct, dev, ip, payee, chain uint64
 	has                         uint8
 }
@@ -26,6 +27,23 @@ const (
 	hasPayee
 	hasChain
 )
+
+func keysOf(ev *event.Event) stateKeys {
+	k := stateKeys{acct: key64(ev.AccountID), has: hasEvent}
+	if ev.DeviceID != "" {
+		k.dev, k.has = key64(ev.DeviceID), k.has|hasDev
+	}
+	if ev.IP != "" {
+		k.ip, k.has = key64(ev.IP), k.has|hasIP
+	}
+	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
+		k.payee, k.has = key64(ev.CounterpartyID), k.has|hasPayee
+	}
+	if ev.Type == event.TypePaymentAttempt {
+		k.chain, k.has = chainKey(ev.AccountID, ev.PaymentID), k.has|hasChain
+	}
+	return k
+}
 
 // Prefetch announces ev, which the engine will be asked to process after
 // the event already announced: callers announce two events ahead of the
@@ -48,22 +66,18 @@ func (e *Engine) Prefetch(ev *event.Event) {
 			e.chains.prefetchRow(p.chain)
 		}
 	}
-	*p = lookahead{acct: key64(ev.AccountID), has: hasEvent}
+	*p = keysOf(ev)
 	e.accounts.prefetchSlot(p.acct)
-	if ev.DeviceID != "" {
-		p.dev, p.has = key64(ev.DeviceID), p.has|hasDev
+	if p.has&hasDev != 0 {
 		e.devices.prefetchSlot(p.dev)
 	}
-	if ev.IP != "" {
-		p.ip, p.has = key64(ev.IP), p.has|hasIP
+	if p.has&hasIP != 0 {
 		e.ips.prefetchSlot(p.ip)
 	}
-	if ev.CounterpartyID != "" && ev.Type == event.TypeTransaction {
-		p.payee, p.has = key64(ev.CounterpartyID), p.has|hasPayee
+	if p.has&hasPayee != 0 {
 		e.payees.prefetchSlot(p.payee)
 	}
-	if ev.Type == event.TypePaymentAttempt {
-		p.chain, p.has = chainKey(ev.AccountID, ev.PaymentID), p.has|hasChain
+	if p.has&hasChain != 0 {
 		e.chains.prefetchSlot(p.chain)
 	}
 }
