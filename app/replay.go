@@ -130,31 +130,17 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 256<<10), event.MaxSize+1024)
-	// A backtest file may lie in the future of the wall clock (generated
-	// traffic): "too far in the future" is judged against the file's own
-	// clock, the newest event time accepted so far, when that is later.
-	now := time.Now()
-	for sc.Scan() {
-		line := sc.Bytes()
-		sum.Lines++
-		if len(strings.TrimSpace(string(line))) == 0 {
-			continue
-		}
-		ev, err := event.Decode(line, now)
-		if err != nil {
-			sum.Rejected++
-			log.Warn("replay: event rejected", "line", sum.Lines, "reason", event.ReasonOf(err), "err", err)
-			continue
-		}
-		sum.Events++
-		if ev.TS.After(now) {
-			now = ev.TS
+	in := replayInput{sc: sc, sum: &sum, log: log, engine: p.Engine, keepLines: sink != nil, now: time.Now()}
+	for {
+		ev, line, ok := in.next()
+		if !ok {
+			break
 		}
 		nd, na := len(out.Decisions), len(out.Alerts)
-		if p.Handle(&ev, &out) {
+		if p.Handle(ev, &out) {
 			sum.Duplicates++
 		} else if sink != nil {
-			sink.Add(sinkBatch(&ev, line, out.Decisions[nd:], out.Alerts[na:], p.Planner.TakeAudit()))
+			sink.Add(sinkBatch(ev, line, out.Decisions[nd:], out.Alerts[na:], p.Planner.TakeAudit()))
 		}
 		if len(out.Decisions) >= 1024 {
 			if err := write(); err != nil {
@@ -250,4 +236,75 @@ func (s ReplaySummary) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %6d  %s\n", t.v, t.k)
 	}
+}
+
+// replayInput decodes a replay's lines two events ahead of the one being
+// decided and announces them to the engine (detector.Engine.Prefetch), as
+// the daemon's pipeline does. Lines are read, counted and rejected in file
+// order, so the summary and the log are those of reading one at a time.
+type replayInput struct {
+	sc        *bufio.Scanner
+	sum       *ReplaySummary
+	log       *slog.Logger
+	engine    *detector.Engine
+	keepLines bool // the raw lines go to ClickHouse: copied, the scanner reuses its buffer
+	// A backtest file may lie in the future of the wall clock (generated
+	// traffic): "too far in the future" is judged against the file's own
+	// clock, the newest event time accepted so far, when that is later.
+	now  time.Time
+	ring [3]struct {
+		ev   event.Event
+		line []byte
+	}
+	head, n int
+	done    bool
+}
+
+// next returns the next valid event and its line; ok is false at the end.
+func (r *replayInput) next() (ev *event.Event, line []byte, ok bool) {
+	for r.n < len(r.ring) && r.read() {
+	}
+	if r.n == 0 {
+		return nil, nil, false
+	}
+	it := &r.ring[r.head]
+	r.head = (r.head + 1) % len(r.ring)
+	r.n--
+	return &it.ev, it.line, true
+}
+
+// read decodes the next valid line into the ring and announces it; false
+// at the end of the input. The slot it fills is never the one next
+// returned last: the ring holds that event and two ahead of it.
+func (r *replayInput) read() bool {
+	for !r.done {
+		if !r.sc.Scan() {
+			r.done = true
+			break
+		}
+		line := r.sc.Bytes()
+		r.sum.Lines++
+		if len(strings.TrimSpace(string(line))) == 0 {
+			continue
+		}
+		ev, err := event.Decode(line, r.now)
+		if err != nil {
+			r.sum.Rejected++
+			r.log.Warn("replay: event rejected", "line", r.sum.Lines, "reason", event.ReasonOf(err), "err", err)
+			continue
+		}
+		r.sum.Events++
+		if ev.TS.After(r.now) {
+			r.now = ev.TS
+		}
+		it := &r.ring[(r.head+r.n)%len(r.ring)]
+		it.ev = ev
+		if r.keepLines {
+			it.line = append(it.line[:0], line...)
+		}
+		r.n++
+		r.engine.Prefetch(&it.ev)
+		return true
+	}
+	return false
 }
