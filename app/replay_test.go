@@ -176,3 +176,60 @@ func TestReloadRefusesBadRulesAndKeepsOldSet(t *testing.T) {
 		t.Errorf("GET /v1/rules: %d %v", code, body["version"])
 	}
 }
+
+// TestReplaySkipsBadLinesAndKeepsOrder: malformed and blank lines between
+// events are counted and skipped, and every valid event is decided, in the
+// order of the file, whatever lies around it.
+func TestReplaySkipsBadLinesAndKeepsOrder(t *testing.T) {
+	base := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	var want []string
+	for i := range 9 {
+		id := "ev-" + string(rune('a'+i))
+		want = append(want, id)
+		ev := event.Event{EventID: id, Type: event.TypeLogin, TypeName: "login", TS: base.Add(time.Duration(i) * time.Minute),
+			AccountID: "acc-1", DeviceID: "phone", IP: "198.51.100.7", Result: "success", BalanceAfter: -1}
+		j, err := event.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(j)
+		b.WriteByte('\n')
+		switch i % 3 {
+		case 0:
+			b.WriteString(`{"event_id": "broken", "type": "login"` + "\n") // truncated
+		case 1:
+			b.WriteString("   \n")
+		}
+	}
+	in := filepath.Join(t.TempDir(), "events.ndjson")
+	if err := os.WriteFile(in, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	sum := replayFile(t, in, out, set)
+	if sum.Lines != 15 || sum.Events != 9 || sum.Rejected != 3 {
+		t.Fatalf("summary: %d lines, %d events, %d rejected; want 15, 9, 3", sum.Lines, sum.Events, sum.Rejected)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "decisions.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var d struct {
+			EventID string `json:"event_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, d.EventID)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("decisions for %v, want %v in file order", got, want)
+	}
+}
