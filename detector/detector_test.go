@@ -744,21 +744,6 @@ func TestFailingAccountsPerIPSurviveRestore(t *testing.T) {
 		e.ips.get(key64(ip)).view(&v, toSec(base.Add(at).Unix()))
 		return v.FailedAccounts10, v.FailedAccounts1h
 	}
-	restored := func(e *Engine) *Engine {
-		st, err := OpenStore(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		if _, err := e.Checkpoint(st, Offsets{}); err != nil {
-			t.Fatal(err)
-		}
-		r := newEngine(t, time.Minute)
-		if _, err := r.Restore(st); err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
 	e := newEngine(t, time.Minute)
 	for i := range 3 {
 		fail(e, "mistyper", "10.0.0.1", time.Duration(i)*time.Minute)
@@ -766,7 +751,7 @@ func TestFailingAccountsPerIPSurviveRestore(t *testing.T) {
 	if n, _ := failing(e, "10.0.0.1", 3*time.Minute); n != 1 {
 		t.Fatalf("one account failing three times counts as %d accounts", n)
 	}
-	e = restored(e)
+	e = checkpointAndRestore(t, e)
 	if n, _ := failing(e, "10.0.0.1", 3*time.Minute); n != 1 {
 		t.Fatalf("after a restore, one failing account counts as %d", n)
 	}
@@ -776,7 +761,7 @@ func TestFailingAccountsPerIPSurviveRestore(t *testing.T) {
 	if n, _ := failing(e, "10.0.0.1", 5*time.Minute); n != 13 {
 		t.Fatalf("13 accounts failing from one address count as %d", n)
 	}
-	e = restored(e)
+	e = checkpointAndRestore(t, e)
 	if n, _ := failing(e, "10.0.0.1", 5*time.Minute); n != 13 {
 		t.Fatalf("after a restore, 13 failing accounts count as %d", n)
 	}

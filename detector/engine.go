@@ -532,9 +532,6 @@ func (e *Engine) sweep() {
 // succeeded); one that has not stays a day, for the stuck-payment rules to
 // count its failures. A chain a pending timer will read stays.
 func chainExpiry(c *chain) uint32 {
-	if c.last == 0 {
-		return 0 // a free slot
-	}
 	if c.succeeded && c.last > day1-hour1 {
 		return c.last - (day1 - hour1)
 	}

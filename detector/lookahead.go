@@ -52,33 +52,34 @@ func keysOf(ev *event.Event) stateKeys {
 func (e *Engine) Prefetch(ev *event.Event) {
 	p := &e.ahead
 	if p.has&hasEvent != 0 {
-		e.accounts.prefetchRow(p.acct)
-		if p.has&hasDev != 0 {
-			e.devices.prefetchRow(p.dev)
-		}
-		if p.has&hasIP != 0 {
-			e.ips.prefetchRow(p.ip)
-		}
-		if p.has&hasPayee != 0 {
-			e.payees.prefetchRow(p.payee)
-		}
-		if p.has&hasChain != 0 {
-			e.chains.prefetchRow(p.chain)
-		}
+		e.prefetchKeys(p, true)
 	}
 	*p = keysOf(ev)
-	e.accounts.prefetchSlot(p.acct)
-	if p.has&hasDev != 0 {
-		e.devices.prefetchSlot(p.dev)
+	e.prefetchKeys(p, false)
+}
+
+// prefetchKeys loads the index entries of k's rows, or with rows the rows.
+func (e *Engine) prefetchKeys(k *stateKeys, rows bool) {
+	e.accounts.prefetch(k.acct, rows)
+	if k.has&hasDev != 0 {
+		e.devices.prefetch(k.dev, rows)
 	}
-	if p.has&hasIP != 0 {
-		e.ips.prefetchSlot(p.ip)
+	if k.has&hasIP != 0 {
+		e.ips.prefetch(k.ip, rows)
 	}
-	if p.has&hasPayee != 0 {
-		e.payees.prefetchSlot(p.payee)
+	if k.has&hasPayee != 0 {
+		e.payees.prefetch(k.payee, rows)
 	}
-	if p.has&hasChain != 0 {
-		e.chains.prefetchSlot(p.chain)
+	if k.has&hasChain != 0 {
+		e.chains.prefetch(k.chain, rows)
+	}
+}
+
+func (t *table[T]) prefetch(key uint64, row bool) {
+	if row {
+		t.prefetchRow(key)
+	} else {
+		t.prefetchSlot(key)
 	}
 }
 
