@@ -58,9 +58,10 @@ func testManyRestores(t *testing.T, compactAt int64) {
 			}
 			maxFiles = max(maxFiles, len(st.rows.files))
 			if restores[i] {
-				// As after a crash: the store opened afresh.
-				merges += st.rows.merges
+				// As after a crash: the store opened afresh. Closing
+				// waits for a merge under way, which counts it.
 				st.Close()
+				merges += st.rows.merges
 				if st, err = OpenStore(filepath.Join(dir, "s")); err != nil {
 					t.Fatal(err)
 				}
