@@ -30,9 +30,11 @@ func TestRawEncodedStateHasNoPointers(t *testing.T) {
 			t.Errorf("%T holds a pointer and cannot be checkpointed as raw bytes", v)
 		}
 	}
+	// Rows are stored packed (pack.go): the fixed row is the most an
+	// account can take, when every word of it is in use.
 	t.Logf("account row: %d bytes", unsafe.Sizeof(account{}))
 	if n := unsafe.Sizeof(account{}); n > 448 {
-		t.Errorf("account row is %d bytes: with its index entry it no longer fits 512 bytes per account", n)
+		t.Errorf("account row is %d bytes: a full one with its index entry no longer fits 512 bytes per account", n)
 	}
 	if !pointerFree(reflect.TypeOf(chain{})) {
 		t.Error("a payment chain holds a pointer: the garbage collector would scan every chunk of chains")

@@ -22,6 +22,8 @@ type table[T any] struct {
 	deleted []uint64 // keys removed since the last checkpoint
 
 	snap *snapshot[T] // the checkpoint being captured, nil if none
+
+	pk *packing[T] // rows stored packed (pack.go) rather than in chunks, if set
 }
 
 const (
@@ -47,18 +49,42 @@ func newTable[T any]() *table[T] {
 	return &table[T]{}
 }
 
+// newPackedTable is a table whose rows are stored packed: for large rows
+// that are mostly zero.
+func newPackedTable[T any]() *table[T] {
+	return &table[T]{pk: newPacking[T]()}
+}
+
 func (t *table[T]) len() int { return t.idx.len() }
 
+// row is row i of a table that is not packed.
 func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRows-1)] }
 
-// get returns the row for key, or nil. The pointer stays valid until the row
-// expires.
+// change returns row i to be changed. The pointer stays valid until the
+// row expires, or, in a packed table, until another row is changed.
+func (t *table[T]) change(i uint32) *T {
+	if t.pk != nil {
+		return t.pk.change(i)
+	}
+	return t.row(i)
+}
+
+// read returns row i to be read. The pointer stays valid until the row
+// expires, or, in a packed table, until the next call on the table.
+func (t *table[T]) read(i uint32) *T {
+	if t.pk != nil {
+		return t.pk.read(i)
+	}
+	return t.row(i)
+}
+
+// get returns the row for key to be read, or nil (see read).
 func (t *table[T]) get(key uint64) *T {
 	i, ok := t.idx.get(key)
 	if !ok {
 		return nil
 	}
-	return t.row(i)
+	return t.read(i)
 }
 
 // upsert returns the row for key, creating a zero row if absent, and marks it
@@ -66,14 +92,15 @@ func (t *table[T]) get(key uint64) *T {
 func (t *table[T]) upsert(key uint64) *T {
 	i, ok := t.idx.get(key)
 	if !ok {
-		var zero T
 		if n := len(t.free); n > 0 {
 			i = t.free[n-1]
 			t.free = t.free[:n-1]
-			*t.row(i), t.keys[i] = zero, key
+			t.keys[i] = key // a freed row is zero
 		} else {
 			i = t.n
-			if int(i>>chunkBits) == len(t.chunks) {
+			if t.pk != nil {
+				t.pk.loc = append(t.pk.loc, 0)
+			} else if int(i>>chunkBits) == len(t.chunks) {
 				t.chunks = append(t.chunks, new([chunkRows]T))
 			}
 			t.n++
@@ -91,7 +118,7 @@ func (t *table[T]) upsert(key uint64) *T {
 		t.flags[i] = f | rowDirty
 		t.changed = append(t.changed, i)
 	}
-	return t.row(i)
+	return t.change(i)
 }
 
 // put stores a row as loaded from a checkpoint; it is not dirty.
@@ -147,7 +174,7 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 func (t *table[T]) copyRow(i uint32) {
 	sn := t.snap
 	sn.rows.grow(sn.size)
-	sn.rows.buf = sn.enc(sn.rows.buf, t.row(i))
+	sn.rows.buf = sn.enc(sn.rows.buf, t.read(i))
 	sn.rows.done(t.keys[i])
 	t.flags[i] = t.flags[i]&^rowPending | rowSaved
 }
@@ -175,11 +202,6 @@ func (t *table[T]) endSnapshot(kind byte) rowSet {
 	return rowSet{kind: kind, rows: sn.rows.kvs(), gone: sn.gone}
 }
 
-// each visits every row.
-func (t *table[T]) each(fn func(key uint64, row *T)) {
-	t.idx.each(func(key uint64, i uint32) { fn(key, t.row(i)) })
-}
-
 // sweepSome checks the next n row slots (a clock hand over the table) and
 // frees those last seen before cut. lastSeen reads a row's last event time:
 // never 0 for a row in use (event times start at 1), always 0 for a freed
@@ -187,21 +209,25 @@ func (t *table[T]) each(fn func(key uint64, row *T)) {
 // random memory access per slot that cost more than the rest of an event.
 // keep, if not nil, may hold back a row that is due.
 func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32, keep func(key uint64, row *T) bool) int {
-	removed := 0
+	removed, n0 := 0, n
 	for ; n > 0 && t.n > 0; n-- {
 		if t.hand >= t.n {
 			t.hand = 0
 		}
 		i := t.hand
 		t.hand++
-		last := lastSeen(t.row(i))
+		last := lastSeen(t.read(i))
 		if last == 0 || last >= cut {
 			continue
 		}
-		if key, ok := t.live(i); ok && (keep == nil || !keep(key, t.row(i))) {
+		if key, ok := t.live(i); ok && (keep == nil || !keep(key, t.read(i))) {
 			t.remove(i, key)
 			removed++
 		}
+	}
+	if t.pk != nil {
+		// Packed rows lie anywhere: the next call's would each be a miss.
+		t.pk.prefetchRows(t.hand, n0)
 	}
 	return removed
 }
@@ -219,7 +245,7 @@ func (t *table[T]) evictOldest(sample int, lastSeen func(*T) uint32, keep uint64
 		}
 		i := t.hand
 		t.hand++
-		last := lastSeen(t.row(i))
+		last := lastSeen(t.read(i))
 		if last == 0 || t.keys[i] == keep {
 			continue
 		}
@@ -258,8 +284,12 @@ func (t *table[T]) remove(i uint32, key uint64) {
 // release frees slot i, which holds key's row.
 func (t *table[T]) release(i uint32, key uint64) {
 	t.idx.del(key)
-	var zero T
-	*t.row(i) = zero
+	if t.pk != nil {
+		t.pk.free(i)
+	} else {
+		var zero T
+		*t.row(i) = zero
+	}
 	t.free = append(t.free, i)
 	t.flags[i] = 0
 }

@@ -1,0 +1,210 @@
+package detector
+
+import (
+	"math/bits"
+	"unsafe"
+)
+
+// A packed table stores each row encoded: a bitmap of the row's nonzero
+// 32-bit words, then those words. Most of a row is zero most of its life —
+// an account seen a few times has one device, one network, no security
+// change, empty windows — so an account row of 440 bytes packs to about
+// 170, and a device's 68 to about 20. The rows of the event at hand are
+// decoded into a fixed row and packed again when the table moves on to
+// another row: a few hundred nanoseconds per event for less than half the
+// memory.
+//
+// Encodings live in slabs by size (in pairs of words), chunks of 32 KB
+// that hold no pointers; a row whose encoding changes size moves to
+// another slab and leaves its slot on that slab's free list.
+type packing[T any] struct {
+	words, hdr int      // a row's words, and the bitmap's
+	loc        []uint32 // per row: where its encoding is; 0 for an all-zero row
+	chunks     [][]uint32
+	slabs      []slab // by encoded size in pairs of words
+
+	open uint32 // row number+1 of the row decoded in cur, 0 if none
+	cur  T      // the open row: its only current copy
+	tmp  T      // a row decoded for reading
+	zero T      // every free row, and every row without a nonzero word
+	buf  []uint32
+}
+
+// slab allocates encodings of one size.
+type slab struct {
+	chunk, used uint32 // the chunk being filled, and its words used
+	free        []uint32
+}
+
+// A location is a chunk number and an offset in pairs of words. Chunk 0 is
+// never allocated, so location 0 means an all-zero row.
+const (
+	packChunkWords = 1 << 13
+	packOffBits    = 12
+)
+
+func newPacking[T any]() *packing[T] {
+	var z T
+	if unsafe.Sizeof(z)%4 != 0 || unsafe.Alignof(z) < 4 {
+		panic("packed rows must be whole, aligned 32-bit words")
+	}
+	words := int(unsafe.Sizeof(z) / 4)
+	hdr := (words + 31) / 32
+	return &packing[T]{words: words, hdr: hdr, chunks: [][]uint32{nil},
+		slabs: make([]slab, (hdr+words+1)/2+1), buf: make([]uint32, hdr+words)}
+}
+
+func wordsOf[T any](v *T, n int) []uint32 { return unsafe.Slice((*uint32)(unsafe.Pointer(v)), n) }
+
+// at returns the encoding at location l, from its start.
+func (p *packing[T]) at(l uint32) []uint32 {
+	return p.chunks[l>>packOffBits][(l&(1<<packOffBits-1))<<1:]
+}
+
+// sizeAt is the length in words of the encoding at l.
+func (p *packing[T]) sizeAt(l uint32) int {
+	if l == 0 {
+		return 0
+	}
+	n := p.hdr
+	for _, b := range p.at(l)[:p.hdr] {
+		n += bits.OnesCount32(b)
+	}
+	return n
+}
+
+func (p *packing[T]) decode(l uint32, dst *T) {
+	ws := wordsOf(dst, p.words)
+	clear(ws)
+	if l == 0 {
+		return
+	}
+	enc := p.at(l)
+	n := p.hdr
+	for k, b := range enc[:p.hdr] {
+		for ; b != 0; b &= b - 1 {
+			ws[k<<5+bits.TrailingZeros32(b)] = enc[n]
+			n++
+		}
+	}
+}
+
+// encode packs v into p.buf; an all-zero row encodes to the bare bitmap.
+func (p *packing[T]) encode(v *T) []uint32 {
+	ws := wordsOf(v, p.words)
+	buf := p.buf[:p.hdr+p.words]
+	// Unchecked stores: n stays below hdr+j+1, within buf.
+	out := unsafe.Pointer(unsafe.SliceData(buf))
+	n := uintptr(p.hdr)
+	for k := range p.hdr {
+		// Without a branch (which words are zero is as good as random),
+		// and the bitmap word in a register.
+		var bm uint32
+		for j, w := range ws[k<<5 : min(k<<5+32, len(ws))] {
+			*(*uint32)(unsafe.Add(out, n*4)) = w
+			nz := (w | -w) >> 31
+			bm |= nz << (j & 31)
+			n += uintptr(nz)
+		}
+		buf[k] = bm
+	}
+	return buf[:n]
+}
+
+// store packs v as row i.
+func (p *packing[T]) store(i uint32, v *T) {
+	enc := p.encode(v)
+	old := p.loc[i]
+	if len(enc) == p.hdr {
+		p.release(old)
+		p.loc[i] = 0
+		return
+	}
+	if old == 0 || (p.sizeAt(old)+1)>>1 != (len(enc)+1)>>1 {
+		p.release(old)
+		old = p.alloc((len(enc) + 1) >> 1)
+		p.loc[i] = old
+	}
+	copy(p.at(old), enc)
+}
+
+// alloc returns a location for an encoding of pairs pairs of words.
+func (p *packing[T]) alloc(pairs int) uint32 {
+	s := &p.slabs[pairs]
+	if n := len(s.free); n > 0 {
+		l := s.free[n-1]
+		s.free = s.free[:n-1]
+		return l
+	}
+	if s.chunk == 0 || int(s.used)+2*pairs > packChunkWords {
+		s.chunk, s.used = uint32(len(p.chunks)), 0
+		p.chunks = append(p.chunks, make([]uint32, packChunkWords))
+	}
+	l := s.chunk<<packOffBits | s.used>>1
+	s.used += uint32(2 * pairs)
+	return l
+}
+
+func (p *packing[T]) release(l uint32) {
+	if l != 0 {
+		s := &p.slabs[(p.sizeAt(l)+1)>>1]
+		s.free = append(s.free, l)
+	}
+}
+
+// change returns row i decoded, to be changed: the row stays open, and is
+// packed when another row is opened.
+func (p *packing[T]) change(i uint32) *T {
+	if p.open == i+1 {
+		return &p.cur
+	}
+	if p.open != 0 {
+		p.store(p.open-1, &p.cur)
+	}
+	p.decode(p.loc[i], &p.cur)
+	p.open = i + 1
+	return &p.cur
+}
+
+// read returns row i decoded, not to be changed, until the next call.
+func (p *packing[T]) read(i uint32) *T {
+	if p.open == i+1 {
+		return &p.cur
+	}
+	if p.loc[i] == 0 {
+		return &p.zero
+	}
+	p.decode(p.loc[i], &p.tmp)
+	return &p.tmp
+}
+
+// free empties row i.
+func (p *packing[T]) free(i uint32) {
+	if p.open == i+1 {
+		p.open = 0
+	}
+	p.release(p.loc[i])
+	p.loc[i] = 0
+}
+
+// addr is where row i's encoding starts, 0 for none.
+func (p *packing[T]) addr(i uint32) uintptr {
+	if l := p.loc[i]; l != 0 {
+		return uintptr(unsafe.Pointer(&p.at(l)[0]))
+	}
+	return 0
+}
+
+// prefetchRows loads the first line of the encodings of n rows from row i
+// on (wrapping around), where sweeping reads when a row was last seen.
+func (p *packing[T]) prefetchRows(i uint32, n int) {
+	for ; n > 0 && len(p.loc) > 0; n-- {
+		if int(i) >= len(p.loc) {
+			i = 0
+		}
+		if a := p.addr(i); a != 0 {
+			prefetch(a)
+		}
+		i++
+	}
+}
