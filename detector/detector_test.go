@@ -350,7 +350,11 @@ func BenchmarkPipeline1M(b *testing.B) {
 	st := genRawHistory(b, 1_000_000, 5, 0, 2)
 	now := time.Now()
 	out := make([]Decision, 0, 16)
+	var heap uint64 // the state's, after the first day
 	warm := func() *Engine {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
 		e := newEngine(b, 5*time.Minute)
 		for _, raw := range st.raw[:st.warm] {
 			ev, err := event.DecodeOwned(raw, now)
@@ -360,10 +364,12 @@ func BenchmarkPipeline1M(b *testing.B) {
 			out, _ = e.Process(&ev, out[:0])
 		}
 		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap = after.HeapAlloc - min(after.HeapAlloc, before.HeapAlloc)
 		return e
 	}
 	e := warm()
-	held := e.Stats().Accounts
+	held, perAccount := e.Stats().Accounts, float64(heap)/float64(e.Stats().Accounts)
 	var ahead decodeAhead
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -380,6 +386,7 @@ func BenchmarkPipeline1M(b *testing.B) {
 	}
 	b.ReportMetric(float64(held), "accounts-held")
 	b.ReportMetric(float64(len(st.raw)-st.warm), "events-in-stream")
+	b.ReportMetric(perAccount, "state-bytes/account")
 }
 
 // BenchmarkAccountMemory measures the heap held per account with a million

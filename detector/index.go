@@ -22,14 +22,18 @@ type index struct {
 	moved int // entries of old moved so far (old[:moved])
 }
 
-// islot is 12 bytes, the key in two halves: a 64-bit field would pad it
-// to 16, and a quarter of the index would be padding.
+// islot holds the key in two halves (a 64-bit field would pad the slot)
+// and, for a packed table, where the row's encoding is: the lookup that
+// finds the row number finds the row too, with no second dependent miss.
 type islot struct {
 	lo, hi uint32 // the key
 	row    uint32 // row number + 1; 0 is an empty slot, tomb a deleted one (in old only)
+	loc    uint32 // a packed row's location (pack.go)
 }
 
-func mkSlot(key uint64, row uint32) islot { return islot{uint32(key), uint32(key >> 32), row} }
+func mkSlot(key uint64, row uint32) islot {
+	return islot{lo: uint32(key), hi: uint32(key >> 32), row: row}
+}
 
 func (s *islot) key() uint64 { return uint64(s.hi)<<32 | uint64(s.lo) }
 
@@ -45,6 +49,15 @@ func (x *index) len() int { return x.n }
 
 // get returns key's row.
 func (x *index) get(key uint64) (uint32, bool) {
+	if s := x.find(key); s != nil {
+		return s.row - 1, true
+	}
+	return 0, false
+}
+
+// find returns key's entry, or nil. The pointer is good until the next put
+// or del.
+func (x *index) find(key uint64) *islot {
 	if x.slots != nil {
 		for i := key & x.mask; ; i = (i + 1) & x.mask {
 			s := &x.slots[i]
@@ -52,17 +65,17 @@ func (x *index) get(key uint64) (uint32, bool) {
 				break
 			}
 			if s.is(key) {
-				return s.row - 1, true
+				return s
 			}
 		}
 	}
 	if x.old != nil {
 		// Entries before moved are in slots too, where a miss is the truth.
 		if j, ok := x.findOld(key); ok && int(j) >= x.moved {
-			return x.old[j].row - 1, true
+			return &x.old[j]
 		}
 	}
-	return 0, false
+	return nil
 }
 
 func (x *index) findOld(key uint64) (uint64, bool) {
@@ -89,7 +102,7 @@ func (x *index) put(key uint64, row uint32) {
 		x.slots = make([]islot, 2*len(x.old))
 		x.mask = uint64(len(x.slots) - 1)
 	}
-	x.place(key, row+1)
+	x.place(mkSlot(key, row+1))
 	x.n++
 	if x.old != nil {
 		x.moveSome()
@@ -97,12 +110,12 @@ func (x *index) put(key uint64, row uint32) {
 }
 
 // place stores an entry (row already +1) in the first free slot of its probe.
-func (x *index) place(key uint64, row uint32) {
-	i := key & x.mask
+func (x *index) place(e islot) {
+	i := e.key() & x.mask
 	for x.slots[i].row != 0 {
 		i = (i + 1) & x.mask
 	}
-	x.slots[i] = mkSlot(key, row)
+	x.slots[i] = e
 }
 
 // moveSome moves the next old slots into the current array.
@@ -110,7 +123,7 @@ func (x *index) moveSome() {
 	end := min(x.moved+moveStep, len(x.old))
 	for _, s := range x.old[x.moved:end] {
 		if s.row != 0 && s.row != tomb {
-			x.place(s.key(), s.row)
+			x.place(s)
 		}
 	}
 	x.moved = end

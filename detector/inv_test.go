@@ -17,6 +17,9 @@ func checkTable[T any](t *testing.T, name string, tb *table[T]) {
 			t.Fatalf("%s: slot %d mapped by %x and %x", name, i, prev, k)
 		}
 		seen[i] = k
+		if tb.pk != nil && tb.idx.find(k).loc != tb.pk.loc[i] {
+			t.Fatalf("%s: row %d is at %x by its index entry, at %x by its number", name, i, tb.idx.find(k).loc, tb.pk.loc[i])
+		}
 	})
 	fs := map[uint32]bool{}
 	for _, i := range tb.free {
@@ -53,6 +56,7 @@ func TestTableInvariantsUnderCheckpoints(t *testing.T) {
 			checkTable(t, "accounts", e.accounts)
 			checkTable(t, "devices", e.devices)
 			checkTable(t, "ips", e.ips)
+			checkTable(t, "chains", e.chains)
 		}
 	}
 }

@@ -96,14 +96,15 @@ const packedPrefetch = 192
 
 // prefetchRow loads key's row, every line of it, and its flags.
 func (t *table[T]) prefetchRow(key uint64) {
-	i, ok := t.idx.get(key)
-	if !ok {
+	e := t.idx.find(key)
+	if e == nil {
 		return
 	}
+	i := e.row - 1
 	var start, end uintptr
 	if t.pk != nil {
 		// The first lines: the bitmap, and most rows whole.
-		if start = t.pk.addr(i); start != 0 {
+		if start = t.pk.addr(e.loc); start != 0 {
 			end = start + packedPrefetch
 		}
 	} else {

@@ -18,16 +18,22 @@ import (
 // that hold no pointers; a row whose encoding changes size moves to
 // another slab and leaves its slot on that slab's free list.
 type packing[T any] struct {
-	words, hdr int      // a row's words, and the bitmap's
-	loc        []uint32 // per row: where its encoding is; 0 for an all-zero row
-	chunks     [][]uint32
-	slabs      []slab // by encoded size in pairs of words
+	words, hdr int // a row's words, and the bitmap's
+	// Where each row's encoding is (0 for an all-zero row), by row number
+	// here and in the row's index entry: the event path finds it through
+	// the key, sweeping through the row number.
+	loc    []uint32
+	idx    *index
+	chunks [][]uint32
+	slabs  []slab // by encoded size in pairs of words
 
-	open uint32 // row number+1 of the row decoded in cur, 0 if none
-	cur  T      // the open row: its only current copy
-	tmp  T      // a row decoded for reading
-	zero T      // every free row, and every row without a nonzero word
-	buf  []uint32
+	open    uint32 // row number+1 of the row decoded in cur, 0 if none
+	openKey uint64
+	openLoc uint32
+	cur     T // the open row: its only current copy
+	tmp     T // a row decoded for reading
+	zero    T // every free row, and every row without a nonzero word
+	buf     []uint32
 }
 
 // slab allocates encodings of one size.
@@ -43,14 +49,14 @@ const (
 	packOffBits    = 12
 )
 
-func newPacking[T any]() *packing[T] {
+func newPacking[T any](idx *index) *packing[T] {
 	var z T
 	if unsafe.Sizeof(z)%4 != 0 || unsafe.Alignof(z) < 4 {
 		panic("packed rows must be whole, aligned 32-bit words")
 	}
 	words := int(unsafe.Sizeof(z) / 4)
 	hdr := (words + 31) / 32
-	return &packing[T]{words: words, hdr: hdr, chunks: [][]uint32{nil},
+	return &packing[T]{words: words, hdr: hdr, idx: idx, chunks: [][]uint32{nil},
 		slabs: make([]slab, (hdr+words+1)/2+1), buf: make([]uint32, hdr+words)}
 }
 
@@ -111,21 +117,20 @@ func (p *packing[T]) encode(v *T) []uint32 {
 	return buf[:n]
 }
 
-// store packs v as row i.
-func (p *packing[T]) store(i uint32, v *T) {
+// pack stores v's encoding, at l if it fits the same slab, and returns
+// where it is.
+func (p *packing[T]) pack(l uint32, v *T) uint32 {
 	enc := p.encode(v)
-	old := p.loc[i]
 	if len(enc) == p.hdr {
-		p.release(old)
-		p.loc[i] = 0
-		return
+		p.release(l)
+		return 0
 	}
-	if old == 0 || (p.sizeAt(old)+1)>>1 != (len(enc)+1)>>1 {
-		p.release(old)
-		old = p.alloc((len(enc) + 1) >> 1)
-		p.loc[i] = old
+	if l == 0 || (p.sizeAt(l)+1)>>1 != (len(enc)+1)>>1 {
+		p.release(l)
+		l = p.alloc((len(enc) + 1) >> 1)
 	}
-	copy(p.at(old), enc)
+	copy(p.at(l), enc)
+	return l
 }
 
 // alloc returns a location for an encoding of pairs pairs of words.
@@ -152,29 +157,36 @@ func (p *packing[T]) release(l uint32) {
 	}
 }
 
-// change returns row i decoded, to be changed: the row stays open, and is
-// packed when another row is opened.
-func (p *packing[T]) change(i uint32) *T {
+// change returns row i, key's, whose encoding is at l, decoded to be
+// changed: the row stays open, and is packed when another row is opened.
+func (p *packing[T]) change(i uint32, key uint64, l uint32) *T {
 	if p.open == i+1 {
 		return &p.cur
 	}
 	if p.open != 0 {
-		p.store(p.open-1, &p.cur)
+		o := p.open - 1
+		if nl := p.pack(p.openLoc, &p.cur); nl != p.openLoc {
+			p.loc[o] = nl
+			if e := p.idx.find(p.openKey); e != nil {
+				e.loc = nl
+			}
+		}
 	}
-	p.decode(p.loc[i], &p.cur)
-	p.open = i + 1
+	p.decode(l, &p.cur)
+	p.open, p.openKey, p.openLoc = i+1, key, l
 	return &p.cur
 }
 
-// read returns row i decoded, not to be changed, until the next call.
-func (p *packing[T]) read(i uint32) *T {
+// read returns row i, whose encoding is at l, decoded to be read, until
+// the next call.
+func (p *packing[T]) read(i, l uint32) *T {
 	if p.open == i+1 {
 		return &p.cur
 	}
-	if p.loc[i] == 0 {
+	if l == 0 {
 		return &p.zero
 	}
-	p.decode(p.loc[i], &p.tmp)
+	p.decode(l, &p.tmp)
 	return &p.tmp
 }
 
@@ -187,9 +199,9 @@ func (p *packing[T]) free(i uint32) {
 	p.loc[i] = 0
 }
 
-// addr is where row i's encoding starts, 0 for none.
-func (p *packing[T]) addr(i uint32) uintptr {
-	if l := p.loc[i]; l != 0 {
+// addr is where the encoding at l starts, 0 for none.
+func (p *packing[T]) addr(l uint32) uintptr {
+	if l != 0 {
 		return uintptr(unsafe.Pointer(&p.at(l)[0]))
 	}
 	return 0
@@ -202,7 +214,7 @@ func (p *packing[T]) prefetchRows(i uint32, n int) {
 		if int(i) >= len(p.loc) {
 			i = 0
 		}
-		if a := p.addr(i); a != 0 {
+		if a := p.addr(p.loc[i]); a != 0 {
 			prefetch(a)
 		}
 		i++

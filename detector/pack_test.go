@@ -68,6 +68,7 @@ func TestPackedTableMatchesPlain(t *testing.T) {
 			t.Fatalf("round %d: %d packed rows, %d plain", round, packed.len(), plain.len())
 		}
 	}
+	checkTable(t, "packed", packed)
 	for k := uint64(1); k <= keys; k++ {
 		p, q := packed.get(k), plain.get(k)
 		if (p == nil) != (q == nil) || p != nil && !same(p, q) {

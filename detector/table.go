@@ -52,7 +52,9 @@ func newTable[T any]() *table[T] {
 // newPackedTable is a table whose rows are stored packed: for large rows
 // that are mostly zero.
 func newPackedTable[T any]() *table[T] {
-	return &table[T]{pk: newPacking[T]()}
+	t := &table[T]{}
+	t.pk = newPacking[T](&t.idx)
+	return t
 }
 
 func (t *table[T]) len() int { return t.idx.len() }
@@ -60,38 +62,35 @@ func (t *table[T]) len() int { return t.idx.len() }
 // row is row i of a table that is not packed.
 func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRows-1)] }
 
-// change returns row i to be changed. The pointer stays valid until the
-// row expires, or, in a packed table, until another row is changed.
-func (t *table[T]) change(i uint32) *T {
-	if t.pk != nil {
-		return t.pk.change(i)
-	}
-	return t.row(i)
-}
-
 // read returns row i to be read. The pointer stays valid until the row
 // expires, or, in a packed table, until the next call on the table.
 func (t *table[T]) read(i uint32) *T {
 	if t.pk != nil {
-		return t.pk.read(i)
+		return t.pk.read(i, t.pk.loc[i])
 	}
 	return t.row(i)
 }
 
 // get returns the row for key to be read, or nil (see read).
 func (t *table[T]) get(key uint64) *T {
-	i, ok := t.idx.get(key)
-	if !ok {
+	e := t.idx.find(key)
+	if e == nil {
 		return nil
 	}
-	return t.read(i)
+	if t.pk != nil {
+		return t.pk.read(e.row-1, e.loc)
+	}
+	return t.row(e.row - 1)
 }
 
 // upsert returns the row for key, creating a zero row if absent, and marks it
 // dirty.
 func (t *table[T]) upsert(key uint64) *T {
-	i, ok := t.idx.get(key)
-	if !ok {
+	var i, loc uint32
+	e := t.idx.find(key)
+	if e != nil {
+		i, loc = e.row-1, e.loc
+	} else {
 		if n := len(t.free); n > 0 {
 			i = t.free[n-1]
 			t.free = t.free[:n-1]
@@ -118,7 +117,10 @@ func (t *table[T]) upsert(key uint64) *T {
 		t.flags[i] = f | rowDirty
 		t.changed = append(t.changed, i)
 	}
-	return t.change(i)
+	if t.pk != nil {
+		return t.pk.change(i, key, loc)
+	}
+	return t.row(i)
 }
 
 // put stores a row as loaded from a checkpoint; it is not dirty.
