@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -122,12 +123,13 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 		allow:     map[string]bool{},
 		lateness:  uint32(cfg.AllowedLateness / time.Second),
 		idle:      uint32(cfg.IdleExpiry / time.Second),
-		accounts:  newPackedTable[account](),
-		devices:   newPackedTable[deviceState](),
+		accounts:  newPackedTable[account](unsafe.Offsetof(account{}.last) + 4),
+		devices:   newPackedTable[deviceState](unsafe.Offsetof(deviceState{}.last) + 4),
 		ips:       newTable[ipState](),
-		payees:    newPackedTable[payeeState](),
+		payees:    newPackedTable[payeeState](unsafe.Offsetof(payeeState{}.last) + 4),
 		merchants: map[uint64]*merchantState{},
-		chains:    newPackedTable[chain](),
+		// Sweeping chains reads account, last and succeeded (chainExpiry, chainHasTimer).
+		chains:    newPackedTable[chain](unsafe.Offsetof(chain{}.succeeded) + 1),
 		byAccount: map[uint64][]*timer{},
 		timers:    map[uint32]*timerHeap{},
 		srcMax:    map[uint32]uint32{},

@@ -19,6 +19,7 @@ import (
 // another slab and leaves its slot on that slab's free list.
 type packing[T any] struct {
 	words, hdr int // a row's words, and the bitmap's
+	head       int // leading words sweeping reads (readHead)
 	// Where each row's encoding is (0 for an all-zero row), by row number
 	// here and in the row's index entry: the event path finds it through
 	// the key, sweeping through the row number.
@@ -49,14 +50,18 @@ const (
 	packOffBits    = 12
 )
 
-func newPacking[T any](idx *index) *packing[T] {
+func newPacking[T any](idx *index, headBytes uintptr) *packing[T] {
 	var z T
 	if unsafe.Sizeof(z)%4 != 0 || unsafe.Alignof(z) < 4 {
 		panic("packed rows must be whole, aligned 32-bit words")
 	}
 	words := int(unsafe.Sizeof(z) / 4)
 	hdr := (words + 31) / 32
-	return &packing[T]{words: words, hdr: hdr, idx: idx, chunks: [][]uint32{nil},
+	head := int(headBytes+3) / 4
+	if head < 1 || head > min(32, words) {
+		panic("the head sweeping reads must lie in a row's first 32 words")
+	}
+	return &packing[T]{words: words, hdr: hdr, head: head, idx: idx, chunks: [][]uint32{nil},
 		slabs: make([]slab, (hdr+words+1)/2+1), buf: make([]uint32, hdr+words)}
 }
 
@@ -187,6 +192,28 @@ func (p *packing[T]) read(i, l uint32) *T {
 		return &p.zero
 	}
 	p.decode(l, &p.tmp)
+	return &p.tmp
+}
+
+// readHead is read for sweeping, which looks only at a row's first words
+// (when it was last seen): it decodes those alone, and the rest of the row
+// it returns is not the row's.
+func (p *packing[T]) readHead(i, l uint32) *T {
+	if p.open == i+1 {
+		return &p.cur
+	}
+	if l == 0 {
+		return &p.zero
+	}
+	ws := wordsOf(&p.tmp, p.words)[:p.head]
+	clear(ws)
+	enc := p.at(l)
+	// The head's words come first among the encoded ones.
+	n := p.hdr
+	for b := enc[0] & (1<<p.head - 1); b != 0; b &= b - 1 {
+		ws[bits.TrailingZeros32(b)] = enc[n]
+		n++
+	}
 	return &p.tmp
 }
 

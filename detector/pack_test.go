@@ -16,7 +16,7 @@ import (
 // reused rather than piling up.
 func TestPackedTableMatchesPlain(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	packed, plain := newPackedTable[account](), newTable[account]()
+	packed, plain := newPackedTable[account](unsafe.Offsetof(account{}.last)+4), newTable[account]()
 	const keys = 3000
 	words := int(unsafe.Sizeof(account{}) / 4)
 	change := func(a *account) {

@@ -50,10 +50,11 @@ func newTable[T any]() *table[T] {
 }
 
 // newPackedTable is a table whose rows are stored packed: for large rows
-// that are mostly zero.
-func newPackedTable[T any]() *table[T] {
+// that are mostly zero. Sweeping reads only the first headBytes of a row:
+// the fields its lastSeen and keep functions look at must lie there.
+func newPackedTable[T any](headBytes uintptr) *table[T] {
 	t := &table[T]{}
-	t.pk = newPacking[T](&t.idx)
+	t.pk = newPacking[T](&t.idx, headBytes)
 	return t
 }
 
@@ -67,6 +68,14 @@ func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRow
 func (t *table[T]) read(i uint32) *T {
 	if t.pk != nil {
 		return t.pk.read(i, t.pk.loc[i])
+	}
+	return t.row(i)
+}
+
+// sweepRead is read for sweeping: of a packed row, only the head.
+func (t *table[T]) sweepRead(i uint32) *T {
+	if t.pk != nil {
+		return t.pk.readHead(i, t.pk.loc[i])
 	}
 	return t.row(i)
 }
@@ -218,11 +227,11 @@ func (t *table[T]) sweepSome(n int, lastSeen func(*T) uint32, cut uint32, keep f
 		}
 		i := t.hand
 		t.hand++
-		last := lastSeen(t.read(i))
+		last := lastSeen(t.sweepRead(i))
 		if last == 0 || last >= cut {
 			continue
 		}
-		if key, ok := t.live(i); ok && (keep == nil || !keep(key, t.read(i))) {
+		if key, ok := t.live(i); ok && (keep == nil || !keep(key, t.sweepRead(i))) {
 			t.remove(i, key)
 			removed++
 		}
@@ -247,7 +256,7 @@ func (t *table[T]) evictOldest(sample int, lastSeen func(*T) uint32, keep uint64
 		}
 		i := t.hand
 		t.hand++
-		last := lastSeen(t.read(i))
+		last := lastSeen(t.sweepRead(i))
 		if last == 0 || t.keys[i] == keep {
 			continue
 		}
