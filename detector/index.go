@@ -22,22 +22,20 @@ type index struct {
 	moved int // entries of old moved so far (old[:moved])
 }
 
-// islot holds the key in two halves (a 64-bit field would pad the slot)
-// and, for a packed table, where the row's encoding is: the lookup that
-// finds the row number finds the row too, with no second dependent miss.
+// islot is an entry: the key, the row, and for a packed table where the
+// row's encoding is, so that the lookup that finds the row number finds the
+// row too, with no second dependent miss. 16 bytes, no padding.
 type islot struct {
-	lo, hi uint32 // the key
-	row    uint32 // row number + 1; 0 is an empty slot, tomb a deleted one (in old only)
-	loc    uint32 // a packed row's location (pack.go)
+	k   uint64
+	row uint32 // row number + 1; 0 is an empty slot, tomb a deleted one (in old only)
+	loc uint32 // a packed row's location (pack.go)
 }
 
-func mkSlot(key uint64, row uint32) islot {
-	return islot{lo: uint32(key), hi: uint32(key >> 32), row: row}
-}
+func mkSlot(key uint64, row uint32) islot { return islot{k: key, row: row} }
 
-func (s *islot) key() uint64 { return uint64(s.hi)<<32 | uint64(s.lo) }
+func (s *islot) key() uint64 { return s.k }
 
-func (s *islot) is(key uint64) bool { return s.lo == uint32(key) && s.hi == uint32(key>>32) }
+func (s *islot) is(key uint64) bool { return s.k == key }
 
 const (
 	tomb         = ^uint32(0)
