@@ -19,7 +19,7 @@ import (
 // another slab and leaves its slot on that slab's free list.
 type packing[T any] struct {
 	words, hdr int // a row's words, and the bitmap's
-	head       int // leading words sweeping reads (readHead)
+	head       int // leading words sweeping reads
 	// Where each row's encoding is (0 for an all-zero row), by row number
 	// here and in the row's index entry: the event path finds it through
 	// the key, sweeping through the row number.
@@ -58,8 +58,8 @@ func newPacking[T any](idx *index, headBytes uintptr) *packing[T] {
 	words := int(unsafe.Sizeof(z) / 4)
 	hdr := (words + 31) / 32
 	head := int(headBytes+3) / 4
-	if head < 1 || head > min(32, words) {
-		panic("the head sweeping reads must lie in a row's first 32 words")
+	if head < 1 || head > words {
+		panic("the head sweeping reads must lie in the row")
 	}
 	return &packing[T]{words: words, hdr: hdr, head: head, idx: idx, chunks: [][]uint32{nil},
 		slabs: make([]slab, (hdr+words+1)/2+1), buf: make([]uint32, hdr+words)}
@@ -84,18 +84,24 @@ func (p *packing[T]) sizeAt(l uint32) int {
 	return n
 }
 
-func (p *packing[T]) decode(l uint32, dst *T) {
-	ws := wordsOf(dst, p.words)
+// decode decodes the first n words of the encoding at l into dst; the
+// rest of dst is left as it was. The first words come first among the
+// encoded ones, so a prefix decodes without looking at the rest.
+func (p *packing[T]) decode(l uint32, dst *T, n int) {
+	ws := wordsOf(dst, p.words)[:n]
 	clear(ws)
 	if l == 0 {
 		return
 	}
 	enc := p.at(l)
-	n := p.hdr
-	for k, b := range enc[:p.hdr] {
+	j := p.hdr
+	for k, b := range enc[:(n+31)/32] {
+		if rest := n - k<<5; rest < 32 {
+			b &= 1<<rest - 1
+		}
 		for ; b != 0; b &= b - 1 {
-			ws[k<<5+bits.TrailingZeros32(b)] = enc[n]
-			n++
+			ws[k<<5+bits.TrailingZeros32(b)] = enc[j]
+			j++
 		}
 	}
 }
@@ -177,43 +183,23 @@ func (p *packing[T]) change(i uint32, key uint64, l uint32) *T {
 			}
 		}
 	}
-	p.decode(l, &p.cur)
+	p.decode(l, &p.cur, p.words)
 	p.open, p.openKey, p.openLoc = i+1, key, l
 	return &p.cur
 }
 
 // read returns row i, whose encoding is at l, decoded to be read, until
-// the next call.
-func (p *packing[T]) read(i, l uint32) *T {
+// the next call: its first n words, the rest not the row's unless n is the
+// whole row (sweeping needs only the head, where a row says when it was
+// last seen).
+func (p *packing[T]) read(i, l uint32, n int) *T {
 	if p.open == i+1 {
 		return &p.cur
 	}
 	if l == 0 {
 		return &p.zero
 	}
-	p.decode(l, &p.tmp)
-	return &p.tmp
-}
-
-// readHead is read for sweeping, which looks only at a row's first words
-// (when it was last seen): it decodes those alone, and the rest of the row
-// it returns is not the row's.
-func (p *packing[T]) readHead(i, l uint32) *T {
-	if p.open == i+1 {
-		return &p.cur
-	}
-	if l == 0 {
-		return &p.zero
-	}
-	ws := wordsOf(&p.tmp, p.words)[:p.head]
-	clear(ws)
-	enc := p.at(l)
-	// The head's words come first among the encoded ones.
-	n := p.hdr
-	for b := enc[0] & (1<<p.head - 1); b != 0; b &= b - 1 {
-		ws[bits.TrailingZeros32(b)] = enc[n]
-		n++
-	}
+	p.decode(l, &p.tmp, n)
 	return &p.tmp
 }
 

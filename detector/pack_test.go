@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 	"unsafe"
-
-	"github.com/walletguard/walletguard/sim"
 )
 
 // TestPackedTableMatchesPlain drives a packed and a plain table of account
@@ -93,20 +91,14 @@ func TestPackedTableMatchesPlain(t *testing.T) {
 	}
 }
 
-// TestAccountsPackSmall: on generated traffic with three days of history,
+// TestAccountsPackSmall: on generated traffic with two days of history,
 // packed rows take well under their fixed size (account 440 bytes, device
 // 68, payee 84): the saving the README's bytes per account count on.
 func TestAccountsPackSmall(t *testing.T) {
-	cfg := sim.DefaultConfig(3000)
-	cfg.Seed, cfg.HistoryDays, cfg.Duration = 5, 3, 24*time.Hour
-	g := sim.New(cfg)
+	evs := genEvents(t, 3000, 5, 1)
 	e := newEngine(t, 5*time.Minute)
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		e.Process(&it.Event, nil)
+	for i := range evs {
+		e.Process(&evs[i], nil)
 	}
 	check := func(name string, avg float64, raw uintptr, most float64) {
 		t.Logf("%s: %.0f bytes packed, %d unpacked", name, avg, raw)

@@ -67,7 +67,7 @@ func (t *table[T]) row(i uint32) *T { return &t.chunks[i>>chunkBits][i&(chunkRow
 // expires, or, in a packed table, until the next call on the table.
 func (t *table[T]) read(i uint32) *T {
 	if t.pk != nil {
-		return t.pk.read(i, t.pk.loc[i])
+		return t.pk.read(i, t.pk.loc[i], t.pk.words)
 	}
 	return t.row(i)
 }
@@ -75,7 +75,7 @@ func (t *table[T]) read(i uint32) *T {
 // sweepRead is read for sweeping: of a packed row, only the head.
 func (t *table[T]) sweepRead(i uint32) *T {
 	if t.pk != nil {
-		return t.pk.readHead(i, t.pk.loc[i])
+		return t.pk.read(i, t.pk.loc[i], t.pk.head)
 	}
 	return t.row(i)
 }
@@ -87,7 +87,7 @@ func (t *table[T]) get(key uint64) *T {
 		return nil
 	}
 	if t.pk != nil {
-		return t.pk.read(e.row-1, e.loc)
+		return t.pk.read(e.row-1, e.loc, t.pk.words)
 	}
 	return t.row(e.row - 1)
 }
