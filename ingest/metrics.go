@@ -17,6 +17,7 @@ type Metrics struct {
 	DeadLettered prometheus.Counter
 	Duplicates   prometheus.Counter
 	Lag          *prometheus.GaugeVec
+	Assigned     prometheus.Gauge
 	Commits      prometheus.Counter
 	CommitErrors prometheus.Counter
 	ProduceErrs  *prometheus.CounterVec
@@ -51,6 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Lag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_consumer_lag", Help: "Messages between the last fetched offset and the partition's high watermark.",
 		}, []string{"topic", "partition"}),
+		Assigned: f.NewGauge(prometheus.GaugeOpts{
+			Name: "walletguard_partitions_assigned",
+			Help: "Event partitions this instance consumes; 0 when it stands by for another walletguard in its consumer group.",
+		}),
 		Commits: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_offset_commits_total", Help: "Successful consumer-group offset commits.",
 		}),

@@ -49,7 +49,10 @@ type SourceConfig struct {
 	// next offset to read. The detector resumes from its own checkpoint,
 	// which may be ahead of the last commit.
 	StartOffset func(topic string, partition int, committed int64) int64
-	Now         func() time.Time
+	// Held reports how many accounts the consumer holds in state; the group
+	// gives its partitions to the member with the most (see soleOwner).
+	Held func() int64
+	Now  func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -71,6 +74,7 @@ type Source struct {
 	fetched  map[topicPartition]int64 // next offset after the last record handed on
 	ready    bool
 	assigned map[topicPartition]bool
+	started  int64 // unix ns, for the group balancer: the older standby takes over first
 }
 
 type topicPartition struct {
@@ -83,8 +87,11 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Held == nil {
+		cfg.Held = func() int64 { return 0 }
+	}
 	return &Source{
-		cfg: cfg, log: log, metrics: m,
+		cfg: cfg, log: log, metrics: m, started: time.Now().UnixNano(),
 		out:      make(chan Record, 8192),
 		handled:  map[topicPartition]int64{},
 		commited: map[topicPartition]int64{},
@@ -100,7 +107,23 @@ func (s *Source) Records() <-chan Record { return s.out }
 func (s *Source) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ready
+	return s.ready && len(s.assigned) > 0
+}
+
+// Standby reports whether the source is in its group with no partition:
+// another walletguard owns them all (see soleOwner).
+func (s *Source) Standby() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready && len(s.assigned) == 0
+}
+
+// owning reports whether the source holds partitions, as the group
+// balancer tells the group when it joins.
+func (s *Source) owning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.assigned) > 0
 }
 
 // Run joins the group and fetches until ctx is cancelled, across rebalances.
@@ -119,6 +142,7 @@ func (s *Source) Run(ctx context.Context) error {
 		WatchPartitionChanges:  true,
 		PartitionWatchInterval: 10 * time.Second,
 		StartOffset:            kafka.FirstOffset,
+		GroupBalancers:         []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started}, kafka.RangeGroupBalancer{}},
 		Logger:                 nil,
 		ErrorLogger:            kafka.LoggerFunc(func(msg string, args ...any) { s.log.Debug("kafka group", "msg", fmt.Sprintf(msg, args...)) }),
 	})
@@ -170,7 +194,13 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	}
 	s.ready = true
 	s.mu.Unlock()
-	s.log.Info("joined consumer group", "group", s.cfg.GroupID, "generation", gen.ID, "partitions", parts)
+	s.metrics.Assigned.Set(float64(parts))
+	if parts == 0 {
+		s.log.Warn("standing by with no partition: another walletguard in the consumer group owns them all (or the topics have none); this one takes over when that one leaves",
+			"group", s.cfg.GroupID, "generation", gen.ID)
+	} else {
+		s.log.Info("joined consumer group", "group", s.cfg.GroupID, "generation", gen.ID, "partitions", parts)
+	}
 
 	genEnded := make(chan struct{})
 	release := make(chan struct{})
