@@ -156,10 +156,7 @@ func TestAlertsSurviveAReceiverOutage(t *testing.T) {
 
 func run(t *testing.T, a *App) *running {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{app: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
+	r := launch(t, a)
 	waitFor(t, 30*time.Second, "daemon ready", func() bool {
 		resp, err := http.Get("http://" + a.HTTPAddr() + "/readyz")
 		if err != nil {
@@ -168,6 +165,16 @@ func run(t *testing.T, a *App) *running {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
+	return r
+}
+
+// launch runs a without waiting for it to be ready.
+func launch(t *testing.T, a *App) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{app: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
 	return r
 }
 

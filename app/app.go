@@ -83,6 +83,7 @@ type App struct {
 	scores                       *queue[ingest.Message]
 	resumed                      detector.Offsets // offsets of the restored checkpoint
 	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
+	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
 	observer                     func(Outputs)
 
 	reloadMu sync.Mutex
@@ -248,6 +249,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	}
 	if offsets != nil {
 		st := a.proc.Engine.Stats()
+		a.held.Store(int64(st.Accounts))
 		log.Info("restored checkpoint", "accounts", st.Accounts, "timers", st.Timers, "watermark", a.proc.Engine.Watermark())
 	}
 
@@ -277,6 +279,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			}
 			return committed
 		},
+		Held: a.held.Load,
 	}, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -367,6 +370,7 @@ func (a *App) Run(ctx context.Context) error {
 // rest is captured afresh, since a manual action may have changed it since.
 func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckptWork, error) {
 	w := &ckptWork{offsets: offsets, watermark: a.proc.Engine.Watermark()}
+	a.held.Store(int64(a.proc.Engine.Stats().Accounts))
 	undo := func() {
 		for _, u := range w.undo {
 			u()
@@ -872,6 +876,9 @@ func (a *App) watchRules(ctx context.Context) {
 
 // ready reports whether the daemon should receive traffic, and why not.
 func (a *App) ready() (bool, string) {
+	if a.source.Standby() {
+		return false, "standing by: another walletguard in consumer group " + a.cfg.Kafka.GroupID + " consumes every partition (or the event topics have none)"
+	}
 	if !a.source.Ready() {
 		return false, "not consuming yet (joining the consumer group)"
 	}

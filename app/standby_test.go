@@ -1,0 +1,122 @@
+package app
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/ingest"
+)
+
+// TestSecondInstanceStandsByAndTakesOver runs two walletguards in one
+// consumer group. The second must not take partitions (and with them half
+// the accounts' state) from the first: it stands by, says so in readiness
+// and metrics, and takes every partition over when the first leaves. When
+// the first comes back on its data directory, holding far more state than
+// the standby built meanwhile, it takes the partitions back. Each event
+// gets exactly one decision across the two.
+func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	msgs, evs := simMessages(t, 500, 11, 9000)
+	// Phases: the first alone; the second standing by; the second alone
+	// for a few events; the first back.
+	cut := []int{0, 4000, 8000, 8040, len(msgs)}
+	phase := func(i int) []kafka.Message { return msgs[cut[i]:cut[i+1]] }
+	cfgA, cfgB := testConfig(t, t.TempDir()), testConfig(t, t.TempDir())
+	cfgA.Kafka.Brokers = []string{broker.Addr()}
+	cfgB.Kafka.Brokers = []string{broker.Addr()}
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	standsBy := func(r *running) func() bool {
+		return func() bool {
+			code, body := readyz(t, r.app.HTTPAddr())
+			return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
+		}
+	}
+	owns := func(r *running) func() bool {
+		return func() bool {
+			code, _ := readyz(t, r.app.HTTPAddr())
+			return code == http.StatusOK && metric(t, r.app.HTTPAddr(), "walletguard_partitions_assigned") == 4
+		}
+	}
+
+	produce(t, broker.Addr(), "wallet.events", phase(0)...)
+	a := start(t, cfgA)
+	waitFor(t, 60*time.Second, "the first instance to consume phase 0", func() bool {
+		return a.app.Snapshot().Consumed == float64(cut[1])
+	})
+
+	appB, err := New(cfgB, quiet, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, appB)
+	waitFor(t, 30*time.Second, "the second instance to say it stands by", standsBy(b))
+	if got := metric(t, b.app.HTTPAddr(), "walletguard_partitions_assigned"); got != 0 {
+		t.Errorf("standby holds %v partitions, want 0", got)
+	}
+	// The first kept every partition through the rebalance the second
+	// caused, and consumes what comes next alone.
+	produce(t, broker.Addr(), "wallet.events", phase(1)...)
+	waitFor(t, 60*time.Second, "the first instance to consume phase 1", func() bool {
+		return a.app.Snapshot().Consumed == float64(cut[2])
+	})
+	if !owns(a)() {
+		t.Errorf("the first instance does not own every partition with the second standing by")
+	}
+	if got := b.app.Snapshot().Consumed; got != 0 {
+		t.Errorf("the standby consumed %v events", got)
+	}
+
+	// The first leaves: the standby takes over from the committed offsets.
+	a.stop(t)
+	firstRun := a.app.Snapshot().Consumed
+	produce(t, broker.Addr(), "wallet.events", phase(2)...)
+	waitFor(t, 60*time.Second, "the standby to take over and consume phase 2", func() bool {
+		return b.app.Snapshot().Consumed == float64(cut[3]-cut[2])
+	})
+	waitFor(t, 10*time.Second, "the standby to own every partition", owns(b))
+
+	// The first comes back with its state: it takes the partitions back.
+	a2 := start(t, cfgA)
+	waitFor(t, 30*time.Second, "the second instance to stand by again", standsBy(b))
+	produce(t, broker.Addr(), "wallet.events", phase(3)...)
+	waitFor(t, 60*time.Second, "the first instance, back, to consume phase 3", func() bool {
+		return a2.app.Snapshot().Consumed == float64(cut[4]-cut[3])
+	})
+	if !owns(a2)() {
+		t.Errorf("the first instance, back, does not own every partition")
+	}
+	a2.stop(t)
+	b.stop(t)
+	if got := firstRun + b.app.Snapshot().Consumed + a2.app.Snapshot().Consumed; got != float64(len(msgs)) {
+		t.Errorf("the instances consumed %v events together, produced %d", got, len(msgs))
+	}
+	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))
+	for _, ev := range evs {
+		if byEvent[ev.EventID] != 1 {
+			t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, byEvent[ev.EventID])
+		}
+	}
+}
+
+// readyz is what a load balancer or Kubernetes sees of readiness.
+func readyz(t *testing.T, addr string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatalf("readyz: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
