@@ -219,6 +219,7 @@ func TestDeployManifestsMatchTheCode(t *testing.T) {
 		t.Fatalf("walletguard.json: %v", err)
 	}
 	checkMetrics(t, "walletguard.json", string(dash), names)
+	checkPanels(t, d)
 	// Every alert has a runbook section.
 	runbook, _ := os.ReadFile("../../docs/runbook.md")
 	for _, m := range regexp.MustCompile(`alert: (\w+)`).FindAllStringSubmatch(string(prom), -1) {
@@ -304,5 +305,46 @@ func TestBenchRuns(t *testing.T) {
 		if m := regexp.MustCompile(`detection state: (\d+) bytes per account`).FindSubmatch(out); m == nil {
 			t.Errorf("no positive state size in:\n%s", out)
 		}
+	}
+}
+
+// checkPanels: Grafana places a panel by its gridPos, four numbers on a
+// 24-column grid; anything else there (a value mapping pasted into "w" once)
+// leaves the panel without a place. Panels must not overlap either.
+func checkPanels(t *testing.T, dash map[string]any) {
+	t.Helper()
+	panels, _ := dash["panels"].([]any)
+	if len(panels) == 0 {
+		t.Fatal("walletguard.json: no panels")
+	}
+	type box struct{ x, y, w, h float64 }
+	var placed []box
+	ids := map[float64]bool{}
+	for _, p := range panels {
+		p := p.(map[string]any)
+		title, _ := p["title"].(string)
+		id, _ := p["id"].(float64)
+		if ids[id] {
+			t.Errorf("walletguard.json: panel %q reuses id %v", title, id)
+		}
+		ids[id] = true
+		g, _ := p["gridPos"].(map[string]any)
+		var b box
+		for k, dst := range map[string]*float64{"x": &b.x, "y": &b.y, "w": &b.w, "h": &b.h} {
+			v, ok := g[k].(float64)
+			if !ok {
+				t.Errorf("walletguard.json: panel %q has gridPos.%s = %v, want a number", title, k, g[k])
+			}
+			*dst = v
+		}
+		if b.w <= 0 || b.h <= 0 || b.x < 0 || b.x+b.w > 24 {
+			t.Errorf("walletguard.json: panel %q at %+v does not fit the 24-column grid", title, b)
+		}
+		for _, o := range placed {
+			if b.x < o.x+o.w && o.x < b.x+b.w && b.y < o.y+o.h && o.y < b.y+b.h {
+				t.Errorf("walletguard.json: panel %q at %+v overlaps another at %+v", title, b, o)
+			}
+		}
+		placed = append(placed, b)
 	}
 }
