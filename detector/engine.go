@@ -81,6 +81,7 @@ type Engine struct {
 	cfg       Config
 	log       *slog.Logger
 	metrics   *Metrics
+	following bool // see SetFollowing
 	set       atomic.Pointer[rules.Set]
 	allow     map[string]bool
 	lateness  uint32
@@ -186,6 +187,11 @@ func StableID(prefix string, parts ...string) string {
 	}
 	return prefix + hex.EncodeToString(b[:])
 }
+
+// SetFollowing switches counting off (on) for the events processed next:
+// a standby folds the events its owner decides into its state, and their
+// decisions and rule hits are the owner's to count.
+func (e *Engine) SetFollowing(on bool) { e.following = on }
 
 // Process scores ev and folds it into the state. It appends to out the
 // event's decision and any timer decisions that became due, and returns out.
@@ -307,7 +313,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 			continue
 		}
 		h := e.hit(r, env, ev)
-		if e.metrics != nil {
+		if e.metrics != nil && !e.following {
 			e.metrics.hit(r)
 		}
 		if r.Shadow {
@@ -428,14 +434,14 @@ func (e *Engine) finish(d *Decision) {
 	if d.Rules == nil {
 		d.Rules = []Hit{}
 	}
-	if e.metrics != nil {
+	if e.metrics != nil && !e.following {
 		e.metrics.decided(d)
 	}
 }
 
 func (e *Engine) ruleError(r *rules.Rule, err error) {
 	e.evalErrs++
-	if e.metrics != nil {
+	if e.metrics != nil && !e.following {
 		e.metrics.RuleErrors.Inc()
 	}
 	if e.evalErrs&(e.evalErrs-1) == 0 { // log the 1st, 2nd, 4th, 8th… error
@@ -813,7 +819,7 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 		return Decision{}, false
 	}
 	h := e.hit(r, env, ev)
-	if e.metrics != nil {
+	if e.metrics != nil && !e.following {
 		e.metrics.hit(r)
 	}
 	d := Decision{

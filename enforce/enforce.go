@@ -136,9 +136,19 @@ type Planner struct {
 	forward []Command    // automatic commands not yet handed to Forward
 	alerts  []SystemAlert
 	metrics *Metrics
+	// following: the actions planned are a standby's copy of its owner's
+	// (see SetFollowing).
+	following bool
 
 	breaker breakerState
 }
+
+// SetFollowing switches following on or off for the decisions planned
+// next. A standby plans the decisions its owner made, to hold the same
+// freezes and step-ups when it takes over, but the owner forwards the
+// commands, counts the actions and writes them to analytics; the standby
+// keeps them only in its state and audit trail.
+func (p *Planner) SetFollowing(on bool) { p.following = on }
 
 // ErrNotFound is returned for actions on accounts walletguard knows nothing of.
 var ErrNotFound = errors.New("account not known")
@@ -209,6 +219,9 @@ func (p *Planner) Plan(d *detector.Decision, out []Command) []Command {
 	}
 	p.note(AuditEntry{At: d.TS, Action: c.Command, Origin: "auto", Actor: Auto, AccountID: d.AccountID,
 		Reason: reason, DecisionID: d.DecisionID, CommandID: c.CommandID})
+	if p.following {
+		return append(out, c)
+	}
 	p.metrics.action(c.Command, "auto")
 	if p.cfg.Forward != nil {
 		p.forward = append(p.forward, c)
@@ -219,7 +232,9 @@ func (p *Planner) Plan(d *detector.Decision, out []Command) []Command {
 // note records an automatic action for the audit trail and the sink.
 func (p *Planner) note(e AuditEntry) {
 	p.audit = append(p.audit, e)
-	p.fresh = append(p.fresh, e)
+	if !p.following {
+		p.fresh = append(p.fresh, e)
+	}
 }
 
 // PendingAudit returns the automatic actions not yet saved (the next
