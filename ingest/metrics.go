@@ -16,6 +16,7 @@ type Metrics struct {
 	Rejected     *prometheus.CounterVec
 	DeadLettered prometheus.Counter
 	Duplicates   prometheus.Counter
+	Followed     prometheus.Counter
 	Lag          *prometheus.GaugeVec
 	Assigned     prometheus.Gauge
 	Commits      prometheus.Counter
@@ -48,6 +49,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Duplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_events_duplicate_total", Help: "Events skipped because their event_id was already handled.",
+		}),
+		Followed: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_events_followed_total",
+			Help: "Events a standby folded into its state after the owner decided them (not counted as consumed).",
 		}),
 		Lag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_consumer_lag", Help: "Messages between the last fetched offset and the partition's high watermark.",

@@ -35,6 +35,9 @@ type Record struct {
 	Arrived   time.Time
 	Event     event.Event
 	Err       error
+	// Follow marks a record read as a standby (SourceConfig.Follow): the
+	// owner of its partition decides it; the standby only learns from it.
+	Follow bool
 }
 
 // SourceConfig configures a Source.
@@ -52,6 +55,12 @@ type SourceConfig struct {
 	// Held reports how many accounts the consumer holds in state; the group
 	// gives its partitions to the member with the most (see soleOwner).
 	Held func() int64
+	// Follow makes a standby read every partition of the topics, up to the
+	// offsets the group has committed, and hand those records on marked
+	// Follow: its state keeps up with the owner's, so that it decides as the
+	// owner would have when it takes over. StartOffset, asked with the
+	// committed offset kafka.FirstOffset, says where following starts.
+	Follow bool
 	Now  func() time.Time
 }
 
@@ -74,6 +83,9 @@ type Source struct {
 	fetched  map[topicPartition]int64 // next offset after the last record handed on
 	ready    bool
 	assigned map[topicPartition]bool
+	// followed holds the partitions whose records were last handed on as a
+	// standby's: fetched is then exactly where the state is.
+	followed map[topicPartition]bool
 	started  int64 // unix ns, for the group balancer: the older standby takes over first
 }
 
@@ -97,6 +109,7 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 		commited: map[topicPartition]int64{},
 		fetched:  map[topicPartition]int64{},
 		assigned: map[topicPartition]bool{},
+		followed: map[topicPartition]bool{},
 	}
 }
 
@@ -233,18 +246,34 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			// A partition that comes back after a rebalance continues after
 			// the last record this process already handed on: those records
 			// are in its state (or on their way), and must not be read twice.
+			// A standby that followed the partition continues where it
+			// stopped, even behind the committed offset: its state holds
+			// exactly the records before that, and deciding the rest again
+			// gives the decisions (and ids) the owner gave them.
+			tp := topicPartition{topic, a.ID}
 			s.mu.Lock()
-			if f, ok := s.fetched[topicPartition{topic, a.ID}]; ok && f > start {
+			if f, ok := s.fetched[tp]; ok && (f > start || s.followed[tp]) {
 				start = f
 			}
+			delete(s.followed, tp)
+			// Never commit behind what the group has: a standby's marks
+			// start below it.
+			s.commited[tp] = max(s.commited[tp], a.Offset)
 			s.mu.Unlock()
 			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.fetchPartition(fetchCtx, topic, a.ID, start)
+				s.fetchPartition(fetchCtx, topic, a.ID, start, nil)
 			}()
 		}
+	}
+	if parts == 0 && s.cfg.Follow {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.follow(fetchCtx)
+		}()
 	}
 	for {
 		select {
@@ -266,7 +295,10 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	}
 }
 
-func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64) {
+// fetchPartition hands on the partition's records from start. With limits
+// (a standby following) it hands on only records the group has committed,
+// marked Follow.
+func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets) {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:   s.cfg.Brokers,
 		Topic:     topic,
@@ -311,16 +343,23 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			s.log.Warn("offset gap in partition", "topic", topic, "partition", partition, "expected", next, "got", m.Offset)
 		}
 		next = m.Offset + 1
+		tp := topicPartition{topic, partition}
+		if limits != nil && !limits.wait(ctx, tp, m.Offset) {
+			return
+		}
 		now := s.cfg.Now()
-		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now}
+		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now, Follow: limits != nil}
 		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
-		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 {
+		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 && limits == nil {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
 		}
 		select {
 		case s.out <- rec:
 			s.mu.Lock()
-			s.fetched[topicPartition{topic, partition}] = m.Offset + 1
+			s.fetched[tp] = m.Offset + 1
+			if limits != nil {
+				s.followed[tp] = true
+			}
 			s.mu.Unlock()
 		case <-ctx.Done():
 			return

@@ -1,0 +1,152 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// follow runs a standby's readers: every partition of the topics, from
+// where this process's state is, handed on only up to the offsets the
+// group has committed. The owner commits an offset once the outputs of the
+// records before it are durable, so the standby learns only from records
+// that have been decided, and stays within a commit interval or two of
+// the owner. It returns when ctx ends (the generation does).
+func (s *Source) follow(ctx context.Context) {
+	parts, err := s.partitions(ctx)
+	if err != nil {
+		return // ctx ended
+	}
+	limits := &committedOffsets{at: map[topicPartition]int64{}, changed: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(s.cfg.CommitInterval)
+		defer tick.Stop()
+		for {
+			if err := limits.poll(ctx, s.cfg.Brokers, s.cfg.GroupID, parts); err != nil && ctx.Err() == nil {
+				s.log.Debug("standby: committed offsets not read; retrying", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	s.log.Info("standby follows the owner's committed offsets", "group", s.cfg.GroupID, "partitions", len(parts))
+	for _, tp := range parts {
+		s.mu.Lock()
+		start, ok := s.fetched[tp]
+		s.mu.Unlock()
+		if !ok {
+			start = kafka.FirstOffset
+			if s.cfg.StartOffset != nil {
+				start = s.cfg.StartOffset(tp.topic, tp.partition, kafka.FirstOffset)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.fetchPartition(ctx, tp.topic, tp.partition, start, limits)
+		}()
+	}
+	wg.Wait()
+}
+
+// partitions lists the partitions of the source's topics, retrying until
+// the broker answers or ctx ends.
+func (s *Source) partitions(ctx context.Context) ([]topicPartition, error) {
+	for {
+		parts, err := s.readPartitions(ctx)
+		if err == nil {
+			return parts, nil
+		}
+		s.log.Debug("standby: partitions not read; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Source) readPartitions(ctx context.Context) ([]topicPartition, error) {
+	var d kafka.Dialer
+	conn, err := d.DialContext(ctx, "tcp", s.cfg.Brokers[0])
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", s.cfg.Brokers[0], err)
+	}
+	defer conn.Close()
+	ps, err := conn.ReadPartitions(s.cfg.Topics...)
+	if err != nil {
+		return nil, fmt.Errorf("partitions of %v: %w", s.cfg.Topics, err)
+	}
+	out := make([]topicPartition, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, topicPartition{p.Topic, p.ID})
+	}
+	return out, nil
+}
+
+// committedOffsets are the group's committed offsets as a standby last
+// read them; readers wait on them.
+type committedOffsets struct {
+	mu      sync.Mutex
+	at      map[topicPartition]int64
+	changed chan struct{} // closed and replaced whenever at changes
+}
+
+// poll reads the group's committed offsets of parts.
+func (c *committedOffsets) poll(ctx context.Context, brokers []string, group string, parts []topicPartition) error {
+	req := &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{}}
+	for _, tp := range parts {
+		req.Topics[tp.topic] = append(req.Topics[tp.topic], tp.partition)
+	}
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	resp, err := client.OffsetFetch(ctx, req)
+	if err == nil {
+		err = resp.Error
+	}
+	if err != nil {
+		return fmt.Errorf("committed offsets of group %s: %w", group, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	moved := false
+	for topic, ps := range resp.Topics {
+		for _, p := range ps {
+			tp := topicPartition{topic, p.Partition}
+			if p.Error == nil && p.CommittedOffset > c.at[tp] {
+				c.at[tp], moved = p.CommittedOffset, true
+			}
+		}
+	}
+	if moved {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	return nil
+}
+
+// wait blocks until the group has committed past offset on tp, and reports
+// false if ctx ended first.
+func (c *committedOffsets) wait(ctx context.Context, tp topicPartition, offset int64) bool {
+	for {
+		c.mu.Lock()
+		ok, changed := c.at[tp] > offset, c.changed
+		c.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-changed:
+		}
+	}
+}
