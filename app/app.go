@@ -84,6 +84,7 @@ type App struct {
 	resumed                      detector.Offsets // offsets of the restored checkpoint
 	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
 	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
+	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
 	observer                     func(Outputs)
 
 	reloadMu sync.Mutex
@@ -279,7 +280,8 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			}
 			return committed
 		},
-		Held: a.held.Load,
+		Held:   a.held.Load,
+		Follow: cfg.Kafka.StandbyFollow,
 	}, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -736,8 +738,12 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			locked = true
 		}
 		ahead.fill()
-		a.handle(&rec, &cur.out, &cur.msgs)
-		cur.arrived = append(cur.arrived, rec.Arrived)
+		if rec.Follow {
+			a.follow(&rec)
+		} else {
+			a.handle(&rec, &cur.out, &cur.msgs)
+			cur.arrived = append(cur.arrived, rec.Arrived)
+		}
 		ps := next[rec.Topic]
 		if ps == nil {
 			ps = map[int]int64{}
@@ -788,6 +794,23 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 	a.toSink(&rec.Event, rec.Value, out.Decisions[nd:], out.Alerts[na:], nil)
 	a.recent.add(out.Decisions[nd:], &rec.Event)
 	a.stats.add(rec.Arrived, 1, out.Decisions[nd:])
+}
+
+// follow folds an event the group's owner has decided into this standby's
+// state: detection state, freezes and step-ups, open alerts. Its outputs
+// are the owner's; none leaves this process, and it counts only as
+// followed. An event the owner dead-lettered is skipped.
+func (a *App) follow(rec *ingest.Record) {
+	if rec.Err != nil {
+		return
+	}
+	a.proc.Engine.SetFollowing(true)
+	a.proc.Planner.SetFollowing(true)
+	a.proc.HandleFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
+	a.proc.Engine.SetFollowing(false)
+	a.proc.Planner.SetFollowing(false)
+	a.followed.Reset()
+	a.imet.Followed.Inc()
 }
 
 // appendOutputs renders decisions and commands as Kafka records and queues

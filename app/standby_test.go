@@ -15,7 +15,7 @@ import (
 )
 
 // TestSecondInstanceStandsByAndTakesOver runs two walletguards in one
-// consumer group. The second must not take partitions (and with them half
+// consumer group, the second with standby_follow off. The second must not take partitions (and with them half
 // the accounts' state) from the first: it stands by, says so in readiness
 // and metrics, and takes every partition over when the first leaves. When
 // the first comes back on its data directory, holding far more state than
@@ -35,6 +35,9 @@ func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
 	cfgA, cfgB := testConfig(t, t.TempDir()), testConfig(t, t.TempDir())
 	cfgA.Kafka.Brokers = []string{broker.Addr()}
 	cfgB.Kafka.Brokers = []string{broker.Addr()}
+	// A standby that does not follow: it takes over with no state, and
+	// gives the partitions back. cmd/walletguard's standby test follows.
+	cfgB.Kafka.StandbyFollow = false
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	standsBy := func(r *running) func() bool {
 		return func() bool {

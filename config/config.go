@@ -86,6 +86,11 @@ type Kafka struct {
 	CommitInterval Duration `yaml:"commit_interval"`
 	// ShutdownTimeout bounds the graceful drain on SIGTERM.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// StandbyFollow makes an instance that stands by (another walletguard
+	// in the group owns every partition) read the events the owner has
+	// committed into its own state, so that it decides as the owner would
+	// have when it takes over. It costs the standby what deciding costs.
+	StandbyFollow bool `yaml:"standby_follow"`
 }
 
 // HTTP is the API and metrics listener.
@@ -233,6 +238,7 @@ func Default() Config {
 			SessionTimeout:     Duration(10 * time.Second),
 			CommitInterval:     Duration(time.Second),
 			ShutdownTimeout:    Duration(15 * time.Second),
+			StandbyFollow:      true,
 		},
 		HTTP: HTTP{
 			Listen: "127.0.0.1:8080",
