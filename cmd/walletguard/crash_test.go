@@ -158,46 +158,8 @@ func TestKill9RestartLosesAndDoublesNothing(t *testing.T) {
 	// One partition: the daemon sees the events in file order, like replay.
 	scfg := sim.DefaultConfig(4000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 99, 2, 30*time.Hour
-	gen := sim.New(scfg)
-	var file bytes.Buffer
-	var msgs []kafka.Message
-	for {
-		it, ok := gen.Next()
-		if !ok {
-			break
-		}
-		b, _ := event.Marshal(&it.Event)
-		file.Write(b)
-		file.WriteByte('\n')
-		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
-	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokerAddr), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
-	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-
-	// The reference replays the partition in the order the broker holds it:
-	// a producer's retries may have reordered batches, and the daemon sees
-	// the broker's order.
-	inTopic := readTopic(t, brokerAddr, "wallet.events")
-	if len(inTopic) != len(msgs) {
-		t.Fatalf("input topic has %d messages, produced %d", len(inTopic), len(msgs))
-	}
-	file.Reset()
-	for i, m := range inTopic {
-		file.Write(m.Value)
-		file.WriteByte('\n')
-		msgs[i].Value = m.Value
-	}
-	// The reference: an undisturbed replay of the same events.
-	set, _ := rules.Load(nil)
-	refDir := t.TempDir()
-	refSum, err := app.Replay(config.Default(), set, bytes.NewReader(file.Bytes()), refDir, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("reference replay: %d events, %d rejected, %d duplicates", refSum.Events, refSum.Rejected, refSum.Duplicates)
+	ref := newReference(t, brokerAddr, scfg, nil)
+	msgs := ref.msgs
 
 	dir := t.TempDir()
 	httpAddr := freePort(t)
@@ -238,13 +200,7 @@ log:
 		})
 		return cmd
 	}
-	refDecisions := readLines(t, filepath.Join(refDir, "decisions.ndjson"))
-	wantEvents := 0
-	for _, d := range refDecisions {
-		if strings.Contains(d, `"trigger":"event"`) {
-			wantEvents++
-		}
-	}
+	wantEvents := ref.events
 	decided := func() int {
 		n := 0
 		for _, m := range readTopic(t, brokerAddr, "walletguard.decisions") {
@@ -284,37 +240,8 @@ log:
 	}
 	cmd := startDaemon()
 
-	pos := map[string]int{}
-	for i, m := range msgs {
-		var e struct {
-			EventID string `json:"event_id"`
-		}
-		json.Unmarshal(m.Value, &e)
-		pos[e.EventID] = i
-	}
-	var got map[string]string
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		var vals [][]byte
-		for _, m := range readTopic(t, brokerAddr, "walletguard.decisions") {
-			vals = append(vals, m.Value)
-		}
-		got = byID(t, vals, "decision_id")
-		n := 0
-		for _, v := range got {
-			if strings.Contains(v, `"trigger":"event"`) {
-				n++
-			}
-		}
-		if n >= wantEvents {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %d kills the daemon decided %d of %d events within 3 minutes", kills, n, wantEvents)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	checkAlertsDelivered(t, httpAddr, hookAddr, filepath.Join(refDir, "alerts.ndjson"))
+	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, fmt.Sprintf("the daemon, after %d kills, to decide every event", kills))
+	checkAlertsDelivered(t, httpAddr, hookAddr, filepath.Join(ref.dir, "alerts.ndjson"))
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -322,8 +249,114 @@ log:
 		t.Errorf("SIGTERM: daemon exited with %v, want 0", err)
 	}
 
+	missingTimers, commands := ref.check(t, brokerAddr, got, "after kills")
+	t.Logf("decision records after each kill (with repeats): %v", progress)
+	t.Logf("%d events, %d kills: %d decisions (%d timer decisions still pending at the end), %d commands, all equal to the undisturbed run",
+		len(msgs), kills, len(got), missingTimers, commands)
+}
+
+// reference is a stream of generated events on a one-partition topic and
+// an undisturbed replay of it: what a daemon, however disturbed, must
+// produce from that topic.
+type reference struct {
+	msgs      []kafka.Message // in the topic's order
+	dir       string          // the replay's output files
+	decisions []string
+	events    int            // decisions triggered by an event: one per event
+	pos       map[string]int // event id → position in msgs
+}
+
+// newReference produces the sim's events to wallet.events on broker and
+// replays them in the order the broker holds them: a producer's retries
+// may have reordered batches, and a daemon sees the broker's order.
+// produced, if set, runs as soon as the events are in the broker.
+func newReference(t *testing.T, broker string, scfg sim.Config, produced func()) *reference {
+	t.Helper()
+	gen := sim.New(scfg)
+	var msgs []kafka.Message
+	for {
+		it, ok := gen.Next()
+		if !ok {
+			break
+		}
+		b, _ := event.Marshal(&it.Event)
+		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(broker), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if produced != nil {
+		produced()
+	}
+	inTopic := readTopic(t, broker, "wallet.events")
+	if len(inTopic) != len(msgs) {
+		t.Fatalf("input topic has %d messages, produced %d", len(inTopic), len(msgs))
+	}
+	r := &reference{msgs: inTopic, dir: t.TempDir(), pos: map[string]int{}}
+	var file bytes.Buffer
+	for i, m := range inTopic {
+		file.Write(m.Value)
+		file.WriteByte('\n')
+		var e struct {
+			EventID string `json:"event_id"`
+		}
+		json.Unmarshal(m.Value, &e)
+		r.pos[e.EventID] = i
+	}
+	set, _ := rules.Load(nil)
+	sum, err := app.Replay(config.Default(), set, bytes.NewReader(file.Bytes()), r.dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reference replay: %d events, %d rejected, %d duplicates", sum.Events, sum.Rejected, sum.Duplicates)
+	r.decisions = readLines(t, filepath.Join(r.dir, "decisions.ndjson"))
+	for _, d := range r.decisions {
+		if strings.Contains(d, `"trigger":"event"`) {
+			r.events++
+		}
+	}
+	return r
+}
+
+// waitDecided waits until every event has its decision on broker's
+// decisions topic and returns the decisions by id; one written twice with
+// different content fails the test.
+func (r *reference) waitDecided(t *testing.T, broker string, within time.Duration, what string) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		var vals [][]byte
+		for _, m := range readTopic(t, broker, "walletguard.decisions") {
+			vals = append(vals, m.Value)
+		}
+		got := byID(t, vals, "decision_id")
+		n := 0
+		for _, v := range got {
+			if strings.Contains(v, `"trigger":"event"`) {
+				n++
+			}
+		}
+		if n >= r.events {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s: %d of %d events decided", within, what, n, r.events)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// check compares the decisions got and the commands on broker with the
+// undisturbed replay: each the same, none missing but the timers the
+// replay fired at the end of its input, which a daemon fires only when
+// later events move event time on. It returns how many those were, and the
+// commands.
+func (r *reference) check(t *testing.T, broker string, got map[string]string, how string) (pendingTimers, commands int) {
+	t.Helper()
 	ref := map[string]string{}
-	for _, d := range refDecisions {
+	for _, d := range r.decisions {
 		var m map[string]any
 		json.Unmarshal([]byte(d), &m)
 		ref[m["decision_id"].(string)] = d
@@ -331,53 +364,49 @@ log:
 	// Report the earliest divergence in input order: later ones follow from it.
 	first, firstID := -1, ""
 	for id, v := range got {
-		r, ok := ref[id]
-		if ok && r == v {
+		if rv, ok := ref[id]; ok && rv == v {
 			continue
 		}
 		var m struct {
 			EventID string `json:"event_id"`
 		}
 		json.Unmarshal([]byte(v), &m)
-		if p := pos[m.EventID]; first < 0 || p < first {
+		if p := r.pos[m.EventID]; first < 0 || p < first {
 			first, firstID = p, id
 		}
 	}
 	if first >= 0 {
-		t.Fatalf("decision %s (input position %d) differs from the undisturbed run:\nafter kills: %s\nundisturbed: %s", firstID, first, got[firstID], ref[firstID])
+		t.Fatalf("decision %s (input position %d) differs from the undisturbed run:\n%s: %s\nundisturbed: %s", firstID, first, how, got[firstID], ref[firstID])
 	}
-	missingTimers := 0
-	for id, r := range ref {
+	for id, rv := range ref {
 		if _, ok := got[id]; !ok {
-			if strings.Contains(r, `"trigger":"timer"`) {
-				missingTimers++ // replay fires the last timers at end of input; the daemon waits for later events
+			if strings.Contains(rv, `"trigger":"timer"`) {
+				pendingTimers++
 				continue
 			}
-			t.Fatalf("decision %s of the undisturbed run is missing after kills: %s", id, r)
+			t.Fatalf("decision %s of the undisturbed run is missing %s: %s", id, how, rv)
 		}
 	}
 	var cmdVals [][]byte
-	for _, m := range readTopic(t, brokerAddr, "walletguard.account-commands") {
+	for _, m := range readTopic(t, broker, "walletguard.account-commands") {
 		cmdVals = append(cmdVals, m.Value)
 	}
 	gotCmds := byID(t, cmdVals, "command_id")
 	refCmds := map[string]bool{}
-	for _, c := range readLines(t, filepath.Join(refDir, "commands.ndjson")) {
+	for _, c := range readLines(t, filepath.Join(r.dir, "commands.ndjson")) {
 		var m map[string]any
 		json.Unmarshal([]byte(c), &m)
 		refCmds[m["command_id"].(string)] = true
 		if _, ok := gotCmds[m["command_id"].(string)]; !ok {
-			t.Errorf("command missing after kills: %s", c)
+			t.Errorf("command missing %s: %s", how, c)
 		}
 	}
 	for id := range gotCmds {
 		if !refCmds[id] {
-			t.Errorf("command %s was issued after kills but not in the undisturbed run", id)
+			t.Errorf("command %s was issued %s but not in the undisturbed run", id, how)
 		}
 	}
-	t.Logf("decision records after each kill (with repeats): %v", progress)
-	t.Logf("%d events, %d kills: %d decisions (%d timer decisions still pending at the end), %d commands, all equal to the undisturbed run",
-		len(msgs), kills, len(got), missingTimers, len(gotCmds))
+	return pendingTimers, len(gotCmds)
 }
 
 func readLines(t *testing.T, path string) []string {
