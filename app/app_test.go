@@ -284,17 +284,7 @@ func TestRestartMidStreamHandlesEachEventOnce(t *testing.T) {
 		t.Errorf("consumed %v events over two runs, produced %d", got, len(msgs))
 	}
 	// After a clean stop the group's committed offsets cover every event.
-	client := &kafka.Client{Addr: kafka.TCP(broker.Addr())}
-	resp, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{
-		GroupID: "walletguard", Topics: map[string][]int{"wallet.events": {0, 1, 2, 3}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var committed int64
-	for _, p := range resp.Topics["wallet.events"] {
-		committed += max(p.CommittedOffset, 0)
-	}
-	if committed != int64(len(msgs)) {
+	if committed := committedOffsets(t, broker.Addr()); committed != int64(len(msgs)) {
 		t.Errorf("committed offsets add up to %d after a clean stop, want %d", committed, len(msgs))
 	}
 	decisions := readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second)

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -89,7 +90,11 @@ func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "the standby to own every partition", owns(b))
 
-	// The first comes back with its state: it takes the partitions back.
+	// The first comes back with its state: it takes the partitions back,
+	// from what the standby committed.
+	waitFor(t, 30*time.Second, "the standby to commit what it decided", func() bool {
+		return committedOffsets(t, broker.Addr()) == int64(cut[3])
+	})
 	a2 := start(t, cfgA)
 	waitFor(t, 30*time.Second, "the second instance to stand by again", standsBy(b))
 	produce(t, broker.Addr(), "wallet.events", phase(3)...)
@@ -122,4 +127,20 @@ func readyz(t *testing.T, addr string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// committedOffsets adds up the group's committed offsets on wallet.events.
+func committedOffsets(t *testing.T, broker string) int64 {
+	t.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(broker)}
+	resp, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{
+		GroupID: "walletguard", Topics: map[string][]int{"wallet.events": {0, 1, 2, 3}}})
+	if err != nil {
+		t.Fatalf("committed offsets: %v", err)
+	}
+	var n int64
+	for _, p := range resp.Topics["wallet.events"] {
+		n += max(p.CommittedOffset, 0)
+	}
+	return n
 }

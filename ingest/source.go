@@ -61,7 +61,7 @@ type SourceConfig struct {
 	// owner would have when it takes over. StartOffset, asked with the
 	// committed offset kafka.FirstOffset, says where following starts.
 	Follow bool
-	Now  func() time.Time
+	Now    func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -256,9 +256,10 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 				start = f
 			}
 			delete(s.followed, tp)
-			// Never commit behind what the group has: a standby's marks
-			// start below it.
-			s.commited[tp] = max(s.commited[tp], a.Offset)
+			// What the group has committed, not what this process last
+			// did: commits never go behind it (a standby's marks start
+			// below it).
+			s.commited[tp] = a.Offset
 			s.mu.Unlock()
 			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
 			wg.Add(1)
@@ -386,7 +387,7 @@ func (s *Source) commit() {
 	gen := s.gen
 	offsets := map[string]map[int]int64{}
 	for tp, off := range s.handled {
-		if !s.assigned[tp] || s.commited[tp] == off {
+		if !s.assigned[tp] || off <= s.commited[tp] {
 			continue
 		}
 		if offsets[tp.topic] == nil {
