@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -56,6 +57,7 @@ func (s *Source) follow(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	s.metrics.FollowLag.Reset() // not following any more
 }
 
 // partitions lists the partitions of the source's topics, retrying until
@@ -134,13 +136,15 @@ func (c *committedOffsets) poll(ctx context.Context, brokers []string, group str
 }
 
 // wait blocks until the group has committed past offset on tp, and reports
-// false if ctx ended first.
-func (c *committedOffsets) wait(ctx context.Context, tp topicPartition, offset int64) bool {
+// false if ctx ended first. lag is set to how many committed records
+// follow the one at offset.
+func (c *committedOffsets) wait(ctx context.Context, tp topicPartition, offset int64, lag prometheus.Gauge) bool {
 	for {
 		c.mu.Lock()
-		ok, changed := c.at[tp] > offset, c.changed
+		at, changed := c.at[tp], c.changed
 		c.mu.Unlock()
-		if ok {
+		lag.Set(float64(max(0, at-offset-1)))
+		if at > offset {
 			return true
 		}
 		select {

@@ -18,6 +18,7 @@ type Metrics struct {
 	Duplicates   prometheus.Counter
 	Followed     prometheus.Counter
 	Lag          *prometheus.GaugeVec
+	FollowLag    *prometheus.GaugeVec
 	Assigned     prometheus.Gauge
 	Commits      prometheus.Counter
 	CommitErrors prometheus.Counter
@@ -54,6 +55,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "walletguard_events_followed_total",
 			Help: "Events a standby folded into its state after the owner decided them (not counted as consumed).",
 		}),
+		FollowLag: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "walletguard_standby_follow_lag",
+			Help: "Events the owner has committed that this standby has not folded into its state yet; a takeover decides them again.",
+		}, []string{"topic", "partition"}),
 		Lag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_consumer_lag", Help: "Messages between the last fetched offset and the partition's high watermark.",
 		}, []string{"topic", "partition"}),

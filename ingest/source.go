@@ -345,7 +345,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		}
 		next = m.Offset + 1
 		tp := topicPartition{topic, partition}
-		if limits != nil && !limits.wait(ctx, tp, m.Offset) {
+		if limits != nil && !limits.wait(ctx, tp, m.Offset, s.metrics.FollowLag.WithLabelValues(topic, pl)) {
 			return
 		}
 		now := s.cfg.Now()
