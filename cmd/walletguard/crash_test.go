@@ -158,7 +158,7 @@ func TestKill9RestartLosesAndDoublesNothing(t *testing.T) {
 	// One partition: the daemon sees the events in file order, like replay.
 	scfg := sim.DefaultConfig(4000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 99, 2, 30*time.Hour
-	ref := newReference(t, brokerAddr, scfg, nil)
+	ref := newReference(t, brokerAddr, scfg, 1, nil)
 	msgs := ref.msgs
 
 	dir := t.TempDir()
@@ -269,8 +269,9 @@ type reference struct {
 // newReference produces the sim's events to wallet.events on broker and
 // replays them in the order the broker holds them: a producer's retries
 // may have reordered batches, and a daemon sees the broker's order.
-// produced, if set, runs as soon as the events are in the broker.
-func newReference(t *testing.T, broker string, scfg sim.Config, produced func()) *reference {
+// The events go in parts equal parts, and after, if set, runs as soon as
+// each part is in the broker.
+func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after func(part int)) *reference {
 	t.Helper()
 	gen := sim.New(scfg)
 	var msgs []kafka.Message
@@ -283,13 +284,15 @@ func newReference(t *testing.T, broker string, scfg sim.Config, produced func())
 		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
 	}
 	w := &kafka.Writer{Addr: kafka.TCP(broker), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
-	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
+	for i := range parts {
+		if err := w.WriteMessages(context.Background(), msgs[i*len(msgs)/parts:(i+1)*len(msgs)/parts]...); err != nil {
+			t.Fatal(err)
+		}
+		if after != nil {
+			after(i)
+		}
 	}
 	w.Close()
-	if produced != nil {
-		produced()
-	}
 	inTopic := readTopic(t, broker, "wallet.events")
 	if len(inTopic) != len(msgs) {
 		t.Fatalf("input topic has %d messages, produced %d", len(inTopic), len(msgs))

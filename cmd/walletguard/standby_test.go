@@ -109,12 +109,19 @@ log:
 	wait(60*time.Second, "the first daemon to own the partition", owns(a))
 	b := start(cfgB, httpB)
 	wait(60*time.Second, "the second daemon to stand by", standsBy(b))
-	// The stream arrives with both up; the first is killed while it works
-	// through it, once the standby has followed some of it.
+	// The stream arrives in quarters with both up. Once the standby follows
+	// the first, the second goes in, and the first daemon is killed while it
+	// works through it; the rest arrives for the standby alone.
 	var byA, byB float64
-	ref := newReference(t, brokerAddr, scfg, func() {
-		wait(60*time.Second, "the standby to follow", func() bool { return followed(b) > 0 })
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+	ref := newReference(t, brokerAddr, scfg, 4, func(part int) {
+		switch part {
+		case 0:
+			wait(60*time.Second, "the standby to follow", func() bool { return followed(b) > 0 })
+			return
+		case 2, 3:
+			return
+		}
+		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
 		byA = consumed(httpA)
 		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
