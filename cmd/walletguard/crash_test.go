@@ -270,8 +270,8 @@ type reference struct {
 // replays them in the order the broker holds them: a producer's retries
 // may have reordered batches, and a daemon sees the broker's order.
 // The events go in parts equal parts, and after, if set, runs as soon as
-// each part is in the broker.
-func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after func(part int)) *reference {
+// each part is in the broker, with how many events are.
+func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after func(part, produced int)) *reference {
 	t.Helper()
 	gen := sim.New(scfg)
 	var msgs []kafka.Message
@@ -289,7 +289,7 @@ func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after
 			t.Fatal(err)
 		}
 		if after != nil {
-			after(i)
+			after(i, (i+1)*len(msgs)/parts)
 		}
 	}
 	w.Close()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -109,16 +110,19 @@ log:
 	wait(60*time.Second, "the first daemon to own the partition", owns(a))
 	b := start(cfgB, httpB)
 	wait(60*time.Second, "the second daemon to stand by", standsBy(b))
-	// The stream arrives in quarters with both up. Once the standby follows
-	// the first, the second goes in, and the first daemon is killed while it
-	// works through it; the rest arrives for the standby alone.
+	// The stream arrives in tenths with both up. With nine in, the standby
+	// follows nearly all of them (past the first freezes of the stream);
+	// then the last tenth goes in, and the first daemon is killed as it
+	// decides it, before it has committed it: the standby decides those
+	// events again.
 	var byA, byB float64
-	ref := newReference(t, brokerAddr, scfg, 4, func(part int) {
+	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
 		switch part {
-		case 0:
-			wait(60*time.Second, "the standby to follow", func() bool { return followed(b) > 0 })
+		case 8:
+			wait(2*time.Minute, "the standby to follow nearly all that was produced", func() bool { return followed(b) >= float64(produced)*95/100 })
 			return
-		case 2, 3:
+		case 9:
+		default:
 			return
 		}
 		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
@@ -129,8 +133,8 @@ log:
 		a.cmd.Wait()
 		byB = followed(b)
 	})
-	if byA >= float64(len(ref.msgs)) {
-		t.Fatalf("the first daemon consumed all %v events before it was killed: not mid-stream", byA)
+	if byB >= byA {
+		t.Fatalf("the standby had followed all %v events the first daemon consumed before it was killed: nothing left to decide again", byA)
 	}
 	wait(60*time.Second, "the standby to take the partition over", owns(b))
 
@@ -138,6 +142,54 @@ log:
 	pending, commands := ref.check(t, brokerAddr, got, "after the owner was killed and its standby took over")
 	t.Logf("%d events: the first daemon consumed about %v before it was killed, the standby had followed %v; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end)",
 		len(ref.msgs), byA, byB, len(got), commands, pending)
+
+	// The gateway asks the new owner: every account the undisturbed run
+	// froze is frozen there, for the same reason — those frozen before the
+	// standby's last followed event it knows of only by following.
+	decidedAt := map[string]int{}
+	for _, d := range ref.decisions {
+		var m struct {
+			DecisionID string `json:"decision_id"`
+			EventID    string `json:"event_id"`
+		}
+		json.Unmarshal([]byte(d), &m)
+		decidedAt[m.DecisionID] = ref.pos[m.EventID]
+	}
+	learned := 0
+	for _, line := range readLines(t, filepath.Join(ref.dir, "commands.ndjson")) {
+		var c struct {
+			Command    string `json:"command"`
+			AccountID  string `json:"account_id"`
+			Reason     string `json:"reason"`
+			DecisionID string `json:"decision_id"`
+		}
+		json.Unmarshal([]byte(line), &c)
+		if c.Command != "freeze" {
+			continue
+		}
+		req, _ := http.NewRequest("GET", "http://"+b.http+"/v1/accounts/"+c.AccountID, nil)
+		req.Header.Set("Authorization", "Bearer change-me")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var acc struct {
+			Frozen       bool   `json:"frozen"`
+			FrozenReason string `json:"frozen_reason"`
+		}
+		json.NewDecoder(resp.Body).Decode(&acc)
+		resp.Body.Close()
+		if !acc.Frozen || acc.FrozenReason != c.Reason {
+			t.Errorf("account %s: the new owner says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, acc.Frozen, acc.FrozenReason, c.Reason)
+		}
+		if float64(decidedAt[c.DecisionID]) < byB {
+			learned++
+		}
+	}
+	if learned == 0 {
+		t.Fatalf("no account was frozen before the standby's last followed event (%v): the test did not see enforcement state follow", byB)
+	}
+	t.Logf("of the freezes, %d the new owner knows of only by following", learned)
 
 	// Back on its data directory, the first finds an owner with as much
 	// state as its own, and stands by.
