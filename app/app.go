@@ -804,12 +804,7 @@ func (a *App) follow(rec *ingest.Record) {
 	if rec.Err != nil {
 		return
 	}
-	a.proc.Engine.SetFollowing(true)
-	a.proc.Planner.SetFollowing(true)
-	a.proc.HandleFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
-	a.proc.Engine.SetFollowing(false)
-	a.proc.Planner.SetFollowing(false)
-	a.followed.Reset()
+	a.proc.FollowFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
 	a.imet.Followed.Inc()
 }
 

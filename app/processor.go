@@ -45,6 +45,19 @@ func (p *Processor) HandleFrom(src uint32, ev *event.Event, out *Outputs) (dup b
 	return dup
 }
 
+// FollowFrom folds ev, which another instance has decided, into the state
+// as HandleFrom would, with the engine and planner following (see
+// detector.Engine.SetFollowing): the state changes, nothing is counted or
+// forwarded, and the outputs land in scratch only to be dropped.
+func (p *Processor) FollowFrom(src uint32, ev *event.Event, scratch *Outputs) {
+	p.Engine.SetFollowing(true)
+	p.Planner.SetFollowing(true)
+	p.HandleFrom(src, ev, scratch)
+	p.Engine.SetFollowing(false)
+	p.Planner.SetFollowing(false)
+	scratch.Reset()
+}
+
 // Flush fires timers due by the last event time (end of a replay).
 func (p *Processor) Flush(out *Outputs) {
 	n := len(out.Decisions)
