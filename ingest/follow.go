@@ -14,8 +14,9 @@ import (
 // where this process's state is, handed on only up to the offsets the
 // group has committed. The owner commits an offset once the outputs of the
 // records before it are durable, so the standby learns only from records
-// that have been decided, and stays within a commit interval or two of
-// the owner. It returns when ctx ends (the generation does).
+// that have been decided, and stays about the owner's checkpoint interval
+// and a commit interval behind it. It returns when ctx ends (the
+// generation does).
 func (s *Source) follow(ctx context.Context) {
 	parts, err := s.partitions(ctx)
 	if err != nil {
