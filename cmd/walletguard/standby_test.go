@@ -120,6 +120,12 @@ log:
 		switch part {
 		case 8:
 			wait(2*time.Minute, "the standby to follow nearly all that was produced", func() bool { return followed(b) >= float64(produced)*95/100 })
+			// Following is not deciding: the owner counts what it decided.
+			for _, m := range []string{"walletguard_events_consumed_total", "walletguard_decisions_total", "walletguard_actions_total", "walletguard_rule_hits_total"} {
+				if n := metricSum(b.http, m); n != 0 {
+					t.Errorf("the standby counts %v in %s", n, m)
+				}
+			}
 			return
 		case 9:
 		default:
