@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -31,16 +28,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 
 	scfg := sim.DefaultConfig(1000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 17, 1, 12*time.Hour
-	g := sim.New(scfg)
-	var msgs []kafka.Message
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		b, _ := event.Marshal(&it.Event)
-		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
-	}
+	msgs := simMessages(scfg)
 	half := len(msgs) / 2
 	produceEvents(t, addr, msgs[:half])
 

@@ -24,7 +24,6 @@ import (
 
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
@@ -273,16 +272,7 @@ type reference struct {
 // each part is in the broker, with how many events are.
 func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after func(part, produced int)) *reference {
 	t.Helper()
-	gen := sim.New(scfg)
-	var msgs []kafka.Message
-	for {
-		it, ok := gen.Next()
-		if !ok {
-			break
-		}
-		b, _ := event.Marshal(&it.Event)
-		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
-	}
+	msgs := simMessages(scfg)
 	w := &kafka.Writer{Addr: kafka.TCP(broker), Topic: "wallet.events", BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
 	for i := range parts {
 		if err := w.WriteMessages(context.Background(), msgs[i*len(msgs)/parts:(i+1)*len(msgs)/parts]...); err != nil {

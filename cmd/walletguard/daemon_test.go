@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/sim"
 )
 
 // startDaemon runs `walletguard run --config cfgPath` with its output in
@@ -42,6 +45,20 @@ func produceEvents(t *testing.T, broker string, msgs []kafka.Message) {
 	defer cancel()
 	if err := w.WriteMessages(ctx, msgs...); err != nil {
 		t.Fatalf("produce: %v", err)
+	}
+}
+
+// simMessages is the sim's whole stream as Kafka messages keyed by account.
+func simMessages(scfg sim.Config) []kafka.Message {
+	g := sim.New(scfg)
+	var msgs []kafka.Message
+	for {
+		it, ok := g.Next()
+		if !ok {
+			return msgs
+		}
+		b, _ := event.Marshal(&it.Event)
+		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -43,17 +42,8 @@ func TestDiskFullStopsCommitsAndRecovers(t *testing.T) {
 
 	scfg := sim.DefaultConfig(3000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 23, 1, 18*time.Hour
-	g := sim.New(scfg)
-	var msgs []kafka.Message
+	msgs := simMessages(scfg)
 	late := map[string]bool{} // accounts with events in the second half
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		b, _ := event.Marshal(&it.Event)
-		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
-	}
 	half := len(msgs) / 2
 	for _, m := range msgs[half:] {
 		late[string(m.Key)] = true

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -38,67 +35,31 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	}
 	cfgFor := func(name string) (string, string) {
 		dir := filepath.Join(t.TempDir(), name)
-		os.MkdirAll(dir, 0o755)
 		httpAddr := freePort(t)
-		path := filepath.Join(dir, "walletguard.yaml")
-		os.WriteFile(path, []byte(fmt.Sprintf(`data_dir: %s
-kafka:
-  brokers: [%s]
-  session_timeout: 2s
-  commit_interval: 200ms
-http:
-  listen: %s
-detector:
-  checkpoint_interval: 300ms
-log:
-  level: info
-`, filepath.Join(dir, "data"), brokerAddr, httpAddr)), 0o600)
+		path := filepath.Join(t.TempDir(), name+".yaml")
+		writeFile(t, path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n",
+			dir, brokerAddr, httpAddr))
 		return path, httpAddr
 	}
 	start := func(cfg, httpAddr string) *daemon {
-		d := &daemon{cmd: exec.Command(bin, "run", "--config", cfg), http: httpAddr}
-		var logs bytes.Buffer
-		d.cmd.Stderr, d.cmd.Stdout = &logs, &logs
-		if err := d.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		var logs syncBuffer
+		d := &daemon{cmd: startDaemon(t, bin, cfg, &logs), http: httpAddr}
 		t.Cleanup(func() {
 			if d.cmd.ProcessState == nil {
-				d.cmd.Process.Kill()
-				d.cmd.Wait()
-			}
-			if t.Failed() {
-				t.Logf("daemon %s log:\n%s", httpAddr, grepLines(logs.String(), "partition", "standing by", "standby", "restored", "error", "failed", "WARN"))
+				stopDaemon(t, d.cmd, &logs, "partition", "standing by", "standby", "restored", "error", "failed", "WARN")
 			}
 		})
 		return d
 	}
-	ready := func(d *daemon) (int, string) {
-		resp, err := http.Get("http://" + d.http + "/readyz")
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	wait := func(within time.Duration, what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(within); !ok(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out after %s waiting for %s", within, what)
-			}
-		}
-	}
 	owns := func(d *daemon) func() bool {
 		return func() bool {
-			code, _ := ready(d)
+			code, _ := readyz(d.http)
 			return code == http.StatusOK && metricSum(d.http, "walletguard_partitions_assigned") == 1
 		}
 	}
 	standsBy := func(d *daemon) func() bool {
 		return func() bool {
-			code, body := ready(d)
+			code, body := readyz(d.http)
 			return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
 		}
 	}
@@ -107,9 +68,9 @@ log:
 	cfgA, httpA := cfgFor("a")
 	cfgB, httpB := cfgFor("b")
 	a := start(cfgA, httpA)
-	wait(60*time.Second, "the first daemon to own the partition", owns(a))
+	waitUntil(t, "the first daemon to own the partition", 60*time.Second, owns(a))
 	b := start(cfgB, httpB)
-	wait(60*time.Second, "the second daemon to stand by", standsBy(b))
+	waitUntil(t, "the second daemon to stand by", 60*time.Second, standsBy(b))
 	// The stream arrives in tenths with both up. With nine in, the standby
 	// follows nearly all of them (past the first freezes of the stream);
 	// then the last tenth goes in, and the first daemon is killed as it
@@ -119,7 +80,7 @@ log:
 	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
 		switch part {
 		case 8:
-			wait(2*time.Minute, "the standby to follow nearly all that was produced", func() bool { return followed(b) >= float64(produced)*95/100 })
+			waitUntil(t, "the standby to follow nearly all that was produced", 2*time.Minute, func() bool { return followed(b) >= float64(produced)*95/100 })
 			// Following is not deciding: the owner counts what it decided.
 			for _, m := range []string{"walletguard_events_consumed_total", "walletguard_decisions_total", "walletguard_actions_total", "walletguard_rule_hits_total"} {
 				if n := metricSum(b.http, m); n != 0 {
@@ -142,7 +103,7 @@ log:
 	if byB >= byA {
 		t.Fatalf("the standby had followed all %v events the first daemon consumed before it was killed: nothing left to decide again", byA)
 	}
-	wait(60*time.Second, "the standby to take the partition over", owns(b))
+	waitUntil(t, "the standby to take the partition over", 60*time.Second, owns(b))
 
 	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, "the standby, now the owner, to decide every event")
 	pending, commands := ref.check(t, brokerAddr, got, "after the owner was killed and its standby took over")
@@ -200,7 +161,7 @@ log:
 	// Back on its data directory, the first finds an owner with as much
 	// state as its own, and stands by.
 	a2 := start(cfgA, httpA)
-	wait(60*time.Second, "the restarted first daemon to stand by", standsBy(a2))
+	waitUntil(t, "the restarted first daemon to stand by", 60*time.Second, standsBy(a2))
 	if !owns(b)() {
 		t.Error("the owner lost the partition to a restarted daemon with no more state than its own")
 	}
