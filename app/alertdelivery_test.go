@@ -158,12 +158,8 @@ func run(t *testing.T, a *App) *running {
 	t.Helper()
 	r := launch(t, a)
 	waitFor(t, 30*time.Second, "daemon ready", func() bool {
-		resp, err := http.Get("http://" + a.HTTPAddr() + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
+		code, _ := readyz(a.HTTPAddr())
+		return code == http.StatusOK
 	})
 	return r
 }
