@@ -97,8 +97,12 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 	cfg.HistoryDays = historyDays
 	cfg.Duration = time.Duration(days * 24 * float64(time.Hour))
 	g := sim.New(cfg)
-	buf := make([]byte, 0, 1<<30)
-	ends := make([]int, 0, 1<<22)
+	// Events are copied into blocks that never move: one growing buffer
+	// would copy gigabytes as it grew and leave them to the collector,
+	// which then shares the timed part's core with it.
+	const block = 64 << 20
+	var buf []byte
+	var out [][]byte
 	warm := 0
 	warmUntil := cfg.Start // without a history, the first half is one
 	if historyDays == 0 {
@@ -116,14 +120,12 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 		if err != nil {
 			t.Fatal(err)
 		}
+		if len(buf)+len(j) > cap(buf) {
+			buf = make([]byte, 0, max(block, len(j)))
+		}
+		start := len(buf)
 		buf = append(buf, j...)
-		ends = append(ends, len(buf))
-	}
-	out := make([][]byte, len(ends))
-	start := 0
-	for i, end := range ends {
-		out[i] = buf[start:end:end]
-		start = end
+		out = append(out, buf[start:len(buf):len(buf)])
 	}
 	rawCache[key] = rawStream{out, warm}
 	return rawCache[key]
