@@ -244,6 +244,9 @@ func functions() []expr.Option {
 		expr.Function("minutes", func(p ...any) (any, error) {
 			return Minutes(p[0].(float64)), nil
 		}, new(func(float64) string)),
+		expr.Function("count", func(p ...any) (any, error) {
+			return Count(p[0].(int), p[1].(string)), nil
+		}, new(func(int, string) string)),
 		expr.Function("advice", func(p ...any) (any, error) {
 			return Advice(p[0].(string)), nil
 		}, new(func(string) string)),
@@ -308,6 +311,16 @@ func Num(v float64) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// Count renders how many of a thing there are, the noun in the singular
+// for one and with an "s" otherwise: "1 attempt", "12 attempts",
+// "1,200 accounts". A support agent reads reasons aloud to users.
+func Count(n int, noun string) string {
+	if n == 1 || n == -1 {
+		return Num(float64(n)) + " " + noun
+	}
+	return Num(float64(n)) + " " + noun + "s"
 }
 
 // Minutes renders a duration in minutes for a person: "45 s", "12 min", "3.5 h".

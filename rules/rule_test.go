@@ -140,6 +140,36 @@ func TestReasonTemplateQuotesValues(t *testing.T) {
 	}
 }
 
+// A payment that failed once and never came back is reported as "1
+// attempt", which is what a support agent reads to the user.
+func TestStuckPaymentReasonCountsAttempts(t *testing.T) {
+	s, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rule *Rule
+	for _, r := range s.Rules {
+		if r.ID == "payment_not_recovered" {
+			rule = r
+		}
+	}
+	if rule == nil {
+		t.Fatal("built-in rule payment_not_recovered missing")
+	}
+	var ev Evaluator
+	for _, tc := range []struct {
+		attempts int
+		want     string
+	}{{1, "(1 attempt, last status retrying)"}, {2, "(2 attempts, last status retrying)"}, {1200, "(1,200 attempts, last status retrying)"}} {
+		env := NewEnv()
+		env.Payment = PaymentView{Known: true, Attempts: tc.attempts, Failures: 1, LastStatus: "retrying",
+			DominantError: "NETWORK_TIMEOUT", MinsSinceFailure: 10, PaymentID: "pay-1", MerchantID: "m-1"}
+		if got := ev.Reason(rule, env); !strings.Contains(got, tc.want) {
+			t.Errorf("%d attempts: reason %q, want it to contain %q", tc.attempts, got, tc.want)
+		}
+	}
+}
+
 func TestVersionIsContentHash(t *testing.T) {
 	a, _ := Compile(BuiltinSources())
 	b, _ := Compile(BuiltinSources())
