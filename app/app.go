@@ -85,6 +85,7 @@ type App struct {
 	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
 	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
 	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
+	learned                      []learnedAlert   // alerts a standby learned of by following (takeover.go; pipeline only)
 	observer                     func(Outputs)
 
 	reloadMu sync.Mutex
@@ -104,6 +105,7 @@ type appMetrics struct {
 	reloads             *prometheus.CounterVec
 	commands            *prometheus.CounterVec
 	alertsRaised        *prometheus.CounterVec
+	alertsRedelivered   prometheus.Counter
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
 }
@@ -135,6 +137,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		alertsRaised: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "walletguard_alerts_total", Help: "Alert records emitted (new or changed), by category and severity.",
 		}, []string{"category", "severity"}),
+		alertsRedelivered: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_alerts_redelivered_total",
+			Help: "Alerts a standby learned of by following and delivered again when it took the partitions over (alerts.takeover_redeliver).",
+		}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
 		}),
@@ -712,6 +718,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					copyCheckpoint(copyRows) // a slice at a time: an event may come
 				}
 				unlock()
+				if a.learned != nil && a.source != nil && a.source.Ready() {
+					a.redeliverLearned(time.Now()) // taken over, with no event yet
+				}
 				flush(false)
 				if time.Since(lastCkpt) >= interval {
 					checkpoint(false)
@@ -741,6 +750,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if rec.Follow {
 			a.follow(&rec)
 		} else {
+			if a.learned != nil {
+				a.redeliverLearned(time.Now())
+			}
 			a.handle(&rec, &cur.out, &cur.msgs)
 			cur.arrived = append(cur.arrived, rec.Arrived)
 		}
@@ -805,6 +817,8 @@ func (a *App) follow(rec *ingest.Record) {
 		return
 	}
 	a.proc.FollowFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
+	a.learnAlerts(a.followed.Alerts, rec.Arrived)
+	a.followed.Reset()
 	a.imet.Followed.Inc()
 }
 

@@ -48,14 +48,14 @@ func (p *Processor) HandleFrom(src uint32, ev *event.Event, out *Outputs) (dup b
 // FollowFrom folds ev, which another instance has decided, into the state
 // as HandleFrom would, with the engine and planner following (see
 // detector.Engine.SetFollowing): the state changes, nothing is counted or
-// forwarded, and the outputs land in scratch only to be dropped.
+// forwarded, and the outputs — the owner's — land in scratch for the
+// caller to look at and drop.
 func (p *Processor) FollowFrom(src uint32, ev *event.Event, scratch *Outputs) {
 	p.Engine.SetFollowing(true)
 	p.Planner.SetFollowing(true)
 	p.HandleFrom(src, ev, scratch)
 	p.Engine.SetFollowing(false)
 	p.Planner.SetFollowing(false)
-	scratch.Reset()
 }
 
 // Flush fires timers due by the last event time (end of a replay).

@@ -134,6 +134,12 @@ type Alerts struct {
 	// TemplatesDir holds edited copies of the alert wording (one YAML file
 	// per language); empty uses the built-in English, Chinese and Indonesian.
 	TemplatesDir string `yaml:"templates_dir"`
+	// TakeoverRedeliver: when a following standby takes the partitions
+	// over, it delivers again the alerts it learned of by following in
+	// this long before. The owner that died may have held them in its
+	// outbox, undelivered (a receiver down); receivers deduplicate by
+	// alert_id. 0 delivers none again.
+	TakeoverRedeliver Duration `yaml:"takeover_redeliver"`
 }
 
 // Webhook is one receiver: of support alerts (alerts.webhooks) or of
@@ -240,6 +246,7 @@ func Default() Config {
 			ShutdownTimeout:    Duration(15 * time.Second),
 			StandbyFollow:      true,
 		},
+		Alerts: Alerts{TakeoverRedeliver: Duration(15 * time.Minute)},
 		HTTP: HTTP{
 			Listen: "127.0.0.1:8080",
 			Tokens: []Token{{Token: "change-me", Role: "admin"}},
@@ -427,6 +434,9 @@ func (c *Config) Validate() error {
 		if w.RateLimit < 0 || w.GiveUpAfter.D() < 0 {
 			bad("alerts.webhooks[%d]: rate_limit and give_up_after must not be negative", i)
 		}
+	}
+	if c.Alerts.TakeoverRedeliver.D() < 0 {
+		bad("alerts.takeover_redeliver: must not be negative")
 	}
 	d := c.Detector
 	if d.MaxAccounts < 1000 {

@@ -514,7 +514,8 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	if len(held.Alerts) == 0 {
 		t.Fatal("the daemon holds no alerts; the stream should raise several")
 	}
-	deadline := time.Now().Add(time.Minute)
+	// Retries back off up to a minute after a minute of outage.
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		mu.Lock()
 		missing := 0
@@ -528,7 +529,7 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d alerts not delivered a minute after the webhook came back", missing, len(held.Alerts))
+			t.Fatalf("%d of %d alerts not delivered two minutes after the webhook came back", missing, len(held.Alerts))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -542,5 +543,5 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	if unsigned > 0 {
 		t.Errorf("%d deliveries without a signature", unsigned)
 	}
-	t.Logf("%d alerts delivered after %d kills during the webhook outage", len(got), 5)
+	t.Logf("%d alerts delivered once the webhook came back", len(got))
 }

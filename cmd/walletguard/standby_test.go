@@ -33,12 +33,16 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 		cmd  *exec.Cmd
 		http string
 	}
+	// Support's webhook is down until the end: the alerts the first daemon
+	// raises wait in its outbox when it is killed.
+	hookAddr := freePort(t)
 	cfgFor := func(name string) (string, string) {
 		dir := filepath.Join(t.TempDir(), name)
 		httpAddr := freePort(t)
 		path := filepath.Join(t.TempDir(), name+".yaml")
-		writeFile(t, path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n",
-			dir, brokerAddr, httpAddr))
+		writeFile(t, path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
+			"alerts: {webhooks: [{url: \"http://%s/hook\", secret: s3cret, name: support}]}\n",
+			dir, brokerAddr, httpAddr, hookAddr))
 		return path, httpAddr
 	}
 	start := func(cfg, httpAddr string) *daemon {
@@ -157,6 +161,16 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 		t.Fatalf("no account was frozen before the standby's last followed event (%v): the test did not see enforcement state follow", byB)
 	}
 	t.Logf("of the freezes, %d the new owner knows of only by following", learned)
+
+	// Support hears of every alert, those the first daemon raised and never
+	// delivered included: the new owner delivers again what it learned of
+	// by following.
+	checkAlertsDelivered(t, b.http, hookAddr, filepath.Join(ref.dir, "alerts.ndjson"))
+	if n := metricSum(b.http, "walletguard_alerts_redelivered_total"); n == 0 {
+		t.Error("the new owner delivered no alert it learned of by following")
+	} else {
+		t.Logf("the new owner delivered again %v alerts it learned of by following", n)
+	}
 
 	// Back on its data directory, the first finds an owner with as much
 	// state as its own, and stands by.
