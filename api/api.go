@@ -101,6 +101,10 @@ type RuleHits struct {
 // Backend is what the API needs from the daemon.
 type Backend interface {
 	Ready() (bool, string)
+	// Standby reports whether this instance stands by for another that
+	// owns the event partitions, and says so in words: it answers reads
+	// from the state it follows, and refuses changes (see owner).
+	Standby() (bool, string)
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision
 	Alerts(status string) []alerts.Alert
@@ -161,20 +165,20 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("GET /v1/alerts", s.auth(s.alerts, "viewer", "support"))
 	mux.HandleFunc("GET /v1/rules", s.auth(s.rules, "viewer"))
 	mux.HandleFunc("POST /v1/rules/reload", s.auth(s.reload))
-	mux.HandleFunc("POST /v1/score", s.auth(s.score, "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/freeze", s.auth(s.freeze, "support"))
-	mux.HandleFunc("POST /v1/accounts/{id}/unfreeze", s.auth(s.unfreeze, "support"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.enroll, "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.verify, "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.unlock, "support"))
-	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.alertLifecycle("ack"), "support"))
-	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.alertLifecycle("resolve"), "support"))
+	mux.HandleFunc("POST /v1/score", s.auth(s.owner(s.score), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/freeze", s.auth(s.owner(s.freeze), "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/unfreeze", s.auth(s.owner(s.unfreeze), "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.owner(s.enroll), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.owner(s.verify), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.owner(s.unlock), "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.owner(s.alertLifecycle("ack")), "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.owner(s.alertLifecycle("resolve")), "support"))
 	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
 	mux.HandleFunc("GET /v1/log/level", s.auth(s.getLogLevel))
 	mux.HandleFunc("PUT /v1/log/level", s.auth(s.setLogLevel))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
 	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
-	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.resetBreaker))
+	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.owner(s.resetBreaker)))
 	// Go's profiler, for the admin role only: heap and CPU profiles of a
 	// daemon that misbehaves in production, without restarting it.
 	mux.HandleFunc("GET /debug/pprof/", s.auth(pprof.Index))
@@ -225,9 +229,28 @@ func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 		if name == "" {
 			name = role + " token"
 		}
+		if standby, _ := s.b.Standby(); standby {
+			// Reads still answer, from the state followed: say whose it is.
+			w.Header().Set("Walletguard-Standby", "following the owner of the partitions; state may be seconds behind")
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		ctx := context.WithValue(r.Context(), ctxActor{}, name)
 		h(w, r.WithContext(context.WithValue(ctx, ctxRole{}, role)))
+	}
+}
+
+// owner guards a request that changes state: a standby refuses it. Its
+// state follows the owner's, seconds behind; a freeze, a verified code or
+// an acknowledged alert applied here would be unknown to the owner (which
+// answers the gateway) and lost or contradicted when the standby takes
+// over.
+func (s *server) owner(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if standby, why := s.b.Standby(); standby {
+			writeErr(w, http.StatusServiceUnavailable, why+"; changes go to the instance that owns the partitions (its /readyz answers 200)")
+			return
+		}
+		h(w, r)
 	}
 }
 

@@ -906,10 +906,14 @@ func (a *App) watchRules(ctx context.Context) {
 	})
 }
 
+func (a *App) standbyReason() string {
+	return "standing by: another walletguard in consumer group " + a.cfg.Kafka.GroupID + " consumes every partition (or the event topics have none)"
+}
+
 // ready reports whether the daemon should receive traffic, and why not.
 func (a *App) ready() (bool, string) {
 	if a.source.Standby() {
-		return false, "standing by: another walletguard in consumer group " + a.cfg.Kafka.GroupID + " consumes every partition (or the event topics have none)"
+		return false, a.standbyReason()
 	}
 	if !a.source.Ready() {
 		return false, "not consuming yet (joining the consumer group)"

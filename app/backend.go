@@ -21,6 +21,13 @@ func (a *App) apiBackend() api.Backend { return backend{a} }
 
 func (b backend) Ready() (bool, string) { return b.a.ready() }
 
+func (b backend) Standby() (bool, string) {
+	if b.a.source == nil || !b.a.source.Standby() {
+		return false, ""
+	}
+	return true, b.a.standbyReason()
+}
+
 func (b backend) Account(id string) api.Account {
 	b.a.procMu.Lock()
 	st, _ := b.a.proc.Planner.Get(id)

@@ -68,6 +68,33 @@ func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
 	if got := metric(t, b.app.HTTPAddr(), "walletguard_partitions_assigned"); got != 0 {
 		t.Errorf("standby holds %v partitions, want 0", got)
 	}
+	// Changes go to the owner: a standby that froze an account, or took a
+	// 2FA code, would hold what the owner — which the gateway asks — does
+	// not know.
+	acct := evs[0].AccountID
+	if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusServiceUnavailable ||
+		!strings.Contains(body["error"].(string), "standing by") {
+		t.Errorf("freeze on the standby: %d %v, want 503 standing by", code, body)
+	}
+	if code, _ := call(t, b.app.HTTPAddr(), "POST", "/v1/score", "gateway-token", string(msgs[0].Value)); code != http.StatusServiceUnavailable {
+		t.Errorf("score on the standby: %d, want 503", code)
+	}
+	req, _ := http.NewRequest("GET", "http://"+b.app.HTTPAddr()+"/v1/accounts/"+acct, nil)
+	req.Header.Set("Authorization", "Bearer viewer-token")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Walletguard-Standby") == "" {
+			t.Errorf("GET an account on the standby: %d, Walletguard-Standby %q; want 200 and the header", resp.StatusCode, resp.Header.Get("Walletguard-Standby"))
+		}
+	}
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusOK {
+		t.Errorf("freeze on the owner: %d %v", code, body)
+	}
+	if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] != true {
+		t.Errorf("the owner does not show its freeze: %v", body["frozen"])
+	}
 	// The first kept every partition through the rebalance the second
 	// caused, and consumes what comes next alone.
 	produce(t, broker.Addr(), "wallet.events", phase(1)...)
