@@ -37,10 +37,17 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	for _, sa := range ch.Alerts {
 		out.Alerts = a.proc.Alerts.Raise(sa.Key, sa.Category, sa.Severity, sa.AccountID, sa.Reason, sa.At, out.Alerts)
 	}
+	if ch.AccountID != "" {
+		a.proc.Planner.MarkManual(ch.AccountID, now)
+	}
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 	err := a.store.DB().Update(func(tx *bolt.Tx) error {
 		if err := a.proc.Planner.SaveAccount(tx, ch.AccountID); err != nil {
+			return err
+		}
+		put := func(dest, id string, payload []byte) error { return a.box.Put(tx, dest, id, payload, now) }
+		if err := a.publishManual(put, ch.AccountID, ch.Audit, now); err != nil {
 			return err
 		}
 		if err := enforce.AppendAudit(tx, ch.Audit...); err != nil {
@@ -89,6 +96,9 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	}
 	for _, c := range ch.Commands {
 		a.amet.commands.WithLabelValues(c.Command).Inc()
+	}
+	if ch.AccountID != "" && a.cfg.Kafka.ActionsTopic != "" {
+		a.box.Notify(destActions)
 	}
 	if len(ch.Commands) > 0 {
 		a.box.Notify(destCommands)

@@ -86,7 +86,16 @@ type App struct {
 	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
 	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
 	learned                      []learnedAlert   // alerts a standby learned of by following (takeover.go; pipeline only)
-	observer                     func(Outputs)
+
+	// Manual actions (manual.go): next is the pipeline's handled position,
+	// read by the API under procMu; manualIn what the actions topic's
+	// reader brought, manualPending what waits for its place (pipeline only).
+	next          map[string]map[int]int64
+	manualMu      sync.Mutex
+	manualIn      []manualAction
+	manualWaiting atomic.Bool
+	manualPending []manualAction
+	observer      func(Outputs)
 
 	reloadMu sync.Mutex
 	cleanup  []func()
@@ -106,6 +115,7 @@ type appMetrics struct {
 	commands            *prometheus.CounterVec
 	alertsRaised        *prometheus.CounterVec
 	alertsRedelivered   prometheus.Counter
+	manualAdopted       prometheus.Counter
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
 }
@@ -140,6 +150,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		alertsRedelivered: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_alerts_redelivered_total",
 			Help: "Alerts a standby learned of by following and delivered again when it took the partitions over (alerts.takeover_redeliver).",
+		}),
+		manualAdopted: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_manual_actions_adopted_total",
+			Help: "Manual actions made on another instance (freezes, unfreezes, 2FA) adopted from kafka.actions_topic.",
 		}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
@@ -263,6 +277,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	a.brokers = cfg.Kafka.Brokers
 	if len(a.brokers) == 0 {
 		topics := append([]string{cfg.Kafka.DLQTopic, cfg.Kafka.DecisionsTopic, cfg.Kafka.CommandsTopic}, cfg.Kafka.Topics...)
+		if cfg.Kafka.ActionsTopic != "" {
+			topics = append(topics, cfg.Kafka.ActionsTopic)
+		}
 		a.broker, err = ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: cfg.Kafka.EmbeddedListen, Dir: filepath.Join(cfg.DataDir, "broker"),
 			Partitions: cfg.Kafka.EmbeddedPartitions, Topics: topics}, log)
 		if err != nil {
@@ -328,6 +345,7 @@ func (a *App) Run(ctx context.Context) error {
 		go a.watchRules(ctx)
 	}
 	go a.deliverCommands(ctx)
+	a.deliverManual(ctx)
 	go a.deliverAlerts(ctx)
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()
@@ -693,6 +711,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	batch := 0
 	a.procMu.Lock()
 	locked := true
+	a.next = next
 	unlock := func() {
 		if locked {
 			a.procMu.Unlock()
@@ -720,6 +739,11 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				unlock()
 				if a.learned != nil && a.source != nil && a.source.Ready() {
 					a.redeliverLearned(time.Now()) // taken over, with no event yet
+				}
+				if a.manualWaiting.Load() || len(a.manualPending) > 0 {
+					a.procMu.Lock()
+					a.adoptManual(next)
+					a.procMu.Unlock()
 				}
 				flush(false)
 				if time.Since(lastCkpt) >= interval {
@@ -762,6 +786,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			next[rec.Topic] = ps
 		}
 		ps[rec.Partition] = rec.Offset + 1
+		if a.manualWaiting.Load() || len(a.manualPending) > 0 {
+			a.adoptManual(next)
+		}
 		batch++
 		if copying != nil && batch%copyEvery == 0 {
 			copyCheckpoint(copyRows)

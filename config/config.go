@@ -79,6 +79,11 @@ type Kafka struct {
 	DLQTopic           string   `yaml:"dlq_topic"`
 	DecisionsTopic     string   `yaml:"decisions_topic"`
 	CommandsTopic      string   `yaml:"commands_topic"`
+	// ActionsTopic carries what support and the gateway change through the
+	// API (freezes, unfreezes, 2FA enrolments and codes), with the
+	// account's resulting state, so that a standby takes over with them.
+	// Every instance reads it whole; empty: manual actions stay local.
+	ActionsTopic string `yaml:"actions_topic"`
 	// SessionTimeout is the consumer-group session timeout: how long a dead
 	// instance holds its partitions before the group moves them.
 	SessionTimeout Duration `yaml:"session_timeout"`
@@ -241,6 +246,7 @@ func Default() Config {
 			DLQTopic:           "walletguard.dlq",
 			DecisionsTopic:     "walletguard.decisions",
 			CommandsTopic:      "walletguard.account-commands",
+			ActionsTopic:       "walletguard.account-actions",
 			SessionTimeout:     Duration(10 * time.Second),
 			CommitInterval:     Duration(time.Second),
 			ShutdownTimeout:    Duration(15 * time.Second),

@@ -9,6 +9,7 @@
 package enforce
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -66,6 +67,10 @@ type State struct {
 	WrongCodes   int       `json:"totp_wrong_codes"`
 	LockedAt     time.Time `json:"totp_locked_at,omitzero"`
 	LastVerified time.Time `json:"totp_last_verified_at,omitzero"`
+	// ManualAt is when support or the gateway last changed the account
+	// through the API (a freeze, an unfreeze, a 2FA enrolment or code): a
+	// standby that adopts the change (Adopt) skips any not newer.
+	ManualAt time.Time `json:"manual_at,omitzero"`
 
 	lastStep int64  // the time step of the last accepted code: older or equal ones are replays
 	sealed   []byte // AES-GCM sealed TOTP secret
@@ -283,6 +288,30 @@ func (p *Planner) Get(id string) (State, bool) {
 	c := *s
 	c.sealed = nil
 	return c, true
+}
+
+// MarkManual records that a manual action changed the account at now.
+func (p *Planner) MarkManual(id string, now time.Time) {
+	p.state(id).ManualAt = now
+}
+
+// Record is the account's state as stored, the sealed TOTP secret
+// included, for a standby to adopt; nil for an unknown account.
+func (p *Planner) Record(id string) ([]byte, error) { return p.encodeState(id) }
+
+// Adopt makes rec (another instance's Record of the account, after a
+// manual action there) the account's state, and keeps the action's audit
+// entries, both to be saved with the next checkpoint.
+func (p *Planner) Adopt(id string, rec []byte, audit []AuditEntry) error {
+	var r record
+	if err := json.Unmarshal(rec, &r); err != nil {
+		return fmt.Errorf("account record of %s: %w", id, err)
+	}
+	s := p.state(id)
+	*s = r.State
+	s.sealed, s.lastStep = r.Sealed, r.LastStep
+	p.audit = append(p.audit, audit...)
+	return nil
 }
 
 func topReason(d *detector.Decision) string {

@@ -79,19 +79,15 @@ func (s *Source) partitions(ctx context.Context) ([]topicPartition, error) {
 }
 
 func (s *Source) readPartitions(ctx context.Context) ([]topicPartition, error) {
-	var d kafka.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.cfg.Brokers[0])
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", s.cfg.Brokers[0], err)
-	}
-	defer conn.Close()
-	ps, err := conn.ReadPartitions(s.cfg.Topics...)
-	if err != nil {
-		return nil, fmt.Errorf("partitions of %v: %w", s.cfg.Topics, err)
-	}
-	out := make([]topicPartition, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, topicPartition{p.Topic, p.ID})
+	var out []topicPartition
+	for _, t := range s.cfg.Topics {
+		ps, err := topicPartitions(ctx, s.cfg.Brokers[0], t)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			out = append(out, topicPartition{p.Topic, p.ID})
+		}
 	}
 	return out, nil
 }

@@ -59,7 +59,7 @@ func cmdBench(args []string) int {
 	var bs []string
 	if *brokers == "" {
 		b, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: *partitions,
-			Topics: []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands"}}, log)
+			Topics: []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands", "walletguard.account-actions"}}, log)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 			return 1

@@ -20,7 +20,7 @@ func cmdBroker(args []string) int {
 	dir := fs.String("dir", "", "directory for the broker's log (empty: memory only)")
 	partitions := fs.Int("partitions", 8, "partitions of created topics")
 	maxMessage := fs.Int("max-message-bytes", 0, "largest record batch accepted (0: Kafka's default, about 1 MB)")
-	topics := fs.String("topics", "wallet.events,walletguard.dlq,walletguard.decisions,walletguard.account-commands", "topics to create")
+	topics := fs.String("topics", "wallet.events,walletguard.dlq,walletguard.decisions,walletguard.account-commands,walletguard.account-actions", "topics to create")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

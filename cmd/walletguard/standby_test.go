@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
+
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -28,6 +31,13 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	brokerAddr := startBroker(t, bin)
 	scfg := sim.DefaultConfig(4000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 17, 2, 30*time.Hour
+	// Both daemons seal TOTP secrets with the same key, as replicas must.
+	t.Setenv("WALLETGUARD_TOTP_KEY", strings.Repeat("7", 64))
+	// Support and the gateway act on three accounts through the owner,
+	// accounts with no event in the stream, so that what is done to them
+	// changes none of the reference's decisions.
+	quiet := []string{"acc-support-1", "acc-support-2", "acc-support-3"}
+	var totpSecret string
 
 	type daemon struct {
 		cmd  *exec.Cmd
@@ -91,6 +101,10 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 					t.Errorf("the standby counts %v in %s", n, m)
 				}
 			}
+			totpSecret = actOnOwner(t, a.http, quiet)
+			waitUntil(t, "the standby to adopt the four manual actions", time.Minute, func() bool {
+				return metricSum(b.http, "walletguard_manual_actions_adopted_total") >= 4
+			})
 			return
 		case 9:
 		default:
@@ -162,6 +176,11 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	}
 	t.Logf("of the freezes, %d the new owner knows of only by following", learned)
 
+	// What support and the gateway did on the first daemon holds on the
+	// new owner: the manual freeze, the unfreeze (with its grace), the
+	// TOTP enrolment — a code from the user's authenticator is accepted.
+	checkManualActions(t, b.http, quiet, totpSecret)
+
 	// Support hears of every alert, those the first daemon raised and never
 	// delivered included: the new owner delivers again what it learned of
 	// by following.
@@ -178,5 +197,68 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	waitUntil(t, "the restarted first daemon to stand by", 60*time.Second, standsBy(a2))
 	if !owns(b)() {
 		t.Error("the owner lost the partition to a restarted daemon with no more state than its own")
+	}
+}
+
+// api calls the daemon's API as admin and decodes the JSON answer.
+func api(t *testing.T, addr, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer change-me")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+// actOnOwner freezes accts[0], freezes and unfreezes accts[1] and enrolls
+// accts[2] in TOTP through addr, and returns the enrolment's secret.
+func actOnOwner(t *testing.T, addr string, accts []string) string {
+	t.Helper()
+	if len(accts) != 3 {
+		t.Fatalf("want three quiet accounts, have %v", accts)
+	}
+	for _, c := range []struct{ path, body string }{
+		{"/v1/accounts/" + accts[0] + "/freeze", `{"reason":"customer reported the phone stolen"}`},
+		{"/v1/accounts/" + accts[1] + "/freeze", `{"reason":"suspicious call"}`},
+		{"/v1/accounts/" + accts[1] + "/unfreeze", `{"reason":"customer verified by phone"}`},
+	} {
+		if code, body := api(t, addr, "POST", c.path, c.body); code != http.StatusOK {
+			t.Fatalf("POST %s on the owner: %d %v", c.path, code, body)
+		}
+	}
+	code, body := api(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/enroll", "")
+	if code != http.StatusOK {
+		t.Fatalf("enroll on the owner: %d %v", code, body)
+	}
+	key, err := otp.NewKeyFromURL(fmt.Sprint(body["otpauth_url"]))
+	if err != nil {
+		t.Fatalf("otpauth_url %v: %v", body["otpauth_url"], err)
+	}
+	return key.Secret()
+}
+
+// checkManualActions checks on addr what actOnOwner did elsewhere.
+func checkManualActions(t *testing.T, addr string, accts []string, secret string) {
+	t.Helper()
+	_, acc := api(t, addr, "GET", "/v1/accounts/"+accts[0], "")
+	if acc["frozen"] != true || acc["frozen_reason"] != "customer reported the phone stolen" {
+		t.Errorf("%s: frozen=%v (%v), want the manual freeze", accts[0], acc["frozen"], acc["frozen_reason"])
+	}
+	_, acc = api(t, addr, "GET", "/v1/accounts/"+accts[1], "")
+	st, _ := acc["state"].(map[string]any)
+	if acc["frozen"] != false || st["unfrozen_by"] == nil || st["trusted_until"] == nil {
+		t.Errorf("%s: frozen=%v, state %v; want unfrozen by support, trusted for the grace", accts[1], acc["frozen"], st)
+	}
+	code, err := totp.GenerateCode(secret, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, body := api(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/verify", `{"code":"`+code+`"}`); status != http.StatusOK || body["verified"] != true {
+		t.Errorf("%s: a code of the enrolment made on the first daemon: %d %v, want verified", accts[2], status, body)
 	}
 }

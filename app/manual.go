@@ -1,0 +1,134 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
+)
+
+// Manual actions follow to a standby. A standby learns from the event
+// topics, and what support and the gateway change through the owner's API
+// — an unfreeze, a manual freeze, a TOTP enrolment, a code — is not in
+// them. So the owner publishes each such change to kafka.actions_topic:
+// the account's resulting state (its TOTP secret still sealed) and where
+// the owner was in the event partitions when it made it. Every instance
+// reads that topic whole; a standby adopts each change once its own
+// following has reached the same place, so the change lands between the
+// same events as on the owner, and after a takeover the new owner still
+// knows it. An instance skips a change not newer than the account's last
+// manual one (its own, or one adopted before a restart).
+
+// destActions carries manual actions to the actions topic.
+const destActions = "actions"
+
+// manualAction is a record of the actions topic.
+type manualAction struct {
+	AccountID string    `json:"account_id"`
+	At        time.Time `json:"at"`
+	// After: the owner had handled the event partitions up to these next
+	// offsets (topic, partition) when it made the change.
+	After  map[string]map[int]int64 `json:"after"`
+	Record gojson.RawMessage        `json:"record"`
+	Audit  []enforce.AuditEntry     `json:"audit"`
+}
+
+// publishManual puts the account's new state into the outbox for the
+// actions topic, inside the transaction that saves it. The caller holds
+// procMu.
+func (a *App) publishManual(put func(dest, id string, payload []byte) error, id string, audit []enforce.AuditEntry, now time.Time) error {
+	if a.cfg.Kafka.ActionsTopic == "" || id == "" {
+		return nil
+	}
+	rec, err := a.proc.Planner.Record(id)
+	if err != nil || rec == nil {
+		return err
+	}
+	after := make(map[string]map[int]int64, len(a.next))
+	for t, ps := range a.next {
+		after[t] = maps.Clone(ps)
+	}
+	b, err := gojson.Marshal(&manualAction{AccountID: id, At: now, After: after, Record: rec, Audit: audit})
+	if err != nil {
+		return fmt.Errorf("encode manual action on %s: %w", id, err)
+	}
+	return put(destActions, id+"/"+now.Format(time.RFC3339Nano), b)
+}
+
+// deliverManual runs the outbox worker of the actions topic, and the
+// reader that hands its records to the pipeline, until ctx ends.
+func (a *App) deliverManual(ctx context.Context) {
+	topic := a.cfg.Kafka.ActionsTopic
+	if topic == "" {
+		return
+	}
+	go a.box.Deliver(ctx, destActions, func(ctx context.Context, it *outbox.Item) error {
+		var m manualAction
+		if err := gojson.Unmarshal(it.Payload, &m); err != nil {
+			return &outbox.PermanentError{Err: fmt.Errorf("decode manual action %s: %w", it.ID, err)}
+		}
+		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(m.AccountID), Value: it.Payload}})
+	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destActions)})
+	go ingest.Tail(ctx, a.brokers, topic, a.log, func(partition int, m kafka.Message) {
+		var act manualAction
+		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.AccountID == "" {
+			a.log.Warn("manual action record not understood; skipped", "topic", topic, "partition", partition, "offset", m.Offset, "err", err)
+			return
+		}
+		a.manualMu.Lock()
+		a.manualIn = append(a.manualIn, act)
+		a.manualMu.Unlock()
+		a.manualWaiting.Store(true)
+	})
+}
+
+// adoptManual applies the manual actions read so far whose place in the
+// event partitions the pipeline has reached (next), in the order they were
+// made. Pipeline only, with procMu held.
+func (a *App) adoptManual(next map[string]map[int]int64) {
+	if a.manualWaiting.Swap(false) {
+		a.manualMu.Lock()
+		a.manualPending = append(a.manualPending, a.manualIn...)
+		a.manualIn = nil
+		a.manualMu.Unlock()
+	}
+	kept := a.manualPending[:0]
+	for _, act := range a.manualPending {
+		if st, _ := a.proc.Planner.Get(act.AccountID); !act.At.After(st.ManualAt) {
+			continue // made here, or adopted already
+		}
+		if !reached(next, act.After) {
+			kept = append(kept, act)
+			continue
+		}
+		if err := a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit); err != nil {
+			a.log.Error("manual action not adopted", "account", act.AccountID, "err", err)
+			continue
+		}
+		a.amet.manualAdopted.Inc()
+		for _, e := range act.Audit {
+			a.log.Info("adopted a manual action made on the owner", "action", e.Action, "actor", e.Actor, "account", act.AccountID)
+		}
+	}
+	clear(a.manualPending[len(kept):])
+	a.manualPending = kept
+}
+
+// reached reports whether next is at or past every offset of after.
+func reached(next, after map[string]map[int]int64) bool {
+	for t, ps := range after {
+		for p, o := range ps {
+			if next[t][p] < o {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,85 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Tail reads every record of topic, all of its partitions from the first
+// offset, and hands each to handle (from one goroutine per partition), until
+// ctx ends. It is for walletguard's own small topics that every instance
+// reads whole, outside the consumer group: the manual actions on accounts
+// a standby takes over with. A topic that does not exist yet is looked for
+// again every few seconds.
+func Tail(ctx context.Context, brokers []string, topic string, log *slog.Logger, handle func(partition int, m kafka.Message)) {
+	var parts []kafka.Partition
+	for {
+		var err error
+		if parts, err = topicPartitions(ctx, brokers[0], topic); err == nil && len(parts) > 0 {
+			break
+		}
+		log.Debug("topic not readable yet; looking again", "topic", topic, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(3 * time.Second):
+		}
+	}
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tailPartition(ctx, brokers, topic, p.ID, log, handle)
+		}()
+	}
+	wg.Wait()
+}
+
+func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partition, error) {
+	var d kafka.Dialer
+	conn, err := d.DialContext(ctx, "tcp", broker)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", broker, err)
+	}
+	defer conn.Close()
+	ps, err := conn.ReadPartitions(topic)
+	if err != nil {
+		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
+	}
+	return ps, nil
+}
+
+func tailPartition(ctx context.Context, brokers []string, topic string, partition int, log *slog.Logger, handle func(int, kafka.Message)) {
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: FetchMaxWait,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
+		})})
+	defer r.Close()
+	if err := r.SetOffset(kafka.FirstOffset); err != nil {
+		log.Error("set start offset", "topic", topic, "partition", partition, "err", err)
+		return
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+				return
+			}
+			log.Warn("fetch failed; retrying", "topic", topic, "partition", partition, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
+		handle(partition, m)
+	}
+}
