@@ -691,8 +691,12 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.box.Notify(destAccountService)
 			a.notifyReceivers()
 			a.amet.watermark.Set(float64(wm.Unix()))
+			caps := a.commitCaps()
 			for t, ps := range offsets {
 				for p, o := range ps {
+					if c, ok := caps[t][p]; ok && c < o {
+						o = c
+					}
 					a.source.MarkHandled(t, p, o-1)
 				}
 			}

@@ -121,6 +121,42 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 	a.manualPending = kept
 }
 
+// commitCaps are, per event partition, the lowest place of a manual action
+// not yet in the actions topic: offsets are committed no further until it
+// is, so a standby, which follows only what is committed, cannot pass the
+// place of a change it has not yet read.
+func (a *App) commitCaps() map[string]map[int]int64 {
+	if a.cfg.Kafka.ActionsTopic == "" {
+		return nil
+	}
+	items, err := a.box.Waiting(destActions)
+	if err != nil {
+		a.log.Error("manual actions waiting for Kafka not read; committing as far as handled", "err", err)
+		return nil
+	}
+	var caps map[string]map[int]int64
+	for _, it := range items {
+		var act manualAction
+		if gojson.Unmarshal(it.Payload, &act) != nil {
+			continue
+		}
+		for t, ps := range act.After {
+			for p, o := range ps {
+				if caps == nil {
+					caps = map[string]map[int]int64{}
+				}
+				if caps[t] == nil {
+					caps[t] = map[int]int64{}
+				}
+				if c, ok := caps[t][p]; !ok || o < c {
+					caps[t][p] = o
+				}
+			}
+		}
+	}
+	return caps
+}
+
 // reached reports whether next is at or past every offset of after.
 func reached(next, after map[string]map[int]int64) bool {
 	for t, ps := range after {

@@ -2,12 +2,16 @@ package app
 
 import (
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
 
@@ -67,5 +71,43 @@ func TestManualActionIsAdoptedAtItsPlace(t *testing.T) {
 	}
 	if len(a.manualPending) != 0 {
 		t.Errorf("%d actions left pending", len(a.manualPending))
+	}
+}
+
+// While a manual action has not reached Kafka, offsets are committed no
+// further than where it was made: a standby follows only what is
+// committed, so it cannot pass the place of a change it has not read.
+func TestCommitsWaitForManualActions(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "wg.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	box, err := outbox.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &App{cfg: config.Default(), box: box, log: slog.New(slog.DiscardHandler)}
+	if caps := a.commitCaps(); caps != nil {
+		t.Fatalf("caps with nothing waiting: %v", caps)
+	}
+	put := func(id string, after map[string]map[int]int64) {
+		b, _ := gojson.Marshal(&manualAction{AccountID: id, At: time.Now(), After: after})
+		if err := db.Update(func(tx *bolt.Tx) error { return box.Put(tx, destActions, id, b, time.Now()) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("acc-1", map[string]map[int]int64{"wallet.events": {0: 500, 1: 40}})
+	put("acc-2", map[string]map[int]int64{"wallet.events": {0: 450, 1: 90}})
+	caps := a.commitCaps()
+	if caps["wallet.events"][0] != 450 || caps["wallet.events"][1] != 40 {
+		t.Errorf("caps %v, want the lowest place per partition: 450 and 40", caps)
+	}
+	// Delivered, they hold nothing back.
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := box.Drain(tx, destActions); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if caps := a.commitCaps(); caps != nil {
+		t.Errorf("caps once delivered: %v", caps)
 	}
 }

@@ -194,6 +194,24 @@ func (b *Box) Pending(dest string) (n int, oldest time.Time) {
 	return n, oldest
 }
 
+// Waiting returns the records still waiting for dest, oldest first.
+func (b *Box) Waiting(dest string) ([]Item, error) {
+	prefix := append([]byte(dest), 0)
+	var items []Item
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			var it Item
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("outbox %s: %w", dest, err)
+			}
+			items = append(items, it)
+		}
+		return nil
+	})
+	return items, err
+}
+
 // Dead lists records dest gave up on, oldest first (all destinations for "").
 func (b *Box) Dead(dest string, limit int) []Item {
 	var out []Item
