@@ -300,18 +300,7 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 // (a standby following) it hands on only records the group has committed,
 // marked Follow.
 func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets) {
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:   s.cfg.Brokers,
-		Topic:     topic,
-		Partition: partition,
-		MinBytes:  1,
-		MaxBytes:  16 << 20,
-		MaxWait:   FetchMaxWait,
-		// Our own retries below; kafka-go's reader retries fetch errors itself.
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			s.log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
-		}),
-	})
+	r := partitionReader(s.cfg.Brokers, topic, partition, s.log)
 	defer r.Close()
 	if err := r.SetOffset(start); err != nil {
 		s.log.Error("set start offset", "topic", topic, "partition", partition, "offset", start, "err", err)
@@ -366,6 +355,22 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			return
 		}
 	}
+}
+
+// partitionReader reads one partition, outside any consumer group.
+func partitionReader(brokers []string, topic string, partition int, log *slog.Logger) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:   brokers,
+		Topic:     topic,
+		Partition: partition,
+		MinBytes:  1,
+		MaxBytes:  16 << 20,
+		MaxWait:   FetchMaxWait,
+		// Callers retry on their own; kafka-go's reader retries fetch errors itself.
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
+		}),
+	})
 }
 
 // MarkHandled records that every record of the partition up to and including

@@ -57,10 +57,7 @@ func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partiti
 }
 
 func tailPartition(ctx context.Context, brokers []string, topic string, partition int, log *slog.Logger, handle func(int, kafka.Message)) {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: partition, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: FetchMaxWait,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
-		})})
+	r := partitionReader(brokers, topic, partition, log)
 	defer r.Close()
 	if err := r.SetOffset(kafka.FirstOffset); err != nil {
 		log.Error("set start offset", "topic", topic, "partition", partition, "err", err)

@@ -510,19 +510,12 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 		json.Unmarshal([]byte(l), &a)
 		ref[a.AlertID] = true
 	}
-	req, _ := http.NewRequest("GET", "http://"+httpAddr+"/v1/alerts?status=all", nil)
-	req.Header.Set("Authorization", "Bearer change-me")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var held struct {
 		Alerts []struct {
 			AlertID string `json:"alert_id"`
 		} `json:"alerts"`
 	}
-	json.NewDecoder(resp.Body).Decode(&held)
-	resp.Body.Close()
+	callAPI(t, httpAddr, "GET", "/v1/alerts?status=all", "", &held)
 	if len(held.Alerts) == 0 {
 		t.Fatal("the daemon holds no alerts; the stream should raise several")
 	}

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -60,6 +63,21 @@ func simMessages(scfg sim.Config) []kafka.Message {
 		b, _ := event.Marshal(&it.Event)
 		msgs = append(msgs, kafka.Message{Key: []byte(it.Event.AccountID), Value: b})
 	}
+}
+
+// callAPI calls a daemon's API with the default admin token, decodes the
+// JSON answer into out and returns the status.
+func callAPI(t *testing.T, addr, method, path, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer change-me")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	json.NewDecoder(resp.Body).Decode(out)
+	return resp.StatusCode
 }
 
 // waitUntil polls ok until it holds, failing the test after within.

@@ -152,18 +152,11 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 		if c.Command != "freeze" {
 			continue
 		}
-		req, _ := http.NewRequest("GET", "http://"+b.http+"/v1/accounts/"+c.AccountID, nil)
-		req.Header.Set("Authorization", "Bearer change-me")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var acc struct {
 			Frozen       bool   `json:"frozen"`
 			FrozenReason string `json:"frozen_reason"`
 		}
-		json.NewDecoder(resp.Body).Decode(&acc)
-		resp.Body.Close()
+		callAPI(t, b.http, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
 		if !acc.Frozen || acc.FrozenReason != c.Reason {
 			t.Errorf("account %s: the new owner says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, acc.Frozen, acc.FrozenReason, c.Reason)
 		}
@@ -200,21 +193,6 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	}
 }
 
-// api calls the daemon's API as admin and decodes the JSON answer.
-func api(t *testing.T, addr, method, path, body string) (int, map[string]any) {
-	t.Helper()
-	req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer change-me")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m map[string]any
-	json.NewDecoder(resp.Body).Decode(&m)
-	return resp.StatusCode, m
-}
-
 // actOnOwner freezes accts[0], freezes and unfreezes accts[1] and enrolls
 // accts[2] in TOTP through addr, and returns the enrolment's secret.
 func actOnOwner(t *testing.T, addr string, accts []string) string {
@@ -227,12 +205,13 @@ func actOnOwner(t *testing.T, addr string, accts []string) string {
 		{"/v1/accounts/" + accts[1] + "/freeze", `{"reason":"suspicious call"}`},
 		{"/v1/accounts/" + accts[1] + "/unfreeze", `{"reason":"customer verified by phone"}`},
 	} {
-		if code, body := api(t, addr, "POST", c.path, c.body); code != http.StatusOK {
+		var body map[string]any
+		if code := callAPI(t, addr, "POST", c.path, c.body, &body); code != http.StatusOK {
 			t.Fatalf("POST %s on the owner: %d %v", c.path, code, body)
 		}
 	}
-	code, body := api(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/enroll", "")
-	if code != http.StatusOK {
+	var body map[string]any
+	if code := callAPI(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/enroll", "", &body); code != http.StatusOK {
 		t.Fatalf("enroll on the owner: %d %v", code, body)
 	}
 	key, err := otp.NewKeyFromURL(fmt.Sprint(body["otpauth_url"]))
@@ -245,11 +224,13 @@ func actOnOwner(t *testing.T, addr string, accts []string) string {
 // checkManualActions checks on addr what actOnOwner did elsewhere.
 func checkManualActions(t *testing.T, addr string, accts []string, secret string) {
 	t.Helper()
-	_, acc := api(t, addr, "GET", "/v1/accounts/"+accts[0], "")
+	var acc map[string]any
+	callAPI(t, addr, "GET", "/v1/accounts/"+accts[0], "", &acc)
 	if acc["frozen"] != true || acc["frozen_reason"] != "customer reported the phone stolen" {
 		t.Errorf("%s: frozen=%v (%v), want the manual freeze", accts[0], acc["frozen"], acc["frozen_reason"])
 	}
-	_, acc = api(t, addr, "GET", "/v1/accounts/"+accts[1], "")
+	acc = nil
+	callAPI(t, addr, "GET", "/v1/accounts/"+accts[1], "", &acc)
 	st, _ := acc["state"].(map[string]any)
 	if acc["frozen"] != false || st["unfrozen_by"] == nil || st["trusted_until"] == nil {
 		t.Errorf("%s: frozen=%v, state %v; want unfrozen by support, trusted for the grace", accts[1], acc["frozen"], st)
@@ -258,7 +239,8 @@ func checkManualActions(t *testing.T, addr string, accts []string, secret string
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status, body := api(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/verify", `{"code":"`+code+`"}`); status != http.StatusOK || body["verified"] != true {
+	var body map[string]any
+	if status := callAPI(t, addr, "POST", "/v1/accounts/"+accts[2]+"/2fa/verify", `{"code":"`+code+`"}`, &body); status != http.StatusOK || body["verified"] != true {
 		t.Errorf("%s: a code of the enrolment made on the first daemon: %d %v, want verified", accts[2], status, body)
 	}
 }
