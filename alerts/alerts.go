@@ -57,6 +57,10 @@ type Alert struct {
 	ResolvedBy     string    `json:"resolved_by,omitempty"`
 	ResolvedAt     time.Time `json:"resolved_at,omitzero"`
 	Resolution     string    `json:"resolution,omitempty"`
+	// ManualAt is when support last acknowledged or resolved the alert: an
+	// instance taking a lifecycle change over from another skips any not
+	// newer.
+	ManualAt time.Time `json:"manual_at,omitzero"`
 
 	accounts map[string]bool
 	rev      uint64 // see Revision
@@ -454,8 +458,9 @@ func (m *Manager) Ack(id, actor string, at time.Time) (Alert, error) {
 	}
 	if a.Status == "open" || a.Status == "grouped" {
 		a.Status, a.AcknowledgedBy, a.AcknowledgedAt = "acknowledged", actor, at.UTC()
-		m.dirty[a.DedupKey] = true
 	}
+	a.ManualAt = at.UTC()
+	m.dirty[a.DedupKey] = true
 	return a.copy(), nil
 }
 
@@ -470,9 +475,18 @@ func (m *Manager) Resolve(id, actor, note string, at time.Time) (Alert, error) {
 			a.AcknowledgedBy, a.AcknowledgedAt = actor, at.UTC()
 		}
 		a.Status, a.ResolvedBy, a.ResolvedAt, a.Resolution = "resolved", actor, at.UTC(), note
-		m.dirty[a.DedupKey] = true
 	}
+	a.ManualAt = at.UTC()
+	m.dirty[a.DedupKey] = true
 	return a.copy(), nil
+}
+
+// Get returns a copy of the alert with id.
+func (m *Manager) Get(id string) (Alert, bool) {
+	if a := m.byID(id); a != nil {
+		return a.copy(), true
+	}
+	return Alert{}, false
 }
 
 func (m *Manager) byID(id string) *Alert {

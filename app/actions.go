@@ -47,8 +47,13 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 			return err
 		}
 		put := func(dest, id string, payload []byte) error { return a.box.Put(tx, dest, id, payload, now) }
-		if err := a.publishManual(put, ch.AccountID, ch.Audit, now); err != nil {
+		if err := a.publishManual(put, ch.AccountID, ch.Audit, nil, now); err != nil {
 			return err
+		}
+		for _, al := range changed {
+			if err := a.publishManual(put, "", ch.Audit, lifecycleChange(al), al.ManualAt); err != nil {
+				return err
+			}
 		}
 		if err := enforce.AppendAudit(tx, ch.Audit...); err != nil {
 			return err
@@ -97,7 +102,7 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	for _, c := range ch.Commands {
 		a.amet.commands.WithLabelValues(c.Command).Inc()
 	}
-	if ch.AccountID != "" && a.cfg.Kafka.ActionsTopic != "" {
+	if (ch.AccountID != "" || len(changed) > 0) && a.cfg.Kafka.ActionsTopic != "" {
 		a.box.Notify(destActions)
 	}
 	if len(ch.Commands) > 0 {

@@ -9,6 +9,7 @@ import (
 	gojson "github.com/goccy/go-json"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
@@ -36,30 +37,56 @@ type manualAction struct {
 	// After: the owner had handled the event partitions up to these next
 	// offsets (topic, partition) when it made the change.
 	After  map[string]map[int]int64 `json:"after"`
-	Record gojson.RawMessage        `json:"record"`
+	Record gojson.RawMessage        `json:"record,omitempty"`
 	Audit  []enforce.AuditEntry     `json:"audit"`
+	// Alert is set for an acknowledgement or resolution of an alert, which
+	// the follower makes itself: its own copy of the alert is the owner's
+	// up to that place.
+	Alert *alertChange `json:"alert,omitempty"`
+}
+
+type alertChange struct {
+	ID    string `json:"id"`
+	Verb  string `json:"verb"` // ack or resolve
+	Actor string `json:"actor"`
+	Note  string `json:"note,omitempty"`
 }
 
 // publishManual puts the account's new state into the outbox for the
 // actions topic, inside the transaction that saves it. The caller holds
 // procMu.
-func (a *App) publishManual(put func(dest, id string, payload []byte) error, id string, audit []enforce.AuditEntry, now time.Time) error {
-	if a.cfg.Kafka.ActionsTopic == "" || id == "" {
+func (a *App) publishManual(put func(dest, id string, payload []byte) error, id string, audit []enforce.AuditEntry, alert *alertChange, now time.Time) error {
+	if a.cfg.Kafka.ActionsTopic == "" || id == "" && alert == nil {
 		return nil
 	}
-	rec, err := a.proc.Planner.Record(id)
-	if err != nil || rec == nil {
-		return err
-	}
-	after := make(map[string]map[int]int64, len(a.next))
+	act := manualAction{AccountID: id, At: now, Audit: audit, Alert: alert, After: make(map[string]map[int]int64, len(a.next))}
 	for t, ps := range a.next {
-		after[t] = maps.Clone(ps)
+		act.After[t] = maps.Clone(ps)
 	}
-	b, err := gojson.Marshal(&manualAction{AccountID: id, At: now, After: after, Record: rec, Audit: audit})
+	key := id
+	if alert != nil {
+		key = alert.ID
+	} else {
+		rec, err := a.proc.Planner.Record(id)
+		if err != nil || rec == nil {
+			return err
+		}
+		act.Record = rec
+	}
+	b, err := gojson.Marshal(&act)
 	if err != nil {
-		return fmt.Errorf("encode manual action on %s: %w", id, err)
+		return fmt.Errorf("encode manual action on %s: %w", key, err)
 	}
-	return put(destActions, id+"/"+now.Format(time.RFC3339Nano), b)
+	return put(destActions, key+"/"+now.Format(time.RFC3339Nano), b)
+}
+
+// lifecycleChange is the alert change of an acknowledgement or resolution
+// that produced al.
+func lifecycleChange(al alerts.Alert) *alertChange {
+	if al.Status == "resolved" {
+		return &alertChange{ID: al.AlertID, Verb: "resolve", Actor: al.ResolvedBy, Note: al.Resolution}
+	}
+	return &alertChange{ID: al.AlertID, Verb: "ack", Actor: al.AcknowledgedBy}
 }
 
 // deliverManual runs the outbox worker of the actions topic, and the
@@ -74,11 +101,15 @@ func (a *App) deliverManual(ctx context.Context) {
 		if err := gojson.Unmarshal(it.Payload, &m); err != nil {
 			return &outbox.PermanentError{Err: fmt.Errorf("decode manual action %s: %w", it.ID, err)}
 		}
-		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(m.AccountID), Value: it.Payload}})
+		key := m.AccountID
+		if m.Alert != nil {
+			key = m.Alert.ID
+		}
+		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(key), Value: it.Payload}})
 	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destActions)})
 	go ingest.Tail(ctx, a.brokers, topic, a.log, func(partition int, m kafka.Message) {
 		var act manualAction
-		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.AccountID == "" {
+		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.AccountID == "" && act.Alert == nil {
 			a.log.Warn("manual action record not understood; skipped", "topic", topic, "partition", partition, "offset", m.Offset, "err", err)
 			return
 		}
@@ -101,14 +132,16 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 	}
 	kept := a.manualPending[:0]
 	for _, act := range a.manualPending {
-		if st, _ := a.proc.Planner.Get(act.AccountID); !act.At.After(st.ManualAt) {
-			continue // made here, or adopted already
-		}
 		if !reached(next, act.After) {
 			kept = append(kept, act)
 			continue
 		}
-		if err := a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit); err != nil {
+		// At its place, what it changes is here as the owner had it (an
+		// alert raised just before, say), unless it is older.
+		if !act.At.After(a.manualAt(&act)) {
+			continue // made here, or adopted already
+		}
+		if err := a.adopt(&act); err != nil {
 			a.log.Error("manual action not adopted", "account", act.AccountID, "err", err)
 			continue
 		}
@@ -155,6 +188,36 @@ func (a *App) commitCaps() map[string]map[int]int64 {
 		}
 	}
 	return caps
+}
+
+// manualAt is when what act changes was last changed by hand here.
+func (a *App) manualAt(act *manualAction) time.Time {
+	if act.Alert != nil {
+		al, ok := a.proc.Alerts.Get(act.Alert.ID)
+		if !ok {
+			return act.At // an alert this instance does not hold at the change's place: nothing to change
+		}
+		return al.ManualAt
+	}
+	st, _ := a.proc.Planner.Get(act.AccountID)
+	return st.ManualAt
+}
+
+// adopt makes act's change here.
+func (a *App) adopt(act *manualAction) error {
+	if al := act.Alert; al != nil {
+		var err error
+		if al.Verb == "resolve" {
+			_, err = a.proc.Alerts.Resolve(al.ID, al.Actor, al.Note, act.At)
+		} else {
+			_, err = a.proc.Alerts.Ack(al.ID, al.Actor, act.At)
+		}
+		if err == nil {
+			a.proc.Planner.KeepAudit(act.Audit)
+		}
+		return err
+	}
+	return a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit)
 }
 
 // reached reports whether next is at or past every offset of after.

@@ -299,6 +299,10 @@ func (p *Planner) MarkManual(id string, now time.Time) {
 // included, for a standby to adopt; nil for an unknown account.
 func (p *Planner) Record(id string) ([]byte, error) { return p.encodeState(id) }
 
+// KeepAudit adds entries another instance wrote to the audit trail, to
+// be saved with the next checkpoint.
+func (p *Planner) KeepAudit(entries []AuditEntry) { p.audit = append(p.audit, entries...) }
+
 // Adopt makes rec (another instance's Record of the account, after a
 // manual action there) the account's state, and keeps the action's audit
 // entries, both to be saved with the next checkpoint.
@@ -310,7 +314,7 @@ func (p *Planner) Adopt(id string, rec []byte, audit []AuditEntry) error {
 	s := p.state(id)
 	*s = r.State
 	s.sealed, s.lastStep = r.Sealed, r.LastStep
-	p.audit = append(p.audit, audit...)
+	p.KeepAudit(audit)
 	return nil
 }
 

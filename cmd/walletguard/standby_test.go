@@ -37,7 +37,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	// accounts with no event in the stream, so that what is done to them
 	// changes none of the reference's decisions.
 	quiet := []string{"acc-support-1", "acc-support-2", "acc-support-3"}
-	var totpSecret string
+	var totpSecret, ackedAlert string
 
 	type daemon struct {
 		cmd  *exec.Cmd
@@ -102,8 +102,9 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 				}
 			}
 			totpSecret = actOnOwner(t, a.http, quiet)
-			waitUntil(t, "the standby to adopt the four manual actions", time.Minute, func() bool {
-				return metricSum(b.http, "walletguard_manual_actions_adopted_total") >= 4
+			ackedAlert = ackOnOwner(t, a.http)
+			waitUntil(t, "the standby to adopt the five manual actions", time.Minute, func() bool {
+				return metricSum(b.http, "walletguard_manual_actions_adopted_total") >= 5
 			})
 			return
 		case 9:
@@ -173,6 +174,26 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	// new owner: the manual freeze, the unfreeze (with its grace), the
 	// TOTP enrolment — a code from the user's authenticator is accepted.
 	checkManualActions(t, b.http, quiet, totpSecret)
+	var al struct {
+		Alerts []struct {
+			AlertID        string `json:"alert_id"`
+			Status         string `json:"status"`
+			AcknowledgedBy string `json:"acknowledged_by"`
+		} `json:"alerts"`
+	}
+	callAPI(t, b.http, "GET", "/v1/alerts?status=all", "", &al)
+	acked := false
+	for _, x := range al.Alerts {
+		if x.AlertID == ackedAlert {
+			acked = x.AcknowledgedBy == "admin token"
+			if !acked {
+				t.Errorf("alert %s acknowledged on the first daemon: on the new owner %s, acknowledged by %q", x.AlertID, x.Status, x.AcknowledgedBy)
+			}
+		}
+	}
+	if !acked {
+		t.Errorf("alert %s, acknowledged on the first daemon, is not acknowledged on the new owner", ackedAlert)
+	}
 
 	// Support hears of every alert, those the first daemon raised and never
 	// delivered included: the new owner delivers again what it learned of
@@ -219,6 +240,26 @@ func actOnOwner(t *testing.T, addr string, accts []string) string {
 		t.Fatalf("otpauth_url %v: %v", body["otpauth_url"], err)
 	}
 	return key.Secret()
+}
+
+// ackOnOwner acknowledges the newest open alert on addr and returns its id.
+func ackOnOwner(t *testing.T, addr string) string {
+	t.Helper()
+	var open struct {
+		Alerts []struct {
+			AlertID string `json:"alert_id"`
+		} `json:"alerts"`
+	}
+	callAPI(t, addr, "GET", "/v1/alerts?status=open", "", &open)
+	if len(open.Alerts) == 0 {
+		t.Fatal("the owner holds no open alert to acknowledge")
+	}
+	id := open.Alerts[0].AlertID
+	var body map[string]any
+	if code := callAPI(t, addr, "POST", "/v1/alerts/"+id+"/ack", `{"reason":"on it"}`, &body); code != http.StatusOK {
+		t.Fatalf("ack %s on the owner: %d %v", id, code, body)
+	}
+	return id
 }
 
 // checkManualActions checks on addr what actOnOwner did elsewhere.
