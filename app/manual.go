@@ -17,15 +17,16 @@ import (
 
 // Manual actions follow to a standby. A standby learns from the event
 // topics, and what support and the gateway change through the owner's API
-// — an unfreeze, a manual freeze, a TOTP enrolment, a code — is not in
-// them. So the owner publishes each such change to kafka.actions_topic:
-// the account's resulting state (its TOTP secret still sealed) and where
-// the owner was in the event partitions when it made it. Every instance
+// — an unfreeze, a manual freeze, a TOTP enrolment, a code, an alert
+// acknowledged — is not in them. So the owner publishes each such change
+// to kafka.actions_topic: the account's resulting state (its TOTP secret
+// still sealed) or the alert's lifecycle call, and where the owner was in
+// the event partitions when it made it. Every instance
 // reads that topic whole; a standby adopts each change once its own
 // following has reached the same place, so the change lands between the
 // same events as on the owner, and after a takeover the new owner still
 // knows it. An instance skips a change not newer than the account's last
-// manual one (its own, or one adopted before a restart).
+// manual one (its own, or one adopted before a restart); alerts likewise.
 
 // destActions carries manual actions to the actions topic.
 const destActions = "actions"
@@ -52,9 +53,9 @@ type alertChange struct {
 	Note  string `json:"note,omitempty"`
 }
 
-// publishManual puts the account's new state into the outbox for the
-// actions topic, inside the transaction that saves it. The caller holds
-// procMu.
+// publishManual puts a manual change — the account's new state, or with
+// alert set an alert's lifecycle call — into the outbox for the actions
+// topic, inside the transaction that saves it. The caller holds procMu.
 func (a *App) publishManual(put func(dest, id string, payload []byte) error, id string, audit []enforce.AuditEntry, alert *alertChange, now time.Time) error {
 	if a.cfg.Kafka.ActionsTopic == "" || id == "" && alert == nil {
 		return nil
