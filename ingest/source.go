@@ -310,18 +310,9 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	pl := s.metrics.partitionLabel(partition)
 	next := start
 	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-				return
-			}
-			s.log.Warn("fetch failed; retrying", "topic", topic, "partition", partition, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-			continue
+		m, ok := nextMessage(ctx, r, s.log)
+		if !ok {
+			return
 		}
 		if m.Offset < next {
 			// Kafka may return the rest of a batch that starts before the
@@ -371,6 +362,26 @@ func partitionReader(brokers []string, topic string, partition int, log *slog.Lo
 			log.Debug("kafka fetch", "topic", topic, "partition", partition, "msg", fmt.Sprintf(msg, args...))
 		}),
 	})
+}
+
+// nextMessage fetches r's next record, retrying failed fetches, until ctx
+// ends (false).
+func nextMessage(ctx context.Context, r *kafka.Reader, log *slog.Logger) (kafka.Message, bool) {
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err == nil {
+			return m, true
+		}
+		if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+			return m, false
+		}
+		log.Warn("fetch failed; retrying", "topic", r.Config().Topic, "partition", r.Config().Partition, "err", err)
+		select {
+		case <-ctx.Done():
+			return m, false
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // MarkHandled records that every record of the partition up to and including

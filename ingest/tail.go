@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -64,18 +63,9 @@ func tailPartition(ctx context.Context, brokers []string, topic string, partitio
 		return
 	}
 	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-				return
-			}
-			log.Warn("fetch failed; retrying", "topic", topic, "partition", partition, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-			continue
+		m, ok := nextMessage(ctx, r, log)
+		if !ok {
+			return
 		}
 		handle(partition, m)
 	}

@@ -111,25 +111,34 @@ func (b *Box) wakeChan(dest string) chan struct{} {
 // Drain removes and returns every pending record of dest inside the
 // caller's transaction (a digest collects them into one).
 func (b *Box) Drain(tx *bolt.Tx, dest string) ([]Item, error) {
-	prefix := append([]byte(dest), 0)
-	bk := tx.Bucket(bucketPending)
-	var items []Item
-	var keys [][]byte
-	c := bk.Cursor()
-	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-		var it Item
-		if err := json.Unmarshal(v, &it); err != nil {
-			return nil, fmt.Errorf("outbox %s: %w", dest, err)
-		}
-		items = append(items, it)
-		keys = append(keys, append([]byte(nil), k...))
+	items, keys, err := pending(tx, dest)
+	if err != nil {
+		return nil, err
 	}
+	bk := tx.Bucket(bucketPending)
 	for _, k := range keys {
 		if err := bk.Delete(k); err != nil {
 			return nil, err
 		}
 	}
 	return items, nil
+}
+
+// pending reads dest's waiting records, oldest first, and their keys.
+func pending(tx *bolt.Tx, dest string) ([]Item, [][]byte, error) {
+	prefix := append([]byte(dest), 0)
+	var items []Item
+	var keys [][]byte
+	c := tx.Bucket(bucketPending).Cursor()
+	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+		var it Item
+		if err := json.Unmarshal(v, &it); err != nil {
+			return nil, nil, fmt.Errorf("outbox %s: %w", dest, err)
+		}
+		items = append(items, it)
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	return items, keys, nil
 }
 
 // Stats reports, per destination, the pending records, the oldest one's
@@ -196,18 +205,11 @@ func (b *Box) Pending(dest string) (n int, oldest time.Time) {
 
 // Waiting returns the records still waiting for dest, oldest first.
 func (b *Box) Waiting(dest string) ([]Item, error) {
-	prefix := append([]byte(dest), 0)
 	var items []Item
 	err := b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketPending).Cursor()
-		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-			var it Item
-			if err := json.Unmarshal(v, &it); err != nil {
-				return fmt.Errorf("outbox %s: %w", dest, err)
-			}
-			items = append(items, it)
-		}
-		return nil
+		var err error
+		items, _, err = pending(tx, dest)
+		return err
 	})
 	return items, err
 }

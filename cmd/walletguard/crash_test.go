@@ -510,13 +510,8 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 		json.Unmarshal([]byte(l), &a)
 		ref[a.AlertID] = true
 	}
-	var held struct {
-		Alerts []struct {
-			AlertID string `json:"alert_id"`
-		} `json:"alerts"`
-	}
-	callAPI(t, httpAddr, "GET", "/v1/alerts?status=all", "", &held)
-	if len(held.Alerts) == 0 {
+	held := heldAlerts(t, httpAddr, "all")
+	if len(held) == 0 {
 		t.Fatal("the daemon holds no alerts; the stream should raise several")
 	}
 	// Retries back off up to a minute after a minute of outage.
@@ -524,7 +519,7 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	for {
 		mu.Lock()
 		missing := 0
-		for _, a := range held.Alerts {
+		for _, a := range held {
 			if !got[a.AlertID] {
 				missing++
 			}
@@ -534,7 +529,7 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d alerts not delivered two minutes after the webhook came back", missing, len(held.Alerts))
+			t.Fatalf("%d of %d alerts not delivered two minutes after the webhook came back", missing, len(held))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

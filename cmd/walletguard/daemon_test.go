@@ -80,6 +80,24 @@ func callAPI(t *testing.T, addr, method, path, body string, out any) int {
 	return resp.StatusCode
 }
 
+// heldAlert is what the process tests read of an alert.
+type heldAlert struct {
+	AlertID        string `json:"alert_id"`
+	Status         string `json:"status"`
+	AcknowledgedBy string `json:"acknowledged_by"`
+}
+
+// heldAlerts lists the alerts a daemon holds with status (open, all, …),
+// newest first.
+func heldAlerts(t *testing.T, addr, status string) []heldAlert {
+	t.Helper()
+	var list struct {
+		Alerts []heldAlert `json:"alerts"`
+	}
+	callAPI(t, addr, "GET", "/v1/alerts?status="+status, "", &list)
+	return list.Alerts
+}
+
 // waitUntil polls ok until it holds, failing the test after within.
 func waitUntil(t *testing.T, what string, within time.Duration, ok func() bool) {
 	t.Helper()

@@ -174,16 +174,8 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	// new owner: the manual freeze, the unfreeze (with its grace), the
 	// TOTP enrolment — a code from the user's authenticator is accepted.
 	checkManualActions(t, b.http, quiet, totpSecret)
-	var al struct {
-		Alerts []struct {
-			AlertID        string `json:"alert_id"`
-			Status         string `json:"status"`
-			AcknowledgedBy string `json:"acknowledged_by"`
-		} `json:"alerts"`
-	}
-	callAPI(t, b.http, "GET", "/v1/alerts?status=all", "", &al)
 	acked := false
-	for _, x := range al.Alerts {
+	for _, x := range heldAlerts(t, b.http, "all") {
 		if x.AlertID == ackedAlert {
 			acked = x.AcknowledgedBy == "admin token"
 			if !acked {
@@ -245,16 +237,11 @@ func actOnOwner(t *testing.T, addr string, accts []string) string {
 // ackOnOwner acknowledges the newest open alert on addr and returns its id.
 func ackOnOwner(t *testing.T, addr string) string {
 	t.Helper()
-	var open struct {
-		Alerts []struct {
-			AlertID string `json:"alert_id"`
-		} `json:"alerts"`
-	}
-	callAPI(t, addr, "GET", "/v1/alerts?status=open", "", &open)
-	if len(open.Alerts) == 0 {
+	open := heldAlerts(t, addr, "open")
+	if len(open) == 0 {
 		t.Fatal("the owner holds no open alert to acknowledge")
 	}
-	id := open.Alerts[0].AlertID
+	id := open[0].AlertID
 	var body map[string]any
 	if code := callAPI(t, addr, "POST", "/v1/alerts/"+id+"/ack", `{"reason":"on it"}`, &body); code != http.StatusOK {
 		t.Fatalf("ack %s on the owner: %d %v", id, code, body)
