@@ -142,9 +142,13 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 		if !act.At.After(a.manualAt(&act)) {
 			continue // made here, or adopted already
 		}
-		if err := a.adopt(&act); err != nil {
+		changed, err := a.adopt(&act)
+		if err != nil {
 			a.log.Error("manual action not adopted", "account", act.AccountID, "err", err)
 			continue
+		}
+		if changed != nil {
+			a.relearnAlert(*changed, time.Now())
 		}
 		a.amet.manualAdopted.Inc()
 		for _, e := range act.Audit {
@@ -204,21 +208,23 @@ func (a *App) manualAt(act *manualAction) time.Time {
 	return st.ManualAt
 }
 
-// adopt makes act's change here.
-func (a *App) adopt(act *manualAction) error {
-	if al := act.Alert; al != nil {
+// adopt makes act's change here, and returns the alert it changed, if any.
+func (a *App) adopt(act *manualAction) (*alerts.Alert, error) {
+	if ch := act.Alert; ch != nil {
+		var al alerts.Alert
 		var err error
-		if al.Verb == "resolve" {
-			_, err = a.proc.Alerts.Resolve(al.ID, al.Actor, al.Note, act.At)
+		if ch.Verb == "resolve" {
+			al, err = a.proc.Alerts.Resolve(ch.ID, ch.Actor, ch.Note, act.At)
 		} else {
-			_, err = a.proc.Alerts.Ack(al.ID, al.Actor, act.At)
+			al, err = a.proc.Alerts.Ack(ch.ID, ch.Actor, act.At)
 		}
-		if err == nil {
-			a.proc.Planner.KeepAudit(act.Audit)
+		if err != nil {
+			return nil, err
 		}
-		return err
+		a.proc.Planner.KeepAudit(act.Audit)
+		return &al, nil
 	}
-	return a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit)
+	return nil, a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit)
 }
 
 // reached reports whether next is at or past every offset of after.

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
@@ -109,5 +110,36 @@ func TestCommitsWaitForManualActions(t *testing.T) {
 	}
 	if caps := a.commitCaps(); caps != nil {
 		t.Errorf("caps once delivered: %v", caps)
+	}
+}
+
+// An alert acknowledged on the owner, adopted by a following standby, is
+// delivered again on takeover as support left it: not reopened with the
+// version the standby learned before the acknowledgement.
+func TestTakeoverDeliversAdoptedAlertChange(t *testing.T) {
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	a := &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)), alertQ: newQueue[alerts.Alert](),
+		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	now := time.Now()
+	raised := a.proc.Alerts.Raise("merchant_outage:m-17", "merchant_outage", "high", "", "merchant m-17 failing 64% of payments", now, nil)
+	if len(raised) != 1 {
+		t.Fatalf("raised %d alerts, want 1", len(raised))
+	}
+	a.learnAlerts(raised, now)
+
+	a.manualIn = append(a.manualIn, manualAction{At: now.Add(time.Second),
+		Alert: &alertChange{ID: raised[0].AlertID, Verb: "ack", Actor: "support agent"},
+		After: map[string]map[int]int64{"wallet.events": {0: 10}}})
+	a.manualWaiting.Store(true)
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 10}})
+
+	a.redeliverLearned(now.Add(2 * time.Second))
+	got := a.alertQ.take()
+	if len(got) != 1 || got[0].Status != "acknowledged" || got[0].AcknowledgedBy != "support agent" {
+		t.Fatalf("delivered again on takeover: %+v, want the alert acknowledged by support agent", got)
 	}
 }

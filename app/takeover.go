@@ -44,6 +44,19 @@ func (a *App) learnAlerts(list []alerts.Alert, now time.Time) {
 	a.learned = a.learned[drop:]
 }
 
+// relearnAlert keeps al's new version, made by hand on the owner, if the
+// standby would deliver the alert again on taking over: support then gets
+// it as they left it, not reopened as it was before they acknowledged or
+// resolved it. Pipeline only.
+func (a *App) relearnAlert(al alerts.Alert, now time.Time) {
+	for i := range a.learned {
+		if a.learned[i].alert.AlertID == al.AlertID {
+			a.learnAlerts([]alerts.Alert{al}, now)
+			return
+		}
+	}
+}
+
 // redeliverLearned queues, once the standby owns partitions, the latest
 // version of every alert it learned of within the window, for the next
 // checkpoint to put in the outbox. Pipeline only.
