@@ -47,11 +47,16 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 			return err
 		}
 		put := func(dest, id string, payload []byte) error { return a.box.Put(tx, dest, id, payload, now) }
-		if err := a.publishManual(put, ch.AccountID, ch.Audit, nil, now); err != nil {
+		act := manualAction{AccountID: ch.AccountID, At: now, Audit: ch.Audit}
+		if ch.BreakerReset {
+			// Stamped as the breaker has it, so that reading it back here skips it.
+			act.BreakerReset, act.At = true, a.proc.Planner.BreakerResetAt()
+		}
+		if err := a.publishManual(put, act); err != nil {
 			return err
 		}
 		for _, al := range changed {
-			if err := a.publishManual(put, "", ch.Audit, lifecycleChange(al), al.ManualAt); err != nil {
+			if err := a.publishManual(put, manualAction{Alert: lifecycleChange(al), At: al.ManualAt, Audit: ch.Audit}); err != nil {
 				return err
 			}
 		}

@@ -116,6 +116,7 @@ type appMetrics struct {
 	alertsRaised        *prometheus.CounterVec
 	alertsRedelivered   prometheus.Counter
 	manualAdopted       prometheus.Counter
+	manualRead          prometheus.Counter
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
 }
@@ -153,7 +154,11 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}),
 		manualAdopted: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_manual_actions_adopted_total",
-			Help: "Manual actions made on another instance (freezes, unfreezes, 2FA) adopted from kafka.actions_topic.",
+			Help: "Manual actions made on another instance (freezes, unfreezes, 2FA, alert and breaker changes) adopted from kafka.actions_topic.",
+		}),
+		manualRead: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_manual_actions_read_total",
+			Help: "Records read from kafka.actions_topic, this instance's own included; each is adopted once its place is reached, or skipped if not newer.",
 		}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",

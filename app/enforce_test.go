@@ -295,6 +295,28 @@ func TestBreakerOpensUnderAFreezeFlood(t *testing.T) {
 	if v := metric(t, addr, "walletguard_freeze_breaker_open"); v != 0 {
 		t.Errorf("breaker gauge after reset %v", v)
 	}
+	// The reset goes to the actions topic for a standby, which counted the
+	// same freezes; read back here, it changes nothing.
+	var reset manualAction
+	for _, m := range readAll(t, r.app.BrokerAddr(), cfg.Kafka.ActionsTopic, 1, 10*time.Second) {
+		if string(m.Key) == breakerKey {
+			json.Unmarshal(m.Value, &reset)
+		}
+	}
+	if !reset.BreakerReset || len(reset.Audit) != 1 || reset.Audit[0].Action != "breaker_reset" || reset.Audit[0].Reason != "freeze_everyone shadowed" {
+		t.Errorf("breaker reset in the actions topic: %+v", reset)
+	}
+	waitFor(t, 10*time.Second, "the reset read back", func() bool { return metric(t, addr, "walletguard_manual_actions_read_total") == 1 })
+	// Read records wait for the pipeline's next idle moment, which the
+	// empty topic gives it at once.
+	waitFor(t, 10*time.Second, "the reset weighed", func() bool {
+		r.app.procMu.Lock()
+		defer r.app.procMu.Unlock()
+		return len(r.app.manualPending) == 0 && !r.app.manualWaiting.Load()
+	})
+	if v := metric(t, addr, "walletguard_manual_actions_adopted_total"); v != 0 {
+		t.Errorf("the owner adopted %v of its own manual actions", v)
+	}
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -44,6 +44,24 @@ type manualAction struct {
 	// the follower makes itself: its own copy of the alert is the owner's
 	// up to that place.
 	Alert *alertChange `json:"alert,omitempty"`
+	// BreakerReset is set when an admin closed the freeze-storm breaker,
+	// which the follower's breaker, having counted the same freezes, needs
+	// at the same place.
+	BreakerReset bool `json:"breaker_reset,omitempty"`
+}
+
+// breakerKey keys the breaker's resets in the actions topic.
+const breakerKey = "system|freeze-breaker"
+
+// subject names what act changes, as its key in the actions topic.
+func (act *manualAction) subject() string {
+	switch {
+	case act.Alert != nil:
+		return act.Alert.ID
+	case act.BreakerReset:
+		return breakerKey
+	}
+	return act.AccountID
 }
 
 type alertChange struct {
@@ -53,22 +71,21 @@ type alertChange struct {
 	Note  string `json:"note,omitempty"`
 }
 
-// publishManual puts a manual change — the account's new state, or with
-// alert set an alert's lifecycle call — into the outbox for the actions
-// topic, inside the transaction that saves it. The caller holds procMu.
-func (a *App) publishManual(put func(dest, id string, payload []byte) error, id string, audit []enforce.AuditEntry, alert *alertChange, now time.Time) error {
-	if a.cfg.Kafka.ActionsTopic == "" || id == "" && alert == nil {
+// publishManual puts a manual change — an account's new state, an alert's
+// lifecycle call or the breaker's reset, as act says with its subject, time
+// and audit entries — into the outbox for the actions topic, inside the
+// transaction that saves it. The caller holds procMu.
+func (a *App) publishManual(put func(dest, id string, payload []byte) error, act manualAction) error {
+	key := act.subject()
+	if a.cfg.Kafka.ActionsTopic == "" || key == "" {
 		return nil
 	}
-	act := manualAction{AccountID: id, At: now, Audit: audit, Alert: alert, After: make(map[string]map[int]int64, len(a.next))}
+	act.After = make(map[string]map[int]int64, len(a.next))
 	for t, ps := range a.next {
 		act.After[t] = maps.Clone(ps)
 	}
-	key := id
-	if alert != nil {
-		key = alert.ID
-	} else {
-		rec, err := a.proc.Planner.Record(id)
+	if act.AccountID != "" {
+		rec, err := a.proc.Planner.Record(act.AccountID)
 		if err != nil || rec == nil {
 			return err
 		}
@@ -78,7 +95,7 @@ func (a *App) publishManual(put func(dest, id string, payload []byte) error, id 
 	if err != nil {
 		return fmt.Errorf("encode manual action on %s: %w", key, err)
 	}
-	return put(destActions, key+"/"+now.Format(time.RFC3339Nano), b)
+	return put(destActions, key+"/"+act.At.Format(time.RFC3339Nano), b)
 }
 
 // lifecycleChange is the alert change of an acknowledgement or resolution
@@ -102,15 +119,11 @@ func (a *App) deliverManual(ctx context.Context) {
 		if err := gojson.Unmarshal(it.Payload, &m); err != nil {
 			return &outbox.PermanentError{Err: fmt.Errorf("decode manual action %s: %w", it.ID, err)}
 		}
-		key := m.AccountID
-		if m.Alert != nil {
-			key = m.Alert.ID
-		}
-		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(key), Value: it.Payload}})
+		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(m.subject()), Value: it.Payload}})
 	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destActions)})
 	go ingest.Tail(ctx, a.brokers, topic, a.log, func(partition int, m kafka.Message) {
 		var act manualAction
-		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.AccountID == "" && act.Alert == nil {
+		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.subject() == "" {
 			a.log.Warn("manual action record not understood; skipped", "topic", topic, "partition", partition, "offset", m.Offset, "err", err)
 			return
 		}
@@ -118,6 +131,7 @@ func (a *App) deliverManual(ctx context.Context) {
 		a.manualIn = append(a.manualIn, act)
 		a.manualMu.Unlock()
 		a.manualWaiting.Store(true)
+		a.amet.manualRead.Inc()
 	})
 }
 
@@ -197,6 +211,9 @@ func (a *App) commitCaps() map[string]map[int]int64 {
 
 // manualAt is when what act changes was last changed by hand here.
 func (a *App) manualAt(act *manualAction) time.Time {
+	if act.BreakerReset {
+		return a.proc.Planner.BreakerResetAt()
+	}
 	if act.Alert != nil {
 		al, ok := a.proc.Alerts.Get(act.Alert.ID)
 		if !ok {
@@ -223,6 +240,10 @@ func (a *App) adopt(act *manualAction) (*alerts.Alert, error) {
 		}
 		a.proc.Planner.KeepAudit(act.Audit)
 		return &al, nil
+	}
+	if act.BreakerReset {
+		a.proc.Planner.AdoptBreakerReset(act.At, act.Audit)
+		return nil, nil
 	}
 	return nil, a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit)
 }

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -141,5 +144,58 @@ func TestTakeoverDeliversAdoptedAlertChange(t *testing.T) {
 	got := a.alertQ.take()
 	if len(got) != 1 || got[0].Status != "acknowledged" || got[0].AcknowledgedBy != "support agent" {
 		t.Fatalf("delivered again on takeover: %+v, want the alert acknowledged by support agent", got)
+	}
+}
+
+// An admin's reset of the freeze-storm breaker on the owner closes the
+// breaker a standby opened by following the same freezes, at the same
+// place; read again later (a restart), it does not close the breaker a new
+// flood opened since.
+func TestBreakerResetFollows(t *testing.T) {
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Enforce.Breaker.MaxFreezes = 2
+	a := &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)),
+		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	flood := func(prefix string, at time.Time) {
+		for i := range 4 {
+			d := detector.Decision{DecisionID: fmt.Sprintf("d-%s-%d", prefix, i), AccountID: fmt.Sprintf("%s-%d", prefix, i), TS: at, Action: rules.ActionFreeze,
+				Score: 95, Rules: []detector.Hit{{ID: "broken_rule", Score: 95, Action: "freeze"}}}
+			a.proc.Planner.Plan(&d, nil)
+		}
+	}
+	flood("a", t0)
+	if !a.proc.Planner.Breaker().Open {
+		t.Fatal("breaker not open after a flood over the limit")
+	}
+	reset := manualAction{BreakerReset: true, At: t0.Add(time.Minute),
+		Audit: []enforce.AuditEntry{{At: t0.Add(time.Minute), Action: "breaker_reset", Origin: "manual", Actor: "risk admin", Reason: "rule fixed"}},
+		After: map[string]map[int]int64{"wallet.events": {0: 50}}}
+	receive := func() {
+		a.manualIn = append(a.manualIn, reset)
+		a.manualWaiting.Store(true)
+	}
+	receive()
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 49}})
+	if !a.proc.Planner.Breaker().Open {
+		t.Fatal("breaker closed before the standby reached the place of the reset")
+	}
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 50}})
+	if a.proc.Planner.Breaker().Open {
+		t.Fatal("the owner's reset did not close the standby's breaker")
+	}
+	if got := a.proc.Planner.PendingAudit(""); len(got) == 0 || got[0].Actor != "risk admin" { // newest first
+		t.Errorf("audit after adopting the reset: %+v", got)
+	}
+
+	flood("b", t0.Add(2*time.Hour))
+	receive()
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 90}})
+	if !a.proc.Planner.Breaker().Open {
+		t.Error("the old reset, read again, closed the breaker a later flood opened")
 	}
 }

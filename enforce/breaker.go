@@ -18,7 +18,10 @@ type breakerState struct {
 	Why      string      `json:"why,omitempty"`
 	Recent   []time.Time `json:"recent,omitempty"` // automatic freezes within the window
 	Held     int         `json:"held"`             // freezes turned into step-ups while open
-	dirty    bool
+	// ResetAt is when an admin last closed it, here or on the instance
+	// whose reset this one adopted.
+	ResetAt time.Time `json:"reset_at,omitzero"`
+	dirty   bool
 }
 
 // BreakerStatus is the breaker as the API and readiness show it.
@@ -91,8 +94,24 @@ func (p *Planner) ResetBreaker(actor, reason string, now time.Time) (Change, boo
 		return Change{}, false
 	}
 	held := b.Held
-	*b = breakerState{dirty: true}
-	p.metrics.breakerOpen(false)
-	return Change{Audit: []AuditEntry{{At: now.UTC(), Action: "breaker_reset", Origin: "manual", Actor: actor, Reason: reason,
+	p.closeBreaker(now)
+	return Change{BreakerReset: true, Audit: []AuditEntry{{At: now.UTC(), Action: "breaker_reset", Origin: "manual", Actor: actor, Reason: reason,
 		Outcome: fmt.Sprintf("automatic freezing resumed; %d freezes had been held as step-ups", held)}}}, true
+}
+
+func (p *Planner) closeBreaker(at time.Time) {
+	p.breaker = breakerState{ResetAt: at.UTC(), dirty: true}
+	p.metrics.breakerOpen(false)
+}
+
+// BreakerResetAt is when the breaker was last closed by hand.
+func (p *Planner) BreakerResetAt() time.Time { return p.breaker.ResetAt }
+
+// AdoptBreakerReset closes the breaker as an admin did on another instance
+// at the same place in the events, and keeps that reset's audit entries.
+// The breaker counted the same freezes here, so it is open here too,
+// unless this instance did not follow them.
+func (p *Planner) AdoptBreakerReset(at time.Time, audit []AuditEntry) {
+	p.closeBreaker(at)
+	p.KeepAudit(audit)
 }

@@ -127,6 +127,8 @@ type Change struct {
 	Commands  []Command
 	Audit     []AuditEntry
 	Alerts    []SystemAlert
+	// BreakerReset: the change closed the freeze-storm breaker.
+	BreakerReset bool
 }
 
 // Planner turns decisions into commands and keeps account states. The
