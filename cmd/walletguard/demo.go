@@ -4,9 +4,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -140,15 +142,21 @@ func cmdDemo(args []string) int {
 
 func finish(err error, a *app.App, s app.Snapshot, gen *sim.Generator, start time.Time) int {
 	s = a.Snapshot()
-	fmt.Printf("\nsummary after %s: %0.f events consumed, %0.f rejected to the dead-letter topic, %0.f duplicates dropped\n",
-		time.Since(start).Round(time.Second), s.Consumed, s.Rejected, s.Duplicates)
-	fmt.Printf("  decisions: allow %0.f, review %0.f, step_up %0.f, freeze %0.f; commands: freeze %0.f, require_2fa %0.f; alert records %0.f\n",
+	// Consumed counts records, as the ticker does: the decided events and
+	// the rejected ones together.
+	fmt.Printf("\nsummary after %s: %0.f records consumed — %0.f events decided, %0.f rejected to the dead-letter topic; %0.f duplicates dropped\n",
+		time.Since(start).Round(time.Second), s.Consumed+s.Rejected, s.Consumed, s.Rejected, s.Duplicates)
+	fmt.Printf("  decisions (on events, and on event-time timers that fired): allow %0.f, review %0.f, step_up %0.f, freeze %0.f; commands: freeze %0.f, require_2fa %0.f; alert records %0.f\n",
 		s.Decisions["allow"], s.Decisions["review"], s.Decisions["step_up"], s.Decisions["freeze"], s.Commands["freeze"], s.Commands["require_2fa"], s.Alerts)
 	kinds := map[string]int{}
 	for _, l := range gen.Labels() {
 		kinds[l.Kind]++
 	}
-	fmt.Printf("  incidents in the traffic: %v\n", kinds)
+	var list []string
+	for _, k := range slices.Sorted(maps.Keys(kinds)) {
+		list = append(list, fmt.Sprintf("%s %d", k, kinds[k]))
+	}
+	fmt.Printf("  incidents in the traffic: %s\n", strings.Join(list, ", "))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		return 1
