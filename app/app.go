@@ -86,6 +86,7 @@ type App struct {
 	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
 	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
 	learned                      []learnedAlert   // alerts a standby learned of by following (takeover.go; pipeline only)
+	settled                      chan struct{}    // closed once a takeover has read the actions topic to its end (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -93,6 +94,9 @@ type App struct {
 	next          map[string]map[int]int64
 	manualMu      sync.Mutex
 	manualIn      []manualAction
+	actionsRead   map[int]int64            // per partition of the actions topic, the next offset to read (under manualMu)
+	actionsReadAt atomic.Int64             // unix ns when the actions topic was last known read to its end
+	handoverAfter map[string]map[int]int64 // where owners that handed over stopped (under manualMu; takeover.go)
 	manualWaiting atomic.Bool
 	manualPending []manualAction
 	observer      func(Outputs)
@@ -308,8 +312,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			}
 			return committed
 		},
-		Held:   a.held.Load,
-		Follow: cfg.Kafka.StandbyFollow,
+		Held:       a.held.Load,
+		Follow:     cfg.Kafka.StandbyFollow,
+		HandedOver: a.handedOver,
 	}, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -349,9 +354,13 @@ func (a *App) Run(ctx context.Context) error {
 	if a.cfg.Rules.Watch && len(a.cfg.Rules.Paths) > 0 {
 		go a.watchRules(ctx)
 	}
-	go a.deliverCommands(ctx)
-	a.deliverManual(ctx)
-	go a.deliverAlerts(ctx)
+	// Deliveries outlive ctx: on a graceful stop they go on until the
+	// handover below, so that what the last events raised goes out now.
+	deliverCtx, stopDeliveries := context.WithCancel(context.Background())
+	defer stopDeliveries()
+	go a.deliverCommands(deliverCtx)
+	a.deliverManual(deliverCtx)
+	go a.deliverAlerts(deliverCtx)
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()
 	a.log.Info("walletguard running", "kafka", a.brokers, "topics", a.cfg.Kafka.Topics, "http", a.HTTPAddr(),
@@ -374,6 +383,14 @@ func (a *App) Run(ctx context.Context) error {
 	<-scoresDone
 	srcErr := <-srcDone
 
+	if pipeErr == nil && srcErr == nil {
+		// A third of the shutdown timeout, from its own clock: leaving the
+		// group below must keep its whole timeout to commit.
+		hoCtx, hoCancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D()/3)
+		a.handOver(hoCtx)
+		hoCancel()
+	}
+	stopDeliveries()
 	stopCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Kafka.ShutdownTimeout.D())
 	defer cancel()
 	if err := a.source.Close(stopCtx); err != nil {
@@ -747,7 +764,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				}
 				unlock()
 				if a.learned != nil && a.source != nil && a.source.Ready() {
-					a.redeliverLearned(time.Now()) // taken over, with no event yet
+					a.procMu.Lock()
+					a.takeOver(ctx, next) // taken over, with no event yet
+					a.procMu.Unlock()
 				}
 				if a.manualWaiting.Load() || len(a.manualPending) > 0 {
 					a.procMu.Lock()
@@ -784,7 +803,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.follow(&rec)
 		} else {
 			if a.learned != nil {
-				a.redeliverLearned(time.Now())
+				a.takeOver(ctx, next)
 			}
 			a.handle(&rec, &cur.out, &cur.msgs)
 			cur.arrived = append(cur.arrived, rec.Arrived)
@@ -853,7 +872,7 @@ func (a *App) follow(rec *ingest.Record) {
 		return
 	}
 	a.proc.FollowFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
-	a.learnAlerts(a.followed.Alerts, rec.Arrived)
+	a.learnAlerts(a.followed.Alerts, eventPlace{rec.Topic, rec.Partition, rec.Offset}, rec.Arrived)
 	a.followed.Reset()
 	a.imet.Followed.Inc()
 }

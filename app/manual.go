@@ -48,6 +48,10 @@ type manualAction struct {
 	// which the follower's breaker, having counted the same freezes, needs
 	// at the same place.
 	BreakerReset bool `json:"breaker_reset,omitempty"`
+	// Handover is set when the owner stopped with its outbox delivered
+	// (takeover.go): not a change, word that the alerts of the events
+	// before After went out.
+	Handover bool `json:"handover,omitempty"`
 }
 
 // breakerKey keys the breaker's resets in the actions topic.
@@ -60,6 +64,8 @@ func (act *manualAction) subject() string {
 		return act.Alert.ID
 	case act.BreakerReset:
 		return breakerKey
+	case act.Handover:
+		return handoverKey
 	}
 	return act.AccountID
 }
@@ -121,18 +127,30 @@ func (a *App) deliverManual(ctx context.Context) {
 		}
 		return a.producer.Write(ctx, "actions", []ingest.Message{{Topic: topic, Key: []byte(m.subject()), Value: it.Payload}})
 	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destActions)})
-	go ingest.Tail(ctx, a.brokers, topic, a.log, func(partition int, m kafka.Message) {
-		var act manualAction
-		if err := gojson.Unmarshal(m.Value, &act); err != nil || act.subject() == "" {
-			a.log.Warn("manual action record not understood; skipped", "topic", topic, "partition", partition, "offset", m.Offset, "err", err)
-			return
-		}
-		a.manualMu.Lock()
-		a.manualIn = append(a.manualIn, act)
-		a.manualMu.Unlock()
-		a.manualWaiting.Store(true)
-		a.amet.manualRead.Inc()
-	})
+	go ingest.Tail(ctx, a.brokers, topic, a.log, func(partition int, m kafka.Message) { a.received(partition, m.Offset, m.Value) })
+}
+
+// received takes a record of the actions topic, read at offset of
+// partition, for the pipeline to weigh.
+func (a *App) received(partition int, offset int64, value []byte) {
+	var act manualAction
+	err := gojson.Unmarshal(value, &act)
+	a.manualMu.Lock()
+	defer a.manualMu.Unlock()
+	if a.actionsRead == nil {
+		a.actionsRead = map[int]int64{}
+	}
+	a.actionsRead[partition] = offset + 1
+	a.amet.manualRead.Inc()
+	if err != nil || act.subject() == "" {
+		a.log.Warn("manual action record not understood; skipped", "topic", a.cfg.Kafka.ActionsTopic, "partition", partition, "offset", offset, "err", err)
+		return
+	}
+	if act.Handover {
+		a.noteHandover(&act) // at once: a takeover under way asks for it
+	}
+	a.manualIn = append(a.manualIn, act)
+	a.manualWaiting.Store(true)
 }
 
 // adoptManual applies the manual actions read so far whose place in the
@@ -147,6 +165,10 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 	}
 	kept := a.manualPending[:0]
 	for _, act := range a.manualPending {
+		if act.Handover {
+			a.forgetDelivered(act.After) // whatever the place: it covers only what was followed before it
+			continue
+		}
 		if !reached(next, act.After) {
 			kept = append(kept, act)
 			continue

@@ -132,7 +132,7 @@ func TestTakeoverDeliversAdoptedAlertChange(t *testing.T) {
 	if len(raised) != 1 {
 		t.Fatalf("raised %d alerts, want 1", len(raised))
 	}
-	a.learnAlerts(raised, now)
+	a.learnAlerts(raised, eventPlace{"wallet.events", 0, 9}, now)
 
 	a.manualIn = append(a.manualIn, manualAction{At: now.Add(time.Second),
 		Alert: &alertChange{ID: raised[0].AlertID, Verb: "ack", Actor: "support agent"},

@@ -1,9 +1,15 @@
 package app
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/ingest"
 )
 
 // A following standby learns of the owner's alerts as it folds the owner's
@@ -14,6 +20,14 @@ import (
 // alerts.takeover_redeliver, and when it takes the partitions over it puts
 // the latest version of each into its own outbox: support may get an alert
 // twice (receivers deduplicate by alert_id), never not at all.
+//
+// An owner that stops (a rolling restart, an upgrade) rather than dies
+// gives its outbox until the shutdown timeout to deliver, and if nothing
+// is left it says so on the actions topic before it leaves the group: a
+// handover, naming the event offsets it had handled. The standby then
+// forgets the alerts of the events before them, and delivers again only
+// what it learned after — so a planned restart does not send support the
+// last window's alerts a second time.
 
 // learnedMax bounds the alerts kept, whatever the window: a flood of
 // alerts (a credential-stuffing wave over a hundred thousand accounts)
@@ -22,18 +36,28 @@ const learnedMax = 100_000
 
 type learnedAlert struct {
 	at    time.Time // wall clock, when followed
+	place eventPlace
 	alert alerts.Alert
 }
 
-// learnAlerts keeps the alert records the owner wrote for an event this
-// standby followed. Pipeline only.
-func (a *App) learnAlerts(list []alerts.Alert, now time.Time) {
+// eventPlace is the event an alert was raised for, as the standby
+// followed it: a handover from the owner covers the alerts of the events
+// before the offsets it names.
+type eventPlace struct {
+	topic     string
+	partition int
+	offset    int64
+}
+
+// learnAlerts keeps the alert records the owner wrote for the event at
+// place, which this standby followed. Pipeline only.
+func (a *App) learnAlerts(list []alerts.Alert, place eventPlace, now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
-	if window <= 0 || len(list) == 0 {
+	if window <= 0 || len(list) == 0 || a.deliveredBefore(place) {
 		return
 	}
 	for i := range list {
-		a.learned = append(a.learned, learnedAlert{at: now, alert: list[i]})
+		a.learned = append(a.learned, learnedAlert{at: now, place: place, alert: list[i]})
 	}
 	drop := 0
 	for drop < len(a.learned) && (now.Sub(a.learned[drop].at) > window || len(a.learned)-drop > learnedMax) {
@@ -51,10 +75,153 @@ func (a *App) learnAlerts(list []alerts.Alert, now time.Time) {
 func (a *App) relearnAlert(al alerts.Alert, now time.Time) {
 	for i := range a.learned {
 		if a.learned[i].alert.AlertID == al.AlertID {
-			a.learnAlerts([]alerts.Alert{al}, now)
+			a.learnAlerts([]alerts.Alert{al}, a.learned[i].place, now)
 			return
 		}
 	}
+}
+
+// forgetDelivered drops the alerts learned from events before after: the
+// owner handed over (stopped) with every alert of those events delivered.
+// Pipeline only.
+func (a *App) forgetDelivered(after map[string]map[int]int64) {
+	n := len(a.learned)
+	a.learned = slices.DeleteFunc(a.learned, func(l learnedAlert) bool {
+		end, ok := after[l.place.topic][l.place.partition]
+		return ok && l.place.offset < end
+	})
+	if n > 0 {
+		a.log.Info("the previous owner handed over with its alerts delivered: they will not be delivered again on taking over",
+			"forgotten", n-len(a.learned), "kept", len(a.learned))
+	}
+}
+
+// Taking over waits for the actions topic to be read up to its end, so
+// that a handover the previous owner wrote as it stopped is known before
+// the learned alerts are delivered again — but not for longer than this,
+// whatever the broker says.
+const handoverWait = 10 * time.Second
+
+// takeoverSettled reports whether the learned alerts may be weighed for
+// delivery now: the actions topic has been read to the end it had when the
+// standby took over (or could not be, within handoverWait). The first call
+// starts that wait. Pipeline only.
+func (a *App) takeoverSettled(ctx context.Context) bool {
+	if a.cfg.Kafka.ActionsTopic == "" {
+		return true
+	}
+	if a.settled == nil {
+		settled := make(chan struct{})
+		a.settled = settled
+		go func() {
+			defer close(settled)
+			ctx, cancel := context.WithTimeout(ctx, handoverWait)
+			defer cancel()
+			if err := a.readActions(ctx); err != nil {
+				a.log.Warn("actions topic not read to its end; delivering the learned alerts again without knowing of a handover", "err", err)
+			}
+		}()
+	}
+	select {
+	case <-a.settled:
+		return true
+	default:
+		return false
+	}
+}
+
+// readActions waits until the actions topic's reader has handed on every
+// record the topic holds now, or ctx ends.
+func (a *App) readActions(ctx context.Context) error {
+	if at := a.actionsReadAt.Load(); at != 0 && time.Since(time.Unix(0, at)) < time.Second {
+		return nil // read to its end just now: for the partitions of one rebalance, ask once
+	}
+	ends, err := ingest.EndOffsets(ctx, a.brokers, a.cfg.Kafka.ActionsTopic)
+	if err != nil {
+		return err
+	}
+	for {
+		a.manualMu.Lock()
+		done := true
+		for p, end := range ends {
+			if a.actionsRead[p] < end {
+				done = false
+			}
+		}
+		a.manualMu.Unlock()
+		if done {
+			a.actionsReadAt.Store(time.Now().UnixNano())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("read up to %v: %w", ends, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// handedOver is the Source's HandedOver: the offset below which the
+// previous owner of the partition handed it over with every output
+// delivered, or -1 if it did not (it died) or this instance has not read
+// it. The owner wrote it just before leaving the group, so the actions
+// topic gets a moment to be read to its end first.
+func (a *App) handedOver(topic string, partition int) int64 {
+	if a.cfg.Kafka.ActionsTopic == "" {
+		return -1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
+	defer cancel()
+	if err := a.readActions(ctx); err != nil {
+		a.log.Warn("actions topic not read to its end at takeover; deciding again from where following stopped", "err", err)
+	}
+	a.manualMu.Lock()
+	defer a.manualMu.Unlock()
+	if o, ok := a.handoverAfter[topic][partition]; ok {
+		return o
+	}
+	return -1
+}
+
+// handoverReadWait bounds how long an assignment waits for the actions
+// topic: the rebalance, and every partition's first fetch, wait with it.
+const handoverReadWait = 2 * time.Second
+
+// noteHandover keeps where a handover says the owner stopped, per
+// partition, the furthest of all read. Called with manualMu held.
+func (a *App) noteHandover(act *manualAction) {
+	if a.handoverAfter == nil {
+		a.handoverAfter = map[string]map[int]int64{}
+	}
+	for t, ps := range act.After {
+		if a.handoverAfter[t] == nil {
+			a.handoverAfter[t] = map[int]int64{}
+		}
+		for p, o := range ps {
+			a.handoverAfter[t][p] = max(a.handoverAfter[t][p], o)
+		}
+	}
+}
+
+// deliveredBefore reports whether a handover covers the event at place:
+// its owner stopped after delivering that event's alerts.
+func (a *App) deliveredBefore(place eventPlace) bool {
+	a.manualMu.Lock()
+	defer a.manualMu.Unlock()
+	end, ok := a.handoverAfter[place.topic][place.partition]
+	return ok && place.offset < end
+}
+
+// takeOver delivers the learned alerts again once the standby owns
+// partitions, as soon as it knows whether the previous owner handed over.
+// Pipeline only, with procMu held.
+func (a *App) takeOver(ctx context.Context, next map[string]map[int]int64) {
+	if !a.takeoverSettled(ctx) {
+		return
+	}
+	a.settled = nil     // a later takeover reads the topic to its end again
+	a.adoptManual(next) // a handover read meanwhile forgets what it covers
+	a.redeliverLearned(time.Now())
 }
 
 // redeliverLearned queues, once the standby owns partitions, the latest
@@ -83,4 +250,58 @@ func (a *App) redeliverLearned(now time.Time) {
 	a.amet.alertsRedelivered.Add(float64(len(list)))
 	a.log.Info("took the partitions over: delivering again the alerts learned by following, which the previous owner may not have delivered; receivers deduplicate by alert_id",
 		"alerts", len(list), "within", window)
+}
+
+// handoverKey keys handovers in the actions topic.
+const handoverKey = "system|handover"
+
+// handOver is the owner's last step before it leaves the group on a
+// graceful stop: the outbox gets until ctx ends to deliver every alert,
+// digest, command and manual action; if it did, a handover record with
+// the offsets handled tells a standby that none of the alerts it learned
+// of before them need delivering again.
+func (a *App) handOver(ctx context.Context) {
+	if a.cfg.Kafka.ActionsTopic == "" || a.source == nil || !a.source.Ready() || a.next == nil {
+		return // a standby, or one that never joined: nothing of its own to hand over
+	}
+	if hasRateLimit(a.cfg.Alerts.Webhooks) {
+		a.sendDigests() // held alerts go out now, as a digest, rather than wait for the next start
+	}
+	dests := []string{destCommands, destActions}
+	if a.cfg.Enforce.AccountService.URL != "" {
+		dests = append(dests, destAccountService)
+	}
+	for _, w := range a.cfg.Alerts.Webhooks {
+		dests = append(dests, alertDest(w.Name), digestDest(w.Name))
+		a.box.Notify(alertDest(w.Name))
+	}
+	left := func() (n int) {
+		for _, d := range dests {
+			p, _ := a.box.Pending(d)
+			n += p
+		}
+		return n
+	}
+	for left() > 0 {
+		select {
+		case <-ctx.Done():
+			a.log.Warn("stopping with deliveries pending: a standby that takes over delivers again the alerts it learned of, and the rest go out at this instance's next start",
+				"pending", left())
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	act := manualAction{Handover: true, At: time.Now().UTC(), After: make(map[string]map[int]int64, len(a.next))}
+	for t, ps := range a.next {
+		act.After[t] = maps.Clone(ps)
+	}
+	b, err := json.Marshal(&act)
+	if err == nil {
+		err = a.producer.Write(ctx, "actions", []ingest.Message{{Topic: a.cfg.Kafka.ActionsTopic, Key: []byte(handoverKey), Value: b}})
+	}
+	if err != nil {
+		a.log.Warn("handover not written: a standby that takes over delivers again the alerts it learned of", "err", err)
+		return
+	}
+	a.log.Info("handed over: every alert, command and manual action delivered; a standby taking over will not deliver these alerts again")
 }

@@ -1,7 +1,11 @@
 package app
 
 import (
+	"encoding/json"
 	"log/slog"
+	"maps"
+	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -9,6 +13,7 @@ import (
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/ingest"
 )
 
 // On taking over, a standby delivers again the latest version of each
@@ -22,9 +27,10 @@ func TestTakeoverRedeliversRecentAlertsOnce(t *testing.T) {
 
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	alert := func(id, status string) alerts.Alert { return alerts.Alert{AlertID: id, Status: status} }
-	a.learnAlerts([]alerts.Alert{alert("old", "open")}, t0)
-	a.learnAlerts([]alerts.Alert{alert("takeover", "open"), alert("stuck", "open")}, t0.Add(15*time.Minute))
-	a.learnAlerts([]alerts.Alert{alert("takeover", "acknowledged")}, t0.Add(16*time.Minute))
+	at := func(offset int64) eventPlace { return eventPlace{"wallet.events", 0, offset} }
+	a.learnAlerts([]alerts.Alert{alert("old", "open")}, at(10), t0)
+	a.learnAlerts([]alerts.Alert{alert("takeover", "open"), alert("stuck", "open")}, at(20), t0.Add(15*time.Minute))
+	a.learnAlerts([]alerts.Alert{alert("takeover", "acknowledged")}, at(30), t0.Add(16*time.Minute))
 	a.redeliverLearned(t0.Add(17 * time.Minute))
 
 	got := map[string]string{}
@@ -47,8 +53,154 @@ func TestTakeoverRedeliversRecentAlertsOnce(t *testing.T) {
 
 	// With the window at 0 nothing is kept.
 	a.cfg.Alerts.TakeoverRedeliver = 0
-	a.learnAlerts([]alerts.Alert{alert("late", "open")}, t0.Add(20*time.Minute))
+	a.learnAlerts([]alerts.Alert{alert("late", "open")}, at(40), t0.Add(20*time.Minute))
 	if a.learned != nil {
 		t.Errorf("kept %d alerts with takeover_redeliver 0", len(a.learned))
 	}
+}
+
+// A handover from an owner that stopped with its outbox delivered covers
+// the alerts of the events before the offsets it names, on those
+// partitions only: taking over, the standby delivers again just the rest.
+func TestHandoverForgetsWhatTheOwnerDelivered(t *testing.T) {
+	cfg := config.Default()
+	a := &App{cfg: cfg, alertQ: newQueue[alerts.Alert](), amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	now := time.Now()
+	learn := func(id, topic string, partition int, offset int64) {
+		a.learnAlerts([]alerts.Alert{{AlertID: id, Status: "open"}}, eventPlace{topic, partition, offset}, now)
+	}
+	learn("p0-before", "wallet.events", 0, 5)
+	learn("p0-after", "wallet.events", 0, 15)
+	learn("p1-before", "wallet.events", 1, 7)
+	learn("p2-unnamed", "wallet.events", 2, 1)
+	learn("other-topic", "wallet.logins", 0, 3)
+
+	h, _ := json.Marshal(manualAction{Handover: true, At: now, After: map[string]map[int]int64{"wallet.events": {0: 10, 1: 8}}})
+	a.received(0, 41, h)
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 2}}) // a standby behind the owner: a handover needs no place
+	// Followed after the handover was read: the owner delivered these too.
+	learn("p0-late-follow", "wallet.events", 0, 9)
+	learn("p0-past-handover", "wallet.events", 0, 10)
+	if got := a.handedOver("wallet.events", 0); got != 10 {
+		t.Errorf("handed over below %d on partition 0, want 10", got)
+	}
+	if got := a.handedOver("wallet.events", 2); got != -1 {
+		t.Errorf("partition 2, which no handover names: %d, want -1", got)
+	}
+	a.redeliverLearned(now)
+
+	got := map[string]bool{}
+	for _, al := range a.alertQ.take() {
+		got[al.AlertID] = true
+	}
+	want := map[string]bool{"p0-after": true, "p2-unnamed": true, "other-topic": true, "p0-past-handover": true}
+	if !maps.Equal(got, want) {
+		t.Errorf("delivered again after a handover: %v, want %v", got, want)
+	}
+}
+
+// TestPlannedHandoverSendsNothingTwice: the owner is stopped (a rolling
+// restart), with support's receiver up, while a standby follows it some
+// way behind. The owner delivers everything and hands over; the standby
+// follows up to where the owner stopped, takes over, and sends support no
+// alert again and decides no event the owner decided: every event has one
+// decision, and the new owner decides only what came after the stop.
+func TestPlannedHandoverSendsNothingTwice(t *testing.T) {
+	actions := config.Default().Kafka.ActionsTopic
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events", actions}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
+	hook := httptestServer(t, rc)
+	instance := func() config.Config {
+		cfg := testConfig(t, t.TempDir())
+		cfg.Kafka.Brokers = []string{broker.Addr()}
+		cfg.Alerts.Webhooks = []config.Webhook{{URL: hook + "/hook", Secret: "hook-secret", Name: "support", Language: "en"}}
+		return cfg
+	}
+	msgs, _ := simMessages(t, 400, 11, 12000)
+	msgs = append(msgs, takeoverEvents(t)...)
+	// The owner alone; then followed; then stopped right after deciding
+	// more, which the standby has not followed yet; the rest after.
+	cut := []int{len(msgs) * 3 / 4, len(msgs) * 7 / 8}
+	produce(t, broker.Addr(), "wallet.events", msgs[:cut[0]]...)
+
+	cfgA := instance()
+	// Commits seconds apart: the standby, which follows only what is
+	// committed, is that far behind when the owner stops.
+	cfgA.Kafka.CommitInterval = config.Duration(3 * time.Second)
+	a := start(t, cfgA)
+	waitFor(t, 60*time.Second, "the owner to commit the first part", func() bool { return committedOffsets(t, broker.Addr()) == int64(cut[0]) })
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	cfgB := instance()
+	// The standby reads the committed offsets when it starts and then only
+	// every 30 s: it follows the first part at once, and none of the
+	// second before the owner stops.
+	cfgB.Kafka.CommitInterval = config.Duration(30 * time.Second)
+	appB, err := New(cfgB, quiet, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, appB)
+	waitFor(t, 60*time.Second, "the standby to follow the first part", func() bool {
+		return metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total") == float64(cut[0])
+	})
+	produce(t, broker.Addr(), "wallet.events", msgs[cut[0]:cut[1]]...)
+	waitFor(t, 60*time.Second, "the owner to decide the second part", func() bool { return a.app.Snapshot().Consumed == float64(cut[1]) })
+	raised := alertIDs(t, a.app.HTTPAddr())
+	if len(raised) < 3 {
+		t.Fatalf("only %d alerts raised; the traffic should hold several incidents", len(raised))
+	}
+	behind := float64(cut[1]) - metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total")
+
+	a.stop(t) // SIGTERM
+	waitFor(t, 30*time.Second, "the standby to take over", func() bool {
+		code, _ := readyz(b.app.HTTPAddr())
+		return code == http.StatusOK
+	})
+	produce(t, broker.Addr(), "wallet.events", msgs[cut[1]:]...)
+	waitFor(t, 60*time.Second, "the new owner to decide the rest", func() bool {
+		return b.app.Snapshot().Consumed >= float64(len(msgs)-cut[1])
+	})
+	waitFor(t, 30*time.Second, "the new owner's outbox to drain", func() bool {
+		return metric(t, b.app.HTTPAddr(), `walletguard_outbox_pending{destination="alerts:support"}`) == 0
+	})
+	if got := b.app.Snapshot().Consumed; got != float64(len(msgs)-cut[1]) {
+		t.Errorf("the new owner decided %v events, want only the %d produced after the handover", got, len(msgs)-cut[1])
+	}
+	if got := metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total"); got != float64(cut[1]) {
+		t.Errorf("the new owner followed %v events, want the %d the old one decided", got, cut[1])
+	}
+	if got := metric(t, b.app.HTTPAddr(), "walletguard_alerts_redelivered_total"); got != 0 {
+		t.Errorf("the new owner delivered %v alerts again after a handover", got)
+	}
+	b.stop(t)
+
+	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))
+	twice := 0
+	for _, n := range byEvent {
+		if n > 1 {
+			twice++
+		}
+	}
+	if len(byEvent) != len(msgs) || twice > 0 {
+		t.Errorf("%d events decided, %d of them more than once; want each of %d once", len(byEvent), twice, len(msgs))
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	seen := map[string]bool{}
+	for _, body := range rc.bodies {
+		if seen[string(body)] {
+			t.Errorf("support got the same alert record twice: %.200s", body)
+		}
+		seen[string(body)] = true
+	}
+	for id := range raised {
+		if rc.ids[id] == 0 {
+			t.Errorf("alert %s the old owner raised never reached support", id)
+		}
+	}
+	t.Logf("standby %v events behind at the stop; %d alerts raised before it, %d deliveries in all", behind, len(raised), len(rc.bodies))
 }

@@ -54,7 +54,7 @@ func (s *Source) follow(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.fetchPartition(ctx, tp.topic, tp.partition, start, limits)
+			s.fetchPartition(ctx, tp.topic, tp.partition, start, limits, -1)
 		}()
 	}
 	wg.Wait()

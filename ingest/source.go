@@ -61,7 +61,15 @@ type SourceConfig struct {
 	// owner would have when it takes over. StartOffset, asked with the
 	// committed offset kafka.FirstOffset, says where following starts.
 	Follow bool
-	Now    func() time.Time
+	// HandedOver, asked when a followed partition is assigned (a standby
+	// taking over), returns the offset below which the previous owner
+	// handed the partition over with every output delivered, or -1. The
+	// records from where following stopped up to that offset are then
+	// handed on marked Follow: learnt from, not decided again. Without a
+	// handover they are decided again, under the same ids, since the
+	// owner may have died with some of their outputs undelivered.
+	HandedOver func(topic string, partition int) int64
+	Now        func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -249,23 +257,35 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			// A standby that followed the partition continues where it
 			// stopped, even behind the committed offset: its state holds
 			// exactly the records before that, and deciding the rest again
-			// gives the decisions (and ids) the owner gave them.
+			// gives the decisions (and ids) the owner gave them — or, up to
+			// where an owner that handed over stopped, following them does.
 			tp := topicPartition{topic, a.ID}
 			s.mu.Lock()
-			if f, ok := s.fetched[tp]; ok && (f > start || s.followed[tp]) {
+			followed := s.followed[tp]
+			if f, ok := s.fetched[tp]; ok && (f > start || followed) {
 				start = f
 			}
 			delete(s.followed, tp)
+			s.mu.Unlock()
+			followBelow := int64(-1)
+			if followed && s.cfg.HandedOver != nil {
+				followBelow = s.cfg.HandedOver(topic, a.ID)
+			}
+			s.mu.Lock()
 			// What the group has committed, not what this process last
 			// did: commits never go behind it (a standby's marks start
 			// below it).
 			s.commited[tp] = a.Offset
 			s.mu.Unlock()
 			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
+			if followBelow > start {
+				s.log.Info("the previous owner handed the partition over: following, not deciding again, up to where it stopped",
+					"topic", topic, "partition", a.ID, "from", start, "to", followBelow)
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.fetchPartition(fetchCtx, topic, a.ID, start, nil)
+				s.fetchPartition(fetchCtx, topic, a.ID, start, nil, followBelow)
 			}()
 		}
 	}
@@ -299,7 +319,9 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 // fetchPartition hands on the partition's records from start. With limits
 // (a standby following) it hands on only records the group has committed,
 // marked Follow.
-func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets) {
+// Records below followBelow are marked Follow too: the previous owner
+// handed them over decided (see SourceConfig.HandedOver).
+func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets, followBelow int64) {
 	r := partitionReader(s.cfg.Brokers, topic, partition, s.log)
 	defer r.Close()
 	if err := r.SetOffset(start); err != nil {
@@ -329,7 +351,8 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			return
 		}
 		now := s.cfg.Now()
-		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now, Follow: limits != nil}
+		follow := limits != nil || m.Offset < followBelow
+		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now, Follow: follow}
 		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
 		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 && limits == nil {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
@@ -338,8 +361,10 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		case s.out <- rec:
 			s.mu.Lock()
 			s.fetched[tp] = m.Offset + 1
-			if limits != nil {
+			if follow {
 				s.followed[tp] = true
+			} else if followBelow >= 0 {
+				delete(s.followed, tp) // past the handover: decided from here
 			}
 			s.mu.Unlock()
 		case <-ctx.Done():

@@ -70,3 +70,33 @@ func tailPartition(ctx context.Context, brokers []string, topic string, partitio
 		handle(partition, m)
 	}
 }
+
+// EndOffsets returns, per partition of topic, the offset the next record
+// written there will get: a reader that has handed on every record below
+// it has read all the topic held when asked.
+func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
+	if len(brokers) == 0 {
+		return nil, fmt.Errorf("end offsets of %s: no broker", topic)
+	}
+	parts, err := topicPartitions(ctx, brokers[0], topic)
+	if err != nil {
+		return nil, err
+	}
+	req := make([]kafka.OffsetRequest, len(parts))
+	for i, p := range parts {
+		req[i] = kafka.LastOffsetOf(p.ID)
+	}
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
+	if err != nil {
+		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
+	}
+	ends := make(map[int]int64, len(parts))
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("end offset of %s/%d: %w", topic, p.Partition, p.Error)
+		}
+		ends[p.Partition] = p.LastOffset
+	}
+	return ends, nil
+}
