@@ -102,8 +102,9 @@ type RuleHits struct {
 type Backend interface {
 	Ready() (bool, string)
 	// Standby reports whether this instance stands by for another that
-	// owns the event partitions, and says so in words: it answers reads
-	// from the state it follows, and refuses changes (see owner).
+	// owns the event partitions, or is stopping and handing them over, and
+	// says so in words: it answers reads from the state it has, and
+	// refuses changes (see owner).
 	Standby() (bool, string)
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision

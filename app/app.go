@@ -97,6 +97,12 @@ type App struct {
 	actionsRead   map[int]int64            // per partition of the actions topic, the next offset to read (under manualMu)
 	actionsReadAt atomic.Int64             // unix ns when the actions topic was last known read to its end
 	handoverAfter map[string]map[int]int64 // where owners that handed over stopped (under manualMu; takeover.go)
+	// durable: the offsets of the last checkpoint written; every output of
+	// the events before them is in Kafka or the outbox.
+	durable atomic.Pointer[detector.Offsets]
+	// stopping: Run's context ended; the API refuses changes, which could
+	// no longer reach the actions topic before the handover.
+	stopping      atomic.Bool
 	manualWaiting atomic.Bool
 	manualPending []manualAction
 	observer      func(Outputs)
@@ -374,6 +380,7 @@ func (a *App) Run(ctx context.Context) error {
 	writeCtx, stopWrites := context.WithCancel(context.Background())
 	defer stopWrites()
 	stopAfter := context.AfterFunc(ctx, func() {
+		a.stopping.Store(true)
 		time.AfterFunc(a.cfg.Kafka.ShutdownTimeout.D(), stopWrites)
 	})
 	defer stopAfter()
@@ -703,6 +710,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				return
 			}
 			offsets, wm := work.offsets, work.watermark
+			a.durable.Store(&offsets)
 			a.amet.lastCheckpoint.SetToCurrentTime()
 			if a.ckptErr.Load().(string) != "" {
 				a.log.Info("checkpoints succeed again")
@@ -961,12 +969,17 @@ func (a *App) watchRules(ctx context.Context) {
 	})
 }
 
+const stoppingReason = "stopping: handing the partitions over to a standby, if one runs"
+
 func (a *App) standbyReason() string {
 	return "standing by: another walletguard in consumer group " + a.cfg.Kafka.GroupID + " consumes every partition (or the event topics have none)"
 }
 
 // ready reports whether the daemon should receive traffic, and why not.
 func (a *App) ready() (bool, string) {
+	if a.stopping.Load() {
+		return false, stoppingReason
+	}
 	if a.source.Standby() {
 		return false, a.standbyReason()
 	}

@@ -22,6 +22,9 @@ func (a *App) apiBackend() api.Backend { return backend{a} }
 func (b backend) Ready() (bool, string) { return b.a.ready() }
 
 func (b backend) Standby() (bool, string) {
+	if b.a.stopping.Load() {
+		return true, stoppingReason
+	}
 	if b.a.source == nil || !b.a.source.Standby() {
 		return false, ""
 	}

@@ -261,8 +261,9 @@ const handoverKey = "system|handover"
 // the offsets handled tells a standby that none of the alerts it learned
 // of before them need delivering again.
 func (a *App) handOver(ctx context.Context) {
-	if a.cfg.Kafka.ActionsTopic == "" || a.source == nil || !a.source.Ready() || a.next == nil {
-		return // a standby, or one that never joined: nothing of its own to hand over
+	durable := a.durable.Load()
+	if a.cfg.Kafka.ActionsTopic == "" || a.source == nil || !a.source.Ready() || durable == nil {
+		return // a standby, or one that never checkpointed: nothing of its own to hand over
 	}
 	if hasRateLimit(a.cfg.Alerts.Webhooks) {
 		a.sendDigests() // held alerts go out now, as a digest, rather than wait for the next start
@@ -291,8 +292,11 @@ func (a *App) handOver(ctx context.Context) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	act := manualAction{Handover: true, At: time.Now().UTC(), After: make(map[string]map[int]int64, len(a.next))}
-	for t, ps := range a.next {
+	// Up to the last checkpoint written, not the events handled: if the
+	// final one failed, the alerts of the events after it are in no outbox,
+	// and the standby must decide those events again.
+	act := manualAction{Handover: true, At: time.Now().UTC(), After: make(map[string]map[int]int64, len(*durable))}
+	for t, ps := range *durable {
 		act.After[t] = maps.Clone(ps)
 	}
 	b, err := json.Marshal(&act)
