@@ -86,7 +86,6 @@ type App struct {
 	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
 	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
 	learned                      []learnedAlert   // alerts a standby learned of by following (takeover.go; pipeline only)
-	settled                      chan struct{}    // closed once a takeover has read the actions topic to its end (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -96,7 +95,8 @@ type App struct {
 	manualIn      []manualAction
 	actionsRead   map[int]int64            // per partition of the actions topic, the next offset to read (under manualMu)
 	actionsReadAt atomic.Int64             // unix ns when the actions topic was last known read to its end
-	handoverAfter map[string]map[int]int64 // where owners that handed over stopped (under manualMu; takeover.go)
+	handoverAt    map[string]map[int]int64 // where owners that handed over stopped (under manualMu; takeover.go)
+	handedOverTo  map[string]map[int]int64 // handovers taken with partitions, until takeOver weighs them (under manualMu)
 	// durable: the offsets of the last checkpoint written; every output of
 	// the events before them is in Kafka or the outbox.
 	durable atomic.Pointer[detector.Offsets]
@@ -772,9 +772,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				}
 				unlock()
 				if a.learned != nil && a.source != nil && a.source.Ready() {
-					a.procMu.Lock()
-					a.takeOver(ctx, next) // taken over, with no event yet
-					a.procMu.Unlock()
+					a.takeOver() // taken over, with no event yet
 				}
 				if a.manualWaiting.Load() || len(a.manualPending) > 0 {
 					a.procMu.Lock()
@@ -810,8 +808,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if rec.Follow {
 			a.follow(&rec)
 		} else {
-			if a.learned != nil {
-				a.takeOver(ctx, next)
+			if a.learned != nil && a.source.Ready() {
+				a.takeOver()
 			}
 			a.handle(&rec, &cur.out, &cur.msgs)
 			cur.arrived = append(cur.arrived, rec.Arrived)

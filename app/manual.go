@@ -166,8 +166,7 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 	kept := a.manualPending[:0]
 	for _, act := range a.manualPending {
 		if act.Handover {
-			a.forgetDelivered(act.After) // whatever the place: it covers only what was followed before it
-			continue
+			continue // weighed when a partition is taken over (takeover.go)
 		}
 		if !reached(next, act.After) {
 			kept = append(kept, act)

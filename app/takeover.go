@@ -22,12 +22,12 @@ import (
 // twice (receivers deduplicate by alert_id), never not at all.
 //
 // An owner that stops (a rolling restart, an upgrade) rather than dies
-// gives its outbox until the shutdown timeout to deliver, and if nothing
-// is left it says so on the actions topic before it leaves the group: a
-// handover, naming the event offsets it had handled. The standby then
-// forgets the alerts of the events before them, and delivers again only
-// what it learned after — so a planned restart does not send support the
-// last window's alerts a second time.
+// gives its outbox a moment to deliver, and if nothing is left it says so
+// on the actions topic before it leaves the group: a handover, naming the
+// offsets of its last checkpoint, which it then commits. A standby taking
+// over follows the events up to there instead of deciding them again, and
+// delivers again none of the alerts it learned of from them — so a
+// planned restart sends support nothing twice.
 
 // learnedMax bounds the alerts kept, whatever the window: a flood of
 // alerts (a credential-stuffing wave over a hundred thousand accounts)
@@ -53,7 +53,7 @@ type eventPlace struct {
 // place, which this standby followed. Pipeline only.
 func (a *App) learnAlerts(list []alerts.Alert, place eventPlace, now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
-	if window <= 0 || len(list) == 0 || a.deliveredBefore(place) {
+	if window <= 0 || len(list) == 0 || a.handedOverBefore(place) {
 		return
 	}
 	for i := range list {
@@ -90,43 +90,9 @@ func (a *App) forgetDelivered(after map[string]map[int]int64) {
 		end, ok := after[l.place.topic][l.place.partition]
 		return ok && l.place.offset < end
 	})
-	if n > 0 {
-		a.log.Info("the previous owner handed over with its alerts delivered: they will not be delivered again on taking over",
+	if n > len(a.learned) {
+		a.log.Info("the previous owner handed over with its alerts delivered: they are not delivered again",
 			"forgotten", n-len(a.learned), "kept", len(a.learned))
-	}
-}
-
-// Taking over waits for the actions topic to be read up to its end, so
-// that a handover the previous owner wrote as it stopped is known before
-// the learned alerts are delivered again — but not for longer than this,
-// whatever the broker says.
-const handoverWait = 10 * time.Second
-
-// takeoverSettled reports whether the learned alerts may be weighed for
-// delivery now: the actions topic has been read to the end it had when the
-// standby took over (or could not be, within handoverWait). The first call
-// starts that wait. Pipeline only.
-func (a *App) takeoverSettled(ctx context.Context) bool {
-	if a.cfg.Kafka.ActionsTopic == "" {
-		return true
-	}
-	if a.settled == nil {
-		settled := make(chan struct{})
-		a.settled = settled
-		go func() {
-			defer close(settled)
-			ctx, cancel := context.WithTimeout(ctx, handoverWait)
-			defer cancel()
-			if err := a.readActions(ctx); err != nil {
-				a.log.Warn("actions topic not read to its end; delivering the learned alerts again without knowing of a handover", "err", err)
-			}
-		}()
-	}
-	select {
-	case <-a.settled:
-		return true
-	default:
-		return false
 	}
 }
 
@@ -161,12 +127,20 @@ func (a *App) readActions(ctx context.Context) error {
 	}
 }
 
+// handoverReadWait bounds how long an assignment waits for the actions
+// topic to be read: the rebalance, and every partition's first fetch,
+// wait with it.
+const handoverReadWait = 2 * time.Second
+
 // handedOver is the Source's HandedOver: the offset below which the
-// previous owner of the partition handed it over with every output
-// delivered, or -1 if it did not (it died) or this instance has not read
-// it. The owner wrote it just before leaving the group, so the actions
-// topic gets a moment to be read to its end first.
-func (a *App) handedOver(topic string, partition int) int64 {
+// previous owner handed the partition over with every output delivered,
+// or -1 if it did not (it died), or this instance has not read it. The
+// owner wrote it just before leaving the group, so the actions topic gets
+// a moment to be read to its end first. A handover counts only if the
+// group's committed offset is where it says the owner stopped: the owner
+// committed exactly that as it left, and nothing was decided since — an
+// older handover, or one whose owner could not commit, is not taken.
+func (a *App) handedOver(topic string, partition int, committed int64) int64 {
 	if a.cfg.Kafka.ActionsTopic == "" {
 		return -1
 	}
@@ -177,51 +151,57 @@ func (a *App) handedOver(topic string, partition int) int64 {
 	}
 	a.manualMu.Lock()
 	defer a.manualMu.Unlock()
-	if o, ok := a.handoverAfter[topic][partition]; ok {
-		return o
+	o, ok := a.handoverAt[topic][partition]
+	if !ok || o != committed {
+		delete(a.handedOverTo[topic], partition)
+		return -1
 	}
-	return -1
+	if a.handedOverTo == nil {
+		a.handedOverTo = map[string]map[int]int64{}
+	}
+	if a.handedOverTo[topic] == nil {
+		a.handedOverTo[topic] = map[int]int64{}
+	}
+	a.handedOverTo[topic][partition] = o
+	return o
 }
-
-// handoverReadWait bounds how long an assignment waits for the actions
-// topic: the rebalance, and every partition's first fetch, wait with it.
-const handoverReadWait = 2 * time.Second
 
 // noteHandover keeps where a handover says the owner stopped, per
 // partition, the furthest of all read. Called with manualMu held.
 func (a *App) noteHandover(act *manualAction) {
-	if a.handoverAfter == nil {
-		a.handoverAfter = map[string]map[int]int64{}
+	if a.handoverAt == nil {
+		a.handoverAt = map[string]map[int]int64{}
 	}
 	for t, ps := range act.After {
-		if a.handoverAfter[t] == nil {
-			a.handoverAfter[t] = map[int]int64{}
+		if a.handoverAt[t] == nil {
+			a.handoverAt[t] = map[int]int64{}
 		}
 		for p, o := range ps {
-			a.handoverAfter[t][p] = max(a.handoverAfter[t][p], o)
+			a.handoverAt[t][p] = max(a.handoverAt[t][p], o)
 		}
 	}
 }
 
-// deliveredBefore reports whether a handover covers the event at place:
-// its owner stopped after delivering that event's alerts.
-func (a *App) deliveredBefore(place eventPlace) bool {
+// takeOver, once the standby owns partitions (with their starts chosen),
+// forgets the learned alerts a handover it took covers and delivers the
+// rest again. What it follows after, up to where the old owner stopped, is
+// not learned (handedOverBefore). Pipeline only.
+func (a *App) takeOver() {
 	a.manualMu.Lock()
-	defer a.manualMu.Unlock()
-	end, ok := a.handoverAfter[place.topic][place.partition]
-	return ok && place.offset < end
+	taken := a.handedOverTo
+	a.manualMu.Unlock()
+	a.forgetDelivered(taken)
+	a.redeliverLearned(time.Now())
 }
 
-// takeOver delivers the learned alerts again once the standby owns
-// partitions, as soon as it knows whether the previous owner handed over.
-// Pipeline only, with procMu held.
-func (a *App) takeOver(ctx context.Context, next map[string]map[int]int64) {
-	if !a.takeoverSettled(ctx) {
-		return
-	}
-	a.settled = nil     // a later takeover reads the topic to its end again
-	a.adoptManual(next) // a handover read meanwhile forgets what it covers
-	a.redeliverLearned(time.Now())
+// handedOverBefore reports whether a handover taken with the partition
+// covers the event at place: the alerts of the events the new owner
+// follows up to where the old one stopped went out already.
+func (a *App) handedOverBefore(place eventPlace) bool {
+	a.manualMu.Lock()
+	defer a.manualMu.Unlock()
+	end, ok := a.handedOverTo[place.topic][place.partition]
+	return ok && place.offset < end
 }
 
 // redeliverLearned queues, once the standby owns partitions, the latest

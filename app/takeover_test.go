@@ -60,8 +60,9 @@ func TestTakeoverRedeliversRecentAlertsOnce(t *testing.T) {
 }
 
 // A handover from an owner that stopped with its outbox delivered covers
-// the alerts of the events before the offsets it names, on those
-// partitions only: taking over, the standby delivers again just the rest.
+// the alerts of the events before the offsets it names, on the partitions
+// where the group's committed offset is exactly there: taking over, the
+// standby delivers again just the rest.
 func TestHandoverForgetsWhatTheOwnerDelivered(t *testing.T) {
 	cfg := config.Default()
 	a := &App{cfg: cfg, alertQ: newQueue[alerts.Alert](), amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
@@ -77,23 +78,24 @@ func TestHandoverForgetsWhatTheOwnerDelivered(t *testing.T) {
 
 	h, _ := json.Marshal(manualAction{Handover: true, At: now, After: map[string]map[int]int64{"wallet.events": {0: 10, 1: 8}}})
 	a.received(0, 41, h)
-	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 2}}) // a standby behind the owner: a handover needs no place
-	// Followed after the handover was read: the owner delivered these too.
-	learn("p0-late-follow", "wallet.events", 0, 9)
-	learn("p0-past-handover", "wallet.events", 0, 10)
-	if got := a.handedOver("wallet.events", 0); got != 10 {
-		t.Errorf("handed over below %d on partition 0, want 10", got)
+	a.adoptManual(map[string]map[int]int64{"wallet.events": {0: 2}}) // a handover is no change to adopt
+	learn("p0-late-follow", "wallet.events", 0, 9)                   // followed after the handover was read
+	if got := a.handedOver("wallet.events", 0, 10); got != 10 {
+		t.Errorf("partition 0, committed where the handover says: handed over below %d, want 10", got)
 	}
-	if got := a.handedOver("wallet.events", 2); got != -1 {
+	if got := a.handedOver("wallet.events", 1, 9); got != -1 {
+		t.Errorf("partition 1, committed past the handover (decided since): %d, want -1", got)
+	}
+	if got := a.handedOver("wallet.events", 2, 4); got != -1 {
 		t.Errorf("partition 2, which no handover names: %d, want -1", got)
 	}
-	a.redeliverLearned(now)
+	a.takeOver()
 
 	got := map[string]bool{}
 	for _, al := range a.alertQ.take() {
 		got[al.AlertID] = true
 	}
-	want := map[string]bool{"p0-after": true, "p2-unnamed": true, "other-topic": true, "p0-past-handover": true}
+	want := map[string]bool{"p0-after": true, "p1-before": true, "p2-unnamed": true, "other-topic": true}
 	if !maps.Equal(got, want) {
 		t.Errorf("delivered again after a handover: %v, want %v", got, want)
 	}

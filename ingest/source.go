@@ -61,14 +61,16 @@ type SourceConfig struct {
 	// owner would have when it takes over. StartOffset, asked with the
 	// committed offset kafka.FirstOffset, says where following starts.
 	Follow bool
-	// HandedOver, asked when a followed partition is assigned (a standby
-	// taking over), returns the offset below which the previous owner
-	// handed the partition over with every output delivered, or -1. The
-	// records from where following stopped up to that offset are then
-	// handed on marked Follow: learnt from, not decided again. Without a
-	// handover they are decided again, under the same ids, since the
-	// owner may have died with some of their outputs undelivered.
-	HandedOver func(topic string, partition int) int64
+	// HandedOver, asked with the group's committed offset when a followed
+	// partition is assigned (a standby taking over), returns the offset
+	// below which the previous owner handed the partition over with every
+	// output delivered, or -1. The records from where following stopped up
+	// to that offset are then handed on marked Follow: learnt from, not
+	// decided again. Without a handover they are decided again, under the
+	// same ids, since the owner may have died with some of their outputs
+	// undelivered. Ready reports true only once it has been asked for
+	// every partition of the generation.
+	HandedOver func(topic string, partition int, committed int64) int64
 	Now        func() time.Time
 }
 
@@ -213,7 +215,6 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			parts++
 		}
 	}
-	s.ready = true
 	s.mu.Unlock()
 	s.metrics.Assigned.Set(float64(parts))
 	if parts == 0 {
@@ -269,7 +270,7 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			s.mu.Unlock()
 			followBelow := int64(-1)
 			if followed && s.cfg.HandedOver != nil {
-				followBelow = s.cfg.HandedOver(topic, a.ID)
+				followBelow = s.cfg.HandedOver(topic, a.ID, a.Offset)
 			}
 			s.mu.Lock()
 			// What the group has committed, not what this process last
@@ -296,6 +297,11 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			s.follow(fetchCtx)
 		}()
 	}
+	// Ready once every partition's start is chosen: what a takeover
+	// learned of a handover (HandedOver) is settled by then.
+	s.mu.Lock()
+	s.ready = true
+	s.mu.Unlock()
 	for {
 		select {
 		case <-tick:
