@@ -50,6 +50,12 @@ func (s *Source) follow(ctx context.Context) {
 			if s.cfg.StartOffset != nil {
 				start = s.cfg.StartOffset(tp.topic, tp.partition, kafka.FirstOffset)
 			}
+			// The state holds exactly the events before start: a takeover
+			// before the first record is followed continues from there,
+			// not from the committed offset with the events between unseen.
+			s.mu.Lock()
+			s.fetched[tp], s.followed[tp] = start, true
+			s.mu.Unlock()
 		}
 		wg.Add(1)
 		go func() {
