@@ -484,19 +484,14 @@ const (
 func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error {
 	const maxBatch = 4096
 	var (
-		next     = map[string]map[int]int64{} // next offset per partition, handled
+		// Next offset per partition, handled. A checkpoint records the
+		// offsets of every partition the state has seen, including those
+		// this run has not consumed yet: the state still includes their
+		// events up to the restored offsets.
+		next     = cloneOffsets(a.resumed)
 		lastCkpt = time.Now()
 		interval = a.cfg.Detector.CheckpointInterval.D()
 	)
-	// A checkpoint records the offsets of every partition the state has seen,
-	// including those this run has not consumed yet: the state still
-	// includes their events up to the restored offsets.
-	for t, ps := range a.resumed {
-		next[t] = map[int]int64{}
-		for p, o := range ps {
-			next[t][p] = o
-		}
-	}
 	// A writer goroutine encodes each batch's outputs and writes them to
 	// Kafka while the pipeline decides the next batch, on the other core.
 	// There are two batches: one being written, one being filled. A batch
@@ -635,13 +630,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		failedCkpt = nil
 		var offsets detector.Offsets
 		if retry == nil {
-			offsets = detector.Offsets{}
-			for t, ps := range next {
-				offsets[t] = map[int]int64{}
-				for p, o := range ps {
-					offsets[t][p] = o
-				}
-			}
+			offsets = cloneOffsets(next)
 		}
 		// Capture under the lock (a copy of what changed), write without
 		// it: the pipeline goes on deciding while bbolt writes. The

@@ -86,10 +86,7 @@ func (a *App) publishManual(put func(dest, id string, payload []byte) error, act
 	if a.cfg.Kafka.ActionsTopic == "" || key == "" {
 		return nil
 	}
-	act.After = make(map[string]map[int]int64, len(a.next))
-	for t, ps := range a.next {
-		act.After[t] = maps.Clone(ps)
-	}
+	act.After = cloneOffsets(a.next)
 	if act.AccountID != "" {
 		rec, err := a.proc.Planner.Record(act.AccountID)
 		if err != nil || rec == nil {
@@ -267,6 +264,15 @@ func (a *App) adopt(act *manualAction) (*alerts.Alert, error) {
 		return nil, nil
 	}
 	return nil, a.proc.Planner.Adopt(act.AccountID, act.Record, act.Audit)
+}
+
+// cloneOffsets copies next offsets by topic and partition.
+func cloneOffsets(m map[string]map[int]int64) map[string]map[int]int64 {
+	c := make(map[string]map[int]int64, len(m))
+	for t, ps := range m {
+		c[t] = maps.Clone(ps)
+	}
+	return c
 }
 
 // reached reports whether next is at or past every offset of after.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -49,6 +48,13 @@ type eventPlace struct {
 	offset    int64
 }
 
+// before reports whether the event at p lies before the offset at names
+// for its partition.
+func (p eventPlace) before(at map[string]map[int]int64) bool {
+	end, ok := at[p.topic][p.partition]
+	return ok && p.offset < end
+}
+
 // learnAlerts keeps the alert records the owner wrote for the event at
 // place, which this standby followed. Pipeline only.
 func (a *App) learnAlerts(list []alerts.Alert, place eventPlace, now time.Time) {
@@ -86,10 +92,7 @@ func (a *App) relearnAlert(al alerts.Alert, now time.Time) {
 // Pipeline only.
 func (a *App) forgetDelivered(after map[string]map[int]int64) {
 	n := len(a.learned)
-	a.learned = slices.DeleteFunc(a.learned, func(l learnedAlert) bool {
-		end, ok := after[l.place.topic][l.place.partition]
-		return ok && l.place.offset < end
-	})
+	a.learned = slices.DeleteFunc(a.learned, func(l learnedAlert) bool { return l.place.before(after) })
 	if n > len(a.learned) {
 		a.log.Info("the previous owner handed over with its alerts delivered: they are not delivered again",
 			"forgotten", n-len(a.learned), "kept", len(a.learned))
@@ -200,8 +203,7 @@ func (a *App) takeOver() {
 func (a *App) handedOverBefore(place eventPlace) bool {
 	a.manualMu.Lock()
 	defer a.manualMu.Unlock()
-	end, ok := a.handedOverTo[place.topic][place.partition]
-	return ok && place.offset < end
+	return place.before(a.handedOverTo)
 }
 
 // redeliverLearned queues, once the standby owns partitions, the latest
@@ -275,10 +277,7 @@ func (a *App) handOver(ctx context.Context) {
 	// Up to the last checkpoint written, not the events handled: if the
 	// final one failed, the alerts of the events after it are in no outbox,
 	// and the standby must decide those events again.
-	act := manualAction{Handover: true, At: time.Now().UTC(), After: make(map[string]map[int]int64, len(*durable))}
-	for t, ps := range *durable {
-		act.After[t] = maps.Clone(ps)
-	}
+	act := manualAction{Handover: true, At: time.Now().UTC(), After: cloneOffsets(*durable)}
 	b, err := json.Marshal(&act)
 	if err == nil {
 		err = a.producer.Write(ctx, "actions", []ingest.Message{{Topic: a.cfg.Kafka.ActionsTopic, Key: []byte(handoverKey), Value: b}})
