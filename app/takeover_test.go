@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +109,14 @@ func TestHandoverForgetsWhatTheOwnerDelivered(t *testing.T) {
 // alert again and decides no event the owner decided: every event has one
 // decision, and the new owner decides only what came after the stop.
 func TestPlannedHandoverSendsNothingTwice(t *testing.T) {
+	t.Run("standby behind", func(t *testing.T) { plannedHandover(t, false) })
+	// The owner never commits before it stops, so the standby has followed
+	// nothing: it must start from where its following started, not from
+	// the committed offset with an empty picture of what came before.
+	t.Run("standby followed nothing yet", func(t *testing.T) { plannedHandover(t, true) })
+}
+
+func plannedHandover(t *testing.T, followedNothing bool) {
 	actions := config.Default().Kafka.ActionsTopic
 	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events", actions}}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -133,8 +142,13 @@ func TestPlannedHandoverSendsNothingTwice(t *testing.T) {
 	// Commits seconds apart: the standby, which follows only what is
 	// committed, is that far behind when the owner stops.
 	cfgA.Kafka.CommitInterval = config.Duration(3 * time.Second)
+	if followedNothing {
+		cfgA.Kafka.CommitInterval = config.Duration(time.Minute)
+	}
 	a := start(t, cfgA)
-	waitFor(t, 60*time.Second, "the owner to commit the first part", func() bool { return committedOffsets(t, broker.Addr()) == int64(cut[0]) })
+	if !followedNothing {
+		waitFor(t, 60*time.Second, "the owner to commit the first part", func() bool { return committedOffsets(t, broker.Addr()) == int64(cut[0]) })
+	}
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	cfgB := instance()
 	// The standby reads the committed offsets when it starts and then only
@@ -146,9 +160,16 @@ func TestPlannedHandoverSendsNothingTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := launch(t, appB)
-	waitFor(t, 60*time.Second, "the standby to follow the first part", func() bool {
-		return metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total") == float64(cut[0])
-	})
+	if followedNothing {
+		waitFor(t, 60*time.Second, "the second instance to stand by", func() bool {
+			code, body := readyz(b.app.HTTPAddr())
+			return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
+		})
+	} else {
+		waitFor(t, 60*time.Second, "the standby to follow the first part", func() bool {
+			return metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total") == float64(cut[0])
+		})
+	}
 	produce(t, broker.Addr(), "wallet.events", msgs[cut[0]:cut[1]]...)
 	waitFor(t, 60*time.Second, "the owner to decide the second part", func() bool { return a.app.Snapshot().Consumed == float64(cut[1]) })
 	raised := alertIDs(t, a.app.HTTPAddr())
