@@ -127,6 +127,7 @@ type appMetrics struct {
 	alertsRedelivered   prometheus.Counter
 	manualAdopted       prometheus.Counter
 	manualRead          prometheus.Counter
+	takeovers           *prometheus.CounterVec
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
 }
@@ -170,6 +171,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 			Name: "walletguard_manual_actions_read_total",
 			Help: "Records read from kafka.actions_topic, this instance's own included; each is adopted once its place is reached, or skipped if not newer.",
 		}),
+		takeovers: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_takeovers_total",
+			Help: "Partitions this instance took over after following them as a standby, by whether the previous owner handed them over (a planned stop) or not (a crash, or a stop with deliveries pending).",
+		}, []string{"handover"}),
 		watermark: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_watermark_seconds", Help: "Event-time watermark as Unix seconds.",
 		}),
@@ -181,6 +186,8 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 	for _, c := range []string{enforce.CmdFreeze, enforce.CmdRequire2FA, enforce.CmdUnfreeze, enforce.CmdClear2FA} {
 		m.commands.WithLabelValues(c)
 	}
+	m.takeovers.WithLabelValues("yes")
+	m.takeovers.WithLabelValues("no")
 	return m
 }
 

@@ -145,6 +145,7 @@ const handoverReadWait = 2 * time.Second
 // older handover, or one whose owner could not commit, is not taken.
 func (a *App) handedOver(topic string, partition int, committed int64) int64 {
 	if a.cfg.Kafka.ActionsTopic == "" {
+		a.amet.takeovers.WithLabelValues("no").Inc()
 		return -1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
@@ -157,8 +158,10 @@ func (a *App) handedOver(topic string, partition int, committed int64) int64 {
 	o, ok := a.handoverAt[topic][partition]
 	if !ok || o != committed {
 		delete(a.handedOverTo[topic], partition)
+		a.amet.takeovers.WithLabelValues("no").Inc()
 		return -1
 	}
+	a.amet.takeovers.WithLabelValues("yes").Inc()
 	if a.handedOverTo == nil {
 		a.handedOverTo = map[string]map[int]int64{}
 	}

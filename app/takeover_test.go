@@ -199,6 +199,9 @@ func plannedHandover(t *testing.T, followedNothing bool) {
 	if got := metric(t, b.app.HTTPAddr(), "walletguard_alerts_redelivered_total"); got != 0 {
 		t.Errorf("the new owner delivered %v alerts again after a handover", got)
 	}
+	if yes, no := metric(t, b.app.HTTPAddr(), `walletguard_takeovers_total{handover="yes"}`), metric(t, b.app.HTTPAddr(), `walletguard_takeovers_total{handover="no"}`); yes != 4 || no != 0 {
+		t.Errorf("takeovers counted: %v handed over, %v not; want all 4 partitions handed over", yes, no)
+	}
 	b.stop(t)
 
 	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))

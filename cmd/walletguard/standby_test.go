@@ -126,6 +126,9 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 		t.Fatalf("the standby had followed all %v events the first daemon consumed before it was killed: nothing left to decide again", byA)
 	}
 	waitUntil(t, "the standby to take the partition over", 60*time.Second, owns(b))
+	if no := metricSum(b.http, `walletguard_takeovers_total{handover="no"}`); no != 1 {
+		t.Errorf("takeovers without a handover counted after a kill -9: %v, want 1", no)
+	}
 
 	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, "the standby, now the owner, to decide every event")
 	pending, commands := ref.check(t, brokerAddr, got, "after the owner was killed and its standby took over")
@@ -346,6 +349,9 @@ func TestRollingRestartHandsOver(t *testing.T) {
 		t.Errorf("the stopped owner did not hand over:\n%s", lastLines(grepLines(a.logs.String(), "hand", "pending", "WARN", "error"), 20))
 	}
 	waitUntil(t, "the standby to take the partition over", 60*time.Second, owns(b))
+	if yes := metricSum(b.http, `walletguard_takeovers_total{handover="yes"}`); yes != 1 {
+		t.Errorf("takeovers after a handover counted: %v, want 1", yes)
+	}
 	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, "the new owner to decide every event")
 	ref.check(t, brokerAddr, got, "after a rolling restart handed over")
 
