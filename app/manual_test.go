@@ -19,17 +19,26 @@ import (
 	"github.com/walletguard/walletguard/rules"
 )
 
+// bareApp is an App with only what the pipeline's manual-action and
+// takeover steps use: a processor on the built-in rules, the alert queue,
+// metrics and a silent log — no broker, store or HTTP.
+func bareApp(t *testing.T, cfg config.Config) *App {
+	t.Helper()
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)), alertQ: newQueue[alerts.Alert](),
+		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+}
+
 // A manual action made on the owner lands on a standby between the same
 // events as on the owner: not before the standby has followed the events
 // the owner had handled when it was made, and only once however often it
 // is read (a restart reads the topic again from its start).
 func TestManualActionIsAdoptedAtItsPlace(t *testing.T) {
-	set, err := rules.Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config.Default()
-	owner := NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler))
+	owner := bareApp(t, cfg).proc
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	ch := owner.Planner.Freeze("acc-1", "support agent", "customer reported the phone stolen", now)
 	owner.Planner.MarkManual("acc-1", now)
@@ -40,8 +49,7 @@ func TestManualActionIsAdoptedAtItsPlace(t *testing.T) {
 	act := manualAction{AccountID: "acc-1", At: now, Record: rec, Audit: ch.Audit,
 		After: map[string]map[int]int64{"wallet.events": {0: 120, 1: 80}}}
 
-	a := &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)),
-		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	a := bareApp(t, cfg)
 	frozen := func() bool { st, _ := a.proc.Planner.Get("acc-1"); return st.Frozen }
 	receive := func() {
 		a.manualIn = append(a.manualIn, act)
@@ -120,13 +128,7 @@ func TestCommitsWaitForManualActions(t *testing.T) {
 // delivered again on takeover as support left it: not reopened with the
 // version the standby learned before the acknowledgement.
 func TestTakeoverDeliversAdoptedAlertChange(t *testing.T) {
-	set, err := rules.Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	a := &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)), alertQ: newQueue[alerts.Alert](),
-		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	a := bareApp(t, config.Default())
 	now := time.Now()
 	raised := a.proc.Alerts.Raise("merchant_outage:m-17", "merchant_outage", "high", "", "merchant m-17 failing 64% of payments", now, nil)
 	if len(raised) != 1 {
@@ -152,14 +154,9 @@ func TestTakeoverDeliversAdoptedAlertChange(t *testing.T) {
 // place; read again later (a restart), it does not close the breaker a new
 // flood opened since.
 func TestBreakerResetFollows(t *testing.T) {
-	set, err := rules.Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config.Default()
 	cfg.Enforce.Breaker.MaxFreezes = 2
-	a := &App{cfg: cfg, proc: NewProcessor(cfg, set, nil, slog.New(slog.DiscardHandler)),
-		amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	a := bareApp(t, cfg)
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	flood := func(prefix string, at time.Time) {
 		for i := range 4 {

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/ingest"
@@ -24,7 +22,7 @@ import (
 func TestTakeoverRedeliversRecentAlertsOnce(t *testing.T) {
 	cfg := config.Default()
 	cfg.Alerts.TakeoverRedeliver = config.Duration(10 * time.Minute)
-	a := &App{cfg: cfg, alertQ: newQueue[alerts.Alert](), amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	a := bareApp(t, cfg)
 
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	alert := func(id, status string) alerts.Alert { return alerts.Alert{AlertID: id, Status: status} }
@@ -66,7 +64,7 @@ func TestTakeoverRedeliversRecentAlertsOnce(t *testing.T) {
 // standby delivers again just the rest.
 func TestHandoverForgetsWhatTheOwnerDelivered(t *testing.T) {
 	cfg := config.Default()
-	a := &App{cfg: cfg, alertQ: newQueue[alerts.Alert](), amet: newAppMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler)}
+	a := bareApp(t, cfg)
 	now := time.Now()
 	learn := func(id, topic string, partition int, offset int64) {
 		a.learnAlerts([]alerts.Alert{{AlertID: id, Status: "open"}}, eventPlace{topic, partition, offset}, now)

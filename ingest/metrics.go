@@ -57,7 +57,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		FollowLag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_standby_follow_lag",
-			Help: "Events the owner has committed that this standby has not folded into its state yet; a takeover decides them again.",
+			Help: "Events the owner has committed that this standby has not folded into its state yet; a takeover decides them again, or follows them after a handover.",
 		}, []string{"topic", "partition"}),
 		Lag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_consumer_lag", Help: "Messages between the last fetched offset and the partition's high watermark.",
