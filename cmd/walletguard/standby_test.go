@@ -42,52 +42,16 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	quiet := []string{"acc-support-1", "acc-support-2", "acc-support-3"}
 	var totpSecret, ackedAlert string
 
-	type daemon struct {
-		cmd  *exec.Cmd
-		http string
-	}
 	// Support's webhook is down until the end: the alerts the first daemon
 	// raises wait in its outbox when it is killed.
 	hookAddr := freePort(t)
-	cfgFor := func(name string) (string, string) {
-		dir := filepath.Join(t.TempDir(), name)
-		httpAddr := freePort(t)
-		path := filepath.Join(t.TempDir(), name+".yaml")
-		writeFile(t, path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
-			"alerts: {webhooks: [{url: \"http://%s/hook\", secret: s3cret, name: support}]}\n",
-			dir, brokerAddr, httpAddr, hookAddr))
-		return path, httpAddr
-	}
-	start := func(cfg, httpAddr string) *daemon {
-		var logs syncBuffer
-		d := &daemon{cmd: startDaemon(t, bin, cfg, &logs), http: httpAddr}
-		t.Cleanup(func() {
-			if d.cmd.ProcessState == nil {
-				stopDaemon(t, d.cmd, &logs, "partition", "standing by", "standby", "restored", "error", "failed", "WARN")
-			}
-		})
-		return d
-	}
-	owns := func(d *daemon) func() bool {
-		return func() bool {
-			code, _ := readyz(d.http)
-			return code == http.StatusOK && metricSum(d.http, "walletguard_partitions_assigned") == 1
-		}
-	}
-	standsBy := func(d *daemon) func() bool {
-		return func() bool {
-			code, body := readyz(d.http)
-			return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
-		}
-	}
-	followed := func(d *daemon) float64 { return metricSum(d.http, "walletguard_events_followed_total") }
+	followed := func(d *member) float64 { return metricSum(d.http, "walletguard_events_followed_total") }
 
-	cfgA, httpA := cfgFor("a")
-	cfgB, httpB := cfgFor("b")
-	a := start(cfgA, httpA)
-	waitUntil(t, "the first daemon to own the partition", 60*time.Second, owns(a))
-	b := start(cfgB, httpB)
-	waitUntil(t, "the second daemon to stand by", 60*time.Second, standsBy(b))
+	cfgA := writeMemberConfig(t, "a", brokerAddr, "200ms", "http://"+hookAddr)
+	a := startMember(t, bin, cfgA)
+	waitUntil(t, "the first daemon to own the partition", 60*time.Second, a.owns)
+	b := startMember(t, bin, writeMemberConfig(t, "b", brokerAddr, "200ms", "http://"+hookAddr))
+	waitUntil(t, "the second daemon to stand by", 60*time.Second, b.standsBy)
 	// The stream arrives in tenths with both up. With nine in, the standby
 	// follows nearly all of them (past the first freezes of the stream);
 	// then the last tenth goes in, and the first daemon is killed as it
@@ -115,7 +79,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 			return
 		}
 		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
-		byA = consumed(httpA)
+		byA = consumed(a.http)
 		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +89,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	if byB >= byA {
 		t.Fatalf("the standby had followed all %v events the first daemon consumed before it was killed: nothing left to decide again", byA)
 	}
-	waitUntil(t, "the standby to take the partition over", 60*time.Second, owns(b))
+	waitUntil(t, "the standby to take the partition over", 60*time.Second, b.owns)
 	if no := metricSum(b.http, `walletguard_takeovers_total{handover="no"}`); no != 1 {
 		t.Errorf("takeovers without a handover counted after a kill -9: %v, want 1", no)
 	}
@@ -205,11 +169,59 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 
 	// Back on its data directory, the first finds an owner with as much
 	// state as its own, and stands by.
-	a2 := start(cfgA, httpA)
-	waitUntil(t, "the restarted first daemon to stand by", 60*time.Second, standsBy(a2))
-	if !owns(b)() {
+	a2 := startMember(t, bin, cfgA)
+	waitUntil(t, "the restarted first daemon to stand by", 60*time.Second, a2.standsBy)
+	if !b.owns() {
 		t.Error("the owner lost the partition to a restarted daemon with no more state than its own")
 	}
+}
+
+// memberConfig is the config file and HTTP address of one walletguard of a
+// pair in one consumer group; a restart starts it again on the same.
+type memberConfig struct{ path, http string }
+
+// writeMemberConfig writes the config of the pair member name: its own data
+// directory and port, broker, the commit interval, and support's webhook at
+// hookURL/hook.
+func writeMemberConfig(t *testing.T, name, broker, commit, hookURL string) memberConfig {
+	t.Helper()
+	c := memberConfig{path: filepath.Join(t.TempDir(), name+".yaml"), http: freePort(t)}
+	writeFile(t, c.path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: %s}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
+		"alerts: {webhooks: [{url: \"%s/hook\", secret: s3cret, name: support}]}\n", filepath.Join(t.TempDir(), name), broker, commit, c.http, hookURL))
+	return c
+}
+
+// member is a running walletguard of a pair.
+type member struct {
+	cmd  *exec.Cmd
+	http string
+	logs *syncBuffer
+}
+
+// startMember runs walletguard on c; at the test's end it is stopped with
+// SIGTERM, and its log shown if the test failed.
+func startMember(t *testing.T, bin string, c memberConfig) *member {
+	t.Helper()
+	d := &member{http: c.http, logs: &syncBuffer{}}
+	d.cmd = startDaemon(t, bin, c.path, d.logs)
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			stopDaemon(t, d.cmd, d.logs, "partition", "hand", "standing by", "standby", "follow", "restored", "error", "failed", "WARN")
+		}
+	})
+	return d
+}
+
+// owns reports whether d is ready and holds the partition.
+func (d *member) owns() bool {
+	code, _ := readyz(d.http)
+	return code == http.StatusOK && metricSum(d.http, "walletguard_partitions_assigned") == 1
+}
+
+// standsBy reports whether d says it stands by.
+func (d *member) standsBy() bool {
+	code, body := readyz(d.http)
+	return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
 }
 
 // actOnOwner freezes accts[0], freezes and unfreezes accts[1] and enrolls
@@ -303,38 +315,10 @@ func TestRollingRestartHandsOver(t *testing.T) {
 	}))
 	defer hook.Close()
 
-	type daemon struct {
-		cmd  *exec.Cmd
-		http string
-		logs *syncBuffer
-	}
-	start := func(name, commit string) *daemon {
-		dir := filepath.Join(t.TempDir(), name)
-		d := &daemon{http: freePort(t), logs: &syncBuffer{}}
-		path := filepath.Join(t.TempDir(), name+".yaml")
-		writeFile(t, path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: %s}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
-			"alerts: {webhooks: [{url: \"%s/hook\", secret: s3cret, name: support}]}\n", dir, brokerAddr, commit, d.http, hook.URL))
-		d.cmd = startDaemon(t, bin, path, d.logs)
-		t.Cleanup(func() {
-			if d.cmd.ProcessState == nil {
-				stopDaemon(t, d.cmd, d.logs, "partition", "hand", "standing by", "follow", "error", "WARN")
-			}
-		})
-		return d
-	}
-	owns := func(d *daemon) func() bool {
-		return func() bool {
-			code, _ := readyz(d.http)
-			return code == http.StatusOK && metricSum(d.http, "walletguard_partitions_assigned") == 1
-		}
-	}
-	a := start("a", "3s")
-	waitUntil(t, "the first daemon to own the partition", 60*time.Second, owns(a))
-	b := start("b", "200ms")
-	waitUntil(t, "the second daemon to stand by", 60*time.Second, func() bool {
-		code, body := readyz(b.http)
-		return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
-	})
+	a := startMember(t, bin, writeMemberConfig(t, "a", brokerAddr, "3s", hook.URL))
+	waitUntil(t, "the first daemon to own the partition", 60*time.Second, a.owns)
+	b := startMember(t, bin, writeMemberConfig(t, "b", brokerAddr, "200ms", hook.URL))
+	waitUntil(t, "the second daemon to stand by", 60*time.Second, b.standsBy)
 	var behind, stoppedAt float64
 	ref := newReference(t, brokerAddr, scfg, 4, func(part, produced int) {
 		if part != 2 {
@@ -348,7 +332,7 @@ func TestRollingRestartHandsOver(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "handed over") {
 		t.Errorf("the stopped owner did not hand over:\n%s", lastLines(grepLines(a.logs.String(), "hand", "pending", "WARN", "error"), 20))
 	}
-	waitUntil(t, "the standby to take the partition over", 60*time.Second, owns(b))
+	waitUntil(t, "the standby to take the partition over", 60*time.Second, b.owns)
 	if yes := metricSum(b.http, `walletguard_takeovers_total{handover="yes"}`); yes != 1 {
 		t.Errorf("takeovers after a handover counted: %v, want 1", yes)
 	}
