@@ -107,8 +107,8 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 	for _, c := range ch.Commands {
 		a.amet.commands.WithLabelValues(c.Command).Inc()
 	}
-	if (ch.AccountID != "" || len(changed) > 0) && a.cfg.Kafka.ActionsTopic != "" {
-		a.box.Notify(destActions)
+	if a.cfg.Kafka.ActionsTopic != "" {
+		a.box.Notify(destActions) // a change with nothing to publish costs one look at an empty queue
 	}
 	if len(ch.Commands) > 0 {
 		a.box.Notify(destCommands)
