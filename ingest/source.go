@@ -371,6 +371,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 				s.followed[tp] = true
 			} else if followBelow >= 0 {
 				delete(s.followed, tp) // past the handover: decided from here
+				followBelow = -1
 			}
 			s.mu.Unlock()
 		case <-ctx.Done():
