@@ -1,12 +1,17 @@
 package detector
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +97,18 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 		return out
 	}
 	defer func() { runtime.GC() }()
+	// Generating a million accounts' stream takes minutes; comparing two
+	// builds runs each many times, so they may share it through a file.
+	var file string
+	if dir := os.Getenv("WALLETGUARD_BENCH_STREAMS"); dir != "" {
+		file = filepath.Join(dir, fmt.Sprintf("stream-%d-%d-%g-%g.ndjson", accounts, seed, historyDays, days))
+		if st, err := loadRawStream(file); err == nil {
+			rawCache[key] = st
+			return st
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("load generated stream: %v", err)
+		}
+	}
 	cfg := sim.DefaultConfig(accounts)
 	cfg.Seed = seed
 	cfg.HistoryDays = historyDays
@@ -128,7 +145,70 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 		out = append(out, buf[start:len(buf):len(buf)])
 	}
 	rawCache[key] = rawStream{out, warm}
+	if file != "" {
+		if err := saveRawStream(file, rawCache[key]); err != nil {
+			t.Fatalf("save generated stream: %v", err)
+		}
+	}
 	return rawCache[key]
+}
+
+// saveRawStream writes st as NDJSON after a line with its warm count, to a
+// temporary file renamed into place, so that a run stopped half way leaves
+// no stream that looks whole.
+func saveRawStream(file string, st rawStream) error {
+	tmp := file + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	fmt.Fprintf(w, "%d\n", st.warm)
+	for _, r := range st.raw {
+		w.Write(r)
+		w.WriteByte('\n')
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	return os.Rename(tmp, file)
+}
+
+// loadRawStream reads what saveRawStream wrote, into blocks as
+// genRawHistory lays them out.
+func loadRawStream(file string) (rawStream, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return rawStream{}, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var st rawStream
+	if !sc.Scan() {
+		return st, fmt.Errorf("%s: empty", file)
+	}
+	if st.warm, err = strconv.Atoi(sc.Text()); err != nil {
+		return st, fmt.Errorf("%s: warm count: %w", file, err)
+	}
+	const block = 64 << 20
+	var buf []byte
+	for sc.Scan() {
+		j := sc.Bytes()
+		if len(buf)+len(j) > cap(buf) {
+			buf = make([]byte, 0, max(block, len(j)))
+		}
+		start := len(buf)
+		buf = append(buf, j...)
+		st.raw = append(st.raw, buf[start:len(buf):len(buf)])
+	}
+	if err := sc.Err(); err != nil {
+		return st, fmt.Errorf("read %s: %w", file, err)
+	}
+	if st.warm > len(st.raw) {
+		return st, fmt.Errorf("%s: %d warm events of %d", file, st.warm, len(st.raw))
+	}
+	return st, nil
 }
 
 // rawCache keeps generated streams across a benchmark's runs, by what was
