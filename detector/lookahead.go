@@ -90,10 +90,6 @@ func (t *table[T]) prefetchSlot(key uint64) {
 	}
 }
 
-// packedPrefetch is how much of a packed row is loaded ahead: three
-// lines hold an account's typical 170 bytes wherever they start.
-const packedPrefetch = 192
-
 // prefetchRow loads key's row, every line of it, and its flags.
 func (t *table[T]) prefetchRow(key uint64) {
 	e := t.idx.find(key)
@@ -103,10 +99,7 @@ func (t *table[T]) prefetchRow(key uint64) {
 	i := e.row - 1
 	var start, end uintptr
 	if t.pk != nil {
-		// The first lines: the bitmap, and most rows whole.
-		if start = t.pk.addr(e.loc); start != 0 {
-			end = start + packedPrefetch
-		}
+		start, end = t.pk.span(e.loc)
 	} else {
 		start = uintptr(unsafe.Pointer(t.row(i)))
 		end = start + unsafe.Sizeof(*new(T))

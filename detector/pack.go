@@ -26,7 +26,10 @@ type packing[T any] struct {
 	loc    []uint32
 	idx    *index
 	chunks [][]uint32
-	slabs  []slab // by encoded size in pairs of words
+	// The encoding size, in pairs of words, of the slab each chunk belongs
+	// to: what prefetching a row loads, without first loading its bitmap.
+	chunkPairs []uint8
+	slabs      []slab // by encoded size in pairs of words
 
 	open    uint32 // row number+1 of the row decoded in cur, 0 if none
 	openKey uint64
@@ -61,7 +64,10 @@ func newPacking[T any](idx *index, headBytes uintptr) *packing[T] {
 	if head < 1 || head > words {
 		panic("the head sweeping reads must lie in the row")
 	}
-	return &packing[T]{words: words, hdr: hdr, head: head, idx: idx, chunks: [][]uint32{nil},
+	if (hdr+words+1)/2 > 255 {
+		panic("packed rows must encode to at most 255 pairs of words")
+	}
+	return &packing[T]{words: words, hdr: hdr, head: head, idx: idx, chunks: [][]uint32{nil}, chunkPairs: []uint8{0},
 		slabs: make([]slab, (hdr+words+1)/2+1), buf: make([]uint32, hdr+words)}
 }
 
@@ -155,6 +161,7 @@ func (p *packing[T]) alloc(pairs int) uint32 {
 	if s.chunk == 0 || int(s.used)+2*pairs > packChunkWords {
 		s.chunk, s.used = uint32(len(p.chunks)), 0
 		p.chunks = append(p.chunks, make([]uint32, packChunkWords))
+		p.chunkPairs = append(p.chunkPairs, uint8(pairs))
 	}
 	l := s.chunk<<packOffBits | s.used>>1
 	s.used += uint32(2 * pairs)
@@ -218,6 +225,15 @@ func (p *packing[T]) addr(l uint32) uintptr {
 		return uintptr(unsafe.Pointer(&p.at(l)[0]))
 	}
 	return 0
+}
+
+// span is where the encoding at l lies, [0, 0) for none.
+func (p *packing[T]) span(l uint32) (start, end uintptr) {
+	if l == 0 {
+		return 0, 0
+	}
+	start = uintptr(unsafe.Pointer(&p.at(l)[0]))
+	return start, start + uintptr(p.chunkPairs[l>>packOffBits])*8
 }
 
 // prefetchRows loads the first line of the encodings of n rows from row i
