@@ -898,3 +898,39 @@ func TestPrefetchChangesNothing(t *testing.T) {
 		t.Fatalf("state after the stream: %+v; an announced event that never came must leave no row", s)
 	}
 }
+
+// TestIdleRowsExpire: accounts, devices and addresses not seen for the idle
+// expiry leave the state while traffic goes on, within the number of events
+// the sweep needs to visit every row once, and those still active stay.
+func TestIdleRowsExpire(t *testing.T) {
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Config{AllowedLateness: time.Minute, IdleExpiry: time.Hour,
+		Thresholds: Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, set, nil, slog.New(slog.DiscardHandler))
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	login := func(i int, ts time.Time, seq int) {
+		ev := event.Event{Type: event.TypeLogin, TypeName: "login", TS: ts, Result: "success", BalanceAfter: -1,
+			AccountID: fmt.Sprintf("acc-%d", i), DeviceID: fmt.Sprintf("dev-%d", i), IP: fmt.Sprintf("10.%d.%d.1", i/250, i%250),
+			EventID: fmt.Sprintf("e-%d-%d", i, seq)}
+		e.Process(&ev, nil)
+	}
+	const idle, active = 2000, 10
+	for i := range idle + active {
+		login(i, t0, 0)
+	}
+	if s := e.Stats(); s.Accounts != idle+active || s.Devices != idle+active || s.IPs != idle+active {
+		t.Fatalf("before: %+v, want %d of each", s, idle+active)
+	}
+	// Two hours later only the active ones go on, for as many events as
+	// a sweep of every row takes (eight events a row), and a margin.
+	for n := 0; n < 10*(idle+active); n++ {
+		i := idle + n%active
+		login(i, t0.Add(2*time.Hour+time.Duration(n)*time.Millisecond), n+1)
+	}
+	s := e.Stats()
+	if s.Accounts != active || s.Devices != active || s.IPs != active {
+		t.Errorf("after: %d accounts, %d devices, %d addresses held, want the %d active ones", s.Accounts, s.Devices, s.IPs, active)
+	}
+}
