@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -19,13 +20,19 @@ const embeddedSegmentBytes = 8 << 20
 type EmbeddedBroker struct {
 	cluster *kfake.Cluster
 	addr    string
+	tmp     string // the log's directory if the broker made it, removed on Close
 }
 
 // EmbeddedConfig says how to run the embedded broker.
 type EmbeddedConfig struct {
-	Listen     string // host:port; port 0 picks one
-	Dir        string // keeps the broker's log there across restarts; empty: memory only
-	Partitions int    // of the topics created up front and of auto-created ones
+	Listen string // host:port; port 0 picks one
+	// Dir keeps the broker's log there across restarts. Empty: in a
+	// temporary directory removed on Close, so nothing survives a restart.
+	// Not in memory: kfake grows an in-memory segment in one buffer,
+	// copying it while every client waits (produce acknowledgements of
+	// seconds under load), where a file only takes appends.
+	Dir        string
+	Partitions int // of the topics created up front and of auto-created ones
 	Topics     []string
 	// MaxMessageBytes is the largest record batch accepted (Kafka's
 	// message.max.bytes); 0 keeps Kafka's default of about 1 MB.
@@ -64,12 +71,16 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 		kfake.SeedTopics(int32(partitions), topics...),
 		kfake.GroupMinSessionTimeout(kafkaMinSession),
 	}
-	if dir != "" {
-		opts = append(opts, kfake.DataDir(dir))
+	var tmp string
+	if dir == "" {
+		if tmp, err = os.MkdirTemp("", "walletguard-broker-"); err != nil {
+			return nil, fmt.Errorf("embedded broker: %w", err)
+		}
+		dir = tmp
 	}
-	// Small segments: kfake keeps a segment in one growing buffer, and
-	// growing a 100 MB one (its default) copies it while every client of
-	// the broker waits — produce acknowledgements of 100–300 ms.
+	opts = append(opts, kfake.DataDir(dir))
+	// Segments of 8 MB rather than kfake's 100: retention and compaction
+	// work on whole segments, and a development broker's topics are small.
 	brokerCfg := map[string]string{"log.segment.bytes": strconv.Itoa(embeddedSegmentBytes)}
 	if cfg.MaxMessageBytes > 0 {
 		brokerCfg["message.max.bytes"] = strconv.Itoa(cfg.MaxMessageBytes)
@@ -77,10 +88,13 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 	opts = append(opts, kfake.BrokerConfigs(brokerCfg))
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
+		if tmp != "" {
+			os.RemoveAll(tmp)
+		}
 		return nil, fmt.Errorf("start embedded broker on %s: %w", listen, err)
 	}
 	addrs := c.ListenAddrs()
-	b := &EmbeddedBroker{cluster: c, addr: addrs[0]}
+	b := &EmbeddedBroker{cluster: c, addr: addrs[0], tmp: tmp}
 	log.Warn("embedded Kafka broker started: for development only; messages not yet flushed are lost if the process dies",
 		"addr", b.addr, "topics", topics, "partitions", partitions, "dir", dir)
 	return b, nil
@@ -90,4 +104,9 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 func (b *EmbeddedBroker) Addr() string { return b.addr }
 
 // Close stops the broker; clients connected to it see their connections drop.
-func (b *EmbeddedBroker) Close() { b.cluster.Close() }
+func (b *EmbeddedBroker) Close() {
+	b.cluster.Close()
+	if b.tmp != "" {
+		os.RemoveAll(b.tmp)
+	}
+}

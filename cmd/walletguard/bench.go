@@ -58,17 +58,7 @@ func cmdBench(args []string) int {
 	decisions := "walletguard.decisions"
 	var bs []string
 	if *brokers == "" {
-		// The broker keeps its log in files, as the daemon's embedded one
-		// does in data_dir: in memory only, kfake grows each segment in one
-		// buffer, copying it while every client waits, and the latency run
-		// measured mostly that (p50 6.3 s against 0.7 s on files).
-		dir, err := os.MkdirTemp("", "walletguard-bench-broker-")
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		b, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: *partitions, Dir: dir,
+		b, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: *partitions,
 			Topics: []string{topic, decisions, "walletguard.dlq", "walletguard.account-commands", "walletguard.account-actions"}}, log)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)

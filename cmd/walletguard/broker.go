@@ -17,7 +17,7 @@ import (
 func cmdBroker(args []string) int {
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:9092", "host:port to listen on")
-	dir := fs.String("dir", "", "directory for the broker's log (empty: memory only)")
+	dir := fs.String("dir", "", "directory for the broker's log, kept across restarts (empty: a temporary one, removed on exit)")
 	partitions := fs.Int("partitions", 8, "partitions of created topics")
 	maxMessage := fs.Int("max-message-bytes", 0, "largest record batch accepted (0: Kafka's default, about 1 MB)")
 	topics := fs.String("topics", "wallet.events,walletguard.dlq,walletguard.decisions,walletguard.account-commands,walletguard.account-actions", "topics to create")
