@@ -229,10 +229,9 @@ func (p *packing[T]) addr(l uint32) uintptr {
 
 // span is where the encoding at l lies, [0, 0) for none.
 func (p *packing[T]) span(l uint32) (start, end uintptr) {
-	if l == 0 {
+	if start = p.addr(l); start == 0 {
 		return 0, 0
 	}
-	start = uintptr(unsafe.Pointer(&p.at(l)[0]))
 	return start, start + uintptr(p.chunkPairs[l>>packOffBits])*8
 }
 
