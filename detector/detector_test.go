@@ -114,12 +114,7 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 	cfg.HistoryDays = historyDays
 	cfg.Duration = time.Duration(days * 24 * float64(time.Hour))
 	g := sim.New(cfg)
-	// Events are copied into blocks that never move: one growing buffer
-	// would copy gigabytes as it grew and leave them to the collector,
-	// which then shares the timed part's core with it.
-	const block = 64 << 20
-	var buf []byte
-	var out [][]byte
+	var out rawBlocks
 	warm := 0
 	warmUntil := cfg.Start // without a history, the first half is one
 	if historyDays == 0 {
@@ -137,14 +132,9 @@ func genRawHistory(t testing.TB, accounts int, seed uint64, historyDays, days fl
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(buf)+len(j) > cap(buf) {
-			buf = make([]byte, 0, max(block, len(j)))
-		}
-		start := len(buf)
-		buf = append(buf, j...)
-		out = append(out, buf[start:len(buf):len(buf)])
+		out.add(j)
 	}
-	rawCache[key] = rawStream{out, warm}
+	rawCache[key] = rawStream{out.raw, warm}
 	if file != "" {
 		if err := saveRawStream(file, rawCache[key]); err != nil {
 			t.Fatalf("save generated stream: %v", err)
@@ -175,7 +165,7 @@ func saveRawStream(file string, st rawStream) error {
 }
 
 // loadRawStream reads what saveRawStream wrote, into blocks as
-// genRawHistory lays them out.
+// genRawHistory lays them out (rawBlocks).
 func loadRawStream(file string) (rawStream, error) {
 	f, err := os.Open(file)
 	if err != nil {
@@ -191,24 +181,35 @@ func loadRawStream(file string) (rawStream, error) {
 	if st.warm, err = strconv.Atoi(sc.Text()); err != nil {
 		return st, fmt.Errorf("%s: warm count: %w", file, err)
 	}
-	const block = 64 << 20
-	var buf []byte
+	var blocks rawBlocks
 	for sc.Scan() {
-		j := sc.Bytes()
-		if len(buf)+len(j) > cap(buf) {
-			buf = make([]byte, 0, max(block, len(j)))
-		}
-		start := len(buf)
-		buf = append(buf, j...)
-		st.raw = append(st.raw, buf[start:len(buf):len(buf)])
+		blocks.add(sc.Bytes())
 	}
 	if err := sc.Err(); err != nil {
 		return st, fmt.Errorf("read %s: %w", file, err)
 	}
+	st.raw = blocks.raw
 	if st.warm > len(st.raw) {
 		return st, fmt.Errorf("%s: %d warm events of %d", file, st.warm, len(st.raw))
 	}
 	return st, nil
+}
+
+// rawBlocks copies events into blocks that never move: one growing buffer
+// would copy gigabytes as it grew and leave them to the collector, which
+// then shares the timed part's core with it.
+type rawBlocks struct {
+	buf []byte
+	raw [][]byte
+}
+
+func (b *rawBlocks) add(j []byte) {
+	if len(b.buf)+len(j) > cap(b.buf) {
+		b.buf = make([]byte, 0, max(64<<20, len(j)))
+	}
+	start := len(b.buf)
+	b.buf = append(b.buf, j...)
+	b.raw = append(b.raw, b.buf[start:len(b.buf):len(b.buf)])
 }
 
 // rawCache keeps generated streams across a benchmark's runs, by what was
