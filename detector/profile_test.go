@@ -14,7 +14,7 @@ import (
 func TestProfileDescribesTheHabit(t *testing.T) {
 	e := newEngine(t, time.Minute)
 	ts := time.Date(2026, 10, 1, 9, 0, 0, 0, time.UTC)
-	geo := func(c string) *event.Geo { return &event.Geo{Country: c} }
+	geo := func(c string) event.Geo { return event.Geo{Country: c} }
 	n := 0
 	send := func(ev event.Event) {
 		n++

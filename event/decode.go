@@ -229,7 +229,7 @@ func validate(ev *Event, ts string, now time.Time) error {
 	if ev.Channel != "" && !oneOf(channels, ev.Channel) {
 		return reject(ReasonInvalidValue, "channel %q is not one of app, web, api, merchant", clip(ev.Channel))
 	}
-	if g := ev.Geo; g != nil {
+	if g := ev.Geo; g != (Geo{}) {
 		if g.Country != "" && !isCountry(g.Country) {
 			return reject(ReasonInvalidValue, "geo.country %q is not an ISO 3166-1 alpha-2 code", clip(g.Country))
 		}

@@ -51,13 +51,16 @@ func Marshal(ev *Event) ([]byte, error) {
 	}
 	w := outWire{
 		EventID: ev.EventID, Type: typ, TS: ev.TS.Format(time.RFC3339Nano), AccountID: ev.AccountID,
-		DeviceID: ev.DeviceID, IP: ev.IP, UserAgent: ev.UserAgent, AppVersion: ev.AppVersion,
-		Channel: ev.Channel, Geo: ev.Geo,
+		DeviceID: ev.DeviceID, IP: ev.IP, UserAgent: ev.UserAgent, AppVersion: ev.AppVersion, Channel: ev.Channel,
 		Result: ev.Result, FailureReason: ev.FailureReason, Method: ev.Method,
 		TxID: ev.TxID, Kind: ev.Kind, Currency: ev.Currency, Status: ev.Status, MerchantID: ev.MerchantID,
 		CounterpartyID: ev.CounterpartyID, CounterpartyCountry: ev.CounterpartyCountry,
 		PaymentID: ev.PaymentID, ErrorCode: ev.ErrorCode,
 		Change: ev.Change, Detail: ev.Detail,
+	}
+	if ev.Geo != (Geo{}) {
+		g := ev.Geo
+		w.Geo = &g
 	}
 	switch ParseType(typ) {
 	case TypeTransaction:

@@ -69,7 +69,7 @@ type Event struct {
 	UserAgent  string    `json:"user_agent,omitempty"`
 	AppVersion string    `json:"app_version,omitempty"`
 	Channel    string    `json:"channel,omitempty"`
-	Geo        *Geo      `json:"geo,omitempty"`
+	Geo        Geo       `json:"geo,omitzero"` // zero when the event has none
 
 	// login
 	Result        string `json:"result,omitempty"`
@@ -103,11 +103,8 @@ type Event struct {
 
 // Country is the event's geo country, or "" when unknown.
 func (e *Event) Country() string {
-	if e.Geo == nil {
-		return ""
-	}
 	return e.Geo.Country
 }
 
 // HasGeo reports whether the event carries coordinates.
-func (e *Event) HasGeo() bool { return e.Geo != nil && (e.Geo.Lat != 0 || e.Geo.Lon != 0) }
+func (e *Event) HasGeo() bool { return e.Geo.Lat != 0 || e.Geo.Lon != 0 }

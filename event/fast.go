@@ -127,7 +127,7 @@ type fastDecoder struct {
 
 // decodeFast fills w from b if b has the common shape, and reports whether
 // it did. It allocates one copy of b for the strings (none if the caller
-// hands b over: owned) and the Geo, nothing else.
+// hands b over: owned), nothing else.
 func decodeFast(b []byte, w *wire, owned bool) bool {
 	d := fastDecoder{b: b}
 	if !d.object() {
@@ -157,7 +157,7 @@ func decodeFast(b []byte, w *wire, owned bool) bool {
 		}
 	}
 	if d.seen&(1<<fGeoBit) != 0 {
-		w.Geo = &Geo{Country: s[d.geo.from:d.geo.to], Lat: d.lat, Lon: d.lon}
+		w.Geo = Geo{Country: s[d.geo.from:d.geo.to], Lat: d.lat, Lon: d.lon}
 	}
 	return true
 }

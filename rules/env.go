@@ -86,7 +86,7 @@ func (v *EventView) Fill(ev *event.Event) {
 		PaymentID: ev.PaymentID, Attempt: int(ev.Attempt), ErrorCode: ev.ErrorCode, LatencyMS: int(ev.LatencyMS),
 		Change: ev.Change,
 	}
-	if ev.Geo != nil {
+	if ev.HasGeo() {
 		v.Lat, v.Lon = ev.Geo.Lat, ev.Geo.Lon
 	}
 }

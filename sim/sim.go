@@ -403,7 +403,7 @@ func (g *Generator) base(a *acct, typ event.Type, ts time.Time, place city, dev,
 	return event.Event{
 		Type: typ, TS: ts.Truncate(time.Millisecond), AccountID: a.id, DeviceID: dev, IP: ip,
 		UserAgent: a.ua, AppVersion: a.appVer, Channel: "app",
-		Geo: &event.Geo{Country: place.country, Lat: round2(place.lat + g.rng.NormFloat64()*0.02), Lon: round2(place.lon + g.rng.NormFloat64()*0.02)},
+		Geo: event.Geo{Country: place.country, Lat: round2(place.lat + g.rng.NormFloat64()*0.02), Lon: round2(place.lon + g.rng.NormFloat64()*0.02)},
 	}
 }
 
