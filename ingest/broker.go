@@ -1,16 +1,14 @@
 package ingest
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
-	"syscall"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/walletguard/walletguard/scratch"
 )
 
 // embeddedSegmentBytes is the size of the embedded broker's log segments.
@@ -23,8 +21,7 @@ const embeddedSegmentBytes = 8 << 20
 type EmbeddedBroker struct {
 	cluster *kfake.Cluster
 	addr    string
-	tmp     string   // the log's directory if the broker made it, removed on Close
-	lock    *os.File // held while the broker runs, so that others know tmp is in use
+	tmp     *scratch.Dir // the log's directory if the broker made it, removed on Close
 }
 
 // EmbeddedConfig says how to run the embedded broker.
@@ -75,14 +72,12 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 		kfake.SeedTopics(int32(partitions), topics...),
 		kfake.GroupMinSessionTimeout(kafkaMinSession),
 	}
-	var tmp string
-	var lock *os.File
+	var tmp *scratch.Dir
 	if dir == "" {
-		removeAbandonedLogs(os.TempDir(), log)
-		if tmp, lock, err = makeLockedTemp(); err != nil {
+		if tmp, err = scratch.Make("walletguard-broker-", log); err != nil {
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
-		dir = tmp
+		dir = tmp.Path
 	}
 	opts = append(opts, kfake.DataDir(dir))
 	// Segments of 8 MB rather than kfake's 100: retention and compaction
@@ -94,14 +89,13 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 	opts = append(opts, kfake.BrokerConfigs(brokerCfg))
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
-		if tmp != "" {
-			os.RemoveAll(tmp)
-			lock.Close()
+		if tmp != nil {
+			tmp.Remove()
 		}
 		return nil, fmt.Errorf("start embedded broker on %s: %w", listen, err)
 	}
 	addrs := c.ListenAddrs()
-	b := &EmbeddedBroker{cluster: c, addr: addrs[0], tmp: tmp, lock: lock}
+	b := &EmbeddedBroker{cluster: c, addr: addrs[0], tmp: tmp}
 	log.Warn("embedded Kafka broker started: for development only; messages not yet flushed are lost if the process dies",
 		"addr", b.addr, "topics", topics, "partitions", partitions, "dir", dir)
 	return b, nil
@@ -113,69 +107,7 @@ func (b *EmbeddedBroker) Addr() string { return b.addr }
 // Close stops the broker; clients connected to it see their connections drop.
 func (b *EmbeddedBroker) Close() {
 	b.cluster.Close()
-	if b.tmp != "" {
-		os.RemoveAll(b.tmp)
-		b.lock.Close()
-	}
-}
-
-const (
-	tempLogPattern = "walletguard-broker-*"
-	tempLogLock    = "owner.lock"
-)
-
-// makeLockedTemp makes a temporary directory for a broker's log and takes
-// an exclusive lock on a file in it. The kernel drops the lock when the
-// process ends, however it ends, which is how a later broker tells a log
-// left by a killed one from a log in use. The directory gets its final
-// name only once locked, so that no one sees it unlocked meanwhile.
-func makeLockedTemp() (string, *os.File, error) {
-	making, err := os.MkdirTemp("", "."+tempLogPattern)
-	if err != nil {
-		return "", nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(making, tempLogLock), os.O_CREATE|os.O_RDWR, 0o600)
-	if err == nil {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	}
-	dir := filepath.Join(filepath.Dir(making), filepath.Base(making)[1:])
-	if err == nil {
-		err = os.Rename(making, dir)
-	}
-	if err != nil {
-		if f != nil {
-			f.Close()
-		}
-		os.RemoveAll(making)
-		return "", nil, fmt.Errorf("lock log directory %s: %w", making, err)
-	}
-	return dir, f, nil
-}
-
-// removeAbandonedLogs removes the temporary logs in tmpDir of embedded
-// brokers whose process is gone: a demo or bench killed with SIGKILL
-// cannot remove its own, and a bench leaves gigabytes. A log whose lock
-// someone holds is in use and stays; so does a directory without a lock
-// file, which this code did not make.
-func removeAbandonedLogs(tmpDir string, log *slog.Logger) {
-	dirs, _ := filepath.Glob(filepath.Join(tmpDir, tempLogPattern))
-	for _, dir := range dirs {
-		f, err := os.OpenFile(filepath.Join(dir, tempLogLock), os.O_RDWR, 0)
-		if err != nil {
-			continue
-		}
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			err = os.RemoveAll(dir)
-			if err == nil {
-				log.Info("removed the log of an embedded broker whose process is gone", "dir", dir)
-			}
-		} else if errors.Is(err, syscall.EWOULDBLOCK) {
-			err = nil
-		}
-		f.Close()
-		if err != nil {
-			log.Warn("could not remove an abandoned embedded broker log", "dir", dir, "err", err)
-		}
+	if b.tmp != nil {
+		b.tmp.Remove()
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/scratch"
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -96,14 +97,14 @@ func cmdBench(args []string) int {
 	}
 	fmt.Printf("bare kafka-go reader + decode: %.0f events/s\n", bare)
 
-	dir, err := os.MkdirTemp("", "walletguard-bench-")
+	dir, err := scratch.Make("walletguard-bench-", slog.Default())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	defer dir.Remove()
 	cfg := config.Default()
-	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir, bs, []string{topic}
+	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir.Path, bs, []string{topic}
 	cfg.Kafka.GroupID = "bench-" + topic
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	a, err := app.New(cfg, log, app.Options{})

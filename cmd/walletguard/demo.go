@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"os/signal"
@@ -21,6 +22,7 @@ import (
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/scratch"
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -41,13 +43,13 @@ func cmdDemo(args []string) int {
 		return 2
 	}
 	if *dataDir == "" {
-		dir, err := os.MkdirTemp("", "walletguard-demo-")
+		dir, err := scratch.Make("walletguard-demo-", slog.Default())
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
-		*dataDir = dir
+		defer dir.Remove()
+		*dataDir = dir.Path
 	}
 	cfg.DataDir = *dataDir
 	if key, _ := enforce.LoadKey(cfg.Enforce.TOTP.KeyFile, cfg.Enforce.TOTP.KeyEnv); key == nil {
