@@ -63,7 +63,20 @@ type Alert struct {
 	ManualAt time.Time `json:"manual_at,omitzero"`
 
 	accounts map[string]bool
-	rev      uint64 // see Revision
+	// accountList holds the keys of accounts in the order they joined. It
+	// is only ever appended to, so a checkpoint takes it without a copy.
+	accountList []string
+	rev         uint64 // see Revision
+}
+
+// addAccount counts account among those the alert affects.
+func (a *Alert) addAccount(account string) {
+	if !a.accounts[account] {
+		account = strings.Clone(account)
+		a.accounts[account] = true
+		a.accountList = append(a.accountList, account)
+	}
+	a.AffectedAccounts = len(a.accounts)
 }
 
 // revisions numbers the copies of alerts handed out.
@@ -194,8 +207,7 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 			accounts: map[string]bool{},
 		}
 		if accountID != "" {
-			a.accounts[accountID] = true
-			a.AffectedAccounts = 1
+			a.addAccount(accountID)
 		}
 		m.open[key] = a
 	}
@@ -243,11 +255,10 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 		a := m.open[key]
 		a.Status, a.GroupedUnder = "grouped", outage.AlertID
 		m.dirty[key] = true
-		outage.accounts[a.AccountID] = true
+		outage.addAccount(a.AccountID)
 		out = append(out, a.copy())
 	}
 	if len(keys) > 0 {
-		outage.AffectedAccounts = len(outage.accounts)
 		out = append(out, outage.copy())
 	}
 	return out
@@ -262,8 +273,9 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 		AlertID: alertID(key, d.DecisionID), DedupKey: key, Severity: h.Severity, Category: h.Category,
 		CreatedAt: d.TS, UpdatedAt: d.TS, Status: "open", Count: 1,
 		Rules: []string{h.ID}, DecisionIDs: []string{d.DecisionID},
-		accounts: map[string]bool{acct: true},
+		accounts: map[string]bool{},
 	}
+	a.addAccount(acct)
 	switch {
 	case strings.HasPrefix(h.Group, "merchant:"):
 		a.MerchantID = strings.TrimPrefix(h.Group, "merchant:")
@@ -286,7 +298,6 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	if h.Category == "stuck_retry" {
 		a.Cause = causeFromReason(h.Reason)
 	}
-	a.AffectedAccounts = len(a.accounts)
 	a.Reason = h.Reason
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
@@ -323,10 +334,7 @@ func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []
 	if len(a.DecisionIDs) < maxEvidence && !contains(a.DecisionIDs, d.DecisionID) {
 		a.DecisionIDs = append(a.DecisionIDs, d.DecisionID)
 	}
-	if !a.accounts[d.AccountID] {
-		a.accounts[strings.Clone(d.AccountID)] = true
-	}
-	a.AffectedAccounts = len(a.accounts)
+	a.addAccount(d.AccountID)
 	a.Severity = maxSeverity(maxSeverity(a.Severity, h.Severity), actionSeverity(d.Action))
 	if rules.ActionRank(d.Action) > rules.ActionRank(a.Action) {
 		a.Action = d.Action
@@ -371,7 +379,7 @@ func (a *Alert) copy() Alert {
 	c.Rules = append([]string(nil), a.Rules...)
 	c.DecisionIDs = append([]string(nil), a.DecisionIDs...)
 	c.RecommendedActions = append([]string(nil), a.RecommendedActions...)
-	c.accounts = nil
+	c.accounts, c.accountList = nil, nil
 	return c
 }
 
@@ -544,22 +552,23 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 	// Under the caller's lock only copies are taken; encoding runs in the
 	// write, off the pipeline. An alert's slices only ever grow or are
 	// replaced, so a copy of the struct keeps what it held.
+	// The copies share one allocation, and the accounts' list, which only
+	// grows, is taken as it stands: a checkpoint under load copies
+	// thousands of alerts while the pipeline waits.
 	type row struct {
 		key string
 		s   *stored // nil: delete
 	}
-	var rows []row
+	rows := make([]row, 0, len(m.dirty))
+	copies := make([]stored, 0, len(m.dirty))
 	for key := range m.dirty {
 		a := m.open[key]
 		if a == nil {
 			rows = append(rows, row{key, nil})
 			continue
 		}
-		s := &stored{Alert: *a, Accounts: make([]string, 0, len(a.accounts))}
-		for acc := range a.accounts {
-			s.Accounts = append(s.Accounts, acc)
-		}
-		rows = append(rows, row{key, s})
+		copies = append(copies, stored{Alert: *a, Accounts: slices.Clip(a.accountList)})
+		rows = append(rows, row{key, &copies[len(copies)-1]})
 	}
 	clear(m.dirty)
 	undo = func() {
@@ -576,7 +585,7 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			if r.s == nil {
 				err = b.Delete([]byte(r.key))
 			} else {
-				sort.Strings(r.s.Accounts)
+				r.s.Accounts = slices.Sorted(slices.Values(r.s.Accounts)) // a copy: the list is the alert's
 				var v []byte
 				if v, err = json.Marshal(r.s); err != nil {
 					return fmt.Errorf("alert %s: %w", r.key, err)
@@ -608,7 +617,7 @@ func (m *Manager) Load(db *bolt.DB) error {
 			a := s.Alert
 			a.accounts = map[string]bool{}
 			for _, acc := range s.Accounts {
-				a.accounts[acc] = true
+				a.addAccount(acc)
 			}
 			m.open[string(k)] = &a
 			switch {

@@ -1,6 +1,7 @@
 package alerts
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -158,4 +159,29 @@ func TestTakeoverIsOneAlert(t *testing.T) {
 	if grouped != 1 {
 		t.Errorf("%d earlier alerts grouped under the takeover, want 1", grouped)
 	}
+}
+
+// BenchmarkPrepareSave is the pause a checkpoint costs the pipeline for the
+// alerts: 5,000 of 20,000 open alerts changed since the last one (a busy
+// interval under load). The encoding runs in the write, off the pipeline.
+func BenchmarkPrepareSave(b *testing.B) {
+	m := NewManager()
+	const open, changed = 20000, 5000
+	var out []Alert
+	for i := range open {
+		d := stuck(fmt.Sprintf("acc-%06d", i), "pay-1", fmt.Sprintf("m-%03d", i%500), time.Duration(i)*time.Second, 3)
+		out = m.Observe(&d, out[:0])
+	}
+	for b.Loop() {
+		b.StopTimer()
+		for i := range changed {
+			d := stuck(fmt.Sprintf("acc-%06d", i*open/changed), "pay-1", "m-1", time.Hour, 4)
+			out = m.Observe(&d, out[:0])
+		}
+		b.StartTimer()
+		if _, _, err := m.PrepareSave(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(changed, "changed-alerts")
 }
