@@ -479,12 +479,13 @@ type ckptWork struct {
 }
 
 // While a checkpoint is being copied, the pipeline copies copyRows rows
-// after every copyEvery events: pauses of about a millisecond, and the copy
-// done long before the next checkpoint is due (an event changes at most a
-// handful of rows).
+// after every copyEvery events: pauses of a millisecond or two (a row
+// scattered over a large state costs one to two microseconds to copy), and
+// the copy done long before the next checkpoint is due (an event changes at
+// most a handful of rows; 16 are copied per event).
 const (
 	copyEvery = 64
-	copyRows  = 4096
+	copyRows  = 1024
 )
 
 // pipeline is the single goroutine that owns detection state.
