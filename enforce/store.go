@@ -41,18 +41,17 @@ func (p *Planner) Save(tx *bolt.Tx) error {
 // that puts it all back to be saved again if that write fails (called with
 // the caller's lock held; newer changes made meanwhile are kept).
 func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err error) {
+	// Under the caller's lock only copies are taken (a sealed secret is
+	// replaced, never changed in place); encoding runs in the write, off
+	// the pipeline, which thousands of changed accounts would hold up.
 	type kv struct {
 		id string
-		v  []byte
+		r  record
 	}
 	states := make([]kv, 0, len(p.dirty))
 	for id := range p.dirty {
-		v, err := p.encodeState(id)
-		if err != nil {
-			return nil, nil, err
-		}
-		if v != nil {
-			states = append(states, kv{id, v})
+		if s := p.states[id]; s != nil {
+			states = append(states, kv{id, recordOf(s)})
 		}
 	}
 	clear(p.dirty)
@@ -85,7 +84,11 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			return err
 		}
 		for _, s := range states {
-			if err := b.Put([]byte(s.id), s.v); err != nil {
+			v, err := encodeRecord(s.id, &s.r)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(s.id), v); err != nil {
 				return err
 			}
 		}
@@ -162,7 +165,15 @@ func (p *Planner) encodeState(id string) ([]byte, error) {
 	if s == nil {
 		return nil, nil
 	}
-	v, err := json.Marshal(record{State: *s, Sealed: s.sealed, LastStep: s.lastStep})
+	r := recordOf(s)
+	return encodeRecord(id, &r)
+}
+
+// recordOf is what the store keeps of s.
+func recordOf(s *State) record { return record{State: *s, Sealed: s.sealed, LastStep: s.lastStep} }
+
+func encodeRecord(id string, r *record) ([]byte, error) {
+	v, err := json.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("encode state of %s: %w", id, err)
 	}
