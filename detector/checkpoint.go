@@ -240,9 +240,9 @@ func (c *Capture) CopySome(n int) bool {
 type snapshotter[T any] struct{ t *table[T] }
 
 func (s snapshotter[T]) copySome(n int) (bool, int) {
-	before := len(s.t.snap.rows.rows)
+	before := s.t.snap.rows.n
 	done := s.t.copySome(n)
-	return done, len(s.t.snap.rows.rows) - before
+	return done, s.t.snap.rows.n - before
 }
 
 // Write returns the function that writes the complete checkpoint in a
@@ -257,6 +257,9 @@ func (c *Capture) Write(s *Store) func(*bolt.Tx) error {
 		timers, err := c.timerRows()
 		if err != nil {
 			return err
+		}
+		for i := range c.tables {
+			c.tables[i].flatten()
 		}
 		sets := append(slices.Clip(c.tables), timers)
 		// A store from before the row files kept rows as keys: the
@@ -329,10 +332,18 @@ func rawSize[T any]() int { return int(unsafe.Sizeof(*new(T))) }
 type rowBuf struct {
 	buf   []byte
 	start int // of the row being appended
-	rows  []kv
+	// The rows' keys, in blocks for the same reason: one list for half a
+	// million changed rows, allocated or grown while the pipeline waits,
+	// cost milliseconds of page faults and copying.
+	block  []kv
+	blocks [][]kv
+	n      int // rows done
 }
 
-const rowChunk = 1 << 20
+const (
+	rowChunk = 1 << 20
+	kvBlock  = 4096
+)
 
 // grow makes room for a row of about n bytes; a longer one still fits,
 // moved to a larger array by append (the rows before it stay where they
@@ -346,11 +357,21 @@ func (r *rowBuf) grow(n int) {
 // done ends the row appended to buf since the previous one, under key k.
 func (r *rowBuf) done(k uint64) {
 	end := len(r.buf)
-	r.rows = append(r.rows, kv{k: k, v: r.buf[r.start:end:end]})
+	if len(r.block) == cap(r.block) {
+		r.block = make([]kv, 0, kvBlock)
+		r.blocks = append(r.blocks, nil)
+	}
+	r.block = append(r.block, kv{k: k, v: r.buf[r.start:end:end]})
+	r.blocks[len(r.blocks)-1] = r.block
 	r.start = end
+	r.n++
 }
 
-func (r *rowBuf) kvs() []kv { return r.rows }
+// set returns the rows as a set of kind, with the keys gone. Its list of
+// rows is put together by the write (rowSet.flatten), off the pipeline.
+func (r *rowBuf) set(kind byte, gone []uint64) rowSet {
+	return rowSet{kind: kind, blocks: r.blocks, gone: gone}
+}
 
 // captureTimers lists the timers armed since the last checkpoint that are
 // still pending, and those that fired or were cancelled. Encoding them is

@@ -71,6 +71,7 @@ func TestDrainReportsEachChangeOnce(t *testing.T) {
 		tb.beginSnapshot(appendRaw[uint64], 8)
 		tb.copySome(math.MaxInt)
 		c := tb.endSnapshot(0)
+		c.flatten()
 		got := map[uint64]uint64{}
 		for _, r := range c.rows {
 			if _, dup := got[r.k]; dup {

@@ -154,9 +154,26 @@ func openRowLog(db *bolt.DB, dir string) (*rowLog, error) {
 
 // rowSet is one kind of row captured for a checkpoint.
 type rowSet struct {
-	kind byte
-	rows []kv
-	gone []uint64
+	kind   byte
+	rows   []kv
+	blocks [][]kv // rows as captured, until flatten
+	gone   []uint64
+}
+
+// flatten puts the captured blocks of rows into one list.
+func (s *rowSet) flatten() {
+	if s.blocks == nil {
+		return
+	}
+	n := 0
+	for _, b := range s.blocks {
+		n += len(b)
+	}
+	s.rows = make([]kv, 0, n)
+	for _, b := range s.blocks {
+		s.rows = append(s.rows, b...)
+	}
+	s.blocks = nil
 }
 
 // write writes a checkpoint's rows to a new file (none if there are none)

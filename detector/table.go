@@ -166,7 +166,6 @@ func (t *table[T]) markAllChanged() {
 // row, usually in size bytes.
 func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 	sn := &snapshot[T]{enc: enc, pending: t.changed, size: size}
-	sn.rows.rows = make([]kv, 0, len(t.changed))
 	for _, i := range t.changed {
 		if f := t.flags[i]; f&rowDirty != 0 {
 			t.flags[i] = f&^rowDirty | rowPending
@@ -210,7 +209,7 @@ func (t *table[T]) endSnapshot(kind byte) rowSet {
 	if t.changed == nil {
 		t.changed = sn.pending[:0] // reuse the list's memory
 	}
-	return rowSet{kind: kind, rows: sn.rows.kvs(), gone: sn.gone}
+	return sn.rows.set(kind, sn.gone)
 }
 
 // sweepSome checks the next n row slots (a clock hand over the table) and
