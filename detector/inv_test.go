@@ -102,4 +102,23 @@ func TestDrainReportsEachChangeOnce(t *testing.T) {
 	if got, gone := drain(); len(got)+len(gone) != 0 {
 		t.Errorf("captured %v and gone %v again with no change", got, gone)
 	}
+
+	// A written row removed and back before the next checkpoint is written
+	// again, not deleted; one removed, back and removed again is deleted
+	// once.
+	k, _ := tb.idx.get(1)
+	tb.remove(k, 1)
+	*tb.upsert(1) = 13
+	k, _ = tb.idx.get(3)
+	tb.remove(k, 3)
+	*tb.upsert(3) = 31
+	k, _ = tb.idx.get(3)
+	tb.remove(k, 3)
+	got, gone = drain()
+	if len(got) != 1 || got[1] != 13 {
+		t.Errorf("captured %v, want map[1:13]", got)
+	}
+	if len(gone) != 1 || gone[0] != 3 {
+		t.Errorf("gone %v, want [3]", gone)
+	}
 }

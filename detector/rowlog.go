@@ -160,20 +160,35 @@ type rowSet struct {
 	gone   []uint64
 }
 
-// flatten puts the captured blocks of rows into one list.
+// flatten puts the captured blocks of rows into one list, sorted, and
+// takes out of gone the keys that are written: a key removed and back
+// since the last checkpoint is a row again. The capture leaves that to
+// this, off the pipeline, rather than look every removed key up.
 func (s *rowSet) flatten() {
-	if s.blocks == nil {
-		return
+	if s.blocks != nil {
+		n := 0
+		for _, b := range s.blocks {
+			n += len(b)
+		}
+		s.rows = make([]kv, 0, n)
+		for _, b := range s.blocks {
+			s.rows = append(s.rows, b...)
+		}
+		s.blocks = nil
 	}
-	n := 0
-	for _, b := range s.blocks {
-		n += len(b)
+	sortKV(s.rows)
+	slices.Sort(s.gone)
+	gone, i := s.gone[:0], 0
+	for _, k := range s.gone {
+		for i < len(s.rows) && s.rows[i].k < k {
+			i++
+		}
+		written := i < len(s.rows) && s.rows[i].k == k
+		if !written && (len(gone) == 0 || gone[len(gone)-1] != k) {
+			gone = append(gone, k)
+		}
 	}
-	s.rows = make([]kv, 0, n)
-	for _, b := range s.blocks {
-		s.rows = append(s.rows, b...)
-	}
-	s.blocks = nil
+	s.gone = gone
 }
 
 // write writes a checkpoint's rows to a new file (none if there are none)

@@ -171,12 +171,8 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 			t.flags[i] = f&^rowDirty | rowPending
 		}
 	}
-	for _, k := range t.deleted {
-		if _, back := t.idx.get(k); !back {
-			sn.gone = append(sn.gone, k)
-		}
-	}
-	t.changed, t.deleted = nil, t.deleted[:0]
+	sn.gone = t.deleted // less those back since: rowSet.flatten
+	t.changed, t.deleted = nil, nil
 	t.snap = sn
 }
 
