@@ -239,12 +239,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	}
 	var merch *merchantState
 	if ev.MerchantID != "" {
-		mk := key64(ev.MerchantID)
-		merch = e.merchants[mk]
-		if merch == nil {
-			merch = &merchantState{}
-			e.merchants[mk] = merch
-		}
+		merch = e.merchant(key64(ev.MerchantID))
 		if set.Uses(ev.Type, rules.RootMerchant) {
 			merch.view(&env.Merchant, now, e.syms)
 		}
@@ -263,12 +258,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	// App versions share the merchants' health counters, under their own keys.
 	var app *merchantState
 	if ev.Type == event.TypePaymentAttempt && ev.AppVersion != "" {
-		ak := appKey(ev.AppVersion)
-		app = e.merchants[ak]
-		if app == nil {
-			app = &merchantState{}
-			e.merchants[ak] = app
-		}
+		app = e.merchant(appKey(ev.AppVersion))
 		if set.Uses(ev.Type, rules.RootApp) {
 			app.view(&env.App, now, e.syms)
 		}
@@ -363,6 +353,17 @@ func (e *Engine) hit(r *rules.Rule, env *rules.Env, ev *event.Event) Hit {
 
 // appKey keys an app version's health counters in the merchants map.
 func appKey(version string) uint64 { return key64("app\x00" + version) }
+
+// merchant returns the health counters under key (a merchant's or an app
+// version's), made if absent.
+func (e *Engine) merchant(key uint64) *merchantState {
+	m := e.merchants[key]
+	if m == nil {
+		m = &merchantState{}
+		e.merchants[key] = m
+	}
+	return m
+}
 
 // chainKey is the key of a payment's chain: the hash of account, a zero byte
 // and payment id, built on the stack (ids are at most 128 characters).
