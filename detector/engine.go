@@ -356,13 +356,16 @@ func appKey(version string) uint64 { return key64("app\x00" + version) }
 
 // merchant returns the health counters under key (a merchant's or an app
 // version's), made if absent.
-func (e *Engine) merchant(key uint64) *merchantState {
-	m := e.merchants[key]
-	if m == nil {
-		m = &merchantState{}
-		e.merchants[key] = m
+func (e *Engine) merchant(key uint64) *merchantState { return getOrMake(e.merchants, key) }
+
+// getOrMake returns m[k], a new zero V stored there first if absent.
+func getOrMake[K comparable, V any](m map[K]*V, k K) *V {
+	v := m[k]
+	if v == nil {
+		v = new(V)
+		m[k] = v
 	}
-	return m
+	return v
 }
 
 // chainKey is the key of a payment's chain: the hash of account, a zero byte
@@ -639,14 +642,7 @@ func (e *Engine) timerCount() int {
 	return n
 }
 
-func (e *Engine) queue(src uint32) *timerHeap {
-	h := e.timers[src]
-	if h == nil {
-		h = &timerHeap{}
-		e.timers[src] = h
-	}
-	return h
-}
+func (e *Engine) queue(src uint32) *timerHeap { return getOrMake(e.timers, src) }
 
 func (e *Engine) armTimer(r *rules.Rule, ev *event.Event, akey uint64, now, src uint32) {
 	scopeID := ""
