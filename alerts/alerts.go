@@ -549,12 +549,11 @@ func (m *Manager) Save(tx *bolt.Tx) error {
 // function that writes them (for a checkpoint written outside the lock) and
 // the one that marks them changed again if that write fails.
 func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err error) {
-	// Under the caller's lock only copies are taken; encoding runs in the
-	// write, off the pipeline. An alert's slices only ever grow or are
+	// Under the caller's lock only copies are taken, into one allocation
+	// (a checkpoint under load copies thousands of alerts while the
+	// pipeline waits); encoding runs in the write, off the pipeline. An
+	// alert's slices, its accounts' list too, only ever grow or are
 	// replaced, so a copy of the struct keeps what it held.
-	// The copies share one allocation, and the accounts' list, which only
-	// grows, is taken as it stands: a checkpoint under load copies
-	// thousands of alerts while the pipeline waits.
 	type row struct {
 		key string
 		s   *stored // nil: delete

@@ -240,9 +240,9 @@ func (c *Capture) CopySome(n int) bool {
 type snapshotter[T any] struct{ t *table[T] }
 
 func (s snapshotter[T]) copySome(n int) (bool, int) {
-	before := s.t.snap.rows.n
+	before := s.t.snap.rows.len()
 	done := s.t.copySome(n)
-	return done, s.t.snap.rows.n - before
+	return done, s.t.snap.rows.len() - before
 }
 
 // Write returns the function that writes the complete checkpoint in a
@@ -335,9 +335,8 @@ type rowBuf struct {
 	// The rows' keys, in blocks for the same reason: one list for half a
 	// million changed rows, allocated or grown while the pipeline waits,
 	// cost milliseconds of page faults and copying.
-	block  []kv
-	blocks [][]kv
-	n      int // rows done
+	full  [][]kv // blocks of kvBlock rows
+	block []kv   // the block being filled
 }
 
 const (
@@ -357,20 +356,23 @@ func (r *rowBuf) grow(n int) {
 // done ends the row appended to buf since the previous one, under key k.
 func (r *rowBuf) done(k uint64) {
 	end := len(r.buf)
-	if len(r.block) == cap(r.block) {
+	if len(r.block) == kvBlock {
+		r.full, r.block = append(r.full, r.block), nil
+	}
+	if r.block == nil {
 		r.block = make([]kv, 0, kvBlock)
-		r.blocks = append(r.blocks, nil)
 	}
 	r.block = append(r.block, kv{k: k, v: r.buf[r.start:end:end]})
-	r.blocks[len(r.blocks)-1] = r.block
 	r.start = end
-	r.n++
 }
+
+// len is how many rows are done.
+func (r *rowBuf) len() int { return len(r.full)*kvBlock + len(r.block) }
 
 // set returns the rows as a set of kind, with the keys gone. Its list of
 // rows is put together by the write (rowSet.flatten), off the pipeline.
 func (r *rowBuf) set(kind byte, gone []uint64) rowSet {
-	return rowSet{kind: kind, blocks: r.blocks, gone: gone}
+	return rowSet{kind: kind, blocks: append(r.full, r.block), gone: gone}
 }
 
 // captureTimers lists the timers armed since the last checkpoint that are

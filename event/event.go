@@ -102,9 +102,7 @@ type Event struct {
 }
 
 // Country is the event's geo country, or "" when unknown.
-func (e *Event) Country() string {
-	return e.Geo.Country
-}
+func (e *Event) Country() string { return e.Geo.Country }
 
 // HasGeo reports whether the event carries coordinates.
 func (e *Event) HasGeo() bool { return e.Geo.Lat != 0 || e.Geo.Lon != 0 }

@@ -77,7 +77,7 @@ type EventView struct {
 func (v *EventView) Fill(ev *event.Event) {
 	*v = EventView{
 		Type: ev.Type.String(), EventID: ev.EventID, AccountID: ev.AccountID, Hour: ev.TS.UTC().Hour(),
-		DeviceID: ev.DeviceID, IP: ev.IP, Country: ev.Country(), HasGeo: ev.HasGeo(),
+		DeviceID: ev.DeviceID, IP: ev.IP, Country: ev.Country(), HasGeo: ev.HasGeo(), Lat: ev.Geo.Lat, Lon: ev.Geo.Lon,
 		UserAgent: ev.UserAgent, AppVersion: ev.AppVersion, Channel: ev.Channel,
 		Result: ev.Result, FailureReason: ev.FailureReason, Method: ev.Method,
 		TxID: ev.TxID, Kind: ev.Kind, Amount: float64(ev.Amount), Currency: ev.Currency, Status: ev.Status,
@@ -85,9 +85,6 @@ func (v *EventView) Fill(ev *event.Event) {
 		BalanceAfter: float64(ev.BalanceAfter), Outgoing: IsOutgoing(ev.Kind),
 		PaymentID: ev.PaymentID, Attempt: int(ev.Attempt), ErrorCode: ev.ErrorCode, LatencyMS: int(ev.LatencyMS),
 		Change: ev.Change,
-	}
-	if ev.HasGeo() {
-		v.Lat, v.Lon = ev.Geo.Lat, ev.Geo.Lon
 	}
 }
 
