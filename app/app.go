@@ -510,6 +510,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	type outBatch struct {
 		out     Outputs
 		msgs    []ingest.Message
+		buf     []byte // the records' bytes, reused once they are written
 		arrived []time.Time
 	}
 	free := make(chan *outBatch, 2) // batches the writer is done with
@@ -521,7 +522,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	go func() {
 		defer close(writerDone)
 		for b := range jobs {
-			b.msgs = a.encodeOutputs(b.msgs, &b.out)
+			b.msgs, b.buf = a.encodeOutputs(b.msgs, b.buf, &b.out)
 			if err := a.producer.Write(ctx, "outputs", b.msgs); err != nil {
 				a.log.Error("outputs not written; their events will be redelivered after restart", "records", len(b.msgs), "err", err)
 				writeFailed.Store(true)
@@ -883,7 +884,7 @@ func (a *App) follow(rec *ingest.Record) {
 // appendOutputs renders decisions and commands as Kafka records and queues
 // the alerts for the next checkpoint.
 func (a *App) appendOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
-	msgs = a.encodeOutputs(msgs, out)
+	msgs, _ = a.encodeOutputs(msgs, nil, out)
 	a.queueAlerts(out.Alerts)
 	return msgs
 }
@@ -895,12 +896,21 @@ func (a *App) queueAlerts(list []alerts.Alert) {
 	a.alertQ.add(list)
 }
 
-// encodeOutputs renders decisions and commands as Kafka records.
-func (a *App) encodeOutputs(msgs []ingest.Message, out *Outputs) []ingest.Message {
+// encodeOutputs renders decisions and commands as Kafka records. The
+// decisions' keys and values are cut from buf, which it returns grown: the
+// pipeline's writer reuses one buffer per batch, once the batch is written,
+// instead of allocating two slices per decision.
+func (a *App) encodeOutputs(msgs []ingest.Message, buf []byte, out *Outputs) ([]ingest.Message, []byte) {
+	buf = buf[:0]
 	for i := range out.Decisions {
 		d := &out.Decisions[i]
-		b := d.AppendJSON(make([]byte, 0, 512))
-		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: []byte(d.AccountID), Value: b})
+		start := len(buf)
+		buf = append(buf, d.AccountID...)
+		mid := len(buf)
+		buf = d.AppendJSON(buf)
+		// Cut after this decision's appends: a later one may move buf to
+		// a new array, and these records keep the old one.
+		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
 	}
 	for i := range out.Commands {
 		c := &out.Commands[i]
@@ -912,7 +922,7 @@ func (a *App) encodeOutputs(msgs []ingest.Message, out *Outputs) []ingest.Messag
 		a.amet.commands.WithLabelValues(c.Command).Inc()
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: b})
 	}
-	return msgs
+	return msgs, buf
 }
 
 func (a *App) countAlerts(list []alerts.Alert) {
