@@ -24,6 +24,14 @@ const kafkaMinSession = time.Second
 // records still returns at once, so latency does not depend on it.
 const FetchMaxWait = 1500 * time.Millisecond
 
+// FetchMaxBytes bounds one partition's fetch response, as Kafka's own
+// consumers do by default (max.partition.fetch.bytes); a larger record still
+// comes whole, alone. The embedded broker builds each response by copying
+// it, on the one goroutine that serves every client: at 16 MB a response
+// held decisions' writes and producers' acknowledgements for tens of
+// milliseconds, which was most of the p99 at a tenth of the maximum rate.
+const FetchMaxBytes = 1 << 20
+
 // Record is one consumed message, decoded. Exactly one of Event and Err is
 // meaningful: Err is the rejection (an *event.RejectError) for bad input.
 type Record struct {
@@ -387,7 +395,7 @@ func partitionReader(brokers []string, topic string, partition int, log *slog.Lo
 		Topic:     topic,
 		Partition: partition,
 		MinBytes:  1,
-		MaxBytes:  16 << 20,
+		MaxBytes:  FetchMaxBytes,
 		MaxWait:   FetchMaxWait,
 		// Callers retry on their own; kafka-go's reader retries fetch errors itself.
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
