@@ -118,16 +118,17 @@ type request struct {
 	partition int
 	idx       []int // into the write's messages
 	bytes     int
+	err       error
 }
 
 // send produces msgs once. It returns nil, kafka.WriteErrors with one entry
 // per message when some requests failed, or another error when none could
 // be sent.
 func (p *Producer) send(ctx context.Context, msgs []Message) error {
-	parts := make(map[string][]int, 1) // partition numbers by topic
+	numbers := make(map[string][]int, 1) // partition numbers by topic
 	for i := range msgs {
 		t := msgs[i].Topic
-		if _, ok := parts[t]; ok {
+		if _, ok := numbers[t]; ok {
 			continue
 		}
 		n, err := p.partitions(ctx, t)
@@ -138,64 +139,58 @@ func (p *Producer) send(ctx context.Context, msgs []Message) error {
 		for j := range ps {
 			ps[j] = j
 		}
-		parts[t] = ps
+		numbers[t] = ps
 	}
-	var reqs []*request
-	open := make(map[topicPartition]*request, 8) // the request being filled, per partition
+	// Each partition's requests, the last one being filled.
+	perPartition := make(map[topicPartition][]*request, 8)
 	for i := range msgs {
 		m := &msgs[i]
-		tp := topicPartition{m.Topic, p.balancer.Balance(*m, parts[m.Topic]...)}
+		tp := topicPartition{m.Topic, p.balancer.Balance(*m, numbers[m.Topic]...)}
 		size := len(m.Key) + len(m.Value) + recordOverhead
 		for _, h := range m.Headers {
 			size += len(h.Key) + len(h.Value) + recordOverhead
 		}
-		r := open[tp]
-		if r == nil || (r.bytes+size > maxRequestBytes && len(r.idx) > 0) {
-			r = &request{topic: tp.topic, partition: tp.partition}
-			open[tp] = r
-			reqs = append(reqs, r)
+		reqs := perPartition[tp]
+		if len(reqs) == 0 || reqs[len(reqs)-1].bytes+size > maxRequestBytes {
+			reqs = append(reqs, &request{topic: tp.topic, partition: tp.partition})
+			perPartition[tp] = reqs
 		}
+		r := reqs[len(reqs)-1]
 		r.idx = append(r.idx, i)
 		r.bytes += size
 	}
-	// Partitions are written side by side; the requests of one partition
+	// Partitions are written side by side, the requests of one partition
 	// one after the other, so that its records keep their order (an
-	// account's commands, a key's versions).
-	errs := make([]error, len(reqs))
+	// account's commands). A failed request fails those after it: they
+	// wait for the retry rather than overtake it.
 	now := time.Now()
 	var wg sync.WaitGroup
-	for tp := range open {
+	for _, reqs := range perPartition {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i, r := range reqs {
-				if r.topic != tp.topic || r.partition != tp.partition {
-					continue
+			var err error
+			for _, r := range reqs {
+				if err == nil {
+					err = p.produce(ctx, msgs, r, now)
 				}
-				if errs[i] = p.produce(ctx, msgs, r, now); errs[i] != nil {
-					// Later records must not overtake it: they wait for
-					// the retry.
-					for j := i + 1; j < len(reqs); j++ {
-						if reqs[j].topic == tp.topic && reqs[j].partition == tp.partition {
-							errs[j] = errs[i]
-						}
-					}
-					return
-				}
+				r.err = err
 			}
 		}()
 	}
 	wg.Wait()
 	var werrs kafka.WriteErrors
-	for i, err := range errs {
-		if err == nil {
-			continue
-		}
-		if werrs == nil {
-			werrs = make(kafka.WriteErrors, len(msgs))
-		}
-		for _, j := range reqs[i].idx {
-			werrs[j] = err
+	for _, reqs := range perPartition {
+		for _, r := range reqs {
+			if r.err == nil {
+				continue
+			}
+			if werrs == nil {
+				werrs = make(kafka.WriteErrors, len(msgs))
+			}
+			for _, j := range r.idx {
+				werrs[j] = r.err
+			}
 		}
 	}
 	if werrs != nil {
