@@ -234,8 +234,8 @@ func benchProducer(brokers []string) *ingest.Producer {
 // them, with kafka-go's Writer as earlier releases did, so that the bare
 // reader and the daemon read the same log as theirs. (Written by
 // walletguard's producer, the same events were read by the bare reader at
-// half the rate in the bench, 150k-200k/s against 270k-390k, though not
-// when the two logs were compared alone; not explained yet.)
+// 45-75% of the rate in the bench, though not when the two logs were
+// compared alone; not explained yet.)
 func benchProduce(brokers []string, msgs []kafka.Message) error {
 	// Batches stay under the broker's default 1 MiB message-set limit.
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Murmur2Balancer{}, BatchSize: 2000,
