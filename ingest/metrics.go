@@ -78,8 +78,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "walletguard_event_processing_seconds",
 			Help: "Time from an event's arrival at walletguard to its outputs being durable.",
-			// Fine around the 10 ms an event should take, coarse in the tail.
-			Buckets: []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30},
+			// Fine up to the tens of milliseconds an event takes when the
+			// daemon keeps up, coarse in the tail.
+			Buckets: []float64{0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30},
 		}),
 	}
 	for _, t := range event.Types() {
