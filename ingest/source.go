@@ -24,13 +24,13 @@ const kafkaMinSession = time.Second
 // records still returns at once, so latency does not depend on it.
 const FetchMaxWait = 1500 * time.Millisecond
 
-// FetchMaxBytes bounds one partition's fetch response, as Kafka's own
+// fetchMaxBytes bounds one partition's fetch response, as Kafka's own
 // consumers do by default (max.partition.fetch.bytes); a larger record still
 // comes whole, alone. The embedded broker builds each response by copying
 // it, on the one goroutine that serves every client: at 16 MB a response
 // held decisions' writes and producers' acknowledgements for tens of
 // milliseconds, which was most of the p99 at a tenth of the maximum rate.
-const FetchMaxBytes = 1 << 20
+const fetchMaxBytes = 1 << 20
 
 // Record is one consumed message, decoded. Exactly one of Event and Err is
 // meaningful: Err is the rejection (an *event.RejectError) for bad input.
@@ -336,7 +336,7 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 // Records below followBelow are marked Follow too: the previous owner
 // handed them over decided (see SourceConfig.HandedOver).
 func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets, followBelow int64) {
-	r := partitionReader(s.cfg.Brokers, topic, partition, s.log)
+	r := PartitionReader(s.cfg.Brokers, topic, partition, s.log)
 	defer r.Close()
 	if err := r.SetOffset(start); err != nil {
 		s.log.Error("set start offset", "topic", topic, "partition", partition, "offset", start, "err", err)
@@ -388,14 +388,15 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	}
 }
 
-// partitionReader reads one partition, outside any consumer group.
-func partitionReader(brokers []string, topic string, partition int, log *slog.Logger) *kafka.Reader {
+// PartitionReader reads one partition, outside any consumer group, as
+// walletguard's fetchers do.
+func PartitionReader(brokers []string, topic string, partition int, log *slog.Logger) *kafka.Reader {
 	return kafka.NewReader(kafka.ReaderConfig{
 		Brokers:   brokers,
 		Topic:     topic,
 		Partition: partition,
 		MinBytes:  1,
-		MaxBytes:  FetchMaxBytes,
+		MaxBytes:  fetchMaxBytes,
 		MaxWait:   FetchMaxWait,
 		// Callers retry on their own; kafka-go's reader retries fetch errors itself.
 		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {

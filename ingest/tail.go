@@ -56,7 +56,7 @@ func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partiti
 }
 
 func tailPartition(ctx context.Context, brokers []string, topic string, partition int, log *slog.Logger, handle func(int, kafka.Message)) {
-	r := partitionReader(brokers, topic, partition, log)
+	r := PartitionReader(brokers, topic, partition, log)
 	defer r.Close()
 	if err := r.SetOffset(kafka.FirstOffset); err != nil {
 		log.Error("set start offset", "topic", topic, "partition", partition, "err", err)

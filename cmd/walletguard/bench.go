@@ -271,7 +271,7 @@ func benchBareConsume(brokers []string, topic string, n int) (float64, error) {
 		wg.Add(1)
 		go func(p int) {
 			defer wg.Done()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MinBytes: 1, MaxBytes: ingest.FetchMaxBytes, MaxWait: ingest.FetchMaxWait})
+			r := ingest.PartitionReader(brokers, topic, p, slog.New(slog.DiscardHandler))
 			defer r.Close()
 			now := time.Now()
 			for read.Load() < int64(n) {
@@ -330,7 +330,7 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	defer cancel()
 	var got atomic.Int64
 	for _, p := range parts {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: decisions, Partition: p.ID, MinBytes: 1, MaxBytes: ingest.FetchMaxBytes, MaxWait: ingest.FetchMaxWait})
+		r := ingest.PartitionReader(brokers, decisions, p.ID, slog.New(slog.DiscardHandler))
 		r.SetOffset(kafka.LastOffset)
 		go func() {
 			defer r.Close()
