@@ -429,18 +429,10 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 		if meta == nil {
 			return nil
 		}
-		m := meta.Get([]byte("engine"))
-		if len(m) != 32 {
-			return errors.New("checkpoint metadata is damaged")
-		}
-		if v := binary.LittleEndian.Uint64(m[0:]); v != layoutVersion {
-			return fmt.Errorf("checkpoint layout %d is not this build's %d", v, layoutVersion)
-		}
-		e.maxTS = uint32(binary.LittleEndian.Uint64(m[8:]))
-		e.lastSweep = uint32(binary.LittleEndian.Uint64(m[16:]))
-		e.timerSeq = binary.LittleEndian.Uint64(m[24:])
-		if err := json.Unmarshal(meta.Get([]byte("offsets")), &offsets); err != nil {
-			return fmt.Errorf("checkpoint offsets: %w", err)
+		var err error
+		offsets, err = e.setMeta(meta.Get([]byte("engine")), meta.Get([]byte("sources")), meta.Get([]byte("offsets")))
+		if err != nil {
+			return err
 		}
 		if err := e.loadRows(tx, s); err != nil {
 			return err
@@ -457,11 +449,6 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 				return fmt.Errorf("merchants: %w", err)
 			}
 		}
-		if v := meta.Get([]byte("sources")); len(v)%8 == 0 {
-			for i := 0; i < len(v); i += 8 {
-				e.srcMax[binary.LittleEndian.Uint32(v[i:])] = binary.LittleEndian.Uint32(v[i+4:])
-			}
-		}
 		return nil
 	})
 	if err != nil {
@@ -469,6 +456,30 @@ func (e *Engine) Restore(s *Store) (Offsets, error) {
 	}
 	e.updateGauges()
 	return offsets, nil
+}
+
+// setMeta restores the engine's clocks, the sources' newest event times
+// and the offsets of a checkpoint, as BeginCheckpoint captured them.
+func (e *Engine) setMeta(m, srcs, offsets []byte) (Offsets, error) {
+	if len(m) != 32 {
+		return nil, errors.New("checkpoint metadata is damaged")
+	}
+	if v := binary.LittleEndian.Uint64(m[0:]); v != layoutVersion {
+		return nil, fmt.Errorf("checkpoint layout %d is not this build's %d", v, layoutVersion)
+	}
+	var o Offsets
+	if err := json.Unmarshal(offsets, &o); err != nil {
+		return nil, fmt.Errorf("checkpoint offsets: %w", err)
+	}
+	e.maxTS = uint32(binary.LittleEndian.Uint64(m[8:]))
+	e.lastSweep = uint32(binary.LittleEndian.Uint64(m[16:]))
+	e.timerSeq = binary.LittleEndian.Uint64(m[24:])
+	if len(srcs)%8 == 0 {
+		for i := 0; i < len(srcs); i += 8 {
+			e.srcMax[binary.LittleEndian.Uint32(srcs[i:])] = binary.LittleEndian.Uint32(srcs[i+4:])
+		}
+	}
+	return o, nil
 }
 
 // loadRows loads the rows of the checkpoint: from its row files, or from

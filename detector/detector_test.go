@@ -935,3 +935,139 @@ func TestIdleRowsExpire(t *testing.T) {
 		t.Errorf("after: %d accounts, %d devices, %d addresses held, want the %d active ones", s.Accounts, s.Devices, s.IPs, active)
 	}
 }
+
+// changelog is rows as a changelog topic holds them, in the order written.
+type changelogRow struct {
+	kind byte
+	key  uint64
+	v    []byte
+}
+
+// publish captures a checkpoint at offset i and appends its rows to log,
+// returning the marker's meta.
+func publish(t *testing.T, e *Engine, i int, log *[]changelogRow) []byte {
+	t.Helper()
+	c, err := e.BeginCheckpoint(Offsets{"wallet.events": {0: int64(i)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CopySome(math.MaxInt)
+	if err := c.EachRow(func(kind byte, key uint64, v []byte) error {
+		*log = append(*log, changelogRow{kind, key, bytes.Clone(v)})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return c.Meta()
+}
+
+func restoreChangelog(t *testing.T, meta []byte, log []changelogRow) (*Engine, Offsets) {
+	t.Helper()
+	e := newEngine(t, 5*time.Minute)
+	off, err := e.RestoreChangelog(meta, func(apply func(byte, uint64, []byte) error) error {
+		for _, r := range log {
+			if err := apply(r.kind, r.key, r.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, off
+}
+
+func liveTimers(e *Engine) int {
+	n := 0
+	for _, ts := range e.byAccount {
+		for _, t := range ts {
+			if !t.cancelled && !t.done {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func savedTimerPending(e *Engine) bool {
+	for _, ts := range e.byAccount {
+		for _, t := range ts {
+			if t.saved && !t.cancelled && !t.done {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestChangelogRestoreIsExact: the rows of successive checkpoints, applied
+// in order to an empty engine with the last one's marker, give it the state
+// of that moment — an engine restored from them and fed the events after
+// decides exactly what an uninterrupted one does, timers included. A
+// changelog begun afresh (MarkAllChanged) needs none of the rows before it;
+// and the restored engine's next checkpoint holds its whole state, so the
+// local store it starts without is complete after one checkpoint.
+func TestChangelogRestoreIsExact(t *testing.T) {
+	evs := genEvents(t, 400, 11, 1)
+	want := decideAll(t, evs)
+
+	e := newEngine(t, 5*time.Minute)
+	var got []Decision
+	var log, fresh []changelogRow
+	q1, half, q3 := len(evs)/4, len(evs)/2, 3*len(evs)/4
+	afresh := -1 // where the changelog is begun afresh: with timers pending
+	for i := range evs {
+		switch {
+		case i == q1:
+			publish(t, e, i, &log)
+		case i == half:
+			// The deltas of two checkpoints restore the state.
+			var off Offsets
+			e, off = restoreChangelog(t, publish(t, e, i, &log), log)
+			if off["wallet.events"][0] != int64(half) {
+				t.Fatalf("restored offsets %v, want %d", off, half)
+			}
+		case i > half && afresh < 0 && i%100 == 0 && !savedTimerPending(e):
+			publish(t, e, i, &log) // until a checkpoint holds a pending timer
+		case i > half && afresh < 0 && savedTimerPending(e):
+			// A changelog begun afresh restores it alone, timers that
+			// earlier checkpoints hold included.
+			afresh = i
+			before, timers := e.Stats(), liveTimers(e)
+			e.MarkAllChanged()
+			meta := publish(t, e, i, &fresh)
+			e, _ = restoreChangelog(t, meta, fresh)
+			after := e.Stats()
+			after.Timers, before.Timers = 0, 0 // the heaps may hold ended timers yet
+			if after != before || liveTimers(e) != timers {
+				t.Fatalf("restored from a changelog begun afresh: %+v with %d timers, want %+v with %d", after, liveTimers(e), before, timers)
+			}
+		case i == q3:
+			// The restored engine's next checkpoint holds its whole
+			// state: the local store it starts without is complete.
+			st, err := OpenStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Checkpoint(st, Offsets{}); err != nil {
+				t.Fatal(err)
+			}
+			e = newEngine(t, 5*time.Minute)
+			if _, err := e.Restore(st); err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+		}
+		got, _ = e.Process(&evs[i], got)
+	}
+	if afresh < 0 || afresh >= q3 {
+		t.Fatalf("no timer pending between events %d and %d: the test does not cover a changelog begun afresh", half, q3)
+	}
+	sameDecisions(t, want, got)
+	timers := bytes.Count(encodeAll(t, want), []byte(`"trigger":"timer"`))
+	if timers == 0 {
+		t.Fatal("the stream produced no timer decisions: the test does not cover timers")
+	}
+	t.Logf("%d events, %d decisions (%d from timers); deltas of %d rows, begun afresh at event %d: %d", len(evs), len(want), timers, len(log), afresh, len(fresh))
+}

@@ -1,0 +1,127 @@
+package detector
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// RowMerchant is the kind of a merchant's (or an app version's) row in a
+// changelog. The other kinds are those of the row files; merchants live in
+// their own bucket there, written whole each time.
+const RowMerchant = 7
+
+// EachRow hands every row the checkpoint captured to fn, in the order a
+// restore must apply them: rows changed since the previous checkpoint
+// (v nil for a row that is gone), the timers armed and ended, and every
+// merchant. It is what a checkpoint adds to the state, for a changelog
+// outside this process. The capture must be complete; v is valid only
+// during the call.
+func (c *Capture) EachRow(fn func(kind byte, key uint64, v []byte) error) error {
+	if !c.complete {
+		return errors.New("checkpoint: rows read before the capture is complete")
+	}
+	timers, err := c.timerRows()
+	if err != nil {
+		return err
+	}
+	for i := range c.tables {
+		c.tables[i].flatten() // as the write does; again is cheap
+	}
+	timers.flatten()
+	for _, s := range append(slices.Clip(c.tables), timers) {
+		for _, r := range s.rows {
+			if err := fn(s.kind, r.k, r.v); err != nil {
+				return err
+			}
+		}
+		for _, k := range s.gone {
+			if err := fn(s.kind, k, nil); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range c.merchants {
+		if err := fn(RowMerchant, r.k, r.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Meta is the checkpoint's engine clocks, sources' event times and
+// offsets in one value: what a changelog's marker carries, so that a
+// restore gets them with the rows they belong to.
+func (c *Capture) Meta() []byte {
+	b := make([]byte, 0, len(c.meta)+4+len(c.srcs)+len(c.offsets))
+	b = append(b, c.meta[:]...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(c.srcs)))
+	b = append(b, c.srcs...)
+	return append(b, c.offsets...)
+}
+
+// RestoreChangelog loads into an empty engine the rows read handing each
+// to apply (every row of a changelog up to its last marker, in order), and
+// the marker's meta (Capture.Meta). It returns the offsets the state was
+// taken at. Every row is then marked changed: the next checkpoint writes
+// the whole state to the local store, which had none of it.
+func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, key uint64, v []byte) error) error) (Offsets, error) {
+	if len(meta) < len(Capture{}.meta)+4 {
+		return nil, errors.New("restore changelog: marker too short")
+	}
+	n := len(Capture{}.meta)
+	srcLen := int(binary.LittleEndian.Uint32(meta[n:]))
+	if len(meta) < n+4+srcLen {
+		return nil, errors.New("restore changelog: marker too short for its sources")
+	}
+	offsets, err := e.setMeta(meta[:n], meta[n+4:n+4+srcLen], meta[n+4+srcLen:])
+	if err != nil {
+		return nil, fmt.Errorf("restore changelog: %w", err)
+	}
+	timers := map[uint64]*timer{}
+	rows := e.rowApplier(timers)
+	err = read(func(kind byte, key uint64, v []byte) error {
+		if kind != RowMerchant {
+			return rows(kind, key, v)
+		}
+		if v == nil {
+			delete(e.merchants, key)
+			return nil
+		}
+		m, err := decodeMerchant(v, e.syms)
+		if err != nil {
+			return fmt.Errorf("merchants: %w", err)
+		}
+		e.merchants[key] = m
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore changelog: %w", err)
+	}
+	e.markAllChanged()
+	for _, t := range e.installTimers(timers) {
+		t.saved = false
+		e.timersNew = append(e.timersNew, t)
+	}
+	e.updateGauges()
+	return offsets, nil
+}
+
+// MarkAllChanged makes the whole state part of the next checkpoint, every
+// pending timer included: for a changelog that must be written afresh.
+func (e *Engine) MarkAllChanged() {
+	e.markAllChanged()
+	var pending []*timer
+	for _, h := range e.timers {
+		for _, t := range *h {
+			if !t.cancelled && !t.done { // an ended one may wait in the heap
+				pending = append(pending, t)
+			}
+		}
+	}
+	// A checkpoint lists new timers in the order they were armed.
+	slices.SortFunc(pending, func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
+	e.timersNew = pending
+}
