@@ -107,6 +107,8 @@ type App struct {
 	manualPending []manualAction
 	observer      func(Outputs)
 
+	clog *changelog // nil without kafka.changelog_topic
+
 	reloadMu sync.Mutex
 	cleanup  []func()
 }
@@ -130,6 +132,8 @@ type appMetrics struct {
 	takeovers           *prometheus.CounterVec
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
+	changelogRecords    prometheus.Counter
+	changelogErrs       prometheus.Counter
 }
 
 func newAppMetrics(reg prometheus.Registerer) *appMetrics {
@@ -180,6 +184,13 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}),
 		lastCheckpoint: f.NewGauge(prometheus.GaugeOpts{
 			Name: "walletguard_last_checkpoint_timestamp_seconds", Help: "Wall-clock time of the last checkpoint written, as Unix seconds.",
+		}),
+		changelogRecords: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_changelog_records_total", Help: "State records published to kafka.changelog_topic with checkpoints, markers not counted.",
+		}),
+		changelogErrs: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_changelog_errors_total",
+			Help: "Checkpoints the changelog could not take; offsets wait for the next that it takes, which carries the whole state.",
 		}),
 	}
 	m.reloadOK.Set(1)
@@ -274,28 +285,6 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			return a.box.Put(tx, destAccountService, c.CommandID, b, time.Now())
 		}
 	}
-	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
-	offsets, err := a.proc.Engine.Restore(a.store)
-	a.resumed = offsets
-	if err != nil {
-		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
-	}
-	enrolled, err := a.proc.Planner.Load(a.store.DB())
-	if err != nil {
-		return nil, fmt.Errorf("restore account states: %w", err)
-	}
-	if enrolled > 0 && pc.Sealer == nil {
-		return nil, fmt.Errorf("%d accounts have sealed TOTP secrets but no key is configured: set enforce.totp.key_file or $%s", enrolled, cfg.Enforce.TOTP.KeyEnv)
-	}
-	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
-		return nil, fmt.Errorf("restore alerts: %w", err)
-	}
-	if offsets != nil {
-		st := a.proc.Engine.Stats()
-		a.held.Store(int64(st.Accounts))
-		log.Info("restored checkpoint", "accounts", st.Accounts, "timers", st.Timers, "watermark", a.proc.Engine.Watermark())
-	}
-
 	a.brokers = cfg.Kafka.Brokers
 	if len(a.brokers) == 0 {
 		topics := append([]string{cfg.Kafka.DLQTopic, cfg.Kafka.DecisionsTopic, cfg.Kafka.CommandsTopic}, cfg.Kafka.Topics...)
@@ -312,6 +301,42 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	}
 	a.producer = ingest.NewProducer(a.brokers, a.imet, log)
 	a.cleanup = append(a.cleanup, func() { a.producer.Close() })
+	if cfg.Kafka.ChangelogTopic != "" {
+		a.clog = &changelog{topic: cfg.Kafka.ChangelogTopic}
+		pc.Changelog = a.clog.noteState
+	}
+	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
+	offsets, err := a.proc.Engine.Restore(a.store)
+	if err != nil {
+		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
+	}
+	if a.clog != nil {
+		if err := a.openChangelog(offsets == nil); err != nil {
+			return nil, err
+		}
+		if offsets == nil {
+			if offsets, err = a.restoreChangelog(context.Background()); err != nil {
+				return nil, fmt.Errorf("restore from %s: %w", cfg.Kafka.ChangelogTopic, err)
+			}
+		}
+	}
+	a.resumed = offsets
+	enrolled, err := a.proc.Planner.Load(a.store.DB())
+	if err != nil {
+		return nil, fmt.Errorf("restore account states: %w", err)
+	}
+	if enrolled > 0 && pc.Sealer == nil {
+		return nil, fmt.Errorf("%d accounts have sealed TOTP secrets but no key is configured: set enforce.totp.key_file or $%s", enrolled, cfg.Enforce.TOTP.KeyEnv)
+	}
+	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
+		return nil, fmt.Errorf("restore alerts: %w", err)
+	}
+	if offsets != nil {
+		st := a.proc.Engine.Stats()
+		a.held.Store(int64(st.Accounts))
+		log.Info("restored checkpoint", "accounts", st.Accounts, "timers", st.Timers, "watermark", a.proc.Engine.Watermark())
+	}
+
 	a.source = ingest.NewSource(ingest.SourceConfig{
 		Brokers: a.brokers, Topics: cfg.Kafka.Topics, GroupID: cfg.Kafka.GroupID,
 		SessionTimeout: cfg.Kafka.SessionTimeout.D(), CommitInterval: cfg.Kafka.CommitInterval.D(),
@@ -432,6 +457,11 @@ func (a *App) Run(ctx context.Context) error {
 // rest is captured afresh, since a manual action may have changed it since.
 func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckptWork, error) {
 	w := &ckptWork{offsets: offsets, watermark: a.proc.Engine.Watermark()}
+	if a.clog != nil && retry == nil {
+		// First: a new epoch marks the whole state changed, for the
+		// captures below.
+		w.epoch, w.seq = a.clog.next(a.proc)
+	}
 	a.held.Store(int64(a.proc.Engine.Stats().Accounts))
 	undo := func() {
 		for _, u := range w.undo {
@@ -450,6 +480,7 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 	}
 	if retry != nil {
 		w.engine, w.offsets, w.watermark = retry.engine, retry.offsets, retry.watermark
+		w.captured, w.epoch, w.seq = retry.captured, retry.epoch, retry.seq
 		return w, nil
 	}
 	var err error
@@ -476,6 +507,10 @@ type ckptWork struct {
 	engine    func(*bolt.Tx) error   // detection state and offsets
 	offsets   detector.Offsets
 	watermark time.Time
+	// For the changelog: the detection state captured, and the
+	// checkpoint's place in it.
+	captured   *detector.Capture
+	epoch, seq uint64
 }
 
 // While a checkpoint is being copied, the pipeline copies copyRows rows
@@ -680,7 +715,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 		work := copying
 		copying = nil
-		work.engine, work.capture = work.capture.Write(a.store), nil
+		work.engine, work.captured, work.capture = work.capture.Write(a.store), work.capture, nil
 		startWrite(work, false)
 	}
 	startWrite = func(work *ckptWork, final bool) {
@@ -688,11 +723,17 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			defer func() { <-ckptSlot }()
 			start := time.Now()
 			a.writeMu.Lock()
+			if a.clog != nil {
+				a.clog.states = a.clog.states[:0] // filled by the account states' writer
+			}
 			err := a.store.DB().Update(func(tx *bolt.Tx) error {
 				for _, w := range append(work.writers, work.engine) {
 					if err := w(tx); err != nil {
 						return err
 					}
+				}
+				if a.clog != nil {
+					return putPosition(tx, keyWritten, work.epoch, work.seq)
 				}
 				return nil
 			})
@@ -719,6 +760,16 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			a.box.Notify(destAccountService)
 			a.notifyReceivers()
 			a.amet.watermark.Set(float64(wm.Unix()))
+			if a.clog != nil {
+				// Offsets are committed only once the changelog has the
+				// state they go with: a restore from it resumes there.
+				if err := a.publishChangelog(ctx, work); err != nil {
+					a.clog.fresh.Store(true)
+					a.amet.changelogErrs.Inc()
+					a.log.Error("changelog not written: offsets wait for the next checkpoint, which writes the whole state", "err", err)
+					return
+				}
+			}
 			caps := a.commitCaps()
 			for t, ps := range offsets {
 				for p, o := range ps {

@@ -84,6 +84,11 @@ type Kafka struct {
 	// account's resulting state, so that a standby takes over with them.
 	// Every instance reads it whole; empty: manual actions stay local.
 	ActionsTopic string `yaml:"actions_topic"`
+	// ChangelogTopic, if set, receives every checkpoint's detection state
+	// and account states, compacted by key, so that an instance that starts
+	// without its data_dir (a lost volume, a new machine) restores them
+	// from Kafka instead of starting cold. Created compacted when missing.
+	ChangelogTopic string `yaml:"changelog_topic"`
 	// SessionTimeout is the consumer-group session timeout: how long a dead
 	// instance holds its partitions before the group moves them.
 	SessionTimeout Duration `yaml:"session_timeout"`

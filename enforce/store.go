@@ -67,7 +67,7 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 	p.audit = p.audit[:0]
 	forward := slices.Clone(p.forward)
 	p.forward = p.forward[:0]
-	fwd := p.cfg.Forward
+	fwd, clog := p.cfg.Forward, p.cfg.Changelog
 	undo = func() {
 		for _, s := range states {
 			p.dirty[s.id] = true
@@ -91,8 +91,14 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			if err := b.Put([]byte(s.id), v); err != nil {
 				return err
 			}
+			if clog != nil {
+				clog(s.id, v)
+			}
 		}
 		if breaker != nil {
+			if clog != nil {
+				clog("", breaker)
+			}
 			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 			if err != nil {
 				return err
@@ -114,6 +120,29 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 		return nil
 	}
 	return write, undo, nil
+}
+
+// MarkAllChanged makes every account state and the breaker part of the
+// next save: for a changelog that must be written afresh.
+func (p *Planner) MarkAllChanged() {
+	for id := range p.states {
+		p.dirty[id] = true
+	}
+	p.breaker.dirty = true
+}
+
+// PutRecord writes into tx a record the changelog holds (Config.Changelog):
+// an account's state, or the breaker's for id "". Load then reads it.
+func PutRecord(tx *bolt.Tx, id string, v []byte) error {
+	bucket, key := bucketStates, []byte(id)
+	if id == "" {
+		bucket, key = bucketMeta, keyBreaker
+	}
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, v)
 }
 
 // SaveAccount writes one account's state and the breaker inside the

@@ -217,6 +217,16 @@ func (p *Producer) produce(ctx context.Context, msgs []Message, r *request, now 
 	return nil
 }
 
+// KeyPartition is the partition of a topic with n partitions that the
+// Producer writes a record with key to.
+func KeyPartition(key []byte, n int) int {
+	ps := make([]int, n)
+	for i := range ps {
+		ps[i] = i
+	}
+	return kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: key}, ps...)
+}
+
 // partitions returns how many partitions topic has, creating it if the
 // brokers allow (kafka-go's Transport caches the answer).
 func (p *Producer) partitions(ctx context.Context, topic string) (int, error) {

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -82,21 +83,82 @@ func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int]in
 	if err != nil {
 		return nil, err
 	}
-	req := make([]kafka.OffsetRequest, len(parts))
+	ids := make([]int, len(parts))
 	for i, p := range parts {
-		req[i] = kafka.LastOffsetOf(p.ID)
+		ids[i] = p.ID
+	}
+	return listOffsets(ctx, brokers, topic, ids, kafka.LastOffsetOf)
+}
+
+// listOffsets asks the brokers for one offset of each partition: the first
+// (kafka.FirstOffsetOf) or the next to be written (kafka.LastOffsetOf).
+func listOffsets(ctx context.Context, brokers []string, topic string, partitions []int, which func(int) kafka.OffsetRequest) (map[int]int64, error) {
+	req := make([]kafka.OffsetRequest, len(partitions))
+	for i, p := range partitions {
+		req[i] = which(p)
 	}
 	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
 	resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
-		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
+		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
 	}
-	ends := make(map[int]int64, len(parts))
+	offsets := make(map[int]int64, len(partitions))
 	for _, p := range resp.Topics[topic] {
 		if p.Error != nil {
-			return nil, fmt.Errorf("end offset of %s/%d: %w", topic, p.Partition, p.Error)
+			return nil, fmt.Errorf("offset of %s/%d: %w", topic, p.Partition, p.Error)
 		}
-		ends[p.Partition] = p.LastOffset
+		offsets[p.Partition] = max(p.FirstOffset, p.LastOffset) // the one asked for; the other is -1
 	}
-	return ends, nil
+	return offsets, nil
+}
+
+// ReadPartition hands handle every record of one partition of topic from
+// its first offset up to end (EndOffsets), in order, and returns when the
+// record before end is handled, handle fails, or ctx ends.
+func ReadPartition(ctx context.Context, brokers []string, topic string, partition int, end int64, log *slog.Logger, handle func(kafka.Message) error) error {
+	first, err := listOffsets(ctx, brokers, topic, []int{partition}, kafka.FirstOffsetOf)
+	if err != nil {
+		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
+	}
+	if first[partition] >= end {
+		return nil // nothing below end, or no longer
+	}
+	r := PartitionReader(brokers, topic, partition, log)
+	defer r.Close()
+	if err := r.SetOffset(first[partition]); err != nil {
+		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
+	}
+	for {
+		m, ok := nextMessage(ctx, r, log)
+		if !ok {
+			return fmt.Errorf("read %s/%d up to %d: %w", topic, partition, end, context.Cause(ctx))
+		}
+		if err := handle(m); err != nil {
+			return err
+		}
+		if m.Offset+1 >= end {
+			return nil
+		}
+	}
+}
+
+// CreateCompacted creates topic with partitions partitions, compacted by
+// key, keeping every record at least minLag before compaction may replace
+// it. A topic that exists is left as it is.
+func CreateCompacted(ctx context.Context, brokers []string, topic string, partitions int, minLag time.Duration) error {
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	resp, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: partitions, ReplicationFactor: -1,
+		ConfigEntries: []kafka.ConfigEntry{
+			{ConfigName: "cleanup.policy", ConfigValue: "compact"},
+			{ConfigName: "min.compaction.lag.ms", ConfigValue: fmt.Sprint(minLag.Milliseconds())},
+		},
+	}}})
+	if err != nil {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	return nil
 }

@@ -1,0 +1,290 @@
+package app
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
+	"github.com/walletguard/walletguard/ingest"
+)
+
+// The changelog (kafka.changelog_topic) holds what every checkpoint adds to
+// the state, so that an instance without its data_dir restores it from
+// Kafka. Its records, compacted by key:
+//
+//   - a detection-state row: the row kind (1–7, detector.EachRow) and the
+//     row's 8-byte big-endian key; an empty value deletes the row;
+//   - an account's enforcement state: 'S' and the account id; the freeze
+//     breaker: 'B';
+//   - the marker, key "marker", written last, once every row of its
+//     checkpoint is acknowledged: the engine's clocks and the event offsets
+//     the state was taken at (detector.Capture.Meta).
+//
+// Every record carries the epoch and the sequence number of its checkpoint.
+// An epoch begins with the whole state, so its rows need none from before
+// it; a new one begins when the changelog may have missed a checkpoint (a
+// publish that failed, a restart whose last checkpoint was not published).
+// A restore takes the last marker, epoch E and sequence S, and applies the
+// rows of E up to S in the order they were written: the rows of a later
+// checkpoint whose marker never came are left out.
+const (
+	clogMarker  = "marker"
+	clogState   = 'S'
+	clogBreaker = 'B'
+	hdrEpoch    = "walletguard-epoch"
+	hdrSeq      = "walletguard-seq"
+	// clogChunk is how many records go in one write: the whole state of a
+	// new epoch goes out a piece at a time.
+	clogChunk = 4096
+)
+
+var (
+	bChangelog   = []byte("changelog")
+	keyWritten   = []byte("written")   // epoch and seq of the checkpoint in this store
+	keyPublished = []byte("published") // of the last one the changelog has whole
+)
+
+// changelog is the publishing side's position.
+type changelog struct {
+	topic      string
+	epoch, seq uint64 // of the last checkpoint captured; used by the pipeline only
+	// fresh makes the next checkpoint begin a new epoch. Set by a publish
+	// that failed, in the checkpoint writer; read by the pipeline.
+	fresh  atomic.Bool
+	states []ingest.Message // account states saved by the checkpoint being written
+}
+
+// next numbers the checkpoint being captured; on a new epoch it first
+// marks the whole state changed. Called with procMu held.
+func (c *changelog) next(p *Processor) (epoch, seq uint64) {
+	if c.fresh.Swap(false) {
+		p.Engine.MarkAllChanged()
+		p.Planner.MarkAllChanged()
+		c.epoch, c.seq = uint64(time.Now().UnixNano()), 0
+	}
+	c.seq++
+	return c.epoch, c.seq
+}
+
+// noteState is the Planner's Changelog hook: it runs inside the
+// checkpoint's transaction, under writeMu.
+func (c *changelog) noteState(id string, v []byte) {
+	key := append([]byte{clogState}, id...)
+	if id == "" {
+		key = []byte{clogBreaker}
+	}
+	c.states = append(c.states, ingest.Message{Topic: c.topic, Key: key, Value: v})
+}
+
+func putPosition(tx *bolt.Tx, key []byte, epoch, seq uint64) error {
+	b, err := tx.CreateBucketIfNotExists(bChangelog)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, epoch), seq))
+}
+
+// resume continues the epoch of the local checkpoint if the changelog has
+// all of it, and otherwise begins a new one with the next checkpoint.
+func (c *changelog) resume(db *bolt.DB) error {
+	c.fresh.Store(true)
+	return db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bChangelog)
+		if b == nil {
+			return nil
+		}
+		w, p := b.Get(keyWritten), b.Get(keyPublished)
+		if len(w) == 16 && string(w) == string(p) {
+			c.epoch, c.seq = binary.BigEndian.Uint64(w), binary.BigEndian.Uint64(w[8:])
+			c.fresh.Store(false)
+		}
+		return nil
+	})
+}
+
+// publishChangelog writes what the checkpoint work saved to the changelog,
+// its marker last, and records in the store that the changelog has it.
+func (a *App) publishChangelog(ctx context.Context, work *ckptWork) error {
+	c := a.clog
+	hdr := []ingest.Header{
+		{Key: hdrEpoch, Value: binary.BigEndian.AppendUint64(nil, work.epoch)},
+		{Key: hdrSeq, Value: binary.BigEndian.AppendUint64(nil, work.seq)},
+	}
+	msgs := make([]ingest.Message, 0, clogChunk)
+	keys := make([]byte, 0, 9*clogChunk)
+	sent := 0
+	flush := func() error {
+		if len(msgs) == 0 {
+			return nil
+		}
+		if err := a.producer.Write(ctx, "changelog", msgs); err != nil {
+			return err
+		}
+		sent += len(msgs)
+		msgs, keys = msgs[:0], keys[:0]
+		return nil
+	}
+	add := func(m ingest.Message) error {
+		m.Topic, m.Headers = c.topic, hdr
+		msgs = append(msgs, m)
+		if len(msgs) == clogChunk {
+			return flush()
+		}
+		return nil
+	}
+	err := work.captured.EachRow(func(kind byte, key uint64, v []byte) error {
+		start := len(keys)
+		keys = binary.BigEndian.AppendUint64(append(keys, kind), key)
+		return add(ingest.Message{Key: keys[start:len(keys):len(keys)], Value: v})
+	})
+	for i := 0; err == nil && i < len(c.states); i++ {
+		err = add(c.states[i])
+	}
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = add(ingest.Message{Key: []byte(clogMarker), Value: work.captured.Meta()})
+	}
+	if err == nil {
+		err = flush()
+	}
+	a.amet.changelogRecords.Add(float64(sent))
+	if err != nil {
+		return fmt.Errorf("changelog %s: %w", c.topic, err)
+	}
+	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
+}
+
+// restoreChangelog loads the state the changelog holds up to its last
+// marker into the engine and the store (account states), and returns the
+// event offsets it was taken at; nil if the changelog holds none.
+func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
+	topic := a.cfg.Kafka.ChangelogTopic
+	start := time.Now()
+	ends, err := ingest.EndOffsets(ctx, a.brokers, topic)
+	if errors.Is(err, kafka.UnknownTopicOrPartition) || len(ends) == 0 {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var marker *kafka.Message
+	mp := ingest.KeyPartition([]byte(clogMarker), len(ends))
+	if err := ingest.ReadPartition(ctx, a.brokers, topic, mp, ends[mp], a.log, func(m kafka.Message) error {
+		if string(m.Key) == clogMarker {
+			marker = &m
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if marker == nil {
+		return nil, nil
+	}
+	epoch, seq, ok := clogPlace(marker)
+	if !ok {
+		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", topic, marker.Partition, marker.Offset)
+	}
+	states := map[string][]byte{}
+	rows := 0
+	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
+		for p := range len(ends) {
+			err := ingest.ReadPartition(ctx, a.brokers, topic, p, ends[p], a.log, func(m kafka.Message) error {
+				e, s, ok := clogPlace(&m)
+				if !ok || e != epoch || s > seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
+					return nil
+				}
+				switch m.Key[0] {
+				case clogState:
+					states[string(m.Key[1:])] = m.Value
+				case clogBreaker:
+					states[""] = m.Value
+				default:
+					if len(m.Key) != 9 {
+						return fmt.Errorf("changelog %s: record at %d/%d has a key of %d bytes", topic, p, m.Offset, len(m.Key))
+					}
+					v := m.Value
+					if len(v) == 0 {
+						v = nil
+					}
+					rows++
+					return apply(m.Key[0], binary.BigEndian.Uint64(m.Key[1:]), v)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		for id, v := range states {
+			if err := enforce.PutRecord(tx, id, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("restore account states from changelog: %w", err)
+	}
+	st := a.proc.Engine.Stats()
+	a.log.Info("restored state from changelog", "topic", topic, "accounts", st.Accounts, "timers", st.Timers,
+		"account_states", len(states), "rows", rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
+	return offsets, nil
+}
+
+// clogPlace is a changelog record's epoch and sequence number.
+func clogPlace(m *kafka.Message) (epoch, seq uint64, ok bool) {
+	var n int
+	for _, h := range m.Headers {
+		if len(h.Value) != 8 {
+			continue
+		}
+		switch h.Key {
+		case hdrEpoch:
+			epoch, n = binary.BigEndian.Uint64(h.Value), n+1
+		case hdrSeq:
+			seq, n = binary.BigEndian.Uint64(h.Value), n+1
+		}
+	}
+	return epoch, seq, n == 2
+}
+
+// openChangelog creates the changelog topic if it is missing and finds
+// where this instance's checkpoints go on in it.
+func (a *App) openChangelog(empty bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// As many partitions as the first event topic, so that a later split
+	// of the state by partition has as many pieces; a record never needs
+	// more than one (compaction keeps a key's latest on its partition).
+	parts := 1
+	if ends, err := ingest.EndOffsets(ctx, a.brokers, a.cfg.Kafka.Topics[0]); err == nil && len(ends) > 0 {
+		parts = len(ends)
+	}
+	// Compaction must not replace a row the last marker's state needs
+	// by a newer one whose marker may never come: a checkpoint's rows
+	// stay an hour, or ten checkpoint intervals.
+	lag := max(time.Hour, 10*a.cfg.Detector.CheckpointInterval.D())
+	if err := ingest.CreateCompacted(ctx, a.brokers, a.cfg.Kafka.ChangelogTopic, parts, lag); err != nil {
+		return err
+	}
+	if empty {
+		a.clog.fresh.Store(true) // a restored state goes out whole again, under a new epoch
+		return nil
+	}
+	return a.clog.resume(a.store.DB())
+}

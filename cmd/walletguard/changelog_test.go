@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/sim"
+)
+
+// TestLostDataDirRestoresFromChangelog: walletguard publishes every
+// checkpoint to kafka.changelog_topic. It is killed with SIGKILL while it
+// decides a stream, and its data directory is lost with it. Started again
+// on an empty one, it restores the state from the changelog and goes on:
+// every decision and command equals an undisturbed run's, and the gateway
+// finds frozen the accounts frozen before the loss, which it knows of only
+// from the changelog.
+func TestLostDataDirRestoresFromChangelog(t *testing.T) {
+	bin := buildBinary(t)
+	brokerAddr := startBroker(t, bin)
+	scfg := sim.DefaultConfig(4000)
+	scfg.Seed, scfg.HistoryDays, scfg.Duration = 23, 2, 30*time.Hour
+
+	dataDir := filepath.Join(t.TempDir(), "data")
+	c := memberConfig{path: filepath.Join(t.TempDir(), "walletguard.yaml"), http: freePort(t)}
+	writeFile(t, c.path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms, changelog_topic: walletguard.changelog}\n"+
+		"http: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n", dataDir, brokerAddr, c.http))
+	group := config.Default().Kafka.GroupID
+
+	var a *member
+	var killedAt float64
+	var committed int64
+	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
+		switch part {
+		case 0:
+			a = startMember(t, bin, c)
+		case 8:
+			waitUntil(t, "the daemon to commit most of what was produced", 2*time.Minute, func() bool {
+				return committedOffsets(t, brokerAddr, group, "wallet.events", 1) >= int64(produced)*9/10
+			})
+			if n := metricSum(a.http, "walletguard_changelog_records_total"); n == 0 {
+				t.Fatal("offsets committed, but no record published to the changelog")
+			}
+		case 9:
+			// Killed as it decides the last tenth, and the volume is gone.
+			time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
+			killedAt = consumed(a.http)
+			if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			a.cmd.Wait()
+			committed = committedOffsets(t, brokerAddr, group, "wallet.events", 1)
+			if err := os.RemoveAll(dataDir); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	b := startMember(t, bin, c)
+	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, "the daemon restarted on an empty data directory to decide every event")
+	pending, commands := ref.check(t, brokerAddr, got, "after the data directory was lost")
+	m := regexp.MustCompile(`"restored state from changelog".*"accounts":(\d+)`).FindStringSubmatch(b.logs.String())
+	if m == nil {
+		t.Fatal("the restarted daemon does not log a restore from the changelog")
+	}
+	restored, _ := strconv.Atoi(m[1])
+	if restored < 1000 {
+		t.Errorf("restored %d accounts from the changelog, want the stream's thousands", restored)
+	}
+
+	// The gateway asks the restarted daemon: every account the undisturbed
+	// run froze is frozen, for the same reason. Those frozen before the
+	// committed offset it knows of only from the changelog: it resumes at
+	// or after the changelog's last marker, which no commit passes.
+	decidedAt := map[string]int{}
+	for _, d := range ref.decisions {
+		var m struct {
+			DecisionID string `json:"decision_id"`
+			EventID    string `json:"event_id"`
+		}
+		json.Unmarshal([]byte(d), &m)
+		decidedAt[m.DecisionID] = ref.pos[m.EventID]
+	}
+	before := 0
+	for _, line := range readLines(t, filepath.Join(ref.dir, "commands.ndjson")) {
+		var c struct {
+			Command    string `json:"command"`
+			AccountID  string `json:"account_id"`
+			Reason     string `json:"reason"`
+			DecisionID string `json:"decision_id"`
+		}
+		json.Unmarshal([]byte(line), &c)
+		if c.Command != "freeze" {
+			continue
+		}
+		var acc struct {
+			Frozen       bool   `json:"frozen"`
+			FrozenReason string `json:"frozen_reason"`
+		}
+		callAPI(t, b.http, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
+		if !acc.Frozen || acc.FrozenReason != c.Reason {
+			t.Errorf("account %s: the restarted daemon says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, acc.Frozen, acc.FrozenReason, c.Reason)
+		}
+		if int64(decidedAt[c.DecisionID]) < committed {
+			before++
+		}
+	}
+	if before == 0 {
+		t.Fatalf("no account was frozen before the committed offset %d: the test did not see enforcement state restored", committed)
+	}
+	t.Logf("%d events; killed having read %v, %d committed; restored %d accounts from the changelog; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the changelog",
+		len(ref.msgs), killedAt, committed, restored, len(got), commands, pending, before)
+}
