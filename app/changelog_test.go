@@ -1,0 +1,95 @@
+package app
+
+import (
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/walletguard/walletguard/ingest"
+)
+
+// TestChangelogCarriesTheStateToANewStore runs a stream through three
+// instances one after the other, on an external broker with a changelog:
+// the first on its own store; the second on an empty store, which it fills
+// from the changelog; the third on the second's store, whose last
+// checkpoint the changelog is told it lacks. Every event is decided once,
+// the second starts with the state the first stopped with, and the third
+// writes the whole state to the changelog again, under a new epoch, where
+// an instance that trusts its checkpoint is in it writes only what changed.
+func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	msgs, evs := simMessages(t, 1500, 5, 16000)
+	half := len(msgs) / 2
+	config := func(dir string) *running {
+		cfg := testConfig(t, dir)
+		cfg.Kafka.Brokers = []string{broker.Addr()}
+		cfg.Kafka.ChangelogTopic = "walletguard.changelog"
+		return start(t, cfg)
+	}
+	published := func(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }
+
+	produce(t, broker.Addr(), "wallet.events", msgs[:half]...)
+	a := config(t.TempDir())
+	waitFor(t, 60*time.Second, "the first instance to consume the first half", func() bool { return a.app.Snapshot().Consumed == float64(half) })
+	a.stop(t)
+	want := a.app.proc.Engine.Stats()
+	if published(a) == 0 {
+		t.Fatal("the first instance published nothing to the changelog")
+	}
+
+	dirB := t.TempDir()
+	b := config(dirB)
+	if got := b.app.proc.Engine.Stats(); got.Accounts != want.Accounts || got.Devices != want.Devices || got.Payments != want.Payments {
+		t.Fatalf("restored from the changelog: %+v, the first instance stopped with %+v", got, want)
+	}
+	produce(t, broker.Addr(), "wallet.events", msgs[half:]...)
+	waitFor(t, 60*time.Second, "the second instance to consume the second half", func() bool { return b.app.Snapshot().Consumed == float64(len(msgs)-half) })
+	// Past a checkpoint with nothing new, to compare with the third's.
+	ckpts := metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "a checkpoint", func() bool { return metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1 })
+	b.stop(t)
+	full := published(b) // the restored state went out whole, then what changed
+
+	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))
+	for _, ev := range evs {
+		if byEvent[ev.EventID] != 1 {
+			t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, byEvent[ev.EventID])
+		}
+	}
+
+	// A checkpoint written while the changelog did not take it (a crash
+	// between the two): the third instance must not trust the changelog
+	// to hold the state its store has.
+	db, err := bolt.Open(filepath.Join(dirB, "state", "detector.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bChangelog).Delete(keyPublished) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	c := config(dirB)
+	st := c.app.proc.Engine.Stats()
+	ckpts = metric(t, c.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "a checkpoint", func() bool { return metric(t, c.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts })
+	c.stop(t)
+	if n := published(c); n < float64(st.Accounts+st.Devices) {
+		t.Errorf("the third instance published %v records: not the whole state of %+v", n, st)
+	}
+	t.Logf("first instance published %v records; the second, restored, %v; the third, unsure of the changelog, %v", published(a), full, published(c))
+
+	// And the changelog as it is now restores what the third held.
+	d := config(t.TempDir())
+	defer d.stop(t)
+	if got := d.app.proc.Engine.Stats(); got.Accounts != st.Accounts || got.Devices != st.Devices || got.IPs != st.IPs {
+		t.Fatalf("restored from the changelog begun afresh: %+v, want %+v", got, st)
+	}
+}
