@@ -197,11 +197,13 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	states := map[string][]byte{}
 	rows := 0
 	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
-		for p := range len(ends) {
-			err := ingest.ReadPartition(ctx, a.brokers, topic, p, ends[p], a.log, func(m kafka.Message) error {
-				e, s, ok := clogPlace(&m)
+		// Partitions are read side by side; each key is on one, in order.
+		return ingest.ReadPartitions(ctx, a.brokers, topic, ends, a.log, func(p int, batch []kafka.Message) error {
+			for i := range batch {
+				m := &batch[i]
+				e, s, ok := clogPlace(m)
 				if !ok || e != epoch || s > seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
-					return nil
+					continue
 				}
 				switch m.Key[0] {
 				case clogState:
@@ -217,15 +219,13 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 						v = nil
 					}
 					rows++
-					return apply(m.Key[0], binary.BigEndian.Uint64(m.Key[1:]), v)
+					if err := apply(m.Key[0], binary.BigEndian.Uint64(m.Key[1:]), v); err != nil {
+						return err
+					}
 				}
-				return nil
-			})
-			if err != nil {
-				return err
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err

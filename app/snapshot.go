@@ -2,6 +2,8 @@ package app
 
 import (
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/walletguard/walletguard/detector"
 )
 
 // Snapshot is a few headline numbers read from the daemon's own metrics.
@@ -63,4 +65,12 @@ func label(m *dto.Metric, name string) string {
 		}
 	}
 	return ""
+}
+
+// State counts what the detection state holds. It takes the pipeline's
+// lock: call it before Run, or rarely.
+func (a *App) State() detector.Stats {
+	a.procMu.Lock()
+	defer a.procMu.Unlock()
+	return a.proc.Engine.Stats()
 }

@@ -124,7 +124,10 @@ func ReadPartition(ctx context.Context, brokers []string, topic string, partitio
 		return nil // nothing below end, or no longer
 	}
 	r := PartitionReader(brokers, topic, partition, log)
-	defer r.Close()
+	// Close waits for the reader's fetch in flight to give up, half a
+	// second; a restore reading many partitions one after the other need
+	// not wait for each.
+	defer func() { go r.Close() }()
 	if err := r.SetOffset(first[partition]); err != nil {
 		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 	}
@@ -161,4 +164,59 @@ func CreateCompacted(ctx context.Context, brokers []string, topic string, partit
 		return fmt.Errorf("create topic %s: %w", topic, err)
 	}
 	return nil
+}
+
+// ReadPartitions reads every partition of topic up to its end in ends
+// (EndOffsets), all at once, and hands the records to handle in batches,
+// one call at a time from the caller's goroutine: a partition's records in
+// order, different partitions' interleaved. It returns when all are
+// handled, or at the first error.
+func ReadPartitions(ctx context.Context, brokers []string, topic string, ends map[int]int64, log *slog.Logger, handle func(partition int, batch []kafka.Message) error) error {
+	const batchLen = 1024
+	type batch struct {
+		partition int
+		msgs      []kafka.Message
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	batches := make(chan batch, 2*len(ends))
+	var wg sync.WaitGroup
+	for p, end := range ends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var msgs []kafka.Message
+			send := func() error {
+				select {
+				case batches <- batch{p, msgs}:
+					msgs = nil
+					return nil
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+			}
+			err := ReadPartition(ctx, brokers, topic, p, end, log, func(m kafka.Message) error {
+				if msgs = append(msgs, m); len(msgs) == batchLen {
+					return send()
+				}
+				return nil
+			})
+			if err == nil && len(msgs) > 0 {
+				err = send()
+			}
+			if err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(batches) }()
+	for b := range batches {
+		if err := handle(b.partition, b.msgs); err != nil {
+			cancel(err)
+			for range batches { // let the readers see the cancel and end
+			}
+			return err
+		}
+	}
+	return context.Cause(ctx)
 }

@@ -44,6 +44,7 @@ func cmdBench(args []string) int {
 	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics, and of the run's topic on --brokers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
+	changelog := fs.Bool("changelog", false, "publish checkpoints to a changelog topic, and time a restore from it into an empty data_dir at the end")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -123,6 +124,9 @@ func cmdBench(args []string) int {
 	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir.Path, bs, []string{topic}
 	cfg.Kafka.GroupID = "bench-" + topic
 	cfg.HTTP.Listen = "127.0.0.1:0"
+	if *changelog {
+		cfg.Kafka.ChangelogTopic = "bench.changelog." + topic
+	}
 	a, err := app.New(cfg, log, app.Options{})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -131,7 +135,13 @@ func cmdBench(args []string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	}()
 	for a.Snapshot().Consumed == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -171,7 +181,39 @@ func cmdBench(args []string) int {
 	s50, s99 := histogramOf(a, "walletguard_checkpoint_capture_seconds").since(captureBefore).quantiles()
 	fmt.Printf("  pipeline paused to capture each checkpoint: p50 ≤ %s  p99 ≤ %s\n", s50, s99)
 	fmt.Printf("detection state: %.0f bytes per account (%d accounts held after the stream)\n", perAccount, held)
+	if *changelog {
+		cancel()
+		<-done
+		stopped = true
+		if err := benchRestore(cfg, log); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: restore: %v\n", err)
+			return 1
+		}
+	}
 	return 0
+}
+
+// benchRestore starts an instance of cfg on an empty data_dir, which
+// restores the state from the changelog, and says how long that took.
+func benchRestore(cfg config.Config, log *slog.Logger) error {
+	dir, err := scratch.Make("walletguard-bench-restore-", slog.Default())
+	if err != nil {
+		return err
+	}
+	defer dir.Remove()
+	cfg.DataDir = dir.Path
+	t0 := time.Now()
+	a, err := app.New(cfg, log, app.Options{})
+	if err != nil {
+		return err
+	}
+	took := time.Since(t0)
+	st := a.State()
+	fmt.Printf("restore from the changelog into an empty data_dir: %s for %d accounts, %d devices, %d IPs, %d payees, %d payments, %d timers\n",
+		took.Round(time.Millisecond), st.Accounts, st.Devices, st.IPs, st.Payees, st.Payments, st.Timers)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // stopped at once: its store closes
+	return a.Run(ctx)
 }
 
 func mustRules() *rules.Set {
