@@ -107,11 +107,39 @@ type Manager struct {
 	// payments by "merchant:<id>" and "app:<version>", account alerts by
 	// "account:<id>". Keys may be stale (grouped, pruned); users check.
 	related map[string][]string
+	// changelog, if set, receives every alert saved (nil: deleted), as stored.
+	changelog func(key string, v []byte)
 }
 
 // keepFor is how long (event time) an alert with no news stays in the
 // store; ClickHouse keeps the history.
 const keepFor = 7 * 24 * time.Hour
+
+// SetChangelog makes every save hand each alert it writes to fn, keyed as
+// stored, with a nil value for one deleted; PutRecord writes them back. It
+// runs inside the saving transaction.
+func (m *Manager) SetChangelog(fn func(key string, v []byte)) { m.changelog = fn }
+
+// MarkAllChanged makes every alert held part of the next save: for a
+// changelog that must be written afresh.
+func (m *Manager) MarkAllChanged() {
+	for key := range m.open {
+		m.dirty[key] = true
+	}
+}
+
+// PutRecord writes into tx an alert as a changelog got it (SetChangelog);
+// nil deletes it. Load then reads it.
+func PutRecord(tx *bolt.Tx, key string, v []byte) error {
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return err
+	}
+	if v == nil {
+		return b.Delete([]byte(key))
+	}
+	return b.Put([]byte(key), v)
+}
 
 // SetTemplates replaces the wording (alerts.templates_dir).
 func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
@@ -575,6 +603,7 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			m.dirty[r.key] = true
 		}
 	}
+	clog := m.changelog
 	write = func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -583,6 +612,9 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 		for _, r := range rows {
 			if r.s == nil {
 				err = b.Delete([]byte(r.key))
+				if clog != nil {
+					clog(r.key, nil)
+				}
 			} else {
 				r.s.Accounts = slices.Sorted(slices.Values(r.s.Accounts)) // a copy: the list is the alert's
 				var v []byte
@@ -590,6 +622,9 @@ func (m *Manager) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 					return fmt.Errorf("alert %s: %w", r.key, err)
 				}
 				err = b.Put([]byte(r.key), v)
+				if clog != nil {
+					clog(r.key, v)
+				}
 			}
 			if err != nil {
 				return err

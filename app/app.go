@@ -304,6 +304,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if cfg.Kafka.ChangelogTopic != "" {
 		a.clog = &changelog{topic: cfg.Kafka.ChangelogTopic}
 		pc.Changelog = a.clog.noteState
+		a.proc.Alerts.SetChangelog(a.clog.noteAlert)
 	}
 	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
 	offsets, err := a.proc.Engine.Restore(a.store)
@@ -723,9 +724,6 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			defer func() { <-ckptSlot }()
 			start := time.Now()
 			a.writeMu.Lock()
-			if a.clog != nil {
-				a.clog.states = a.clog.states[:0] // filled by the account states' writer
-			}
 			err := a.store.DB().Update(func(tx *bolt.Tx) error {
 				for _, w := range append(work.writers, work.engine) {
 					if err := w(tx); err != nil {
@@ -737,6 +735,10 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				}
 				return nil
 			})
+			var saved []ingest.Message // account states and alerts saved since the last publish
+			if a.clog != nil && err == nil {
+				saved, a.clog.saved = a.clog.saved, nil
+			}
 			a.writeMu.Unlock()
 			if err != nil {
 				a.procMu.Lock()
@@ -763,7 +765,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			if a.clog != nil {
 				// Offsets are committed only once the changelog has the
 				// state they go with: a restore from it resumes there.
-				if err := a.publishChangelog(ctx, work); err != nil {
+				if err := a.publishChangelog(ctx, work, saved); err != nil {
 					a.clog.fresh.Store(true)
 					a.amet.changelogErrs.Inc()
 					a.log.Error("changelog not written: offsets wait for the next checkpoint, which writes the whole state", "err", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	bolt "go.etcd.io/bbolt"
 
+	alertspkg "github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
@@ -23,7 +24,7 @@ import (
 //   - a detection-state row: the row kind (1–7, detector.EachRow) and the
 //     row's 8-byte big-endian key; an empty value deletes the row;
 //   - an account's enforcement state: 'S' and the account id; the freeze
-//     breaker: 'B';
+//     breaker: 'B'; an alert: 'A' and its key (an empty value: gone);
 //   - the marker, key "marker", written last, once every row of its
 //     checkpoint is acknowledged: the engine's clocks and the event offsets
 //     the state was taken at (detector.Capture.Meta).
@@ -39,6 +40,7 @@ const (
 	clogMarker  = "marker"
 	clogState   = 'S'
 	clogBreaker = 'B'
+	clogAlert   = 'A'
 	hdrEpoch    = "walletguard-epoch"
 	hdrSeq      = "walletguard-seq"
 	// clogChunk is how many records go in one write: the whole state of a
@@ -58,8 +60,11 @@ type changelog struct {
 	epoch, seq uint64 // of the last checkpoint captured; used by the pipeline only
 	// fresh makes the next checkpoint begin a new epoch. Set by a publish
 	// that failed, in the checkpoint writer; read by the pipeline.
-	fresh  atomic.Bool
-	states []ingest.Message // account states saved by the checkpoint being written
+	fresh atomic.Bool
+	// saved are the account states and alerts saved to the store since the
+	// last checkpoint published: by checkpoints, and by manual actions in
+	// between. Under writeMu.
+	saved []ingest.Message
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -68,20 +73,25 @@ func (c *changelog) next(p *Processor) (epoch, seq uint64) {
 	if c.fresh.Swap(false) {
 		p.Engine.MarkAllChanged()
 		p.Planner.MarkAllChanged()
+		p.Alerts.MarkAllChanged()
 		c.epoch, c.seq = uint64(time.Now().UnixNano()), 0
 	}
 	c.seq++
 	return c.epoch, c.seq
 }
 
-// noteState is the Planner's Changelog hook: it runs inside the
-// checkpoint's transaction, under writeMu.
+// noteState is the Planner's changelog hook, and noteAlert the alerts':
+// they run inside the transaction that saves the state, under writeMu.
 func (c *changelog) noteState(id string, v []byte) {
 	key := append([]byte{clogState}, id...)
 	if id == "" {
 		key = []byte{clogBreaker}
 	}
-	c.states = append(c.states, ingest.Message{Topic: c.topic, Key: key, Value: v})
+	c.saved = append(c.saved, ingest.Message{Topic: c.topic, Key: key, Value: v})
+}
+
+func (c *changelog) noteAlert(key string, v []byte) {
+	c.saved = append(c.saved, ingest.Message{Topic: c.topic, Key: append([]byte{clogAlert}, key...), Value: v})
 }
 
 func putPosition(tx *bolt.Tx, key []byte, epoch, seq uint64) error {
@@ -111,8 +121,9 @@ func (c *changelog) resume(db *bolt.DB) error {
 }
 
 // publishChangelog writes what the checkpoint work saved to the changelog,
-// its marker last, and records in the store that the changelog has it.
-func (a *App) publishChangelog(ctx context.Context, work *ckptWork) error {
+// with the account states and alerts saved since the last one, its marker
+// last, and records in the store that the changelog has it.
+func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []ingest.Message) error {
 	c := a.clog
 	hdr := []ingest.Header{
 		{Key: hdrEpoch, Value: binary.BigEndian.AppendUint64(nil, work.epoch)},
@@ -145,8 +156,8 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork) error {
 		keys = binary.BigEndian.AppendUint64(append(keys, kind), key)
 		return add(ingest.Message{Key: keys[start:len(keys):len(keys)], Value: v})
 	})
-	for i := 0; err == nil && i < len(c.states); i++ {
-		err = add(c.states[i])
+	for i := 0; err == nil && i < len(saved); i++ {
+		err = add(saved[i])
 	}
 	if err == nil {
 		err = flush()
@@ -194,7 +205,7 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	if !ok {
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", topic, marker.Partition, marker.Offset)
 	}
-	states := map[string][]byte{}
+	states, alerts := map[string][]byte{}, map[string][]byte{}
 	rows := 0
 	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
@@ -210,6 +221,12 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 					states[string(m.Key[1:])] = m.Value
 				case clogBreaker:
 					states[""] = m.Value
+				case clogAlert:
+					if len(m.Value) == 0 {
+						delete(alerts, string(m.Key[1:]))
+					} else {
+						alerts[string(m.Key[1:])] = m.Value
+					}
 				default:
 					if len(m.Key) != 9 {
 						return fmt.Errorf("changelog %s: record at %d/%d has a key of %d bytes", topic, p, m.Offset, len(m.Key))
@@ -236,13 +253,18 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 				return err
 			}
 		}
+		for key, v := range alerts {
+			if err := alertspkg.PutRecord(tx, key, v); err != nil {
+				return err
+			}
+		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("restore account states from changelog: %w", err)
 	}
 	st := a.proc.Engine.Stats()
 	a.log.Info("restored state from changelog", "topic", topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(states), "rows", rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
+		"account_states", len(states), "alerts", len(alerts), "rows", rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
 	return offsets, nil
 }
 

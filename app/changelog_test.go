@@ -14,8 +14,9 @@ import (
 
 // TestChangelogCarriesTheStateToANewStore runs a stream through three
 // instances one after the other, on an external broker with a changelog:
-// the first on its own store; the second on an empty store, which it fills
-// from the changelog; the third on the second's store, whose last
+// the first on its own store, where support also freezes an account and
+// acknowledges an alert; the second on an empty store, which it fills from
+// the changelog — detection state, account states and alerts; the third on the second's store, whose last
 // checkpoint the changelog is told it lacks. Every event is decided once,
 // the second starts with the state the first stopped with, and the third
 // writes the whole state to the changelog again, under a new epoch, where
@@ -26,7 +27,7 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer broker.Close()
-	msgs, evs := simMessages(t, 1500, 5, 16000)
+	msgs, evs := simMessages(t, 400, 11, 12000)
 	half := len(msgs) / 2
 	config := func(dir string) *running {
 		cfg := testConfig(t, dir)
@@ -39,8 +40,21 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	produce(t, broker.Addr(), "wallet.events", msgs[:half]...)
 	a := config(t.TempDir())
 	waitFor(t, 60*time.Second, "the first instance to consume the first half", func() bool { return a.app.Snapshot().Consumed == float64(half) })
+	// Support acts between checkpoints: a manual freeze of an account with
+	// no events, and an alert acknowledged.
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
+		t.Fatalf("manual freeze: %d %v", code, body)
+	}
+	open := a.app.proc.Alerts.Open()
+	if len(open) == 0 {
+		t.Fatal("the first half raised no alert: the test does not cover alerts")
+	}
+	acked := open[0].AlertID
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/alerts/"+acked+"/ack", "admin-token", `{"operator":"rina"}`); code != 200 {
+		t.Fatalf("ack: %d %v", code, body)
+	}
 	a.stop(t)
-	want := a.app.proc.Engine.Stats()
+	want, wantAlerts := a.app.proc.Engine.Stats(), len(a.app.proc.Alerts.All())
 	if published(a) == 0 {
 		t.Fatal("the first instance published nothing to the changelog")
 	}
@@ -49,6 +63,15 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	b := config(dirB)
 	if got := b.app.proc.Engine.Stats(); got.Accounts != want.Accounts || got.Devices != want.Devices || got.Payments != want.Payments {
 		t.Fatalf("restored from the changelog: %+v, the first instance stopped with %+v", got, want)
+	}
+	if got := len(b.app.proc.Alerts.All()); got != wantAlerts {
+		t.Errorf("restored %d alerts from the changelog, the first instance held %d", got, wantAlerts)
+	}
+	if al, ok := b.app.proc.Alerts.Get(acked); !ok || al.Status != "acknowledged" || al.AcknowledgedBy == "" {
+		t.Errorf("alert %s, acknowledged on the first instance: restored %v, %+v", acked, ok, al)
+	}
+	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true || acc["frozen_reason"] != "customer reported the phone stolen" {
+		t.Errorf("account frozen by hand on the first instance, restored: %v", acc)
 	}
 	produce(t, broker.Addr(), "wallet.events", msgs[half:]...)
 	waitFor(t, 60*time.Second, "the second instance to consume the second half", func() bool { return b.app.Snapshot().Consumed == float64(len(msgs)-half) })

@@ -96,9 +96,10 @@ type Config struct {
 	// checkpoint transaction that saves it (the account-service outbox);
 	// the app forwards manual commands itself, in their own transaction.
 	Forward func(tx *bolt.Tx, c Command) error
-	// Changelog, if set, receives every account state a checkpoint saves,
-	// keyed by account id, and the breaker's under "", as stored (PutRecord
-	// writes them back), inside the checkpoint's transaction.
+	// Changelog, if set, receives every account state a checkpoint saves
+	// (a manual action's is saved again by the next), keyed by account id,
+	// and the breaker's under "" whenever it is saved, as stored (PutRecord
+	// writes them back), inside the saving transaction.
 	Changelog func(id string, v []byte)
 }
 

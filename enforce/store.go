@@ -172,6 +172,9 @@ func (p *Planner) putBreaker(tx *bolt.Tx) error {
 	if err := meta.Put(keyBreaker, v); err != nil {
 		return err
 	}
+	if p.cfg.Changelog != nil {
+		p.cfg.Changelog("", v)
+	}
 	p.breaker.dirty = false
 	return nil
 }
