@@ -765,6 +765,13 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			if a.clog != nil {
 				// Offsets are committed only once the changelog has the
 				// state they go with: a restore from it resumes there.
+				if !a.source.Ready() {
+					// A standby's, or one taken before joining or during a
+					// rebalance: the changelog is the owner's. The next
+					// published is whole, and marks the offsets.
+					a.clog.fresh.Store(true)
+					return
+				}
 				if err := a.publishChangelog(ctx, work, saved); err != nil {
 					a.clog.fresh.Store(true)
 					a.amet.changelogErrs.Inc()

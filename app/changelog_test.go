@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/ingest"
 )
 
@@ -114,5 +115,64 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	defer d.stop(t)
 	if got := d.app.proc.Engine.Stats(); got.Accounts != st.Accounts || got.Devices != st.Devices || got.IPs != st.IPs {
 		t.Fatalf("restored from the changelog begun afresh: %+v, want %+v", got, st)
+	}
+}
+
+// TestOnlyTheOwnerWritesTheChangelog: with an owner and a following
+// standby both configured with the changelog, the standby publishes
+// nothing while it stands by — the changelog is the owner's, and two
+// writers' epochs would compact each other's rows away. When it takes
+// over it publishes its whole state under a new epoch, which a third
+// instance on an empty store then restores.
+func TestOnlyTheOwnerWritesTheChangelog(t *testing.T) {
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 2, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	msgs, _ := simMessages(t, 400, 11, 6000)
+	config := func() config.Config {
+		cfg := testConfig(t, t.TempDir())
+		cfg.Kafka.Brokers = []string{broker.Addr()}
+		cfg.Kafka.ChangelogTopic = "walletguard.changelog"
+		return cfg
+	}
+	published := func(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }
+
+	produce(t, broker.Addr(), "wallet.events", msgs[:4000]...)
+	a := start(t, config())
+	waitFor(t, 60*time.Second, "the owner to consume the first events", func() bool { return a.app.Snapshot().Consumed == 4000 })
+	appB, err := New(config(), slog.New(slog.DiscardHandler), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, appB) // a standby is never ready
+	waitFor(t, 60*time.Second, "the standby to follow them", func() bool {
+		return metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total") >= 3900
+	})
+	ckpts := metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "the standby to checkpoint", func() bool { return metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts })
+	if n := published(b); n != 0 {
+		t.Fatalf("the standby published %v records to the changelog", n)
+	}
+
+	a.stop(t)
+	produce(t, broker.Addr(), "wallet.events", msgs[4000:]...)
+	waitFor(t, 60*time.Second, "the standby to take over and publish", func() bool {
+		return b.app.Snapshot().Consumed > 0 && published(b) > 0
+	})
+	if st := b.app.State(); published(b) < float64(st.Accounts) {
+		t.Errorf("the new owner's first publish has %v records, not its whole state (%+v)", published(b), st)
+	}
+	waitFor(t, 60*time.Second, "the new owner to decide the rest", func() bool {
+		return metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total")+b.app.Snapshot().Consumed >= float64(len(msgs))
+	})
+	b.stop(t)
+	want := b.app.State()
+
+	c := start(t, config())
+	defer c.stop(t)
+	if got := c.app.State(); got.Accounts != want.Accounts || got.Devices != want.Devices || got.IPs != want.IPs {
+		t.Fatalf("restored from the changelog: %+v, the last owner stopped with %+v", got, want)
 	}
 }
