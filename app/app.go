@@ -317,7 +317,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		}
 		if offsets == nil {
 			if offsets, err = a.restoreChangelog(context.Background()); err != nil {
-				return nil, fmt.Errorf("restore from %s: %w", cfg.Kafka.ChangelogTopic, err)
+				return nil, fmt.Errorf("restore from %s: %w (to start with empty state instead, point kafka.changelog_topic at a new topic)", cfg.Kafka.ChangelogTopic, err)
 			}
 		}
 	}
