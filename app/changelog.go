@@ -11,7 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	bolt "go.etcd.io/bbolt"
 
-	alertspkg "github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
@@ -176,7 +176,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 }
 
 // restoreChangelog loads the state the changelog holds up to its last
-// marker into the engine and the store (account states), and returns the
+// marker into the engine and the store (account states, alerts), and returns the
 // event offsets it was taken at; nil if the changelog holds none.
 func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	topic := a.cfg.Kafka.ChangelogTopic
@@ -205,40 +205,13 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	if !ok {
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", topic, marker.Partition, marker.Offset)
 	}
-	states, alerts := map[string][]byte{}, map[string][]byte{}
-	rows := 0
+	in := clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{}}
 	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
-		return ingest.ReadPartitions(ctx, a.brokers, topic, ends, a.log, func(p int, batch []kafka.Message) error {
+		return ingest.ReadPartitions(ctx, a.brokers, topic, ends, a.log, func(_ int, batch []kafka.Message) error {
 			for i := range batch {
-				m := &batch[i]
-				e, s, ok := clogPlace(m)
-				if !ok || e != epoch || s > seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
-					continue
-				}
-				switch m.Key[0] {
-				case clogState:
-					states[string(m.Key[1:])] = m.Value
-				case clogBreaker:
-					states[""] = m.Value
-				case clogAlert:
-					if len(m.Value) == 0 {
-						delete(alerts, string(m.Key[1:]))
-					} else {
-						alerts[string(m.Key[1:])] = m.Value
-					}
-				default:
-					if len(m.Key) != 9 {
-						return fmt.Errorf("changelog %s: record at %d/%d has a key of %d bytes", topic, p, m.Offset, len(m.Key))
-					}
-					v := m.Value
-					if len(v) == 0 {
-						v = nil
-					}
-					rows++
-					if err := apply(m.Key[0], binary.BigEndian.Uint64(m.Key[1:]), v); err != nil {
-						return err
-					}
+				if err := in.take(&batch[i], apply); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -247,25 +220,68 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.store.DB().Update(func(tx *bolt.Tx) error {
-		for id, v := range states {
-			if err := enforce.PutRecord(tx, id, v); err != nil {
-				return err
-			}
-		}
-		for key, v := range alerts {
-			if err := alertspkg.PutRecord(tx, key, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("restore account states from changelog: %w", err)
+	if err := a.store.DB().Update(in.write); err != nil {
+		return nil, fmt.Errorf("restore account states and alerts from changelog: %w", err)
 	}
 	st := a.proc.Engine.Stats()
 	a.log.Info("restored state from changelog", "topic", topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(states), "alerts", len(alerts), "rows", rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
+		"account_states", len(in.states), "alerts", len(in.alerts), "rows", in.rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
 	return offsets, nil
+}
+
+// clogRestore sorts the records of a changelog being restored: detection
+// rows go to the engine as they come, account states and alerts are kept,
+// the latest of each, for the store.
+type clogRestore struct {
+	topic          string
+	epoch, seq     uint64 // of the marker restored
+	states, alerts map[string][]byte
+	rows           int
+}
+
+func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {
+	e, s, ok := clogPlace(m)
+	if !ok || e != r.epoch || s > r.seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
+		return nil // another epoch's, or a checkpoint's whose marker never came
+	}
+	switch m.Key[0] {
+	case clogState:
+		r.states[string(m.Key[1:])] = m.Value
+	case clogBreaker:
+		r.states[""] = m.Value
+	case clogAlert:
+		if len(m.Value) == 0 {
+			delete(r.alerts, string(m.Key[1:]))
+		} else {
+			r.alerts[string(m.Key[1:])] = m.Value
+		}
+	default:
+		if len(m.Key) != 9 {
+			return fmt.Errorf("changelog %s: record at %d/%d has a key of %d bytes", r.topic, m.Partition, m.Offset, len(m.Key))
+		}
+		v := m.Value
+		if len(v) == 0 {
+			v = nil
+		}
+		r.rows++
+		return apply(m.Key[0], binary.BigEndian.Uint64(m.Key[1:]), v)
+	}
+	return nil
+}
+
+// write puts the account states and alerts into the new store.
+func (r *clogRestore) write(tx *bolt.Tx) error {
+	for id, v := range r.states {
+		if err := enforce.PutRecord(tx, id, v); err != nil {
+			return err
+		}
+	}
+	for key, v := range r.alerts {
+		if err := alerts.PutRecord(tx, key, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // clogPlace is a changelog record's epoch and sequence number.
