@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -80,39 +79,7 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 	// run froze is frozen, for the same reason. Those frozen before the
 	// committed offset it knows of only from the changelog: it resumes at
 	// or after the changelog's last marker, which no commit passes.
-	decidedAt := map[string]int{}
-	for _, d := range ref.decisions {
-		var m struct {
-			DecisionID string `json:"decision_id"`
-			EventID    string `json:"event_id"`
-		}
-		json.Unmarshal([]byte(d), &m)
-		decidedAt[m.DecisionID] = ref.pos[m.EventID]
-	}
-	before := 0
-	for _, line := range readLines(t, filepath.Join(ref.dir, "commands.ndjson")) {
-		var c struct {
-			Command    string `json:"command"`
-			AccountID  string `json:"account_id"`
-			Reason     string `json:"reason"`
-			DecisionID string `json:"decision_id"`
-		}
-		json.Unmarshal([]byte(line), &c)
-		if c.Command != "freeze" {
-			continue
-		}
-		var acc struct {
-			Frozen       bool   `json:"frozen"`
-			FrozenReason string `json:"frozen_reason"`
-		}
-		callAPI(t, b.http, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
-		if !acc.Frozen || acc.FrozenReason != c.Reason {
-			t.Errorf("account %s: the restarted daemon says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, acc.Frozen, acc.FrozenReason, c.Reason)
-		}
-		if int64(decidedAt[c.DecisionID]) < committed {
-			before++
-		}
-	}
+	before := ref.checkFrozen(t, b.http, int(committed), "the restarted daemon")
 	if before == 0 {
 		t.Fatalf("no account was frozen before the committed offset %d: the test did not see enforcement state restored", committed)
 	}

@@ -414,6 +414,48 @@ func (r *reference) check(t *testing.T, broker string, got map[string]string, ho
 	return pendingTimers, len(gotCmds)
 }
 
+// checkFrozen asks the daemon at addr, as the gateway does, about every
+// account the undisturbed run froze: each must be frozen, for the same
+// reason. It returns how many of those freezes were decided before input
+// position before.
+func (r *reference) checkFrozen(t *testing.T, addr string, before int, who string) int {
+	t.Helper()
+	decidedAt := map[string]int{}
+	for _, d := range r.decisions {
+		var m struct {
+			DecisionID string `json:"decision_id"`
+			EventID    string `json:"event_id"`
+		}
+		json.Unmarshal([]byte(d), &m)
+		decidedAt[m.DecisionID] = r.pos[m.EventID]
+	}
+	n := 0
+	for _, line := range readLines(t, filepath.Join(r.dir, "commands.ndjson")) {
+		var c struct {
+			Command    string `json:"command"`
+			AccountID  string `json:"account_id"`
+			Reason     string `json:"reason"`
+			DecisionID string `json:"decision_id"`
+		}
+		json.Unmarshal([]byte(line), &c)
+		if c.Command != "freeze" {
+			continue
+		}
+		var acc struct {
+			Frozen       bool   `json:"frozen"`
+			FrozenReason string `json:"frozen_reason"`
+		}
+		callAPI(t, addr, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
+		if !acc.Frozen || acc.FrozenReason != c.Reason {
+			t.Errorf("account %s: %s says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, who, acc.Frozen, acc.FrozenReason, c.Reason)
+		}
+		if decidedAt[c.DecisionID] < before {
+			n++
+		}
+	}
+	return n
+}
+
 func readLines(t *testing.T, path string) []string {
 	t.Helper()
 	f, err := os.Open(path)

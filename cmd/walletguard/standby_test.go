@@ -102,39 +102,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	// The gateway asks the new owner: every account the undisturbed run
 	// froze is frozen there, for the same reason — those frozen before the
 	// standby's last followed event it knows of only by following.
-	decidedAt := map[string]int{}
-	for _, d := range ref.decisions {
-		var m struct {
-			DecisionID string `json:"decision_id"`
-			EventID    string `json:"event_id"`
-		}
-		json.Unmarshal([]byte(d), &m)
-		decidedAt[m.DecisionID] = ref.pos[m.EventID]
-	}
-	learned := 0
-	for _, line := range readLines(t, filepath.Join(ref.dir, "commands.ndjson")) {
-		var c struct {
-			Command    string `json:"command"`
-			AccountID  string `json:"account_id"`
-			Reason     string `json:"reason"`
-			DecisionID string `json:"decision_id"`
-		}
-		json.Unmarshal([]byte(line), &c)
-		if c.Command != "freeze" {
-			continue
-		}
-		var acc struct {
-			Frozen       bool   `json:"frozen"`
-			FrozenReason string `json:"frozen_reason"`
-		}
-		callAPI(t, b.http, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
-		if !acc.Frozen || acc.FrozenReason != c.Reason {
-			t.Errorf("account %s: the new owner says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, acc.Frozen, acc.FrozenReason, c.Reason)
-		}
-		if float64(decidedAt[c.DecisionID]) < byB {
-			learned++
-		}
-	}
+	learned := ref.checkFrozen(t, b.http, int(byB), "the new owner")
 	if learned == 0 {
 		t.Fatalf("no account was frozen before the standby's last followed event (%v): the test did not see enforcement state follow", byB)
 	}
