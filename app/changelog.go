@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/segmentio/kafka-go"
 	bolt "go.etcd.io/bbolt"
 
@@ -68,6 +69,12 @@ type changelog struct {
 	// last checkpoint published: by checkpoints, and by manual actions in
 	// between. Under writeMu.
 	saved []ingest.Message
+	// merchants are the merchant rows the changelog has, by key, as a hash
+	// of their value, for the epoch merchantsEpoch. A checkpoint carries
+	// every merchant (they are few); the changelog gets those that changed,
+	// and a delete for those gone. Checkpoint writer only.
+	merchants      map[uint64]uint64
+	merchantsEpoch uint64
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -159,27 +166,44 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		}
 		return nil
 	}
-	err := work.captured.EachRow(func(kind byte, key uint64, v []byte) error {
+	row := func(kind byte, key uint64, v []byte) error {
 		start := len(keys)
 		keys = binary.BigEndian.AppendUint64(append(keys, kind), key)
 		return add(ingest.Message{Key: keys[start:len(keys):len(keys)], Value: v})
+	}
+	if c.merchantsEpoch != work.epoch {
+		c.merchants, c.merchantsEpoch = nil, work.epoch // a new epoch has them all
+	}
+	merchants := make(map[uint64]uint64, len(c.merchants))
+	err := work.captured.EachRow(func(kind byte, key uint64, v []byte) error {
+		if kind == detector.RowMerchant {
+			h := xxhash.Sum64(v)
+			merchants[key] = h
+			if old, ok := c.merchants[key]; ok && old == h {
+				return nil
+			}
+		}
+		return row(kind, key, v)
 	})
+	for key := range c.merchants {
+		if _, ok := merchants[key]; !ok && err == nil {
+			err = row(detector.RowMerchant, key, nil) // expired
+		}
+	}
 	for i := 0; err == nil && i < len(saved); i++ {
 		err = add(saved[i])
 	}
 	if err == nil {
 		err = flush()
 	}
-	if err == nil {
-		err = add(ingest.Message{Key: []byte(clogMarker), Value: work.captured.Meta()})
-	}
-	if err == nil {
-		err = flush()
-	}
 	a.amet.changelogRecords.Add(float64(sent))
+	if err == nil {
+		err = a.producer.Write(ctx, "changelog", []ingest.Message{{Topic: c.topic, Key: []byte(clogMarker), Value: work.captured.Meta(), Headers: hdr}})
+	}
 	if err != nil {
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
+	c.merchants = merchants
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
 }
 
