@@ -16,8 +16,10 @@ import (
 )
 
 // TestLostDataDirRestoresFromChangelog: walletguard publishes every
-// checkpoint to kafka.changelog_topic. It is killed with SIGKILL while it
-// decides a stream, and its data directory is lost with it. Started again
+// checkpoint to kafka.changelog_topic. It is killed with SIGKILL and
+// restarted on its data directory several times while it decides a stream
+// (each crash may fall between a checkpoint and its publish); then it is
+// killed again, and its data directory is lost with it. Started again
 // on an empty one, it restores the state from the changelog and goes on:
 // every decision and command equals an undisturbed run's, and the gateway
 // finds frozen the accounts frozen before the loss, which it knows of only
@@ -37,10 +39,24 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 	var a *member
 	var killedAt float64
 	var committed int64
+	kill := func() {
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+		killedAt = consumed(a.http)
+		if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		a.cmd.Wait()
+	}
+	restarts := 0
 	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
 		switch part {
 		case 0:
 			a = startMember(t, bin, c)
+		case 2, 4, 6:
+			waitUntil(t, "the daemon to consume", time.Minute, func() bool { return consumed(a.http) > 0 })
+			kill()
+			a = startMember(t, bin, c)
+			restarts++
 		case 8:
 			waitUntil(t, "the daemon to commit most of what was produced", 2*time.Minute, func() bool {
 				return committedOffsets(t, brokerAddr, group, "wallet.events", 1) >= int64(produced)*9/10
@@ -50,12 +66,7 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 			}
 		case 9:
 			// Killed as it decides the last tenth, and the volume is gone.
-			time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
-			killedAt = consumed(a.http)
-			if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			a.cmd.Wait()
+			kill()
 			committed = committedOffsets(t, brokerAddr, group, "wallet.events", 1)
 			if err := os.RemoveAll(dataDir); err != nil {
 				t.Fatal(err)
@@ -83,6 +94,6 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 	if before == 0 {
 		t.Fatalf("no account was frozen before the committed offset %d: the test did not see enforcement state restored", committed)
 	}
-	t.Logf("%d events; killed having read %v, %d committed; restored %d accounts from the changelog; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the changelog",
-		len(ref.msgs), killedAt, committed, restored, len(got), commands, pending, before)
+	t.Logf("%d events; %d restarts after kill -9 on the data directory, then killed having read %v, %d committed, and the directory deleted; restored %d accounts from the changelog; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the changelog",
+		len(ref.msgs), restarts, killedAt, committed, restored, len(got), commands, pending, before)
 }
