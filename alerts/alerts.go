@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -564,13 +565,22 @@ type stored struct {
 	Accounts []string `json:"accounts"`
 }
 
-// Save writes changed alerts inside the caller's transaction.
+// Save writes changed alerts inside the caller's transaction: a manual
+// action's own write. They stay marked changed, for the next checkpoint to
+// write again: one captured before this may still be writing an older copy
+// of an alert, which would otherwise stay in the store (and the changelog)
+// as the last word.
 func (m *Manager) Save(tx *bolt.Tx) error {
+	changed := slices.Collect(maps.Keys(m.dirty))
 	write, _, err := m.PrepareSave()
 	if err != nil {
 		return err
 	}
-	return write(tx)
+	err = write(tx)
+	for _, key := range changed {
+		m.dirty[key] = true
+	}
+	return err
 }
 
 // PrepareSave captures the changed alerts, encoded, and returns the

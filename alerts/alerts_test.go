@@ -1,10 +1,14 @@
 package alerts
 
 import (
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/detector"
 )
@@ -184,4 +188,67 @@ func BenchmarkPrepareSave(b *testing.B) {
 		}
 	}
 	b.ReportMetric(changed, "changed-alerts")
+}
+
+// TestAcknowledgementOutlivesAnOlderCheckpoint: a checkpoint captures an
+// alert as open; support acknowledges it, which is written at once; then
+// the checkpoint's older copy is written. The store, and what the
+// changelog is handed, must end with the acknowledgement once the next
+// checkpoint is written — a restart or a restore must not reopen it.
+func TestAcknowledgementOutlivesAnOlderCheckpoint(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "alerts.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	m := NewManager()
+	var last map[string]string // the changelog's view: latest status per key
+	m.SetChangelog(func(key string, v []byte) {
+		var s stored
+		json.Unmarshal(v, &s)
+		if last == nil {
+			last = map[string]string{}
+		}
+		last[key] = s.Status
+	})
+	d := stuck("acc-1", "pay-1", "m-1", 0, 3)
+	out := m.Observe(&d, nil)
+	if len(out) != 1 {
+		t.Fatalf("%d alerts raised, want 1", len(out))
+	}
+	id := out[0].AlertID
+
+	older, _, err := m.PrepareSave() // a checkpoint captures it open
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Ack(id, "rina", t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(m.Save); err != nil { // the manual action's own write
+		t.Fatal(err)
+	}
+	if err := db.Update(older); err != nil { // then the checkpoint's
+		t.Fatal(err)
+	}
+	next, _, err := m.PrepareSave() // the next checkpoint
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(next); err != nil {
+		t.Fatal(err)
+	}
+
+	r := NewManager()
+	if err := r.Load(db); err != nil {
+		t.Fatal(err)
+	}
+	if al, ok := r.Get(id); !ok || al.Status != "acknowledged" || al.AcknowledgedBy != "rina" {
+		t.Errorf("stored after the next checkpoint: %s by %q, want acknowledged by rina", al.Status, al.AcknowledgedBy)
+	}
+	for key, status := range last {
+		if status != "acknowledged" {
+			t.Errorf("the changelog's last word on %s: %s, want acknowledged", key, status)
+		}
+	}
 }
