@@ -23,15 +23,11 @@ func (c *Capture) EachRow(fn func(kind byte, key uint64, v []byte) error) error 
 	if !c.complete {
 		return errors.New("checkpoint: rows read before the capture is complete")
 	}
-	timers, err := c.timerRows()
+	sets, err := c.rowSets()
 	if err != nil {
 		return err
 	}
-	for i := range c.tables {
-		c.tables[i].flatten() // as the write does; again is cheap
-	}
-	timers.flatten()
-	for _, s := range append(slices.Clip(c.tables), timers) {
+	for _, s := range sets {
 		for _, r := range s.rows {
 			if err := fn(s.kind, r.k, r.v); err != nil {
 				return err
@@ -100,11 +96,7 @@ func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, k
 	if err != nil {
 		return nil, fmt.Errorf("restore changelog: %w", err)
 	}
-	e.markAllChanged()
-	for _, t := range e.installTimers(timers) {
-		t.saved = false
-		e.timersNew = append(e.timersNew, t)
-	}
+	e.installAllChanged(timers)
 	e.updateGauges()
 	return offsets, nil
 }

@@ -165,7 +165,8 @@ type Capture struct {
 	merchants []kv
 	timerPut  []*timer
 	timerGone []uint64
-	timerSet  *rowSet // timerPut encoded, by the first write
+	timerSet  *rowSet  // timerPut encoded, by the first write
+	sets      []rowSet // every set in order, by the first write (rowSets)
 	complete  bool
 }
 
@@ -254,14 +255,10 @@ func (c *Capture) Write(s *Store) func(*bolt.Tx) error {
 	}
 	sortKV(c.merchants)
 	return func(tx *bolt.Tx) error {
-		timers, err := c.timerRows()
+		sets, err := c.rowSets()
 		if err != nil {
 			return err
 		}
-		for i := range c.tables {
-			c.tables[i].flatten()
-		}
-		sets := append(slices.Clip(c.tables), timers)
 		// A store from before the row files kept rows as keys: the
 		// engine restored from it wrote them all to its first file.
 		legacy := tx.Bucket(bMeta) != nil && tx.Bucket(bMeta).Get(metaRowLog) == nil
@@ -391,6 +388,22 @@ func (e *Engine) captureTimers() (put []*timer, gone []uint64) {
 	return put, gone
 }
 
+// rowSets puts the captured rows in order, once, for the write and for
+// EachRow: the tables' sets, then the timers'.
+func (c *Capture) rowSets() ([]rowSet, error) {
+	if c.sets == nil {
+		timers, err := c.timerRows()
+		if err != nil {
+			return nil, err
+		}
+		for i := range c.tables {
+			c.tables[i].flatten()
+		}
+		c.sets = append(slices.Clip(c.tables), timers)
+	}
+	return c.sets, nil
+}
+
 // timerRows encodes the captured timers, once.
 func (c *Capture) timerRows() (rowSet, error) {
 	if c.timerSet == nil {
@@ -508,12 +521,18 @@ func (e *Engine) loadRows(tx *bolt.Tx, s *Store) error {
 		}
 	}
 	// All of it goes to the first file.
+	e.installAllChanged(timers)
+	return nil
+}
+
+// installAllChanged marks every row changed and queues the timers restored
+// as new: the next checkpoint writes all of it to a store that lacks it.
+func (e *Engine) installAllChanged(timers map[uint64]*timer) {
 	e.markAllChanged()
 	for _, t := range e.installTimers(timers) {
 		t.saved = false
 		e.timersNew = append(e.timersNew, t)
 	}
-	return nil
 }
 
 // installTimers queues the timers restored, in the order they were armed,
