@@ -23,20 +23,10 @@ import (
 // writes the whole state to the changelog again, under a new epoch, where
 // an instance that trusts its checkpoint is in it writes only what changed.
 func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker, withChangelog := changelogBroker(t, 4)
 	msgs, evs := simMessages(t, 400, 11, 12000)
 	half := len(msgs) / 2
-	config := func(dir string) *running {
-		cfg := testConfig(t, dir)
-		cfg.Kafka.Brokers = []string{broker.Addr()}
-		cfg.Kafka.ChangelogTopic = "walletguard.changelog"
-		return start(t, cfg)
-	}
-	published := func(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }
+	config := func(dir string) *running { return start(t, withChangelog(dir)) }
 
 	produce(t, broker.Addr(), "wallet.events", msgs[:half]...)
 	a := config(t.TempDir())
@@ -132,19 +122,9 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 // over it publishes its whole state under a new epoch, which a third
 // instance on an empty store then restores.
 func TestOnlyTheOwnerWritesTheChangelog(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 2, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker, withChangelog := changelogBroker(t, 2)
 	msgs, _ := simMessages(t, 400, 11, 6000)
-	config := func() config.Config {
-		cfg := testConfig(t, t.TempDir())
-		cfg.Kafka.Brokers = []string{broker.Addr()}
-		cfg.Kafka.ChangelogTopic = "walletguard.changelog"
-		return cfg
-	}
-	published := func(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }
+	config := func() config.Config { return withChangelog(t.TempDir()) }
 
 	produce(t, broker.Addr(), "wallet.events", msgs[:4000]...)
 	a := start(t, config())
@@ -185,3 +165,24 @@ func TestOnlyTheOwnerWritesTheChangelog(t *testing.T) {
 		t.Fatalf("restored from the changelog: %+v, the last owner stopped with %+v", got, want)
 	}
 }
+
+// changelogBroker starts a broker with partitions for wallet.events, and
+// returns it with the config of an instance on it, with a changelog, on
+// data_dir dir.
+func changelogBroker(t *testing.T, partitions int) (*ingest.EmbeddedBroker, func(dir string) config.Config) {
+	t.Helper()
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: partitions, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(broker.Close)
+	return broker, func(dir string) config.Config {
+		cfg := testConfig(t, dir)
+		cfg.Kafka.Brokers = []string{broker.Addr()}
+		cfg.Kafka.ChangelogTopic = "walletguard.changelog"
+		return cfg
+	}
+}
+
+// published counts the state records r published to its changelog.
+func published(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }

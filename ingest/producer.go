@@ -135,11 +135,7 @@ func (p *Producer) send(ctx context.Context, msgs []Message) error {
 		if err != nil {
 			return fmt.Errorf("partitions of %s: %w", t, err)
 		}
-		ps := make([]int, n)
-		for j := range ps {
-			ps[j] = j
-		}
-		numbers[t] = ps
+		numbers[t] = partitionNumbers(n)
 	}
 	// Each partition's requests, the last one being filled.
 	perPartition := make(map[topicPartition][]*request, 8)
@@ -220,11 +216,16 @@ func (p *Producer) produce(ctx context.Context, msgs []Message, r *request, now 
 // KeyPartition is the partition of a topic with n partitions that the
 // Producer writes a record with key to.
 func KeyPartition(key []byte, n int) int {
+	return kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: key}, partitionNumbers(n)...)
+}
+
+// partitionNumbers is 0 … n-1, as a balancer takes them.
+func partitionNumbers(n int) []int {
 	ps := make([]int, n)
 	for i := range ps {
 		ps[i] = i
 	}
-	return kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: key}, ps...)
+	return ps
 }
 
 // partitions returns how many partitions topic has, creating it if the

@@ -135,13 +135,8 @@ func cmdBench(args []string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	}()
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	defer stop()
 	for a.Snapshot().Consumed == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -182,9 +177,7 @@ func cmdBench(args []string) int {
 	fmt.Printf("  pipeline paused to capture each checkpoint: p50 ≤ %s  p99 ≤ %s\n", s50, s99)
 	fmt.Printf("detection state: %.0f bytes per account (%d accounts held after the stream)\n", perAccount, held)
 	if *changelog {
-		cancel()
-		<-done
-		stopped = true
+		stop()
 		if err := benchRestore(cfg, log); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: restore: %v\n", err)
 			return 1
