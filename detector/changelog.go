@@ -3,6 +3,7 @@ package detector
 import (
 	"cmp"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -58,21 +59,44 @@ func (c *Capture) Meta() []byte {
 	return append(b, c.offsets...)
 }
 
-// RestoreChangelog loads into an empty engine the rows read handing each
-// to apply (every row of a changelog up to its last marker, in order), and
-// the marker's meta (Capture.Meta). It returns the offsets the state was
-// taken at. Every row is then marked changed: the next checkpoint writes
-// the whole state to the local store, which had none of it.
-func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, key uint64, v []byte) error) error) (Offsets, error) {
-	if len(meta) < len(Capture{}.meta)+4 {
-		return nil, errors.New("restore changelog: marker too short")
-	}
+// splitMeta takes a marker's meta (Capture.Meta) apart.
+func splitMeta(meta []byte) (m, srcs, offsets []byte, err error) {
 	n := len(Capture{}.meta)
+	if len(meta) < n+4 {
+		return nil, nil, nil, errors.New("marker too short")
+	}
 	srcLen := int(binary.LittleEndian.Uint32(meta[n:]))
 	if len(meta) < n+4+srcLen {
-		return nil, errors.New("restore changelog: marker too short for its sources")
+		return nil, nil, nil, errors.New("marker too short for its sources")
 	}
-	offsets, err := e.setMeta(meta[:n], meta[n+4:n+4+srcLen], meta[n+4+srcLen:])
+	return meta[:n], meta[n+4 : n+4+srcLen], meta[n+4+srcLen:], nil
+}
+
+// MetaOffsets is the event offsets a marker's meta (Capture.Meta) names:
+// where the state it closes was taken.
+func MetaOffsets(meta []byte) (Offsets, error) {
+	_, _, offsets, err := splitMeta(meta)
+	if err != nil {
+		return nil, err
+	}
+	var o Offsets
+	if err := json.Unmarshal(offsets, &o); err != nil {
+		return nil, fmt.Errorf("marker offsets: %w", err)
+	}
+	return o, nil
+}
+
+// RestoreChangelog loads into an empty engine (new, or Reset) the rows
+// read handing each to apply (every row of a changelog up to its last
+// marker, in order), and the marker's meta (Capture.Meta). It returns the
+// offsets the state was taken at. Every row is then marked changed: the
+// next checkpoint writes the whole state to the local store.
+func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, key uint64, v []byte) error) error) (Offsets, error) {
+	m, srcs, off, err := splitMeta(meta)
+	if err != nil {
+		return nil, fmt.Errorf("restore changelog: %w", err)
+	}
+	offsets, err := e.setMeta(m, srcs, off)
 	if err != nil {
 		return nil, fmt.Errorf("restore changelog: %w", err)
 	}

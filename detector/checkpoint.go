@@ -39,6 +39,26 @@ var (
 // Offsets are the next offsets to read, per topic and partition.
 type Offsets map[string]map[int]int64
 
+// Ahead reports whether o is a later place in the stream than p: no
+// partition of p is behind in o, and o is past p on at least one. A state
+// taken at o then holds every event one taken at p does, and more.
+func (o Offsets) Ahead(p Offsets) bool {
+	beyond := false
+	for topic, parts := range o {
+		for part, next := range parts {
+			beyond = beyond || next > p[topic][part]
+		}
+	}
+	for topic, parts := range p {
+		for part, was := range parts {
+			if next, ok := o[topic][part]; !ok || next < was {
+				return false
+			}
+		}
+	}
+	return beyond
+}
+
 // Store is the embedded store (bbolt) that holds checkpoints.
 type Store struct {
 	db   *bolt.DB
@@ -168,6 +188,7 @@ type Capture struct {
 	timerSet  *rowSet  // timerPut encoded, by the first write
 	sets      []rowSet // every set in order, by the first write (rowSets)
 	complete  bool
+	base      bool // the whole state, after Reset: it replaces the store's rows
 }
 
 // BeginCheckpoint starts capturing a checkpoint with the offsets given: the
@@ -178,7 +199,8 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 		return nil, errors.New("checkpoint: the previous capture is not complete")
 	}
 	e.updateGauges() // on wall-clock time too: event time may stand still
-	c := &Capture{e: e}
+	c := &Capture{e: e, base: e.rebase}
+	e.rebase = false
 	var err error
 	if c.offsets, err = json.Marshal(offsets); err != nil {
 		return nil, err
@@ -262,7 +284,7 @@ func (c *Capture) Write(s *Store) func(*bolt.Tx) error {
 		// A store from before the row files kept rows as keys: the
 		// engine restored from it wrote them all to its first file.
 		legacy := tx.Bucket(bMeta) != nil && tx.Bucket(bMeta).Get(metaRowLog) == nil
-		if err := s.rows.write(tx, sets); err != nil {
+		if err := s.rows.write(tx, sets, c.base); err != nil {
 			return err
 		}
 		if legacy {

@@ -964,6 +964,11 @@ func publish(t *testing.T, e *Engine, i int, log *[]changelogRow) []byte {
 func restoreChangelog(t *testing.T, meta []byte, log []changelogRow) (*Engine, Offsets) {
 	t.Helper()
 	e := newEngine(t, 5*time.Minute)
+	return e, restoreInto(t, e, meta, log)
+}
+
+func restoreInto(t *testing.T, e *Engine, meta []byte, log []changelogRow) Offsets {
+	t.Helper()
 	off, err := e.RestoreChangelog(meta, func(apply func(byte, uint64, []byte) error) error {
 		for _, r := range log {
 			if err := apply(r.kind, r.key, r.v); err != nil {
@@ -975,7 +980,7 @@ func restoreChangelog(t *testing.T, meta []byte, log []changelogRow) (*Engine, O
 	if err != nil {
 		t.Fatal(err)
 	}
-	return e, off
+	return off
 }
 
 func liveTimers(e *Engine) int {
@@ -1070,4 +1075,120 @@ func TestChangelogRestoreIsExact(t *testing.T) {
 		t.Fatal("the stream produced no timer decisions: the test does not cover timers")
 	}
 	t.Logf("%d events, %d decisions (%d from timers); deltas of %d rows, begun afresh at event %d: %d", len(evs), len(want), timers, len(log), afresh, len(fresh))
+}
+
+// TestChangelogReplacesAStaleStore: an engine restored from an old store
+// (a volume's backup, an instance that lost its partitions a day ago)
+// takes the newer state of a changelog in its place. Its next checkpoint
+// replaces the store's rows: timers that fired and rows that went since
+// the old checkpoint do not come back when the store is opened again, and
+// the rest of the stream gets the decisions of an undisturbed run.
+func TestChangelogReplacesAStaleStore(t *testing.T) {
+	evs := genEvents(t, 400, 11, 1)
+	want := decideAll(t, evs)
+	dir := t.TempDir()
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { st.Close() }()
+
+	e := newEngine(t, 5*time.Minute)
+	var got []Decision
+	var log []changelogRow
+	var meta []byte
+	q1, half := len(evs)/4, len(evs)/2
+	stale := map[uint64]bool{} // timers pending in the old store
+	for i := range evs {
+		switch i {
+		case q1 / 2, q1:
+			// Two checkpoints in the old store, so it has two files; the
+			// changelog has them too.
+			c, err := e.BeginCheckpoint(Offsets{"wallet.events": {0: int64(i)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.CopySome(math.MaxInt)
+			if err := st.DB().Update(c.Write(st)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.EachRow(func(kind byte, key uint64, v []byte) error {
+				log = append(log, changelogRow{kind, key, bytes.Clone(v)})
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if i == q1 {
+				for k, ts := range e.byAccount {
+					if len(ts) > 0 {
+						stale[k] = true
+					}
+				}
+			}
+		case half:
+			meta = publish(t, e, i, &log)
+		}
+		if i == half {
+			break
+		}
+		got, _ = e.Process(&evs[i], got)
+	}
+
+	// Another engine opens the old store, then learns the changelog is
+	// ahead of it.
+	b := newEngine(t, 5*time.Minute)
+	off, err := b.Restore(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := MetaOffsets(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !newer.Ahead(off) || off.Ahead(newer) {
+		t.Fatalf("the changelog at %v is not ahead of the store at %v", newer, off)
+	}
+	if err := b.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if b.Stats().Accounts != 0 {
+		t.Fatalf("reset engine holds %+v", b.Stats())
+	}
+	restoreInto(t, b, meta, log)
+	if _, err := b.Checkpoint(st, newer); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.rows.files); n != 1 {
+		t.Errorf("the store lists %d row files after a checkpoint of the whole state, want 1", n)
+	}
+	st.Close()
+	if st, err = OpenStore(dir); err != nil {
+		t.Fatal(err)
+	}
+	c := newEngine(t, 5*time.Minute)
+	if off, err = c.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	if off["wallet.events"][0] != int64(half) {
+		t.Fatalf("store reopened at %v, want %d", off, half)
+	}
+	got2, want2 := c.Stats(), e.Stats()
+	got2.Timers, want2.Timers = 0, 0 // the heaps may hold ended timers yet
+	if got2 != want2 || liveTimers(c) != liveTimers(e) {
+		t.Fatalf("store reopened holds %+v and %d timers, the engine it was replaced from %+v and %d", got2, liveTimers(c), want2, liveTimers(e))
+	}
+	gone := 0
+	for k := range stale {
+		if len(e.byAccount[k]) == 0 {
+			gone++
+		}
+	}
+	for i := half; i < len(evs); i++ {
+		got, _ = c.Process(&evs[i], got)
+	}
+	sameDecisions(t, want, got)
+	if gone == 0 {
+		t.Fatal("no timer of the old store ended before the changelog's state: the test does not cover stale rows")
+	}
+	t.Logf("%d of %d accounts with timers pending in the old store had none in the newer state", gone, len(stale))
 }

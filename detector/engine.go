@@ -10,6 +10,7 @@ package detector
 import (
 	"container/heap"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"math"
 	"slices"
@@ -115,6 +116,7 @@ type Engine struct {
 	timerBits  []uint64  // see markTimers
 	sweepTick  uint32
 	ahead      stateKeys // of the event announced last, see Prefetch
+	rebase     bool      // set by Reset: the next checkpoint is the whole state
 }
 
 // New makes an engine with a rule set.
@@ -145,6 +147,26 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 	}
 	e.SetRules(set)
 	return e
+}
+
+// Reset empties the state — rows, merchants, timers, clocks — and keeps
+// the rule set and the counters: for a state about to be replaced by a
+// newer one (RestoreChangelog). The next checkpoint replaces the store's
+// rows rather than adding to them. It fails while a checkpoint is being
+// captured.
+func (e *Engine) Reset() error {
+	if e.capture != nil {
+		return errors.New("reset: a checkpoint is being captured")
+	}
+	n := New(e.cfg, e.set.Load(), nil, e.log)
+	e.accounts, e.devices, e.ips, e.payees, e.chains = n.accounts, n.devices, n.ips, n.payees, n.chains
+	e.merchants, e.timers, e.srcMax, e.byAccount, e.syms = n.merchants, n.timers, n.srcMax, n.byAccount, n.syms
+	e.timersNew, e.timersGone, e.timerBits = nil, nil, nil
+	e.timerSeq, e.maxTS, e.lastSweep, e.sweepTick = 0, 0, 0, 0
+	e.ahead = stateKeys{}
+	e.rebase = true
+	e.updateGauges()
+	return nil
 }
 
 // SetRules swaps the live rule set; safe from any goroutine.

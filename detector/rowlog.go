@@ -193,9 +193,10 @@ func (s *rowSet) flatten() {
 
 // write writes a checkpoint's rows to a new file (none if there are none)
 // and, in tx, lists the live files with it — a waiting merge in place of
-// the files it covers. The list in memory and the files it drops follow
-// when tx commits.
-func (l *rowLog) write(tx *bolt.Tx, sets []rowSet) error {
+// the files it covers. A base write's file holds the whole state: it
+// replaces every file listed. The list in memory and the files it drops
+// follow when tx commits.
+func (l *rowLog) write(tx *bolt.Tx, sets []rowSet, base bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	// A file of an attempt whose transaction failed (a full disk, say) is
@@ -208,7 +209,9 @@ func (l *rowLog) write(tx *bolt.Tx, sets []rowSet) error {
 	l.pending = l.pending[:0]
 	files := l.files
 	merged := l.merged
-	if merged != nil {
+	if base {
+		files = nil
+	} else if merged != nil {
 		files = []rowFile{merged.file}
 		for _, f := range l.files {
 			if f.Seq > merged.upto {
@@ -230,7 +233,7 @@ func (l *rowLog) write(tx *bolt.Tx, sets []rowSet) error {
 			return fmt.Errorf("checkpoint file %s: %w", path, err)
 		}
 		files = append(slices.Clip(files), f)
-	} else if merged == nil {
+	} else if merged == nil && !base {
 		return nil
 	}
 	list, err := json.Marshal(files)
@@ -251,6 +254,9 @@ func (l *rowLog) write(tx *bolt.Tx, sets []rowSet) error {
 		l.files, l.pending = files, l.pending[:0]
 		if l.merged == merged {
 			l.merged = nil
+			if base && merged != nil {
+				_ = os.Remove(filepath.Join(l.dir, merged.file.name()))
+			}
 		}
 		for _, o := range old {
 			if !slices.Contains(files, o) {
@@ -284,6 +290,11 @@ func (l *rowLog) maybeMerge() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.merging = false
+		if err == nil && (len(l.files) < len(in) || !slices.Equal(l.files[:len(in)], in)) {
+			// A checkpoint of the whole state replaced the files meanwhile.
+			os.Remove(filepath.Join(l.dir, out.name()))
+			return
+		}
 		if err != nil {
 			os.Remove(filepath.Join(l.dir, out.name()))
 			l.log.Warn("merging checkpoint files failed; the next checkpoint tries again", "files", len(in), "err", err)

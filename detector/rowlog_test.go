@@ -254,7 +254,7 @@ func TestMergeKeepsTheNewestRowOfEachKey(t *testing.T) {
 			}
 			sets = append(sets, s)
 		}
-		if err := st.DB().Update(func(tx *bolt.Tx) error { return st.rows.write(tx, sets) }); err != nil {
+		if err := st.DB().Update(func(tx *bolt.Tx) error { return st.rows.write(tx, sets, false) }); err != nil {
 			t.Fatal(err)
 		}
 	}
