@@ -120,7 +120,42 @@ func ReadPartition(ctx context.Context, brokers []string, topic string, partitio
 	if err != nil {
 		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 	}
-	if first[partition] >= end {
+	return readRange(ctx, brokers, topic, partition, first[partition], end, log, handle)
+}
+
+// LastMatching returns the last record of one partition of topic below end
+// for which match is true, or nil. It reads back from end a window at a
+// time, growing, so that finding a recent record costs a read of what came
+// after it, not of the whole partition.
+func LastMatching(ctx context.Context, brokers []string, topic string, partition int, end int64, log *slog.Logger, match func(*kafka.Message) bool) (*kafka.Message, error) {
+	first, err := listOffsets(ctx, brokers, topic, []int{partition}, kafka.FirstOffsetOf)
+	if err != nil {
+		return nil, fmt.Errorf("read %s/%d: %w", topic, partition, err)
+	}
+	window := int64(1024)
+	for hi := end; hi > first[partition]; window *= 8 {
+		from := max(first[partition], hi-window)
+		var found *kafka.Message
+		if err := readRange(ctx, brokers, topic, partition, from, hi, log, func(m kafka.Message) error {
+			if match(&m) {
+				found = &m
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if found != nil {
+			return found, nil
+		}
+		hi = from
+	}
+	return nil, nil
+}
+
+// readRange hands handle the records of one partition from offset from up
+// to end, in order.
+func readRange(ctx context.Context, brokers []string, topic string, partition int, from, end int64, log *slog.Logger, handle func(kafka.Message) error) error {
+	if from >= end {
 		return nil // nothing below end, or no longer
 	}
 	r := PartitionReader(brokers, topic, partition, log)
@@ -128,13 +163,16 @@ func ReadPartition(ctx context.Context, brokers []string, topic string, partitio
 	// second; a restore reading many partitions one after the other need
 	// not wait for each.
 	defer func() { go r.Close() }()
-	if err := r.SetOffset(first[partition]); err != nil {
+	if err := r.SetOffset(from); err != nil {
 		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
 	}
 	for {
 		m, ok := nextMessage(ctx, r, log)
 		if !ok {
 			return fmt.Errorf("read %s/%d up to %d: %w", topic, partition, end, context.Cause(ctx))
+		}
+		if m.Offset >= end {
+			return nil // compaction took the records before end away
 		}
 		if err := handle(m); err != nil {
 			return err
