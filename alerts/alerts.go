@@ -142,6 +142,15 @@ func PutRecord(tx *bolt.Tx, key string, v []byte) error {
 	return b.Put([]byte(key), v)
 }
 
+// DropRecords deletes every alert from tx: for a store whose state a
+// newer changelog's replaces (PutRecord).
+func DropRecords(tx *bolt.Tx) error {
+	if tx.Bucket(bucket) == nil {
+		return nil
+	}
+	return tx.DeleteBucket(bucket)
+}
+
 // SetTemplates replaces the wording (alerts.templates_dir).
 func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
 

@@ -315,10 +315,12 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		if err := a.openChangelog(offsets == nil); err != nil {
 			return nil, err
 		}
-		if offsets == nil {
-			if offsets, err = a.restoreChangelog(context.Background()); err != nil {
-				return nil, fmt.Errorf("restore from %s: %w (to start with empty state instead, point kafka.changelog_topic at a new topic)", cfg.Kafka.ChangelogTopic, err)
-			}
+		restored, err := a.restoreChangelog(context.Background(), offsets)
+		if err != nil {
+			return nil, fmt.Errorf("restore from %s: %w (to start with the local state, or empty, instead, point kafka.changelog_topic at a new topic)", cfg.Kafka.ChangelogTopic, err)
+		}
+		if restored != nil {
+			offsets = restored
 		}
 	}
 	a.resumed = offsets

@@ -208,34 +208,42 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 }
 
 // restoreChangelog loads the state the changelog holds up to its last
-// marker into the engine and the store (account states, alerts), and returns the
-// event offsets it was taken at; nil if the changelog holds none.
-func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
+// marker into the engine and the store (account states, alerts), and
+// returns the event offsets it was taken at; nil if it restored nothing.
+// held is where the state the engine holds was taken (nil: it holds none):
+// a changelog not ahead of it is left alone, one ahead replaces it — a
+// store from an old backup, or of an instance another owned the partitions
+// after, would otherwise read again, and decide again, every event since.
+func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (detector.Offsets, error) {
 	topic := a.cfg.Kafka.ChangelogTopic
 	start := time.Now()
-	ends, err := ingest.EndOffsets(ctx, a.brokers, topic)
-	if errors.Is(err, kafka.UnknownTopicOrPartition) || len(ends) == 0 {
+	marker, ends, err := a.lastMarker(ctx, held != nil)
+	if err != nil && held != nil {
+		// The local state is whole; only perhaps older.
+		a.log.Warn("changelog unreadable: going on with the local checkpoint, though the changelog may hold a newer state", "topic", topic, "err", err)
 		return nil, nil
 	}
-	if err != nil {
+	if err != nil || marker == nil {
 		return nil, err
-	}
-	var marker *kafka.Message
-	mp := ingest.KeyPartition([]byte(clogMarker), len(ends))
-	if err := ingest.ReadPartition(ctx, a.brokers, topic, mp, ends[mp], a.log, func(m kafka.Message) error {
-		if string(m.Key) == clogMarker {
-			marker = &m
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if marker == nil {
-		return nil, nil
 	}
 	epoch, seq, ok := clogPlace(marker)
 	if !ok {
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", topic, marker.Partition, marker.Offset)
+	}
+	replace := held != nil
+	if replace {
+		at, err := detector.MetaOffsets(marker.Value)
+		if err != nil {
+			return nil, fmt.Errorf("changelog %s: marker at %d/%d: %w", topic, marker.Partition, marker.Offset, err)
+		}
+		if !at.Ahead(held) {
+			return nil, nil
+		}
+		a.log.Warn("the changelog holds a newer state than the local checkpoint (a store from a backup, or an owner since); replacing the state with it",
+			"topic", topic, "checkpoint", held, "changelog", at)
+		if err := a.proc.Engine.Reset(); err != nil {
+			return nil, err
+		}
 	}
 	in := clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{}}
 	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
@@ -252,13 +260,46 @@ func (a *App) restoreChangelog(ctx context.Context) (detector.Offsets, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.store.DB().Update(in.write); err != nil {
+	if err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		if replace {
+			if err := enforce.DropRecords(tx); err != nil {
+				return err
+			}
+			if err := alerts.DropRecords(tx); err != nil {
+				return err
+			}
+		}
+		return in.write(tx)
+	}); err != nil {
 		return nil, fmt.Errorf("restore account states and alerts from changelog: %w", err)
 	}
 	st := a.proc.Engine.Stats()
+	a.clog.fresh.Store(true) // the state goes out whole again, under a new epoch
 	a.log.Info("restored state from changelog", "topic", topic, "accounts", st.Accounts, "timers", st.Timers,
 		"account_states", len(in.states), "alerts", len(in.alerts), "rows", in.rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
 	return offsets, nil
+}
+
+// lastMarker finds the changelog's last marker, nil if it has none, and
+// the end of each of its partitions. With quick, it gives up after a
+// while: the caller has a state to go on with.
+func (a *App) lastMarker(ctx context.Context, quick bool) (*kafka.Message, map[int]int64, error) {
+	if quick {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	topic := a.cfg.Kafka.ChangelogTopic
+	ends, err := ingest.EndOffsets(ctx, a.brokers, topic)
+	if errors.Is(err, kafka.UnknownTopicOrPartition) || len(ends) == 0 {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	mp := ingest.KeyPartition([]byte(clogMarker), len(ends))
+	marker, err := ingest.LastMatching(ctx, a.brokers, topic, mp, ends[mp], a.log, func(m *kafka.Message) bool { return string(m.Key) == clogMarker })
+	return marker, ends, err
 }
 
 // clogRestore sorts the records of a changelog being restored: detection
@@ -354,7 +395,7 @@ func (a *App) openChangelog(empty bool) error {
 		a.log.Warn("changelog topic not created; it must exist, compacted (docs/runbook.md)", "err", err)
 	}
 	if empty {
-		a.clog.fresh.Store(true) // a restored state goes out whole again, under a new epoch
+		a.clog.fresh.Store(true)
 		return nil
 	}
 	return a.clog.resume(a.store.DB())

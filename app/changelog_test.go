@@ -2,6 +2,7 @@ package app
 
 import (
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -112,6 +113,74 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	defer d.stop(t)
 	if got := d.app.proc.Engine.Stats(); got.Accounts != st.Accounts || got.Devices != st.Devices || got.IPs != st.IPs {
 		t.Fatalf("restored from the changelog begun afresh: %+v, want %+v", got, st)
+	}
+}
+
+// TestChangelogSupersedesAStaleStore: an instance started on an old copy
+// of the data directory (a volume restored from last night's backup)
+// finds the changelog ahead of its checkpoint and takes the changelog's
+// state instead — with what support did since the copy — and goes on
+// from where that state was taken. It decides the rest once, and none of
+// the events between the copy and the changelog's state again.
+func TestChangelogSupersedesAStaleStore(t *testing.T) {
+	broker, withChangelog := changelogBroker(t, 3)
+	msgs, evs := simMessages(t, 400, 11, 12000)
+	third := len(msgs) / 3
+	dirA := t.TempDir()
+
+	produce(t, broker.Addr(), "wallet.events", msgs[:third]...)
+	a := start(t, withChangelog(dirA))
+	waitFor(t, 60*time.Second, "the first third to be decided", func() bool { return a.app.Snapshot().Consumed == float64(third) })
+	a.stop(t)
+	backup := filepath.Join(t.TempDir(), "backup")
+	if err := os.CopyFS(backup, os.DirFS(dirA)); err != nil {
+		t.Fatal(err)
+	}
+
+	a = start(t, withChangelog(dirA))
+	produce(t, broker.Addr(), "wallet.events", msgs[third:2*third]...)
+	waitFor(t, 60*time.Second, "the second third to be decided", func() bool { return a.app.Snapshot().Consumed == float64(third) })
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
+		t.Fatalf("manual freeze: %d %v", code, body)
+	}
+	a.stop(t)
+	want, wantAlerts := a.app.State(), len(a.app.proc.Alerts.All())
+
+	b := start(t, withChangelog(backup))
+	if got := b.app.State(); got.Accounts != want.Accounts || got.Devices != want.Devices || got.Payments != want.Payments {
+		t.Fatalf("started on the old copy: %+v, the changelog's state %+v", got, want)
+	}
+	if got := len(b.app.proc.Alerts.All()); got != wantAlerts {
+		t.Errorf("holds %d alerts, the changelog's state %d", got, wantAlerts)
+	}
+	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true {
+		t.Errorf("account frozen by hand after the copy was taken: %v", acc)
+	}
+	produce(t, broker.Addr(), "wallet.events", msgs[2*third:]...)
+	waitFor(t, 60*time.Second, "the last third to be decided", func() bool { return b.app.Snapshot().Consumed >= float64(len(msgs)-2*third) })
+	ckpts := metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "a checkpoint", func() bool { return metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts })
+	b.stop(t)
+	if got := b.app.Snapshot().Consumed; got != float64(len(msgs)-2*third) {
+		t.Errorf("consumed %v events, want the last third's %d: it read again what the changelog's state holds", got, len(msgs)-2*third)
+	}
+	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))
+	for _, ev := range evs {
+		if byEvent[ev.EventID] != 1 {
+			t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, byEvent[ev.EventID])
+		}
+	}
+	if st := b.app.State(); published(b) < float64(st.Accounts) {
+		t.Errorf("published %v records: not the whole state of %+v under a new epoch", published(b), st)
+	}
+
+	// Its store now holds that state: started again, it needs the
+	// changelog no longer, and holds what it stopped with.
+	final := b.app.State()
+	c := start(t, withChangelog(backup))
+	defer c.stop(t)
+	if got := c.app.State(); got != final {
+		t.Fatalf("restarted on its store: %+v, stopped with %+v", got, final)
 	}
 }
 

@@ -145,6 +145,20 @@ func PutRecord(tx *bolt.Tx, id string, v []byte) error {
 	return b.Put(key, v)
 }
 
+// DropRecords deletes from tx every account's state and the breaker's:
+// for a store whose state a newer changelog's replaces (PutRecord).
+func DropRecords(tx *bolt.Tx) error {
+	if tx.Bucket(bucketStates) != nil {
+		if err := tx.DeleteBucket(bucketStates); err != nil {
+			return err
+		}
+	}
+	if meta := tx.Bucket(bucketMeta); meta != nil {
+		return meta.Delete(keyBreaker)
+	}
+	return nil
+}
+
 // SaveAccount writes one account's state and the breaker inside the
 // caller's transaction: a manual action is durable before it is answered.
 func (p *Planner) SaveAccount(tx *bolt.Tx, id string) error {
