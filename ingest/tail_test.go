@@ -86,3 +86,51 @@ func TestReadPartitionsHandsOnATopicUpToItsEnd(t *testing.T) {
 		t.Fatalf("handler failed: ReadPartitions returned %v after %d calls, want its error after 1", err, calls)
 	}
 }
+
+// TestLastMatchingFindsTheLatestRecordOfAKey: in a partition of 20,000
+// records, the last "marker" below an end is found whether it lies near
+// the end or far back, and nothing is found for a key never written.
+func TestLastMatchingFindsTheLatestRecordOfAKey(t *testing.T) {
+	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1, Topics: []string{"state"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	brokers := []string{b.Addr()}
+	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	defer p.Close()
+	markers := map[int]bool{10: true, 7000: true, 19990: true}
+	var msgs []Message
+	for i := range 20000 {
+		key := fmt.Appendf(nil, "k%d", i%50)
+		if markers[i] {
+			key = []byte("marker")
+		}
+		msgs = append(msgs, Message{Topic: "state", Key: key, Value: strconv.AppendInt(nil, int64(i), 10)})
+	}
+	if err := p.Write(ctx, "test", msgs); err != nil {
+		t.Fatal(err)
+	}
+	isMarker := func(m *kafka.Message) bool { return string(m.Key) == "marker" }
+	for _, c := range []struct {
+		end  int64
+		want string
+	}{{20000, "19990"}, {19990, "7000"}, {7001, "7000"}, {7000, "10"}, {10, ""}} {
+		m, err := LastMatching(ctx, brokers, "state", 0, c.end, slog.New(slog.DiscardHandler), isMarker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if m != nil {
+			got = string(m.Value)
+		}
+		if got != c.want {
+			t.Errorf("last marker below %d: %q, want %q", c.end, got, c.want)
+		}
+	}
+	if m, err := LastMatching(ctx, brokers, "state", 0, 20000, slog.New(slog.DiscardHandler), func(m *kafka.Message) bool { return string(m.Key) == "none" }); err != nil || m != nil {
+		t.Errorf("a key never written: %v, %v", m, err)
+	}
+}
