@@ -151,6 +151,13 @@ func DropRecords(tx *bolt.Tx) error {
 	return tx.DeleteBucket(bucket)
 }
 
+// Reset drops every alert held from memory, for Load to fill again from a
+// store whose records a changelog's replaced (DropRecords, PutRecord).
+func (m *Manager) Reset() {
+	m.open, m.outages, m.dirty, m.related = map[string]*Alert{}, map[string]string{}, map[string]bool{}, map[string][]string{}
+	m.seen = 0
+}
+
 // SetTemplates replaces the wording (alerts.templates_dir).
 func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
 

@@ -82,10 +82,16 @@ type App struct {
 	stats                        minuteStats
 	scores                       *queue[ingest.Message]
 	resumed                      detector.Offsets // offsets of the restored checkpoint
-	ckptErr                      atomic.Value     // string: why the last checkpoint failed, "" if fine
-	held                         atomic.Int64     // accounts in state at the last checkpoint, for the group balancer
-	followed                     Outputs          // a standby's outputs, dropped (pipeline only)
-	learned                      []learnedAlert   // alerts a standby learned of by following (takeover.go; pipeline only)
+	// startAt is where the state taken at start, or restored from the
+	// changelog on taking over (restores), was taken: where partitions
+	// assigned start.
+	startAt  atomic.Pointer[detector.Offsets]
+	restores chan *clogRestore // from the source's Assigning to the pipeline
+	owned    atomic.Bool       // partitions were assigned, their state settled
+	ckptErr  atomic.Value      // string: why the last checkpoint failed, "" if fine
+	held     atomic.Int64      // accounts in state at the last checkpoint, for the group balancer
+	followed Outputs           // a standby's outputs, dropped (pipeline only)
+	learned  []learnedAlert    // alerts a standby learned of by following (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -324,6 +330,8 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		}
 	}
 	a.resumed = offsets
+	a.startAt.Store(&offsets)
+	a.restores = make(chan *clogRestore)
 	enrolled, err := a.proc.Planner.Load(a.store.DB())
 	if err != nil {
 		return nil, fmt.Errorf("restore account states: %w", err)
@@ -348,7 +356,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			// the events before it. Commits never pass the checkpoint, so it
 			// is at or ahead of the committed offset unless another instance
 			// owned the partition meanwhile.
-			if ck, ok := offsets[topic][partition]; ok && (committed < 0 || ck >= committed) {
+			if ck, ok := (*a.startAt.Load())[topic][partition]; ok && (committed < 0 || ck >= committed) {
 				return ck
 			}
 			return committed
@@ -356,6 +364,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		Held:       a.held.Load,
 		Follow:     cfg.Kafka.StandbyFollow,
 		HandedOver: a.handedOver,
+		Assigning:  a.restoreOnTakeover,
 	}, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -853,6 +862,24 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					if time.Since(lastCkpt) >= interval {
 						checkpoint(false)
 					}
+					continue
+				case r := <-a.restores:
+					// Taking over without the state (restoreOnTakeover):
+					// no checkpoint of the state held is written after
+					// the restored one replaces it in the store.
+					settle()
+					if copying != nil {
+						a.procMu.Lock()
+						copyCheckpoint(math.MaxInt)
+						a.procMu.Unlock()
+					}
+					ckptSlot <- struct{}{}
+					failedCkpt = nil
+					a.procMu.Lock()
+					err := a.installRestored(r, next)
+					a.procMu.Unlock()
+					<-ckptSlot
+					r.done <- err
 					continue
 				}
 			}

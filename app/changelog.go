@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"sync/atomic"
 	"time"
 
@@ -215,69 +217,150 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 // store from an old backup, or of an instance another owned the partitions
 // after, would otherwise read again, and decide again, every event since.
 func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (detector.Offsets, error) {
-	topic := a.cfg.Kafka.ChangelogTopic
-	start := time.Now()
 	marker, ends, err := a.lastMarker(ctx, held != nil)
 	if err != nil && held != nil {
 		// The local state is whole; only perhaps older.
-		a.log.Warn("changelog unreadable: going on with the local checkpoint, though the changelog may hold a newer state", "topic", topic, "err", err)
+		a.log.Warn("changelog unreadable: going on with the local checkpoint, though the changelog may hold a newer state", "topic", a.clog.topic, "err", err)
 		return nil, nil
 	}
 	if err != nil || marker == nil {
 		return nil, err
 	}
-	epoch, seq, ok := clogPlace(marker)
-	if !ok {
-		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", topic, marker.Partition, marker.Offset)
-	}
-	replace := held != nil
-	if replace {
-		at, err := detector.MetaOffsets(marker.Value)
-		if err != nil {
-			return nil, fmt.Errorf("changelog %s: marker at %d/%d: %w", topic, marker.Partition, marker.Offset, err)
-		}
-		if !at.Ahead(held) {
-			return nil, nil
-		}
-		a.log.Warn("the changelog holds a newer state than the local checkpoint (a store from a backup, or an owner since); replacing the state with it",
-			"topic", topic, "checkpoint", held, "changelog", at)
-		if err := a.proc.Engine.Reset(); err != nil {
+	if held != nil {
+		if ahead, err := a.markerAhead(marker, held); err != nil || !ahead {
 			return nil, err
 		}
 	}
-	in := clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{}}
-	offsets, err := a.proc.Engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
+	r, err := a.readChangelog(ctx, marker, ends)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.store.DB().Update(r.replace); err != nil {
+		return nil, fmt.Errorf("restore account states and alerts from changelog: %w", err)
+	}
+	if err := a.proc.Engine.Take(r.engine); err != nil {
+		return nil, err
+	}
+	a.clog.fresh.Store(true) // the state goes out whole again, under a new epoch
+	r.logRestored(a.log, a.proc.Engine.Stats())
+	return r.offsets, nil
+}
+
+// restoreOnTakeover is the source's Assigning: an instance that takes
+// partitions over without following their owner (kafka.standby_follow
+// off) holds the state it started with, which may be hours older than the
+// owner's. If the changelog holds a newer one, it restores that before
+// fetching any event, and starts where it was taken — deciding as the
+// owner would have, instead of as a new install would. It does so only on
+// the first assignment: after that the partitions' state is its own.
+func (a *App) restoreOnTakeover(ctx context.Context) {
+	if a.clog == nil || a.cfg.Kafka.StandbyFollow || a.owned.Load() {
+		return
+	}
+	held := *a.startAt.Load()
+	marker, ends, err := a.lastMarker(ctx, false)
+	ahead := false
+	if err == nil && marker != nil {
+		ahead, err = a.markerAhead(marker, held)
+	}
+	var r *clogRestore
+	if err == nil && ahead {
+		r, err = a.readChangelog(ctx, marker, ends)
+	}
+	if err == nil && r != nil {
+		r.done = make(chan error, 1)
+		select {
+		case a.restores <- r:
+			err = <-r.done
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+		}
+	}
+	if ctx.Err() != nil {
+		return // the generation ended: the next one tries again
+	}
+	if err != nil {
+		a.log.Error("taking the partitions over with the state held, not the changelog's", "topic", a.clog.topic, "err", err)
+	}
+	a.owned.Store(true)
+}
+
+// installRestored puts a state restored from the changelog in place of
+// the one held: in the store, the engine, the account states and the
+// alerts; next, the pipeline's position, becomes where it was taken.
+// Pipeline only, with procMu held and no checkpoint being captured or
+// written.
+func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) error {
+	a.writeMu.Lock()
+	err := a.store.DB().Update(r.replace)
+	if err == nil {
+		a.clog.saved = nil // the new epoch publishes the whole state
+	}
+	a.writeMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("store the state restored from the changelog: %w", err)
+	}
+	if err := a.proc.Engine.Take(r.engine); err != nil {
+		return err
+	}
+	a.proc.Planner.Reset()
+	if _, err := a.proc.Planner.Load(a.store.DB()); err != nil {
+		return fmt.Errorf("account states restored from the changelog: %w", err)
+	}
+	a.proc.Alerts.Reset()
+	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
+		return fmt.Errorf("alerts restored from the changelog: %w", err)
+	}
+	a.clog.fresh.Store(true)
+	clear(next)
+	for t, ps := range r.offsets {
+		next[t] = maps.Clone(ps)
+	}
+	a.startAt.Store(&r.offsets)
+	st := a.proc.Engine.Stats()
+	a.held.Store(int64(st.Accounts))
+	r.logRestored(a.log, st)
+	return nil
+}
+
+// markerAhead reports whether the state the marker closes was taken past
+// held, and says so in the log.
+func (a *App) markerAhead(marker *kafka.Message, held detector.Offsets) (bool, error) {
+	at, err := detector.MetaOffsets(marker.Value)
+	if err != nil {
+		return false, fmt.Errorf("changelog %s: marker at %d/%d: %w", a.clog.topic, marker.Partition, marker.Offset, err)
+	}
+	if !at.Ahead(held) {
+		return false, nil
+	}
+	a.log.Warn("the changelog holds a newer state than this instance's (a store from a backup, an owner since); replacing the state with it",
+		"topic", a.clog.topic, "held", held, "changelog", at)
+	return true, nil
+}
+
+// readChangelog restores, into an engine of its own, the state the
+// changelog holds up to marker, and keeps the account states and alerts
+// for the store.
+func (a *App) readChangelog(ctx context.Context, marker *kafka.Message, ends map[int]int64) (*clogRestore, error) {
+	epoch, seq, ok := clogPlace(marker)
+	if !ok {
+		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", a.clog.topic, marker.Partition, marker.Offset)
+	}
+	r := &clogRestore{topic: a.clog.topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
+		engine: a.proc.Engine.Fresh(), started: time.Now()}
+	var err error
+	r.offsets, err = r.engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
-		return ingest.ReadPartitions(ctx, a.brokers, topic, ends, a.log, func(_ int, batch []kafka.Message) error {
+		return ingest.ReadPartitions(ctx, a.brokers, a.clog.topic, ends, a.log, func(_ int, batch []kafka.Message) error {
 			for i := range batch {
-				if err := in.take(&batch[i], apply); err != nil {
+				if err := r.take(&batch[i], apply); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := a.store.DB().Update(func(tx *bolt.Tx) error {
-		if replace {
-			if err := enforce.DropRecords(tx); err != nil {
-				return err
-			}
-			if err := alerts.DropRecords(tx); err != nil {
-				return err
-			}
-		}
-		return in.write(tx)
-	}); err != nil {
-		return nil, fmt.Errorf("restore account states and alerts from changelog: %w", err)
-	}
-	st := a.proc.Engine.Stats()
-	a.clog.fresh.Store(true) // the state goes out whole again, under a new epoch
-	a.log.Info("restored state from changelog", "topic", topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(in.states), "alerts", len(in.alerts), "rows", in.rows, "offsets", offsets, "took", time.Since(start).Round(time.Millisecond).String())
-	return offsets, nil
+	return r, err
 }
 
 // lastMarker finds the changelog's last marker, nil if it has none, and
@@ -303,13 +386,17 @@ func (a *App) lastMarker(ctx context.Context, quick bool) (*kafka.Message, map[i
 }
 
 // clogRestore sorts the records of a changelog being restored: detection
-// rows go to the engine as they come, account states and alerts are kept,
+// rows go to its engine as they come, account states and alerts are kept,
 // the latest of each, for the store.
 type clogRestore struct {
 	topic          string
 	epoch, seq     uint64 // of the marker restored
 	states, alerts map[string][]byte
 	rows           int
+	engine         *detector.Engine
+	offsets        detector.Offsets // where the state was taken
+	started        time.Time
+	done           chan error // installRestored's answer
 }
 
 func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {
@@ -342,8 +429,15 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 	return nil
 }
 
-// write puts the account states and alerts into the new store.
-func (r *clogRestore) write(tx *bolt.Tx) error {
+// replace puts the account states and alerts into the store in place of
+// those it held.
+func (r *clogRestore) replace(tx *bolt.Tx) error {
+	if err := enforce.DropRecords(tx); err != nil {
+		return err
+	}
+	if err := alerts.DropRecords(tx); err != nil {
+		return err
+	}
 	for id, v := range r.states {
 		if err := enforce.PutRecord(tx, id, v); err != nil {
 			return err
@@ -355,6 +449,11 @@ func (r *clogRestore) write(tx *bolt.Tx) error {
 		}
 	}
 	return nil
+}
+
+func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {
+	log.Info("restored state from changelog", "topic", r.topic, "accounts", st.Accounts, "timers", st.Timers,
+		"account_states", len(r.states), "alerts", len(r.alerts), "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
 }
 
 // clogPlace is a changelog record's epoch and sequence number.

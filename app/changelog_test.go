@@ -2,6 +2,7 @@ package app
 
 import (
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -181,6 +182,74 @@ func TestChangelogSupersedesAStaleStore(t *testing.T) {
 	defer c.stop(t)
 	if got := c.app.State(); got != final {
 		t.Fatalf("restarted on its store: %+v, stopped with %+v", got, final)
+	}
+}
+
+// TestColdStandbyRestoresOnTakeover: a standby that does not follow its
+// owner (kafka.standby_follow off) holds only the state it started with.
+// When the owner stops, hours of events later, it restores the owner's
+// newer state from the changelog before it fetches an event, and takes
+// over with it — holding what the owner held, a manual freeze included —
+// rather than deciding as a new install would. Every event is decided
+// once across the two.
+func TestColdStandbyRestoresOnTakeover(t *testing.T) {
+	broker, withChangelog := changelogBroker(t, 4)
+	msgs, evs := simMessages(t, 500, 11, 9000)
+	cut := []int{0, 3000, 7000, len(msgs)}
+
+	produce(t, broker.Addr(), "wallet.events", msgs[:cut[1]]...)
+	a := start(t, withChangelog(t.TempDir()))
+	waitFor(t, 60*time.Second, "the owner to decide the first events", func() bool { return a.app.Snapshot().Consumed == float64(cut[1]) })
+	ckpts := metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "the owner to publish a checkpoint", func() bool {
+		return metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1
+	})
+	cfgB := withChangelog(t.TempDir())
+	cfgB.Kafka.StandbyFollow = false
+	appB, err := New(cfgB, slog.New(slog.DiscardHandler), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, appB)
+	atStart := b.app.State()
+	if atStart.Accounts == 0 {
+		t.Fatal("the standby did not start from the changelog")
+	}
+
+	produce(t, broker.Addr(), "wallet.events", msgs[cut[1]:cut[2]]...)
+	waitFor(t, 60*time.Second, "the owner to decide the next events", func() bool { return a.app.Snapshot().Consumed == float64(cut[2]) })
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
+		t.Fatalf("manual freeze: %d %v", code, body)
+	}
+	if got := b.app.State(); got != atStart {
+		t.Fatalf("the standby's state changed while it stood by without following: %+v, then %+v", atStart, got)
+	}
+	a.stop(t)
+	want := a.app.State()
+	if want.Payees == atStart.Payees && want.Devices == atStart.Devices {
+		t.Fatalf("the owner's state did not grow after the standby started (%+v): the test does not cover a takeover", want)
+	}
+
+	waitFor(t, 60*time.Second, "the standby to take over", func() bool { code, _ := readyz(b.app.HTTPAddr()); return code == http.StatusOK })
+	got := b.app.State()
+	got.Timers, want.Timers = 0, 0 // the heaps may hold ended timers yet
+	if got != want {
+		t.Fatalf("took over with %+v, the owner stopped with %+v", got, want)
+	}
+	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true {
+		t.Errorf("account frozen by hand on the owner, after the takeover: %v", acc)
+	}
+	produce(t, broker.Addr(), "wallet.events", msgs[cut[2]:]...)
+	waitFor(t, 60*time.Second, "the new owner to decide the rest", func() bool { return b.app.Snapshot().Consumed >= float64(cut[3]-cut[2]) })
+	b.stop(t)
+	if n := b.app.Snapshot().Consumed; n != float64(cut[3]-cut[2]) {
+		t.Errorf("the new owner decided %v events, want the %d after the takeover", n, cut[3]-cut[2])
+	}
+	byEvent := eventDecisions(t, readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second))
+	for _, ev := range evs {
+		if byEvent[ev.EventID] != 1 {
+			t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, byEvent[ev.EventID])
+		}
 	}
 }
 

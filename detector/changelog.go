@@ -121,6 +121,7 @@ func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, k
 		return nil, fmt.Errorf("restore changelog: %w", err)
 	}
 	e.installAllChanged(timers)
+	e.rebase = true // a store the engine had rows in gets these instead
 	e.updateGauges()
 	return offsets, nil
 }

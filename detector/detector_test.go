@@ -1148,13 +1148,14 @@ func TestChangelogReplacesAStaleStore(t *testing.T) {
 	if !newer.Ahead(off) || off.Ahead(newer) {
 		t.Fatalf("the changelog at %v is not ahead of the store at %v", newer, off)
 	}
-	if err := b.Reset(); err != nil {
+	n := b.Fresh()
+	if n.Stats().Accounts != 0 {
+		t.Fatalf("a fresh engine holds %+v", n.Stats())
+	}
+	restoreInto(t, n, meta, log)
+	if err := b.Take(n); err != nil {
 		t.Fatal(err)
 	}
-	if b.Stats().Accounts != 0 {
-		t.Fatalf("reset engine holds %+v", b.Stats())
-	}
-	restoreInto(t, b, meta, log)
 	if _, err := b.Checkpoint(st, newer); err != nil {
 		t.Fatal(err)
 	}

@@ -116,7 +116,7 @@ type Engine struct {
 	timerBits  []uint64  // see markTimers
 	sweepTick  uint32
 	ahead      stateKeys // of the event announced last, see Prefetch
-	rebase     bool      // set by Reset: the next checkpoint is the whole state
+	rebase     bool      // set by Take: the next checkpoint is the whole state
 }
 
 // New makes an engine with a rule set.
@@ -149,20 +149,23 @@ func New(cfg Config, set *rules.Set, m *Metrics, log *slog.Logger) *Engine {
 	return e
 }
 
-// Reset empties the state — rows, merchants, timers, clocks — and keeps
-// the rule set and the counters: for a state about to be replaced by a
-// newer one (RestoreChangelog). The next checkpoint replaces the store's
-// rows rather than adding to them. It fails while a checkpoint is being
-// captured.
-func (e *Engine) Reset() error {
-	if e.capture != nil {
-		return errors.New("reset: a checkpoint is being captured")
+// Fresh returns an empty engine with e's configuration and rule set and no
+// metrics: one to restore a state into beside e, while e goes on, for e to
+// Take.
+func (e *Engine) Fresh() *Engine { return New(e.cfg, e.set.Load(), nil, e.log) }
+
+// Take replaces e's state with n's — rows, merchants, timers, clocks — and
+// keeps e's rule set and counters; n is not to be used after. The next
+// checkpoint replaces the store's rows rather than adding to them. It
+// fails while a checkpoint of either is being captured.
+func (e *Engine) Take(n *Engine) error {
+	if e.capture != nil || n.capture != nil {
+		return errors.New("replace state: a checkpoint is being captured")
 	}
-	n := New(e.cfg, e.set.Load(), nil, e.log)
 	e.accounts, e.devices, e.ips, e.payees, e.chains = n.accounts, n.devices, n.ips, n.payees, n.chains
 	e.merchants, e.timers, e.srcMax, e.byAccount, e.syms = n.merchants, n.timers, n.srcMax, n.byAccount, n.syms
-	e.timersNew, e.timersGone, e.timerBits = nil, nil, nil
-	e.timerSeq, e.maxTS, e.lastSweep, e.sweepTick = 0, 0, 0, 0
+	e.timersNew, e.timersGone, e.timerBits = n.timersNew, n.timersGone, n.timerBits
+	e.timerSeq, e.maxTS, e.lastSweep, e.sweepTick = n.timerSeq, n.maxTS, n.lastSweep, n.sweepTick
 	e.ahead = stateKeys{}
 	e.rebase = true
 	e.updateGauges()

@@ -159,6 +159,15 @@ func DropRecords(tx *bolt.Tx) error {
 	return nil
 }
 
+// Reset drops every account state and the breaker's from memory, for Load
+// to fill again from a store whose records a changelog's replaced
+// (DropRecords, PutRecord).
+func (p *Planner) Reset() {
+	p.states, p.dirty = map[string]*State{}, map[string]bool{}
+	p.breaker = breakerState{}
+	p.metrics.breakerOpen(false)
+}
+
 // SaveAccount writes one account's state and the breaker inside the
 // caller's transaction: a manual action is durable before it is answered.
 func (p *Planner) SaveAccount(tx *bolt.Tx, id string) error {

@@ -79,7 +79,12 @@ type SourceConfig struct {
 	// undelivered. Ready reports true only once it has been asked for
 	// every partition of the generation.
 	HandedOver func(topic string, partition int, committed int64) int64
-	Now        func() time.Time
+	// Assigning, when set, runs when a generation gives this member
+	// partitions, before their start offsets are chosen (StartOffset) and
+	// fetching begins: a consumer taking partitions over may restore their
+	// state first. ctx ends with the generation.
+	Assigning func(ctx context.Context)
+	Now       func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -253,6 +258,9 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 		case <-fetchCtx.Done():
 		}
 	}()
+	if parts > 0 && s.cfg.Assigning != nil {
+		s.cfg.Assigning(fetchCtx)
+	}
 	var wg sync.WaitGroup
 	for topic, as := range gen.Assignments {
 		for _, a := range as {
