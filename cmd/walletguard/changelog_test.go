@@ -97,3 +97,72 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 	t.Logf("%d events; %d restarts after kill -9 on the data directory, then killed having read %v, %d committed, and the directory deleted; restored %d accounts from the changelog; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the changelog",
 		len(ref.msgs), restarts, killedAt, committed, restored, len(got), commands, pending, before)
 }
+
+// TestColdStandbyTakesOverFromChangelog: an owner and a standby that does
+// not follow it (standby_follow: false), both with the changelog, run as
+// separate processes. The standby starts early, restoring the changelog as
+// it then was, and holds only that while the owner decides most of the
+// stream. The owner is killed with SIGKILL as it decides the last tenth.
+// Taking the partition over, the standby restores the owner's last
+// published state before it fetches an event, and decides the rest: every
+// decision and command equals an undisturbed run's, and the gateway finds
+// frozen the accounts the owner froze while the standby stood by.
+func TestColdStandbyTakesOverFromChangelog(t *testing.T) {
+	bin := buildBinary(t)
+	brokerAddr := startBroker(t, bin)
+	scfg := sim.DefaultConfig(4000)
+	scfg.Seed, scfg.HistoryDays, scfg.Duration = 29, 2, 30*time.Hour
+	group := config.Default().Kafka.GroupID
+	configOf := func(name, kafka string) memberConfig {
+		c := memberConfig{path: filepath.Join(t.TempDir(), name+".yaml"), http: freePort(t)}
+		writeFile(t, c.path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms, changelog_topic: walletguard.changelog%s}\n"+
+			"http: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n", filepath.Join(t.TempDir(), name), brokerAddr, kafka, c.http))
+		return c
+	}
+	var a, b *member
+	var standbyFrom, killedAt float64
+	var committed int64
+	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
+		switch part {
+		case 0:
+			a = startMember(t, bin, configOf("a", ""))
+			waitUntil(t, "the owner to own the partition", time.Minute, a.owns)
+		case 1:
+			waitUntil(t, "the owner to commit what was produced", 2*time.Minute, func() bool {
+				return committedOffsets(t, brokerAddr, group, "wallet.events", 1) >= int64(produced)*9/10
+			})
+			standbyFrom = consumed(a.http)
+			b = startMember(t, bin, configOf("b", ", standby_follow: false"))
+			waitUntil(t, "the standby to stand by", time.Minute, b.standsBy)
+		case 8:
+			waitUntil(t, "the owner to commit most of what was produced", 2*time.Minute, func() bool {
+				return committedOffsets(t, brokerAddr, group, "wallet.events", 1) >= int64(produced)*9/10
+			})
+		case 9:
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+			killedAt = consumed(a.http)
+			if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			a.cmd.Wait()
+			committed = committedOffsets(t, brokerAddr, group, "wallet.events", 1)
+		}
+	})
+
+	waitUntil(t, "the standby to take the partition over", time.Minute, b.owns)
+	got := ref.waitDecided(t, brokerAddr, 3*time.Minute, "the standby, now the owner, to decide every event")
+	pending, commands := ref.check(t, brokerAddr, got, "after the owner was killed and a standby that did not follow took over")
+	restores := regexp.MustCompile(`"restored state from changelog".*"accounts":(\d+)`).FindAllStringSubmatch(b.logs.String(), -1)
+	if len(restores) != 2 || !regexp.MustCompile(`newer state than this instance's`).MatchString(b.logs.String()) {
+		t.Fatalf("the standby logs %d restores from the changelog, want two: at its start and, replacing that state, on taking over", len(restores))
+	}
+
+	// Those frozen between the standby's start and the committed offset
+	// it knows of only from the restore on taking over.
+	before := ref.checkFrozen(t, b.http, int(committed), "the new owner") - ref.checkFrozen(t, b.http, int(standbyFrom), "the new owner")
+	if before == 0 {
+		t.Fatalf("no account was frozen between the standby's start (%v) and the committed offset %d: the test did not see enforcement state restored on taking over", standbyFrom, committed)
+	}
+	t.Logf("%d events; the standby started with the state after about %v, restoring %s accounts, and took over with %s; the owner was killed having read %v, %d committed; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the restore on taking over",
+		len(ref.msgs), standbyFrom, restores[0][1], restores[1][1], killedAt, committed, len(got), commands, pending, before)
+}
