@@ -140,6 +140,7 @@ type appMetrics struct {
 	lastCheckpoint      prometheus.Gauge
 	changelogRecords    prometheus.Counter
 	changelogErrs       prometheus.Counter
+	changelogRestores   *prometheus.CounterVec
 }
 
 func newAppMetrics(reg prometheus.Registerer) *appMetrics {
@@ -198,6 +199,13 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 			Name: "walletguard_changelog_errors_total",
 			Help: "Checkpoints the changelog could not take; offsets wait for the next that it takes, which carries the whole state.",
 		}),
+		changelogRestores: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_changelog_restores_total",
+			Help: "States restored from kafka.changelog_topic, by why: empty (no local checkpoint), newer (the changelog was ahead of it at start), takeover (a standby that does not follow, taking partitions over).",
+		}, []string{"why"}),
+	}
+	for _, why := range []string{"empty", "newer", "takeover"} {
+		m.changelogRestores.WithLabelValues(why)
 	}
 	m.reloadOK.Set(1)
 	for _, c := range []string{enforce.CmdFreeze, enforce.CmdRequire2FA, enforce.CmdUnfreeze, enforce.CmdClear2FA} {

@@ -242,6 +242,11 @@ func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (dete
 		return nil, err
 	}
 	a.clog.fresh.Store(true) // the state goes out whole again, under a new epoch
+	why := "empty"
+	if held != nil {
+		why = "newer"
+	}
+	a.amet.changelogRestores.WithLabelValues(why).Inc()
 	r.logRestored(a.log, a.proc.Engine.Stats())
 	return r.offsets, nil
 }
@@ -319,6 +324,7 @@ func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) err
 	a.startAt.Store(&r.offsets)
 	st := a.proc.Engine.Stats()
 	a.held.Store(int64(st.Accounts))
+	a.amet.changelogRestores.WithLabelValues("takeover").Inc()
 	r.logRestored(a.log, st)
 	return nil
 }

@@ -157,6 +157,9 @@ func TestChangelogSupersedesAStaleStore(t *testing.T) {
 	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true {
 		t.Errorf("account frozen by hand after the copy was taken: %v", acc)
 	}
+	if n := metric(t, b.app.HTTPAddr(), `walletguard_changelog_restores_total{why="newer"}`); n != 1 {
+		t.Errorf("restores counted as newer than the local checkpoint: %v, want 1", n)
+	}
 	produce(t, broker.Addr(), "wallet.events", msgs[2*third:]...)
 	waitFor(t, 60*time.Second, "the last third to be decided", func() bool { return b.app.Snapshot().Consumed >= float64(len(msgs)-2*third) })
 	ckpts := metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total")
@@ -238,6 +241,11 @@ func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	}
 	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true {
 		t.Errorf("account frozen by hand on the owner, after the takeover: %v", acc)
+	}
+	for why, want := range map[string]float64{"empty": 1, "takeover": 1, "newer": 0} {
+		if n := metric(t, b.app.HTTPAddr(), `walletguard_changelog_restores_total{why="`+why+`"}`); n != want {
+			t.Errorf("restores counted as %s: %v, want %v", why, n, want)
+		}
 	}
 	produce(t, broker.Addr(), "wallet.events", msgs[cut[2]:]...)
 	waitFor(t, 60*time.Second, "the new owner to decide the rest", func() bool { return b.app.Snapshot().Consumed >= float64(cut[3]-cut[2]) })
