@@ -19,21 +19,12 @@ import (
 // the handler stops the read and comes back.
 func TestReadPartitionsHandsOnATopicUpToItsEnd(t *testing.T) {
 	const parts = 3
-	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	brokers := []string{b.Addr()}
+	ctx, brokers, p := stateBroker(t)
 	for range 2 {
 		if err := CreateCompacted(ctx, brokers, "state", parts, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
-	defer p.Close()
 	var msgs []Message
 	for i := range 5000 {
 		msgs = append(msgs, Message{Topic: "state", Key: fmt.Appendf(nil, "k%d", i%50), Value: strconv.AppendInt(nil, int64(i), 10)})
@@ -91,16 +82,7 @@ func TestReadPartitionsHandsOnATopicUpToItsEnd(t *testing.T) {
 // records, the last "marker" below an end is found whether it lies near
 // the end or far back, and nothing is found for a key never written.
 func TestLastMatchingFindsTheLatestRecordOfAKey(t *testing.T) {
-	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1, Topics: []string{"state"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	brokers := []string{b.Addr()}
-	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
-	defer p.Close()
+	ctx, brokers, p := stateBroker(t, "state")
 	markers := map[int]bool{10: true, 7000: true, 19990: true}
 	var msgs []Message
 	for i := range 20000 {
@@ -133,4 +115,21 @@ func TestLastMatchingFindsTheLatestRecordOfAKey(t *testing.T) {
 	if m, err := LastMatching(ctx, brokers, "state", 0, 20000, slog.New(slog.DiscardHandler), func(m *kafka.Message) bool { return string(m.Key) == "none" }); err != nil || m != nil {
 		t.Errorf("a key never written: %v, %v", m, err)
 	}
+}
+
+// stateBroker starts a broker with topics (of one partition), and returns
+// a context bounding the test, the broker's address and a producer to it.
+func stateBroker(t *testing.T, topics ...string) (context.Context, []string, *Producer) {
+	t.Helper()
+	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1, Topics: topics}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	brokers := []string{b.Addr()}
+	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { p.Close() })
+	return ctx, brokers, p
 }
