@@ -86,11 +86,12 @@ func MetaOffsets(meta []byte) (Offsets, error) {
 	return o, nil
 }
 
-// RestoreChangelog loads into an empty engine (new, or Reset) the rows
+// RestoreChangelog loads into an empty engine (New, Fresh) the rows
 // read handing each to apply (every row of a changelog up to its last
 // marker, in order), and the marker's meta (Capture.Meta). It returns the
 // offsets the state was taken at. Every row is then marked changed: the
-// next checkpoint writes the whole state to the local store.
+// next checkpoint writes the whole state to the local store (replacing
+// what it held, once a live engine Takes it).
 func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, key uint64, v []byte) error) error) (Offsets, error) {
 	m, srcs, off, err := splitMeta(meta)
 	if err != nil {
@@ -121,7 +122,6 @@ func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, k
 		return nil, fmt.Errorf("restore changelog: %w", err)
 	}
 	e.installAllChanged(timers)
-	e.rebase = true // a store the engine had rows in gets these instead
 	e.updateGauges()
 	return offsets, nil
 }

@@ -188,7 +188,7 @@ type Capture struct {
 	timerSet  *rowSet  // timerPut encoded, by the first write
 	sets      []rowSet // every set in order, by the first write (rowSets)
 	complete  bool
-	base      bool // the whole state, after Reset: it replaces the store's rows
+	base      bool // the whole state, after Take: it replaces the store's rows
 }
 
 // BeginCheckpoint starts capturing a checkpoint with the offsets given: the
