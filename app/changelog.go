@@ -273,6 +273,9 @@ func (a *App) restoreOnTakeover(ctx context.Context) {
 		r, err = a.readChangelog(ctx, marker, ends)
 	}
 	if err == nil && r != nil {
+		r.delivered = a.handedOverPast(r.offsets)
+	}
+	if err == nil && r != nil {
 		r.done = make(chan error, 1)
 		select {
 		case a.restores <- r:
@@ -326,7 +329,52 @@ func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) err
 	a.held.Store(int64(st.Accounts))
 	a.amet.changelogRestores.WithLabelValues("takeover").Inc()
 	r.logRestored(a.log, st)
+	if !r.delivered {
+		a.learnRestored(time.Now())
+	}
 	return nil
+}
+
+// learnRestored takes the alerts restored on taking over that changed
+// within alerts.takeover_redeliver (event time) before the state's
+// watermark as learned, for takeOver to deliver again: the owner may have
+// died holding them undelivered, in an outbox the changelog does not
+// carry. Pipeline only.
+func (a *App) learnRestored(now time.Time) {
+	window := a.cfg.Alerts.TakeoverRedeliver.D()
+	if window <= 0 {
+		return
+	}
+	since := a.proc.Engine.Watermark().Add(-window)
+	for _, al := range a.proc.Alerts.All() {
+		if !al.UpdatedAt.Before(since) {
+			a.learned = append(a.learned, learnedAlert{at: now, alert: al})
+		}
+	}
+}
+
+// handedOverPast reports whether an owner handed over (stopped with its
+// outbox delivered) at or past offsets on every partition. It waits a
+// moment for the actions topic to be read to its end.
+func (a *App) handedOverPast(offsets detector.Offsets) bool {
+	if a.cfg.Kafka.ActionsTopic == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
+	defer cancel()
+	if err := a.readActions(ctx); err != nil {
+		a.log.Warn("actions topic not read to its end at takeover; delivering again the recent alerts restored", "err", err)
+	}
+	a.manualMu.Lock()
+	defer a.manualMu.Unlock()
+	for t, ps := range offsets {
+		for p, o := range ps {
+			if at, ok := a.handoverAt[t][p]; !ok || at < o {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // markerAhead reports whether the state the marker closes was taken past
@@ -403,6 +451,9 @@ type clogRestore struct {
 	offsets        detector.Offsets // where the state was taken
 	started        time.Time
 	done           chan error // installRestored's answer
+	// delivered: the owner handed over at or past offsets, with its
+	// outbox delivered; the alerts restored need not go out again.
+	delivered bool
 }
 
 func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {

@@ -197,8 +197,8 @@ func TestChangelogSupersedesAStaleStore(t *testing.T) {
 // once across the two.
 func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	broker, withChangelog := changelogBroker(t, 4)
-	msgs, evs := simMessages(t, 500, 11, 9000)
-	cut := []int{0, 3000, 7000, len(msgs)}
+	msgs, evs := simMessages(t, 400, 11, 12000)
+	cut := []int{0, 4000, 9000, len(msgs)}
 
 	produce(t, broker.Addr(), "wallet.events", msgs[:cut[1]]...)
 	a := start(t, withChangelog(t.TempDir()))
@@ -209,6 +209,9 @@ func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	})
 	cfgB := withChangelog(t.TempDir())
 	cfgB.Kafka.StandbyFollow = false
+	// Long enough, in event time, for every alert of the stream: only the
+	// owner's handover keeps them from going out again.
+	cfgB.Alerts.TakeoverRedeliver = config.Duration(90 * 24 * time.Hour)
 	appB, err := New(cfgB, slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +252,13 @@ func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	}
 	produce(t, broker.Addr(), "wallet.events", msgs[cut[2]:]...)
 	waitFor(t, 60*time.Second, "the new owner to decide the rest", func() bool { return b.app.Snapshot().Consumed >= float64(cut[3]-cut[2]) })
+	restored := len(b.app.proc.Alerts.All())
 	b.stop(t)
+	// The owner stopped with its outbox delivered and said so: what the
+	// standby restored goes to support no second time.
+	if n := testutil.ToFloat64(b.app.amet.alertsRedelivered); n != 0 || restored == 0 {
+		t.Errorf("%v of %d alerts held delivered again after a handover, want none of several", n, restored)
+	}
 	if n := b.app.Snapshot().Consumed; n != float64(cut[3]-cut[2]) {
 		t.Errorf("the new owner decided %v events, want the %d after the takeover", n, cut[3]-cut[2])
 	}

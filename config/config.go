@@ -148,7 +148,10 @@ type Alerts struct {
 	// over, it delivers again the alerts it learned of by following in
 	// this long before. The owner that died may have held them in its
 	// outbox, undelivered (a receiver down); receivers deduplicate by
-	// alert_id. 0 delivers none again.
+	// alert_id. 0 delivers none again. A standby that does not follow,
+	// restoring the owner's state from the changelog on taking over,
+	// delivers again the alerts restored that changed within this long
+	// (event time) before that state's watermark.
 	TakeoverRedeliver Duration `yaml:"takeover_redeliver"`
 }
 
