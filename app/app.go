@@ -337,6 +337,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			offsets = restored
 		}
 	}
+	if !cfg.Kafka.StandbyFollow && a.clog == nil {
+		log.Warn("kafka.standby_follow is off and there is no changelog: if this instance stands by and takes over, it decides with the state it started with (docs/scaling.md)")
+	}
 	a.resumed = offsets
 	a.startAt.Store(&offsets)
 	a.restores = make(chan *clogRestore)
