@@ -360,11 +360,7 @@ func (a *App) handedOverPast(offsets detector.Offsets) bool {
 	if a.cfg.Kafka.ActionsTopic == "" {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
-	defer cancel()
-	if err := a.readActions(ctx); err != nil {
-		a.log.Warn("actions topic not read to its end at takeover; delivering again the recent alerts restored", "err", err)
-	}
+	a.awaitHandovers("delivering again the recent alerts restored")
 	a.manualMu.Lock()
 	defer a.manualMu.Unlock()
 	for t, ps := range offsets {

@@ -148,11 +148,7 @@ func (a *App) handedOver(topic string, partition int, committed int64) int64 {
 		a.amet.takeovers.WithLabelValues("no").Inc()
 		return -1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
-	defer cancel()
-	if err := a.readActions(ctx); err != nil {
-		a.log.Warn("actions topic not read to its end at takeover; deciding again from where following stopped", "err", err)
-	}
+	a.awaitHandovers("deciding again from where following stopped")
 	a.manualMu.Lock()
 	defer a.manualMu.Unlock()
 	o, ok := a.handoverAt[topic][partition]
@@ -170,6 +166,17 @@ func (a *App) handedOver(topic string, partition int, committed int64) int64 {
 	}
 	a.handedOverTo[topic][partition] = o
 	return o
+}
+
+// awaitHandovers waits up to handoverReadWait for the actions topic to be
+// read to its end, so that a handover written there is known at takeover;
+// if it is not, it logs that, and instead what happens.
+func (a *App) awaitHandovers(instead string) {
+	ctx, cancel := context.WithTimeout(context.Background(), handoverReadWait)
+	defer cancel()
+	if err := a.readActions(ctx); err != nil {
+		a.log.Warn("actions topic not read to its end at takeover; "+instead, "err", err)
+	}
 }
 
 // noteHandover keeps where a handover says the owner stopped, per
