@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -283,5 +284,61 @@ func TestMergeKeepsTheNewestRowOfEachKey(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Fatalf("merged %d rows, want %d", len(got), len(want))
+	}
+}
+
+// TestWholeStateReplacesEveryRowFile: a checkpoint of the whole state (after
+// Take) lists its own file alone — not the files before it, nor a merge of
+// them waiting to be listed — and those files leave the disk. Opened again,
+// the store holds only its rows.
+func TestWholeStateReplacesEveryRowFile(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { st.Close() }()
+	st.rows.minLog = 1 << 40 // merged below, by hand
+	write := func(base bool, keys ...uint64) {
+		t.Helper()
+		s := rowSet{kind: rowAccount}
+		for _, k := range keys {
+			s.rows = append(s.rows, kv{k, fmt.Appendf(nil, "v%d", k)})
+		}
+		if err := st.DB().Update(func(tx *bolt.Tx) error { return st.rows.write(tx, []rowSet{s}, base) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(false, 1, 2)
+	write(false, 3)
+	merged := rowFile{Seq: st.rows.next}
+	st.rows.next++
+	if err := st.rows.merge(st.rows.files, &merged); err != nil {
+		t.Fatal(err)
+	}
+	st.rows.merged = &mergedFile{file: merged, upto: st.rows.files[len(st.rows.files)-1].Seq}
+	write(true, 7, 8)
+	if n := len(st.rows.files); n != 1 {
+		t.Fatalf("%d files listed after a checkpoint of the whole state, want 1", n)
+	}
+	if st.rows.merged != nil {
+		t.Error("a merge of the replaced files is still waiting to be listed")
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "rows", "rows-*.log"))
+	if len(names) != 1 {
+		t.Errorf("row files on disk: %v, want the whole state's alone", names)
+	}
+	st.Close()
+	if st, err = OpenStore(dir); err != nil {
+		t.Fatal(err)
+	}
+	var keys []uint64
+	for _, f := range st.rows.files {
+		if err := st.rows.read(f, func(_ byte, key uint64, _ []byte) error { keys = append(keys, key); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(keys, []uint64{7, 8}) {
+		t.Errorf("store opened again holds rows %v, want [7 8]", keys)
 	}
 }
