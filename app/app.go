@@ -88,10 +88,13 @@ type App struct {
 	startAt  atomic.Pointer[detector.Offsets]
 	restores chan *clogRestore // from the source's Assigning to the pipeline
 	owned    atomic.Bool       // partitions were assigned, their state settled
-	ckptErr  atomic.Value      // string: why the last checkpoint failed, "" if fine
-	held     atomic.Int64      // accounts in state at the last checkpoint, for the group balancer
-	followed Outputs           // a standby's outputs, dropped (pipeline only)
-	learned  []learnedAlert    // alerts a standby learned of by following (takeover.go; pipeline only)
+	// restoring: a restore on taking over is under way; the API refuses
+	// changes, which would go to the state being replaced.
+	restoring atomic.Bool
+	ckptErr   atomic.Value   // string: why the last checkpoint failed, "" if fine
+	held      atomic.Int64   // accounts in state at the last checkpoint, for the group balancer
+	followed  Outputs        // a standby's outputs, dropped (pipeline only)
+	learned   []learnedAlert // alerts a standby learned of by following (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -1076,6 +1079,8 @@ func (a *App) watchRules(ctx context.Context) {
 
 const stoppingReason = "stopping: handing the partitions over to a standby, if one runs"
 
+const restoringReason = "taking the partitions over: restoring the owner's state from the changelog"
+
 func (a *App) standbyReason() string {
 	return "standing by: another walletguard in consumer group " + a.cfg.Kafka.GroupID + " consumes every partition (or the event topics have none)"
 }
@@ -1087,6 +1092,9 @@ func (a *App) ready() (bool, string) {
 	}
 	if a.source.Standby() {
 		return false, a.standbyReason()
+	}
+	if a.restoring.Load() {
+		return false, restoringReason
 	}
 	if !a.source.Ready() {
 		return false, "not consuming yet (joining the consumer group)"

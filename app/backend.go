@@ -25,6 +25,10 @@ func (b backend) Standby() (bool, string) {
 	if b.a.stopping.Load() {
 		return true, stoppingReason
 	}
+	if b.a.restoring.Load() {
+		// A change now would go to the state being replaced.
+		return true, restoringReason
+	}
 	if b.a.source == nil || !b.a.source.Standby() {
 		return false, ""
 	}

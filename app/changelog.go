@@ -270,6 +270,8 @@ func (a *App) restoreOnTakeover(ctx context.Context) {
 	}
 	var r *clogRestore
 	if err == nil && ahead {
+		a.restoring.Store(true)
+		defer a.restoring.Store(false)
 		r, err = a.readChangelog(ctx, marker, ends)
 	}
 	if err == nil && r != nil {

@@ -1,10 +1,12 @@
 package app
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,6 +247,17 @@ func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true {
 		t.Errorf("account frozen by hand on the owner, after the takeover: %v", acc)
 	}
+	// While a restore is under way a change is refused: it would go to the
+	// state being replaced.
+	b.app.restoring.Store(true)
+	if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/unfreeze", "admin-token", `{"reason":"verified owner"}`); code != http.StatusServiceUnavailable ||
+		!strings.Contains(fmt.Sprint(body["error"]), "restoring") {
+		t.Errorf("unfreeze during a restore: %d %v, want 503 restoring", code, body)
+	}
+	if code, why := readyz(b.app.HTTPAddr()); code != http.StatusServiceUnavailable || !strings.Contains(why, "restoring") {
+		t.Errorf("readiness during a restore: %d %q", code, why)
+	}
+	b.app.restoring.Store(false)
 	for why, want := range map[string]float64{"empty": 1, "takeover": 1, "newer": 0} {
 		if n := metric(t, b.app.HTTPAddr(), `walletguard_changelog_restores_total{why="`+why+`"}`); n != want {
 			t.Errorf("restores counted as %s: %v, want %v", why, n, want)
