@@ -276,8 +276,6 @@ func (a *App) restoreOnTakeover(ctx context.Context) {
 	}
 	if err == nil && r != nil {
 		r.delivered = a.handedOverPast(r.offsets)
-	}
-	if err == nil && r != nil {
 		r.done = make(chan error, 1)
 		select {
 		case a.restores <- r:
