@@ -163,8 +163,9 @@ func (m *Manager) SetTemplates(t *Templates) { m.tpl = t }
 
 // NewManager makes an empty manager.
 func NewManager() *Manager {
-	return &Manager{tpl: DefaultTemplates(), open: map[string]*Alert{}, outages: map[string]string{}, dirty: map[string]bool{},
-		related: map[string][]string{}}
+	m := &Manager{tpl: DefaultTemplates()}
+	m.Reset()
+	return m
 }
 
 // Observe folds a decision into the alerts. It appends to out a copy of every

@@ -81,7 +81,6 @@ type App struct {
 	recent                       *recentDecisions
 	stats                        minuteStats
 	scores                       *queue[ingest.Message]
-	resumed                      detector.Offsets // offsets of the restored checkpoint
 	// startAt is where the state taken at start, or restored from the
 	// changelog on taking over (restores), was taken: where partitions
 	// assigned start.
@@ -343,7 +342,6 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if !cfg.Kafka.StandbyFollow && a.clog == nil {
 		log.Warn("kafka.standby_follow is off and there is no changelog: if this instance stands by and takes over, it decides with the state it started with (docs/scaling.md)")
 	}
-	a.resumed = offsets
 	a.startAt.Store(&offsets)
 	a.restores = make(chan *clogRestore)
 	enrolled, err := a.proc.Planner.Load(a.store.DB())
@@ -557,7 +555,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		// offsets of every partition the state has seen, including those
 		// this run has not consumed yet: the state still includes their
 		// events up to the restored offsets.
-		next     = cloneOffsets(a.resumed)
+		next     = cloneOffsets(*a.startAt.Load())
 		lastCkpt = time.Now()
 		interval = a.cfg.Detector.CheckpointInterval.D()
 	)

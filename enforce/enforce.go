@@ -179,8 +179,8 @@ func NewPlanner(cfg Config, m *Metrics) *Planner {
 	if cfg.Issuer == "" {
 		cfg.Issuer = "walletguard"
 	}
-	p := &Planner{cfg: cfg, states: map[string]*State{}, dirty: map[string]bool{}, metrics: m}
-	m.breakerOpen(false)
+	p := &Planner{cfg: cfg, metrics: m}
+	p.Reset()
 	return p
 }
 
