@@ -89,6 +89,42 @@ func (b *Box) Put(tx *bolt.Tx, dest, id string, payload []byte, now time.Time) e
 	return bk.Put(key(dest, seq), v)
 }
 
+// EachPending hands fn every record waiting for delivery, destination by
+// destination and in order: its key (unique in this outbox, never reused)
+// and its stored form, for a copy of the outbox kept elsewhere (the
+// changelog). Both are valid only during the call.
+func (b *Box) EachPending(fn func(key, stored []byte) error) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if err := fn(k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// KeyDest is the destination of a record key EachPending gave.
+func KeyDest(key []byte) (string, bool) {
+	i := len(key) - 9
+	if i < 0 || key[i] != 0 {
+		return "", false
+	}
+	return string(key[:i]), true
+}
+
+// PutStored adds, inside the caller's transaction, a record for dest in the
+// stored form EachPending gave (of this outbox or another's): with its id
+// and the time it was first added, behind the records waiting now.
+func (b *Box) PutStored(tx *bolt.Tx, dest string, stored []byte) error {
+	var it Item
+	if err := json.Unmarshal(stored, &it); err != nil || it.ID == "" {
+		return fmt.Errorf("outbox %s: stored record unreadable: %v", dest, err)
+	}
+	return b.Put(tx, dest, it.ID, it.Payload, it.AddedAt)
+}
+
 // Notify wakes dest's worker.
 func (b *Box) Notify(dest string) {
 	select {

@@ -135,3 +135,71 @@ func TestRefusedRecordGoesToDeadLetters(t *testing.T) {
 		t.Errorf("%d still pending", n)
 	}
 }
+
+// TestPendingRecordsMoveToAnotherOutbox: what one outbox still owes, read
+// with EachPending and put into another with PutStored, is delivered there
+// in the same order, with the same ids and ages; what the first delivered
+// is not among it.
+func TestPendingRecordsMoveToAnotherOutbox(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "a.db"))
+	defer db.Close()
+	a, err := Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, db, a, "hooks", "h1", "h2", "h3")
+	put(t, db, a, "cmds", "c1")
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan string, 1)
+	go a.Deliver(ctx, "hooks", func(_ context.Context, it *Item) error {
+		sent <- it.ID
+		cancel() // one delivered, then this outbox's instance is gone
+		return nil
+	}, Policy{})
+	if id := <-sent; id != "h1" {
+		t.Fatalf("first delivered %s, want h1", id)
+	}
+	for n, _ := a.Pending("hooks"); n != 2; n, _ = a.Pending("hooks") {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	db2 := openDB(t, filepath.Join(dir, "b.db"))
+	defer db2.Close()
+	b, err := Open(db2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, db2, b, "hooks", "own") // the new owner's own record stays first
+	err = a.EachPending(func(k, v []byte) error {
+		dest, ok := KeyDest(k)
+		if !ok {
+			t.Fatalf("key %q names no destination", k)
+		}
+		return db2.Update(func(tx *bolt.Tx) error { return b.PutStored(tx, dest, v) })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := a.Waiting("hooks")
+	got, _ := b.Waiting("hooks")
+	var ids []string
+	for _, it := range got {
+		ids = append(ids, it.ID)
+	}
+	if strings.Join(ids, ",") != "own,h2,h3" {
+		t.Fatalf("new outbox holds %v for hooks, want own,h2,h3", ids)
+	}
+	if !got[1].AddedAt.Equal(old[0].AddedAt) {
+		t.Errorf("moved record added at %v, want its first time %v", got[1].AddedAt, old[0].AddedAt)
+	}
+	if c, _ := b.Waiting("cmds"); len(c) != 1 || c[0].ID != "c1" || string(c[0].Payload) != `{"id":"c1"}` {
+		t.Errorf("new outbox holds %+v for cmds, want c1 with its payload", c)
+	}
+	if _, ok := KeyDest([]byte("short")); ok {
+		t.Error("a key without a sequence number gave a destination")
+	}
+	if err := db2.Update(func(tx *bolt.Tx) error { return b.PutStored(tx, "hooks", []byte("{")) }); err == nil {
+		t.Error("an unreadable stored record was taken")
+	}
+}
