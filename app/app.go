@@ -90,10 +90,11 @@ type App struct {
 	// restoring: a restore on taking over is under way; the API refuses
 	// changes, which would go to the state being replaced.
 	restoring atomic.Bool
-	ckptErr   atomic.Value   // string: why the last checkpoint failed, "" if fine
-	held      atomic.Int64   // accounts in state at the last checkpoint, for the group balancer
-	followed  Outputs        // a standby's outputs, dropped (pipeline only)
-	learned   []learnedAlert // alerts a standby learned of by following (takeover.go; pipeline only)
+	ckptErr   atomic.Value    // string: why the last checkpoint failed, "" if fine
+	held      atomic.Int64    // accounts in state at the last checkpoint, for the group balancer
+	followed  Outputs         // a standby's outputs, dropped (pipeline only)
+	learned   []learnedOutput // alerts and commands a standby learned of by following (takeover.go; pipeline only)
+	owed      *owedOutbox     // the previous owner's undelivered records, restored (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -135,6 +136,8 @@ type appMetrics struct {
 	commands            *prometheus.CounterVec
 	alertsRaised        *prometheus.CounterVec
 	alertsRedelivered   prometheus.Counter
+	commandsRedelivered prometheus.Counter
+	outboxRestored      *prometheus.CounterVec
 	manualAdopted       prometheus.Counter
 	manualRead          prometheus.Counter
 	takeovers           *prometheus.CounterVec
@@ -176,6 +179,14 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 			Name: "walletguard_alerts_redelivered_total",
 			Help: "Alerts a standby learned of by following and delivered again when it took the partitions over (alerts.takeover_redeliver).",
 		}),
+		commandsRedelivered: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_commands_redelivered_total",
+			Help: "Account-service commands a standby learned of by following and delivered again when it took the partitions over (alerts.takeover_redeliver).",
+		}),
+		outboxRestored: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_outbox_restored_total",
+			Help: "Records the previous owner's outbox still held (alerts, commands, manual actions), restored from kafka.changelog_topic and delivered again on taking its partitions over, by destination.",
+		}, []string{"destination"}),
 		manualAdopted: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_manual_actions_adopted_total",
 			Help: "Manual actions made on another instance (freezes, unfreezes, 2FA, alert and breaker changes) adopted from kafka.actions_topic.",
@@ -852,7 +863,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					copyCheckpoint(copyRows) // a slice at a time: an event may come
 				}
 				unlock()
-				if a.learned != nil && a.source != nil && a.source.Ready() {
+				if a.takeoverDue() {
 					a.takeOver() // taken over, with no event yet
 				}
 				if a.manualWaiting.Load() || len(a.manualPending) > 0 {
@@ -907,7 +918,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		if rec.Follow {
 			a.follow(&rec)
 		} else {
-			if a.learned != nil && a.source.Ready() {
+			if a.takeoverDue() {
 				a.takeOver()
 			}
 			a.handle(&rec, &cur.out, &cur.msgs)
@@ -976,8 +987,12 @@ func (a *App) follow(rec *ingest.Record) {
 	if rec.Err != nil {
 		return
 	}
+	if a.owed != nil {
+		// The owner is alive, and delivers its own outbox.
+		a.owed = nil
+	}
 	a.proc.FollowFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
-	a.learnAlerts(a.followed.Alerts, eventPlace{rec.Topic, rec.Partition, rec.Offset}, rec.Arrived)
+	a.learnOutputs(a.followed.Alerts, a.followed.Commands, eventPlace{rec.Topic, rec.Partition, rec.Offset}, rec.Arrived)
 	a.followed.Reset()
 	a.imet.Followed.Inc()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
 )
 
 // The changelog (kafka.changelog_topic) holds what every checkpoint adds to
@@ -28,6 +30,9 @@ import (
 //     row's 8-byte big-endian key; an empty value deletes the row;
 //   - an account's enforcement state: 'S' and the account id; the freeze
 //     breaker: 'B'; an alert: 'A' and its key (an empty value: gone);
+//   - a record the outbox has yet to deliver (an alert to a receiver, a
+//     command to the account service, a manual action): 'O' and its key in
+//     the outbox; an empty value once it is delivered or given up on;
 //   - the marker, key "marker", written last, once every row of its
 //     checkpoint is acknowledged: the engine's clocks and the event offsets
 //     the state was taken at (detector.Capture.Meta).
@@ -44,6 +49,7 @@ const (
 	clogState   = 'S'
 	clogBreaker = 'B'
 	clogAlert   = 'A'
+	clogOutbox  = 'O'
 	hdrEpoch    = "walletguard-epoch"
 	hdrSeq      = "walletguard-seq"
 	// clogChunk is how many records go in one write: the whole state of a
@@ -77,6 +83,10 @@ type changelog struct {
 	// and a delete for those gone. Checkpoint writer only.
 	merchants      map[uint64]uint64
 	merchantsEpoch uint64
+	// outbox are the keys of the outbox records the changelog has as
+	// waiting, for the epoch outboxEpoch. Checkpoint writer only.
+	outbox      map[string]struct{}
+	outboxEpoch uint64
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -195,6 +205,10 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	for i := 0; err == nil && i < len(saved); i++ {
 		err = add(saved[i])
 	}
+	var waiting map[string]struct{}
+	if err == nil {
+		waiting, err = a.publishOutbox(work.epoch, add)
+	}
 	if err == nil {
 		err = flush()
 	}
@@ -205,8 +219,36 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err != nil {
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
-	c.merchants = merchants
+	c.merchants, c.outbox = merchants, waiting
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
+}
+
+// publishOutbox adds to a checkpoint's records the outbox's: those put
+// since the last checkpoint published, and an empty value for those gone
+// since (delivered, given up on, or digested). A new epoch has them all.
+// It returns the keys waiting now. A record delivered in the moment
+// between this and the marker goes out again after a restore, as outbox
+// records may: receivers drop repeats by id.
+func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) (map[string]struct{}, error) {
+	c := a.clog
+	if c.outboxEpoch != epoch {
+		c.outbox, c.outboxEpoch = nil, epoch
+	}
+	waiting := make(map[string]struct{}, len(c.outbox))
+	err := a.box.EachPending(func(k, v []byte) error {
+		waiting[string(k)] = struct{}{}
+		if _, ok := c.outbox[string(k)]; ok {
+			return nil
+		}
+		// add keeps the message until it is written: copies, not bbolt's memory.
+		return add(ingest.Message{Key: append([]byte{clogOutbox}, k...), Value: append([]byte(nil), v...)})
+	})
+	for k := range c.outbox {
+		if _, ok := waiting[k]; !ok && err == nil {
+			err = add(ingest.Message{Key: append([]byte{clogOutbox}, k...)})
+		}
+	}
+	return waiting, err
 }
 
 // restoreChangelog loads the state the changelog holds up to its last
@@ -248,6 +290,7 @@ func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (dete
 	}
 	a.amet.changelogRestores.WithLabelValues(why).Inc()
 	r.logRestored(a.log, a.proc.Engine.Stats())
+	a.owed = r.owed() // delivered if this instance takes the partitions (takeOver)
 	return r.offsets, nil
 }
 
@@ -275,7 +318,6 @@ func (a *App) restoreOnTakeover(ctx context.Context) {
 		r, err = a.readChangelog(ctx, marker, ends)
 	}
 	if err == nil && r != nil {
-		r.delivered = a.handedOverPast(r.offsets)
 		r.done = make(chan error, 1)
 		select {
 		case a.restores <- r:
@@ -329,28 +371,8 @@ func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) err
 	a.held.Store(int64(st.Accounts))
 	a.amet.changelogRestores.WithLabelValues("takeover").Inc()
 	r.logRestored(a.log, st)
-	if !r.delivered {
-		a.learnRestored(time.Now())
-	}
+	a.owed = r.owed()
 	return nil
-}
-
-// learnRestored takes the alerts restored on taking over that changed
-// within alerts.takeover_redeliver (event time) before the state's
-// watermark as learned, for takeOver to deliver again: the owner may have
-// died holding them undelivered, in an outbox the changelog does not
-// carry. Pipeline only.
-func (a *App) learnRestored(now time.Time) {
-	window := a.cfg.Alerts.TakeoverRedeliver.D()
-	if window <= 0 {
-		return
-	}
-	since := a.proc.Engine.Watermark().Add(-window)
-	for _, al := range a.proc.Alerts.All() {
-		if !al.UpdatedAt.Before(since) {
-			a.learned = append(a.learned, learnedAlert{at: now, alert: al})
-		}
-	}
 }
 
 // handedOverPast reports whether an owner handed over (stopped with its
@@ -397,7 +419,7 @@ func (a *App) readChangelog(ctx context.Context, marker *kafka.Message, ends map
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", a.clog.topic, marker.Partition, marker.Offset)
 	}
 	r := &clogRestore{topic: a.clog.topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
-		engine: a.proc.Engine.Fresh(), started: time.Now()}
+		outbox: map[string][]byte{}, engine: a.proc.Engine.Fresh(), started: time.Now()}
 	var err error
 	r.offsets, err = r.engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
@@ -437,19 +459,29 @@ func (a *App) lastMarker(ctx context.Context, quick bool) (*kafka.Message, map[i
 
 // clogRestore sorts the records of a changelog being restored: detection
 // rows go to its engine as they come, account states and alerts are kept,
-// the latest of each, for the store.
+// the latest of each, for the store, and the outbox records still
+// waiting, for takeOver.
 type clogRestore struct {
-	topic          string
-	epoch, seq     uint64 // of the marker restored
-	states, alerts map[string][]byte
-	rows           int
-	engine         *detector.Engine
-	offsets        detector.Offsets // where the state was taken
-	started        time.Time
-	done           chan error // installRestored's answer
-	// delivered: the owner handed over at or past offsets, with its
-	// outbox delivered; the alerts restored need not go out again.
-	delivered bool
+	topic                  string
+	epoch, seq             uint64 // of the marker restored
+	states, alerts, outbox map[string][]byte
+	rows                   int
+	engine                 *detector.Engine
+	offsets                detector.Offsets // where the state was taken
+	started                time.Time
+	done                   chan error // installRestored's answer
+}
+
+// owed is the outbox records restored, in the order the outbox held them.
+func (r *clogRestore) owed() *owedOutbox {
+	keys := slices.Sorted(maps.Keys(r.outbox)) // destination, then sequence
+	o := &owedOutbox{records: make([]owedRecord, 0, len(keys)), offsets: r.offsets}
+	for _, k := range keys {
+		if dest, ok := outbox.KeyDest([]byte(k)); ok {
+			o.records = append(o.records, owedRecord{dest: dest, stored: r.outbox[k]})
+		}
+	}
+	return o
 }
 
 func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {
@@ -467,6 +499,12 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 			delete(r.alerts, string(m.Key[1:]))
 		} else {
 			r.alerts[string(m.Key[1:])] = m.Value
+		}
+	case clogOutbox:
+		if len(m.Value) == 0 {
+			delete(r.outbox, string(m.Key[1:]))
+		} else {
+			r.outbox[string(m.Key[1:])] = m.Value
 		}
 	default:
 		if len(m.Key) != 9 {
@@ -506,7 +544,7 @@ func (r *clogRestore) replace(tx *bolt.Tx) error {
 
 func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {
 	log.Info("restored state from changelog", "topic", r.topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(r.states), "alerts", len(r.alerts), "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
+		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
 }
 
 // clogPlace is a changelog record's epoch and sequence number.

@@ -1,12 +1,15 @@
 package app
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 )
 
@@ -272,6 +276,9 @@ func TestColdStandbyRestoresOnTakeover(t *testing.T) {
 	if n := testutil.ToFloat64(b.app.amet.alertsRedelivered); n != 0 || restored == 0 {
 		t.Errorf("%v of %d alerts held delivered again after a handover, want none of several", n, restored)
 	}
+	if n := testutil.CollectAndCount(b.app.amet.outboxRestored); n != 0 {
+		t.Errorf("outbox records restored delivered again after a handover, to %d destinations, want none", n)
+	}
 	if n := b.app.Snapshot().Consumed; n != float64(cut[3]-cut[2]) {
 		t.Errorf("the new owner decided %v events, want the %d after the takeover", n, cut[3]-cut[2])
 	}
@@ -354,3 +361,113 @@ func changelogBroker(t *testing.T, partitions int) (*ingest.EmbeddedBroker, func
 
 // published counts the state records r published to its changelog.
 func published(r *running) float64 { return testutil.ToFloat64(r.app.amet.changelogRecords) }
+
+// TestTakeoverDeliversWhatTheOwnerOwed: support's webhook and the
+// wallet's account service are down while the owner decides a stream and
+// a support agent freezes an account by hand, so its outbox holds every
+// alert and every command when it stops, without a handover. Its data_dir
+// is lost. The instance that takes over on an empty store restores the
+// state from the changelog and, with it, what the owner still owed: once
+// the receivers are back, support has every alert the owner raised and
+// the account service every command it issued, though the new owner
+// decides none of those events again.
+func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
+	broker, withChangelog := changelogBroker(t, 4)
+	msgs, _ := simMessages(t, 400, 17, 6000)
+	hookAddr, svcAddr := freePort(t), freePort(t)
+	instance := func() config.Config {
+		cfg := withChangelog(t.TempDir())
+		cfg.Kafka.ShutdownTimeout = config.Duration(3 * time.Second)
+		cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + hookAddr + "/hook", Secret: "hook-secret", Name: "support", Language: "en"}}
+		cfg.Enforce.AccountService = config.Webhook{URL: "http://" + svcAddr + "/commands", Secret: "svc-secret"}
+		return cfg
+	}
+
+	produce(t, broker.Addr(), "wallet.events", msgs...)
+	a := start(t, instance())
+	waitFor(t, 60*time.Second, "the owner to decide the stream", func() bool { return a.app.Snapshot().Consumed == float64(len(msgs)) })
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
+		t.Fatalf("manual freeze: %d %v", code, body)
+	}
+	ckpts := metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "the owner to checkpoint what it decided", func() bool {
+		return metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1
+	})
+	owedAlerts, _ := a.app.box.Pending(alertDest("support"))
+	owedCommands, _ := a.app.box.Pending(destAccountService)
+	a.stop(t)
+	raised := map[string]bool{}
+	for _, al := range a.app.proc.Alerts.All() {
+		raised[al.AlertID] = true
+	}
+	if owedAlerts == 0 || owedCommands == 0 || len(raised) == 0 {
+		t.Fatalf("the owner stopped owing %d alert records and %d commands, of %d alerts: the test covers nothing", owedAlerts, owedCommands, len(raised))
+	}
+	commands := map[string]bool{}
+	for _, m := range readAll(t, broker.Addr(), a.app.cfg.Kafka.CommandsTopic, owedCommands, 30*time.Second) {
+		var c enforce.Command
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		commands[c.CommandID] = true
+	}
+
+	rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
+	serveAt(t, hookAddr, rc)
+	var mu sync.Mutex
+	got := map[string]bool{}
+	serveAt(t, svcAddr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var c enforce.Command
+		if err := json.NewDecoder(r.Body).Decode(&c); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got[c.CommandID] = true
+		mu.Unlock()
+	}))
+	b := start(t, instance())
+	missing := func() (alerts, cmds int) {
+		rc.mu.Lock()
+		for id := range raised {
+			if rc.ids[id] == 0 {
+				alerts++
+			}
+		}
+		rc.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		for id := range commands {
+			if !got[id] {
+				cmds++
+			}
+		}
+		return alerts, cmds
+	}
+	waitFor(t, 60*time.Second, "every alert and command the owner owed to reach its receiver", func() bool {
+		al, c := missing()
+		return al == 0 && c == 0
+	})
+	if n := b.app.Snapshot().Consumed; n != 0 {
+		t.Errorf("the new owner decided %v events, want none: the owner decided them all", n)
+	}
+	for _, dest := range []string{alertDest("support"), destAccountService} {
+		if n := testutil.ToFloat64(b.app.amet.outboxRestored.WithLabelValues(dest)); n == 0 {
+			t.Errorf("walletguard_outbox_restored_total{destination=%q} is 0", dest)
+		}
+	}
+	t.Logf("%d alerts and %d commands, owed as %d alert records and %d commands, all delivered by the new owner", len(raised), len(commands), owedAlerts, owedCommands)
+}
+
+// serveAt serves h on addr, a port chosen earlier and left unanswered
+// until now: a receiver coming back.
+func serveAt(t *testing.T, addr string, h http.Handler) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}

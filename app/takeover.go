@@ -7,18 +7,24 @@ import (
 	"slices"
 	"time"
 
+	gojson "github.com/goccy/go-json"
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 )
 
-// A following standby learns of the owner's alerts as it folds the owner's
-// events into its own state, but it delivers none of them: they are the
-// owner's, and went into the owner's outbox. If the owner dies while a
-// receiver is down, those alerts wait in its outbox until its volume is
-// started again. So the standby keeps what it learned in the last
-// alerts.takeover_redeliver, and when it takes the partitions over it puts
-// the latest version of each into its own outbox: support may get an alert
-// twice (receivers deduplicate by alert_id), never not at all.
+// A following standby learns of the owner's alerts and commands as it
+// folds the owner's events into its own state, but it delivers none of
+// them: they are the owner's, and went into the owner's outbox. If the
+// owner dies while a receiver is down, they wait in its outbox until its
+// volume is started again. So the standby keeps what it learned in the
+// last alerts.takeover_redeliver, and when it takes the partitions over it
+// puts the latest version of each alert, and each command for the account
+// service, into its own outbox: support or the account service may get one
+// twice (receivers deduplicate by id), never not at all.
 //
 // An owner that stops (a rolling restart, an upgrade) rather than dies
 // gives its outbox a moment to deliver, and if nothing is left it says so
@@ -28,15 +34,18 @@ import (
 // delivers again none of the alerts it learned of from them — so a
 // planned restart sends support nothing twice.
 
-// learnedMax bounds the alerts kept, whatever the window: a flood of
-// alerts (a credential-stuffing wave over a hundred thousand accounts)
+// learnedMax bounds the alerts and commands kept, whatever the window: a
+// flood (a credential-stuffing wave over a hundred thousand accounts)
 // keeps its most recent ones.
 const learnedMax = 100_000
 
-type learnedAlert struct {
-	at    time.Time // wall clock, when followed
-	place eventPlace
-	alert alerts.Alert
+// learnedOutput is an alert, or with command set a command, the standby
+// learned of.
+type learnedOutput struct {
+	at      time.Time // wall clock, when followed
+	place   eventPlace
+	alert   alerts.Alert
+	command *enforce.Command
 }
 
 // eventPlace is the event an alert was raised for, as the standby
@@ -58,12 +67,26 @@ func (p eventPlace) before(at map[string]map[int]int64) bool {
 // learnAlerts keeps the alert records the owner wrote for the event at
 // place, which this standby followed. Pipeline only.
 func (a *App) learnAlerts(list []alerts.Alert, place eventPlace, now time.Time) {
+	a.learnOutputs(list, nil, place, now)
+}
+
+// learnOutputs keeps the alert records and, with an account service to
+// send them to, the commands the owner issued for the event at place.
+// Pipeline only.
+func (a *App) learnOutputs(list []alerts.Alert, cmds []enforce.Command, place eventPlace, now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
-	if window <= 0 || len(list) == 0 || a.handedOverBefore(place) {
+	if a.cfg.Enforce.AccountService.URL == "" {
+		cmds = nil
+	}
+	if window <= 0 || len(list)+len(cmds) == 0 || a.handedOverBefore(place) {
 		return
 	}
 	for i := range list {
-		a.learned = append(a.learned, learnedAlert{at: now, place: place, alert: list[i]})
+		a.learned = append(a.learned, learnedOutput{at: now, place: place, alert: list[i]})
+	}
+	for _, c := range cmds {
+		// A copy: cmds is the follower's scratch, reused for the next event.
+		a.learned = append(a.learned, learnedOutput{at: now, place: place, command: &c})
 	}
 	drop := 0
 	for drop < len(a.learned) && (now.Sub(a.learned[drop].at) > window || len(a.learned)-drop > learnedMax) {
@@ -80,7 +103,7 @@ func (a *App) learnAlerts(list []alerts.Alert, place eventPlace, now time.Time) 
 // resolved it. Pipeline only.
 func (a *App) relearnAlert(al alerts.Alert, now time.Time) {
 	for i := range a.learned {
-		if a.learned[i].alert.AlertID == al.AlertID {
+		if a.learned[i].command == nil && a.learned[i].alert.AlertID == al.AlertID {
 			a.learnAlerts([]alerts.Alert{al}, a.learned[i].place, now)
 			return
 		}
@@ -92,9 +115,9 @@ func (a *App) relearnAlert(al alerts.Alert, now time.Time) {
 // Pipeline only.
 func (a *App) forgetDelivered(after map[string]map[int]int64) {
 	n := len(a.learned)
-	a.learned = slices.DeleteFunc(a.learned, func(l learnedAlert) bool { return l.place.before(after) })
+	a.learned = slices.DeleteFunc(a.learned, func(l learnedOutput) bool { return l.place.before(after) })
 	if n > len(a.learned) {
-		a.log.Info("the previous owner handed over with its alerts delivered: they are not delivered again",
+		a.log.Info("the previous owner handed over with its alerts and commands delivered: they are not delivered again",
 			"forgotten", n-len(a.learned), "kept", len(a.learned))
 	}
 }
@@ -198,13 +221,121 @@ func (a *App) noteHandover(act *manualAction) {
 // takeOver, once the standby owns partitions (with their starts chosen),
 // forgets the learned alerts a handover it took covers and delivers the
 // rest again. What it follows after, up to where the old owner stopped, is
-// not learned (handedOverBefore). Pipeline only.
+// not learned (handedOverBefore). It also puts in its outbox what the
+// previous owner's still held, if restored from the changelog. Pipeline
+// only.
 func (a *App) takeOver() {
 	a.manualMu.Lock()
 	taken := a.handedOverTo
 	a.manualMu.Unlock()
 	a.forgetDelivered(taken)
 	a.redeliverLearned(time.Now())
+	a.deliverOwed()
+}
+
+// takeoverDue reports whether the instance has just come to own
+// partitions with something of the previous owner's to deliver. Pipeline
+// only.
+func (a *App) takeoverDue() bool {
+	if a.learned == nil && a.owed == nil || a.source == nil {
+		return false
+	}
+	if a.source.Ready() {
+		return true
+	}
+	if a.owed != nil && a.source.Standby() {
+		// Another instance owns the partitions and delivers its own
+		// outbox: what it owed when the state was restored is its to send.
+		a.log.Info("standing by: the outbox records restored from the changelog are the owner's to deliver", "records", len(a.owed.records))
+		a.owed = nil
+	}
+	return false
+}
+
+// owedOutbox is what a restored state's owner still had to deliver: the
+// outbox records the changelog held at its marker, in outbox order.
+type owedOutbox struct {
+	records []owedRecord
+	offsets detector.Offsets // where the state was taken
+}
+
+type owedRecord struct {
+	dest   string
+	stored []byte // as outbox.Box.EachPending gives it
+}
+
+// deliverOwed puts in the outbox, on taking partitions over, the records
+// the previous owner's outbox held when the restored state was taken —
+// alerts to support, commands to the account service, manual actions —
+// unless that owner handed over past them, delivered. Receivers drop by
+// id what it delivered after its last checkpoint. Pipeline only.
+func (a *App) deliverOwed() {
+	o := a.owed
+	a.owed = nil
+	if o == nil || len(o.records) == 0 {
+		return
+	}
+	if a.handedOverPast(o.offsets) {
+		a.log.Info("the previous owner handed over with its outbox delivered: the records restored are not delivered again", "records", len(o.records))
+		return
+	}
+	known := map[string]bool{}
+	for _, d := range a.outboxDests() {
+		known[d] = true
+	}
+	put := map[string]int{}
+	var skipped []string
+	a.writeMu.Lock()
+	err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		for _, r := range o.records {
+			if !known[r.dest] {
+				skipped = append(skipped, r.dest)
+				continue
+			}
+			if err := a.box.PutStored(tx, r.dest, r.stored); err != nil {
+				return err
+			}
+			put[r.dest]++
+		}
+		return nil
+	})
+	a.writeMu.Unlock()
+	if err != nil {
+		a.log.Error("the previous owner's undelivered records, restored from the changelog, not put in the outbox", "records", len(o.records), "err", err)
+		return
+	}
+	if len(skipped) > 0 {
+		slices.Sort(skipped)
+		a.log.Warn("restored outbox records for destinations this instance does not have left out (check alerts.webhooks, enforce.account_service, kafka.actions_topic)",
+			"records", len(skipped), "destinations", slices.Compact(skipped))
+	}
+	for dest, n := range put {
+		a.amet.outboxRestored.WithLabelValues(dest).Add(float64(n))
+		a.box.Notify(dest)
+	}
+	if len(put) > 0 {
+		a.log.Info("took the partitions over: delivering what the previous owner's outbox held at its last checkpoint, restored from the changelog; receivers deduplicate by id",
+			"destinations", put)
+	}
+}
+
+// outboxDests are the outbox destinations this instance delivers to.
+func (a *App) outboxDests() []string {
+	dests := []string{destCommands}
+	if a.cfg.Kafka.ActionsTopic != "" {
+		dests = append(dests, destActions)
+	}
+	if a.cfg.Enforce.AccountService.URL != "" {
+		dests = append(dests, destAccountService)
+	}
+	digests := hasRateLimit(a.cfg.Alerts.Webhooks)
+	for _, w := range a.cfg.Alerts.Webhooks {
+		dests = append(dests, alertDest(w.Name))
+		if digests {
+			dests = append(dests, digestDest(w.Name))
+		}
+	}
+	return dests
 }
 
 // handedOverBefore reports whether a handover taken with the partition
@@ -218,13 +349,19 @@ func (a *App) handedOverBefore(place eventPlace) bool {
 
 // redeliverLearned queues, once the standby owns partitions, the latest
 // version of every alert it learned of within the window, for the next
-// checkpoint to put in the outbox. Pipeline only.
+// checkpoint to put in the outbox, and puts the commands there. Pipeline
+// only.
 func (a *App) redeliverLearned(now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
 	latest := map[string]int{}
 	var list []alerts.Alert
+	var cmds []enforce.Command
 	for _, l := range a.learned {
 		if now.Sub(l.at) > window {
+			continue
+		}
+		if l.command != nil {
+			cmds = append(cmds, *l.command)
 			continue
 		}
 		if i, ok := latest[l.alert.AlertID]; ok {
@@ -235,6 +372,7 @@ func (a *App) redeliverLearned(now time.Time) {
 		list = append(list, l.alert)
 	}
 	a.learned = nil
+	a.redeliverCommands(cmds)
 	if len(list) == 0 {
 		return
 	}
@@ -242,6 +380,44 @@ func (a *App) redeliverLearned(now time.Time) {
 	a.amet.alertsRedelivered.Add(float64(len(list)))
 	a.log.Info("took the partitions over: delivering again the alerts learned by following, which the previous owner may not have delivered; receivers deduplicate by alert_id",
 		"alerts", len(list), "within", window)
+}
+
+// redeliverCommands puts the commands learned by following in the outbox
+// of the account service, in the order the owner issued them. A command
+// learned twice (an event followed again after a restart) goes once.
+func (a *App) redeliverCommands(cmds []enforce.Command) {
+	if len(cmds) == 0 {
+		return
+	}
+	seen := map[string]bool{}
+	put := 0
+	a.writeMu.Lock()
+	err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		for i := range cmds {
+			if seen[cmds[i].CommandID] {
+				continue
+			}
+			seen[cmds[i].CommandID] = true
+			b, err := gojson.Marshal(&cmds[i])
+			if err != nil {
+				return err
+			}
+			if err := a.box.Put(tx, destAccountService, cmds[i].CommandID, b, time.Now()); err != nil {
+				return err
+			}
+			put++
+		}
+		return nil
+	})
+	a.writeMu.Unlock()
+	if err != nil {
+		a.log.Error("commands learned by following not put in the account service's outbox", "commands", len(seen), "err", err)
+		return
+	}
+	a.box.Notify(destAccountService)
+	a.amet.commandsRedelivered.Add(float64(put))
+	a.log.Info("took the partitions over: delivering again to the account service the commands learned by following, which the previous owner may not have delivered; it deduplicates by command_id",
+		"commands", put)
 }
 
 // handoverKey keys handovers in the actions topic.
@@ -260,14 +436,8 @@ func (a *App) handOver(ctx context.Context) {
 	if hasRateLimit(a.cfg.Alerts.Webhooks) {
 		a.sendDigests() // held alerts go out now, as a digest, rather than wait for the next start
 	}
-	dests := []string{destCommands, destActions}
-	if a.cfg.Enforce.AccountService.URL != "" {
-		dests = append(dests, destAccountService)
-	}
-	for _, w := range a.cfg.Alerts.Webhooks {
-		dests = append(dests, alertDest(w.Name), digestDest(w.Name))
-		a.box.Notify(alertDest(w.Name))
-	}
+	dests := a.outboxDests()
+	a.notifyReceivers()
 	left := func() (n int) {
 		for _, d := range dests {
 			p, _ := a.box.Pending(d)

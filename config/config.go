@@ -145,13 +145,12 @@ type Alerts struct {
 	// per language); empty uses the built-in English, Chinese and Indonesian.
 	TemplatesDir string `yaml:"templates_dir"`
 	// TakeoverRedeliver: when a following standby takes the partitions
-	// over, it delivers again the alerts it learned of by following in
-	// this long before. The owner that died may have held them in its
+	// over, it delivers again the alerts (and, with an account service,
+	// the commands) it learned of by following in this long before. The owner that died may have held them in its
 	// outbox, undelivered (a receiver down); receivers deduplicate by
-	// alert_id. 0 delivers none again. A standby that does not follow,
-	// restoring the owner's state from the changelog on taking over,
-	// delivers again the alerts restored that changed within this long
-	// (event time) before that state's watermark.
+	// alert_id. 0 delivers none again. (An instance that restores the
+	// owner's state from the changelog gets the owner's undelivered
+	// outbox records with it instead, whatever this says.)
 	TakeoverRedeliver Duration `yaml:"takeover_redeliver"`
 }
 

@@ -107,23 +107,25 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 // published state before it fetches an event, and decides the rest: every
 // decision and command equals an undisturbed run's, and the gateway finds
 // frozen the accounts the owner froze while the standby stood by.
-// Support's webhook is down until the end, so the owner dies holding its
-// alerts undelivered: brought up, it receives every alert the new owner
-// holds, those restored included (alerts.takeover_redeliver covers the
-// stream's event time).
+// Support's webhook and the account service are down until the end, so
+// the owner dies holding its alerts and commands undelivered: brought up,
+// support receives every alert the new owner holds, and the account
+// service every command issued, those the owner owed included, restored
+// with its outbox.
 func TestColdStandbyTakesOverFromChangelog(t *testing.T) {
 	bin := buildBinary(t)
 	brokerAddr := startBroker(t, bin)
 	scfg := sim.DefaultConfig(4000)
 	scfg.Seed, scfg.HistoryDays, scfg.Duration = 29, 2, 30*time.Hour
 	group := config.Default().Kafka.GroupID
-	hookAddr := freePort(t)
+	hookAddr, svcAddr := freePort(t), freePort(t)
 	configOf := func(name, kafka string) memberConfig {
 		c := memberConfig{path: filepath.Join(t.TempDir(), name+".yaml"), http: freePort(t)}
 		writeFile(t, c.path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: 200ms, changelog_topic: walletguard.changelog%s}\n"+
 			"http: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
-			"alerts: {takeover_redeliver: 72h, webhooks: [{url: \"http://%s/hook\", secret: s3cret, name: support}]}\n",
-			filepath.Join(t.TempDir(), name), brokerAddr, kafka, c.http, hookAddr))
+			"alerts: {webhooks: [{url: \"http://%s/hook\", secret: s3cret, name: support}]}\n"+
+			"enforce: {account_service: {url: \"http://%s/commands\", secret: svc-s3cret}}\n",
+			filepath.Join(t.TempDir(), name), brokerAddr, kafka, c.http, hookAddr, svcAddr))
 		return c
 	}
 	var a, b *member
@@ -171,10 +173,11 @@ func TestColdStandbyTakesOverFromChangelog(t *testing.T) {
 		t.Fatalf("no account was frozen between the standby's start (%v) and the committed offset %d: the test did not see enforcement state restored on taking over", standbyFrom, committed)
 	}
 	checkAlertsDelivered(t, b.http, hookAddr, filepath.Join(ref.dir, "alerts.ndjson"))
-	redelivered := metricSum(b.http, "walletguard_alerts_redelivered_total")
+	checkCommandsDelivered(t, svcAddr, brokerAddr, false)
+	redelivered := metricSum(b.http, "walletguard_outbox_restored_total")
 	if redelivered == 0 {
-		t.Error("the new owner delivered again no alert it restored")
+		t.Error("the new owner delivered none of the records the owner's outbox held")
 	}
-	t.Logf("%d events; the standby started with the state after about %v, restoring %s accounts, and took over with %s; the owner was killed having read %v, %d committed; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the restore on taking over; %v restored alerts delivered again",
+	t.Logf("%d events; the standby started with the state after about %v, restoring %s accounts, and took over with %s; the owner was killed having read %v, %d committed; %d decisions and %d commands equal the undisturbed run's (%d timers pending at the end); %d freezes known only from the restore on taking over; %v records of the owner's outbox restored and delivered",
 		len(ref.msgs), standbyFrom, restores[0][1], restores[1][1], killedAt, committed, len(got), commands, pending, before, redelivered)
 }

@@ -587,3 +587,62 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	}
 	t.Logf("%d alerts delivered once the webhook came back", len(got))
 }
+
+// checkCommandsDelivered brings the wallet's account service up at svcAddr
+// and waits until every command on walletguard.account-commands has
+// arrived there — walletguard's own only, with autoOnly.
+func checkCommandsDelivered(t *testing.T, svcAddr, broker string, autoOnly bool) {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]bool{}
+	ln, err := net.Listen("tcp", svcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var c enforce.Command
+		if err := json.NewDecoder(r.Body).Decode(&c); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got[c.CommandID] = true
+		mu.Unlock()
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	want := map[string]bool{}
+	for _, m := range readTopic(t, broker, "walletguard.account-commands") {
+		var c enforce.Command
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		if !autoOnly || c.Actor == enforce.Auto {
+			want[c.CommandID] = true
+		}
+	}
+	if len(want) == 0 {
+		t.Fatal("no command on walletguard.account-commands; the stream should freeze and step up several accounts")
+	}
+	// The account service's retries back off up to five minutes; this
+	// outage lasted a minute or two.
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		mu.Lock()
+		missing := 0
+		for id := range want {
+			if !got[id] {
+				missing++
+			}
+		}
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d commands not delivered to the account service three minutes after it came back", missing, len(want))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("%d commands delivered once the account service came back", len(want))
+}

@@ -42,15 +42,17 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	quiet := []string{"acc-support-1", "acc-support-2", "acc-support-3"}
 	var totpSecret, ackedAlert string
 
-	// Support's webhook is down until the end: the alerts the first daemon
-	// raises wait in its outbox when it is killed.
-	hookAddr := freePort(t)
+	// Support's webhook and the wallet's account service are down until
+	// the end: the alerts and commands the first daemon issues wait in its
+	// outbox when it is killed.
+	hookAddr, svcAddr := freePort(t), freePort(t)
+	svc := fmt.Sprintf("enforce: {account_service: {url: \"http://%s/commands\", secret: svc-s3cret}}\n", svcAddr)
 	followed := func(d *member) float64 { return metricSum(d.http, "walletguard_events_followed_total") }
 
-	cfgA := writeMemberConfig(t, "a", brokerAddr, "200ms", "http://"+hookAddr)
+	cfgA := writeMemberConfig(t, "a", brokerAddr, "200ms", "http://"+hookAddr, svc)
 	a := startMember(t, bin, cfgA)
 	waitUntil(t, "the first daemon to own the partition", 60*time.Second, a.owns)
-	b := startMember(t, bin, writeMemberConfig(t, "b", brokerAddr, "200ms", "http://"+hookAddr))
+	b := startMember(t, bin, writeMemberConfig(t, "b", brokerAddr, "200ms", "http://"+hookAddr, svc))
 	waitUntil(t, "the second daemon to stand by", 60*time.Second, b.standsBy)
 	// The stream arrives in tenths with both up. With nine in, the standby
 	// follows nearly all of them (past the first freezes of the stream);
@@ -134,6 +136,12 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	} else {
 		t.Logf("the new owner delivered again %v alerts it learned of by following", n)
 	}
+	// And the account service gets every command walletguard issued. The
+	// manual ones wait in the first daemon's outbox, for its volume.
+	checkCommandsDelivered(t, svcAddr, brokerAddr, true)
+	if n := metricSum(b.http, "walletguard_commands_redelivered_total"); n == 0 {
+		t.Error("the new owner delivered again no command it learned of by following")
+	}
 
 	// Back on its data directory, the first finds an owner with as much
 	// state as its own, and stands by.
@@ -151,11 +159,11 @@ type memberConfig struct{ path, http string }
 // writeMemberConfig writes the config of the pair member name: its own data
 // directory and port, broker, the commit interval, and support's webhook at
 // hookURL/hook.
-func writeMemberConfig(t *testing.T, name, broker, commit, hookURL string) memberConfig {
+func writeMemberConfig(t *testing.T, name, broker, commit, hookURL string, more ...string) memberConfig {
 	t.Helper()
 	c := memberConfig{path: filepath.Join(t.TempDir(), name+".yaml"), http: freePort(t)}
 	writeFile(t, c.path, fmt.Sprintf("data_dir: %s\nkafka: {brokers: [%s], session_timeout: 2s, commit_interval: %s}\nhttp: {listen: %s}\ndetector: {checkpoint_interval: 300ms}\n"+
-		"alerts: {webhooks: [{url: \"%s/hook\", secret: s3cret, name: support}]}\n", filepath.Join(t.TempDir(), name), broker, commit, c.http, hookURL))
+		"alerts: {webhooks: [{url: \"%s/hook\", secret: s3cret, name: support}]}\n", filepath.Join(t.TempDir(), name), broker, commit, c.http, hookURL)+strings.Join(more, ""))
 	return c
 }
 
