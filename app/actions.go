@@ -47,7 +47,7 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 			return err
 		}
 		put := func(dest, id string, payload []byte) error { return a.box.Put(tx, dest, id, payload, now) }
-		act := manualAction{AccountID: ch.AccountID, At: now, Audit: ch.Audit}
+		act := manualAction{AccountID: ch.AccountID, At: now, Audit: ch.Audit, Commands: ch.Commands}
 		if ch.BreakerReset {
 			// Stamped as the breaker has it, so that reading it back here skips it.
 			act.BreakerReset, act.At = true, a.proc.Planner.BreakerResetAt()

@@ -181,7 +181,7 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}),
 		commandsRedelivered: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_commands_redelivered_total",
-			Help: "Account-service commands a standby learned of by following and delivered again when it took the partitions over (alerts.takeover_redeliver).",
+			Help: "Commands a standby learned of by following (for the account service, and those of manual actions also for the commands topic) and delivered again when it took the partitions over (alerts.takeover_redeliver).",
 		}),
 		outboxRestored: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "walletguard_outbox_restored_total",

@@ -48,6 +48,10 @@ type manualAction struct {
 	// which the follower's breaker, having counted the same freezes, needs
 	// at the same place.
 	BreakerReset bool `json:"breaker_reset,omitempty"`
+	// Commands are the account commands the change issued, which the
+	// owner's outbox delivers: a standby that takes over delivers them
+	// again (takeover.go), in case the owner died before it did.
+	Commands []enforce.Command `json:"commands,omitempty"`
 	// Handover is set when the owner stopped with its outbox delivered
 	// (takeover.go): not a change, word that the alerts of the events
 	// before After went out.
@@ -182,6 +186,7 @@ func (a *App) adoptManual(next map[string]map[int]int64) {
 		if changed != nil {
 			a.relearnAlert(*changed, time.Now())
 		}
+		a.learnManualCommands(&act, time.Now())
 		a.amet.manualAdopted.Inc()
 		for _, e := range act.Audit {
 			a.log.Info("adopted a manual action made on the owner", "action", e.Action, "actor", e.Actor, "account", act.AccountID)

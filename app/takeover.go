@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -46,6 +47,10 @@ type learnedOutput struct {
 	place   eventPlace
 	alert   alerts.Alert
 	command *enforce.Command
+	// manual: the command of a manual action, which goes to the commands
+	// topic through the outbox too (an automatic one is written with the
+	// decisions, and decided again if it was not).
+	manual bool
 }
 
 // eventPlace is the event an alert was raised for, as the standby
@@ -95,6 +100,31 @@ func (a *App) learnOutputs(list []alerts.Alert, cmds []enforce.Command, place ev
 	// Appending moves what is kept to a new array when this one is full,
 	// so the dropped head is not held for long.
 	a.learned = a.learned[drop:]
+}
+
+// learnManualCommands keeps the commands of a manual action made on the
+// owner, adopted at its place. Pipeline only.
+func (a *App) learnManualCommands(act *manualAction, now time.Time) {
+	window := a.cfg.Alerts.TakeoverRedeliver.D()
+	if window <= 0 || len(act.Commands) == 0 {
+		return
+	}
+	// Its place is just before where the owner stood when it made the
+	// change: a handover from there on covers it.
+	var place eventPlace
+	if len(act.After) > 0 {
+		t := slices.Min(slices.Collect(maps.Keys(act.After)))
+		if ps := act.After[t]; len(ps) > 0 {
+			p := slices.Min(slices.Collect(maps.Keys(ps)))
+			place = eventPlace{t, p, ps[p] - 1}
+		}
+	}
+	if a.handedOverBefore(place) {
+		return
+	}
+	for _, c := range act.Commands {
+		a.learned = append(a.learned, learnedOutput{at: now, place: place, command: &c, manual: true})
+	}
 }
 
 // relearnAlert keeps al's new version, made by hand on the owner, if the
@@ -355,13 +385,13 @@ func (a *App) redeliverLearned(now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
 	latest := map[string]int{}
 	var list []alerts.Alert
-	var cmds []enforce.Command
+	var cmds []learnedOutput
 	for _, l := range a.learned {
 		if now.Sub(l.at) > window {
 			continue
 		}
 		if l.command != nil {
-			cmds = append(cmds, *l.command)
+			cmds = append(cmds, l)
 			continue
 		}
 		if i, ok := latest[l.alert.AlertID]; ok {
@@ -383,27 +413,37 @@ func (a *App) redeliverLearned(now time.Time) {
 }
 
 // redeliverCommands puts the commands learned by following in the outbox
-// of the account service, in the order the owner issued them. A command
-// learned twice (an event followed again after a restart) goes once.
-func (a *App) redeliverCommands(cmds []enforce.Command) {
+// of the account service, in the order the owner issued them, and those
+// of manual actions in the commands topic's too. A command learned twice
+// (an event followed again after a restart) goes once.
+func (a *App) redeliverCommands(cmds []learnedOutput) {
 	if len(cmds) == 0 {
 		return
 	}
+	svc := a.cfg.Enforce.AccountService.URL != ""
 	seen := map[string]bool{}
 	put := 0
 	a.writeMu.Lock()
 	err := a.store.DB().Update(func(tx *bolt.Tx) error {
-		for i := range cmds {
-			if seen[cmds[i].CommandID] {
+		for _, l := range cmds {
+			c := l.command
+			if seen[c.CommandID] {
 				continue
 			}
-			seen[cmds[i].CommandID] = true
-			b, err := gojson.Marshal(&cmds[i])
+			seen[c.CommandID] = true
+			b, err := gojson.Marshal(c)
 			if err != nil {
 				return err
 			}
-			if err := a.box.Put(tx, destAccountService, cmds[i].CommandID, b, time.Now()); err != nil {
-				return err
+			if l.manual {
+				if err := a.box.Put(tx, destCommands, c.CommandID, b, time.Now()); err != nil {
+					return err
+				}
+			}
+			if svc {
+				if err := a.box.Put(tx, destAccountService, c.CommandID, b, time.Now()); err != nil {
+					return err
+				}
 			}
 			put++
 		}
@@ -411,12 +451,13 @@ func (a *App) redeliverCommands(cmds []enforce.Command) {
 	})
 	a.writeMu.Unlock()
 	if err != nil {
-		a.log.Error("commands learned by following not put in the account service's outbox", "commands", len(seen), "err", err)
+		a.log.Error("commands learned by following not put in the outbox", "commands", len(seen), "err", err)
 		return
 	}
+	a.box.Notify(destCommands)
 	a.box.Notify(destAccountService)
 	a.amet.commandsRedelivered.Add(float64(put))
-	a.log.Info("took the partitions over: delivering again to the account service the commands learned by following, which the previous owner may not have delivered; it deduplicates by command_id",
+	a.log.Info("took the partitions over: delivering again the commands learned by following, which the previous owner may not have delivered; receivers deduplicate by command_id",
 		"commands", put)
 }
 

@@ -173,7 +173,7 @@ func TestColdStandbyTakesOverFromChangelog(t *testing.T) {
 		t.Fatalf("no account was frozen between the standby's start (%v) and the committed offset %d: the test did not see enforcement state restored on taking over", standbyFrom, committed)
 	}
 	checkAlertsDelivered(t, b.http, hookAddr, filepath.Join(ref.dir, "alerts.ndjson"))
-	checkCommandsDelivered(t, svcAddr, brokerAddr, false)
+	checkCommandsDelivered(t, svcAddr, brokerAddr)
 	redelivered := metricSum(b.http, "walletguard_outbox_restored_total")
 	if redelivered == 0 {
 		t.Error("the new owner delivered none of the records the owner's outbox held")

@@ -590,8 +590,8 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 
 // checkCommandsDelivered brings the wallet's account service up at svcAddr
 // and waits until every command on walletguard.account-commands has
-// arrived there — walletguard's own only, with autoOnly.
-func checkCommandsDelivered(t *testing.T, svcAddr, broker string, autoOnly bool) {
+// arrived there.
+func checkCommandsDelivered(t *testing.T, svcAddr, broker string) {
 	t.Helper()
 	var mu sync.Mutex
 	got := map[string]bool{}
@@ -617,9 +617,7 @@ func checkCommandsDelivered(t *testing.T, svcAddr, broker string, autoOnly bool)
 		if err := json.Unmarshal(m.Value, &c); err != nil {
 			t.Fatal(err)
 		}
-		if !autoOnly || c.Actor == enforce.Auto {
-			want[c.CommandID] = true
-		}
+		want[c.CommandID] = true
 	}
 	if len(want) == 0 {
 		t.Fatal("no command on walletguard.account-commands; the stream should freeze and step up several accounts")
