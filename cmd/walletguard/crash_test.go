@@ -518,32 +518,77 @@ func metricSum(addr, name string) float64 {
 	return total
 }
 
+// idReceiver is a receiver brought up after an outage (support's webhook,
+// the wallet's account service): it records the ids of what it is sent,
+// and how many deliveries came unsigned.
+type idReceiver struct {
+	mu       sync.Mutex
+	got      map[string]bool
+	unsigned int
+}
+
+// receiveIDs serves at addr, taking each delivery's JSON field as its id.
+func receiveIDs(t *testing.T, addr, field string) *idReceiver {
+	t.Helper()
+	rc := &idReceiver{got: map[string]bool{}}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		rc.got[fmt.Sprint(m[field])] = true
+		if !strings.Contains(r.Header.Get("Walletguard-Signature"), "v1=") {
+			rc.unsigned++
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return rc
+}
+
+// await waits until every id of want has arrived. Retries back off for
+// minutes after an outage of a minute or two.
+func (rc *idReceiver) await(t *testing.T, want map[string]bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		rc.mu.Lock()
+		missing := 0
+		for id := range want {
+			if !rc.got[id] {
+				missing++
+			}
+		}
+		rc.mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d %s not delivered three minutes after the receiver came back", missing, len(want), what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.unsigned > 0 {
+		t.Errorf("%d deliveries of %s without a signature", rc.unsigned, what)
+	}
+	t.Logf("%d %s delivered once the receiver came back", len(want), what)
+}
+
 // checkAlertsDelivered brings the support webhook up and waits until every
 // alert the daemon holds has arrived, signed; none may be unknown to the
 // undisturbed run.
 func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	t.Helper()
-	var mu sync.Mutex
-	got := map[string]bool{}
-	unsigned := 0
-	ln, err := net.Listen("tcp", hookAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var a struct {
-			AlertID string `json:"alert_id"`
-		}
-		json.NewDecoder(r.Body).Decode(&a)
-		mu.Lock()
-		got[a.AlertID] = true
-		if !strings.Contains(r.Header.Get("Walletguard-Signature"), "v1=") {
-			unsigned++
-		}
-		mu.Unlock()
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
+	rc := receiveIDs(t, hookAddr, "alert_id")
 	ref := map[string]bool{}
 	for _, l := range readLines(t, refAlerts) {
 		var a struct {
@@ -556,61 +601,26 @@ func checkAlertsDelivered(t *testing.T, httpAddr, hookAddr, refAlerts string) {
 	if len(held) == 0 {
 		t.Fatal("the daemon holds no alerts; the stream should raise several")
 	}
-	// Retries back off up to a minute after a minute of outage.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		mu.Lock()
-		missing := 0
-		for _, a := range held {
-			if !got[a.AlertID] {
-				missing++
-			}
-		}
-		mu.Unlock()
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d alerts not delivered two minutes after the webhook came back", missing, len(held))
-		}
-		time.Sleep(200 * time.Millisecond)
+	want := map[string]bool{}
+	for _, a := range held {
+		want[a.AlertID] = true
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for id := range got {
+	rc.await(t, want, "alerts")
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for id := range rc.got {
 		if !ref[id] {
 			t.Errorf("delivered alert %s is not one of the undisturbed run's", id)
 		}
 	}
-	if unsigned > 0 {
-		t.Errorf("%d deliveries without a signature", unsigned)
-	}
-	t.Logf("%d alerts delivered once the webhook came back", len(got))
 }
 
 // checkCommandsDelivered brings the wallet's account service up at svcAddr
 // and waits until every command on walletguard.account-commands has
-// arrived there.
+// arrived there, signed.
 func checkCommandsDelivered(t *testing.T, svcAddr, broker string) {
 	t.Helper()
-	var mu sync.Mutex
-	got := map[string]bool{}
-	ln, err := net.Listen("tcp", svcAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var c enforce.Command
-		if err := json.NewDecoder(r.Body).Decode(&c); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		got[c.CommandID] = true
-		mu.Unlock()
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
+	rc := receiveIDs(t, svcAddr, "command_id")
 	want := map[string]bool{}
 	for _, m := range readTopic(t, broker, "walletguard.account-commands") {
 		var c enforce.Command
@@ -622,25 +632,5 @@ func checkCommandsDelivered(t *testing.T, svcAddr, broker string) {
 	if len(want) == 0 {
 		t.Fatal("no command on walletguard.account-commands; the stream should freeze and step up several accounts")
 	}
-	// The account service's retries back off up to five minutes; this
-	// outage lasted a minute or two.
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		mu.Lock()
-		missing := 0
-		for id := range want {
-			if !got[id] {
-				missing++
-			}
-		}
-		mu.Unlock()
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d commands not delivered to the account service three minutes after it came back", missing, len(want))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Logf("%d commands delivered once the account service came back", len(want))
+	rc.await(t, want, "commands")
 }
