@@ -60,7 +60,11 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 				return err
 			}
 		}
-		if err := enforce.AppendAudit(tx, ch.Audit...); err != nil {
+		var noted func([]byte)
+		if a.clog != nil {
+			noted = a.clog.noteAudit // under writeMu, as the changelog's hooks must be
+		}
+		if err := enforce.AppendAuditNoted(tx, noted, ch.Audit...); err != nil {
 			return err
 		}
 		if err := a.proc.Planner.ForwardPending(tx); err != nil {

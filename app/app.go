@@ -331,6 +331,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if cfg.Kafka.ChangelogTopic != "" {
 		a.clog = &changelog{topic: cfg.Kafka.ChangelogTopic}
 		pc.Changelog = a.clog.noteState
+		pc.Audited = a.clog.noteAudit
 		a.proc.Alerts.SetChangelog(a.clog.noteAlert)
 	}
 	a.proc.Planner = enforce.NewPlanner(pc, a.emet)

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,10 @@ import (
 //     row's 8-byte big-endian key; an empty value deletes the row;
 //   - an account's enforcement state: 'S' and the account id; the freeze
 //     breaker: 'B'; an alert: 'A' and its key (an empty value: gone);
+//   - an audit entry: 'U', the account id, a zero byte and the hash of the
+//     entry as stored. Entries are facts, not state: a restore takes those
+//     of every epoch (an automatic action decided again has the same key);
+//     a new epoch writes the whole trail again;
 //   - a record the outbox has yet to deliver (an alert to a receiver, a
 //     command to the account service, a manual action): 'O' and its key in
 //     the outbox; an empty value once it is delivered or given up on;
@@ -50,6 +55,7 @@ const (
 	clogBreaker = 'B'
 	clogAlert   = 'A'
 	clogOutbox  = 'O'
+	clogAudit   = 'U'
 	hdrEpoch    = "walletguard-epoch"
 	hdrSeq      = "walletguard-seq"
 	// clogChunk is how many records go in one write: the whole state of a
@@ -87,6 +93,7 @@ type changelog struct {
 	// waiting, for the epoch outboxEpoch. Checkpoint writer only.
 	outbox      map[string]struct{}
 	outboxEpoch uint64
+	auditEpoch  uint64 // the epoch the whole audit trail was written in
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -114,6 +121,23 @@ func (c *changelog) noteState(id string, v []byte) {
 
 func (c *changelog) noteAlert(key string, v []byte) {
 	c.saved = append(c.saved, ingest.Message{Topic: c.topic, Key: append([]byte{clogAlert}, key...), Value: v})
+}
+
+// noteAudit is the hook of the audit trail, v an entry as stored; same
+// rules as noteState.
+func (c *changelog) noteAudit(v []byte) {
+	c.saved = append(c.saved, auditRecord(c.topic, v))
+}
+
+// auditRecord is an audit entry's changelog record.
+func auditRecord(topic string, v []byte) ingest.Message {
+	var e struct {
+		AccountID string `json:"account_id"`
+	}
+	_ = json.Unmarshal(v, &e) // an entry without an account (the breaker's) keys under ""
+	key := append(append([]byte{clogAudit}, e.AccountID...), 0)
+	key = binary.BigEndian.AppendUint64(key, xxhash.Sum64(v))
+	return ingest.Message{Topic: topic, Key: key, Value: slices.Clone(v)}
 }
 
 func putPosition(tx *bolt.Tx, key []byte, epoch, seq uint64) error {
@@ -209,6 +233,13 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err == nil {
 		waiting, err = a.publishOutbox(work.epoch, add)
 	}
+	if err == nil && c.auditEpoch != work.epoch {
+		// The changelog may lack entries saved before it was switched on,
+		// or while it could not be written; keys repeat, compaction keeps one.
+		err = a.store.DB().View(func(tx *bolt.Tx) error {
+			return enforce.EachAudit(tx, func(v []byte) error { return add(auditRecord(c.topic, v)) })
+		})
+	}
 	if err == nil {
 		err = flush()
 	}
@@ -219,7 +250,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err != nil {
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
-	c.merchants, c.outbox = merchants, waiting
+	c.merchants, c.outbox, c.auditEpoch = merchants, waiting, work.epoch
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
 }
 
@@ -419,7 +450,7 @@ func (a *App) readChangelog(ctx context.Context, marker *kafka.Message, ends map
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", a.clog.topic, marker.Partition, marker.Offset)
 	}
 	r := &clogRestore{topic: a.clog.topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
-		outbox: map[string][]byte{}, engine: a.proc.Engine.Fresh(), started: time.Now()}
+		outbox: map[string][]byte{}, audit: map[string][]byte{}, engine: a.proc.Engine.Fresh(), started: time.Now()}
 	var err error
 	r.offsets, err = r.engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
@@ -465,6 +496,9 @@ type clogRestore struct {
 	topic                  string
 	epoch, seq             uint64 // of the marker restored
 	states, alerts, outbox map[string][]byte
+	audit                  map[string][]byte // by changelog key
+	auditAdded             int
+	unknown                int // records of kinds this release does not know
 	rows                   int
 	engine                 *detector.Engine
 	offsets                detector.Offsets // where the state was taken
@@ -486,6 +520,15 @@ func (r *clogRestore) owed() *owedOutbox {
 
 func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {
 	e, s, ok := clogPlace(m)
+	if len(m.Key) > 0 && m.Key[0] == clogAudit {
+		// Of this epoch up to the marker, and of every epoch before it: an
+		// entry of a later checkpoint is made again when its events are
+		// decided again.
+		if ok && (e < r.epoch || e == r.epoch && s <= r.seq) && len(m.Value) > 0 {
+			r.audit[string(m.Key)] = m.Value
+		}
+		return nil
+	}
 	if !ok || e != r.epoch || s > r.seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
 		return nil // another epoch's, or a checkpoint's whose marker never came
 	}
@@ -507,6 +550,12 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 			r.outbox[string(m.Key[1:])] = m.Value
 		}
 	default:
+		if m.Key[0] < 1 || m.Key[0] > detector.RowMerchant {
+			// A kind a later release writes: what this one can restore it
+			// does, rather than refuse the whole state.
+			r.unknown++
+			return nil
+		}
 		if len(m.Key) != 9 {
 			return fmt.Errorf("changelog %s: record at %d/%d has a key of %d bytes", r.topic, m.Partition, m.Offset, len(m.Key))
 		}
@@ -539,12 +588,42 @@ func (r *clogRestore) replace(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	return nil
+	return r.addAudit(tx)
+}
+
+// addAudit adds to the store's audit trail the entries restored that it
+// lacks, oldest first.
+func (r *clogRestore) addAudit(tx *bolt.Tx) error {
+	have := map[uint64]bool{}
+	err := enforce.EachAudit(tx, func(v []byte) error {
+		have[xxhash.Sum64(v)] = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var add []enforce.AuditEntry
+	for k, v := range r.audit {
+		if have[xxhash.Sum64(v)] {
+			continue
+		}
+		var e enforce.AuditEntry
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("changelog %s: audit entry %q: %w", r.topic, k, err)
+		}
+		add = append(add, e)
+	}
+	slices.SortStableFunc(add, func(a, b enforce.AuditEntry) int { return a.At.Compare(b.At) })
+	r.auditAdded = len(add)
+	return enforce.AppendAudit(tx, add...)
 }
 
 func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {
+	if r.unknown > 0 {
+		log.Warn("changelog records of a kind this release does not know left out of the restore (written by a later release?)", "topic", r.topic, "records", r.unknown)
+	}
 	log.Info("restored state from changelog", "topic", r.topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
+		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "audit_entries", r.auditAdded, "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
 }
 
 // clogPlace is a changelog record's epoch and sequence number.

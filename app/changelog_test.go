@@ -1,6 +1,7 @@
 package app
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -8,12 +9,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/walletguard/walletguard/config"
@@ -37,7 +40,8 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	config := func(dir string) *running { return start(t, withChangelog(dir)) }
 
 	produce(t, broker.Addr(), "wallet.events", msgs[:half]...)
-	a := config(t.TempDir())
+	dirA := t.TempDir()
+	a := config(dirA)
 	waitFor(t, 60*time.Second, "the first instance to consume the first half", func() bool { return a.app.Snapshot().Consumed == float64(half) })
 	// Support acts between checkpoints: a manual freeze of an account with
 	// no events, and an alert acknowledged.
@@ -57,6 +61,7 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	if published(a) == 0 {
 		t.Fatal("the first instance published nothing to the changelog")
 	}
+	wantAudit := auditTrail(t, filepath.Join(dirA, "state", "detector.db"), nil)
 
 	dirB := t.TempDir()
 	b := config(dirB)
@@ -71,6 +76,13 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	}
 	if _, acc := call(t, b.app.HTTPAddr(), "GET", "/v1/accounts/acc-quiet", "admin-token", ""); acc["frozen"] != true || acc["frozen_reason"] != "customer reported the phone stolen" {
 		t.Errorf("account frozen by hand on the first instance, restored: %v", acc)
+	}
+	// Support looking the account up finds who froze it and why.
+	if _, trail := call(t, b.app.HTTPAddr(), "GET", "/v1/audit?account_id=acc-quiet", "admin-token", ""); !strings.Contains(fmt.Sprint(trail), "customer reported the phone stolen") {
+		t.Errorf("audit trail of the account frozen by hand, restored: %v", trail)
+	}
+	if got := auditTrail(t, "", b.app.store.DB()); !slices.Equal(got, wantAudit) || len(got) < 3 {
+		t.Errorf("restored an audit trail of %d entries, the first instance's had %d (want the same, several)", len(got), len(wantAudit))
 	}
 	produce(t, broker.Addr(), "wallet.events", msgs[half:]...)
 	waitFor(t, 60*time.Second, "the second instance to consume the second half", func() bool { return b.app.Snapshot().Consumed == float64(len(msgs)-half) })
@@ -115,12 +127,42 @@ func TestChangelogCarriesTheStateToANewStore(t *testing.T) {
 	}
 	t.Logf("first instance published %v records; the second, restored, %v; the third, unsure of the changelog, %v", published(a), full, published(c))
 
-	// And the changelog as it is now restores what the third held.
+	// And the changelog as it is now restores what the third held, its
+	// audit trail once, though written again with the new epoch.
+	trailC := auditTrail(t, filepath.Join(dirB, "state", "detector.db"), nil)
 	d := config(t.TempDir())
 	defer d.stop(t)
 	if got := d.app.proc.Engine.Stats(); got.Accounts != st.Accounts || got.Devices != st.Devices || got.IPs != st.IPs {
 		t.Fatalf("restored from the changelog begun afresh: %+v, want %+v", got, st)
 	}
+	if got := auditTrail(t, "", d.app.store.DB()); !slices.Equal(got, trailC) || len(got) <= len(wantAudit) {
+		t.Errorf("restored an audit trail of %d entries from the changelog begun afresh, the third instance's had %d", len(got), len(trailC))
+	}
+}
+
+// auditTrail is the audit trail a store holds (at path, or db), each entry
+// as JSON, sorted: a restore puts entries in time order, which need not
+// be the order they were made in (an automatic action is stamped with its
+// event's time, a manual one with the clock's).
+func auditTrail(t *testing.T, path string, db *bolt.DB) []string {
+	t.Helper()
+	if db == nil {
+		var err error
+		if db, err = bolt.Open(path, 0o600, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+	}
+	entries, err := enforce.ListAudit(db, "", 1_000_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = toJSON(e)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // TestChangelogSupersedesAStaleStore: an instance started on an old copy
@@ -470,4 +512,23 @@ func serveAt(t *testing.T, addr string, h http.Handler) {
 	srv := &http.Server{Handler: h}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// A restore takes what it knows of a changelog a later release wrote to
+// (a record kind added since), and still refuses a damaged row.
+func TestRestoreLeavesOutRecordKindsItDoesNotKnow(t *testing.T) {
+	hdr := []kafka.Header{{Key: hdrEpoch, Value: binary.BigEndian.AppendUint64(nil, 7)}, {Key: hdrSeq, Value: binary.BigEndian.AppendUint64(nil, 3)}}
+	r := &clogRestore{topic: "walletguard.changelog", epoch: 7, seq: 3, states: map[string][]byte{}, alerts: map[string][]byte{},
+		outbox: map[string][]byte{}, audit: map[string][]byte{}}
+	rows := 0
+	apply := func(byte, uint64, []byte) error { rows++; return nil }
+	if err := r.take(&kafka.Message{Key: []byte("Zsomething new"), Value: []byte("{}"), Headers: hdr}, apply); err != nil || r.unknown != 1 {
+		t.Errorf("a record of an unknown kind: err %v, %d left out, want none and 1", err, r.unknown)
+	}
+	if err := r.take(&kafka.Message{Key: binary.BigEndian.AppendUint64([]byte{1}, 42), Value: []byte("row"), Headers: hdr}, apply); err != nil || rows != 1 {
+		t.Errorf("a detection row: err %v, %d applied", err, rows)
+	}
+	if err := r.take(&kafka.Message{Key: []byte{1, 2, 3}, Value: []byte("row"), Headers: hdr}, apply); err == nil {
+		t.Error("a detection row with a short key was taken")
+	}
 }

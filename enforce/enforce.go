@@ -101,6 +101,9 @@ type Config struct {
 	// and the breaker's under "" whenever it is saved, as stored (PutRecord
 	// writes them back), inside the saving transaction.
 	Changelog func(id string, v []byte)
+	// Audited, if set, receives every audit entry a checkpoint saves, as
+	// stored, inside the saving transaction: for the changelog too.
+	Audited func(v []byte)
 }
 
 // AuditEntry is one automatic or manual action, with the decision or

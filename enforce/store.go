@@ -67,7 +67,7 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 	p.audit = p.audit[:0]
 	forward := slices.Clone(p.forward)
 	p.forward = p.forward[:0]
-	fwd, clog := p.cfg.Forward, p.cfg.Changelog
+	fwd, clog, audited := p.cfg.Forward, p.cfg.Changelog, p.cfg.Audited
 	undo = func() {
 		for _, s := range states {
 			p.dirty[s.id] = true
@@ -107,7 +107,7 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 				return err
 			}
 		}
-		if err := AppendAudit(tx, audit...); err != nil {
+		if err := appendAudit(tx, audited, audit...); err != nil {
 			return err
 		}
 		if fwd != nil {
@@ -270,6 +270,25 @@ func (p *Planner) Load(db *bolt.DB) (enrolled int, err error) {
 
 // AppendAudit adds entries to the audit trail inside the caller's transaction.
 func AppendAudit(tx *bolt.Tx, entries ...AuditEntry) error {
+	return appendAudit(tx, nil, entries...)
+}
+
+// AppendAuditNoted is AppendAudit handing each entry, as stored, to note.
+func AppendAuditNoted(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error {
+	return appendAudit(tx, note, entries...)
+}
+
+// EachAudit hands fn every audit entry stored, oldest first, as stored
+// (valid only during the call).
+func EachAudit(tx *bolt.Tx, fn func(v []byte) error) error {
+	b := tx.Bucket(bucketAudit)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(_, v []byte) error { return fn(v) })
+}
+
+func appendAudit(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -290,6 +309,9 @@ func AppendAudit(tx *bolt.Tx, entries ...AuditEntry) error {
 		binary.BigEndian.PutUint64(k[:], seq)
 		if err := b.Put(k[:], v); err != nil {
 			return err
+		}
+		if note != nil {
+			note(v)
 		}
 	}
 	return nil
