@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -448,6 +449,14 @@ func (r *reference) checkFrozen(t *testing.T, addr string, before int, who strin
 		callAPI(t, addr, "GET", "/v1/accounts/"+c.AccountID, "", &acc)
 		if !acc.Frozen || acc.FrozenReason != c.Reason {
 			t.Errorf("account %s: %s says frozen=%v (%q), the undisturbed run froze it (%q)", c.AccountID, who, acc.Frozen, acc.FrozenReason, c.Reason)
+		}
+		// Support, looking the account up, finds the decision that froze it.
+		var trail struct {
+			Entries []enforce.AuditEntry `json:"entries"`
+		}
+		callAPI(t, addr, "GET", "/v1/audit?account_id="+c.AccountID, "", &trail)
+		if !slices.ContainsFunc(trail.Entries, func(e enforce.AuditEntry) bool { return e.Action == "freeze" && e.DecisionID == c.DecisionID }) {
+			t.Errorf("account %s: %s's audit trail lacks the freeze by decision %s: %+v", c.AccountID, who, c.DecisionID, trail.Entries)
 		}
 		if decidedAt[c.DecisionID] < before {
 			n++
