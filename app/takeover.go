@@ -93,6 +93,13 @@ func (a *App) learnOutputs(list []alerts.Alert, cmds []enforce.Command, place ev
 		// A copy: cmds is the follower's scratch, reused for the next event.
 		a.learned = append(a.learned, learnedOutput{at: now, place: place, command: &c})
 	}
+	a.trimLearned(now)
+}
+
+// trimLearned forgets what was learned longer ago than the window, and the
+// oldest past learnedMax. Pipeline only.
+func (a *App) trimLearned(now time.Time) {
+	window := a.cfg.Alerts.TakeoverRedeliver.D()
 	drop := 0
 	for drop < len(a.learned) && (now.Sub(a.learned[drop].at) > window || len(a.learned)-drop > learnedMax) {
 		drop++
@@ -125,6 +132,7 @@ func (a *App) learnManualCommands(act *manualAction, now time.Time) {
 	for _, c := range act.Commands {
 		a.learned = append(a.learned, learnedOutput{at: now, place: place, command: &c, manual: true})
 	}
+	a.trimLearned(now)
 }
 
 // relearnAlert keeps al's new version, made by hand on the owner, if the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 )
 
@@ -227,4 +228,31 @@ func plannedHandover(t *testing.T, followedNothing bool) {
 		}
 	}
 	t.Logf("standby %v events behind at the stop; %d alerts raised before it, %d deliveries in all", behind, len(raised), len(rc.bodies))
+}
+
+// The commands of a manual action adopted from the owner are kept for a
+// takeover, unless a handover read with the partition covers where the
+// owner stood when it made the change.
+func TestManualCommandsAreLearnedUnlessHandedOver(t *testing.T) {
+	a := bareApp(t, config.Default())
+	cmd := func(id string) []enforce.Command {
+		return []enforce.Command{{CommandID: id, Command: enforce.CmdUnfreeze}}
+	}
+	a.learnManualCommands(&manualAction{Commands: cmd("before"), After: map[string]map[int]int64{"wallet.events": {1: 30, 0: 10}}}, time.Now())
+	a.learnManualCommands(&manualAction{Commands: cmd("after"), After: map[string]map[int]int64{"wallet.events": {0: 25}}}, time.Now())
+	a.manualMu.Lock()
+	a.handedOverTo = map[string]map[int]int64{"wallet.events": {0: 20}}
+	a.manualMu.Unlock()
+	a.learnManualCommands(&manualAction{Commands: cmd("covered"), After: map[string]map[int]int64{"wallet.events": {0: 15}}}, time.Now())
+	a.forgetDelivered(a.handedOverTo)
+	var kept []string
+	for _, l := range a.learned {
+		if l.command == nil || !l.manual {
+			t.Fatalf("learned %+v, want manual commands only", l)
+		}
+		kept = append(kept, l.command.CommandID)
+	}
+	if strings.Join(kept, ",") != "after" {
+		t.Errorf("kept %v for the takeover, want [after]: the others were made before the handover's offsets", kept)
+	}
 }
