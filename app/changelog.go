@@ -594,6 +594,9 @@ func (r *clogRestore) replace(tx *bolt.Tx) error {
 // addAudit adds to the store's audit trail the entries restored that it
 // lacks, oldest first.
 func (r *clogRestore) addAudit(tx *bolt.Tx) error {
+	if len(r.audit) == 0 {
+		return nil
+	}
 	have := map[uint64]bool{}
 	err := enforce.EachAudit(tx, func(v []byte) error {
 		have[xxhash.Sum64(v)] = true
