@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -57,18 +58,12 @@ func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partiti
 }
 
 func tailPartition(ctx context.Context, brokers []string, topic string, partition int, log *slog.Logger, handle func(int, kafka.Message)) {
-	r := PartitionReader(brokers, topic, partition, log)
-	defer r.Close()
-	if err := r.SetOffset(kafka.FirstOffset); err != nil {
-		log.Error("set start offset", "topic", topic, "partition", partition, "err", err)
-		return
-	}
-	for {
-		m, ok := nextMessage(ctx, r, log)
-		if !ok {
-			return
-		}
+	err := readRange(ctx, brokers, topic, partition, kafka.FirstOffset, math.MaxInt64, log, func(m kafka.Message) error {
 		handle(partition, m)
+		return nil
+	})
+	if ctx.Err() == nil {
+		log.Error("reading stopped", "topic", topic, "partition", partition, "err", err)
 	}
 }
 
@@ -152,8 +147,8 @@ func LastMatching(ctx context.Context, brokers []string, topic string, partition
 	return nil, nil
 }
 
-// readRange hands handle the records of one partition from offset from up
-// to end, in order.
+// readRange hands handle the records of one partition from offset from (or
+// kafka.FirstOffset) up to end, in order.
 func readRange(ctx context.Context, brokers []string, topic string, partition int, from, end int64, log *slog.Logger, handle func(kafka.Message) error) error {
 	if from >= end {
 		return nil // nothing below end, or no longer
