@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -475,17 +474,7 @@ func (a *App) lastMarker(ctx context.Context, quick bool) (*kafka.Message, map[i
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	topic := a.cfg.Kafka.ChangelogTopic
-	ends, err := ingest.EndOffsets(ctx, a.brokers, topic)
-	if errors.Is(err, kafka.UnknownTopicOrPartition) || len(ends) == 0 {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	mp := ingest.KeyPartition([]byte(clogMarker), len(ends))
-	marker, err := ingest.LastMatching(ctx, a.brokers, topic, mp, ends[mp], a.log, func(m *kafka.Message) bool { return string(m.Key) == clogMarker })
-	return marker, ends, err
+	return findMarker(ctx, a.brokers, a.cfg.Kafka.ChangelogTopic, a.log)
 }
 
 // clogRestore sorts the records of a changelog being restored: detection

@@ -1,10 +1,12 @@
 package app
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -444,6 +446,24 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 	}
 	if owedAlerts == 0 || owedCommands == 0 || len(raised) == 0 {
 		t.Fatalf("the owner stopped owing %d alert records and %d commands, of %d alerts: the test covers nothing", owedAlerts, owedCommands, len(raised))
+	}
+	// What an operator sees before replacing the instance from the
+	// changelog is what the restore brings back.
+	st, err := ReadChangelogStatus(context.Background(), a.app.cfg, true, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := a.app.proc.Engine.Stats()
+	if st.Marker == nil || st.Restore == nil || st.Records == 0 {
+		t.Fatalf("changelog status: %+v", st)
+	}
+	n := st.Restore
+	if n.Rows["accounts"] != held.Accounts || n.Rows["devices"] != held.Devices || n.Rows["payees"] != held.Payees || n.Rows["ips"] != held.IPs ||
+		n.Alerts != len(raised) || n.Outbox[alertDest("support")] != owedAlerts || n.Outbox[destAccountService] != owedCommands || n.AccountStates == 0 || n.Audit == 0 {
+		t.Errorf("changelog status counts %+v; the owner held %+v, %d alerts, and owed %d alert records and %d commands", n, held, len(raised), owedAlerts, owedCommands)
+	}
+	if !maps.EqualFunc(st.Committed, map[string]map[int]int64(st.Marker.Offsets), maps.Equal) {
+		t.Errorf("after a stop the group committed %v, the last state was taken at %v", st.Committed, st.Marker.Offsets)
 	}
 	commands := map[string]bool{}
 	for _, m := range readAll(t, broker.Addr(), a.app.cfg.Kafka.CommandsTopic, owedCommands, 30*time.Second) {

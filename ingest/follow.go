@@ -106,28 +106,49 @@ type committedOffsets struct {
 	changed chan struct{} // closed and replaced whenever at changes
 }
 
-// poll reads the group's committed offsets of parts.
-func (c *committedOffsets) poll(ctx context.Context, brokers []string, group string, parts []topicPartition) error {
-	req := &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{}}
-	for _, tp := range parts {
-		req.Topics[tp.topic] = append(req.Topics[tp.topic], tp.partition)
-	}
+// CommittedOffsets returns the offsets group has committed of the
+// partitions asked for, by topic; a partition with none is left out.
+func CommittedOffsets(ctx context.Context, brokers []string, group string, partitions map[string][]int) (map[string]map[int]int64, error) {
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	resp, err := client.OffsetFetch(ctx, req)
+	resp, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: partitions})
 	if err == nil {
 		err = resp.Error
 	}
 	if err != nil {
-		return fmt.Errorf("committed offsets of group %s: %w", group, err)
+		return nil, fmt.Errorf("committed offsets of group %s: %w", group, err)
+	}
+	out := map[string]map[int]int64{}
+	for topic, ps := range resp.Topics {
+		for _, p := range ps {
+			if p.Error == nil && p.CommittedOffset >= 0 {
+				if out[topic] == nil {
+					out[topic] = map[int]int64{}
+				}
+				out[topic][p.Partition] = p.CommittedOffset
+			}
+		}
+	}
+	return out, nil
+}
+
+// poll reads the group's committed offsets of parts.
+func (c *committedOffsets) poll(ctx context.Context, brokers []string, group string, parts []topicPartition) error {
+	req := map[string][]int{}
+	for _, tp := range parts {
+		req[tp.topic] = append(req[tp.topic], tp.partition)
+	}
+	at, err := CommittedOffsets(ctx, brokers, group, req)
+	if err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	moved := false
-	for topic, ps := range resp.Topics {
-		for _, p := range ps {
-			tp := topicPartition{topic, p.Partition}
-			if p.Error == nil && p.CommittedOffset > c.at[tp] {
-				c.at[tp], moved = p.CommittedOffset, true
+	for topic, ps := range at {
+		for p, o := range ps {
+			tp := topicPartition{topic, p}
+			if o > c.at[tp] {
+				c.at[tp], moved = o, true
 			}
 		}
 	}

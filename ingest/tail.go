@@ -71,8 +71,18 @@ func tailPartition(ctx context.Context, brokers []string, topic string, partitio
 // written there will get: a reader that has handed on every record below
 // it has read all the topic held when asked.
 func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
+	return offsetsOf(ctx, brokers, topic, kafka.LastOffsetOf)
+}
+
+// FirstOffsets returns, per partition of topic, the first offset it still
+// holds (retention and compaction move it on).
+func FirstOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
+	return offsetsOf(ctx, brokers, topic, kafka.FirstOffsetOf)
+}
+
+func offsetsOf(ctx context.Context, brokers []string, topic string, which func(int) kafka.OffsetRequest) (map[int]int64, error) {
 	if len(brokers) == 0 {
-		return nil, fmt.Errorf("end offsets of %s: no broker", topic)
+		return nil, fmt.Errorf("offsets of %s: no broker", topic)
 	}
 	parts, err := topicPartitions(ctx, brokers[0], topic)
 	if err != nil {
@@ -82,7 +92,7 @@ func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int]in
 	for i, p := range parts {
 		ids[i] = p.ID
 	}
-	return listOffsets(ctx, brokers, topic, ids, kafka.LastOffsetOf)
+	return listOffsets(ctx, brokers, topic, ids, which)
 }
 
 // listOffsets asks the brokers for one offset of each partition: the first

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -48,6 +50,7 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 		a.cmd.Wait()
 	}
 	restarts := 0
+	var status []byte
 	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
 		switch part {
 		case 0:
@@ -71,6 +74,11 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 			if err := os.RemoveAll(dataDir); err != nil {
 				t.Fatal(err)
 			}
+			// The operator checks what a restore would bring back.
+			var err error
+			if status, err = exec.Command(bin, "changelog", "status", "--config", c.path, "--records").CombinedOutput(); err != nil {
+				t.Fatalf("walletguard changelog status: %v\n%s", err, status)
+			}
 		}
 	})
 
@@ -84,6 +92,12 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 	restored, _ := strconv.Atoi(m[1])
 	if restored < 1000 {
 		t.Errorf("restored %d accounts from the changelog, want the stream's thousands", restored)
+	}
+	if !strings.Contains(string(status), fmt.Sprintf("a restore brings back: %d accounts", restored)) ||
+		!strings.Contains(string(status), fmt.Sprintf("group %s committed 0:%d;", group, committed)) {
+		t.Errorf("walletguard changelog status, before the restore of %d accounts (%d committed), said:\n%s", restored, committed, status)
+	} else {
+		t.Logf("walletguard changelog status --records, before the restore:\n%s", status)
 	}
 
 	// The gateway asks the restarted daemon: every account the undisturbed

@@ -1,5 +1,6 @@
 // Command walletguard is the wallet account-protection daemon and its tools:
-// run (the daemon), demo, replay, rules check|test, config check, sim, version.
+// run (the daemon), demo, replay, rules check|test, config check, changelog
+// status, sim, version.
 package main
 
 import (
@@ -18,6 +19,7 @@ Usage:
   walletguard rules check FILE...          validate rule files
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
+  walletguard changelog status [--records] what kafka.changelog_topic holds, for a restore
   walletguard sim [--accounts N --days D]  generate wallet traffic as NDJSON
   walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development)
   walletguard version                      build information
@@ -47,6 +49,8 @@ func dispatch(cmd string, args []string) int {
 		return cmdRules(args)
 	case "config":
 		return cmdConfig(args)
+	case "changelog":
+		return cmdChangelog(args)
 	case "sim":
 		return cmdSim(args)
 	case "broker":
