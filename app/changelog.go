@@ -448,8 +448,8 @@ func (a *App) readChangelog(ctx context.Context, marker *kafka.Message, ends map
 	if !ok {
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d has no epoch", a.clog.topic, marker.Partition, marker.Offset)
 	}
-	r := &clogRestore{topic: a.clog.topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
-		outbox: map[string][]byte{}, audit: map[string][]byte{}, engine: a.proc.Engine.Fresh(), started: time.Now()}
+	r := newClogRestore(a.clog.topic, epoch, seq)
+	r.engine = a.proc.Engine.Fresh()
 	var err error
 	r.offsets, err = r.engine.RestoreChangelog(marker.Value, func(apply func(byte, uint64, []byte) error) error {
 		// Partitions are read side by side; each key is on one, in order.
@@ -493,6 +493,11 @@ type clogRestore struct {
 	offsets                detector.Offsets // where the state was taken
 	started                time.Time
 	done                   chan error // installRestored's answer
+}
+
+func newClogRestore(topic string, epoch, seq uint64) *clogRestore {
+	return &clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
+		outbox: map[string][]byte{}, audit: map[string][]byte{}, started: time.Now()}
 }
 
 // owed is the outbox records restored, in the order the outbox held them.

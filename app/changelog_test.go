@@ -538,8 +538,7 @@ func serveAt(t *testing.T, addr string, h http.Handler) {
 // (a record kind added since), and still refuses a damaged row.
 func TestRestoreLeavesOutRecordKindsItDoesNotKnow(t *testing.T) {
 	hdr := []kafka.Header{{Key: hdrEpoch, Value: binary.BigEndian.AppendUint64(nil, 7)}, {Key: hdrSeq, Value: binary.BigEndian.AppendUint64(nil, 3)}}
-	r := &clogRestore{topic: "walletguard.changelog", epoch: 7, seq: 3, states: map[string][]byte{}, alerts: map[string][]byte{},
-		outbox: map[string][]byte{}, audit: map[string][]byte{}}
+	r := newClogRestore("walletguard.changelog", 7, 3)
 	rows := 0
 	apply := func(byte, uint64, []byte) error { rows++; return nil }
 	if err := r.take(&kafka.Message{Key: []byte("Zsomething new"), Value: []byte("{}"), Headers: hdr}, apply); err != nil || r.unknown != 1 {

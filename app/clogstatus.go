@@ -108,8 +108,7 @@ func ReadChangelogStatus(ctx context.Context, cfg config.Config, whole bool, log
 	if !whole {
 		return st, nil
 	}
-	r := &clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
-		outbox: map[string][]byte{}, audit: map[string][]byte{}}
+	r := newClogRestore(topic, epoch, seq)
 	rows := map[[9]byte]bool{}
 	err = ingest.ReadPartitions(ctx, brokers, topic, ends, log, func(_ int, batch []kafka.Message) error {
 		for i := range batch {
