@@ -142,6 +142,16 @@ func PutRecord(tx *bolt.Tx, key string, v []byte) error {
 	return b.Put([]byte(key), v)
 }
 
+// CheckRecord reports whether v is a stored alert that Load can read: a
+// restore checks every record before it replaces anything.
+func CheckRecord(key string, v []byte) error {
+	var s stored
+	if err := json.Unmarshal(v, &s); err != nil {
+		return fmt.Errorf("alert %s: %w", key, err)
+	}
+	return nil
+}
+
 // DropRecords deletes every alert from tx: for a store whose state a
 // newer changelog's replaces (PutRecord).
 func DropRecords(tx *bolt.Tx) error {

@@ -488,6 +488,7 @@ type clogRestore struct {
 	audit                  map[string][]byte // by changelog key
 	auditAdded             int
 	unknown                int // records of kinds this release does not know
+	badAudit               int // audit entries unreadable, left out
 	rows                   int
 	engine                 *detector.Engine
 	offsets                detector.Offsets // where the state was taken
@@ -519,6 +520,11 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 		// entry of a later checkpoint is made again when its events are
 		// decided again.
 		if ok && (e < r.epoch || e == r.epoch && s <= r.seq) && len(m.Value) > 0 {
+			var entry enforce.AuditEntry
+			if json.Unmarshal(m.Value, &entry) != nil {
+				r.badAudit++ // the trail lacks one line; the state is whole
+				return nil
+			}
 			r.audit[string(m.Key)] = m.Value
 		}
 		return nil
@@ -526,20 +532,31 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 	if !ok || e != r.epoch || s > r.seq || len(m.Key) == 0 || string(m.Key) == clogMarker {
 		return nil // another epoch's, or a checkpoint's whose marker never came
 	}
+	// Every record is checked as it is read, before anything is replaced:
+	// a damaged one fails the restore, not the store it would have gone to.
+	damaged := func(err error) error {
+		return fmt.Errorf("changelog %s: record at %d/%d: %w", r.topic, m.Partition, m.Offset, err)
+	}
 	switch m.Key[0] {
-	case clogState:
-		r.states[string(m.Key[1:])] = m.Value
-	case clogBreaker:
-		r.states[""] = m.Value
+	case clogState, clogBreaker:
+		id := string(m.Key[1:])
+		if err := enforce.CheckRecord(id, m.Value); err != nil {
+			return damaged(err)
+		}
+		r.states[id] = m.Value
 	case clogAlert:
 		if len(m.Value) == 0 {
 			delete(r.alerts, string(m.Key[1:]))
+		} else if err := alerts.CheckRecord(string(m.Key[1:]), m.Value); err != nil {
+			return damaged(err)
 		} else {
 			r.alerts[string(m.Key[1:])] = m.Value
 		}
 	case clogOutbox:
 		if len(m.Value) == 0 {
 			delete(r.outbox, string(m.Key[1:]))
+		} else if err := outbox.CheckStored(m.Value); err != nil {
+			return damaged(err)
 		} else {
 			r.outbox[string(m.Key[1:])] = m.Value
 		}
@@ -618,6 +635,9 @@ func (r *clogRestore) addAudit(tx *bolt.Tx) error {
 func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {
 	if r.unknown > 0 {
 		log.Warn("changelog records of a kind this release does not know left out of the restore (written by a later release?)", "topic", r.topic, "records", r.unknown)
+	}
+	if r.badAudit > 0 {
+		log.Warn("unreadable audit entries in the changelog left out of the restored trail", "topic", r.topic, "entries", r.badAudit)
 	}
 	log.Info("restored state from changelog", "topic", r.topic, "accounts", st.Accounts, "timers", st.Timers,
 		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "audit_entries", r.auditAdded, "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())

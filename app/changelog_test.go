@@ -535,8 +535,10 @@ func serveAt(t *testing.T, addr string, h http.Handler) {
 }
 
 // A restore takes what it knows of a changelog a later release wrote to
-// (a record kind added since), and still refuses a damaged row.
-func TestRestoreLeavesOutRecordKindsItDoesNotKnow(t *testing.T) {
+// (a record kind added since), refuses a damaged row, account state, alert
+// or outbox record before it replaces anything, and leaves out a damaged
+// audit entry.
+func TestRestoreChecksEveryRecord(t *testing.T) {
 	hdr := []kafka.Header{{Key: hdrEpoch, Value: binary.BigEndian.AppendUint64(nil, 7)}, {Key: hdrSeq, Value: binary.BigEndian.AppendUint64(nil, 3)}}
 	r := newClogRestore("walletguard.changelog", 7, 3)
 	rows := 0
@@ -549,5 +551,20 @@ func TestRestoreLeavesOutRecordKindsItDoesNotKnow(t *testing.T) {
 	}
 	if err := r.take(&kafka.Message{Key: []byte{1, 2, 3}, Value: []byte("row"), Headers: hdr}, apply); err == nil {
 		t.Error("a detection row with a short key was taken")
+	}
+	for _, key := range []string{"Sacc-1", "B", "Aalt_1", "Ocommands\x00\x00\x00\x00\x00\x00\x00\x00\x01"} {
+		if err := r.take(&kafka.Message{Key: []byte(key), Value: []byte(`{"frozen": tru`), Headers: hdr}, apply); err == nil {
+			t.Errorf("a damaged record %q was taken", key)
+		}
+	}
+	if len(r.states)+len(r.alerts)+len(r.outbox) != 0 {
+		t.Errorf("damaged records kept: %v %v %v", r.states, r.alerts, r.outbox)
+	}
+	if err := r.take(&kafka.Message{Key: []byte("Uacc-1\x00hash"), Value: []byte(`{"at": 12`), Headers: hdr}, apply); err != nil || r.badAudit != 1 || len(r.audit) != 0 {
+		t.Errorf("a damaged audit entry: err %v, %d left out, %d kept; want none, 1, 0", err, r.badAudit, len(r.audit))
+	}
+	good := []byte(`{"frozen":true,"frozen_reason":"stolen phone"}`)
+	if err := r.take(&kafka.Message{Key: []byte("Sacc-1"), Value: good, Headers: hdr}, apply); err != nil || string(r.states["acc-1"]) != string(good) {
+		t.Errorf("a good account state: err %v, kept %q", err, r.states["acc-1"])
 	}
 }

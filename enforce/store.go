@@ -145,6 +145,24 @@ func PutRecord(tx *bolt.Tx, id string, v []byte) error {
 	return b.Put(key, v)
 }
 
+// CheckRecord reports whether v is a stored account state (id "": the
+// breaker's) that Load can read: a restore checks every record before it
+// replaces anything.
+func CheckRecord(id string, v []byte) error {
+	var err error
+	if id == "" {
+		var b breakerState
+		err = json.Unmarshal(v, &b)
+	} else {
+		var r record
+		err = json.Unmarshal(v, &r)
+	}
+	if err != nil {
+		return fmt.Errorf("account state %q: %w", id, err)
+	}
+	return nil
+}
+
 // DropRecords deletes from tx every account's state and the breaker's:
 // for a store whose state a newer changelog's replaces (PutRecord).
 func DropRecords(tx *bolt.Tx) error {
