@@ -22,36 +22,38 @@ import (
 // published, where it was taken against the consumer group's commits, and
 // (when read whole) what a restore from it would bring back.
 type ChangelogStatus struct {
-	Topic      string
-	Partitions int
-	Records    int64 // held now, superseded versions compaction has not yet removed included
+	Topic      string `json:"topic"`
+	Partitions int    `json:"partitions"`
+	Records    int64  `json:"records"` // held now, superseded versions compaction has not yet removed included
 	// Marker is the last state published; nil if there is none yet.
-	Marker *MarkerStatus
+	Marker *MarkerStatus `json:"last_state"`
 	// Committed and Ends are, per event topic and partition, the group's
 	// committed offsets and the next offsets to be written.
-	Committed, Ends map[string]map[int]int64
+	Committed map[string]map[int]int64 `json:"committed"`
+	Ends      map[string]map[int]int64 `json:"ends"`
 	// Restore counts what a restore would bring back; nil unless asked.
-	Restore *RestoreCounts
+	Restore *RestoreCounts `json:"restore,omitempty"`
 }
 
 // MarkerStatus is a changelog marker: the state of one checkpoint.
 type MarkerStatus struct {
-	Epoch, Seq   uint64
-	EpochStarted time.Time // when the epoch began with the whole state
-	Written      time.Time
-	Offsets      detector.Offsets // where the state was taken
+	Epoch        uint64           `json:"epoch"`
+	Seq          uint64           `json:"checkpoint"`
+	EpochStarted time.Time        `json:"epoch_started"` // when the epoch began with the whole state
+	Written      time.Time        `json:"published"`
+	Offsets      detector.Offsets `json:"taken_at"` // where the state was taken
 }
 
 // RestoreCounts are the records a restore would apply: detection rows by
 // kind, account security states, alerts, outbox records by destination
 // and audit entries.
 type RestoreCounts struct {
-	Rows           map[string]int
-	AccountStates  int
-	Alerts         int
-	Outbox         map[string]int
-	Audit          int
-	UnknownRecords int
+	Rows           map[string]int `json:"rows"`
+	AccountStates  int            `json:"account_states"`
+	Alerts         int            `json:"alerts"`
+	Outbox         map[string]int `json:"undelivered"`
+	Audit          int            `json:"audit_entries"`
+	UnknownRecords int            `json:"unknown_records"`
 }
 
 // rowKindNames names the detection row kinds of a changelog (detector.EachRow).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/sim"
 )
@@ -50,7 +52,7 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 		a.cmd.Wait()
 	}
 	restarts := 0
-	var status []byte
+	var status, statusJSON []byte
 	ref := newReference(t, brokerAddr, scfg, 10, func(part, produced int) {
 		switch part {
 		case 0:
@@ -79,6 +81,9 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 			if status, err = exec.Command(bin, "changelog", "status", "--config", c.path, "--records").CombinedOutput(); err != nil {
 				t.Fatalf("walletguard changelog status: %v\n%s", err, status)
 			}
+			if statusJSON, err = exec.Command(bin, "changelog", "status", "--config", c.path, "--records", "--json").Output(); err != nil {
+				t.Fatalf("walletguard changelog status --json: %v", err)
+			}
 		}
 	})
 
@@ -98,6 +103,10 @@ func TestLostDataDirRestoresFromChangelog(t *testing.T) {
 		t.Errorf("walletguard changelog status, before the restore of %d accounts (%d committed), said:\n%s", restored, committed, status)
 	} else {
 		t.Logf("walletguard changelog status --records, before the restore:\n%s", status)
+	}
+	var st app.ChangelogStatus
+	if err := json.Unmarshal(statusJSON, &st); err != nil || st.Restore == nil || st.Restore.Rows["accounts"] != restored || st.Committed["wallet.events"][0] != committed {
+		t.Errorf("walletguard changelog status --json (%v): %s", err, statusJSON)
 	}
 
 	// The gateway asks the restarted daemon: every account the undisturbed

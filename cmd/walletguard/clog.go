@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,12 +23,13 @@ import (
 // before an operator replaces an instance, or its volume, from it.
 func cmdChangelog(args []string) int {
 	if len(args) < 1 || args[0] != "status" {
-		fmt.Fprintln(os.Stderr, "usage: walletguard changelog status [--config FILE] [--records]")
+		fmt.Fprintln(os.Stderr, "usage: walletguard changelog status [--config FILE] [--records] [--json]")
 		return 2
 	}
 	fs := flag.NewFlagSet("changelog status", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (default: built-in defaults)")
 	records := fs.Bool("records", false, "read the whole changelog, as a restore would, and count what it would bring back")
+	asJSON := fs.Bool("json", false, "print the status as one JSON object, for scripts")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -43,7 +45,16 @@ func cmdChangelog(args []string) int {
 		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
 		return 1
 	}
-	printChangelogStatus(os.Stdout, st, cfg.Kafka.GroupID, time.Now())
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+			return 1
+		}
+	} else {
+		printChangelogStatus(os.Stdout, st, cfg.Kafka.GroupID, time.Now())
+	}
 	if st.Marker == nil {
 		return 1 // nothing to restore: an instance started without its data_dir starts cold
 	}

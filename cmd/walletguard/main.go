@@ -19,7 +19,7 @@ Usage:
   walletguard rules check FILE...          validate rule files
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
-  walletguard changelog status [--records] what kafka.changelog_topic holds, for a restore
+  walletguard changelog status             what kafka.changelog_topic holds for a restore
   walletguard sim [--accounts N --days D]  generate wallet traffic as NDJSON
   walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development)
   walletguard version                      build information
