@@ -10,10 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/outbox"
 )
 
 // On taking over, a standby delivers again the latest version of each
@@ -254,5 +258,50 @@ func TestManualCommandsAreLearnedUnlessHandedOver(t *testing.T) {
 	}
 	if strings.Join(kept, ",") != "after" {
 		t.Errorf("kept %v for the takeover, want [after]: the others were made before the handover's offsets", kept)
+	}
+}
+
+// What a restored owner's outbox held goes into this instance's outbox on
+// taking over — with its ids and ages, for the destinations this instance
+// has — unless the owner handed over past the restored state.
+func TestOwedRecordsGoOutUnlessHandedOver(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://127.0.0.1:1/hook", Secret: "s", Name: "support"}}
+	a := mustNew(t, cfg, Options{})
+	t.Cleanup(a.runCleanup)
+	added := time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC)
+	stored := func(id string) []byte {
+		b, _ := json.Marshal(outbox.Item{ID: id, Payload: json.RawMessage(`{"alert_id":"` + id + `"}`), AddedAt: added})
+		return b
+	}
+	owed := func() *owedOutbox {
+		return &owedOutbox{offsets: detector.Offsets{"wallet.events": {0: 100, 1: 50}}, records: []owedRecord{
+			{dest: alertDest("support"), stored: stored("alt_1")},
+			{dest: alertDest("support"), stored: stored("alt_2")},
+			{dest: alertDest("gone-receiver"), stored: stored("alt_3")},
+		}}
+	}
+
+	// The owner handed over past the state: it delivered all of them.
+	a.handoverAt = map[string]map[int]int64{"wallet.events": {0: 100, 1: 60}}
+	a.owed = owed()
+	a.deliverOwed()
+	if n, _ := a.box.Pending(alertDest("support")); n != 0 || a.owed != nil {
+		t.Errorf("after a handover past the state, %d records put in the outbox, want none", n)
+	}
+
+	// A handover short of the state on one partition covers nothing.
+	a.handoverAt = map[string]map[int]int64{"wallet.events": {0: 100, 1: 49}}
+	a.owed = owed()
+	a.deliverOwed()
+	items, _ := a.box.Waiting(alertDest("support"))
+	if len(items) != 2 || items[0].ID != "alt_1" || items[1].ID != "alt_2" || !items[0].AddedAt.Equal(added) {
+		t.Fatalf("outbox for support holds %+v, want alt_1 then alt_2, added when the owner added them", items)
+	}
+	if n, _ := a.box.Pending(alertDest("gone-receiver")); n != 0 {
+		t.Errorf("%d records put for a receiver this instance does not have", n)
+	}
+	if n := testutil.ToFloat64(a.amet.outboxRestored.WithLabelValues(alertDest("support"))); n != 2 {
+		t.Errorf("walletguard_outbox_restored_total{destination=alerts:support} = %v, want 2", n)
 	}
 }
