@@ -138,6 +138,7 @@ type appMetrics struct {
 	alertsRedelivered   prometheus.Counter
 	commandsRedelivered prometheus.Counter
 	outboxRestored      *prometheus.CounterVec
+	auditPruned         prometheus.Counter
 	manualAdopted       prometheus.Counter
 	manualRead          prometheus.Counter
 	takeovers           *prometheus.CounterVec
@@ -182,6 +183,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		commandsRedelivered: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_commands_redelivered_total",
 			Help: "Commands a standby learned of by following (for the account service, and those of manual actions also for the commands topic) and delivered again when it took the partitions over (alerts.takeover_redeliver).",
+		}),
+		auditPruned: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_audit_entries_pruned_total",
+			Help: "Audit entries deleted from the local trail (and the changelog) once older than enforce.audit_retention; ClickHouse keeps them.",
 		}),
 		outboxRestored: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "walletguard_outbox_restored_total",
@@ -435,6 +440,10 @@ func (a *App) Run(ctx context.Context) error {
 	go a.deliverCommands(deliverCtx)
 	a.deliverManual(deliverCtx)
 	go a.deliverAlerts(deliverCtx)
+	go func() {
+		a.pruneAudit(time.Now())
+		every(ctx, time.Hour, func() { a.pruneAudit(time.Now()) })
+	}()
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()
 	a.log.Info("walletguard running", "kafka", a.brokers, "topics", a.cfg.Kafka.Topics, "http", a.HTTPAddr(),

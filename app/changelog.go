@@ -31,9 +31,10 @@ import (
 //   - an account's enforcement state: 'S' and the account id; the freeze
 //     breaker: 'B'; an alert: 'A' and its key (an empty value: gone);
 //   - an audit entry: 'U', the account id, a zero byte and the hash of the
-//     entry as stored. Entries are facts, not state: a restore takes those
-//     of every epoch (an automatic action decided again has the same key);
-//     a new epoch writes the whole trail again;
+//     entry as stored; an empty value once enforce.audit_retention has
+//     passed. Entries are facts, not state: a restore takes those of every
+//     epoch (an automatic action decided again has the same key); a new
+//     epoch writes the whole trail again;
 //   - a record the outbox has yet to deliver (an alert to a receiver, a
 //     command to the account service, a manual action): 'O' and its key in
 //     the outbox; an empty value once it is delivered or given up on;
@@ -128,7 +129,8 @@ func (c *changelog) noteAudit(v []byte) {
 	c.saved = append(c.saved, auditRecord(c.topic, v))
 }
 
-// auditRecord is an audit entry's changelog record.
+// auditRecord is an audit entry's changelog record; gone makes it the
+// record that deletes it.
 func auditRecord(topic string, v []byte) ingest.Message {
 	var e struct {
 		AccountID string `json:"account_id"`
@@ -137,6 +139,46 @@ func auditRecord(topic string, v []byte) ingest.Message {
 	key := append(append([]byte{clogAudit}, e.AccountID...), 0)
 	key = binary.BigEndian.AppendUint64(key, xxhash.Sum64(v))
 	return ingest.Message{Topic: topic, Key: key, Value: slices.Clone(v)}
+}
+
+// pruneAudit deletes the audit entries older than enforce.audit_retention
+// from the store, and from the changelog with the next checkpoint, a
+// batch at a time: a year of a large wallet's trail goes in steps that
+// leave the store to the checkpoints in between.
+func (a *App) pruneAudit(now time.Time) {
+	keep := a.cfg.Enforce.AuditRetention.D()
+	if keep <= 0 {
+		return
+	}
+	const batch = 10_000
+	for {
+		var gone []ingest.Message
+		var n int
+		a.writeMu.Lock()
+		err := a.store.DB().Update(func(tx *bolt.Tx) error {
+			var err error
+			n, err = enforce.PruneAudit(tx, now.Add(-keep), batch, func(v []byte) {
+				if a.clog != nil {
+					m := auditRecord(a.clog.topic, v)
+					m.Value = nil
+					gone = append(gone, m)
+				}
+			})
+			return err
+		})
+		if err == nil && a.clog != nil {
+			a.clog.saved = append(a.clog.saved, gone...)
+		}
+		a.writeMu.Unlock()
+		if err != nil {
+			a.log.Error("audit entries past their retention not deleted", "err", err)
+			return
+		}
+		a.amet.auditPruned.Add(float64(n))
+		if n < batch {
+			return
+		}
+	}
 }
 
 func putPosition(tx *bolt.Tx, key []byte, epoch, seq uint64) error {
@@ -519,14 +561,19 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 		// Of this epoch up to the marker, and of every epoch before it: an
 		// entry of a later checkpoint is made again when its events are
 		// decided again.
-		if ok && (e < r.epoch || e == r.epoch && s <= r.seq) && len(m.Value) > 0 {
-			var entry enforce.AuditEntry
-			if json.Unmarshal(m.Value, &entry) != nil {
-				r.badAudit++ // the trail lacks one line; the state is whole
-				return nil
-			}
-			r.audit[string(m.Key)] = m.Value
+		if !ok || e > r.epoch || e == r.epoch && s > r.seq {
+			return nil
 		}
+		if len(m.Value) == 0 {
+			delete(r.audit, string(m.Key)) // past its retention
+			return nil
+		}
+		var entry enforce.AuditEntry
+		if json.Unmarshal(m.Value, &entry) != nil {
+			r.badAudit++ // the trail lacks one line; the state is whole
+			return nil
+		}
+		r.audit[string(m.Key)] = m.Value
 		return nil
 	}
 	if !ok || e != r.epoch || s > r.seq || len(m.Key) == 0 || string(m.Key) == clogMarker {

@@ -568,3 +568,38 @@ func TestRestoreChecksEveryRecord(t *testing.T) {
 		t.Errorf("a good account state: err %v, kept %q", err, r.states["acc-1"])
 	}
 }
+
+// Audit entries past enforce.audit_retention leave the store and, with the
+// next checkpoint, the changelog: an instance restored from it has the
+// recent trail only.
+func TestAuditPastRetentionLeavesTheChangelogToo(t *testing.T) {
+	broker, withChangelog := changelogBroker(t, 2)
+	msgs, _ := simMessages(t, 400, 11, 8000)
+	produce(t, broker.Addr(), "wallet.events", msgs...)
+	dirA := t.TempDir()
+	a := start(t, withChangelog(dirA))
+	waitFor(t, 60*time.Second, "the owner to decide the stream", func() bool { return a.app.Snapshot().Consumed == float64(len(msgs)) })
+	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
+		t.Fatalf("manual freeze: %d %v", code, body)
+	}
+	ckpts := metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "a checkpoint", func() bool { return metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1 })
+	before := len(auditTrail(t, "", a.app.store.DB()))
+	// A day's retention: the stream's automatic actions, stamped with its
+	// events' times days ago, go; the freeze made just now stays.
+	a.app.cfg.Enforce.AuditRetention = config.Duration(24 * time.Hour)
+	a.app.pruneAudit(time.Now())
+	kept := auditTrail(t, "", a.app.store.DB())
+	if before < 3 || len(kept) != 1 || !strings.Contains(kept[0], "customer reported the phone stolen") {
+		t.Fatalf("of %d audit entries, kept %v; want the manual freeze only", before, kept)
+	}
+	if n := testutil.ToFloat64(a.app.amet.auditPruned); n != float64(before-1) {
+		t.Errorf("walletguard_audit_entries_pruned_total = %v, want %d", n, before-1)
+	}
+	a.stop(t)
+
+	b := start(t, withChangelog(t.TempDir()))
+	if got := auditTrail(t, "", b.app.store.DB()); !slices.Equal(got, kept) {
+		t.Errorf("restored an audit trail of %d entries, want the %d the owner kept", len(got), len(kept))
+	}
+}

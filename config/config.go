@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,10 @@ type Enforce struct {
 	// AccountService, if URL is set, also receives every account command
 	// as a signed HTTP POST, retried until it succeeds.
 	AccountService Webhook `yaml:"account_service"`
+	// AuditRetention is how long the local audit trail (and its copy in
+	// the changelog) keeps an entry, by the entry's time; ClickHouse keeps
+	// every one. 0 keeps them all.
+	AuditRetention Duration `yaml:"audit_retention"`
 }
 
 // Breaker is the freeze-storm breaker.
@@ -224,15 +229,22 @@ type Duration time.Duration
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// UnmarshalYAML parses Go duration syntax.
+// UnmarshalYAML parses Go duration syntax, and whole days as "400d" (for
+// retentions, which Go's syntax would write in hours).
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil {
 		return err
 	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if v, err := strconv.ParseUint(days, 10, 16); err == nil {
+			*d = Duration(time.Duration(v) * 24 * time.Hour)
+			return nil
+		}
+	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
+		return fmt.Errorf("line %d: %q is not a duration like 30s, 5m or 400d", n.Line, s)
 	}
 	*d = Duration(v)
 	return nil
@@ -276,7 +288,9 @@ func Default() Config {
 		Enforce: Enforce{
 			Breaker:       Breaker{MaxFreezes: 30, Window: Duration(time.Minute)},
 			UnfreezeGrace: Duration(24 * time.Hour),
-			TOTP:          TOTP{Issuer: "walletguard", KeyEnv: "WALLETGUARD_TOTP_KEY", MaxWrongCodes: 5},
+			// Longer than a year: disputes and chargebacks come back months later.
+			AuditRetention: Duration(400 * 24 * time.Hour),
+			TOTP:           TOTP{Issuer: "walletguard", KeyEnv: "WALLETGUARD_TOTP_KEY", MaxWrongCodes: 5},
 		},
 	}
 }
@@ -468,6 +482,9 @@ func (c *Config) Validate() error {
 	}
 	if e.UnfreezeGrace.D() < 0 {
 		bad("enforce.unfreeze_grace: must not be negative")
+	}
+	if e.AuditRetention.D() < 0 {
+		bad("enforce.audit_retention: must not be negative (0 keeps every entry)")
 	}
 	if e.TOTP.MaxWrongCodes < 1 {
 		bad("enforce.totp.max_wrong_codes: must be ≥ 1")

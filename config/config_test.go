@@ -72,12 +72,24 @@ func TestStrictErrorsNameTheKey(t *testing.T) {
 		"http:\n  listen: ${WG_NOT_SET_ANYWHERE}\n":                        "WG_NOT_SET_ANYWHERE",
 		"kafka: [1, 2]\n":                      "decode",
 		"alerts:\n  takeover_redeliver: -1m\n": "alerts.takeover_redeliver",
+		"enforce:\n  audit_retention: 1.5d\n":  "duration",
 	}
 	for doc, want := range cases {
 		_, err := Parse([]byte(doc))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to mention %s", doc, err, want)
 		}
+	}
+}
+
+// Retentions are written in days.
+func TestDurationsInDays(t *testing.T) {
+	c, err := Parse([]byte("enforce:\n  audit_retention: 400d\n"))
+	if err != nil || c.Enforce.AuditRetention.D() != 400*24*time.Hour {
+		t.Errorf("audit_retention: 400d parsed as %v, %v", c.Enforce.AuditRetention.D(), err)
+	}
+	if c, err := Parse([]byte("enforce:\n  audit_retention: 0d\n")); err != nil || c.Enforce.AuditRetention != 0 {
+		t.Errorf("audit_retention: 0d parsed as %v, %v", c.Enforce.AuditRetention.D(), err)
 	}
 }
 

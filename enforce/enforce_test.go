@@ -302,3 +302,66 @@ func BenchmarkPrepareSave(b *testing.B) {
 	}
 	b.ReportMetric(changed, "changed-states")
 }
+
+// PruneAudit deletes the entries older than the cut, oldest first, at most
+// a batch at a time, hands each to its caller, and keeps the rest.
+func TestPruneAuditKeepsTheRecentTrail(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "audit.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	day := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	var entries []AuditEntry
+	for i := range 5 {
+		entries = append(entries, AuditEntry{At: day.AddDate(0, 0, i), Action: CmdFreeze, Origin: "auto", Actor: Auto, AccountID: fmt.Sprintf("acc-%d", i)})
+	}
+	// A manual action saved before an automatic one stamped earlier.
+	entries[1], entries[2] = entries[2], entries[1]
+	entries[1].At, entries[1].Origin = day.AddDate(0, 0, 9), "manual"
+	if err := db.Update(func(tx *bolt.Tx) error { return AppendAudit(tx, entries...) }); err != nil {
+		t.Fatal(err)
+	}
+	var gone []string
+	prune := func(limit int) int {
+		var n int
+		err := db.Update(func(tx *bolt.Tx) error {
+			var err error
+			n, err = PruneAudit(tx, day.AddDate(0, 0, 3), limit, func(v []byte) {
+				var e AuditEntry
+				json.Unmarshal(v, &e)
+				gone = append(gone, e.AccountID)
+			})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The manual action on acc-2 (day 9) was saved before acc-1's (day 1):
+	// the prune looks past it.
+	if n := prune(1); n != 1 {
+		t.Errorf("first batch of 1 pruned %d", n)
+	}
+	if n := prune(5); n != 1 {
+		t.Errorf("second batch pruned %d, want the one left before the cut", n)
+	}
+	if n := prune(5); n != 0 {
+		t.Errorf("third batch pruned %d, want none", n)
+	}
+	if strings.Join(gone, ",") != "acc-0,acc-1" {
+		t.Errorf("pruned %v, want acc-0 and acc-1, in order", gone)
+	}
+	kept, err := ListAudit(db, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range kept {
+		ids = append(ids, e.AccountID)
+	}
+	if strings.Join(ids, ",") != "acc-4,acc-3,acc-2" {
+		t.Errorf("kept %v, want acc-4, acc-3 and the manual action on acc-2", ids)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -334,6 +335,49 @@ func appendAudit(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error 
 	}
 	return nil
 }
+
+// PruneAudit deletes, oldest first, up to limit audit entries made before
+// before, handing each, as stored, to gone (valid only during the call).
+// Entries are kept in the order they were added, which is their time order
+// but for a checkpoint's worth of disorder (an automatic action is stamped
+// with its event's time, and saved with the checkpoint after a manual one
+// made meanwhile): it looks past newer entries, and stops after
+// pruneLookPast of them in a row.
+func PruneAudit(tx *bolt.Tx, before time.Time, limit int, gone func(v []byte)) (int, error) {
+	b := tx.Bucket(bucketAudit)
+	if b == nil {
+		return 0, nil
+	}
+	var keys [][]byte
+	newer := 0
+	c := b.Cursor()
+	for k, v := c.First(); k != nil && len(keys) < limit && newer < pruneLookPast; k, v = c.Next() {
+		var e struct {
+			At time.Time `json:"at"`
+		}
+		if err := json.Unmarshal(v, &e); err != nil {
+			return 0, fmt.Errorf("audit entry %x: %w", k, err)
+		}
+		if !e.At.Before(before) {
+			newer++
+			continue
+		}
+		newer = 0
+		if gone != nil {
+			gone(v)
+		}
+		keys = append(keys, slices.Clone(k))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+// pruneLookPast is how many newer audit entries in a row end a prune.
+const pruneLookPast = 10_000
 
 // ListAudit returns audit entries, newest first, of one account (all for "").
 func ListAudit(db *bolt.DB, account string, limit int) ([]AuditEntry, error) {
