@@ -64,7 +64,7 @@ func (a *App) apply(ch enforce.Change, changed ...alerts.Alert) error {
 		if a.clog != nil {
 			noted = a.clog.noteAudit // under writeMu, as the changelog's hooks must be
 		}
-		if err := enforce.AppendAuditNoted(tx, noted, ch.Audit...); err != nil {
+		if err := enforce.AppendAudit(tx, noted, ch.Audit...); err != nil {
 			return err
 		}
 		if err := a.proc.Planner.ForwardPending(tx); err != nil {

@@ -997,10 +997,7 @@ func (a *App) follow(rec *ingest.Record) {
 	if rec.Err != nil {
 		return
 	}
-	if a.owed != nil {
-		// The owner is alive, and delivers its own outbox.
-		a.owed = nil
-	}
+	a.owed = nil // the owner is alive, and delivers its own outbox
 	a.proc.FollowFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, &a.followed)
 	a.learnOutputs(a.followed.Alerts, a.followed.Commands, eventPlace{rec.Topic, rec.Partition, rec.Offset}, rec.Arrived)
 	a.followed.Reset()

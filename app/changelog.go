@@ -349,21 +349,37 @@ func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (dete
 	if err != nil {
 		return nil, err
 	}
-	if err := a.store.DB().Update(r.replace); err != nil {
-		return nil, fmt.Errorf("restore account states and alerts from changelog: %w", err)
-	}
-	if err := a.proc.Engine.Take(r.engine); err != nil {
-		return nil, err
-	}
-	a.clog.fresh.Store(true) // the state goes out whole again, under a new epoch
 	why := "empty"
 	if held != nil {
 		why = "newer"
 	}
+	if err := a.adoptRestored(r, why); err != nil {
+		return nil, err
+	}
+	return r.offsets, nil
+}
+
+// adoptRestored puts a state restored from the changelog in place of the
+// one held, in the store and the engine; the next checkpoint begins a new
+// epoch with it, and what the owner still owed waits for takeOver.
+func (a *App) adoptRestored(r *clogRestore, why string) error {
+	a.writeMu.Lock()
+	err := a.store.DB().Update(r.replace)
+	if err == nil {
+		a.clog.saved = nil // the new epoch publishes the whole state
+	}
+	a.writeMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("store the state restored from the changelog: %w", err)
+	}
+	if err := a.proc.Engine.Take(r.engine); err != nil {
+		return err
+	}
+	a.clog.fresh.Store(true)
 	a.amet.changelogRestores.WithLabelValues(why).Inc()
 	r.logRestored(a.log, a.proc.Engine.Stats())
-	a.owed = r.owed() // delivered if this instance takes the partitions (takeOver)
-	return r.offsets, nil
+	a.owed = r.owed()
+	return nil
 }
 
 // restoreOnTakeover is the source's Assigning: an instance that takes
@@ -413,16 +429,7 @@ func (a *App) restoreOnTakeover(ctx context.Context) {
 // Pipeline only, with procMu held and no checkpoint being captured or
 // written.
 func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) error {
-	a.writeMu.Lock()
-	err := a.store.DB().Update(r.replace)
-	if err == nil {
-		a.clog.saved = nil // the new epoch publishes the whole state
-	}
-	a.writeMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("store the state restored from the changelog: %w", err)
-	}
-	if err := a.proc.Engine.Take(r.engine); err != nil {
+	if err := a.adoptRestored(r, "takeover"); err != nil {
 		return err
 	}
 	a.proc.Planner.Reset()
@@ -433,17 +440,12 @@ func (a *App) installRestored(r *clogRestore, next map[string]map[int]int64) err
 	if err := a.proc.Alerts.Load(a.store.DB()); err != nil {
 		return fmt.Errorf("alerts restored from the changelog: %w", err)
 	}
-	a.clog.fresh.Store(true)
 	clear(next)
 	for t, ps := range r.offsets {
 		next[t] = maps.Clone(ps)
 	}
 	a.startAt.Store(&r.offsets)
-	st := a.proc.Engine.Stats()
-	a.held.Store(int64(st.Accounts))
-	a.amet.changelogRestores.WithLabelValues("takeover").Inc()
-	r.logRestored(a.log, st)
-	a.owed = r.owed()
+	a.held.Store(int64(a.proc.Engine.Stats().Accounts))
 	return nil
 }
 
@@ -676,7 +678,7 @@ func (r *clogRestore) addAudit(tx *bolt.Tx) error {
 	}
 	slices.SortStableFunc(add, func(a, b enforce.AuditEntry) int { return a.At.Compare(b.At) })
 	r.auditAdded = len(add)
-	return enforce.AppendAudit(tx, add...)
+	return enforce.AppendAudit(tx, nil, add...)
 }
 
 func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {

@@ -319,7 +319,7 @@ func TestPruneAuditKeepsTheRecentTrail(t *testing.T) {
 	// A manual action saved before an automatic one stamped earlier.
 	entries[1], entries[2] = entries[2], entries[1]
 	entries[1].At, entries[1].Origin = day.AddDate(0, 0, 9), "manual"
-	if err := db.Update(func(tx *bolt.Tx) error { return AppendAudit(tx, entries...) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return AppendAudit(tx, nil, entries...) }); err != nil {
 		t.Fatal(err)
 	}
 	var gone []string

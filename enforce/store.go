@@ -108,7 +108,7 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 				return err
 			}
 		}
-		if err := appendAudit(tx, audited, audit...); err != nil {
+		if err := AppendAudit(tx, audited, audit...); err != nil {
 			return err
 		}
 		if fwd != nil {
@@ -287,16 +287,6 @@ func (p *Planner) Load(db *bolt.DB) (enrolled int, err error) {
 	return enrolled, err
 }
 
-// AppendAudit adds entries to the audit trail inside the caller's transaction.
-func AppendAudit(tx *bolt.Tx, entries ...AuditEntry) error {
-	return appendAudit(tx, nil, entries...)
-}
-
-// AppendAuditNoted is AppendAudit handing each entry, as stored, to note.
-func AppendAuditNoted(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error {
-	return appendAudit(tx, note, entries...)
-}
-
 // EachAudit hands fn every audit entry stored, oldest first, as stored
 // (valid only during the call).
 func EachAudit(tx *bolt.Tx, fn func(v []byte) error) error {
@@ -307,7 +297,9 @@ func EachAudit(tx *bolt.Tx, fn func(v []byte) error) error {
 	return b.ForEach(func(_, v []byte) error { return fn(v) })
 }
 
-func appendAudit(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error {
+// AppendAudit adds entries to the audit trail inside the caller's
+// transaction, handing each, as stored, to note if it is set.
+func AppendAudit(tx *bolt.Tx, note func(v []byte), entries ...AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}

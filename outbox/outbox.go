@@ -116,22 +116,26 @@ func KeyDest(key []byte) (string, bool) {
 
 // CheckStored reports whether stored is a record as EachPending gives it.
 func CheckStored(stored []byte) error {
+	_, err := decodeStored(stored)
+	return err
+}
+
+func decodeStored(stored []byte) (Item, error) {
 	var it Item
 	if err := json.Unmarshal(stored, &it); err != nil || it.ID == "" {
-		return fmt.Errorf("outbox record unreadable: %v", err)
+		return it, fmt.Errorf("outbox record unreadable: %v", err)
 	}
-	return nil
+	return it, nil
 }
 
 // PutStored adds, inside the caller's transaction, a record for dest in the
 // stored form EachPending gave (of this outbox or another's): with its id
 // and the time it was first added, behind the records waiting now.
 func (b *Box) PutStored(tx *bolt.Tx, dest string, stored []byte) error {
-	if err := CheckStored(stored); err != nil {
+	it, err := decodeStored(stored)
+	if err != nil {
 		return fmt.Errorf("outbox %s: %w", dest, err)
 	}
-	var it Item
-	_ = json.Unmarshal(stored, &it)
 	return b.Put(tx, dest, it.ID, it.Payload, it.AddedAt)
 }
 
