@@ -74,6 +74,7 @@ type account struct {
 	risk         uint8 // highest decision score in the last day
 	hasBalance   bool
 	paidAbroad   bool // an outgoing transaction to another country than home
+	part         partTag
 }
 
 // homeCountry is the country the account is seen in most.

@@ -801,6 +801,7 @@ func appendChain(dst []byte, c *chain, syms *symbols) []byte {
 	w.str(syms.name(c.currency))
 	w.str(syms.name(c.appVersion))
 	w.str("") // where earlier releases wrote the payment id, which the chain no longer keeps
+	w.u64(uint64(c.part))
 	return w
 }
 
@@ -818,6 +819,10 @@ func decodeChain(b []byte, c *chain, syms *symbols) error {
 	c.amount = int64(r.u64())
 	c.currency, c.appVersion = syms.id(r.str()), syms.id(r.str())
 	r.str() // the payment id of earlier releases
+	// Earlier releases did not record the partition.
+	if r.err == nil && len(r.b) > 0 {
+		c.part = partTag(r.u64())
+	}
 	return r.err
 }
 

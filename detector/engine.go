@@ -239,6 +239,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 		return out, true
 	}
 	acct.remember(idh)
+	acct.part = tagOf(src)
 
 	env := e.env
 	env.Event.Fill(ev)
@@ -293,6 +294,7 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 	var ch *chain
 	if keys.has&hasChain != 0 {
 		ch = e.chains.upsert(keys.chain)
+		ch.part = tagOf(src)
 		// The payment's chain includes this attempt: rules ask "how many
 		// attempts so far", and a timer started now must see it.
 		ch.update(ev, akey, now, e.syms)

@@ -260,6 +260,7 @@ type chain struct {
 	attempts    uint16
 	failures    uint16
 	succeeded   bool
+	part        partTag
 	lastStatus  sym
 	lastError   sym
 	errs        [4]chainErr

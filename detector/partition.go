@@ -1,0 +1,198 @@
+package detector
+
+import (
+	"container/heap"
+	"errors"
+
+	"github.com/walletguard/walletguard/event"
+)
+
+// The event topic is keyed by account, so all of an account's events come
+// from one source partition: its row, its payment chains and its timers
+// belong to that partition. Devices, IPs, payees, merchants and app
+// versions do not — their counts span every partition. What is here lets
+// several engines share the partitions: each decides its own and only
+// observes the others' events (Observe), so that every engine's entity
+// counts are those of one engine reading everything; and a partition's
+// state moves from one engine to another (DropPartition, AdoptPartition)
+// when its owner changes.
+
+// partTag is the source partition an account row or a payment chain was
+// last written from, plus one: 0 is a row from before partitions were
+// recorded (or from a partition number past the tag's range), which no
+// partition claims until its account's next event.
+type partTag uint16
+
+func tagOf(src uint32) partTag {
+	if src >= 1<<16-1 {
+		return 0
+	}
+	return partTag(src + 1)
+}
+
+// PartitionState counts what a partition's state held when it was dropped
+// or adopted.
+type PartitionState struct {
+	Accounts, Payments, Timers int
+}
+
+// Observe folds an event of a partition another engine decides into the
+// entity state — the devices, IPs, payees, merchants and app versions it
+// names — exactly as ProcessFrom would, and touches nothing of its account:
+// no row, chain, timer or decision. It moves the engine's clock (sweeps,
+// expiry) as ProcessFrom does, but not the partition's own event time,
+// which only decided events move: a partition adopted later fires its
+// timers on the time its owner reached. A redelivered event cannot be told
+// without its account's row and is counted again.
+func (e *Engine) Observe(ev *event.Event) {
+	now := toSec(ev.TS.Unix())
+	keys := keysOf(ev)
+	acctID := hash32(ev.AccountID)
+	// The same rows as ProcessFrom upserts, so that the tables hold the
+	// same keys (capacity and sweeping see the same rows).
+	if keys.has&hasDev != 0 {
+		e.devices.upsert(keys.dev).update(ev, acctID, now)
+	}
+	if keys.has&hasIP != 0 {
+		e.ips.upsert(keys.ip).update(ev, acctID, now)
+	}
+	if ev.MerchantID != "" {
+		e.merchant(key64(ev.MerchantID)).update(ev, acctID, now, e.syms)
+	}
+	if ev.Type == event.TypePaymentAttempt && ev.AppVersion != "" {
+		e.merchant(appKey(ev.AppVersion)).update(ev, acctID, now, e.syms)
+	}
+	if keys.has&hasPayee != 0 {
+		e.payees.upsert(keys.payee).update(ev, acctID, now)
+	}
+	e.sweepStep(0)
+	if now > e.maxTS {
+		e.maxTS = now
+		if e.maxTS-e.lastSweep >= hour1 {
+			e.sweep()
+		}
+	}
+}
+
+// DropPartition removes the state of partition src — its accounts, their
+// payment chains and timers — when another instance takes the partition
+// over. The next checkpoint deletes them from the store. Entity state
+// stays: it counts every partition's events.
+func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
+	if e.capture != nil {
+		return PartitionState{}, errors.New("drop partition: a checkpoint is being captured")
+	}
+	tag := tagOf(src)
+	var st PartitionState
+	var keys []uint64
+	e.accounts.idx.each(func(k uint64, i uint32) {
+		if e.accounts.read(i).part == tag {
+			keys = append(keys, k)
+		}
+	})
+	for _, k := range keys {
+		st.Timers += len(e.byAccount[k])
+		e.dropTimers(k)
+		if i, ok := e.accounts.idx.get(k); ok {
+			e.accounts.remove(i, k)
+		}
+	}
+	st.Accounts = len(keys)
+	keys = keys[:0]
+	e.chains.idx.each(func(k uint64, i uint32) {
+		if e.chains.read(i).part == tag {
+			keys = append(keys, k)
+		}
+	})
+	for _, k := range keys {
+		if i, ok := e.chains.idx.get(k); ok {
+			e.chains.remove(i, k)
+		}
+	}
+	st.Payments = len(keys)
+	// Timers of accounts whose rows went at capacity are in the queue yet.
+	if h := e.timers[src]; h != nil {
+		for _, t := range *h {
+			if !t.cancelled && !t.done {
+				st.Timers++
+				t.cancelled = true
+				e.timerGone(t)
+				e.dropFromAccount(t)
+			}
+		}
+		delete(e.timers, src)
+	}
+	delete(e.srcMax, src)
+	e.ahead = stateKeys{}
+	e.updateGauges()
+	return st, nil
+}
+
+// AdoptPartition replaces the state of partition src with n's — an engine
+// restored from the previous owner's checkpoint or changelog: its accounts,
+// their payment chains and pending timers, and the partition's event time.
+// Entity state is not taken: an engine that observed the partition's
+// events has it. The next checkpoint writes the adopted rows. n keeps its
+// state, and is not to be used for deciding after.
+func (e *Engine) AdoptPartition(n *Engine, src uint32) (PartitionState, error) {
+	if n.capture != nil {
+		return PartitionState{}, errors.New("adopt partition: a checkpoint of the adopted state is being captured")
+	}
+	if _, err := e.DropPartition(src); err != nil {
+		return PartitionState{}, err
+	}
+	tag := tagOf(src)
+	var st PartitionState
+	n.accounts.idx.each(func(k uint64, i uint32) {
+		if r := n.accounts.read(i); r.part == tag {
+			row := *r
+			*e.accounts.upsert(k) = row
+			st.Accounts++
+		}
+	})
+	n.chains.idx.each(func(k uint64, i uint32) {
+		if r := n.chains.read(i); r.part == tag {
+			row := *r
+			row.resymbol(n.syms, e.syms)
+			*e.chains.upsert(k) = row
+			st.Payments++
+		}
+	})
+	if h := n.timers[src]; h != nil {
+		for _, t := range *h {
+			if t.cancelled || t.done {
+				continue
+			}
+			// A timer's seq is its key in this engine's checkpoints.
+			e.timerSeq++
+			c := &timer{due: t.due, seq: e.timerSeq, rule: t.rule, account: t.account, paymentID: t.paymentID, src: src, ev: t.ev}
+			heap.Push(e.queue(src), c)
+			e.timersNew = append(e.timersNew, c)
+			e.byAccount[c.account] = append(e.byAccount[c.account], c)
+			e.markTimers(c.account)
+			st.Timers++
+		}
+	}
+	if m, ok := n.srcMax[src]; ok {
+		e.srcMax[src] = m
+	}
+	e.maxTS = max(e.maxTS, n.maxTS)
+	e.updateGauges()
+	return st, nil
+}
+
+// resymbol rewrites the chain's symbols, numbered in from's table, into
+// to's numbering.
+func (c *chain) resymbol(from, to *symbols) {
+	re := func(s sym) sym {
+		if s <= symOther {
+			return s // reserved: the same in every table
+		}
+		return to.id(from.name(s))
+	}
+	c.lastStatus, c.lastError = re(c.lastStatus), re(c.lastError)
+	c.merchant, c.currency, c.appVersion = re(c.merchant), re(c.currency), re(c.appVersion)
+	for i := range c.errs {
+		c.errs[i].code = re(c.errs[i].code)
+	}
+}
