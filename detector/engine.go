@@ -83,6 +83,7 @@ type Engine struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	following bool // see SetFollowing
+	observed  bool // the event being decided was observed already: see ProcessObserved
 	set       atomic.Pointer[rules.Set]
 	allow     map[string]bool
 	lateness  uint32
@@ -344,20 +345,22 @@ func (e *Engine) ProcessFrom(src uint32, ev *event.Event, out []Decision) (_ []D
 
 	acct.noteRisk(d.Score, now)
 	acct.update(ev, now)
-	if dev != nil {
-		dev.update(ev, acctID, now)
-	}
-	if ip != nil {
-		ip.update(ev, acctID, now)
-	}
-	if merch != nil {
-		merch.update(ev, acctID, now, e.syms)
-	}
-	if app != nil {
-		app.update(ev, acctID, now, e.syms)
-	}
-	if payee != nil {
-		payee.update(ev, acctID, now)
+	if !e.observed {
+		if dev != nil {
+			dev.update(ev, acctID, now)
+		}
+		if ip != nil {
+			ip.update(ev, acctID, now)
+		}
+		if merch != nil {
+			merch.update(ev, acctID, now, e.syms)
+		}
+		if app != nil {
+			app.update(ev, acctID, now, e.syms)
+		}
+		if payee != nil {
+			payee.update(ev, acctID, now)
+		}
 	}
 	e.sweepStep(akey)
 	if now > e.srcMax[src] {

@@ -74,6 +74,20 @@ func (e *Engine) Observe(ev *event.Event) {
 	}
 }
 
+// ProcessObserved is ProcessFrom for an event this engine observed before
+// it owned the partition — an event its previous owner decided after its
+// last checkpoint, decided again by the new one: the account's state takes
+// it in, the entities, which counted it when it was observed, do not again.
+// Entity views are then those of the moment the partition was adopted, a
+// little ahead of the event: a decision near a threshold (distinct accounts
+// on an IP, a merchant's failure rate) can differ from the one the previous
+// owner published.
+func (e *Engine) ProcessObserved(src uint32, ev *event.Event, out []Decision) (_ []Decision, dup bool) {
+	e.observed = true
+	defer func() { e.observed = false }()
+	return e.ProcessFrom(src, ev, out)
+}
+
 // DropPartition removes the state of partition src — its accounts, their
 // payment chains and timers — when another instance takes the partition
 // over. The next checkpoint deletes them from the store. Entity state

@@ -19,12 +19,16 @@ func partitionOf(ev *event.Event, n int) uint32 {
 }
 
 // TestEnginesSharingPartitionsDecideAsOne: two engines split four
-// partitions, each deciding its own and observing the other's events;
-// past halfway, the second dies right after publishing a checkpoint, and the
-// first adopts its partitions from the changelog and decides them on. Every
-// decision — of either engine, before and after — equals what one engine
-// deciding every partition gives, timers included. Without the adoption
-// the survivor decides differently: the test needs the moved state.
+// partitions, each deciding its own and observing the other's events; past
+// halfway the second dies, and the first adopts its partitions from the
+// changelog and decides them on. Every decision — of either engine, before
+// and after — equals what one engine deciding every partition gives,
+// timers included, and so does the survivor's state at the end. That holds
+// when the owner dies right after its checkpoint, and when it dies later:
+// the survivor then decides again the events it had only observed, counting
+// them for their accounts and not again for the entities. Without the
+// adoption, or without observing, the engines decide differently: the test
+// needs both.
 func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 	const parts = 4
 	// Incidents that span accounts, several a day: credential stuffing
@@ -50,20 +54,35 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 		want, _ = one.ProcessFrom(src[i], &evs[i], want)
 	}
 
-	run := func(adopt, observe bool) (got []Decision, moved PartitionState, resymboled bool, survivor *Engine) {
+	// run has a decide partitions 0 and 1 and b partitions 2 and 3. b
+	// publishes a checkpoint at the first event past halfway with timers
+	// pending and dies lag events later; a adopts b's partitions from the
+	// changelog, decides again the events b decided after its checkpoint
+	// (returned apart), and decides every partition from then on.
+	type result struct {
+		got, again []Decision
+		moved      PartitionState
+		resymboled bool
+		survivor   *Engine
+	}
+	run := func(adopt, observe bool, lag int) (r result) {
 		a, b := newEngine(t, 5*time.Minute), newEngine(t, 5*time.Minute)
 		ownsA := func(p uint32) bool { return p < parts/2 }
 		var log []changelogRow
 		var meta []byte
 		q1, half := len(evs)/4, len(evs)/2
+		marker, dies := -1, -1
 		for i := range evs {
 			switch {
 			case i == q1:
 				publish(t, b, i, &log)
-			case i >= half && b != nil && liveTimers(b) > 0: // it dies with timers pending
+			case marker < 0 && i >= half && liveTimers(b) > 0: // its checkpoint holds timers
 				meta = publish(t, b, i, &log)
+				marker, dies = i, i+lag
+			}
+			if i == dies {
 				restored, _ := restoreChangelog(t, meta, log)
-				resymboled = !slices.Equal(a.syms.names, restored.syms.names)
+				r.resymboled = !slices.Equal(a.syms.names, restored.syms.names)
 				for p := uint32(parts / 2); p < parts; p++ {
 					if !adopt {
 						continue
@@ -72,9 +91,9 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					moved.Accounts += st.Accounts
-					moved.Payments += st.Payments
-					moved.Timers += st.Timers
+					r.moved.Accounts += st.Accounts
+					r.moved.Payments += st.Payments
+					r.moved.Timers += st.Timers
 				}
 				// The adopted chains read as they did in the restored
 				// engine, whose symbols are numbered otherwise.
@@ -88,43 +107,72 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 						t.Fatalf("payment %x reads otherwise once adopted", k)
 					}
 				})
+				for j := marker; j < dies; j++ {
+					if !ownsA(src[j]) {
+						r.again, _ = a.ProcessObserved(src[j], &evs[j], r.again)
+					}
+				}
 				ownsA = func(uint32) bool { return true }
 				b = nil
 			}
 			ev := &evs[i]
 			if ownsA(src[i]) {
-				got, _ = a.ProcessFrom(src[i], ev, got)
+				r.got, _ = a.ProcessFrom(src[i], ev, r.got)
 				if b != nil && observe {
 					b.Observe(ev)
 				}
 			} else {
-				got, _ = b.ProcessFrom(src[i], ev, got)
+				r.got, _ = b.ProcessFrom(src[i], ev, r.got)
 				if observe {
 					a.Observe(ev)
 				}
 			}
 		}
-		return got, moved, resymboled, a
+		r.survivor = a
+		return r
 	}
 
-	got, moved, resymboled, survivor := run(true, true)
-	sameDecisions(t, want, got)
-	sameState(t, one, survivor)
+	r := run(true, true, 0)
+	sameDecisions(t, want, r.got)
+	sameState(t, one, r.survivor)
+	moved := r.moved
 	if moved.Accounts == 0 || moved.Payments == 0 || moved.Timers == 0 {
 		t.Fatalf("adopted %+v: the handover does not cover accounts, payment chains and timers", moved)
 	}
-	if !resymboled {
+	if !r.resymboled {
 		t.Fatal("both engines numbered their symbols alike: the test does not cover renumbering adopted payment chains")
 	}
 	timers := bytes.Count(encodeAll(t, want), []byte(`"trigger":"timer"`))
 	t.Logf("%d events, %d decisions (%d from timers); adopted %d accounts, %d payments, %d timers",
 		len(evs), len(want), timers, moved.Accounts, moved.Payments, moved.Timers)
 
-	cold, _, _, _ := run(false, true)
+	// b dies 400 events after its checkpoint: a decides again those of
+	// b's partitions, which it observed already, and goes on.
+	late := run(true, true, 400)
+	if len(late.again) == 0 {
+		t.Fatal("nothing decided again: the test does not cover an owner dying between checkpoints")
+	}
+	byID := map[string][]byte{}
+	for i, j := range bytes.Split(encodeAll(t, want), []byte("\n")) {
+		if i < len(want) {
+			byID[want[i].DecisionID] = j
+		}
+	}
+	differ := 0
+	for i, j := range bytes.Split(encodeAll(t, late.again), []byte("\n")) {
+		if i < len(late.again) && !bytes.Equal(byID[late.again[i].DecisionID], j) {
+			differ++
+		}
+	}
+	t.Logf("owner dying 400 events after its checkpoint: %d decisions made again, %d of them otherwise", len(late.again), differ)
+	sameDecisions(t, want, late.got)
+	sameState(t, one, late.survivor)
+
+	cold := run(false, true, 0).got
 	if bytes.Equal(encodeAll(t, want), encodeAll(t, cold)) {
 		t.Fatal("a survivor that adopted nothing decided the same: the stream does not depend on the moved state")
 	}
-	blind, _, _, _ := run(true, false)
+	blind := run(true, false, 0).got
 	if bytes.Equal(encodeAll(t, want), encodeAll(t, blind)) {
 		t.Fatal("engines that did not observe each other's events decided the same: the stream does not depend on counts across partitions")
 	}
@@ -283,4 +331,29 @@ func sameState(t *testing.T, want, got *Engine) {
 			f(k, encodeMerchant(m, want.syms), g)
 		}
 	})
+}
+
+// BenchmarkObserve is BenchmarkPipeline for an engine that only observes
+// the events (another instance decides them): what each instance pays per
+// event of the partitions it does not own. Compare the two on one machine.
+func BenchmarkObserve(b *testing.B) {
+	raw := genRaw(b, 100_000, 5, 0.5)
+	e := newEngine(b, 5*time.Minute)
+	now := time.Now()
+	var ev event.Event
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if i == len(raw) {
+			i = 0 // observing is not deduplicated: a second pass costs the same
+		}
+		var err error
+		if ev, err = event.DecodeOwned(raw[i], now); err != nil {
+			b.Fatal(err)
+		}
+		e.Observe(&ev)
+		i++
+	}
+	b.ReportMetric(float64(len(raw)), "events-in-stream")
 }
