@@ -46,6 +46,15 @@ type Record struct {
 	// Follow marks a record read as a standby (SourceConfig.Follow): the
 	// owner of its partition decides it; the standby only learns from it.
 	Follow bool
+	// Observe marks a record of a partition another member of the group
+	// decides (SourceConfig.Share): only what spans partitions — devices,
+	// IPs, payees, merchants — learns from it. It is not marked handled.
+	Observe bool
+	// Seen marks a record of a partition this member decides now and
+	// observed before it did: its previous owner decided it after the state
+	// this member restored. It is decided again, and counted for its
+	// account but not again for what spans partitions.
+	Seen bool
 }
 
 // SourceConfig configures a Source.
@@ -84,7 +93,19 @@ type SourceConfig struct {
 	// fetching begins: a consumer taking partitions over may restore their
 	// state first. ctx ends with the generation.
 	Assigning func(ctx context.Context)
-	Now       func() time.Time
+	// Share makes the members of the group share the partitions (see
+	// sharedOwners) rather than leave them all to one: each decides those
+	// the group assigns it, and reads every other partition of the topics
+	// too, at its head, handing its records on marked Observe. Owns then
+	// runs for every generation, with the partitions it assigns this member
+	// (none, if the group has more members than partitions), before their
+	// start offsets are chosen: the consumer drops the state of partitions
+	// it lost and restores that of those it gained. ObserveFrom says where
+	// observing a partition this process has not read yet starts.
+	Share       bool
+	Owns        func(ctx context.Context, owned map[string][]int)
+	ObserveFrom func(topic string, partition int) int64
+	Now         func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -109,6 +130,9 @@ type Source struct {
 	// followed holds the partitions whose records were last handed on as a
 	// standby's: fetched is then exactly where the state is.
 	followed map[topicPartition]bool
+	// observed holds the partitions whose records were last handed on
+	// marked Observe: fetched is where the state spanning partitions is.
+	observed map[topicPartition]bool
 	started  int64 // unix ns, for the group balancer: the older standby takes over first
 }
 
@@ -133,6 +157,7 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 		fetched:  map[topicPartition]int64{},
 		assigned: map[topicPartition]bool{},
 		followed: map[topicPartition]bool{},
+		observed: map[topicPartition]bool{},
 	}
 }
 
@@ -162,6 +187,24 @@ func (s *Source) owning() bool {
 	return len(s.assigned) > 0
 }
 
+func (s *Source) balancers() []kafka.GroupBalancer {
+	if s.cfg.Share {
+		return []kafka.GroupBalancer{sharedOwners{owned: s.ownedNow}}
+	}
+	return []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started}, kafka.RangeGroupBalancer{}}
+}
+
+// ownedNow lists the partitions the source decides, by topic.
+func (s *Source) ownedNow() map[string][]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]int{}
+	for tp := range s.assigned {
+		out[tp.topic] = append(out[tp.topic], tp.partition)
+	}
+	return out
+}
+
 // Run joins the group and fetches until ctx is cancelled, across rebalances.
 // When it returns, no fetcher is running and Records is closed; committing
 // what was handled after that is Close's job.
@@ -178,7 +221,7 @@ func (s *Source) Run(ctx context.Context) error {
 		WatchPartitionChanges:  true,
 		PartitionWatchInterval: 10 * time.Second,
 		StartOffset:            kafka.FirstOffset,
-		GroupBalancers:         []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started}, kafka.RangeGroupBalancer{}},
+		GroupBalancers:         s.balancers(),
 		Logger:                 nil,
 		ErrorLogger:            kafka.LoggerFunc(func(msg string, args ...any) { s.log.Debug("kafka group", "msg", fmt.Sprintf(msg, args...)) }),
 	})
@@ -230,10 +273,15 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	}
 	s.mu.Unlock()
 	s.metrics.Assigned.Set(float64(parts))
-	if parts == 0 {
+	switch {
+	case s.cfg.Share && parts == 0:
+		s.log.Warn("observing only: the consumer group has more walletguards than partitions", "group", s.cfg.GroupID, "generation", gen.ID)
+	case s.cfg.Share:
+		s.log.Info("joined consumer group, sharing its partitions", "group", s.cfg.GroupID, "generation", gen.ID, "partitions", parts)
+	case parts == 0:
 		s.log.Warn("standing by with no partition: another walletguard in the consumer group owns them all (or the topics have none); this one takes over when that one leaves",
 			"group", s.cfg.GroupID, "generation", gen.ID)
-	} else {
+	default:
 		s.log.Info("joined consumer group", "group", s.cfg.GroupID, "generation", gen.ID, "partitions", parts)
 	}
 
@@ -258,7 +306,10 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 		case <-fetchCtx.Done():
 		}
 	}()
-	if parts > 0 && s.cfg.Assigning != nil {
+	switch {
+	case s.cfg.Share && s.cfg.Owns != nil:
+		s.cfg.Owns(fetchCtx, s.ownedNow())
+	case parts > 0 && s.cfg.Assigning != nil:
 		s.cfg.Assigning(fetchCtx)
 	}
 	var wg sync.WaitGroup
@@ -277,16 +328,29 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			// gives the decisions (and ids) the owner gave them — or, up to
 			// where an owner that handed over stopped, following them does.
 			tp := topicPartition{topic, a.ID}
+			plan := fetchPlan{followBelow: -1, observeBelow: -1, seenBelow: -1}
 			s.mu.Lock()
-			followed := s.followed[tp]
-			if f, ok := s.fetched[tp]; ok && (f > start || followed) {
+			followed, observed := s.followed[tp], s.observed[tp]
+			f, ok := s.fetched[tp]
+			switch {
+			case observed && f > start:
+				// Taken over from another member: the state restored for
+				// it is at start, and the records up to where this
+				// process observed count for what spans partitions
+				// already.
+				plan.seenBelow = f
+			case observed && f < start:
+				// Restored past where observing had reached: the records
+				// between are observed first.
+				plan.observeBelow, start = start, f
+			case ok && (f > start || followed):
 				start = f
 			}
 			delete(s.followed, tp)
+			delete(s.observed, tp)
 			s.mu.Unlock()
-			followBelow := int64(-1)
 			if followed && s.cfg.HandedOver != nil {
-				followBelow = s.cfg.HandedOver(topic, a.ID, a.Offset)
+				plan.followBelow = s.cfg.HandedOver(topic, a.ID, a.Offset)
 			}
 			s.mu.Lock()
 			// What the group has committed, not what this process last
@@ -295,18 +359,29 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			s.commited[tp] = a.Offset
 			s.mu.Unlock()
 			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
-			if followBelow > start {
+			if plan.followBelow > start {
 				s.log.Info("the previous owner handed the partition over: following, not deciding again, up to where it stopped",
-					"topic", topic, "partition", a.ID, "from", start, "to", followBelow)
+					"topic", topic, "partition", a.ID, "from", start, "to", plan.followBelow)
+			}
+			if plan.seenBelow > start {
+				s.log.Info("partition taken over from another member: deciding again what it decided after the state restored",
+					"topic", topic, "partition", a.ID, "from", start, "observed_to", plan.seenBelow)
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.fetchPartition(fetchCtx, topic, a.ID, start, nil, followBelow)
+				s.fetchPartition(fetchCtx, topic, a.ID, start, plan)
 			}()
 		}
 	}
-	if parts == 0 && s.cfg.Follow {
+	if s.cfg.Share {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.observe(fetchCtx)
+		}()
+	}
+	if parts == 0 && s.cfg.Follow && !s.cfg.Share {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -338,12 +413,27 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	}
 }
 
-// fetchPartition hands on the partition's records from start. With limits
-// (a standby following) it hands on only records the group has committed,
-// marked Follow.
-// Records below followBelow are marked Follow too: the previous owner
-// handed them over decided (see SourceConfig.HandedOver).
-func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, limits *committedOffsets, followBelow int64) {
+// fetchPlan says how a fetcher marks the records it hands on; an offset of
+// -1 marks none.
+type fetchPlan struct {
+	// limits (a standby following) holds back records the group has not
+	// committed, and marks every record Follow.
+	limits *committedOffsets
+	// followBelow marks Follow the records the previous owner handed over
+	// decided (see SourceConfig.HandedOver).
+	followBelow int64
+	// observe marks every record Observe: another member decides the
+	// partition. observeBelow marks those below it.
+	observe      bool
+	observeBelow int64
+	// seenBelow marks Seen the records this member observed before it
+	// decided the partition.
+	seenBelow int64
+}
+
+// fetchPartition hands on the partition's records from start, marked as
+// plan says.
+func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, plan fetchPlan) {
 	r := PartitionReader(s.cfg.Brokers, topic, partition, s.log)
 	defer r.Close()
 	if err := r.SetOffset(start); err != nil {
@@ -369,14 +459,16 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		}
 		next = m.Offset + 1
 		tp := topicPartition{topic, partition}
-		if limits != nil && !limits.wait(ctx, tp, m.Offset, s.metrics.FollowLag.WithLabelValues(topic, pl)) {
+		if plan.limits != nil && !plan.limits.wait(ctx, tp, m.Offset, s.metrics.FollowLag.WithLabelValues(topic, pl)) {
 			return
 		}
 		now := s.cfg.Now()
-		follow := limits != nil || m.Offset < followBelow
-		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now, Follow: follow}
+		follow := plan.limits != nil || m.Offset < plan.followBelow
+		observe := plan.observe || m.Offset < plan.observeBelow
+		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now,
+			Follow: follow, Observe: observe, Seen: !observe && m.Offset < plan.seenBelow}
 		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
-		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 && limits == nil {
+		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 && plan.limits == nil && !observe {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
 		}
 		select {
@@ -385,9 +477,15 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			s.fetched[tp] = m.Offset + 1
 			if follow {
 				s.followed[tp] = true
-			} else if followBelow >= 0 {
+			} else if plan.followBelow >= 0 {
 				delete(s.followed, tp) // past the handover: decided from here
-				followBelow = -1
+				plan.followBelow = -1
+			}
+			if observe {
+				s.observed[tp] = true
+			} else if plan.observeBelow >= 0 {
+				delete(s.observed, tp) // decided from here
+				plan.observeBelow = -1
 			}
 			s.mu.Unlock()
 		case <-ctx.Done():
@@ -435,7 +533,8 @@ func nextMessage(ctx context.Context, r *kafka.Reader, log *slog.Logger) (kafka.
 
 // MarkHandled records that every record of the partition up to and including
 // offset has been fully handled (its effects are durable), so the next commit
-// may include it. Calls for one partition must come in offset order.
+// may include it. Calls for one partition must come in offset order. A record
+// marked Observe is another member's to mark.
 func (s *Source) MarkHandled(topic string, partition int, offset int64) {
 	s.mu.Lock()
 	tp := topicPartition{topic, partition}
