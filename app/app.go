@@ -338,6 +338,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		pc.Changelog = a.clog.noteState
 		pc.Audited = a.clog.noteAudit
 		a.proc.Alerts.SetChangelog(a.clog.noteAlert)
+		a.box.OnDead(a.clog.noteDead)
 	}
 	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
 	offsets, err := a.proc.Engine.Restore(a.store)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,9 @@ import (
 //   - a record the outbox has yet to deliver (an alert to a receiver, a
 //     command to the account service, a manual action): 'O' and its key in
 //     the outbox; an empty value once it is delivered or given up on;
+//   - a record the outbox gave up on (its dead-letter list): 'D' and its
+//     key in the outbox. Facts, like audit entries: a restore takes those
+//     of every epoch, and a new epoch writes the whole list again;
 //   - the marker, key "marker", written last, once every row of its
 //     checkpoint is acknowledged: the engine's clocks and the event offsets
 //     the state was taken at (detector.Capture.Meta).
@@ -56,6 +60,7 @@ const (
 	clogAlert   = 'A'
 	clogOutbox  = 'O'
 	clogAudit   = 'U'
+	clogDead    = 'D'
 	hdrEpoch    = "walletguard-epoch"
 	hdrSeq      = "walletguard-seq"
 	// clogChunk is how many records go in one write: the whole state of a
@@ -94,6 +99,11 @@ type changelog struct {
 	outbox      map[string]struct{}
 	outboxEpoch uint64
 	auditEpoch  uint64 // the epoch the whole audit trail was written in
+	// dead are the outbox records given up on since the last checkpoint
+	// published, told by the delivery goroutines (noteDead). Under deadMu.
+	deadMu    sync.Mutex
+	dead      []ingest.Message
+	deadEpoch uint64 // the epoch the whole dead-letter list was written in
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -127,6 +137,27 @@ func (c *changelog) noteAlert(key string, v []byte) {
 // rules as noteState.
 func (c *changelog) noteAudit(v []byte) {
 	c.saved = append(c.saved, auditRecord(c.topic, v))
+}
+
+// noteDead is the outbox's OnDead: a record given up on goes with the next
+// checkpoint.
+func (c *changelog) noteDead(k, v []byte) {
+	m := deadRecord(c.topic, k, v)
+	c.deadMu.Lock()
+	c.dead = append(c.dead, m)
+	c.deadMu.Unlock()
+}
+
+func (c *changelog) takeDead() []ingest.Message {
+	c.deadMu.Lock()
+	defer c.deadMu.Unlock()
+	d := c.dead
+	c.dead = nil
+	return d
+}
+
+func deadRecord(topic string, k, v []byte) ingest.Message {
+	return ingest.Message{Topic: topic, Key: append([]byte{clogDead}, k...), Value: slices.Clone(v)}
 }
 
 // auditRecord is an audit entry's changelog record; gone makes it the
@@ -282,6 +313,18 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		})
 	}
 	if err == nil {
+		// Dead letters since the last publish; a publish that fails begins
+		// a new epoch, which writes them all.
+		dead := c.takeDead()
+		if c.deadEpoch != work.epoch {
+			err = a.box.EachDead(func(k, v []byte) error { return add(deadRecord(c.topic, k, v)) })
+			dead = nil
+		}
+		for i := 0; err == nil && i < len(dead); i++ {
+			err = add(dead[i])
+		}
+	}
+	if err == nil {
 		err = flush()
 	}
 	a.amet.changelogRecords.Add(float64(sent))
@@ -291,7 +334,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err != nil {
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
-	c.merchants, c.outbox, c.auditEpoch = merchants, waiting, work.epoch
+	c.merchants, c.outbox, c.auditEpoch, c.deadEpoch = merchants, waiting, work.epoch, work.epoch
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
 }
 
@@ -531,8 +574,11 @@ type clogRestore struct {
 	states, alerts, outbox map[string][]byte
 	audit                  map[string][]byte // by changelog key
 	auditAdded             int
+	dead                   map[string][]byte // the outbox's dead letters, by changelog key
+	deadAdded              int
 	unknown                int // records of kinds this release does not know
 	badAudit               int // audit entries unreadable, left out
+	badDead                int // dead letters unreadable, left out
 	rows                   int
 	engine                 *detector.Engine
 	offsets                detector.Offsets // where the state was taken
@@ -542,7 +588,7 @@ type clogRestore struct {
 
 func newClogRestore(topic string, epoch, seq uint64) *clogRestore {
 	return &clogRestore{topic: topic, epoch: epoch, seq: seq, states: map[string][]byte{}, alerts: map[string][]byte{},
-		outbox: map[string][]byte{}, audit: map[string][]byte{}, started: time.Now()}
+		outbox: map[string][]byte{}, audit: map[string][]byte{}, dead: map[string][]byte{}, started: time.Now()}
 }
 
 // owed is the outbox records restored, in the order the outbox held them.
@@ -559,11 +605,19 @@ func (r *clogRestore) owed() *owedOutbox {
 
 func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) error) error {
 	e, s, ok := clogPlace(m)
-	if len(m.Key) > 0 && m.Key[0] == clogAudit {
+	if len(m.Key) > 0 && (m.Key[0] == clogAudit || m.Key[0] == clogDead) {
 		// Of this epoch up to the marker, and of every epoch before it: an
 		// entry of a later checkpoint is made again when its events are
 		// decided again.
 		if !ok || e > r.epoch || e == r.epoch && s > r.seq {
+			return nil
+		}
+		if m.Key[0] == clogDead {
+			if outbox.CheckDead(m.Value) != nil {
+				r.badDead++ // the list lacks one letter; the state is whole
+				return nil
+			}
+			r.dead[string(m.Key)] = m.Value
 			return nil
 		}
 		if len(m.Value) == 0 {
@@ -648,7 +702,19 @@ func (r *clogRestore) replace(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	return r.addAudit(tx)
+	if err := r.addAudit(tx); err != nil {
+		return err
+	}
+	// Sorted by key: each outbox's letters in the order they were put.
+	var err error
+	r.deadAdded, err = outbox.AddDead(tx, slices.Collect(func(yield func([]byte) bool) {
+		for _, k := range slices.Sorted(maps.Keys(r.dead)) {
+			if !yield(r.dead[k]) {
+				return
+			}
+		}
+	}))
+	return err
 }
 
 // addAudit adds to the store's audit trail the entries restored that it
@@ -688,8 +754,11 @@ func (r *clogRestore) logRestored(log *slog.Logger, st detector.Stats) {
 	if r.badAudit > 0 {
 		log.Warn("unreadable audit entries in the changelog left out of the restored trail", "topic", r.topic, "entries", r.badAudit)
 	}
+	if r.badDead > 0 {
+		log.Warn("unreadable dead letters in the changelog left out of the restored list", "topic", r.topic, "records", r.badDead)
+	}
 	log.Info("restored state from changelog", "topic", r.topic, "accounts", st.Accounts, "timers", st.Timers,
-		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "audit_entries", r.auditAdded, "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
+		"account_states", len(r.states), "alerts", len(r.alerts), "outbox_records", len(r.outbox), "audit_entries", r.auditAdded, "dead_letters", r.deadAdded, "rows", r.rows, "offsets", r.offsets, "took", time.Since(r.started).Round(time.Millisecond).String())
 }
 
 // clogPlace is a changelog record's epoch and sequence number.

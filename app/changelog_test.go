@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -419,10 +420,17 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 	broker, withChangelog := changelogBroker(t, 4)
 	msgs, _ := simMessages(t, 400, 17, 6000)
 	hookAddr, svcAddr := freePort(t), freePort(t)
+	// A second receiver refuses every alert: they go to the dead-letter
+	// list, which support reads, and which must survive the lost data_dir.
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "unknown tenant", http.StatusBadRequest)
+	}))
+	t.Cleanup(refusing.Close)
 	instance := func() config.Config {
 		cfg := withChangelog(t.TempDir())
 		cfg.Kafka.ShutdownTimeout = config.Duration(3 * time.Second)
-		cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + hookAddr + "/hook", Secret: "hook-secret", Name: "support", Language: "en"}}
+		cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + hookAddr + "/hook", Secret: "hook-secret", Name: "support", Language: "en"},
+			{URL: refusing.URL + "/hook", Secret: "desk-secret", Name: "fraud-desk", Language: "en"}}
 		cfg.Enforce.AccountService = config.Webhook{URL: "http://" + svcAddr + "/commands", Secret: "svc-secret"}
 		return cfg
 	}
@@ -433,19 +441,31 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/acc-quiet/freeze", "admin-token", `{"reason":"customer reported the phone stolen"}`); code != 200 {
 		t.Fatalf("manual freeze: %d %v", code, body)
 	}
+	waitFor(t, 30*time.Second, "the refusing receiver's alerts to be given up on", func() bool {
+		n, _ := a.app.box.Pending(alertDest("fraud-desk"))
+		return n == 0
+	})
 	ckpts := metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total")
 	waitFor(t, 10*time.Second, "the owner to checkpoint what it decided", func() bool {
 		return metric(t, a.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1
 	})
 	owedAlerts, _ := a.app.box.Pending(alertDest("support"))
+	deadLetters := func(a *App) map[string]string {
+		out := map[string]string{}
+		for _, it := range a.deadAlerts(100000) {
+			out[it.Dest+" "+it.ID] = it.LastError
+		}
+		return out
+	}
+	dead := deadLetters(a.app)
 	owedCommands, _ := a.app.box.Pending(destAccountService)
 	a.stop(t)
 	raised := map[string]bool{}
 	for _, al := range a.app.proc.Alerts.All() {
 		raised[al.AlertID] = true
 	}
-	if owedAlerts == 0 || owedCommands == 0 || len(raised) == 0 {
-		t.Fatalf("the owner stopped owing %d alert records and %d commands, of %d alerts: the test covers nothing", owedAlerts, owedCommands, len(raised))
+	if owedAlerts == 0 || owedCommands == 0 || len(raised) == 0 || len(dead) == 0 {
+		t.Fatalf("the owner stopped owing %d alert records and %d commands, of %d alerts, with %d dead letters: the test covers nothing", owedAlerts, owedCommands, len(raised), len(dead))
 	}
 	// What an operator sees before replacing the instance from the
 	// changelog is what the restore brings back.
@@ -459,7 +479,8 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 	}
 	n := st.Restore
 	if n.Rows["accounts"] != held.Accounts || n.Rows["devices"] != held.Devices || n.Rows["payees"] != held.Payees || n.Rows["ips"] != held.IPs ||
-		n.Alerts != len(raised) || n.Outbox[alertDest("support")] != owedAlerts || n.Outbox[destAccountService] != owedCommands || n.AccountStates == 0 || n.Audit == 0 {
+		n.Alerts != len(raised) || n.Outbox[alertDest("support")] != owedAlerts || n.Outbox[destAccountService] != owedCommands || n.AccountStates == 0 || n.Audit == 0 ||
+		n.DeadLetters != len(dead) {
 		t.Errorf("changelog status counts %+v; the owner held %+v, %d alerts, and owed %d alert records and %d commands", n, held, len(raised), owedAlerts, owedCommands)
 	}
 	if !maps.EqualFunc(st.Committed, map[string]map[int]int64(st.Marker.Offsets), maps.Equal) {
@@ -518,7 +539,10 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 			t.Errorf("walletguard_outbox_restored_total{destination=%q} is 0", dest)
 		}
 	}
-	t.Logf("%d alerts and %d commands, owed as %d alert records and %d commands, all delivered by the new owner", len(raised), len(commands), owedAlerts, owedCommands)
+	if got := deadLetters(b.app); !maps.Equal(got, dead) {
+		t.Errorf("the new owner lists %d dead letters, the owner gave up on %d", len(got), len(dead))
+	}
+	t.Logf("%d alerts and %d commands, owed as %d alert records and %d commands, all delivered by the new owner; %d dead letters kept", len(raised), len(commands), owedAlerts, owedCommands, len(dead))
 }
 
 // serveAt serves h on addr, a port chosen earlier and left unanswered

@@ -45,14 +45,15 @@ type MarkerStatus struct {
 }
 
 // RestoreCounts are the records a restore would apply: detection rows by
-// kind, account security states, alerts, outbox records by destination
-// and audit entries.
+// kind, account security states, alerts, outbox records by destination,
+// audit entries and dead letters.
 type RestoreCounts struct {
 	Rows           map[string]int `json:"rows"`
 	AccountStates  int            `json:"account_states"`
 	Alerts         int            `json:"alerts"`
 	Outbox         map[string]int `json:"undelivered"`
 	Audit          int            `json:"audit_entries"`
+	DeadLetters    int            `json:"dead_letters"` // records a receiver was given up on
 	UnknownRecords int            `json:"unknown_records"`
 }
 
@@ -135,7 +136,7 @@ func ReadChangelogStatus(ctx context.Context, cfg config.Config, whole bool, log
 		return nil, err
 	}
 	c := &RestoreCounts{Rows: map[string]int{}, AccountStates: len(r.states), Alerts: len(r.alerts), Outbox: map[string]int{},
-		Audit: len(r.audit), UnknownRecords: r.unknown}
+		Audit: len(r.audit), DeadLetters: len(r.dead), UnknownRecords: r.unknown}
 	for k := range rows {
 		c.Rows[rowKindNames[k[0]]]++
 	}

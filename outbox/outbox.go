@@ -40,9 +40,10 @@ type Item struct {
 
 // Box is the outbox of one bbolt database.
 type Box struct {
-	db   *bolt.DB
-	mu   sync.Mutex
-	wake map[string]chan struct{}
+	db     *bolt.DB
+	mu     sync.Mutex
+	wake   map[string]chan struct{}
+	onDead func(key, stored []byte)
 }
 
 // Open prepares the outbox buckets in db.
@@ -409,10 +410,11 @@ func (b *Box) first(dest string) ([]byte, *Item, error) {
 // remove deletes a pending record; with dead set, it moves it to the
 // dead-letter list instead.
 func (b *Box) remove(k []byte, dead *Item) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
+	var v []byte
+	err := b.db.Update(func(tx *bolt.Tx) error {
 		if dead != nil {
-			v, err := json.Marshal(dead)
-			if err != nil {
+			var err error
+			if v, err = json.Marshal(dead); err != nil {
 				return err
 			}
 			if err := tx.Bucket(bucketDead).Put(k, v); err != nil {
@@ -421,4 +423,94 @@ func (b *Box) remove(k []byte, dead *Item) error {
 		}
 		return tx.Bucket(bucketPending).Delete(k)
 	})
+	if err == nil && v != nil {
+		b.mu.Lock()
+		fn := b.onDead
+		b.mu.Unlock()
+		if fn != nil {
+			fn(k, v)
+		}
+	}
+	return err
+}
+
+// OnDead sets fn to be told of every record moved to the dead-letter list,
+// once the move is durable: its key and its dead-letter form, as EachDead
+// gives them, for a copy kept elsewhere (the changelog). fn runs on the
+// destination's delivery goroutine and must not block.
+func (b *Box) OnDead(fn func(key, stored []byte)) {
+	b.mu.Lock()
+	b.onDead = fn
+	b.mu.Unlock()
+}
+
+// EachDead hands fn every record on the dead-letter list: its key and its
+// stored form, valid only during the call.
+func (b *Box) EachDead(fn func(key, stored []byte) error) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDead).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if err := fn(k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// CheckDead reports whether stored is a dead letter as EachDead gives it.
+func CheckDead(stored []byte) error {
+	it, err := decodeStored(stored)
+	if err == nil && it.Dest == "" {
+		err = errors.New("dead letter names no destination")
+	}
+	return err
+}
+
+// AddDead adds to the dead-letter list of the outbox in tx's database, in
+// the caller's transaction, the dead letters given (as EachDead gave them,
+// of this outbox or another's) that it does not hold already; it returns
+// how many it added.
+func AddDead(tx *bolt.Tx, stored [][]byte) (int, error) {
+	if len(stored) == 0 {
+		return 0, nil
+	}
+	dead, err := tx.CreateBucketIfNotExists(bucketDead)
+	if err != nil {
+		return 0, err
+	}
+	pend, err := tx.CreateBucketIfNotExists(bucketPending)
+	if err != nil {
+		return 0, err
+	}
+	have := map[string]bool{}
+	err = dead.ForEach(func(_, v []byte) error {
+		have[string(v)] = true
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	added := 0
+	for _, v := range stored {
+		if have[string(v)] {
+			continue
+		}
+		it, err := decodeStored(v)
+		if err != nil {
+			return added, fmt.Errorf("outbox dead letter: %w", err)
+		}
+		// A key from the pending records' sequence: unique in this
+		// outbox, whichever outbox the letter came from.
+		seq, err := pend.NextSequence()
+		if err != nil {
+			return added, err
+		}
+		if err := dead.Put(key(it.Dest, seq), v); err != nil {
+			return added, err
+		}
+		have[string(v)] = true
+		added++
+	}
+	return added, nil
 }

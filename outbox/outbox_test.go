@@ -1,7 +1,9 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -201,5 +203,81 @@ func TestPendingRecordsMoveToAnotherOutbox(t *testing.T) {
 	}
 	if err := db2.Update(func(tx *bolt.Tx) error { return b.PutStored(tx, "hooks", []byte("{")) }); err == nil {
 		t.Error("an unreadable stored record was taken")
+	}
+}
+
+// A record given up on is told to OnDead once it is on the dead-letter
+// list; the list moves to another outbox, beside that one's own letters,
+// and moving it again adds nothing.
+func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "a.db"))
+	defer db.Close()
+	a, err := Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	told := map[string]string{}
+	a.OnDead(func(k, v []byte) {
+		mu.Lock()
+		told[string(k)] = string(v)
+		mu.Unlock()
+	})
+	put(t, db, a, "hooks", "h1", "h2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Deliver(ctx, "hooks", func(context.Context, *Item) error {
+		return &PermanentError{Err: errors.New("400 unknown tenant")}
+	}, Policy{})
+	for len(a.Dead("hooks", 10)) < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var letters [][]byte
+	err = a.EachDead(func(k, v []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if told[string(k)] != string(v) {
+			t.Errorf("dead letter %q was not told to OnDead as stored", k)
+		}
+		if err := CheckDead(v); err != nil {
+			t.Errorf("dead letter %q: %v", k, err)
+		}
+		letters = append(letters, bytes.Clone(v))
+		return nil
+	})
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("EachDead gave %d letters, %v; want 2", len(letters), err)
+	}
+
+	db2 := openDB(t, filepath.Join(dir, "b.db"))
+	defer db2.Close()
+	b, err := Open(db2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, db2, b, "hooks", "own")
+	go b.Deliver(ctx, "hooks", func(context.Context, *Item) error { return &PermanentError{Err: errors.New("410 gone")} }, Policy{})
+	for len(b.Dead("hooks", 10)) < 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for round, want := range []int{2, 0} {
+		var added int
+		if err := db2.Update(func(tx *bolt.Tx) (err error) { added, err = AddDead(tx, letters); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if added != want {
+			t.Errorf("move %d added %d letters, want %d", round+1, added, want)
+		}
+	}
+	var ids []string
+	for _, it := range b.Dead("hooks", 10) {
+		ids = append(ids, it.ID+": "+it.LastError)
+	}
+	if strings.Join(ids, ", ") != "own: 410 gone, h1: 400 unknown tenant, h2: 400 unknown tenant" {
+		t.Errorf("the other outbox lists %v", ids)
+	}
+	if CheckDead([]byte(`{"id":"x"}`)) == nil {
+		t.Error("a dead letter without a destination passed the check")
 	}
 }

@@ -97,8 +97,8 @@ func printChangelogStatus(w io.Writer, st *app.ChangelogStatus, group string, no
 	for _, k := range []string{"accounts", "devices", "ips", "payees", "merchants", "payments", "timers"} {
 		rows = append(rows, fmt.Sprintf("%d %s", c.Rows[k], k))
 	}
-	fmt.Fprintf(w, "a restore brings back: %s; %d account security states, %d alerts, %d audit entries\n",
-		strings.Join(rows, ", "), c.AccountStates, c.Alerts, c.Audit)
+	fmt.Fprintf(w, "a restore brings back: %s; %d account security states, %d alerts, %d audit entries, %d dead letters\n",
+		strings.Join(rows, ", "), c.AccountStates, c.Alerts, c.Audit, c.DeadLetters)
 	if len(c.Outbox) == 0 {
 		fmt.Fprintln(w, "  and nothing undelivered")
 	} else {
