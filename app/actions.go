@@ -148,6 +148,8 @@ func (a *App) deliverCommands(ctx context.Context) {
 }
 
 func (a *App) observeDelivery(dest string) func(*outbox.Item, int, error) {
+	// From 0, so that the first record given up on is an increase.
+	a.dlv.deliveries.WithLabelValues(dest, "dead")
 	return func(it *outbox.Item, attempt int, err error) {
 		if attempt > 1 {
 			a.dlv.retries.WithLabelValues(dest).Inc()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
 )
 
@@ -290,6 +291,47 @@ func (a *App) sendDigests() {
 			a.box.Notify(alertDest(w.Name))
 		}
 	}
+}
+
+// deadLettered is the outbox's OnDead: it counts the record given up on
+// and puts it in the changelog.
+func (a *App) deadLettered(k, v []byte) {
+	if dest, ok := outbox.KeyDest(k); ok {
+		a.dlv.deliveries.WithLabelValues(dest, "dead").Inc()
+	}
+	if a.clog != nil {
+		a.clog.noteDead(v)
+	}
+}
+
+// pruneDead deletes the dead letters older than alerts.dead_letter_retention
+// from the store, and from the changelog with the next checkpoint.
+func (a *App) pruneDead(now time.Time) {
+	keep := a.cfg.Alerts.DeadLetterRetention.D()
+	if keep <= 0 {
+		return
+	}
+	var gone []ingest.Message
+	var n int
+	err := a.store.DB().Update(func(tx *bolt.Tx) error {
+		var err error
+		n, err = outbox.PruneDead(tx, now.Add(-keep), 100_000, func(v []byte) {
+			if a.clog != nil {
+				gone = append(gone, deadRecord(a.clog.topic, v, true))
+			}
+		})
+		return err
+	})
+	if err != nil {
+		a.log.Error("dead letters past their retention not deleted", "err", err)
+		return
+	}
+	if a.clog != nil {
+		a.clog.deadMu.Lock()
+		a.clog.dead = append(a.clog.dead, gone...)
+		a.clog.deadMu.Unlock()
+	}
+	a.amet.deadPruned.Add(float64(n))
 }
 
 // deadAlerts lists alerts receivers gave up on.

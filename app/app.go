@@ -139,6 +139,7 @@ type appMetrics struct {
 	commandsRedelivered prometheus.Counter
 	outboxRestored      *prometheus.CounterVec
 	auditPruned         prometheus.Counter
+	deadPruned          prometheus.Counter
 	manualAdopted       prometheus.Counter
 	manualRead          prometheus.Counter
 	takeovers           *prometheus.CounterVec
@@ -187,6 +188,10 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		auditPruned: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_audit_entries_pruned_total",
 			Help: "Audit entries deleted from the local trail (and the changelog) once older than enforce.audit_retention; ClickHouse keeps them.",
+		}),
+		deadPruned: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_dead_letters_pruned_total",
+			Help: "Records given up on deleted from the dead-letter list (and the changelog) once older than alerts.dead_letter_retention.",
 		}),
 		outboxRestored: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "walletguard_outbox_restored_total",
@@ -285,6 +290,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		return nil, err
 	}
 	a.dlv = newDeliveryMetrics(a.reg, a.box)
+	a.box.OnDead(a.deadLettered)
 	if a.tpl, err = alerts.LoadTemplates(cfg.Alerts.TemplatesDir); err != nil {
 		return nil, err
 	}
@@ -338,7 +344,6 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		pc.Changelog = a.clog.noteState
 		pc.Audited = a.clog.noteAudit
 		a.proc.Alerts.SetChangelog(a.clog.noteAlert)
-		a.box.OnDead(a.clog.noteDead)
 	}
 	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
 	offsets, err := a.proc.Engine.Restore(a.store)
@@ -443,7 +448,11 @@ func (a *App) Run(ctx context.Context) error {
 	go a.deliverAlerts(deliverCtx)
 	go func() {
 		a.pruneAudit(time.Now())
-		every(ctx, time.Hour, func() { a.pruneAudit(time.Now()) })
+		a.pruneDead(time.Now())
+		every(ctx, time.Hour, func() {
+			a.pruneAudit(time.Now())
+			a.pruneDead(time.Now())
+		})
 	}()
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.source.Run(ctx) }()

@@ -39,9 +39,12 @@ import (
 //   - a record the outbox has yet to deliver (an alert to a receiver, a
 //     command to the account service, a manual action): 'O' and its key in
 //     the outbox; an empty value once it is delivered or given up on;
-//   - a record the outbox gave up on (its dead-letter list): 'D' and its
-//     key in the outbox. Facts, like audit entries: a restore takes those
-//     of every epoch, and a new epoch writes the whole list again;
+//   - a record the outbox gave up on (its dead-letter list): 'D' and the
+//     hash of the letter as stored — one letter has one key whichever
+//     instance's outbox holds it; an empty value once
+//     alerts.dead_letter_retention has passed. Facts, like audit entries:
+//     a restore takes those of every epoch, and a new epoch writes the
+//     whole list again;
 //   - the marker, key "marker", written last, once every row of its
 //     checkpoint is acknowledged: the engine's clocks and the event offsets
 //     the state was taken at (detector.Capture.Meta).
@@ -141,8 +144,8 @@ func (c *changelog) noteAudit(v []byte) {
 
 // noteDead is the outbox's OnDead: a record given up on goes with the next
 // checkpoint.
-func (c *changelog) noteDead(k, v []byte) {
-	m := deadRecord(c.topic, k, v)
+func (c *changelog) noteDead(v []byte) {
+	m := deadRecord(c.topic, v, false)
 	c.deadMu.Lock()
 	c.dead = append(c.dead, m)
 	c.deadMu.Unlock()
@@ -156,8 +159,14 @@ func (c *changelog) takeDead() []ingest.Message {
 	return d
 }
 
-func deadRecord(topic string, k, v []byte) ingest.Message {
-	return ingest.Message{Topic: topic, Key: append([]byte{clogDead}, k...), Value: slices.Clone(v)}
+// deadRecord is a dead letter's changelog record; gone makes it the record
+// that deletes it.
+func deadRecord(topic string, v []byte, gone bool) ingest.Message {
+	m := ingest.Message{Topic: topic, Key: binary.BigEndian.AppendUint64([]byte{clogDead}, xxhash.Sum64(v))}
+	if !gone {
+		m.Value = slices.Clone(v)
+	}
+	return m
 }
 
 // auditRecord is an audit entry's changelog record; gone makes it the
@@ -305,6 +314,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err == nil {
 		waiting, err = a.publishOutbox(work.epoch, add)
 	}
+	var dead []ingest.Message
 	if err == nil && c.auditEpoch != work.epoch {
 		// The changelog may lack entries saved before it was switched on,
 		// or while it could not be written; keys repeat, compaction keeps one.
@@ -315,10 +325,11 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	if err == nil {
 		// Dead letters since the last publish; a publish that fails begins
 		// a new epoch, which writes them all.
-		dead := c.takeDead()
+		// A new epoch writes the whole list too; the deletes of letters
+		// past their retention go either way.
+		dead = c.takeDead()
 		if c.deadEpoch != work.epoch {
-			err = a.box.EachDead(func(k, v []byte) error { return add(deadRecord(c.topic, k, v)) })
-			dead = nil
+			err = a.box.EachDead(func(_, v []byte) error { return add(deadRecord(c.topic, v, false)) })
 		}
 		for i := 0; err == nil && i < len(dead); i++ {
 			err = add(dead[i])
@@ -332,6 +343,11 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		err = a.producer.Write(ctx, "changelog", []ingest.Message{{Topic: c.topic, Key: []byte(clogMarker), Value: work.captured.Meta(), Headers: hdr}})
 	}
 	if err != nil {
+		if len(dead) > 0 {
+			c.deadMu.Lock()
+			c.dead = append(dead, c.dead...) // for the next attempt
+			c.deadMu.Unlock()
+		}
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
 	c.merchants, c.outbox, c.auditEpoch, c.deadEpoch = merchants, waiting, work.epoch, work.epoch
@@ -613,6 +629,10 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 			return nil
 		}
 		if m.Key[0] == clogDead {
+			if len(m.Value) == 0 {
+				delete(r.dead, string(m.Key)) // past its retention
+				return nil
+			}
 			if outbox.CheckDead(m.Value) != nil {
 				r.badDead++ // the list lacks one letter; the state is whole
 				return nil

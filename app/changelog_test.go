@@ -458,6 +458,9 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 		return out
 	}
 	dead := deadLetters(a.app)
+	if n := metric(t, a.app.HTTPAddr(), `walletguard_deliveries_total{destination="alerts:fraud-desk",outcome="dead"}`); n != float64(len(dead)) {
+		t.Errorf("walletguard_deliveries_total{outcome=dead} = %v, the dead-letter list holds %d", n, len(dead))
+	}
 	owedCommands, _ := a.app.box.Pending(destAccountService)
 	a.stop(t)
 	raised := map[string]bool{}
@@ -541,6 +544,21 @@ func TestTakeoverDeliversWhatTheOwnerOwed(t *testing.T) {
 	}
 	if got := deadLetters(b.app); !maps.Equal(got, dead) {
 		t.Errorf("the new owner lists %d dead letters, the owner gave up on %d", len(got), len(dead))
+	}
+	// Past alerts.dead_letter_retention they go, from the changelog too.
+	b.app.pruneDead(time.Now().Add(b.app.cfg.Alerts.DeadLetterRetention.D() + time.Minute))
+	if got := deadLetters(b.app); len(got) != 0 {
+		t.Errorf("%d dead letters past their retention kept", len(got))
+	}
+	if n := testutil.ToFloat64(b.app.amet.deadPruned); n != float64(len(dead)) {
+		t.Errorf("walletguard_dead_letters_pruned_total = %v, want %d", n, len(dead))
+	}
+	ckpts = metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total")
+	waitFor(t, 10*time.Second, "the new owner to checkpoint", func() bool {
+		return metric(t, b.app.HTTPAddr(), "walletguard_checkpoints_total") > ckpts+1
+	})
+	if st, err := ReadChangelogStatus(context.Background(), b.app.cfg, true, slog.New(slog.DiscardHandler)); err != nil || st.Restore == nil || st.Restore.DeadLetters != 0 {
+		t.Errorf("after the prune a restore brings back %+v (%v), want no dead letters", st.Restore, err)
 	}
 	t.Logf("%d alerts and %d commands, owed as %d alert records and %d commands, all delivered by the new owner; %d dead letters kept", len(raised), len(commands), owedAlerts, owedCommands, len(dead))
 }

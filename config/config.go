@@ -157,6 +157,11 @@ type Alerts struct {
 	// owner's state from the changelog gets the owner's undelivered
 	// outbox records with it instead, whatever this says.)
 	TakeoverRedeliver Duration `yaml:"takeover_redeliver"`
+	// DeadLetterRetention is how long records a receiver was given up on
+	// stay on the dead-letter list (GET /v1/alerts/dead-letters; the
+	// account service's too) before they are deleted, with their copy in
+	// the changelog. 0 keeps them all.
+	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
 }
 
 // Webhook is one receiver: of support alerts (alerts.webhooks) or of
@@ -271,7 +276,7 @@ func Default() Config {
 			ShutdownTimeout:    Duration(15 * time.Second),
 			StandbyFollow:      true,
 		},
-		Alerts: Alerts{TakeoverRedeliver: Duration(15 * time.Minute)},
+		Alerts: Alerts{TakeoverRedeliver: Duration(15 * time.Minute), DeadLetterRetention: Duration(30 * 24 * time.Hour)},
 		HTTP: HTTP{
 			Listen: "127.0.0.1:8080",
 			Tokens: []Token{{Token: "change-me", Role: "admin"}},
@@ -464,6 +469,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Alerts.TakeoverRedeliver.D() < 0 {
 		bad("alerts.takeover_redeliver: must not be negative")
+	}
+	if c.Alerts.DeadLetterRetention.D() < 0 {
+		bad("alerts.dead_letter_retention: must not be negative (0 keeps every dead letter)")
 	}
 	d := c.Detector
 	if d.MaxAccounts < 1000 {

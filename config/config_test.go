@@ -70,9 +70,10 @@ func TestStrictErrorsNameTheKey(t *testing.T) {
 		"detector:\n  thresholds: {review: 90, step_up: 60, freeze: 85}\n": "detector.thresholds",
 		"alerts:\n  webhooks:\n    - {url: ftp://x}\n":                     "alerts.webhooks[0].url",
 		"http:\n  listen: ${WG_NOT_SET_ANYWHERE}\n":                        "WG_NOT_SET_ANYWHERE",
-		"kafka: [1, 2]\n":                      "decode",
-		"alerts:\n  takeover_redeliver: -1m\n": "alerts.takeover_redeliver",
-		"enforce:\n  audit_retention: 1.5d\n":  "duration",
+		"kafka: [1, 2]\n":                          "decode",
+		"alerts:\n  takeover_redeliver: -1m\n":     "alerts.takeover_redeliver",
+		"alerts:\n  dead_letter_retention: -24h\n": "alerts.dead_letter_retention",
+		"enforce:\n  audit_retention: 1.5d\n":      "duration",
 	}
 	for doc, want := range cases {
 		_, err := Parse([]byte(doc))

@@ -9,6 +9,7 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -456,6 +457,34 @@ func (b *Box) EachDead(fn func(key, stored []byte) error) error {
 		}
 		return nil
 	})
+}
+
+// PruneDead deletes, in the caller's transaction, up to limit dead letters
+// given up on before cut, telling gone each one's stored form; it returns
+// how many it deleted.
+func PruneDead(tx *bolt.Tx, cut time.Time, limit int, gone func(stored []byte)) (int, error) {
+	dead := tx.Bucket(bucketDead)
+	if dead == nil {
+		return 0, nil
+	}
+	var old, vals [][]byte
+	c := dead.Cursor()
+	for k, v := c.First(); k != nil && len(old) < limit; k, v = c.Next() {
+		var it Item
+		// An unreadable letter is kept: support may still make it out.
+		if json.Unmarshal(v, &it) == nil && !it.GaveUpAt.IsZero() && it.GaveUpAt.Before(cut) {
+			old, vals = append(old, bytes.Clone(k)), append(vals, bytes.Clone(v))
+		}
+	}
+	for i, k := range old {
+		if err := dead.Delete(k); err != nil {
+			return 0, err
+		}
+		if gone != nil {
+			gone(vals[i])
+		}
+	}
+	return len(old), nil
 }
 
 // CheckDead reports whether stored is a dead letter as EachDead gives it.

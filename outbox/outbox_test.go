@@ -280,4 +280,30 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	if CheckDead([]byte(`{"id":"x"}`)) == nil {
 		t.Error("a dead letter without a destination passed the check")
 	}
+
+	// Past their retention they go, a batch at a time; letters given up
+	// on after the cut stay.
+	prune := func(cut time.Time, limit int) (n int, gone []string) {
+		t.Helper()
+		err := db2.Update(func(tx *bolt.Tx) (err error) {
+			n, err = PruneDead(tx, cut, limit, func(v []byte) {
+				it, _ := decodeStored(v)
+				gone = append(gone, it.ID)
+			})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n, gone
+	}
+	if n, gone := prune(time.Now().Add(-time.Hour), 10); n != 0 || len(gone) != 0 {
+		t.Errorf("pruned %d letters (%v) given up on after the cut", n, gone)
+	}
+	if n, gone := prune(time.Now().Add(time.Hour), 2); n != 2 || len(gone) != 2 || len(b.Dead("hooks", 10)) != 1 {
+		t.Errorf("pruned %d (%v), %d left; want a batch of 2, 1 left", n, gone, len(b.Dead("hooks", 10)))
+	}
+	if n, _ := prune(time.Now().Add(time.Hour), 2); n != 1 || len(b.Dead("", 10)) != 0 {
+		t.Errorf("pruned %d, %d left; want the last one", n, len(b.Dead("", 10)))
+	}
 }
