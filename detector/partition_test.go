@@ -255,82 +255,51 @@ func TestDroppedPartitionLeavesTheStore(t *testing.T) {
 // IP, payee, merchant and app version want holds, as want holds it.
 func sameState(t *testing.T, want, got *Engine) {
 	t.Helper()
-	check := func(kind string, n, m int, each func(func(key uint64, w, g []byte))) {
-		if n != m {
-			t.Errorf("%d %s rows, want %d", m, kind, n)
+	check := func(kind string, w, g map[uint64][]byte) {
+		if len(w) != len(g) {
+			t.Errorf("%d %s rows, want %d", len(g), kind, len(w))
 		}
-		each(func(key uint64, w, g []byte) {
-			if !bytes.Equal(w, g) {
-				t.Errorf("%s %x differs", kind, key)
+		for k, v := range w {
+			if !bytes.Equal(v, g[k]) {
+				t.Errorf("%s %x differs", kind, k)
 			}
-		})
+		}
 	}
-	check("account", want.accounts.len(), got.accounts.len(), func(f func(uint64, []byte, []byte)) {
-		want.accounts.idx.each(func(k uint64, i uint32) {
-			w := bytes.Clone(raw(want.accounts.read(i)))
-			var g []byte
-			if r := got.accounts.get(k); r != nil {
-				g = raw(r)
-			}
-			f(k, w, g)
-		})
-	})
+	acct := func(a *account) []byte { return bytes.Clone(raw(a)) }
+	check("account", encodedRows(want.accounts, acct, nil), encodedRows(got.accounts, acct, nil))
 	// Payment chains past their expiry go when sweeping reaches them, which
 	// is sooner or later in tables laid out differently.
-	live := func(e *Engine) map[uint64][]byte {
-		m := map[uint64][]byte{}
+	chains := func(e *Engine) map[uint64][]byte {
 		cut := since(e.watermark(), day1)
-		e.chains.idx.each(func(k uint64, i uint32) {
-			if c := e.chains.read(i); chainExpiry(c) >= cut {
-				m[k] = appendChain(nil, c, e.syms)
-			}
-		})
+		return encodedRows(e.chains, func(c *chain) []byte { return appendChain(nil, c, e.syms) }, func(c *chain) bool { return chainExpiry(c) >= cut })
+	}
+	check("payment", chains(want), chains(got))
+	device := func(d *deviceState) []byte { return bytes.Clone(raw(d)) }
+	check("device", encodedRows(want.devices, device, nil), encodedRows(got.devices, device, nil))
+	payee := func(p *payeeState) []byte { return bytes.Clone(raw(p)) }
+	check("payee", encodedRows(want.payees, payee, nil), encodedRows(got.payees, payee, nil))
+	ip := func(s *ipState) []byte { return appendIP(nil, s) }
+	check("ip", encodedRows(want.ips, ip, nil), encodedRows(got.ips, ip, nil))
+	merchants := func(e *Engine) map[uint64][]byte {
+		m := map[uint64][]byte{}
+		for k, v := range e.merchants {
+			m[k] = encodeMerchant(v, e.syms)
+		}
 		return m
 	}
-	wc, gc := live(want), live(got)
-	check("payment", len(wc), len(gc), func(f func(uint64, []byte, []byte)) {
-		for k, w := range wc {
-			f(k, w, gc[k])
+	check("merchant", merchants(want), merchants(got))
+}
+
+// encodedRows encodes the rows of a table that keep accepts (all if nil),
+// by key.
+func encodedRows[T any](t *table[T], enc func(*T) []byte, keep func(*T) bool) map[uint64][]byte {
+	m := map[uint64][]byte{}
+	t.idx.each(func(k uint64, i uint32) {
+		if r := t.read(i); keep == nil || keep(r) {
+			m[k] = enc(r)
 		}
 	})
-	check("device", want.devices.len(), got.devices.len(), func(f func(uint64, []byte, []byte)) {
-		want.devices.idx.each(func(k uint64, i uint32) {
-			w := bytes.Clone(raw(want.devices.read(i)))
-			var g []byte
-			if r := got.devices.get(k); r != nil {
-				g = raw(r)
-			}
-			f(k, w, g)
-		})
-	})
-	check("payee", want.payees.len(), got.payees.len(), func(f func(uint64, []byte, []byte)) {
-		want.payees.idx.each(func(k uint64, i uint32) {
-			w := bytes.Clone(raw(want.payees.read(i)))
-			var g []byte
-			if r := got.payees.get(k); r != nil {
-				g = raw(r)
-			}
-			f(k, w, g)
-		})
-	})
-	check("ip", want.ips.len(), got.ips.len(), func(f func(uint64, []byte, []byte)) {
-		want.ips.idx.each(func(k uint64, i uint32) {
-			var g []byte
-			if r := got.ips.get(k); r != nil {
-				g = appendIP(nil, r)
-			}
-			f(k, appendIP(nil, want.ips.read(i)), g)
-		})
-	})
-	check("merchant", len(want.merchants), len(got.merchants), func(f func(uint64, []byte, []byte)) {
-		for k, m := range want.merchants {
-			var g []byte
-			if r := got.merchants[k]; r != nil {
-				g = encodeMerchant(r, got.syms)
-			}
-			f(k, encodeMerchant(m, want.syms), g)
-		}
-	})
+	return m
 }
 
 // BenchmarkObserve is BenchmarkPipeline for an engine that only observes

@@ -118,6 +118,20 @@ func TestSharedOwnersBalanceAnyClaims(t *testing.T) {
 	}
 }
 
+// eventsBroker starts an embedded broker with a topic "events" of four
+// partitions; ctx ends after timeout.
+func eventsBroker(t *testing.T, timeout time.Duration) (context.Context, []string) {
+	t.Helper()
+	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return ctx, []string{b.Addr()}
+}
+
 // delivery is a record as a sharing member received it.
 type delivery struct {
 	member                string
@@ -199,14 +213,7 @@ func (m *sharingMember) stop(t *testing.T) {
 // committed offsets: the records it had observed since are handed on
 // marked Seen, and everything after decided as usual.
 func TestMembersShareThePartitions(t *testing.T) {
-	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	brokers := []string{b.Addr()}
+	ctx, brokers := eventsBroker(t, 90*time.Second)
 	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	defer p.Close()
 	produce := func(from, n int) map[int]int64 {
@@ -346,14 +353,7 @@ func sum(ends map[int]int64) int64 {
 // partitions whole: the coordinator finds no protocol both offer and
 // refuses it, and the owner keeps every partition.
 func TestSharingMemberCannotSplitASoleOwnersGroup(t *testing.T) {
-	b, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	brokers := []string{b.Addr()}
+	ctx, brokers := eventsBroker(t, 60*time.Second)
 	assigned := make(chan struct{}, 16)
 	sole := NewSource(SourceConfig{
 		Brokers: brokers, Topics: []string{"events"}, GroupID: "sharing", SessionTimeout: 6 * time.Second, CommitInterval: 50 * time.Millisecond,

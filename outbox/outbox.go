@@ -96,15 +96,7 @@ func (b *Box) Put(tx *bolt.Tx, dest, id string, payload []byte, now time.Time) e
 // and its stored form, for a copy of the outbox kept elsewhere (the
 // changelog). Both are valid only during the call.
 func (b *Box) EachPending(fn func(key, stored []byte) error) error {
-	return b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketPending).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if err := fn(k, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return b.db.View(func(tx *bolt.Tx) error { return tx.Bucket(bucketPending).ForEach(fn) })
 }
 
 // KeyDest is the destination of a record key EachPending gave.
@@ -448,15 +440,7 @@ func (b *Box) OnDead(fn func(key, stored []byte)) {
 // EachDead hands fn every record on the dead-letter list: its key and its
 // stored form, valid only during the call.
 func (b *Box) EachDead(fn func(key, stored []byte) error) error {
-	return b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketDead).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if err := fn(k, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return b.db.View(func(tx *bolt.Tx) error { return tx.Bucket(bucketDead).ForEach(fn) })
 }
 
 // PruneDead deletes, in the caller's transaction, up to limit dead letters

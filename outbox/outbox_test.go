@@ -26,6 +26,18 @@ func openDB(t *testing.T, path string) *bolt.DB {
 	return db
 }
 
+// openBox opens an outbox in a new database at path, closed when the test ends.
+func openBox(t *testing.T, path string) (*bolt.DB, *Box) {
+	t.Helper()
+	db := openDB(t, path)
+	t.Cleanup(func() { db.Close() })
+	b, err := Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, b
+}
+
 func put(t *testing.T, db *bolt.DB, b *Box, dest string, ids ...string) {
 	t.Helper()
 	err := db.Update(func(tx *bolt.Tx) error {
@@ -144,12 +156,7 @@ func TestRefusedRecordGoesToDeadLetters(t *testing.T) {
 // is not among it.
 func TestPendingRecordsMoveToAnotherOutbox(t *testing.T) {
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "a.db"))
-	defer db.Close()
-	a, err := Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, a := openBox(t, filepath.Join(dir, "a.db"))
 	put(t, db, a, "hooks", "h1", "h2", "h3")
 	put(t, db, a, "cmds", "c1")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -166,14 +173,9 @@ func TestPendingRecordsMoveToAnotherOutbox(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	db2 := openDB(t, filepath.Join(dir, "b.db"))
-	defer db2.Close()
-	b, err := Open(db2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db2, b := openBox(t, filepath.Join(dir, "b.db"))
 	put(t, db2, b, "hooks", "own") // the new owner's own record stays first
-	err = a.EachPending(func(k, v []byte) error {
+	err := a.EachPending(func(k, v []byte) error {
 		dest, ok := KeyDest(k)
 		if !ok {
 			t.Fatalf("key %q names no destination", k)
@@ -211,12 +213,7 @@ func TestPendingRecordsMoveToAnotherOutbox(t *testing.T) {
 // and moving it again adds nothing.
 func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "a.db"))
-	defer db.Close()
-	a, err := Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, a := openBox(t, filepath.Join(dir, "a.db"))
 	var mu sync.Mutex
 	told := map[string]string{}
 	a.OnDead(func(k, v []byte) {
@@ -234,7 +231,7 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var letters [][]byte
-	err = a.EachDead(func(k, v []byte) error {
+	err := a.EachDead(func(k, v []byte) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if told[string(k)] != string(v) {
@@ -250,12 +247,7 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 		t.Fatalf("EachDead gave %d letters, %v; want 2", len(letters), err)
 	}
 
-	db2 := openDB(t, filepath.Join(dir, "b.db"))
-	defer db2.Close()
-	b, err := Open(db2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db2, b := openBox(t, filepath.Join(dir, "b.db"))
 	put(t, db2, b, "hooks", "own")
 	go b.Deliver(ctx, "hooks", func(context.Context, *Item) error { return &PermanentError{Err: errors.New("410 gone")} }, Policy{})
 	for len(b.Dead("hooks", 10)) < 1 {
