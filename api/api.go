@@ -13,7 +13,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
 	"net/http/pprof"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -106,6 +108,9 @@ type Backend interface {
 	// says so in words: it answers reads from the state it has, and
 	// refuses changes (see owner).
 	Standby() (bool, string)
+	// Owner is the API address (host:port) of the instance that owns the
+	// partitions, for a standby to pass changes on to; "" if unknown.
+	Owner() string
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision
 	Alerts(status string) []alerts.Alert
@@ -240,19 +245,55 @@ func (s *server) auth(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 	}
 }
 
-// owner guards a request that changes state: a standby refuses it. Its
+// owner guards a request that changes state: a standby passes it on to the
+// instance that owns the partitions, or refuses it when it cannot. Its
 // state follows the owner's, seconds behind; a freeze, a verified code or
 // an acknowledged alert applied here would be unknown to the owner (which
 // answers the gateway) and lost or contradicted when the standby takes
-// over.
+// over. A request passed on once is not passed on again: two instances
+// that each take the other for the owner (in a rebalance) refuse it.
 func (s *server) owner(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if standby, why := s.b.Standby(); standby {
-			writeErr(w, http.StatusServiceUnavailable, why+"; changes go to the instance that owns the partitions (its /readyz answers 200)")
+		standby, why := s.b.Standby()
+		if !standby {
+			h(w, r)
 			return
 		}
-		h(w, r)
+		if r.Header.Get(forwardedHeader) == "" {
+			if addr := s.b.Owner(); addr != "" {
+				forward(w, r, addr, why)
+				return
+			}
+		}
+		writeErr(w, http.StatusServiceUnavailable, why+"; changes go to the instance that owns the partitions (its /readyz answers 200)")
 	}
+}
+
+// forwardedHeader marks a request a standby passed on; ForwardedToHeader
+// names, on the answer, the instance that made the change.
+const (
+	forwardedHeader   = "Walletguard-Forwarded"
+	ForwardedToHeader = "Walletguard-Forwarded-To"
+)
+
+// forward passes a change on to the owner at addr and its answer back. The
+// caller's credentials go with it: the owner checks them again.
+func forward(w http.ResponseWriter, r *http.Request, addr, why string) {
+	w.Header().Del("Walletguard-Standby") // the answer is the owner's
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: addr})
+			pr.Out.Header.Set(forwardedHeader, "1")
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Set(ForwardedToHeader, addr)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			writeErr(w, http.StatusServiceUnavailable, why+"; the instance that owns the partitions, at "+addr+", did not answer: "+err.Error())
+		},
+	}
+	p.ServeHTTP(w, r)
 }
 
 func contains(l []string, v string) bool {

@@ -90,11 +90,12 @@ type App struct {
 	// restoring: a restore on taking over is under way; the API refuses
 	// changes, which would go to the state being replaced.
 	restoring atomic.Bool
-	ckptErr   atomic.Value    // string: why the last checkpoint failed, "" if fine
-	held      atomic.Int64    // accounts in state at the last checkpoint, for the group balancer
-	followed  Outputs         // a standby's outputs, dropped (pipeline only)
-	learned   []learnedOutput // alerts and commands a standby learned of by following (takeover.go; pipeline only)
-	owed      *owedOutbox     // the previous owner's undelivered records, restored (takeover.go; pipeline only)
+	ownerSeen atomic.Pointer[ownerSeen] // the owner's API address, as a standby last looked it up
+	ckptErr   atomic.Value              // string: why the last checkpoint failed, "" if fine
+	held      atomic.Int64              // accounts in state at the last checkpoint, for the group balancer
+	followed  Outputs                   // a standby's outputs, dropped (pipeline only)
+	learned   []learnedOutput           // alerts and commands a standby learned of by following (takeover.go; pipeline only)
+	owed      *owedOutbox               // the previous owner's undelivered records, restored (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's
@@ -400,6 +401,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		Follow:     cfg.Kafka.StandbyFollow,
 		HandedOver: a.handedOver,
 		Assigning:  a.restoreOnTakeover,
+		Advertise:  a.advertise,
 	}, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -416,6 +418,23 @@ func (a *App) BrokerAddr() string { return a.brokers[0] }
 
 // HTTPAddr is the address the API listens on.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// advertise is where the other instances of the group reach this one's API
+// (http.advertise): by default the address it listens on, when that names
+// a host; "" when it listens on every interface and was not told which.
+func (a *App) advertise() string {
+	if a.cfg.HTTP.Advertise != "" {
+		return a.cfg.HTTP.Advertise
+	}
+	if a.httpLn == nil {
+		return ""
+	}
+	addr := a.httpLn.Addr().String()
+	if host, _, err := net.SplitHostPort(addr); err != nil || host == "" || net.ParseIP(host).IsUnspecified() {
+		return ""
+	}
+	return addr
+}
 
 // Registry is the daemon's Prometheus registry.
 func (a *App) Registry() *prometheus.Registry { return a.reg }

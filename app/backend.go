@@ -11,6 +11,7 @@ import (
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -33,6 +34,39 @@ func (b backend) Standby() (bool, string) {
 		return false, ""
 	}
 	return true, b.a.standbyReason()
+}
+
+// Owner looks the owner's advertised address up in the consumer group, at
+// most every few seconds; "" when there is none, it advertised none, or it
+// is this instance.
+func (b backend) Owner() string {
+	a := b.a
+	if a.source == nil {
+		return ""
+	}
+	if o := a.ownerSeen.Load(); o != nil && time.Since(o.at) < ownerLookupEvery {
+		return o.addr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	addr, _, err := ingest.GroupOwner(ctx, a.brokers, a.cfg.Kafka.GroupID)
+	if err != nil {
+		a.log.Warn("owner of the partitions not found; changes asked of this standby are refused", "err", err)
+	}
+	if addr == a.advertise() {
+		addr = "" // this instance, stopping: the next owner is not known yet
+	}
+	a.ownerSeen.Store(&ownerSeen{addr: addr, at: time.Now()})
+	return addr
+}
+
+// ownerLookupEvery bounds how stale the owner's address a standby passes
+// changes on to may be: after a takeover the old one refuses them.
+const ownerLookupEvery = 3 * time.Second
+
+type ownerSeen struct {
+	addr string
+	at   time.Time
 }
 
 func (b backend) Account(id string) api.Account {

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/ingest"
 )
 
@@ -70,14 +73,45 @@ func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
 	}
 	// Changes go to the owner: a standby that froze an account, or took a
 	// 2FA code, would hold what the owner — which the gateway asks — does
-	// not know.
+	// not know. The standby passes them on to the owner's address, which
+	// the owner told the group.
 	acct := evs[0].AccountID
-	if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusServiceUnavailable ||
-		!strings.Contains(body["error"].(string), "standing by") {
-		t.Errorf("freeze on the standby: %d %v, want 503 standing by", code, body)
+	change := func(path, token, body string, header map[string]string) (int, http.Header, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+b.app.HTTPAddr()+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, resp.Header, out
 	}
-	if code, _ := call(t, b.app.HTTPAddr(), "POST", "/v1/score", "gateway-token", string(msgs[0].Value)); code != http.StatusServiceUnavailable {
-		t.Errorf("score on the standby: %d, want 503", code)
+	if code, h, body := change("/v1/accounts/"+acct+"/freeze", "admin-token", `{"reason":"reported stolen"}`, nil); code != http.StatusOK ||
+		h.Get(api.ForwardedToHeader) != a.app.HTTPAddr() || h.Get("Walletguard-Standby") != "" {
+		t.Errorf("freeze on the standby: %d %v, passed on to %q; want 200 from the owner at %s", code, body, h.Get(api.ForwardedToHeader), a.app.HTTPAddr())
+	}
+	if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] != true {
+		t.Errorf("the owner does not show the freeze asked of the standby: %v", body["frozen"])
+	}
+	scored := strings.Replace(string(msgs[0].Value), evs[0].EventID, "scored-through-the-standby", 1)
+	if code, h, _ := change("/v1/score", "gateway-token", scored, nil); code != http.StatusOK || h.Get(api.ForwardedToHeader) == "" {
+		t.Errorf("score on the standby: %d, passed on to %q; want the owner's decision", code, h.Get(api.ForwardedToHeader))
+	}
+	// A request already passed on once is not passed on again: two
+	// instances that each take the other for the owner refuse it.
+	if code, _, body := change("/v1/accounts/"+acct+"/unfreeze", "admin-token", `{"reason":"customer verified"}`, map[string]string{"Walletguard-Forwarded": "1"}); code != http.StatusServiceUnavailable ||
+		!strings.Contains(fmt.Sprint(body["error"]), "standing by") {
+		t.Errorf("unfreeze passed on to the standby: %d %v, want 503 standing by", code, body)
+	}
+	// Credentials go with it, and the owner checks them.
+	if code, _, _ := change("/v1/accounts/"+acct+"/unfreeze", "viewer-token", `{"reason":"customer verified"}`, nil); code != http.StatusForbidden {
+		t.Errorf("unfreeze by a viewer through the standby: %d, want 403", code)
 	}
 	req, _ := http.NewRequest("GET", "http://"+b.app.HTTPAddr()+"/v1/accounts/"+acct, nil)
 	req.Header.Set("Authorization", "Bearer viewer-token")
@@ -88,12 +122,6 @@ func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Walletguard-Standby") == "" {
 			t.Errorf("GET an account on the standby: %d, Walletguard-Standby %q; want 200 and the header", resp.StatusCode, resp.Header.Get("Walletguard-Standby"))
 		}
-	}
-	if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusOK {
-		t.Errorf("freeze on the owner: %d %v", code, body)
-	}
-	if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] != true {
-		t.Errorf("the owner does not show its freeze: %v", body["frozen"])
 	}
 	// The first kept every partition through the rebalance the second
 	// caused, and consumes what comes next alone.

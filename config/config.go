@@ -110,8 +110,13 @@ type Kafka struct {
 
 // HTTP is the API and metrics listener.
 type HTTP struct {
-	Listen string  `yaml:"listen"`
-	Tokens []Token `yaml:"tokens"`
+	Listen string `yaml:"listen"`
+	// Advertise is where the other instances of the consumer group reach
+	// this one's API (host:port): a standby passes the changes it is asked
+	// for on to the owner there. Empty: listen's address when that names
+	// a host, else nowhere (a standby then refuses changes).
+	Advertise string  `yaml:"advertise"`
+	Tokens    []Token `yaml:"tokens"`
 }
 
 // Token is one bearer token and the role it grants. Name says whose it is
@@ -396,6 +401,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen: %q is not host:port", c.HTTP.Listen)
+	}
+	if h, _, err := net.SplitHostPort(c.HTTP.Advertise); c.HTTP.Advertise != "" && (err != nil || h == "") {
+		bad("http.advertise: %q is not host:port", c.HTTP.Advertise)
 	}
 	seen := map[string]bool{}
 	for i, t := range c.HTTP.Tokens {

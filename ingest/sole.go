@@ -1,8 +1,11 @@
 package ingest
 
 import (
+	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -25,9 +28,10 @@ import (
 // volume takes them back from a standby that took over with an empty state
 // while it was gone.
 type soleOwner struct {
-	held    func() int64 // accounts this member holds in state
-	owning  func() bool  // whether this member holds partitions now
-	started int64        // when this process's source was made, unix ns
+	held    func() int64  // accounts this member holds in state
+	owning  func() bool   // whether this member holds partitions now
+	started int64         // when this process's source was made, unix ns
+	addr    func() string // where other instances reach this one's API, "" if nowhere
 }
 
 // soleOwnerProtocol names the balancer to the group coordinator. Members
@@ -46,6 +50,9 @@ func (b soleOwner) UserData() ([]byte, error) {
 		d[8] = 1
 	}
 	binary.BigEndian.PutUint64(d[9:], uint64(b.started))
+	if b.addr != nil {
+		d = append(d, b.addr()...) // after what rankOf reads: older members ignore it
+	}
 	return d, nil
 }
 
@@ -109,4 +116,34 @@ func (b soleOwner) AssignGroups(members []kafka.GroupMember, partitions []kafka.
 		slices.Sort(ps)
 	}
 	return out
+}
+
+// GroupOwner returns the API address the member of group that holds its
+// partitions advertised (SourceConfig.Advertise), and its member id; addr
+// is "" when no member holds any, or the one that does advertised none.
+func GroupOwner(ctx context.Context, brokers []string, group string) (addr, member string, err error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return "", "", fmt.Errorf("describe consumer group %s: %w", group, err)
+	}
+	for _, g := range resp.Groups {
+		if g.Error != nil {
+			return "", "", fmt.Errorf("describe consumer group %s: %w", group, g.Error)
+		}
+		for _, m := range g.Members {
+			n := 0
+			for _, t := range m.MemberAssignments.Topics {
+				n += len(t.Partitions)
+			}
+			if n == 0 {
+				continue
+			}
+			if d := m.MemberMetadata.UserData; len(d) > 17 {
+				return string(d[17:]), m.MemberID, nil
+			}
+			return "", m.MemberID, nil
+		}
+	}
+	return "", "", nil
 }

@@ -105,7 +105,11 @@ type SourceConfig struct {
 	Share       bool
 	Owns        func(ctx context.Context, owned map[string][]int)
 	ObserveFrom func(topic string, partition int) int64
-	Now         func() time.Time
+	// Advertise returns where the other members reach this one's API
+	// ("" if nowhere); members tell it to the group (see GroupOwner), so
+	// that a standby passes on the changes it is asked for.
+	Advertise func() string
+	Now       func() time.Time
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -191,7 +195,7 @@ func (s *Source) balancers() []kafka.GroupBalancer {
 	if s.cfg.Share {
 		return []kafka.GroupBalancer{sharedOwners{owned: s.ownedNow}}
 	}
-	return []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started}, kafka.RangeGroupBalancer{}}
+	return []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started, addr: s.cfg.Advertise}, kafka.RangeGroupBalancer{}}
 }
 
 // ownedNow lists the partitions the source decides, by topic.

@@ -105,6 +105,7 @@ func setSecrets(t *testing.T) {
 		"WALLETGUARD_WEBHOOK_SECRET", "WALLETGUARD_ACCOUNT_SERVICE_SECRET"} {
 		t.Setenv(n, "x-"+strings.ToLower(n))
 	}
+	t.Setenv("POD_IP", "10.1.2.3") // the StatefulSet's, from the pod's status
 }
 
 func get(m map[string]any, path ...string) any {
@@ -153,6 +154,13 @@ func TestDeployManifestsMatchTheCode(t *testing.T) {
 			}
 			mounts["config"] = checkArgs(t, "StatefulSet", args)
 			containerPort = ctr["ports"].([]any)[0].(map[string]any)["containerPort"].(int)
+			podIP := false
+			for _, e := range ctr["env"].([]any) {
+				podIP = podIP || e.(map[string]any)["name"] == "POD_IP" && get(e.(map[string]any), "valueFrom", "fieldRef", "fieldPath") == "status.podIP"
+			}
+			if !podIP {
+				t.Error("StatefulSet: no POD_IP from status.podIP, which http.advertise names")
+			}
 			for _, p := range []string{"readinessProbe", "livenessProbe"} {
 				probes[get(ctr, p, "httpGet", "path").(string)] = true
 			}
@@ -171,6 +179,9 @@ func TestDeployManifestsMatchTheCode(t *testing.T) {
 	if cfg.DataDir != mounts["data:mount"] || len(cfg.Rules.Paths) != 1 || cfg.Rules.Paths[0] != mounts["rules:mount"] ||
 		filepath.Dir(cfg.Enforce.TOTP.KeyFile) != mounts["secrets:mount"] {
 		t.Errorf("config paths (data %s, rules %v, TOTP key %s) do not match the mounts %v", cfg.DataDir, cfg.Rules.Paths, cfg.Enforce.TOTP.KeyFile, mounts)
+	}
+	if host, port, _ := net.SplitHostPort(cfg.HTTP.Advertise); host != "10.1.2.3" || port != "8080" {
+		t.Errorf("http.advertise %q: want the pod's IP and the container port", cfg.HTTP.Advertise)
 	}
 	if _, port, _ := net.SplitHostPort(cfg.HTTP.Listen); port != "8080" || containerPort != 8080 {
 		t.Errorf("http.listen %s vs containerPort %d", cfg.HTTP.Listen, containerPort)
