@@ -345,6 +345,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		pc.Changelog = a.clog.noteState
 		pc.Audited = a.clog.noteAudit
 		a.proc.Alerts.SetChangelog(a.clog.noteAlert)
+		a.box.OnChange(a.clog.noteOutbox)
 	}
 	a.proc.Planner = enforce.NewPlanner(pc, a.emet)
 	offsets, err := a.proc.Engine.Restore(a.store)

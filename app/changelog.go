@@ -97,11 +97,13 @@ type changelog struct {
 	// and a delete for those gone. Checkpoint writer only.
 	merchants      map[uint64]uint64
 	merchantsEpoch uint64
-	// outbox are the keys of the outbox records the changelog has as
-	// waiting, for the epoch outboxEpoch. Checkpoint writer only.
-	outbox      map[string]struct{}
-	outboxEpoch uint64
-	auditEpoch  uint64 // the epoch the whole audit trail was written in
+	// outboxEpoch is the epoch the whole outbox was written in; since, the
+	// outbox's changes (outbox.OnChange, from whichever goroutine commits
+	// them) are kept in changes for the next checkpoint. Under outboxMu.
+	outboxMu      sync.Mutex
+	outboxEpoch   uint64
+	outboxChanges []ingest.Message
+	auditEpoch    uint64 // the epoch the whole audit trail was written in
 	// dead are the outbox records given up on since the last checkpoint
 	// published, told by the delivery goroutines (noteDead). Under deadMu.
 	deadMu    sync.Mutex
@@ -310,9 +312,8 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	for i := 0; err == nil && i < len(saved); i++ {
 		err = add(saved[i])
 	}
-	var waiting map[string]struct{}
 	if err == nil {
-		waiting, err = a.publishOutbox(work.epoch, add)
+		err = a.publishOutbox(work.epoch, add)
 	}
 	var dead []ingest.Message
 	if err == nil && c.auditEpoch != work.epoch {
@@ -350,36 +351,48 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		}
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
-	c.merchants, c.outbox, c.auditEpoch, c.deadEpoch = merchants, waiting, work.epoch, work.epoch
+	c.merchants, c.auditEpoch, c.deadEpoch = merchants, work.epoch, work.epoch
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
 }
 
 // publishOutbox adds to a checkpoint's records the outbox's: those put
 // since the last checkpoint published, and an empty value for those gone
-// since (delivered, given up on, or digested). A new epoch has them all.
-// It returns the keys waiting now. A record delivered in the moment
+// since (delivered, given up on, or digested), as the outbox told of them.
+// A new epoch has the whole outbox. A record delivered in the moment
 // between this and the marker goes out again after a restore, as outbox
-// records may: receivers drop repeats by id.
-func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) (map[string]struct{}, error) {
+// records may: receivers drop repeats by id. A publish that fails begins a
+// new epoch, which writes the whole outbox again.
+func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) error {
 	c := a.clog
-	if c.outboxEpoch != epoch {
-		c.outbox, c.outboxEpoch = nil, epoch
-	}
-	waiting := make(map[string]struct{}, len(c.outbox))
-	err := a.box.EachPending(func(k, v []byte) error {
-		waiting[string(k)] = struct{}{}
-		if _, ok := c.outbox[string(k)]; ok {
-			return nil
+	c.outboxMu.Lock()
+	changes := c.outboxChanges
+	c.outboxChanges = nil
+	whole := c.outboxEpoch != epoch
+	c.outboxEpoch = epoch
+	c.outboxMu.Unlock()
+	if !whole {
+		for i := range changes {
+			if err := add(changes[i]); err != nil {
+				return err
+			}
 		}
+		return nil
+	}
+	// The changes told before are in what is read now; those told from
+	// now on are published next time, again if they are read here too.
+	return a.box.EachPending(func(k, v []byte) error {
 		// add keeps the message until it is written: copies, not bbolt's memory.
 		return add(ingest.Message{Key: append([]byte{clogOutbox}, k...), Value: append([]byte(nil), v...)})
 	})
-	for k := range c.outbox {
-		if _, ok := waiting[k]; !ok && err == nil {
-			err = add(ingest.Message{Key: append([]byte{clogOutbox}, k...)})
-		}
-	}
-	return waiting, err
+}
+
+// noteOutbox is the outbox's OnChange: the change goes with the next
+// checkpoint.
+func (c *changelog) noteOutbox(k, v []byte) {
+	m := ingest.Message{Topic: c.topic, Key: append([]byte{clogOutbox}, k...), Value: v}
+	c.outboxMu.Lock()
+	c.outboxChanges = append(c.outboxChanges, m)
+	c.outboxMu.Unlock()
 }
 
 // restoreChangelog loads the state the changelog holds up to its last

@@ -41,10 +41,11 @@ type Item struct {
 
 // Box is the outbox of one bbolt database.
 type Box struct {
-	db     *bolt.DB
-	mu     sync.Mutex
-	wake   map[string]chan struct{}
-	onDead func(key, stored []byte)
+	db       *bolt.DB
+	mu       sync.Mutex
+	wake     map[string]chan struct{}
+	onDead   func(key, stored []byte)
+	onChange func(key, stored []byte)
 }
 
 // Open prepares the outbox buckets in db.
@@ -88,7 +89,37 @@ func (b *Box) Put(tx *bolt.Tx, dest, id string, payload []byte, now time.Time) e
 	if err != nil {
 		return fmt.Errorf("outbox %s: encode %s: %w", dest, id, err)
 	}
-	return bk.Put(key(dest, seq), v)
+	k := key(dest, seq)
+	if err := bk.Put(k, v); err != nil {
+		return err
+	}
+	b.changedOnCommit(tx, k, v)
+	return nil
+}
+
+// OnChange sets fn to be told of every record put (stored is its stored
+// form, as EachPending gives it) and every record gone from the pending
+// ones (stored is nil: delivered, given up on, or drained into a digest),
+// once the change is committed: for a copy of what waits kept elsewhere
+// (the changelog) without reading the whole outbox again. fn must not
+// block; it runs on the committing goroutine.
+func (b *Box) OnChange(fn func(key, stored []byte)) {
+	b.mu.Lock()
+	b.onChange = fn
+	b.mu.Unlock()
+}
+
+func (b *Box) changeHook() func(key, stored []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.onChange
+}
+
+// changedOnCommit tells OnChange's fn of a change made in tx once tx commits.
+func (b *Box) changedOnCommit(tx *bolt.Tx, k, v []byte) {
+	if fn := b.changeHook(); fn != nil {
+		tx.OnCommit(func() { fn(k, v) })
+	}
 }
 
 // EachPending hands fn every record waiting for delivery, destination by
@@ -164,6 +195,7 @@ func (b *Box) Drain(tx *bolt.Tx, dest string) ([]Item, error) {
 		if err := bk.Delete(k); err != nil {
 			return nil, err
 		}
+		b.changedOnCommit(tx, k, nil)
 	}
 	return items, nil
 }
@@ -414,7 +446,11 @@ func (b *Box) remove(k []byte, dead *Item) error {
 				return err
 			}
 		}
-		return tx.Bucket(bucketPending).Delete(k)
+		if err := tx.Bucket(bucketPending).Delete(k); err != nil {
+			return err
+		}
+		b.changedOnCommit(tx, k, nil)
+		return nil
 	})
 	if err == nil && v != nil {
 		b.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -297,5 +298,58 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	}
 	if n, _ := prune(time.Now().Add(time.Hour), 2); n != 1 || len(b.Dead("", 10)) != 0 {
 		t.Errorf("pruned %d, %d left; want the last one", n, len(b.Dead("", 10)))
+	}
+}
+
+// OnChange tells of every record put and every record gone once the change
+// is committed, and of nothing a rolled-back transaction did: replaying
+// what it told gives the records waiting.
+func TestOnChangeTellsWhatCommits(t *testing.T) {
+	db, b := openBox(t, filepath.Join(t.TempDir(), "o.db"))
+	var mu sync.Mutex
+	mirror := map[string]string{}
+	b.OnChange(func(k, v []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if v == nil {
+			delete(mirror, string(k))
+		} else {
+			mirror[string(k)] = string(v)
+		}
+	})
+	put(t, db, b, "hooks", "h1", "h2", "h3")
+	put(t, db, b, "digest", "d1", "d2")
+	rolledBack := errors.New("rolled back")
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := b.Put(tx, "hooks", "never", []byte(`{}`), time.Now()); err != nil {
+			return err
+		}
+		return rolledBack
+	}); !errors.Is(err, rolledBack) {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := b.Drain(tx, "digest"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.Deliver(ctx, "hooks", func(_ context.Context, it *Item) error {
+		if it.ID == "h2" {
+			return &PermanentError{Err: errors.New("400")}
+		}
+		return nil
+	}, Policy{})
+	put(t, db, b, "cmds", "c1")
+	for n, _ := b.Pending("hooks"); n > 0; n, _ = b.Pending("hooks") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := map[string]string{}
+	if err := b.EachPending(func(k, v []byte) error { want[string(k)] = string(v); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(want) != 1 || !maps.Equal(mirror, want) {
+		t.Errorf("what OnChange told leaves %d records, the outbox holds %d: %v", len(mirror), len(want), mirror)
 	}
 }
