@@ -143,7 +143,10 @@ func (a *App) deliverCommands(ctx context.Context) {
 	if svc := a.cfg.Enforce.AccountService; svc.URL != "" {
 		p := &outbox.Poster{URL: svc.URL, Secret: svc.Secret, Client: &http.Client{Timeout: 10 * time.Second}}
 		go a.box.Deliver(ctx, destAccountService, p.Send,
-			outbox.Policy{MinBackoff: time.Second, MaxBackoff: 5 * time.Minute, Observe: a.observeDelivery(destAccountService)})
+			// A freeze waits on the account service: once it is back, the
+			// next attempt comes within half a minute (or when its
+			// Retry-After says).
+			outbox.Policy{MinBackoff: time.Second, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destAccountService)})
 	}
 }
 

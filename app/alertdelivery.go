@@ -220,8 +220,10 @@ func (a *App) deliverAlerts(ctx context.Context) {
 		if w.Format == "json" || w.Secret != "" {
 			p.Secret = w.Secret
 		}
+		// Support hears of a theft at most a minute after its receiver is
+		// back, however long it was down.
 		go a.box.Deliver(ctx, alertDest(w.Name), p.Send, outbox.Policy{
-			MinBackoff: a.deliveryBackoff, MaxBackoff: 5 * time.Minute, GiveUpAfter: w.GiveUpAfter.D(),
+			MinBackoff: a.deliveryBackoff, MaxBackoff: time.Minute, GiveUpAfter: w.GiveUpAfter.D(),
 			Observe: a.observeDelivery(alertDest(w.Name)),
 		})
 	}
