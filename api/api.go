@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/http/pprof"
@@ -276,11 +277,21 @@ const (
 	ForwardedToHeader = "Walletguard-Forwarded-To"
 )
 
+// forwarding is how a standby reaches the owner: an owner that does not
+// answer fails the request in seconds, not when the caller gives up.
+var forwarding = &http.Transport{
+	DialContext:           (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+	ResponseHeaderTimeout: 15 * time.Second,
+	MaxIdleConnsPerHost:   16,
+	IdleConnTimeout:       time.Minute,
+}
+
 // forward passes a change on to the owner at addr and its answer back. The
 // caller's credentials go with it: the owner checks them again.
 func forward(w http.ResponseWriter, r *http.Request, addr, why string) {
 	w.Header().Del("Walletguard-Standby") // the answer is the owner's
 	p := &httputil.ReverseProxy{
+		Transport: forwarding,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&url.URL{Scheme: "http", Host: addr})
 			pr.Out.Header.Set(forwardedHeader, "1")

@@ -199,3 +199,38 @@ func committedOffsets(t *testing.T, broker string) int64 {
 	}
 	return n
 }
+
+// A standby whose owner does not answer at the address it advertised
+// refuses the change with 503 and says why, within seconds; nothing is
+// changed anywhere.
+func TestStandbyRefusesWhatItCannotPassOn(t *testing.T) {
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	cfgA, cfgB := testConfig(t, t.TempDir()), testConfig(t, t.TempDir())
+	cfgA.Kafka.Brokers, cfgB.Kafka.Brokers = []string{broker.Addr()}, []string{broker.Addr()}
+	cfgA.HTTP.Advertise = freePort(t) // nothing listens there
+	a := start(t, cfgA)
+	appB, err := New(cfgB, slog.New(slog.DiscardHandler), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := launch(t, appB)
+	waitFor(t, 30*time.Second, "the second to stand by", func() bool {
+		code, body := readyz(b.app.HTTPAddr())
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "standing by")
+	})
+	began := time.Now()
+	code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/acc-1/freeze", "admin-token", `{"reason":"reported stolen"}`)
+	if msg := fmt.Sprint(body["error"]); code != http.StatusServiceUnavailable || !strings.Contains(msg, "standing by") || !strings.Contains(msg, "did not answer") {
+		t.Errorf("freeze through a standby whose owner does not answer: %d %v, want 503 saying so", code, body)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("the refusal took %s", took)
+	}
+	if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/acc-1", "viewer-token", ""); body["frozen"] == true {
+		t.Error("the owner froze the account all the same")
+	}
+}
