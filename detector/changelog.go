@@ -16,7 +16,8 @@ const RowMerchant = 7
 
 // EachRow hands every row the checkpoint captured to fn, in the order a
 // restore must apply them: rows changed since the previous checkpoint
-// (v nil for a row that is gone), the timers armed and ended, and every
+// (v nil for a row that is gone, but not for one dropped with its
+// partition: DropPartition), the timers armed and ended, and every
 // merchant. It is what a checkpoint adds to the state, for a changelog
 // outside this process. The capture must be complete; v is valid only
 // during the call.
@@ -35,6 +36,11 @@ func (c *Capture) EachRow(fn func(kind byte, key uint64, v []byte) error) error 
 			}
 		}
 		for _, k := range s.gone {
+			// A row handed over with its partition is the new owner's to
+			// write; deleting it here could delete the new owner's copy.
+			if _, forgot := slices.BinarySearch(s.forgot, k); forgot {
+				continue
+			}
 			if err := fn(s.kind, k, nil); err != nil {
 				return err
 			}

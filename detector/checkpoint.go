@@ -177,18 +177,19 @@ func (e *Engine) PrepareCheckpoint(s *Store, offsets Offsets) (func(*bolt.Tx) er
 // the caller copies the rest a slice at a time. The pipeline thus stops
 // only to mark what changed, not to copy it all.
 type Capture struct {
-	e         *Engine
-	meta      [4 * 8]byte
-	srcs      []byte
-	offsets   []byte
-	tables    []rowSet
-	merchants []kv
-	timerPut  []*timer
-	timerGone []uint64
-	timerSet  *rowSet  // timerPut encoded, by the first write
-	sets      []rowSet // every set in order, by the first write (rowSets)
-	complete  bool
-	base      bool // the whole state, after Take: it replaces the store's rows
+	e           *Engine
+	meta        [4 * 8]byte
+	srcs        []byte
+	offsets     []byte
+	tables      []rowSet
+	merchants   []kv
+	timerPut    []*timer
+	timerGone   []uint64
+	timerForgot []uint64
+	timerSet    *rowSet  // timerPut encoded, by the first write
+	sets        []rowSet // every set in order, by the first write (rowSets)
+	complete    bool
+	base        bool // the whole state, after Take: it replaces the store's rows
 }
 
 // BeginCheckpoint starts capturing a checkpoint with the offsets given: the
@@ -214,7 +215,7 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, src)
 		c.srcs = binary.LittleEndian.AppendUint32(c.srcs, ts)
 	}
-	c.timerPut, c.timerGone = e.captureTimers()
+	c.timerPut, c.timerGone, c.timerForgot = e.captureTimers()
 	// Merchants and app versions are few: copied whole, now.
 	c.merchants = make([]kv, 0, len(e.merchants))
 	for k, mr := range e.merchants {
@@ -397,7 +398,7 @@ func (r *rowBuf) set(kind byte, gone []uint64) rowSet {
 // captureTimers lists the timers armed since the last checkpoint that are
 // still pending, and those that fired or were cancelled. Encoding them is
 // left to the write: a timer does not change once armed.
-func (e *Engine) captureTimers() (put []*timer, gone []uint64) {
+func (e *Engine) captureTimers() (put []*timer, gone, forgot []uint64) {
 	for _, t := range e.timersNew { // armed in seq order
 		if t.cancelled || t.done {
 			continue
@@ -405,9 +406,9 @@ func (e *Engine) captureTimers() (put []*timer, gone []uint64) {
 		put = append(put, t)
 		t.saved = true
 	}
-	gone = slices.Clone(e.timersGone)
-	e.timersNew, e.timersGone = e.timersNew[:0], e.timersGone[:0]
-	return put, gone
+	gone, forgot = slices.Clone(e.timersGone), slices.Clone(e.timersForgot)
+	e.timersNew, e.timersGone, e.timersForgot = e.timersNew[:0], e.timersGone[:0], e.timersForgot[:0]
+	return put, gone, forgot
 }
 
 // rowSets puts the captured rows in order, once, for the write and for
@@ -429,7 +430,8 @@ func (c *Capture) rowSets() ([]rowSet, error) {
 // timerRows encodes the captured timers, once.
 func (c *Capture) timerRows() (rowSet, error) {
 	if c.timerSet == nil {
-		s := rowSet{kind: rowTimer, rows: make([]kv, 0, len(c.timerPut)), gone: c.timerGone}
+		s := rowSet{kind: rowTimer, rows: make([]kv, 0, len(c.timerPut)), gone: c.timerGone, forgot: c.timerForgot}
+		slices.Sort(s.forgot)
 		for _, t := range c.timerPut {
 			v, err := encodeTimer(t)
 			if err != nil {

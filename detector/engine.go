@@ -101,23 +101,24 @@ type Engine struct {
 	timers map[uint32]*timerHeap
 	// Checkpoints write only what changed: the tables track their rows;
 	// timers armed and gone (fired or cancelled) are listed here.
-	capture    *Capture // the checkpoint being captured, nil if none
-	timersNew  []*timer
-	timersGone []uint64
-	srcMax     map[uint32]uint32 // newest event time per source
-	byAccount  map[uint64][]*timer
-	timerSeq   uint64
-	maxTS      uint32
-	lastSweep  uint32
-	syms       *symbols // error codes, statuses, currencies, merchants, app versions held in payment chains and merchants
-	env        *rules.Env
-	eval       rules.Evaluator
-	evalErrs   uint64
-	evicted    [5]uint64 // rows dropped over capacity, by evictionKinds
-	timerBits  []uint64  // see markTimers
-	sweepTick  uint32
-	ahead      stateKeys // of the event announced last, see Prefetch
-	rebase     bool      // set by Take: the next checkpoint is the whole state
+	capture      *Capture // the checkpoint being captured, nil if none
+	timersNew    []*timer
+	timersGone   []uint64
+	timersForgot []uint64          // of timersGone, those handed over with their partition
+	srcMax       map[uint32]uint32 // newest event time per source
+	byAccount    map[uint64][]*timer
+	timerSeq     uint64
+	maxTS        uint32
+	lastSweep    uint32
+	syms         *symbols // error codes, statuses, currencies, merchants, app versions held in payment chains and merchants
+	env          *rules.Env
+	eval         rules.Evaluator
+	evalErrs     uint64
+	evicted      [5]uint64 // rows dropped over capacity, by evictionKinds
+	timerBits    []uint64  // see markTimers
+	sweepTick    uint32
+	ahead        stateKeys // of the event announced last, see Prefetch
+	rebase       bool      // set by Take: the next checkpoint is the whole state
 }
 
 // New makes an engine with a rule set.
@@ -165,7 +166,7 @@ func (e *Engine) Take(n *Engine) error {
 	}
 	e.accounts, e.devices, e.ips, e.payees, e.chains = n.accounts, n.devices, n.ips, n.payees, n.chains
 	e.merchants, e.timers, e.srcMax, e.byAccount, e.syms = n.merchants, n.timers, n.srcMax, n.byAccount, n.syms
-	e.timersNew, e.timersGone, e.timerBits = n.timersNew, n.timersGone, n.timerBits
+	e.timersNew, e.timersGone, e.timersForgot, e.timerBits = n.timersNew, n.timersGone, n.timersForgot, n.timerBits
 	e.timerSeq, e.maxTS, e.lastSweep, e.sweepTick = n.timerSeq, n.maxTS, n.lastSweep, n.sweepTick
 	e.ahead = stateKeys{}
 	e.rebase = true
@@ -728,13 +729,16 @@ func (e *Engine) rebuildTimerBits() {
 // dropTimers removes the pending timers of an account whose state was
 // dropped at capacity: they would hold memory (each keeps its event) for an
 // account the engine no longer knows.
-func (e *Engine) dropTimers(akey uint64) {
+func (e *Engine) dropTimers(akey uint64) { e.endTimers(akey, e.timerGone) }
+
+// endTimers cancels the account's pending timers, each recorded by gone.
+func (e *Engine) endTimers(akey uint64, gone func(*timer)) {
 	for _, t := range e.byAccount[akey] {
 		if h := e.timers[t.src]; h != nil && t.index >= 0 && t.index < len(*h) && (*h)[t.index] == t {
 			heap.Remove(h, t.index)
 		}
 		t.cancelled = true
-		e.timerGone(t)
+		gone(t)
 	}
 	delete(e.byAccount, akey)
 }

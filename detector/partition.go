@@ -74,6 +74,17 @@ func (e *Engine) Observe(ev *event.Event) {
 	}
 }
 
+// forgetTimers is dropTimers for an account handed over with its partition.
+func (e *Engine) forgetTimers(akey uint64) { e.endTimers(akey, e.timerForgot) }
+
+// timerForgot is timerGone for a timer handed over with its partition.
+func (e *Engine) timerForgot(t *timer) {
+	if t.saved {
+		e.timersForgot = append(e.timersForgot, t.seq)
+	}
+	e.timerGone(t)
+}
+
 // ProcessObserved is ProcessFrom for an event this engine observed before
 // it owned the partition — an event its previous owner decided after its
 // last checkpoint, decided again by the new one: the account's state takes
@@ -90,8 +101,9 @@ func (e *Engine) ProcessObserved(src uint32, ev *event.Event, out []Decision) (_
 
 // DropPartition removes the state of partition src — its accounts, their
 // payment chains and timers — when another instance takes the partition
-// over. The next checkpoint deletes them from the store. Entity state
-// stays: it counts every partition's events.
+// over. The next checkpoint deletes them from the store, but does not hand
+// their deletion to a changelog (Capture.EachRow): there they are the new
+// owner's. Entity state stays: it counts every partition's events.
 func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 	if e.capture != nil {
 		return PartitionState{}, errors.New("drop partition: a checkpoint is being captured")
@@ -106,9 +118,9 @@ func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 	})
 	for _, k := range keys {
 		st.Timers += len(e.byAccount[k])
-		e.dropTimers(k)
+		e.forgetTimers(k)
 		if i, ok := e.accounts.idx.get(k); ok {
-			e.accounts.remove(i, k)
+			e.accounts.forget(i, k)
 		}
 	}
 	st.Accounts = len(keys)
@@ -120,7 +132,7 @@ func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 	})
 	for _, k := range keys {
 		if i, ok := e.chains.idx.get(k); ok {
-			e.chains.remove(i, k)
+			e.chains.forget(i, k)
 		}
 	}
 	st.Payments = len(keys)
@@ -130,7 +142,7 @@ func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 			if !t.cancelled && !t.done {
 				st.Timers++
 				t.cancelled = true
-				e.timerGone(t)
+				e.timerForgot(t)
 				e.dropFromAccount(t)
 			}
 		}

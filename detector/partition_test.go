@@ -2,6 +2,7 @@ package detector
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -180,8 +181,9 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 
 // TestDroppedPartitionLeavesTheStore: an engine that hands a partition
 // over forgets its accounts, payment chains and timers, in memory and, from
-// its next checkpoint, in its store; the other partitions' state and the
-// entities stay as they were.
+// its next checkpoint, in its store — but hands a changelog no delete for
+// them, which would delete the new owner's rows; the other partitions'
+// state and the entities stay as they were.
 func TestDroppedPartitionLeavesTheStore(t *testing.T) {
 	evs := genEvents(t, 400, 11, 1)
 	e := newEngine(t, 5*time.Minute)
@@ -216,11 +218,30 @@ func TestDroppedPartitionLeavesTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dropped.Accounts != len(accounts[1]) || dropped.Timers != pending {
+	if dropped.Accounts != len(accounts[1]) || dropped.Timers != pending || pending == 0 {
 		t.Fatalf("dropped %+v, want the partition's %d accounts and %d timers", dropped, len(accounts[1]), pending)
 	}
-	if _, err := e.Checkpoint(st, Offsets{}); err != nil {
+	// One checkpoint: to the store, which forgets them, and to a
+	// changelog, which must not delete what is the new owner's now.
+	c, err := e.BeginCheckpoint(Offsets{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	c.CopySome(math.MaxInt)
+	if err := st.DB().Update(c.Write(st)); err != nil {
+		t.Fatal(err)
+	}
+	deletes := 0
+	if err := c.EachRow(func(_ byte, _ uint64, v []byte) error {
+		if v == nil {
+			deletes++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if deletes != 0 {
+		t.Errorf("the changelog gets %d deletes for the rows handed over", deletes)
 	}
 	r := newEngine(t, 5*time.Minute)
 	if _, err := r.Restore(st); err != nil {

@@ -158,6 +158,7 @@ type rowSet struct {
 	rows   []kv
 	blocks [][]kv // rows as captured, until flatten
 	gone   []uint64
+	forgot []uint64 // of gone, the keys another owner has now: not for a changelog
 }
 
 // flatten puts the captured blocks of rows into one list, sorted, and
@@ -189,6 +190,7 @@ func (s *rowSet) flatten() {
 		}
 	}
 	s.gone = gone
+	slices.Sort(s.forgot)
 }
 
 // write writes a checkpoint's rows to a new file (none if there are none)

@@ -20,6 +20,9 @@ type table[T any] struct {
 	flags   []uint8  // per slot: rowDirty, rowSaved, rowPending
 	changed []uint32 // rows dirtied since the last checkpoint
 	deleted []uint64 // keys removed since the last checkpoint
+	// forgotten are the keys of deleted that went to another owner (a
+	// partition handed over): the store deletes them, a changelog must not.
+	forgotten []uint64
 
 	snap *snapshot[T] // the checkpoint being captured, nil if none
 
@@ -41,6 +44,7 @@ type snapshot[T any] struct {
 	rows    rowBuf
 	size    int // of an encoded row, usually
 	gone    []uint64
+	forgot  []uint64 // of gone, those forgotten
 	pending []uint32
 	next    int
 }
@@ -172,7 +176,8 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 		}
 	}
 	sn.gone = t.deleted // less those back since: rowSet.flatten
-	t.changed, t.deleted = nil, nil
+	sn.forgot = t.forgotten
+	t.changed, t.deleted, t.forgotten = nil, nil, nil
 	t.snap = sn
 }
 
@@ -205,7 +210,9 @@ func (t *table[T]) endSnapshot(kind byte) rowSet {
 	if t.changed == nil {
 		t.changed = sn.pending[:0] // reuse the list's memory
 	}
-	return sn.rows.set(kind, sn.gone)
+	set := sn.rows.set(kind, sn.gone)
+	set.forgot = sn.forgot
+	return set
 }
 
 // sweepSome checks the next n row slots (a clock hand over the table) and
@@ -285,6 +292,15 @@ func (t *table[T]) remove(i uint32, key uint64) {
 		t.deleted = append(t.deleted, key)
 	}
 	t.release(i, key)
+}
+
+// forget is remove for a row another owner has now: the store deletes it
+// with the next checkpoint, the changelog keeps it (see Capture.EachRow).
+func (t *table[T]) forget(i uint32, key uint64) {
+	if t.flags[i]&rowSaved != 0 {
+		t.forgotten = append(t.forgotten, key)
+	}
+	t.remove(i, key)
 }
 
 // release frees slot i, which holds key's row.
