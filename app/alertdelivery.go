@@ -329,9 +329,7 @@ func (a *App) pruneDead(now time.Time) {
 		return
 	}
 	if a.clog != nil {
-		a.clog.deadMu.Lock()
-		a.clog.dead = append(a.clog.dead, gone...)
-		a.clog.deadMu.Unlock()
+		a.clog.dead.add(gone...)
 	}
 	a.amet.deadPruned.Add(float64(n))
 }

@@ -99,16 +99,44 @@ type changelog struct {
 	merchantsEpoch uint64
 	// outboxEpoch is the epoch the whole outbox was written in; since, the
 	// outbox's changes (outbox.OnChange, from whichever goroutine commits
-	// them) are kept in changes for the next checkpoint. Under outboxMu.
-	outboxMu      sync.Mutex
-	outboxEpoch   uint64
-	outboxChanges []ingest.Message
-	auditEpoch    uint64 // the epoch the whole audit trail was written in
-	// dead are the outbox records given up on since the last checkpoint
-	// published, told by the delivery goroutines (noteDead). Under deadMu.
-	deadMu    sync.Mutex
-	dead      []ingest.Message
+	// them) wait in outbox for the next checkpoint. Checkpoint writer only.
+	outboxEpoch uint64
+	outbox      toldRecords
+	auditEpoch  uint64 // the epoch the whole audit trail was written in
+	// dead are the records given up on (noteDead) and the deletes of those
+	// past their retention (pruneDead) since the last checkpoint published.
+	dead      toldRecords
 	deadEpoch uint64 // the epoch the whole dead-letter list was written in
+}
+
+// toldRecords are changelog records told of by goroutines other than the
+// pipeline and the checkpoint writer — the outbox's hooks — kept for the
+// next checkpoint.
+type toldRecords struct {
+	mu   sync.Mutex
+	list []ingest.Message
+}
+
+func (q *toldRecords) add(m ...ingest.Message) {
+	q.mu.Lock()
+	q.list = append(q.list, m...)
+	q.mu.Unlock()
+}
+
+func (q *toldRecords) take() []ingest.Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := q.list
+	q.list = nil
+	return l
+}
+
+// putBack returns records taken that could not be published, ahead of
+// those told of since.
+func (q *toldRecords) putBack(l []ingest.Message) {
+	q.mu.Lock()
+	q.list = append(l, q.list...)
+	q.mu.Unlock()
 }
 
 // next numbers the checkpoint being captured; on a new epoch it first
@@ -146,20 +174,7 @@ func (c *changelog) noteAudit(v []byte) {
 
 // noteDead is the outbox's OnDead: a record given up on goes with the next
 // checkpoint.
-func (c *changelog) noteDead(v []byte) {
-	m := deadRecord(c.topic, v, false)
-	c.deadMu.Lock()
-	c.dead = append(c.dead, m)
-	c.deadMu.Unlock()
-}
-
-func (c *changelog) takeDead() []ingest.Message {
-	c.deadMu.Lock()
-	defer c.deadMu.Unlock()
-	d := c.dead
-	c.dead = nil
-	return d
-}
+func (c *changelog) noteDead(v []byte) { c.dead.add(deadRecord(c.topic, v, false)) }
 
 // deadRecord is a dead letter's changelog record; gone makes it the record
 // that deletes it.
@@ -328,7 +343,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		// a new epoch, which writes them all.
 		// A new epoch writes the whole list too; the deletes of letters
 		// past their retention go either way.
-		dead = c.takeDead()
+		dead = c.dead.take()
 		if c.deadEpoch != work.epoch {
 			err = a.box.EachDead(func(_, v []byte) error { return add(deadRecord(c.topic, v, false)) })
 		}
@@ -344,11 +359,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		err = a.producer.Write(ctx, "changelog", []ingest.Message{{Topic: c.topic, Key: []byte(clogMarker), Value: work.captured.Meta(), Headers: hdr}})
 	}
 	if err != nil {
-		if len(dead) > 0 {
-			c.deadMu.Lock()
-			c.dead = append(dead, c.dead...) // for the next attempt
-			c.deadMu.Unlock()
-		}
+		c.dead.putBack(dead) // the deletes of pruned letters too, for the next attempt
 		return fmt.Errorf("changelog %s: %w", c.topic, err)
 	}
 	c.merchants, c.auditEpoch, c.deadEpoch = merchants, work.epoch, work.epoch
@@ -364,12 +375,9 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 // new epoch, which writes the whole outbox again.
 func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) error {
 	c := a.clog
-	c.outboxMu.Lock()
-	changes := c.outboxChanges
-	c.outboxChanges = nil
+	changes := c.outbox.take()
 	whole := c.outboxEpoch != epoch
 	c.outboxEpoch = epoch
-	c.outboxMu.Unlock()
 	if !whole {
 		for i := range changes {
 			if err := add(changes[i]); err != nil {
@@ -389,10 +397,7 @@ func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) error 
 // noteOutbox is the outbox's OnChange: the change goes with the next
 // checkpoint.
 func (c *changelog) noteOutbox(k, v []byte) {
-	m := ingest.Message{Topic: c.topic, Key: append([]byte{clogOutbox}, k...), Value: v}
-	c.outboxMu.Lock()
-	c.outboxChanges = append(c.outboxChanges, m)
-	c.outboxMu.Unlock()
+	c.outbox.add(ingest.Message{Topic: c.topic, Key: append([]byte{clogOutbox}, k...), Value: v})
 }
 
 // restoreChangelog loads the state the changelog holds up to its last
