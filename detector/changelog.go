@@ -99,6 +99,29 @@ func MetaOffsets(meta []byte) (Offsets, error) {
 // next checkpoint writes the whole state to the local store (replacing
 // what it held, once a live engine Takes it).
 func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, key uint64, v []byte) error) error) (Offsets, error) {
+	r, err := e.BeginRestore(meta)
+	if err != nil {
+		return nil, err
+	}
+	if err := read(r.Apply); err != nil {
+		return nil, fmt.Errorf("restore changelog: %w", err)
+	}
+	return r.Finish(), nil
+}
+
+// Restoring is RestoreChangelog taken apart, for a reader that feeds
+// several engines from one pass over a changelog: BeginRestore, Apply for
+// every row in order, Finish.
+type Restoring struct {
+	e       *Engine
+	timers  map[uint64]*timer
+	rows    func(kind byte, key uint64, v []byte) error
+	offsets Offsets
+}
+
+// BeginRestore starts loading a changelog's rows into an empty engine, at
+// the marker's meta (Capture.Meta).
+func (e *Engine) BeginRestore(meta []byte) (*Restoring, error) {
 	m, srcs, off, err := splitMeta(meta)
 	if err != nil {
 		return nil, fmt.Errorf("restore changelog: %w", err)
@@ -108,28 +131,32 @@ func (e *Engine) RestoreChangelog(meta []byte, read func(apply func(kind byte, k
 		return nil, fmt.Errorf("restore changelog: %w", err)
 	}
 	timers := map[uint64]*timer{}
-	rows := e.rowApplier(timers)
-	err = read(func(kind byte, key uint64, v []byte) error {
-		if kind != RowMerchant {
-			return rows(kind, key, v)
-		}
-		if v == nil {
-			delete(e.merchants, key)
-			return nil
-		}
-		m, err := decodeMerchant(v, e.syms)
-		if err != nil {
-			return fmt.Errorf("merchants: %w", err)
-		}
-		e.merchants[key] = m
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("restore changelog: %w", err)
+	return &Restoring{e: e, timers: timers, rows: e.rowApplier(timers), offsets: offsets}, nil
+}
+
+// Apply takes in one row; v nil deletes it.
+func (r *Restoring) Apply(kind byte, key uint64, v []byte) error {
+	if kind != RowMerchant {
+		return r.rows(kind, key, v)
 	}
-	e.installAllChanged(timers)
-	e.updateGauges()
-	return offsets, nil
+	if v == nil {
+		delete(r.e.merchants, key)
+		return nil
+	}
+	m, err := decodeMerchant(v, r.e.syms)
+	if err != nil {
+		return fmt.Errorf("merchants: %w", err)
+	}
+	r.e.merchants[key] = m
+	return nil
+}
+
+// Finish queues the timers read and marks every row changed; it returns
+// the offsets the state was taken at.
+func (r *Restoring) Finish() Offsets {
+	r.e.installAllChanged(r.timers)
+	r.e.updateGauges()
+	return r.offsets
 }
 
 // MarkAllChanged makes the whole state part of the next checkpoint, every

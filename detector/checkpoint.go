@@ -723,6 +723,16 @@ func (r *rbuf) str() string {
 	return s
 }
 
+// skip passes over a string without copying it.
+func (r *rbuf) skip() {
+	n := r.u64()
+	if r.err != nil || uint64(len(r.b)) < n {
+		r.err = errors.New("truncated state row")
+		return
+	}
+	r.b = r.b[n:]
+}
+
 func (r *rbuf) f64() float64 {
 	if r.err != nil || len(r.b) < 8 {
 		r.err = errors.New("truncated state row")
@@ -841,6 +851,19 @@ func encodeTimer(t *timer) ([]byte, error) {
 	w.str(string(ev))
 	w.u64(uint64(t.src))
 	return w, nil
+}
+
+// decodeTimerHead reads only the source an encoded timer (encodeTimer)
+// belongs to.
+func decodeTimerHead(b []byte) (src uint32, err error) {
+	r := rbuf{b: b}
+	r.u64()  // due
+	r.skip() // rule
+	r.u64()  // account
+	r.skip() // payment
+	r.skip() // event
+	src = uint32(r.u64())
+	return src, r.err
 }
 
 func decodeTimer(b []byte) (*timer, error) {

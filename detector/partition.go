@@ -1,8 +1,12 @@
 package detector
 
 import (
+	"cmp"
 	"container/heap"
+	"encoding/binary"
 	"errors"
+	"slices"
+	"unsafe"
 
 	"github.com/walletguard/walletguard/event"
 )
@@ -17,17 +21,90 @@ import (
 // state moves from one engine to another (DropPartition, AdoptPartition)
 // when its owner changes.
 
-// partTag is the source partition an account row or a payment chain was
-// last written from, plus one: 0 is a row from before partitions were
-// recorded (or from a partition number past the tag's range), which no
-// partition claims until its account's next event.
+// partTag is the partition number of the source an account row or a
+// payment chain was last written from, plus one: 0 is a row from before
+// partitions were recorded (or from partition 65535, past the tag's range),
+// which no partition claims until its account's next event. A source's
+// number holds its topic in its upper half (app.SourceID); the tag keeps
+// only the partition, because an account's events share their partition
+// number on every topic keyed by account with as many partitions — the
+// topics members share are split alike (ingest's sharedOwners).
 type partTag uint16
 
 func tagOf(src uint32) partTag {
-	if src >= 1<<16-1 {
+	p := src & 0xffff
+	if p == 0xffff {
 		return 0
 	}
-	return partTag(src + 1)
+	return partTag(p + 1)
+}
+
+// RowPartition is the partition number of the source a changelog row of an
+// account, a payment chain or a timer (Capture.EachRow) was written from;
+// ok is false for a row of what spans partitions (a device, an IP, a payee,
+// a merchant), a delete (v empty), and a row from before partitions were
+// recorded.
+func RowPartition(kind byte, v []byte) (partition int, ok bool) {
+	var tag partTag
+	switch kind {
+	case rowAccount:
+		off := unsafe.Offsetof(account{}.part)
+		if len(v) != rawSize[account]() {
+			return 0, false
+		}
+		tag = partTag(binary.NativeEndian.Uint16(v[off:]))
+	case rowChain:
+		tag = chainTag(v)
+	case rowTimer:
+		t, err := decodeTimerHead(v)
+		if err != nil {
+			return 0, false
+		}
+		tag = tagOf(t)
+	}
+	if tag == 0 {
+		return 0, false
+	}
+	return int(tag) - 1, true
+}
+
+// chainTag reads the partition tag that ends an encoded chain (appendChain)
+// without its symbols.
+func chainTag(b []byte) partTag {
+	r := rbuf{b: b}
+	for range 7 { // account, first, last, firstFail, attempts, failures, succeeded
+		r.u64()
+	}
+	r.skip()
+	r.skip()
+	for range len(chain{}.errs) {
+		r.skip()
+		r.u64()
+	}
+	r.skip()
+	r.u64()
+	r.skip()
+	r.skip()
+	r.skip()
+	if r.err != nil || len(r.b) == 0 {
+		return 0
+	}
+	t := partTag(r.u64())
+	if r.err != nil {
+		return 0
+	}
+	return t
+}
+
+// AccountPartition is the partition number of the source the account's
+// last event came from; ok is false for an account the engine holds no
+// row of, or one from before partitions were recorded.
+func (e *Engine) AccountPartition(accountID string) (partition int, ok bool) {
+	a := e.accounts.get(key64(accountID))
+	if a == nil || a.part == 0 {
+		return 0, false
+	}
+	return int(a.part) - 1, true
 }
 
 // PartitionState counts what a partition's state held when it was dropped
@@ -185,7 +262,9 @@ func (e *Engine) AdoptPartition(n *Engine, src uint32) (PartitionState, error) {
 		}
 	})
 	if h := n.timers[src]; h != nil {
-		for _, t := range *h {
+		// Renumbered in the order they were armed: a timer due in the same
+		// second as another fires after it, as it would have at the owner.
+		for _, t := range slices.SortedFunc(slices.Values(*h), func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) }) {
 			if t.cancelled || t.done {
 				continue
 			}

@@ -45,9 +45,12 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 		}
 		evs = append(evs, it.Event)
 	}
+	// Sources number their topic in the upper half, as the daemon's do
+	// (app.SourceID): a partition is the lower half.
+	const topic = 0x5eed << 16
 	src := make([]uint32, len(evs))
 	for i := range evs {
-		src[i] = partitionOf(&evs[i], parts)
+		src[i] = topic | partitionOf(&evs[i], parts)
 	}
 	one := newEngine(t, 5*time.Minute)
 	var want []Decision
@@ -68,7 +71,7 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 	}
 	run := func(adopt, observe bool, lag int) (r result) {
 		a, b := newEngine(t, 5*time.Minute), newEngine(t, 5*time.Minute)
-		ownsA := func(p uint32) bool { return p < parts/2 }
+		ownsA := func(src uint32) bool { return src&0xffff < parts/2 }
 		var log []changelogRow
 		var meta []byte
 		q1, half := len(evs)/4, len(evs)/2
@@ -84,7 +87,8 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 			if i == dies {
 				restored, _ := restoreChangelog(t, meta, log)
 				r.resymboled = !slices.Equal(a.syms.names, restored.syms.names)
-				for p := uint32(parts / 2); p < parts; p++ {
+				rowsOf(t, log, parts/2, parts)
+				for p := uint32(topic | parts/2); p < topic|parts; p++ {
 					if !adopt {
 						continue
 					}
@@ -100,7 +104,7 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 				// engine, whose symbols are numbered otherwise.
 				restored.chains.idx.each(func(k uint64, i uint32) {
 					c := restored.chains.read(i)
-					if !adopt || c.part < tagOf(parts/2) {
+					if !adopt || c.part < tagOf(topic|parts/2) {
 						return
 					}
 					w := appendChain(nil, c, restored.syms)
@@ -135,6 +139,11 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 
 	r := run(true, true, 0)
 	sameDecisions(t, want, r.got)
+	for i := range evs {
+		if p, ok := r.survivor.AccountPartition(evs[i].AccountID); !ok || p != int(src[i]&0xffff) {
+			t.Fatalf("account %s placed in partition %d (%v); its events come from %d", evs[i].AccountID, p, ok, src[i]&0xffff)
+		}
+	}
 	sameState(t, one, r.survivor)
 	moved := r.moved
 	if moved.Accounts == 0 || moved.Payments == 0 || moved.Timers == 0 {
@@ -176,6 +185,30 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 	blind := run(true, false, 0).got
 	if bytes.Equal(encodeAll(t, want), encodeAll(t, blind)) {
 		t.Fatal("engines that did not observe each other's events decided the same: the stream does not depend on counts across partitions")
+	}
+}
+
+// rowsOf checks that RowPartition places every row of an account, a
+// payment chain or a timer in the changelog log in [lo, hi), the partitions
+// its writer decided, and that the log holds some of each kind.
+func rowsOf(t *testing.T, log []changelogRow, lo, hi int) {
+	t.Helper()
+	placed := map[byte]int{}
+	for _, r := range log {
+		p, ok := RowPartition(r.kind, r.v)
+		switch {
+		case r.v == nil || r.kind != rowAccount && r.kind != rowChain && r.kind != rowTimer:
+			if ok {
+				t.Fatalf("a row of kind %d (%d bytes) placed in partition %d: it spans partitions, or is a delete", r.kind, len(r.v), p)
+			}
+		case !ok || p < lo || p >= hi:
+			t.Fatalf("a row of kind %d placed in partition %d (%v): its writer decides [%d, %d)", r.kind, p, ok, lo, hi)
+		default:
+			placed[r.kind]++
+		}
+	}
+	if placed[rowAccount] == 0 || placed[rowChain] == 0 || placed[rowTimer] == 0 {
+		t.Fatalf("rows placed by kind: %v; the log lacks accounts, payment chains or timers", placed)
 	}
 }
 
