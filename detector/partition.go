@@ -176,8 +176,8 @@ func (e *Engine) ProcessObserved(src uint32, ev *event.Event, out []Decision) (_
 	return e.ProcessFrom(src, ev, out)
 }
 
-// DropPartition removes the state of partition src — its accounts, their
-// payment chains and timers — when another instance takes the partition
+// DropPartition removes the state of src's partition, on every topic — its
+// accounts, their payment chains and timers — when another instance takes the partition
 // over. The next checkpoint deletes them from the store, but does not hand
 // their deletion to a changelog (Capture.EachRow): there they are the new
 // owner's. Entity state stays: it counts every partition's events.
@@ -213,8 +213,12 @@ func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 		}
 	}
 	st.Payments = len(keys)
-	// Timers of accounts whose rows went at capacity are in the queue yet.
-	if h := e.timers[src]; h != nil {
+	// Timers of accounts whose rows went at capacity are in the queue yet;
+	// the partition's queues are one per topic.
+	for s, h := range e.timers {
+		if tagOf(s) != tag {
+			continue
+		}
 		for _, t := range *h {
 			if !t.cancelled && !t.done {
 				st.Timers++
@@ -223,15 +227,19 @@ func (e *Engine) DropPartition(src uint32) (PartitionState, error) {
 				e.dropFromAccount(t)
 			}
 		}
-		delete(e.timers, src)
+		delete(e.timers, s)
 	}
-	delete(e.srcMax, src)
+	for s := range e.srcMax {
+		if tagOf(s) == tag {
+			delete(e.srcMax, s)
+		}
+	}
 	e.ahead = stateKeys{}
 	e.updateGauges()
 	return st, nil
 }
 
-// AdoptPartition replaces the state of partition src with n's — an engine
+// AdoptPartition replaces the state of src's partition, on every topic, with n's — an engine
 // restored from the previous owner's checkpoint or changelog: its accounts,
 // their payment chains and pending timers, and the partition's event time.
 // Entity state is not taken: an engine that observed the partition's
@@ -261,25 +269,34 @@ func (e *Engine) AdoptPartition(n *Engine, src uint32) (PartitionState, error) {
 			st.Payments++
 		}
 	})
-	if h := n.timers[src]; h != nil {
-		// Renumbered in the order they were armed: a timer due in the same
-		// second as another fires after it, as it would have at the owner.
-		for _, t := range slices.SortedFunc(slices.Values(*h), func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) }) {
-			if t.cancelled || t.done {
-				continue
+	// Renumbered in the order they were armed: a timer due in the same
+	// second as another fires after it, as it would have at the owner.
+	var pending []*timer
+	for s, h := range n.timers {
+		if tagOf(s) != tag {
+			continue
+		}
+		for _, t := range *h {
+			if !t.cancelled && !t.done {
+				pending = append(pending, t)
 			}
-			// A timer's seq is its key in this engine's checkpoints.
-			e.timerSeq++
-			c := &timer{due: t.due, seq: e.timerSeq, rule: t.rule, account: t.account, paymentID: t.paymentID, src: src, ev: t.ev}
-			heap.Push(e.queue(src), c)
-			e.timersNew = append(e.timersNew, c)
-			e.byAccount[c.account] = append(e.byAccount[c.account], c)
-			e.markTimers(c.account)
-			st.Timers++
 		}
 	}
-	if m, ok := n.srcMax[src]; ok {
-		e.srcMax[src] = m
+	for s, m := range n.srcMax {
+		if tagOf(s) == tag {
+			e.srcMax[s] = m
+		}
+	}
+	slices.SortFunc(pending, func(a, b *timer) int { return cmp.Compare(a.seq, b.seq) })
+	for _, t := range pending {
+		// A timer's seq is its key in this engine's checkpoints.
+		e.timerSeq++
+		c := &timer{due: t.due, seq: e.timerSeq, rule: t.rule, account: t.account, paymentID: t.paymentID, src: t.src, ev: t.ev}
+		heap.Push(e.queue(t.src), c)
+		e.timersNew = append(e.timersNew, c)
+		e.byAccount[c.account] = append(e.byAccount[c.account], c)
+		e.markTimers(c.account)
+		st.Timers++
 	}
 	e.maxTS = max(e.maxTS, n.maxTS)
 	e.updateGauges()
