@@ -117,7 +117,8 @@ type App struct {
 	manualPending []manualAction
 	observer      func(Outputs)
 
-	clog *changelog // nil without kafka.changelog_topic
+	clog  *changelog // nil without kafka.changelog_topic
+	share *sharing   // nil unless kafka.share_partitions
 
 	reloadMu sync.Mutex
 	cleanup  []func()
@@ -352,7 +353,19 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
 	}
-	if a.clog != nil {
+	if cfg.Kafka.SharePartitions {
+		if a.share, err = openSharing(a.store.DB()); err != nil {
+			return nil, err
+		}
+		a.clog.salt = a.share.salt
+		// A partition's state comes from the changelog when this member
+		// gains it (ownsShared), and a new epoch begins: the changelog's
+		// earlier epochs of this member say nothing of which partitions
+		// they hold whole from where.
+		if err := a.openChangelog(true); err != nil {
+			return nil, err
+		}
+	} else if a.clog != nil {
 		if err := a.openChangelog(offsets == nil); err != nil {
 			return nil, err
 		}
@@ -385,7 +398,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		log.Info("restored checkpoint", "accounts", st.Accounts, "timers", st.Timers, "watermark", a.proc.Engine.Watermark())
 	}
 
-	a.source = ingest.NewSource(ingest.SourceConfig{
+	scfg := ingest.SourceConfig{
 		Brokers: a.brokers, Topics: cfg.Kafka.Topics, GroupID: cfg.Kafka.GroupID,
 		SessionTimeout: cfg.Kafka.SessionTimeout.D(), CommitInterval: cfg.Kafka.CommitInterval.D(),
 		StartOffset: func(topic string, partition int, committed int64) int64 {
@@ -403,7 +416,12 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		HandedOver: a.handedOver,
 		Assigning:  a.restoreOnTakeover,
 		Advertise:  a.advertise,
-	}, a.imet, log)
+	}
+	if a.share != nil {
+		scfg.Share, scfg.Follow, scfg.Assigning = true, false, nil
+		scfg.Owns, scfg.StartOffset, scfg.ObserveFrom = a.ownsShared, a.startOffset, a.observeFrom
+	}
+	a.source = ingest.NewSource(scfg, a.imet, log)
 
 	a.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
@@ -536,6 +554,11 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 		// First: a new epoch marks the whole state changed, for the
 		// captures below.
 		w.epoch, w.seq = a.clog.next(a.proc)
+		if a.share != nil {
+			w.parts = a.share.capture(w.seq)
+			w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
+			w.undo = append(w.undo, func() {})
+		}
 	}
 	a.held.Store(int64(a.proc.Engine.Stats().Accounts))
 	undo := func() {
@@ -555,7 +578,11 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 	}
 	if retry != nil {
 		w.engine, w.offsets, w.watermark = retry.engine, retry.offsets, retry.watermark
-		w.captured, w.epoch, w.seq = retry.captured, retry.epoch, retry.seq
+		w.captured, w.epoch, w.seq, w.parts = retry.captured, retry.epoch, retry.seq, retry.parts
+		if a.share != nil {
+			w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
+			w.undo = append(w.undo, func() {})
+		}
 		return w, nil
 	}
 	var err error
@@ -586,6 +613,9 @@ type ckptWork struct {
 	// checkpoint's place in it.
 	captured   *detector.Capture
 	epoch, seq uint64
+	// parts are the partitions a member that shares them decides, each
+	// with the sequence its state is whole from in the epoch.
+	parts map[int]uint64
 }
 
 // While a checkpoint is being copied, the pipeline copies copyRows rows
@@ -856,6 +886,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			caps := a.commitCaps()
 			for t, ps := range offsets {
 				for p, o := range ps {
+					if _, decided := work.parts[p]; a.share != nil && !decided {
+						continue // observed: its owner commits it
+					}
 					if c, ok := caps[t][p]; ok && c < o {
 						o = c
 					}
@@ -926,6 +959,20 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 						checkpoint(false)
 					}
 					continue
+				case ch := <-a.shareChanges():
+					settle()
+					if copying != nil {
+						a.procMu.Lock()
+						copyCheckpoint(math.MaxInt)
+						a.procMu.Unlock()
+					}
+					ckptSlot <- struct{}{}
+					a.procMu.Lock()
+					err := a.applyShareChange(ch, next)
+					a.procMu.Unlock()
+					<-ckptSlot
+					ch.done <- err
+					continue
 				case r := <-a.restores:
 					// Taking over without the state (restoreOnTakeover):
 					// no checkpoint of the state held is written after
@@ -957,6 +1004,11 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		ahead.fill()
 		if rec.Follow {
 			a.follow(&rec)
+		} else if a.share != nil && (rec.Observe || !a.share.decides(rec.Partition)) {
+			// Another member's, or a partition lost whose records were
+			// fetched before the assignment changed: that member decides
+			// them.
+			a.observe(&rec)
 		} else {
 			if a.takeoverDue() {
 				a.takeOver()
@@ -1010,7 +1062,11 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 	}
 	a.imet.CountConsumed(rec.Event.Type)
 	nd, na := len(out.Decisions), len(out.Alerts)
-	if a.proc.HandleFrom(SourceID(rec.Topic, rec.Partition), &rec.Event, out) {
+	handle := a.proc.HandleFrom
+	if rec.Seen {
+		handle = a.proc.HandleObservedFrom // its entities counted it when it was observed
+	}
+	if handle(SourceID(rec.Topic, rec.Partition), &rec.Event, out) {
 		a.imet.Duplicates.Inc()
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,6 +108,18 @@ type changelog struct {
 	// past their retention (pruneDead) since the last checkpoint published.
 	dead      toldRecords
 	deadEpoch uint64 // the epoch the whole dead-letter list was written in
+	// salt is this member's when it shares the partitions (share.go), 0
+	// for a sole owner.
+	salt uint64
+}
+
+// outboxKey is the changelog key of the outbox record under k: a member
+// that shares the partitions keys its records apart from the others'.
+func (c *changelog) outboxKey(k []byte) []byte {
+	if c.salt == 0 {
+		return append([]byte{clogOutbox}, k...)
+	}
+	return append(binary.BigEndian.AppendUint64([]byte{clogSharedOutbox}, c.salt), k...)
 }
 
 // toldRecords are changelog records told of by goroutines other than the
@@ -301,6 +314,9 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 		return nil
 	}
 	row := func(kind byte, key uint64, v []byte) error {
+		if kind == detector.RowTimer {
+			key ^= c.salt // a timer's number is its engine's own
+		}
 		start := len(keys)
 		keys = binary.BigEndian.AppendUint64(append(keys, kind), key)
 		return add(ingest.Message{Key: keys[start:len(keys):len(keys)], Value: v})
@@ -356,7 +372,7 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	}
 	a.amet.changelogRecords.Add(float64(sent))
 	if err == nil {
-		err = a.producer.Write(ctx, "changelog", []ingest.Message{{Topic: c.topic, Key: []byte(clogMarker), Value: work.captured.Meta(), Headers: hdr}})
+		err = a.producer.Write(ctx, "changelog", a.markers(work, hdr))
 	}
 	if err != nil {
 		c.dead.putBack(dead) // the deletes of pruned letters too, for the next attempt
@@ -364,6 +380,23 @@ func (a *App) publishChangelog(ctx context.Context, work *ckptWork, saved []inge
 	}
 	c.merchants, c.auditEpoch, c.deadEpoch = merchants, work.epoch, work.epoch
 	return a.store.DB().Update(func(tx *bolt.Tx) error { return putPosition(tx, keyPublished, work.epoch, work.seq) })
+}
+
+// markers are a checkpoint's last records: the sole owner's marker, or
+// one for each partition a member that shares them decides (share.go).
+func (a *App) markers(work *ckptWork, hdr []ingest.Header) []ingest.Message {
+	meta := work.captured.Meta()
+	if a.share == nil {
+		return []ingest.Message{{Topic: a.clog.topic, Key: []byte(clogMarker), Value: meta, Headers: hdr}}
+	}
+	var out []ingest.Message
+	for _, p := range slices.Sorted(maps.Keys(work.parts)) {
+		h := append(slices.Clip(hdr),
+			ingest.Header{Key: hdrFrom, Value: binary.BigEndian.AppendUint64(nil, work.parts[p])},
+			ingest.Header{Key: hdrMember, Value: binary.BigEndian.AppendUint64(nil, a.clog.salt)})
+		out = append(out, ingest.Message{Topic: a.clog.topic, Key: []byte(clogPartMarker + strconv.Itoa(p)), Value: meta, Headers: h})
+	}
+	return out
 }
 
 // publishOutbox adds to a checkpoint's records the outbox's: those put
@@ -390,14 +423,14 @@ func (a *App) publishOutbox(epoch uint64, add func(ingest.Message) error) error 
 	// now on are published next time, again if they are read here too.
 	return a.box.EachPending(func(k, v []byte) error {
 		// add keeps the message until it is written: copies, not bbolt's memory.
-		return add(ingest.Message{Key: append([]byte{clogOutbox}, k...), Value: append([]byte(nil), v...)})
+		return add(ingest.Message{Key: c.outboxKey(k), Value: append([]byte(nil), v...)})
 	})
 }
 
 // noteOutbox is the outbox's OnChange: the change goes with the next
 // checkpoint.
 func (c *changelog) noteOutbox(k, v []byte) {
-	c.outbox.add(ingest.Message{Topic: c.topic, Key: append([]byte{clogOutbox}, k...), Value: v})
+	c.outbox.add(ingest.Message{Topic: c.topic, Key: c.outboxKey(k), Value: v})
 }
 
 // restoreChangelog loads the state the changelog holds up to its last

@@ -45,6 +45,15 @@ func (p *Processor) HandleFrom(src uint32, ev *event.Event, out *Outputs) (dup b
 	return dup
 }
 
+// HandleObservedFrom is HandleFrom for an event the engine observed
+// before it decided the partition (detector.Engine.ProcessObserved).
+func (p *Processor) HandleObservedFrom(src uint32, ev *event.Event, out *Outputs) (dup bool) {
+	n := len(out.Decisions)
+	out.Decisions, dup = p.Engine.ProcessObserved(src, ev, out.Decisions)
+	p.follow(out, n)
+	return dup
+}
+
 // FollowFrom folds ev, which another instance has decided, into the state
 // as HandleFrom would, with the engine and planner following (see
 // detector.Engine.SetFollowing): the state changes, nothing is counted or

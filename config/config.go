@@ -106,6 +106,13 @@ type Kafka struct {
 	// committed into its own state, so that it decides as the owner would
 	// have when it takes over. It costs the standby what deciding costs.
 	StandbyFollow bool `yaml:"standby_follow"`
+	// SharePartitions makes the instances of the group share the
+	// partitions instead of one owning them all: each decides those the
+	// group assigns it and observes the rest for what spans accounts
+	// (devices, IPs, payees, merchants); a partition's state moves with it
+	// through the changelog (docs/scaling.md). Every instance of a group
+	// must say the same.
+	SharePartitions bool `yaml:"share_partitions"`
 }
 
 // HTTP is the API and metrics listener.
@@ -398,6 +405,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.CommitInterval.D() <= 0 || c.Kafka.ShutdownTimeout.D() <= 0 {
 		bad("kafka.commit_interval and kafka.shutdown_timeout must be positive")
+	}
+	if c.Kafka.SharePartitions && c.Kafka.ChangelogTopic == "" {
+		bad("kafka.share_partitions: needs kafka.changelog_topic, through which a partition's state moves to its next owner")
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen: %q is not host:port", c.HTTP.Listen)

@@ -14,6 +14,10 @@ import (
 // their own bucket there, written whole each time.
 const RowMerchant = 7
 
+// RowTimer is the kind of a pending timer's row, keyed by the engine's own
+// numbering of its timers.
+const RowTimer = rowTimer
+
 // EachRow hands every row the checkpoint captured to fn, in the order a
 // restore must apply them: rows changed since the previous checkpoint
 // (v nil for a row that is gone, but not for one dropped with its

@@ -17,6 +17,7 @@ type Metrics struct {
 	DeadLettered prometheus.Counter
 	Duplicates   prometheus.Counter
 	Followed     prometheus.Counter
+	Observed     prometheus.Counter
 	Lag          *prometheus.GaugeVec
 	FollowLag    *prometheus.GaugeVec
 	Assigned     prometheus.Gauge
@@ -54,6 +55,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Followed: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_events_followed_total",
 			Help: "Events a standby folded into its state after the owner decided them (not counted as consumed).",
+		}),
+		Observed: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_events_observed_total",
+			Help: "Events of partitions another instance decides, folded into the devices, IPs, payees and merchants only (kafka.share_partitions; not counted as consumed).",
 		}),
 		FollowLag: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "walletguard_standby_follow_lag",

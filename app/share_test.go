@@ -1,0 +1,226 @@
+package app
+
+import (
+	"encoding/json"
+	"log/slog"
+	"maps"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/ingest"
+)
+
+// acrossAccounts are the built-in rules that count over many accounts:
+// what they see depends on how an instance interleaves the partitions'
+// events, as it does for one instance reading several.
+var acrossAccounts = map[string]bool{"credential_stuffing_ip": true, "login_from_stuffing_ip": true, "signed_in_before_stuffing_recognised": true,
+	"mule_payee": true, "merchant_failure_spike": true, "app_version_failure_spike": true}
+
+// accountView is what of a decision its account's own history decides:
+// the other rules that fired. "" for a decision of rules across accounts
+// alone.
+func accountView(t *testing.T, v []byte) string {
+	t.Helper()
+	var d struct {
+		DecisionID string `json:"decision_id"`
+		EventID    string `json:"event_id"`
+		Trigger    string `json:"trigger"`
+		Rules      []struct {
+			ID string `json:"id"`
+		} `json:"rules"`
+	}
+	if err := json.Unmarshal(v, &d); err != nil {
+		t.Fatal(err)
+	}
+	view := d.DecisionID + " " + d.EventID + " " + d.Trigger
+	n := 0
+	for _, r := range d.Rules {
+		if !acrossAccounts[r.ID] {
+			view += " | " + r.ID
+			n++
+		}
+	}
+	if d.Trigger != "event" && n == 0 {
+		return ""
+	}
+	return view
+}
+
+// TestMembersSharePartitionsAndTheirState runs walletguards that share the
+// partitions (kafka.share_partitions). The first decides a stream alone; a
+// second joins and takes half the partitions with their state from the
+// changelog — an account frozen on the first is frozen on the second — and
+// the two decide the next events between them; the second leaves and the
+// first takes its partitions back, with what the second changed (an
+// account unfrozen there is unfrozen). Every
+// event is decided exactly once, and the decisions equal those of one
+// walletguard deciding the same partitions alone, in what the accounts' own
+// history decides (accountView).
+func TestMembersSharePartitionsAndTheirState(t *testing.T) {
+	msgs, evs := simMessages(t, 400, 17, 9000)
+	cut := []int{0, 4000, 7000, len(msgs)}
+	phase := func(i int) []kafka.Message { return msgs[cut[i]:cut[i+1]] }
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+
+	run := func(share bool) (decisions map[string]string, movedFrozen bool, decidedBySecond float64) {
+		broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer broker.Close()
+		cfg := func() config.Config {
+			c := testConfig(t, t.TempDir())
+			c.Kafka.Brokers = []string{broker.Addr()}
+			c.Kafka.ChangelogTopic = "walletguard.changelog"
+			c.Kafka.SharePartitions = share
+			return c
+		}
+		decided := func(rs ...*running) float64 {
+			var n float64
+			for _, r := range rs {
+				n += r.app.Snapshot().Consumed
+			}
+			return n
+		}
+		assigned := func(r *running, n float64) func() bool {
+			return func() bool { return metric(t, r.app.HTTPAddr(), "walletguard_partitions_assigned") == n }
+		}
+		produce(t, broker.Addr(), "wallet.events", phase(0)...)
+		a := start(t, cfg())
+		waitFor(t, 60*time.Second, "the first to decide phase 0", func() bool { return decided(a) == float64(cut[1]) })
+		// An account of each partition frozen by support on the first.
+		frozen := map[int]string{}
+		for _, m := range phase(0) {
+			p := ingest.KeyPartition(m.Key, 4) // where produce puts it
+			if _, ok := frozen[p]; !ok {
+				var e struct {
+					AccountID string `json:"account_id"`
+				}
+				json.Unmarshal(m.Value, &e)
+				frozen[p] = e.AccountID
+				if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+e.AccountID+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusOK {
+					t.Fatalf("freeze: %d %v", code, body)
+				}
+			}
+		}
+		if len(frozen) != 4 {
+			t.Fatalf("phase 0 reaches %d partitions, want 4", len(frozen))
+		}
+
+		var unfrozenOnB string
+		appB, err := New(cfg(), quiet, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := launch(t, appB)
+		if share {
+			waitFor(t, 60*time.Second, "the two to share the partitions", func() bool { return assigned(a, 2)() && assigned(b, 2)() })
+			// Frozen on the member that decides it now, which the gateway
+			// must ask.
+			b.app.share.mu.Lock()
+			onB := maps.Clone(b.app.share.deciding)
+			b.app.share.mu.Unlock()
+			movedFrozen = true
+			for p, acct := range frozen {
+				owner := a
+				if _, ok := onB[p]; ok {
+					owner = b
+				}
+				if _, body := call(t, owner.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] != true {
+					t.Errorf("the account frozen in partition %d is not frozen on the member that decides it now", p)
+					movedFrozen = false
+				}
+			}
+			// And back: frozen on the second, frozen on the first once it
+			// takes the partition back.
+			for p, acct := range frozen {
+				if _, ok := onB[p]; ok {
+					if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/unfreeze", "admin-token", `{"reason":"customer verified"}`); code != http.StatusOK {
+						t.Fatalf("unfreeze on the second: %d %v", code, body)
+					}
+					unfrozenOnB = acct
+					break
+				}
+			}
+		}
+		produce(t, broker.Addr(), "wallet.events", phase(1)...)
+		waitFor(t, 60*time.Second, "phase 1 to be decided", func() bool { return decided(a, b) == float64(cut[2]) })
+		decidedBySecond = decided(b)
+		b.stop(t)
+		if share {
+			waitFor(t, 60*time.Second, "the first to take every partition back", assigned(a, 4))
+			if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+unfrozenOnB, "viewer-token", ""); body["frozen"] != false {
+				t.Errorf("an account unfrozen on the second is frozen=%v on the first, which took its partition back", body["frozen"])
+				movedFrozen = false
+			}
+		}
+		produce(t, broker.Addr(), "wallet.events", phase(2)...)
+		waitFor(t, 60*time.Second, "phase 2 to be decided", func() bool { return decided(a, b) == float64(len(msgs)) })
+		a.stop(t)
+
+		decisions = map[string]string{}
+		perEvent := map[string]int{}
+		for _, m := range readAll(t, broker.Addr(), "walletguard.decisions", len(msgs), 60*time.Second) {
+			var d struct {
+				DecisionID string `json:"decision_id"`
+				EventID    string `json:"event_id"`
+				Trigger    string `json:"trigger"`
+			}
+			if err := json.Unmarshal(m.Value, &d); err != nil {
+				t.Fatal(err)
+			}
+			if d.Trigger == "event" {
+				perEvent[d.EventID]++
+			}
+			if v := accountView(t, m.Value); v != "" {
+				decisions[d.DecisionID] = v
+			}
+		}
+		for _, ev := range evs {
+			if perEvent[ev.EventID] != 1 {
+				t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, perEvent[ev.EventID])
+			}
+		}
+		return decisions, movedFrozen, decidedBySecond
+	}
+
+	// Alone, the second stands by: the first decides everything — the
+	// reference.
+	want, _, standby := run(false)
+	if standby != 0 {
+		t.Fatalf("a standby decided %v events", standby)
+	}
+	got, moved, second := run(true)
+	if !moved {
+		t.Error("freezes and unfreezes did not follow their partitions")
+	}
+	if second == 0 || second == float64(cut[2]-cut[1]) {
+		t.Errorf("the second member decided %v of phase 1's %d events: the partitions were not shared", second, cut[2]-cut[1])
+	}
+	differ := 0
+	for id, w := range want {
+		if got[id] != w {
+			if _, ok := got[id]; !ok {
+				t.Logf("not made sharing: %s", w)
+			}
+			differ++
+			if differ < 4 {
+				t.Logf("want %s\ngot  %s", w, got[id])
+			}
+		}
+	}
+	for id, g := range got {
+		if _, ok := want[id]; !ok {
+			t.Logf("made only sharing: %s", g)
+		}
+	}
+	t.Logf("%d events, %d decisions; the second member decided %v of phase 1's %d; %d decisions differ from one walletguard's", len(msgs), len(want), second, cut[2]-cut[1], differ)
+	if differ != 0 || len(got) != len(want) {
+		t.Errorf("%d of %d decisions differ from one walletguard's (%d made)", differ, len(want), len(got))
+	}
+}
