@@ -105,6 +105,13 @@ type SourceConfig struct {
 	Share       bool
 	Owns        func(ctx context.Context, owned map[string][]int)
 	ObserveFrom func(topic string, partition int) int64
+	// Revoked runs, for a member that shares, when a generation ends and
+	// every record fetched in it has been handed on, before its offsets
+	// are committed and it joins the next: the consumer makes durable the
+	// state of the partitions it decided, which their next owner restores.
+	// The group assigns the next generation only once every member has
+	// joined it, so the next owner finds that state.
+	Revoked func(ctx context.Context)
 	// Advertise returns where the other members reach this one's API
 	// ("" if nowhere); members tell it to the group (see GroupOwner), so
 	// that a standby passes on the changes it is asked for.
@@ -294,10 +301,17 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	s.mu.Lock()
 	s.release = release
 	s.mu.Unlock()
+	// settled is closed once this generation's end is dealt with: the
+	// group client joins the next one only after this function returns,
+	// so a member that shares publishes the state of its partitions
+	// (Revoked) before anyone can be given them.
+	settled := make(chan struct{})
+	defer close(settled)
 	gen.Start(func(genCtx context.Context) {
 		select {
 		case <-genCtx.Done():
 			close(genEnded)
+			<-settled
 		case <-release:
 		}
 	})
@@ -363,11 +377,11 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 			s.commited[tp] = a.Offset
 			s.mu.Unlock()
 			s.log.Info("partition assigned", "topic", topic, "partition", a.ID, "committed", a.Offset, "start", start, "generation", gen.ID)
-			if plan.followBelow > start {
+			if plan.followBelow > max(start, 0) {
 				s.log.Info("the previous owner handed the partition over: following, not deciding again, up to where it stopped",
 					"topic", topic, "partition", a.ID, "from", start, "to", plan.followBelow)
 			}
-			if plan.seenBelow > start {
+			if plan.seenBelow > max(start, 0) {
 				s.log.Info("partition taken over from another member: deciding again what it decided after the state restored",
 					"topic", topic, "partition", a.ID, "from", start, "observed_to", plan.seenBelow)
 			}
@@ -404,6 +418,9 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 		case <-genEnded:
 			stopFetch()
 			wg.Wait()
+			if s.cfg.Share && s.cfg.Revoked != nil {
+				s.cfg.Revoked(ctx)
+			}
 			s.commit() // best effort: the group may already refuse this generation
 			s.mu.Lock()
 			s.ready = false
