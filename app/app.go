@@ -419,7 +419,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	}
 	if a.share != nil {
 		scfg.Share, scfg.Follow, scfg.Assigning = true, false, nil
-		scfg.Owns, scfg.StartOffset, scfg.ObserveFrom = a.ownsShared, a.startOffset, a.observeFrom
+		scfg.Owns, scfg.StartOffset, scfg.ObserveFrom, scfg.Revoked = a.ownsShared, a.startOffset, a.observeFrom, a.revoked
 	}
 	a.source = ingest.NewSource(scfg, a.imet, log)
 
@@ -958,6 +958,12 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					if time.Since(lastCkpt) >= interval {
 						checkpoint(false)
 					}
+					continue
+				case done := <-a.flushes():
+					checkpoint(true)
+					ckptSlot <- struct{}{} // its write, and publish, done
+					<-ckptSlot
+					close(done)
 					continue
 				case ch := <-a.shareChanges():
 					settle()

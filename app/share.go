@@ -65,12 +65,15 @@ type sharing struct {
 	// taken. Read by the source's StartOffset.
 	start   map[string]map[int]int64
 	changes chan *shareChange
+	// flush asks the pipeline for a checkpoint, published, and is
+	// answered once it is (revoked).
+	flush chan chan struct{}
 }
 
 // openSharing reads this member's salt (made once, kept in the store) and
 // the partitions its stored state decides.
 func openSharing(db *bolt.DB) (*sharing, error) {
-	s := &sharing{deciding: map[int]uint64{}, local: map[int]bool{}, start: map[string]map[int]int64{}, changes: make(chan *shareChange)}
+	s := &sharing{deciding: map[int]uint64{}, local: map[int]bool{}, start: map[string]map[int]int64{}, changes: make(chan *shareChange), flush: make(chan chan struct{})}
 	err := db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bChangelog)
 		if err != nil {
@@ -494,6 +497,29 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 	}
 	sh.local = nil
 	return nil
+}
+
+// revoked is the source's Revoked: when a generation ends, the state of
+// the partitions this member decided is checkpointed and published before
+// it joins the next, so that a member given one of them restores it as it
+// was when this one stopped deciding it, and decides none of its events
+// again.
+func (a *App) revoked(ctx context.Context) {
+	done := make(chan struct{})
+	select {
+	case a.share.flush <- done:
+		<-done
+	case <-ctx.Done():
+	}
+}
+
+// flushes is where revoked asks the pipeline for a checkpoint; nil (never
+// ready) for a sole owner.
+func (a *App) flushes() <-chan chan struct{} {
+	if a.share == nil {
+		return nil
+	}
+	return a.share.flush
 }
 
 // shareChanges is where ownsShared hands the pipeline what an assignment

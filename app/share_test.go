@@ -87,11 +87,21 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			}
 			return n
 		}
+		// The partitions a member decides, once it has their state.
+		deciding := func(r *running) map[int]uint64 {
+			r.app.share.mu.Lock()
+			defer r.app.share.mu.Unlock()
+			return maps.Clone(r.app.share.deciding)
+		}
 		assigned := func(r *running, n float64) func() bool {
 			return func() bool { return metric(t, r.app.HTTPAddr(), "walletguard_partitions_assigned") == n }
 		}
 		produce(t, broker.Addr(), "wallet.events", phase(0)...)
-		a := start(t, cfg())
+		appA, err := New(cfg(), quiet.With("member", "a"), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := launch(t, appA)
 		waitFor(t, 60*time.Second, "the first to decide phase 0", func() bool { return decided(a) == float64(cut[1]) })
 		// An account of each partition frozen by support on the first.
 		frozen := map[int]string{}
@@ -113,18 +123,18 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		}
 
 		var unfrozenOnB string
-		appB, err := New(cfg(), quiet, Options{})
+		appB, err := New(cfg(), quiet.With("member", "b"), Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		b := launch(t, appB)
 		if share {
-			waitFor(t, 60*time.Second, "the two to share the partitions", func() bool { return assigned(a, 2)() && assigned(b, 2)() })
+			waitFor(t, 60*time.Second, "the two to share the partitions", func() bool {
+				return assigned(a, 2)() && assigned(b, 2)() && len(deciding(a)) == 2 && len(deciding(b)) == 2
+			})
 			// Frozen on the member that decides it now, which the gateway
 			// must ask.
-			b.app.share.mu.Lock()
-			onB := maps.Clone(b.app.share.deciding)
-			b.app.share.mu.Unlock()
+			onB := deciding(b)
 			movedFrozen = true
 			for p, acct := range frozen {
 				owner := a
@@ -150,10 +160,14 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		}
 		produce(t, broker.Addr(), "wallet.events", phase(1)...)
 		waitFor(t, 60*time.Second, "phase 1 to be decided", func() bool { return decided(a, b) == float64(cut[2]) })
+		t.Logf("sharing %v: phase 1 decided, %v of its events by the second", share, decided(b))
 		decidedBySecond = decided(b)
 		b.stop(t)
 		if share {
-			waitFor(t, 60*time.Second, "the first to take every partition back", assigned(a, 4))
+			if unfrozenOnB == "" {
+				t.Fatal("the second decides none of the partitions with a frozen account")
+			}
+			waitFor(t, 60*time.Second, "the first to take every partition back", func() bool { return assigned(a, 4)() && len(deciding(a)) == 4 })
 			if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+unfrozenOnB, "viewer-token", ""); body["frozen"] != false {
 				t.Errorf("an account unfrozen on the second is frozen=%v on the first, which took its partition back", body["frozen"])
 				movedFrozen = false

@@ -113,7 +113,9 @@ func (a *App) trimLearned(now time.Time) {
 // owner, adopted at its place. Pipeline only.
 func (a *App) learnManualCommands(act *manualAction, now time.Time) {
 	window := a.cfg.Alerts.TakeoverRedeliver.D()
-	if window <= 0 || len(act.Commands) == 0 {
+	if window <= 0 || len(act.Commands) == 0 || a.share != nil {
+		// Members that share the partitions each deliver their own: a
+		// partition's undelivered records move with its state (share.go).
 		return
 	}
 	// Its place is just before where the owner stood when it made the
