@@ -50,6 +50,13 @@ import (
 //     checkpoint is acknowledged: the engine's clocks and the event offsets
 //     the state was taken at (detector.Capture.Meta).
 //
+// Instances that share the partitions (kafka.share_partitions, share.go)
+// write the same records under their own epochs, with two differences: a
+// marker per partition decided, "marker/<partition>", in place of "marker";
+// and the keys of timers and outbox records, which are a member's own
+// numbering, made the member's ('o', its salt and the outbox key; a timer's
+// number mixed with its salt).
+//
 // Every record carries the epoch and the sequence number of its checkpoint.
 // An epoch begins with the whole state, so its rows need none from before
 // it; a new one begins when the changelog may have missed a checkpoint (a

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -31,6 +32,11 @@ type ChangelogStatus struct {
 	// committed offsets and the next offsets to be written.
 	Committed map[string]map[int]int64 `json:"committed"`
 	Ends      map[string]map[int]int64 `json:"ends"`
+	// PartitionStates are, for instances that share the partitions
+	// (kafka.share_partitions), the last state of each partition of the
+	// first event topic published by the member deciding it; absent for a
+	// sole owner.
+	PartitionStates map[int]*MarkerStatus `json:"partition_states,omitempty"`
 	// Restore counts what a restore would bring back; nil unless asked.
 	Restore *RestoreCounts `json:"restore,omitempty"`
 }
@@ -98,6 +104,18 @@ func ReadChangelogStatus(ctx context.Context, cfg config.Config, whole bool, log
 	}
 	if st.Committed, err = ingest.CommittedOffsets(ctx, brokers, cfg.Kafka.GroupID, asked); err != nil {
 		return nil, err
+	}
+	for p := range st.Ends[cfg.Kafka.Topics[0]] {
+		m, err := findPartMarker(ctx, brokers, topic, ends, clogPartMarker+strconv.Itoa(p), log)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			if st.PartitionStates == nil {
+				st.PartitionStates = map[int]*MarkerStatus{}
+			}
+			st.PartitionStates[p] = &MarkerStatus{Epoch: m.epoch, Seq: m.seq, EpochStarted: time.Unix(0, int64(m.epoch)).UTC(), Written: m.msg.Time.UTC(), Offsets: m.offsets}
+		}
 	}
 	if marker == nil {
 		return st, nil

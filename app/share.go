@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -266,33 +267,12 @@ func (a *App) restoreShared(ctx context.Context, ch *shareChange, local map[int]
 	}
 	markers := map[string]*partMarker{}
 	find := func(key string) (*partMarker, error) {
-		if m, ok := markers[key]; ok || len(ends) == 0 {
+		if m, ok := markers[key]; ok {
 			return m, nil
 		}
-		mp := ingest.KeyPartition([]byte(key), len(ends))
-		msg, err := ingest.LastMatching(ctx, a.brokers, topic, mp, ends[mp], a.log, func(m *kafka.Message) bool { return string(m.Key) == key })
-		if err != nil || msg == nil {
-			markers[key] = nil
-			return nil, err
-		}
-		m := &partMarker{msg: msg, from: 1}
-		var ok bool
-		if m.epoch, m.seq, ok = clogPlace(msg); !ok {
-			return nil, fmt.Errorf("changelog %s: marker %s at %d/%d has no epoch", topic, key, msg.Partition, msg.Offset)
-		}
-		for _, h := range msg.Headers {
-			if len(h.Value) == 8 && h.Key == hdrFrom {
-				m.from = binary.BigEndian.Uint64(h.Value)
-			}
-			if len(h.Value) == 8 && h.Key == hdrMember {
-				m.salt = binary.BigEndian.Uint64(h.Value)
-			}
-		}
-		if m.offsets, err = detector.MetaOffsets(msg.Value); err != nil {
-			return nil, fmt.Errorf("changelog %s: marker %s at %d/%d: %w", topic, key, msg.Partition, msg.Offset, err)
-		}
+		m, err := findPartMarker(ctx, a.brokers, topic, ends, key, a.log)
 		markers[key] = m
-		return m, nil
+		return m, err
 	}
 	sole, err := find(clogMarker)
 	if err != nil {
@@ -338,6 +318,36 @@ func (a *App) restoreShared(ctx context.Context, ch *shareChange, local map[int]
 		ch.groups = append(ch.groups, g)
 	}
 	return nil
+}
+
+// findPartMarker finds the changelog's last marker under key (the sole
+// owner's, or a partition's), nil if there is none.
+func findPartMarker(ctx context.Context, brokers []string, topic string, ends map[int]int64, key string, log *slog.Logger) (*partMarker, error) {
+	if len(ends) == 0 {
+		return nil, nil
+	}
+	mp := ingest.KeyPartition([]byte(key), len(ends))
+	msg, err := ingest.LastMatching(ctx, brokers, topic, mp, ends[mp], log, func(m *kafka.Message) bool { return string(m.Key) == key })
+	if err != nil || msg == nil {
+		return nil, err
+	}
+	m := &partMarker{msg: msg, from: 1}
+	var ok bool
+	if m.epoch, m.seq, ok = clogPlace(msg); !ok {
+		return nil, fmt.Errorf("changelog %s: marker %s at %d/%d has no epoch", topic, key, msg.Partition, msg.Offset)
+	}
+	for _, h := range msg.Headers {
+		if len(h.Value) == 8 && h.Key == hdrFrom {
+			m.from = binary.BigEndian.Uint64(h.Value)
+		}
+		if len(h.Value) == 8 && h.Key == hdrMember {
+			m.salt = binary.BigEndian.Uint64(h.Value)
+		}
+	}
+	if m.offsets, err = detector.MetaOffsets(msg.Value); err != nil {
+		return nil, fmt.Errorf("changelog %s: marker %s at %d/%d: %w", topic, key, msg.Partition, msg.Offset, err)
+	}
+	return m, nil
 }
 
 func setOffset(o map[string]map[int]int64, topic string, p int, at int64) {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"maps"
@@ -176,6 +177,22 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		produce(t, broker.Addr(), "wallet.events", phase(2)...)
 		waitFor(t, 60*time.Second, "phase 2 to be decided", func() bool { return decided(a, b) == float64(len(msgs)) })
 		a.stop(t)
+		if share {
+			// What an operator sees: the state of every partition, as the
+			// member that decided it last published it, taken at its end.
+			st, err := ReadChangelogStatus(context.Background(), cfg(), false, quiet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Marker != nil || len(st.PartitionStates) != 4 {
+				t.Errorf("changelog status: sole owner's state %v, %d partitions' states; want none and 4", st.Marker, len(st.PartitionStates))
+			}
+			for p, m := range st.PartitionStates {
+				if m.Offsets["wallet.events"][p] != st.Ends["wallet.events"][p] {
+					t.Errorf("partition %d's state taken at %d, its end is %d", p, m.Offsets["wallet.events"][p], st.Ends["wallet.events"][p])
+				}
+			}
+		}
 
 		decisions = map[string]string{}
 		perEvent := map[string]int{}

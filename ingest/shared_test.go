@@ -296,6 +296,24 @@ func TestMembersShareThePartitions(t *testing.T) {
 		t.Fatalf("%d records decided and %d observed, want each of %d", len(decided), len(observed), total)
 	}
 
+	// b has committed all it decided: what it decides from here on it
+	// leaves uncommitted.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := CommittedOffsets(ctx, brokers, "sharing", map[string][]int{"events": ownedB})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := true
+		for _, p := range ownedB {
+			all = all && c["events"][p] == ends[p]
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b committed %v of its partitions %v, want %v", c["events"], ownedB, ends)
+		}
+	}
 	// b marks only part of what it decides next handled, then leaves.
 	bm.handle.Store(false)
 	ends2 := produce(400, 400)

@@ -55,7 +55,7 @@ func cmdChangelog(args []string) int {
 	} else {
 		printChangelogStatus(os.Stdout, st, cfg.Kafka.GroupID, time.Now())
 	}
-	if st.Marker == nil {
+	if st.Marker == nil && len(st.PartitionStates) == 0 {
 		return 1 // nothing to restore: an instance started without its data_dir starts cold
 	}
 	return 0
@@ -67,7 +67,19 @@ func printChangelogStatus(w io.Writer, st *app.ChangelogStatus, group string, no
 		parts = "partition"
 	}
 	fmt.Fprintf(w, "changelog %s: %d %s, %d records held\n", st.Topic, st.Partitions, parts, st.Records)
+	for _, p := range slices.Sorted(maps.Keys(st.PartitionStates)) {
+		m := st.PartitionStates[p]
+		var taken []string
+		for _, t := range slices.Sorted(maps.Keys(m.Offsets)) {
+			taken = append(taken, fmt.Sprintf("%s:%d", t, m.Offsets[t][p]))
+		}
+		fmt.Fprintf(w, "partition %d (shared): checkpoint %d of its member's epoch begun %s, published %s (%s ago), taken at %s\n",
+			p, m.Seq, m.EpochStarted.Format(time.RFC3339), m.Written.Format(time.RFC3339), now.Sub(m.Written).Round(time.Second), strings.Join(taken, " "))
+	}
 	m := st.Marker
+	if m == nil && len(st.PartitionStates) > 0 {
+		return
+	}
 	if m == nil {
 		fmt.Fprintln(w, "no state published yet: an instance started without its data_dir would start with empty state")
 		return
