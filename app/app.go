@@ -907,6 +907,19 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	defer func() { ckptSlot <- struct{}{} }()
 	defer checkpoint(true)
 
+	// quiesce writes every output so far and the checkpoint being copied,
+	// and holds the checkpoint slot once that write is done: nothing is
+	// being captured or written while the state is replaced.
+	quiesce := func() {
+		settle()
+		if copying != nil {
+			a.procMu.Lock()
+			copyCheckpoint(math.MaxInt)
+			a.procMu.Unlock()
+		}
+		ckptSlot <- struct{}{}
+	}
+
 	batch := 0
 	a.procMu.Lock()
 	locked := true
@@ -966,13 +979,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					close(done)
 					continue
 				case ch := <-a.shareChanges():
-					settle()
-					if copying != nil {
-						a.procMu.Lock()
-						copyCheckpoint(math.MaxInt)
-						a.procMu.Unlock()
-					}
-					ckptSlot <- struct{}{}
+					quiesce()
 					a.procMu.Lock()
 					err := a.applyShareChange(ch, next)
 					a.procMu.Unlock()
@@ -983,13 +990,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					// Taking over without the state (restoreOnTakeover):
 					// no checkpoint of the state held is written after
 					// the restored one replaces it in the store.
-					settle()
-					if copying != nil {
-						a.procMu.Lock()
-						copyCheckpoint(math.MaxInt)
-						a.procMu.Unlock()
-					}
-					ckptSlot <- struct{}{}
+					quiesce()
 					failedCkpt = nil
 					a.procMu.Lock()
 					err := a.installRestored(r, next)
