@@ -354,6 +354,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		return nil, fmt.Errorf("%w (move %s aside to start from the consumer group's offsets with empty state)", err, a.store.DB().Path())
 	}
 	if cfg.Kafka.SharePartitions {
+		if a.clog == nil {
+			return nil, errors.New("kafka.share_partitions: needs kafka.changelog_topic, through which a partition's state moves to its next owner")
+		}
 		if a.share, err = openSharing(a.store.DB()); err != nil {
 			return nil, err
 		}
@@ -556,8 +559,6 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 		w.epoch, w.seq = a.clog.next(a.proc)
 		if a.share != nil {
 			w.parts = a.share.capture(w.seq)
-			w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
-			w.undo = append(w.undo, func() {})
 		}
 	}
 	a.held.Store(int64(a.proc.Engine.Stats().Accounts))
@@ -579,10 +580,11 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 	if retry != nil {
 		w.engine, w.offsets, w.watermark = retry.engine, retry.offsets, retry.watermark
 		w.captured, w.epoch, w.seq, w.parts = retry.captured, retry.epoch, retry.seq, retry.parts
-		if a.share != nil {
-			w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
-			w.undo = append(w.undo, func() {})
-		}
+	}
+	if a.share != nil {
+		w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
+	}
+	if retry != nil {
 		return w, nil
 	}
 	var err error

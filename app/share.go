@@ -432,6 +432,12 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	for _, p := range ch.lost {
+		// Which accounts are the partition's the engine knows until it
+		// drops them.
+		states := a.proc.Planner.HandOver(func(id string) bool {
+			q, ok := a.proc.Engine.AccountPartition(id)
+			return ok && q == p
+		})
 		st, err := a.proc.Engine.DropPartition(src(p))
 		if err != nil {
 			return err
@@ -440,7 +446,7 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 		for t := range sh.start {
 			delete(sh.start[t], p)
 		}
-		a.log.Info("partition handed over to another member", "partition", p, "accounts", st.Accounts, "payments", st.Payments, "timers", st.Timers)
+		a.log.Info("partition handed over to another member", "partition", p, "accounts", st.Accounts, "payments", st.Payments, "timers", st.Timers, "account_states", states)
 	}
 	owed := map[string]int{}
 	for _, g := range ch.groups {

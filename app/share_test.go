@@ -146,6 +146,13 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 					t.Errorf("the account frozen in partition %d is not frozen on the member that decides it now", p)
 					movedFrozen = false
 				}
+				// The first forgot the state it handed over.
+				if owner == b {
+					if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] == true {
+						t.Errorf("the first still holds the freeze of an account of partition %d, which it handed over", p)
+						movedFrozen = false
+					}
+				}
 			}
 			// And back: frozen on the second, frozen on the first once it
 			// takes the partition back.

@@ -154,6 +154,9 @@ type Planner struct {
 	// following: the actions planned are a standby's copy of its owner's
 	// (see SetFollowing).
 	following bool
+	// handedOver are accounts whose state another instance holds now
+	// (HandOver), to delete from the store at the next save.
+	handedOver []string
 
 	breaker breakerState
 }

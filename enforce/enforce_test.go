@@ -365,3 +365,46 @@ func TestPruneAuditKeepsTheRecentTrail(t *testing.T) {
 		t.Errorf("kept %v, want acc-4, acc-3 and the manual action on acc-2", ids)
 	}
 }
+
+// An account handed over with its partition leaves memory and, at the next
+// save, the store — but the changelog is told nothing of it: there its
+// state is the new owner's. Accounts kept stay as they were.
+func TestHandedOverAccountsLeaveTheStoreNotTheChangelog(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var told []string
+	p := NewPlanner(Config{Changelog: func(id string, _ []byte) { told = append(told, id) }}, nil)
+	now := time.Now()
+	for _, id := range []string{"acc-moved", "acc-kept"} {
+		p.Freeze(id, "support", "reported stolen", now)
+	}
+	if err := db.Update(p.Save); err != nil {
+		t.Fatal(err)
+	}
+	told = nil
+	if n := p.HandOver(func(id string) bool { return id == "acc-moved" }); n != 1 {
+		t.Fatalf("handed over %d accounts, want 1", n)
+	}
+	if _, ok := p.Get("acc-moved"); ok {
+		t.Error("the account handed over is still held")
+	}
+	if err := db.Update(p.Save); err != nil {
+		t.Fatal(err)
+	}
+	if len(told) != 0 {
+		t.Errorf("the changelog was told of %v", told)
+	}
+	q := NewPlanner(Config{}, nil)
+	if _, err := q.Load(db); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := q.Get("acc-moved"); ok {
+		t.Error("the account handed over is still in the store")
+	}
+	if s, ok := q.Get("acc-kept"); !ok || !s.Frozen {
+		t.Errorf("the account kept: %+v (held %v), want frozen", s, ok)
+	}
+}

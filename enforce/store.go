@@ -64,6 +64,8 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 		}
 		breaker, p.breaker.dirty = v, false
 	}
+	gone := p.handedOver
+	p.handedOver = nil
 	audit := slices.Clone(p.audit)
 	p.audit = p.audit[:0]
 	forward := slices.Clone(p.forward)
@@ -73,6 +75,7 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 		for _, s := range states {
 			p.dirty[s.id] = true
 		}
+		p.handedOver = append(gone, p.handedOver...)
 		if breaker != nil {
 			p.breaker.dirty = true
 		}
@@ -94,6 +97,12 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 			}
 			if clog != nil {
 				clog(s.id, v)
+			}
+		}
+		for _, id := range gone {
+			// The changelog keeps them: they are the new owner's there.
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
 			}
 		}
 		if breaker != nil {
@@ -121,6 +130,23 @@ func (p *Planner) PrepareSave() (write func(*bolt.Tx) error, undo func(), err er
 		return nil
 	}
 	return write, undo, nil
+}
+
+// HandOver forgets the states of the accounts another instance decides
+// from now on (their partition moved to it), belongs picking them: they
+// leave memory now and the store at the next save, with nothing for the
+// changelog, where they are the new owner's. It returns how many went.
+func (p *Planner) HandOver(belongs func(id string) bool) int {
+	n := 0
+	for id := range p.states {
+		if belongs(id) {
+			delete(p.states, id)
+			delete(p.dirty, id)
+			p.handedOver = append(p.handedOver, id)
+			n++
+		}
+	}
+	return n
 }
 
 // MarkAllChanged makes every account state and the breaker part of the
