@@ -14,13 +14,24 @@ import (
 
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/ingest"
+	"github.com/walletguard/walletguard/rules"
 )
 
-// acrossAccounts are the built-in rules that count over many accounts:
-// what they see depends on how an instance interleaves the partitions'
-// events, as it does for one instance reading several.
-var acrossAccounts = map[string]bool{"credential_stuffing_ip": true, "login_from_stuffing_ip": true, "signed_in_before_stuffing_recognised": true,
-	"mule_payee": true, "merchant_failure_spike": true, "app_version_failure_spike": true}
+// acrossAccounts are the built-in rules that count over many accounts
+// (rules.Rule.SpansAccounts): what they see depends on how an instance
+// interleaves the partitions' events, as it does for one instance reading
+// several.
+var acrossAccounts = func() map[string]bool {
+	set, err := rules.Load(nil)
+	if err != nil {
+		panic(err)
+	}
+	spans := map[string]bool{}
+	for _, r := range set.Rules {
+		spans[r.ID] = r.SpansAccounts()
+	}
+	return spans
+}()
 
 // accountView is what of a decision its account's own history decides:
 // the other rules that fired. "" for a decision of rules across accounts

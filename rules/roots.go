@@ -56,3 +56,9 @@ func (r *Rule) roots() Root {
 // detector leaves the others unfilled (a view costs memory reads even when
 // no rule looks at it).
 func (s *Set) Uses(t event.Type, v Root) bool { return s.uses[t]&v != 0 }
+
+// SpansAccounts reports whether the rule reads a view that counts over
+// many accounts — a device, an IP, a merchant, an app version, a payee —
+// and not only its event, its account and its payment. What such a rule
+// sees depends on how the events of different accounts interleave.
+func (r *Rule) SpansAccounts() bool { return r.roots()&^RootPayment != 0 }

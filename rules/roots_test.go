@@ -88,3 +88,20 @@ func TestGuardsNeverChangeAResult(t *testing.T) {
 		}
 	}
 }
+
+// The built-in rules that count over many accounts are those that read
+// an IP, a merchant, an app version or a payee; the account's own rules
+// are not.
+func TestSpansAccounts(t *testing.T) {
+	set, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]bool{"credential_stuffing_ip": true, "signed_in_before_stuffing_recognised": true,
+		"merchant_failure_spike": true, "app_version_failure_spike": true, "mule_payee": true,
+		"new_device_login": false, "amount_far_above_habit": false, "payment_retry_loop": false} {
+		if r := set.ByID(id); r == nil || r.SpansAccounts() != want {
+			t.Errorf("%s spans accounts: want %v (rule found: %v)", id, want, r != nil)
+		}
+	}
+}

@@ -11,14 +11,25 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
 )
 
-// acrossAccounts are the built-in rules that count over many accounts:
-// what they see depends on how an instance interleaves the partitions'
-// events, as it does for one instance reading several.
-var acrossAccounts = map[string]bool{"credential_stuffing_ip": true, "login_from_stuffing_ip": true, "signed_in_before_stuffing_recognised": true,
-	"mule_payee": true, "merchant_failure_spike": true, "app_version_failure_spike": true}
+// acrossAccounts are the built-in rules that count over many accounts
+// (rules.Rule.SpansAccounts): what they see depends on how an instance
+// interleaves the partitions' events, as it does for one instance reading
+// several.
+var acrossAccounts = func() map[string]bool {
+	set, err := rules.Load(nil)
+	if err != nil {
+		panic(err)
+	}
+	spans := map[string]bool{}
+	for _, r := range set.Rules {
+		spans[r.ID] = r.SpansAccounts()
+	}
+	return spans
+}()
 
 // accountViews reads a decisions topic: by decision id, what of each
 // decision its account's own history decides — the rules that fired, but
