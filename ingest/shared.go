@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -25,18 +27,46 @@ import (
 // that the others hold whole.
 type sharedOwners struct {
 	owned func() map[string][]int // the partitions this member decides now, by topic
+	addr  func() string           // where the other members reach its API; nil: nowhere
 }
 
 const sharedProtocol = "walletguard-shared"
 
 func (b sharedOwners) ProtocolName() string { return sharedProtocol }
 
-// UserData tells the group's leader which partitions this member decides.
-func (b sharedOwners) UserData() ([]byte, error) {
-	if b.owned == nil {
-		return nil, nil
+// sharedMeta is a sharing member's metadata in the group: what it decides,
+// for the leader to keep it there, and where its API answers, for the
+// other members to pass on requests about the accounts it decides.
+type sharedMeta struct {
+	Decides map[string][]int `json:"decides"`
+	API     string           `json:"api,omitempty"`
+}
+
+// parseSharedMeta reads a member's metadata; a member without any owns
+// nothing. The first release wrote the partitions alone.
+func parseSharedMeta(d []byte) sharedMeta {
+	var m sharedMeta
+	if json.Unmarshal(d, &m) == nil && m.Decides != nil {
+		return m
 	}
-	return json.Marshal(b.owned())
+	var owned map[string][]int
+	if json.Unmarshal(d, &owned) == nil {
+		m.Decides = owned
+	}
+	return m
+}
+
+// UserData tells the group's leader which partitions this member decides,
+// and the others where its API answers.
+func (b sharedOwners) UserData() ([]byte, error) {
+	m := sharedMeta{Decides: map[string][]int{}}
+	if b.owned != nil {
+		m.Decides = b.owned()
+	}
+	if b.addr != nil {
+		m.API = b.addr()
+	}
+	return json.Marshal(m)
 }
 
 // AssignGroups balances each topic's partitions over the members that read
@@ -47,10 +77,7 @@ func (b sharedOwners) AssignGroups(members []kafka.GroupMember, partitions []kaf
 	owned := map[string]map[string][]int{}
 	for _, m := range members {
 		out[m.ID] = map[string][]int{}
-		var o map[string][]int
-		if json.Unmarshal(m.UserData, &o) == nil { // a member without it owns nothing
-			owned[m.ID] = o
-		}
+		owned[m.ID] = parseSharedMeta(m.UserData).Decides
 	}
 	byTopic := map[string][]int{}
 	for _, p := range partitions {
@@ -72,6 +99,43 @@ func (b sharedOwners) AssignGroups(members []kafka.GroupMember, partitions []kaf
 		}
 	}
 	return out
+}
+
+// Peer is a member of a group that shares the partitions.
+type Peer struct {
+	Member string
+	// API is where its API answers (SourceConfig.Advertise); "" if it
+	// advertised nowhere.
+	API string
+	// Decides holds the partitions the group assigned it, by topic.
+	Decides map[string][]int
+}
+
+// SharingMembers describes the members of group that decide partitions.
+func SharingMembers(ctx context.Context, brokers []string, group string) ([]Peer, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return nil, fmt.Errorf("describe consumer group %s: %w", group, err)
+	}
+	var out []Peer
+	for _, g := range resp.Groups {
+		if g.Error != nil {
+			return nil, fmt.Errorf("describe consumer group %s: %w", group, g.Error)
+		}
+		for _, m := range g.Members {
+			p := Peer{Member: m.MemberID, API: parseSharedMeta(m.MemberMetadata.UserData).API, Decides: map[string][]int{}}
+			for _, t := range m.MemberAssignments.Topics {
+				if len(t.Partitions) > 0 {
+					p.Decides[t.Topic] = slices.Sorted(slices.Values(t.Partitions))
+				}
+			}
+			if len(p.Decides) > 0 {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
 }
 
 // balance gives each of parts to one of members: every member base or base+1

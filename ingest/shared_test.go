@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -157,7 +158,7 @@ func startSharing(t *testing.T, ctx context.Context, brokers []string, name stri
 	m.handle.Store(true)
 	m.src = NewSource(SourceConfig{
 		Brokers: brokers, Topics: []string{"events"}, GroupID: "sharing", SessionTimeout: 6 * time.Second, CommitInterval: 50 * time.Millisecond,
-		Share: true,
+		Share: true, Advertise: func() string { return name + ".api:8080" },
 		Owns: func(_ context.Context, owned map[string][]int) {
 			m.owns <- slices.Clone(owned["events"])
 		},
@@ -212,6 +213,21 @@ func (m *sharingMember) stop(t *testing.T) {
 // what it decided handled, the other decides its partitions from the
 // committed offsets: the records it had observed since are handed on
 // marked Seen, and everything after decided as usual.
+// A member of the first release wrote the partitions it decides alone.
+func TestSharedMetadataOfTheFirstReleaseIsRead(t *testing.T) {
+	m := parseSharedMeta([]byte(`{"events":[1,3]}`))
+	if !reflect.DeepEqual(m.Decides, map[string][]int{"events": {1, 3}}) || m.API != "" {
+		t.Errorf("first release's metadata read as %+v", m)
+	}
+	d, err := sharedOwners{owned: func() map[string][]int { return map[string][]int{"events": {2}} }, addr: func() string { return "10.0.0.7:8080" }}.UserData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := parseSharedMeta(d); !reflect.DeepEqual(m.Decides, map[string][]int{"events": {2}}) || m.API != "10.0.0.7:8080" {
+		t.Errorf("metadata read back as %+v", m)
+	}
+}
+
 func TestMembersShareThePartitions(t *testing.T) {
 	ctx, brokers := eventsBroker(t, 90*time.Second)
 	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
@@ -253,6 +269,19 @@ func TestMembersShareThePartitions(t *testing.T) {
 	ownedA, ownedB := a.owned(t, 2), bm.owned(t, 2)
 	if slices.ContainsFunc(ownedA, func(p int) bool { return slices.Contains(ownedB, p) }) {
 		t.Fatalf("both members own a partition: a %v, b %v", ownedA, ownedB)
+	}
+	// Each member is found with what it decides and where its API answers:
+	// the others pass requests about its accounts on to it.
+	peers, err := SharingMembers(ctx, brokers, "sharing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apis := map[string][]int{}
+	for _, p := range peers {
+		apis[p.API] = p.Decides["events"]
+	}
+	if want := map[string][]int{"a.api:8080": ownedA, "b.api:8080": ownedB}; !reflect.DeepEqual(apis, want) {
+		t.Errorf("sharing members: %v, want %v", apis, want)
 	}
 
 	ends := produce(0, 400)

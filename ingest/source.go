@@ -113,8 +113,10 @@ type SourceConfig struct {
 	// joined it, so the next owner finds that state.
 	Revoked func(ctx context.Context)
 	// Advertise returns where the other members reach this one's API
-	// ("" if nowhere); members tell it to the group (see GroupOwner), so
-	// that a standby passes on the changes it is asked for.
+	// ("" if nowhere); members tell it to the group (see GroupOwner and
+	// SharingMembers), so that a standby passes on the changes it is asked
+	// for, and a sharing member the requests about accounts another
+	// decides.
 	Advertise func() string
 	Now       func() time.Time
 }
@@ -200,7 +202,7 @@ func (s *Source) owning() bool {
 
 func (s *Source) balancers() []kafka.GroupBalancer {
 	if s.cfg.Share {
-		return []kafka.GroupBalancer{sharedOwners{owned: s.ownedNow}}
+		return []kafka.GroupBalancer{sharedOwners{owned: s.ownedNow, addr: s.cfg.Advertise}}
 	}
 	return []kafka.GroupBalancer{soleOwner{held: s.cfg.Held, owning: s.owning, started: s.started, addr: s.cfg.Advertise}, kafka.RangeGroupBalancer{}}
 }
