@@ -112,6 +112,13 @@ type Backend interface {
 	// Owner is the API address (host:port) of the instance that owns the
 	// partitions, for a standby to pass changes on to; "" if unknown.
 	Owner() string
+	// Decides reports whether this instance decides the account: always,
+	// unless instances share the partitions (kafka.share_partitions); then
+	// when the account is one of its partitions'.
+	Decides(accountID string) bool
+	// Peers lists where the API of each other member that shares the
+	// partitions answers; nil when instances do not share them.
+	Peers() []string
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision
 	Alerts(status string) []alerts.Alert
@@ -167,23 +174,23 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	})
 	mux.HandleFunc("GET /v1/whoami", s.auth(s.whoami, "viewer", "support", "gateway"))
 	mux.HandleFunc("GET /v1/stats", s.auth(s.stats, "viewer", "support"))
-	mux.HandleFunc("GET /v1/accounts/{id}", s.auth(s.account, "viewer", "gateway", "support"))
-	mux.HandleFunc("GET /v1/decisions", s.auth(s.decisions, "viewer", "support"))
-	mux.HandleFunc("GET /v1/alerts", s.auth(s.alerts, "viewer", "support"))
+	mux.HandleFunc("GET /v1/accounts/{id}", s.auth(s.byAccount(pathAccount, s.account), "viewer", "gateway", "support"))
+	mux.HandleFunc("GET /v1/decisions", s.auth(s.byAccount(queryAccount, s.decisions), "viewer", "support"))
+	mux.HandleFunc("GET /v1/alerts", s.auth(s.byAccount(queryAccount, s.alerts), "viewer", "support"))
 	mux.HandleFunc("GET /v1/rules", s.auth(s.rules, "viewer"))
 	mux.HandleFunc("POST /v1/rules/reload", s.auth(s.reload))
-	mux.HandleFunc("POST /v1/score", s.auth(s.owner(s.score), "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/freeze", s.auth(s.owner(s.freeze), "support"))
-	mux.HandleFunc("POST /v1/accounts/{id}/unfreeze", s.auth(s.owner(s.unfreeze), "support"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.owner(s.enroll), "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.owner(s.verify), "gateway"))
-	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.owner(s.unlock), "support"))
+	mux.HandleFunc("POST /v1/score", s.auth(s.owner(s.byAccount(bodyAccount, s.score)), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/freeze", s.auth(s.owner(s.byAccount(pathAccount, s.freeze)), "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/unfreeze", s.auth(s.owner(s.byAccount(pathAccount, s.unfreeze)), "support"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.owner(s.byAccount(pathAccount, s.enroll)), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.owner(s.byAccount(pathAccount, s.verify)), "gateway"))
+	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.owner(s.byAccount(pathAccount, s.unlock)), "support"))
 	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.owner(s.alertLifecycle("ack")), "support"))
 	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.owner(s.alertLifecycle("resolve")), "support"))
 	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
 	mux.HandleFunc("GET /v1/log/level", s.auth(s.getLogLevel))
 	mux.HandleFunc("PUT /v1/log/level", s.auth(s.setLogLevel))
-	mux.HandleFunc("GET /v1/audit", s.auth(s.audit, "viewer", "support"))
+	mux.HandleFunc("GET /v1/audit", s.auth(s.byAccount(queryAccount, s.audit), "viewer", "support"))
 	mux.HandleFunc("GET /v1/enforce/breaker", s.auth(s.breaker, "viewer", "support"))
 	mux.HandleFunc("POST /v1/enforce/breaker/reset", s.auth(s.owner(s.resetBreaker)))
 	// Go's profiler, for the admin role only: heap and CPU profiles of a
@@ -200,6 +207,7 @@ type server struct {
 	b      Backend
 	tokens []config.Token
 	log    *slog.Logger
+	routes routes
 }
 
 type (

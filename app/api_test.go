@@ -12,6 +12,13 @@ import (
 
 func call(t *testing.T, addr, method, path, token, body string) (int, map[string]any) {
 	t.Helper()
+	code, m, _ := callH(t, addr, method, path, token, body)
+	return code, m
+}
+
+// callH is call that returns the answer's headers too.
+func callH(t *testing.T, addr, method, path, token, body string) (int, map[string]any, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -26,7 +33,7 @@ func call(t *testing.T, addr, method, path, token, body string) (int, map[string
 	if json.Unmarshal(b, &m) != nil && !bytes.HasPrefix(b, []byte("#")) && resp.StatusCode != 200 {
 		t.Fatalf("%s %s: %d non-JSON body %q", method, path, resp.StatusCode, b)
 	}
-	return resp.StatusCode, m
+	return resp.StatusCode, m, resp.Header
 }
 
 // TestAPIRolesAndScoring: probes and metrics are open, /v1 needs a token of

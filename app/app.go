@@ -91,6 +91,7 @@ type App struct {
 	// changes, which would go to the state being replaced.
 	restoring atomic.Bool
 	ownerSeen atomic.Pointer[ownerSeen] // the owner's API address, as a standby last looked it up
+	peersSeen atomic.Pointer[peersSeen] // the other sharing members' API addresses, as last looked up
 	ckptErr   atomic.Value              // string: why the last checkpoint failed, "" if fine
 	held      atomic.Int64              // accounts in state at the last checkpoint, for the group balancer
 	followed  Outputs                   // a standby's outputs, dropped (pipeline only)

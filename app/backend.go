@@ -69,6 +69,56 @@ type ownerSeen struct {
 	at   time.Time
 }
 
+// Decides: a member that shares the partitions decides the accounts whose
+// detection rows it holds, which are those of its partitions (it drops the
+// rest with the partitions it hands over).
+func (b backend) Decides(accountID string) bool {
+	a := b.a
+	if a.share == nil {
+		return true
+	}
+	a.procMu.Lock()
+	p, ok := a.proc.Engine.AccountPartition(accountID)
+	a.procMu.Unlock()
+	if !ok {
+		return false
+	}
+	a.share.mu.Lock()
+	defer a.share.mu.Unlock()
+	return a.share.decides(p)
+}
+
+// Peers looks the other sharing members up in the consumer group, at most
+// every few seconds, as Owner does.
+func (b backend) Peers() []string {
+	a := b.a
+	if a.share == nil {
+		return nil
+	}
+	if p := a.peersSeen.Load(); p != nil && time.Since(p.at) < ownerLookupEvery {
+		return p.addrs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	members, err := ingest.SharingMembers(ctx, a.brokers, a.cfg.Kafka.GroupID)
+	if err != nil {
+		a.log.Warn("members sharing the partitions not found; requests about their accounts are answered here", "err", err)
+	}
+	var addrs []string
+	for _, m := range members {
+		if m.API != "" && m.API != a.advertise() {
+			addrs = append(addrs, m.API)
+		}
+	}
+	a.peersSeen.Store(&peersSeen{addrs: addrs, at: time.Now()})
+	return addrs
+}
+
+type peersSeen struct {
+	addrs []string
+	at    time.Time
+}
+
 func (b backend) Account(id string) api.Account {
 	b.a.procMu.Lock()
 	st, _ := b.a.proc.Planner.Get(id)

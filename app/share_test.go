@@ -7,12 +7,15 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 )
@@ -73,6 +76,25 @@ func accountView(t *testing.T, v []byte) string {
 // event is decided exactly once, and the decisions equal those of one
 // walletguard deciding the same partitions alone, in what the accounts' own
 // history decides (accountView).
+// plannerState is the account's security state as member r holds it.
+func plannerState(r *running, account string) enforce.State {
+	r.app.procMu.Lock()
+	defer r.app.procMu.Unlock()
+	st, _ := r.app.proc.Planner.Get(account)
+	return st
+}
+
+func accountOf(t *testing.T, value []byte) string {
+	t.Helper()
+	var e struct {
+		AccountID string `json:"account_id"`
+	}
+	if err := json.Unmarshal(value, &e); err != nil {
+		t.Fatal(err)
+	}
+	return e.AccountID
+}
+
 func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 	msgs, evs := simMessages(t, 400, 17, 9000)
 	cut := []int{0, 4000, 7000, len(msgs)}
@@ -85,8 +107,10 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer broker.Close()
+		totpKey := enforceConfig(t, t.TempDir()).Enforce.TOTP.KeyFile // every member opens the secrets
 		cfg := func() config.Config {
 			c := testConfig(t, t.TempDir())
+			c.Enforce.TOTP.KeyFile = totpKey
 			c.Kafka.Brokers = []string{broker.Addr()}
 			c.Kafka.ChangelogTopic = "walletguard.changelog"
 			c.Kafka.SharePartitions = share
@@ -120,12 +144,8 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		for _, m := range phase(0) {
 			p := ingest.KeyPartition(m.Key, 4) // where produce puts it
 			if _, ok := frozen[p]; !ok {
-				var e struct {
-					AccountID string `json:"account_id"`
-				}
-				json.Unmarshal(m.Value, &e)
-				frozen[p] = e.AccountID
-				if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+e.AccountID+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusOK {
+				frozen[p] = accountOf(t, m.Value)
+				if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+frozen[p]+"/freeze", "admin-token", `{"reason":"reported stolen"}`); code != http.StatusOK {
 					t.Fatalf("freeze: %d %v", code, body)
 				}
 			}
@@ -144,37 +164,69 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			waitFor(t, 60*time.Second, "the two to share the partitions", func() bool {
 				return assigned(a, 2)() && assigned(b, 2)() && len(deciding(a)) == 2 && len(deciding(b)) == 2
 			})
-			// Frozen on the member that decides it now, which the gateway
-			// must ask.
+			// Frozen on the member that decides it now; the gateway may ask
+			// either, and the other passes the question on.
 			onB := deciding(b)
 			movedFrozen = true
 			for p, acct := range frozen {
-				owner := a
+				owner, other := a, b
 				if _, ok := onB[p]; ok {
-					owner = b
+					owner, other = b, a
 				}
-				if _, body := call(t, owner.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] != true {
-					t.Errorf("the account frozen in partition %d is not frozen on the member that decides it now", p)
-					movedFrozen = false
-				}
-				// The first forgot the state it handed over.
-				if owner == b {
-					if _, body := call(t, a.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "viewer-token", ""); body["frozen"] == true {
-						t.Errorf("the first still holds the freeze of an account of partition %d, which it handed over", p)
+				for _, asked := range []*running{owner, other} {
+					_, body, h := callH(t, asked.app.HTTPAddr(), "GET", "/v1/accounts/"+acct, "gateway-token", "")
+					if body["frozen"] != true {
+						t.Errorf("the account frozen in partition %d is not frozen, asking the member that decides it %s", p, map[bool]string{true: "itself", false: "through the other"}[asked == owner])
 						movedFrozen = false
 					}
+					if to := h.Get(api.ForwardedToHeader); asked == other && to != owner.app.HTTPAddr() {
+						t.Errorf("asked about partition %d's account, the member that does not decide it answered it %q, want it passed on to %s", p, to, owner.app.HTTPAddr())
+					} else if asked == owner && to != "" {
+						t.Errorf("the member deciding partition %d passed a question about its account on to %s", p, to)
+					}
+				}
+				// The first forgot the state it handed over.
+				if owner == b && plannerState(a, acct).Frozen {
+					t.Errorf("the first still holds the freeze of an account of partition %d, which it handed over", p)
+					movedFrozen = false
 				}
 			}
-			// And back: frozen on the second, frozen on the first once it
-			// takes the partition back.
+			// And back: unfrozen on the second — asked of the first, which
+			// passes it on — and unfrozen on the first once it takes the
+			// partition back.
 			for p, acct := range frozen {
 				if _, ok := onB[p]; ok {
-					if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/unfreeze", "admin-token", `{"reason":"customer verified"}`); code != http.StatusOK {
-						t.Fatalf("unfreeze on the second: %d %v", code, body)
+					code, body, h := callH(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+acct+"/unfreeze", "admin-token", `{"reason":"customer verified"}`)
+					if code != http.StatusOK || h.Get(api.ForwardedToHeader) != b.app.HTTPAddr() {
+						t.Fatalf("unfreeze asked of the first: %d %v, made by %q, want by the second", code, body, h.Get(api.ForwardedToHeader))
+					}
+					if plannerState(b, acct).Frozen {
+						t.Errorf("the unfreeze passed on left the account frozen on the second")
 					}
 					unfrozenOnB = acct
 					break
 				}
+			}
+			// Wrong codes count where the account is decided, whichever
+			// member the gateway asks: five lock it.
+			totpAcct := ""
+			for _, m := range phase(0) {
+				id := accountOf(t, m.Value)
+				if _, ok := onB[ingest.KeyPartition(m.Key, 4)]; ok && !slices.Contains(slices.Collect(maps.Values(frozen)), id) {
+					totpAcct = id
+					break
+				}
+			}
+			if code, body := call(t, b.app.HTTPAddr(), "POST", "/v1/accounts/"+totpAcct+"/2fa/enroll", "gateway-token", ""); code != http.StatusOK {
+				t.Fatalf("enroll on the second: %d %v", code, body)
+			}
+			for i := 0; i < 5; i++ {
+				if code, body := call(t, a.app.HTTPAddr(), "POST", "/v1/accounts/"+totpAcct+"/2fa/verify", "gateway-token", `{"code":"000000"}`); code == http.StatusOK {
+					t.Fatalf("a wrong code verified: %v", body)
+				}
+			}
+			if st := plannerState(b, totpAcct); !st.Locked() {
+				t.Errorf("five wrong codes asked of the first left 2FA unlocked on the second, which decides the account")
 			}
 		}
 		produce(t, broker.Addr(), "wallet.events", phase(1)...)
