@@ -167,6 +167,7 @@ type shareChange struct {
 	lost, gained []int
 	groups       []*shareGroup
 	start        map[string]map[int]int64
+	whole        int // the event topic's partitions; 0 if not known
 	done         chan error
 }
 
@@ -228,6 +229,12 @@ func (a *App) ownsShared(ctx context.Context, owned map[string][]int) {
 	slices.Sort(ch.gained)
 	if len(ch.lost)+len(ch.gained) == 0 {
 		return
+	}
+	// The breaker's part of the limit (enforce.Planner.SetShare).
+	if ends, err := ingest.EndOffsets(ctx, a.brokers, a.cfg.Kafka.Topics[0]); err == nil {
+		ch.whole = len(ends)
+	} else {
+		a.log.Warn("event topic's partitions not counted; the freeze breaker keeps its limit as it was", "err", err)
 	}
 	if len(ch.gained) > 0 {
 		// A partition is decided with its state or not at all: without the
@@ -512,6 +519,9 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 		}
 	}
 	sh.local = nil
+	if ch.whole > 0 {
+		a.proc.Planner.SetShare(len(sh.deciding), ch.whole)
+	}
 	return nil
 }
 

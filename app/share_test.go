@@ -207,6 +207,14 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 					break
 				}
 			}
+			// Each counts its own automatic freezes against its part of the
+			// freeze breaker's limit.
+			for _, m := range []*running{a, b} {
+				_, br := call(t, m.app.HTTPAddr(), "GET", "/v1/enforce/breaker", "viewer-token", "")
+				if br["share"] != "2 of 4 partitions" || br["max_freezes"] != float64((m.app.cfg.Enforce.Breaker.MaxFreezes+1)/2) {
+					t.Errorf("a member deciding 2 of 4 partitions shows the breaker %v", br)
+				}
+			}
 			// Wrong codes count where the account is decided, whichever
 			// member the gateway asks: five lock it.
 			totpAcct := ""

@@ -32,12 +32,38 @@ type BreakerStatus struct {
 	Held       int       `json:"freezes_held"`
 	MaxFreezes int       `json:"max_freezes"`
 	Window     string    `json:"window"`
+	// Share is the part of the partitions this instance decides, when
+	// instances share them (kafka.share_partitions): its breaker counts
+	// its own freezes against that part of enforce.breaker.max_freezes,
+	// which MaxFreezes then is.
+	Share string `json:"share,omitempty"`
+}
+
+// SetShare tells the planner that this instance decides part of whole
+// partitions, the rest being decided by others sharing them: a freeze
+// storm, which spreads over accounts and so over partitions, is counted
+// against the same part of the breaker's limit, so that together the
+// members open at about the limit one instance has. whole 0: everything.
+func (p *Planner) SetShare(part, whole int) {
+	p.share.part, p.share.whole = part, whole
+}
+
+// maxFreezes is the breaker's limit for the freezes this instance makes.
+func (p *Planner) maxFreezes() int {
+	if p.share.whole <= 0 || p.share.part >= p.share.whole {
+		return p.cfg.MaxFreezes
+	}
+	return max(1, (p.cfg.MaxFreezes*p.share.part+p.share.whole-1)/p.share.whole)
 }
 
 // Breaker reports the freeze-storm breaker's state.
 func (p *Planner) Breaker() BreakerStatus {
 	b := &p.breaker
-	return BreakerStatus{Open: b.Open, OpenedAt: b.OpenedAt, Why: b.Why, Held: b.Held, MaxFreezes: p.cfg.MaxFreezes, Window: p.cfg.Window.String()}
+	st := BreakerStatus{Open: b.Open, OpenedAt: b.OpenedAt, Why: b.Why, Held: b.Held, MaxFreezes: p.maxFreezes(), Window: p.cfg.Window.String()}
+	if p.share.whole > 0 {
+		st.Share = fmt.Sprintf("%d of %d partitions", p.share.part, p.share.whole)
+	}
+	return st
 }
 
 // breakerBlocks counts an automatic freeze and reports whether the breaker
@@ -59,12 +85,16 @@ func (p *Planner) breakerBlocks(d *detector.Decision) bool {
 	}
 	b.Recent = append(b.Recent[i:], d.TS)
 	b.dirty = true
-	if len(b.Recent) <= p.cfg.MaxFreezes {
+	limit := p.maxFreezes()
+	if len(b.Recent) <= limit {
 		return false
 	}
 	b.Open, b.OpenedAt, b.Held = true, d.TS, 1
 	b.Why = fmt.Sprintf("%d automatic freezes within %s (limit %d); latest on %s by rule %s",
-		len(b.Recent), p.cfg.Window, p.cfg.MaxFreezes, d.AccountID, topRuleID(d))
+		len(b.Recent), p.cfg.Window, limit, d.AccountID, topRuleID(d))
+	if limit != p.cfg.MaxFreezes {
+		b.Why += fmt.Sprintf(" (this instance's part of %d: it decides %d of %d partitions)", p.cfg.MaxFreezes, p.share.part, p.share.whole)
+	}
 	b.Recent = nil
 	p.metrics.breakerOpen(true)
 	p.note(AuditEntry{At: d.TS, Action: "breaker_open", Origin: "auto", Actor: Auto, Reason: b.Why, DecisionID: d.DecisionID})

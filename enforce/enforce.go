@@ -159,6 +159,10 @@ type Planner struct {
 	handedOver []string
 
 	breaker breakerState
+	// share is the part of the accounts this instance decides, when
+	// instances share the partitions (SetShare): the breaker's limit is
+	// that part of MaxFreezes.
+	share struct{ part, whole int }
 }
 
 // SetFollowing switches following on or off for the decisions planned

@@ -408,3 +408,39 @@ func TestHandedOverAccountsLeaveTheStoreNotTheChangelog(t *testing.T) {
 		t.Errorf("the account kept: %+v (held %v), want frozen", s, ok)
 	}
 }
+
+// Members that share the partitions each count their own freezes: a flood
+// over every account opens each member's breaker at its part of the limit,
+// so that together they hold about as many freezes as one instance would.
+func TestSharingMembersSplitTheBreakersLimit(t *testing.T) {
+	members := []*Planner{NewPlanner(Config{MaxFreezes: 30, Window: time.Minute}, nil), NewPlanner(Config{MaxFreezes: 30, Window: time.Minute}, nil), NewPlanner(Config{MaxFreezes: 30, Window: time.Minute}, nil)}
+	parts := []int{2, 1, 1} // of 4
+	for i, p := range members {
+		p.SetShare(parts[i], 4)
+	}
+	t0 := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	freezes := 0
+	for i := 0; i < 400; i++ {
+		d := freezeDecision(fmt.Sprintf("flood-%d", i), t0.Add(time.Duration(i)*50*time.Millisecond))
+		// Accounts spread over the partitions; member 0 decides two.
+		m := []int{0, 0, 1, 2}[i%4]
+		for _, c := range members[m].Plan(&d, nil) {
+			if c.Command == CmdFreeze {
+				freezes++
+			}
+		}
+	}
+	for i, p := range members {
+		b := p.Breaker()
+		if !b.Open {
+			t.Errorf("member %d (%d of 4 partitions): breaker closed in a flood", i, parts[i])
+		}
+		if want := []int{15, 8, 8}[i]; b.MaxFreezes != want || !strings.Contains(b.Why, "partitions") {
+			t.Errorf("member %d: limit %d, want %d; why %q", i, b.MaxFreezes, want, b.Why)
+		}
+	}
+	// One instance alone freezes 30 and holds the rest; the three, 31.
+	if freezes < 30 || freezes > 33 {
+		t.Errorf("the members froze %d accounts in the flood; one instance with the same limit freezes 30", freezes)
+	}
+}
