@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
 )
@@ -180,4 +182,73 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	if differ+missing+extra != 0 {
 		t.Errorf("the members' decisions differ from one walletguard's: %d otherwise, %d missing, %d more", differ, missing, extra)
 	}
+
+	// The gateway may ask either survivor about any account: each answers
+	// what the member deciding it holds, the killed member's accounts
+	// included. The commands tell which accounts were frozen.
+	frozen := map[string]bool{}
+	for _, m := range readTopic(t, brokerAddr, "walletguard.account-commands") {
+		var c struct {
+			Command   string `json:"command"`
+			AccountID string `json:"account_id"`
+		}
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatalf("command %s: %v", m.Value, err)
+		}
+		switch c.Command {
+		case "freeze":
+			frozen[c.AccountID] = true
+		case "unfreeze":
+			frozen[c.AccountID] = false
+		}
+	}
+	asked := map[string]bool{}
+	for id := range frozen {
+		asked[id] = true
+	}
+	for _, m := range msgs[:200] {
+		asked[string(m.Key)] = true // and some that were not
+	}
+	nFrozen, passed := 0, 0
+	for id := range asked {
+		if frozen[id] {
+			nFrozen++
+		}
+		for _, m := range members {
+			if m == victim {
+				continue
+			}
+			got, to := accountFrozen(t, m.http, id)
+			if got != frozen[id] {
+				t.Errorf("asked of the member at %s, account %s reads frozen=%v; its commands say %v", m.http, id, got, frozen[id])
+			}
+			if to != "" {
+				passed++
+			}
+		}
+	}
+	t.Logf("%d accounts asked of both survivors (%d frozen); %d answers passed on to the member deciding the account", len(asked), nFrozen, passed)
+	if nFrozen == 0 || passed == 0 {
+		t.Errorf("%d frozen accounts, %d answers passed on: the check covers nothing", nFrozen, passed)
+	}
+}
+
+// accountFrozen asks a member whether an account is frozen, as the gateway
+// does, and which member answered if it passed the question on.
+func accountFrozen(t *testing.T, addr, id string) (frozen bool, forwardedTo string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/v1/accounts/"+id, nil)
+	req.Header.Set("Authorization", "Bearer change-me")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var acc struct {
+		Frozen bool `json:"frozen"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&acc); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET account %s of %s: %d %v", id, addr, resp.StatusCode, err)
+	}
+	return acc.Frozen, resp.Header.Get(api.ForwardedToHeader)
 }
