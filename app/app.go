@@ -362,6 +362,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			return nil, err
 		}
 		a.clog.salt = a.share.salt
+		// With nothing of its own, the first partitions this member gains
+		// bring the entity state too (restoreShared).
+		a.share.cold.Store(len(offsets) == 0 && len(a.share.local) == 0)
 		// A partition's state comes from the changelog when this member
 		// gains it (ownsShared), and a new epoch begins: the changelog's
 		// earlier epochs of this member say nothing of which partitions

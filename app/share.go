@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -69,6 +70,13 @@ type sharing struct {
 	// flush asks the pipeline for a checkpoint, published, and is
 	// answered once it is (revoked).
 	flush chan chan struct{}
+	// cold: this process started with no state of its own and has
+	// neither decided nor observed an event yet. Its first partitions
+	// gained then bring the state of every device, IP, payee and merchant
+	// with them, and observing starts where that state was taken
+	// (observeAt), not at each partition's beginning.
+	cold      atomic.Bool
+	observeAt map[string]map[int]int64 // under mu
 }
 
 // openSharing reads this member's salt (made once, kept in the store) and
@@ -155,6 +163,13 @@ func (a *App) startOffset(topic string, partition int, committed int64) int64 {
 // observeFrom is where observing a partition starts in this process:
 // where the state held was taken, or the partition's beginning.
 func (a *App) observeFrom(topic string, partition int) int64 {
+	a.share.cold.Store(false) // what it observes now is in the state
+	a.share.mu.Lock()
+	o, ok := a.share.observeAt[topic][partition]
+	a.share.mu.Unlock()
+	if ok {
+		return o
+	}
 	if o, ok := (*a.startAt.Load())[topic][partition]; ok {
 		return o
 	}
@@ -168,7 +183,11 @@ type shareChange struct {
 	groups       []*shareGroup
 	start        map[string]map[int]int64
 	whole        int // the event topic's partitions; 0 if not known
-	done         chan error
+	// entities is set for a cold member: its engine takes that group's
+	// whole state, what spans accounts with it, and drops the partitions
+	// it did not gain.
+	entities *shareGroup
+	done     chan error
 }
 
 // shareGroup is the state of partitions gained that one marker covers.
@@ -324,7 +343,31 @@ func (a *App) restoreShared(ctx context.Context, ch *shareChange, local map[int]
 		}
 		ch.groups = append(ch.groups, g)
 	}
+	// A cold member takes what spans accounts from the checkpoint furthest
+	// along. It agrees exactly with the accounts of the partitions gained
+	// that were taken at the same checkpoint (all of them, when one member
+	// decided them); one gained from another member's checkpoint is off by
+	// what the two members' checkpoints differ along it (docs/scaling.md).
+	ch.entities = nil
+	if a.share.cold.Load() {
+		for _, g := range ch.groups {
+			if ch.entities == nil || g.mark.total() > ch.entities.mark.total() {
+				ch.entities = g
+			}
+		}
+	}
 	return nil
+}
+
+// total is how far the marker's state is along every partition.
+func (m *partMarker) total() int64 {
+	var n int64
+	for _, ps := range m.offsets {
+		for _, o := range ps {
+			n += o
+		}
+	}
+	return n
 }
 
 // findPartMarker finds the changelog's last marker under key (the sole
@@ -455,9 +498,54 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 		}
 		a.log.Info("partition handed over to another member", "partition", p, "accounts", st.Accounts, "payments", st.Payments, "timers", st.Timers, "account_states", states)
 	}
+	// The security states each group brings: its partitions' accounts',
+	// and those of accounts the writer holds no row of (a freeze must not
+	// be lost for want of knowing its partition). Chosen before a cold
+	// member's engine takes a group's state over and drops from it.
+	states := make([][]string, len(ch.groups))
+	for i, g := range ch.groups {
+		for _, id := range slices.Sorted(maps.Keys(g.states)) {
+			if p, ok := g.engine.AccountPartition(id); !ok || slices.Contains(g.parts, p) {
+				states[i] = append(states[i], id)
+			}
+		}
+	}
+	if g := ch.entities; g != nil {
+		// A cold member takes the checkpoint's whole state — the entities,
+		// and every partition's accounts — and drops the partitions
+		// others decide; it observes them from where that state was taken.
+		if err := a.proc.Engine.Take(g.engine); err != nil {
+			return err
+		}
+		drop := map[int]bool{}
+		for p := range ch.whole {
+			drop[p] = true
+		}
+		sh.observeAt = map[string]map[int]int64{}
+		for t, ps := range g.mark.offsets {
+			for p, o := range ps {
+				drop[p] = true
+				setOffset(sh.observeAt, t, p, o)
+				setOffset(next, t, p, o)
+			}
+		}
+		for p := range drop {
+			if !slices.Contains(g.parts, p) {
+				if _, err := a.proc.Engine.DropPartition(src(p)); err != nil {
+					return err
+				}
+			}
+		}
+		st := a.proc.Engine.Stats()
+		a.log.Info("started cold: took the devices, IPs, payees and merchants from the changelog with the partitions gained", "partitions", g.parts,
+			"devices", st.Devices, "ips", st.IPs, "payees", st.Payees, "merchants", st.Merchants, "epoch", g.mark.epoch, "seq", g.mark.seq)
+	}
 	owed := map[string]int{}
-	for _, g := range ch.groups {
+	for i, g := range ch.groups {
 		for _, p := range g.parts {
+			if g == ch.entities {
+				continue // in with the whole state
+			}
 			st, err := a.proc.Engine.AdoptPartition(g.engine, src(p))
 			if err != nil {
 				return err
@@ -465,13 +553,8 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 			a.log.Info("partition taken over with its state from the changelog", "partition", p, "accounts", st.Accounts, "payments", st.Payments, "timers", st.Timers,
 				"epoch", g.mark.epoch, "seq", g.mark.seq, "offsets", g.mark.offsets)
 		}
-		for id, v := range g.states {
-			// An account the writer holds no row of is taken too: a freeze
-			// must not be lost for want of knowing its partition.
-			if p, ok := g.engine.AccountPartition(id); ok && !slices.Contains(g.parts, p) {
-				continue
-			}
-			if err := a.proc.Planner.Adopt(id, v, nil); err != nil {
+		for _, id := range states[i] {
+			if err := a.proc.Planner.Adopt(id, g.states[id], nil); err != nil {
 				return err
 			}
 		}
@@ -519,6 +602,7 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 		}
 	}
 	sh.local = nil
+	sh.cold.Store(false)
 	if ch.whole > 0 {
 		a.proc.Planner.SetShare(len(sh.deciding), ch.whole)
 	}

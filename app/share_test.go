@@ -15,6 +15,7 @@ import (
 
 	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
@@ -76,6 +77,14 @@ func accountView(t *testing.T, v []byte) string {
 // event is decided exactly once, and the decisions equal those of one
 // walletguard deciding the same partitions alone, in what the accounts' own
 // history decides (accountView).
+// entityStats counts what member r holds of what spans accounts.
+func entityStats(r *running) detector.Stats {
+	r.app.procMu.Lock()
+	defer r.app.procMu.Unlock()
+	st := r.app.proc.Engine.Stats()
+	return detector.Stats{Devices: st.Devices, IPs: st.IPs, Payees: st.Payees, Merchants: st.Merchants}
+}
+
 // plannerState is the account's security state as member r holds it.
 func plannerState(r *running, account string) enforce.State {
 	r.app.procMu.Lock()
@@ -164,6 +173,16 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			waitFor(t, 60*time.Second, "the two to share the partitions", func() bool {
 				return assigned(a, 2)() && assigned(b, 2)() && len(deciding(a)) == 2 && len(deciding(b)) == 2
 			})
+			// The second started with an empty volume: it took every device,
+			// IP, payee and merchant from the changelog with its partitions,
+			// and observes the first's from where that state was taken, not
+			// from their beginning.
+			if n := metric(t, b.app.HTTPAddr(), "walletguard_events_observed_total"); n != 0 {
+				t.Errorf("the second, started cold, observed %v events of phase 0 again", n)
+			}
+			if sa, sb := entityStats(a), entityStats(b); sa != sb {
+				t.Errorf("entity state: the first holds %+v, the second, started cold, %+v", sa, sb)
+			}
 			// Frozen on the member that decides it now; the gateway may ask
 			// either, and the other passes the question on.
 			onB := deciding(b)
@@ -241,6 +260,13 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		waitFor(t, 60*time.Second, "phase 1 to be decided", func() bool { return decided(a, b) == float64(cut[2]) })
 		t.Logf("sharing %v: phase 1 decided, %v of its events by the second", share, decided(b))
 		decidedBySecond = decided(b)
+		if share {
+			// Both hold every device, IP, payee and merchant, each having
+			// observed what the other decided.
+			if sa, sb := entityStats(a), entityStats(b); sa != sb {
+				t.Errorf("entity state after phase 1: the first holds %+v, the second %+v", sa, sb)
+			}
+		}
 		b.stop(t)
 		if share {
 			if unfrozenOnB == "" {
