@@ -517,6 +517,7 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 		if err := a.proc.Engine.Take(g.engine); err != nil {
 			return err
 		}
+		a.clog.fresh.Store(true) // the next checkpoint publishes the whole state, as after a restore
 		drop := map[int]bool{}
 		for p := range ch.whole {
 			drop[p] = true
