@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"syscall"
@@ -78,10 +79,11 @@ func accountViews(t *testing.T, broker, topic string) (views map[string]string, 
 // four partitions of a stream (kafka.share_partitions), as separate
 // processes against one broker, and kills one with SIGKILL mid-stream. The
 // survivors take its partitions over with their state from the changelog
-// and decide on: every event is decided, and every decision equals — in
-// what the account's own history decides — that of one walletguard
-// deciding the same events alone. What the killed member decided after its
-// last published state is decided again, under the same ids.
+// and decide on, and a fourth joins later on an empty volume: every event
+// is decided, and every decision equals — in what the account's own
+// history decides — that of one walletguard deciding the same events
+// alone. What the killed member decided after its last published state is
+// decided again, under the same ids.
 func TestSharingMembersSurviveAKill(t *testing.T) {
 	bin := buildBinary(t)
 	brokerAddr := freePort(t)
@@ -118,6 +120,8 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	w := &kafka.Writer{Addr: kafka.TCP(brokerAddr), Topic: "wallet.events", Balancer: &kafka.Murmur2Balancer{}, BatchSize: 5000, BatchTimeout: time.Millisecond, RequiredAcks: kafka.RequireAll}
 	const parts = 10
 	var killedAt float64
+	var joined *member
+	var joinedAt int // events produced when it joined
 	for i := range parts {
 		if err := w.WriteMessages(context.Background(), msgs[i*len(msgs)/parts:(i+1)*len(msgs)/parts]...); err != nil {
 			t.Fatal(err)
@@ -136,6 +140,14 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 				t.Fatal(err)
 			}
 			victim.cmd.Wait()
+		}
+		if i == parts/2+2 {
+			// A fourth joins on an empty volume: it takes partitions
+			// from the survivors, what spans accounts with them.
+			joined = startMember(t, bin, configOf("d", shared))
+			members = append(members, joined)
+			joinedAt = (i + 1) * len(msgs) / parts
+			waitUntil(t, "the member joining to decide a partition", time.Minute, func() bool { return assigned(joined) >= 1 })
 		}
 	}
 	w.Close()
@@ -179,11 +191,44 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	if killedAt == 0 {
 		t.Error("the member killed had decided nothing: the test does not cover a takeover")
 	}
+	// The member that joined on an empty volume took what spans accounts
+	// from the changelog with its partitions: in the end every member holds
+	// the same devices, IPs, payees and merchants. (Had it observed the
+	// other partitions from their beginning instead, it would lack the
+	// history of its own.)
+	alive := []*member{}
+	for _, m := range members {
+		if m != victim {
+			alive = append(alive, m)
+		}
+	}
+	var counts []map[string]float64
+	sameEntities := func() bool {
+		counts = counts[:0]
+		for _, m := range alive {
+			counts = append(counts, entityCounts(m.http))
+		}
+		for _, c := range counts[1:] {
+			if !maps.Equal(c, counts[0]) || len(c) != 4 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !sameEntities() && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("the member joining after %d events observed %v; devices, IPs, payees, merchants held by each member alive: %v",
+		joinedAt, metricSum(joined.http, "walletguard_events_observed_total"), counts)
+	if !sameEntities() {
+		t.Errorf("the members alive hold different entity state, the one that joined on an empty volume last: %v", counts)
+	}
 	if differ+missing+extra != 0 {
 		t.Errorf("the members' decisions differ from one walletguard's: %d otherwise, %d missing, %d more", differ, missing, extra)
 	}
 
-	// The gateway may ask either survivor about any account: each answers
+	// The gateway may ask any member about any account: each answers
 	// what the member deciding it holds, the killed member's accounts
 	// included. The commands tell which accounts were frozen.
 	frozen := map[string]bool{}
@@ -227,10 +272,21 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d accounts asked of both survivors (%d frozen); %d answers passed on to the member deciding the account", len(asked), nFrozen, passed)
+	t.Logf("%d accounts asked of every member alive (%d frozen); %d answers passed on to the member deciding the account", len(asked), nFrozen, passed)
 	if nFrozen == 0 || passed == 0 {
 		t.Errorf("%d frozen accounts, %d answers passed on: the check covers nothing", nFrozen, passed)
 	}
+}
+
+// entityCounts reads what a member holds of what spans accounts, by kind.
+func entityCounts(addr string) map[string]float64 {
+	out := map[string]float64{}
+	for _, kind := range []string{"device", "ip", "payee", "merchant"} {
+		if v := metricSum(addr, `walletguard_state_entries{kind="`+kind+`"}`); v > 0 {
+			out[kind] = v
+		}
+	}
+	return out
 }
 
 // accountFrozen asks a member whether an account is frozen, as the gateway
