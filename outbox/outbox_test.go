@@ -228,7 +228,13 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	go a.Deliver(ctx, "hooks", func(context.Context, *Item) error {
 		return &PermanentError{Err: errors.New("400 unknown tenant")}
 	}, Policy{})
-	for len(a.Dead("hooks", 10)) < 2 {
+	// OnDead is told once the move is durable: just after Dead lists it.
+	toldBoth := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(told) == 2
+	}
+	for len(a.Dead("hooks", 10)) < 2 || !toldBoth() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var letters [][]byte
