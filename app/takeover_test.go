@@ -182,6 +182,9 @@ func plannedHandover(t *testing.T, followedNothing bool) {
 	behind := float64(cut[1]) - metric(t, b.app.HTTPAddr(), "walletguard_events_followed_total")
 
 	a.stop(t) // SIGTERM
+	rc.mu.Lock()
+	beforeStop := len(rc.bodies) // deliveries by the old owner, for a failure to say whose a repeat was
+	rc.mu.Unlock()
 	waitFor(t, 30*time.Second, "the standby to take over", func() bool {
 		code, _ := readyz(b.app.HTTPAddr())
 		return code == http.StatusOK
@@ -219,12 +222,13 @@ func plannedHandover(t *testing.T, followedNothing bool) {
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	seen := map[string]bool{}
-	for _, body := range rc.bodies {
-		if seen[string(body)] {
-			t.Errorf("support got the same alert record twice: %.200s", body)
+	seen := map[string]int{}
+	for i, body := range rc.bodies {
+		if first, ok := seen[string(body)]; ok {
+			t.Errorf("support got the same alert record twice, as deliveries %d and %d of %d (the old owner made the first %d): %.2000s",
+				first, i, len(rc.bodies), beforeStop, body)
 		}
-		seen[string(body)] = true
+		seen[string(body)] = i
 	}
 	for id := range raised {
 		if rc.ids[id] == 0 {
