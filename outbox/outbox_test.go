@@ -353,6 +353,15 @@ func TestOnChangeTellsWhatCommits(t *testing.T) {
 	if err := b.EachPending(func(k, v []byte) error { want[string(k)] = string(v); return nil }); err != nil {
 		t.Fatal(err)
 	}
+	// OnChange is told once a change commits: a moment after readers see it.
+	told := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Equal(mirror, want)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !told() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(want) != 1 || !maps.Equal(mirror, want) {
