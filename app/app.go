@@ -90,13 +90,13 @@ type App struct {
 	// restoring: a restore on taking over is under way; the API refuses
 	// changes, which would go to the state being replaced.
 	restoring atomic.Bool
-	ownerSeen atomic.Pointer[ownerSeen] // the owner's API address, as a standby last looked it up
-	peersSeen atomic.Pointer[peersSeen] // the other sharing members' API addresses, as last looked up
-	ckptErr   atomic.Value              // string: why the last checkpoint failed, "" if fine
-	held      atomic.Int64              // accounts in state at the last checkpoint, for the group balancer
-	followed  Outputs                   // a standby's outputs, dropped (pipeline only)
-	learned   []learnedOutput           // alerts and commands a standby learned of by following (takeover.go; pipeline only)
-	owed      *owedOutbox               // the previous owner's undelivered records, restored (takeover.go; pipeline only)
+	ownerSeen atomic.Pointer[seenAt[string]]   // the owner's API address, as a standby last looked it up
+	peersSeen atomic.Pointer[seenAt[[]string]] // the other sharing members' API addresses, as last looked up
+	ckptErr   atomic.Value                     // string: why the last checkpoint failed, "" if fine
+	held      atomic.Int64                     // accounts in state at the last checkpoint, for the group balancer
+	followed  Outputs                          // a standby's outputs, dropped (pipeline only)
+	learned   []learnedOutput                  // alerts and commands a standby learned of by following (takeover.go; pipeline only)
+	owed      *owedOutbox                      // the previous owner's undelivered records, restored (takeover.go; pipeline only)
 
 	// Manual actions (manual.go): next is the pipeline's handled position,
 	// read by the API under procMu; manualIn what the actions topic's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/walletguard/walletguard/alerts"
@@ -44,29 +45,40 @@ func (b backend) Owner() string {
 	if a.source == nil {
 		return ""
 	}
-	if o := a.ownerSeen.Load(); o != nil && time.Since(o.at) < ownerLookupEvery {
-		return o.addr
+	return lookedUp(&a.ownerSeen, func(ctx context.Context) string {
+		addr, _, err := ingest.GroupOwner(ctx, a.brokers, a.cfg.Kafka.GroupID)
+		if err != nil {
+			a.log.Warn("owner of the partitions not found; changes asked of this standby are refused", "err", err)
+		}
+		if addr == a.advertise() {
+			addr = "" // this instance, stopping: the next owner is not known yet
+		}
+		return addr
+	})
+}
+
+// ownerLookupEvery bounds how stale the addresses an instance passes
+// requests on to may be (Owner, Peers): after a takeover or a rebalance
+// the old ones refuse them.
+const ownerLookupEvery = 3 * time.Second
+
+// seenAt is a lookup in the consumer group and when it was made.
+type seenAt[T any] struct {
+	v  T
+	at time.Time
+}
+
+// lookedUp returns the last lookup kept in last if it is recent enough,
+// or looks again.
+func lookedUp[T any](last *atomic.Pointer[seenAt[T]], look func(ctx context.Context) T) T {
+	if l := last.Load(); l != nil && time.Since(l.at) < ownerLookupEvery {
+		return l.v
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	addr, _, err := ingest.GroupOwner(ctx, a.brokers, a.cfg.Kafka.GroupID)
-	if err != nil {
-		a.log.Warn("owner of the partitions not found; changes asked of this standby are refused", "err", err)
-	}
-	if addr == a.advertise() {
-		addr = "" // this instance, stopping: the next owner is not known yet
-	}
-	a.ownerSeen.Store(&ownerSeen{addr: addr, at: time.Now()})
-	return addr
-}
-
-// ownerLookupEvery bounds how stale the owner's address a standby passes
-// changes on to may be: after a takeover the old one refuses them.
-const ownerLookupEvery = 3 * time.Second
-
-type ownerSeen struct {
-	addr string
-	at   time.Time
+	v := look(ctx)
+	last.Store(&seenAt[T]{v: v, at: time.Now()})
+	return v
 }
 
 // Decides: a member that shares the partitions decides the accounts whose
@@ -95,28 +107,19 @@ func (b backend) Peers() []string {
 	if a.share == nil {
 		return nil
 	}
-	if p := a.peersSeen.Load(); p != nil && time.Since(p.at) < ownerLookupEvery {
-		return p.addrs
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	members, err := ingest.SharingMembers(ctx, a.brokers, a.cfg.Kafka.GroupID)
-	if err != nil {
-		a.log.Warn("members sharing the partitions not found; requests about their accounts are answered here", "err", err)
-	}
-	var addrs []string
-	for _, m := range members {
-		if m.API != "" && m.API != a.advertise() {
-			addrs = append(addrs, m.API)
+	return lookedUp(&a.peersSeen, func(ctx context.Context) []string {
+		members, err := ingest.SharingMembers(ctx, a.brokers, a.cfg.Kafka.GroupID)
+		if err != nil {
+			a.log.Warn("members sharing the partitions not found; requests about their accounts are answered here", "err", err)
 		}
-	}
-	a.peersSeen.Store(&peersSeen{addrs: addrs, at: time.Now()})
-	return addrs
-}
-
-type peersSeen struct {
-	addrs []string
-	at    time.Time
+		var addrs []string
+		for _, m := range members {
+			if m.API != "" && m.API != a.advertise() {
+				addrs = append(addrs, m.API)
+			}
+		}
+		return addrs
+	})
 }
 
 func (b backend) Account(id string) api.Account {

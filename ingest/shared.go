@@ -4,10 +4,8 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -113,26 +111,20 @@ type Peer struct {
 
 // SharingMembers describes the members of group that decide partitions.
 func SharingMembers(ctx context.Context, brokers []string, group string) ([]Peer, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
-	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	members, err := describeGroup(ctx, brokers, group)
 	if err != nil {
-		return nil, fmt.Errorf("describe consumer group %s: %w", group, err)
+		return nil, err
 	}
 	var out []Peer
-	for _, g := range resp.Groups {
-		if g.Error != nil {
-			return nil, fmt.Errorf("describe consumer group %s: %w", group, g.Error)
+	for _, m := range members {
+		p := Peer{Member: m.MemberID, API: parseSharedMeta(m.MemberMetadata.UserData).API, Decides: map[string][]int{}}
+		for _, t := range m.MemberAssignments.Topics {
+			if len(t.Partitions) > 0 {
+				p.Decides[t.Topic] = slices.Sorted(slices.Values(t.Partitions))
+			}
 		}
-		for _, m := range g.Members {
-			p := Peer{Member: m.MemberID, API: parseSharedMeta(m.MemberMetadata.UserData).API, Decides: map[string][]int{}}
-			for _, t := range m.MemberAssignments.Topics {
-				if len(t.Partitions) > 0 {
-					p.Decides[t.Topic] = slices.Sorted(slices.Values(t.Partitions))
-				}
-			}
-			if len(p.Decides) > 0 {
-				out = append(out, p)
-			}
+		if len(p.Decides) > 0 {
+			out = append(out, p)
 		}
 	}
 	return out, nil

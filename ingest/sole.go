@@ -122,28 +122,40 @@ func (b soleOwner) AssignGroups(members []kafka.GroupMember, partitions []kafka.
 // partitions advertised (SourceConfig.Advertise), and its member id; addr
 // is "" when no member holds any, or the one that does advertised none.
 func GroupOwner(ctx context.Context, brokers []string, group string) (addr, member string, err error) {
+	members, err := describeGroup(ctx, brokers, group)
+	if err != nil {
+		return "", "", err
+	}
+	for _, m := range members {
+		n := 0
+		for _, t := range m.MemberAssignments.Topics {
+			n += len(t.Partitions)
+		}
+		if n == 0 {
+			continue
+		}
+		if d := m.MemberMetadata.UserData; len(d) > 17 {
+			return string(d[17:]), m.MemberID, nil
+		}
+		return "", m.MemberID, nil
+	}
+	return "", "", nil
+}
+
+// describeGroup lists the members of a consumer group, with their
+// metadata and assignments.
+func describeGroup(ctx context.Context, brokers []string, group string) ([]kafka.DescribeGroupsResponseMember, error) {
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
 	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
-		return "", "", fmt.Errorf("describe consumer group %s: %w", group, err)
+		return nil, fmt.Errorf("describe consumer group %s: %w", group, err)
 	}
+	var out []kafka.DescribeGroupsResponseMember
 	for _, g := range resp.Groups {
 		if g.Error != nil {
-			return "", "", fmt.Errorf("describe consumer group %s: %w", group, g.Error)
+			return nil, fmt.Errorf("describe consumer group %s: %w", group, g.Error)
 		}
-		for _, m := range g.Members {
-			n := 0
-			for _, t := range m.MemberAssignments.Topics {
-				n += len(t.Partitions)
-			}
-			if n == 0 {
-				continue
-			}
-			if d := m.MemberMetadata.UserData; len(d) > 17 {
-				return string(d[17:]), m.MemberID, nil
-			}
-			return "", m.MemberID, nil
-		}
+		out = append(out, g.Members...)
 	}
-	return "", "", nil
+	return out, nil
 }
