@@ -110,6 +110,9 @@ type Manager struct {
 	related map[string][]string
 	// changelog, if set, receives every alert saved (nil: deleted), as stored.
 	changelog func(key string, v []byte)
+	// split: Observe leaves the findings that span accounts to
+	// ObserveSpanning (see Spanning).
+	split bool
 }
 
 // keepFor is how long (event time) an alert with no news stays in the
@@ -183,15 +186,71 @@ func NewManager() *Manager {
 // alert, a higher severity, a stronger action, more affected users), and
 // returns out.
 func (m *Manager) Observe(d *detector.Decision, out []Alert) []Alert {
+	return m.observe(d, out, false)
+}
+
+// ObserveSpanning is Observe for the findings Observe leaves out once
+// SetSplit is on: those Spanning says span accounts.
+func (m *Manager) ObserveSpanning(d *detector.Decision, out []Alert) []Alert {
+	return m.observe(d, out, true)
+}
+
+// SetSplit makes Observe leave out the findings that span accounts, for
+// ObserveSpanning. Instances that share the partitions each decide some of
+// the accounts: a merchant outage, a faulty app version, an address
+// stuffing credentials or a mule payee touches the accounts of several,
+// and its alert is raised by one of them from the findings of all
+// (docs/scaling.md).
+func (m *Manager) SetSplit(on bool) { m.split = on }
+
+// Spanning reports whether finding h of decision d is about something
+// that spans accounts — a merchant, an app version, an address, a device,
+// a payee — or is a stuck payment that such an incident may take in (at a
+// merchant, or in an app version).
+func Spanning(d *detector.Decision, h *detector.Hit) bool {
+	if h.Category == "stuck_retry" {
+		return d.MerchantID != "" || d.AppVersion != ""
+	}
+	return spanningGroup(h.Group)
+}
+
+func spanningGroup(group string) bool {
+	for _, p := range [...]string{"merchant:", "app:", "ip:", "device:", "payee:"} {
+		if strings.HasPrefix(group, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsSpanning reports whether the alert is one that Spanning findings
+// raise: what ObserveSpanning holds when the manager is split.
+func (a *Alert) IsSpanning() bool {
+	if a.Category == "stuck_retry" {
+		return a.MerchantID != "" || a.AppVersion != ""
+	}
+	_, group, ok := strings.Cut(a.DedupKey, "|")
+	return ok && spanningGroup(group)
+}
+
+// Wanted reports whether d has a finding an alert may come of.
+func Wanted(d *detector.Decision, h *detector.Hit) bool {
+	// Low-severity findings stay in the decision record (a review
+	// decision is the risk team's queue) unless the account was acted
+	// on; a support queue full of them gets ignored.
+	return h.Category != "" && (rules.SeverityRank(h.Severity) >= 2 || rules.ActionRank(d.Action) >= rules.ActionRank(rules.ActionStepUp))
+}
+
+func (m *Manager) observe(d *detector.Decision, out []Alert, spanning bool) []Alert {
 	if m.seen++; m.seen >= 10000 {
 		m.prune(d.TS.Add(-keepFor))
 	}
 	for i := range d.Rules {
 		h := &d.Rules[i]
-		// Low-severity findings stay in the decision record (a review
-		// decision is the risk team's queue) unless the account was acted
-		// on; a support queue full of them gets ignored.
-		if h.Category == "" || rules.SeverityRank(h.Severity) < 2 && rules.ActionRank(d.Action) < rules.ActionRank(rules.ActionStepUp) {
+		if m.split && Spanning(d, h) != spanning {
+			continue
+		}
+		if !Wanted(d, h) {
 			continue
 		}
 		out = m.observeHit(d, h, out)
@@ -681,23 +740,80 @@ func (m *Manager) Load(db *bolt.DB) error {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var s stored
-			if err := json.Unmarshal(v, &s); err != nil {
-				return fmt.Errorf("alert %s: %w", k, err)
+			a, err := decodeStored(string(k), v)
+			if err != nil {
+				return err
 			}
-			a := s.Alert
-			a.accounts = map[string]bool{}
-			for _, acc := range s.Accounts {
-				a.addAccount(acc)
-			}
-			m.open[string(k)] = &a
-			switch {
-			case a.AccountID == "" && a.AppVersion != "":
-				m.outages["app:"+a.AppVersion] = string(k)
-			case a.AccountID == "" && a.MerchantID != "":
-				m.outages["merchant:"+a.MerchantID] = string(k)
-			}
+			m.put(string(k), a)
 			return nil
 		})
 	})
+}
+
+func decodeStored(key string, v []byte) (*Alert, error) {
+	var s stored
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, fmt.Errorf("alert %s: %w", key, err)
+	}
+	a := s.Alert
+	a.accounts = map[string]bool{}
+	for _, acc := range s.Accounts {
+		a.addAccount(acc)
+	}
+	return &a, nil
+}
+
+// put holds a as the alert under key, as stored; the caller reindexes.
+func (m *Manager) put(key string, a *Alert) {
+	m.open[key] = a
+	switch {
+	case a.AccountID == "" && a.AppVersion != "":
+		m.outages["app:"+a.AppVersion] = key
+	case a.AccountID == "" && a.MerchantID != "":
+		m.outages["merchant:"+a.MerchantID] = key
+	}
+}
+
+// DropSpanning forgets the alerts that span accounts (IsSpanning), from
+// the store too at the next save: another instance raises them now. It
+// returns how many it dropped.
+func (m *Manager) DropSpanning() int {
+	n := 0
+	for key, a := range m.open {
+		if a.IsSpanning() {
+			delete(m.open, key)
+			m.dirty[key] = true
+			n++
+		}
+	}
+	for k, key := range m.outages {
+		if m.open[key] == nil {
+			delete(m.outages, k)
+		}
+	}
+	m.reindex()
+	return n
+}
+
+// AdoptSpanning replaces the alerts that span accounts with those of recs
+// (alerts as stored, by key; others are skipped): the instance that raised
+// them hands them on. It returns how many it took.
+func (m *Manager) AdoptSpanning(recs map[string][]byte) (int, error) {
+	taken := make(map[string]*Alert, len(recs))
+	for key, v := range recs {
+		a, err := decodeStored(key, v)
+		if err != nil {
+			return 0, err
+		}
+		if a.IsSpanning() {
+			taken[key] = a
+		}
+	}
+	m.DropSpanning()
+	for key, a := range taken {
+		m.put(key, a)
+		m.dirty[key] = true
+	}
+	m.reindex()
+	return len(taken), nil
 }

@@ -252,3 +252,119 @@ func TestAcknowledgementOutlivesAnOlderCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitManagersRaiseWhatSpansAccountsOnce: instances that share the
+// partitions each decide some accounts. Each one's manager, split, raises
+// the alerts of its own accounts; one lead raises those that span accounts
+// from every instance's findings. Together they hold the alerts one
+// manager seeing everything holds — one merchant outage, not one per
+// instance — and the lead's hand over whole to another.
+func TestSplitManagersRaiseWhatSpansAccountsOnce(t *testing.T) {
+	var ds []detector.Decision
+	for i := range 30 {
+		acct := fmt.Sprintf("u-%02d", i)
+		ds = append(ds, stuck(acct, "p", "m-9", time.Duration(i)*time.Minute, 3))
+		if i == 3 {
+			ds = append(ds, detector.Decision{DecisionID: "o1", AccountID: acct, TS: t0.Add(3 * time.Minute), Action: "allow", MerchantID: "m-9",
+				Rules: []detector.Hit{{ID: "merchant_failure_spike", Category: "merchant_outage", Severity: "high", Group: "merchant:m-9", Reason: "merchant m-9 failing"}}})
+		}
+		if i%7 == 0 { // a takeover of the account, its own alert
+			ds = append(ds, detector.Decision{DecisionID: "t-" + acct, AccountID: acct, TS: t0.Add(time.Duration(i) * time.Minute), Action: "freeze",
+				Rules: []detector.Hit{{ID: "balance_drain_after_takeover", Category: "theft", Severity: "critical", Group: "account:" + acct, Reason: "drained"}}})
+		}
+		if i%5 == 0 { // a stuck transfer with no merchant: the account's own
+			d := stuck(acct, "q", "", time.Duration(i)*time.Minute, 3)
+			ds = append(ds, d)
+		}
+		if i >= 10 && i < 22 { // an address failing logins on many accounts
+			ds = append(ds, detector.Decision{DecisionID: "s-" + acct, AccountID: acct, TS: t0.Add(time.Duration(i) * time.Minute), Action: "allow",
+				Rules: []detector.Hit{{ID: "credential_stuffing_ip", Category: "credential_stuffing", Severity: "high", Group: "ip:203.0.113.7", Reason: "stuffing"}}})
+		}
+	}
+	whole := NewManager()
+	members := []*Manager{NewManager(), NewManager(), NewManager()}
+	lead := NewManager()
+	for _, m := range append(members, lead) {
+		m.SetSplit(true)
+	}
+	var wholeOut, splitOut []Alert
+	for i := range ds {
+		d := &ds[i]
+		wholeOut = whole.Observe(d, wholeOut)
+		var n int
+		fmt.Sscanf(d.AccountID, "u-%d", &n)
+		splitOut = members[n%3].Observe(d, splitOut)
+		splitOut = lead.ObserveSpanning(d, splitOut)
+	}
+	summary := func(ms ...*Manager) map[string]string {
+		out := map[string]string{}
+		for _, m := range ms {
+			for _, a := range m.All() {
+				if _, dup := out[a.DedupKey]; dup {
+					t.Errorf("alert %s held twice", a.DedupKey)
+				}
+				out[a.DedupKey] = fmt.Sprintf("%s %s %d accounts, %d findings", a.AlertID, a.Status, a.AffectedAccounts, a.Count)
+			}
+		}
+		return out
+	}
+	want, got := summary(whole), summary(append(members, lead)...)
+	if fmt.Sprint(want) != fmt.Sprint(got) {
+		t.Errorf("split managers hold\n%v\none manager holds\n%v", got, want)
+	}
+	outages := 0
+	for _, a := range splitOut {
+		if a.Category == "merchant_outage" && a.Status == "open" && a.AffectedAccounts == 1 {
+			outages++
+		}
+	}
+	if outages != 1 {
+		t.Errorf("the outage was raised %d times, want once", outages)
+	}
+	for i, m := range members {
+		for _, a := range m.All() {
+			if a.IsSpanning() {
+				t.Errorf("member %d raised %s, which spans accounts", i, a.DedupKey)
+			}
+		}
+	}
+	// The four users stuck before the outage was recognised, grouped under
+	// it, the outage, the address.
+	if n := len(lead.All()); n != 6 {
+		t.Errorf("the lead holds %d alerts, want 6", n)
+	}
+
+	// The lead hands its alerts over as stored.
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "alerts.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs := map[string][]byte{}
+	lead.SetChangelog(func(key string, v []byte) { recs[key] = v })
+	lead.MarkAllChanged()
+	if err := db.Update(lead.Save); err != nil {
+		t.Fatal(err)
+	}
+	next := members[1]
+	if n, err := next.AdoptSpanning(recs); err != nil || n != len(lead.All()) {
+		t.Fatalf("adopted %d of %d alerts: %v", n, len(lead.All()), err)
+	}
+	if fmt.Sprint(summary(next, members[0], members[2])) != fmt.Sprint(want) {
+		t.Errorf("after the handover the members hold\n%v\nwant\n%v", summary(next, members[0], members[2]), want)
+	}
+	// Stuck payments at the merchant join the adopted outage.
+	d := stuck("u-31", "p", "m-9", 31*time.Minute, 3)
+	out := next.ObserveSpanning(&d, nil)
+	if len(out) != 0 {
+		t.Errorf("one more stuck user raised %+v", out)
+	}
+	for _, a := range next.Open() {
+		if a.Category == "merchant_outage" && a.AffectedAccounts != 31 {
+			t.Errorf("the adopted outage counts %d accounts after one more, want 31", a.AffectedAccounts)
+		}
+	}
+	if n := next.DropSpanning(); n != len(lead.All()) {
+		t.Errorf("dropped %d alerts that span accounts, want %d", n, len(lead.All()))
+	}
+}
