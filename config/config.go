@@ -113,6 +113,12 @@ type Kafka struct {
 	// through the changelog (docs/scaling.md). Every instance of a group
 	// must say the same.
 	SharePartitions bool `yaml:"share_partitions"`
+	// FindingsTopic carries, when instances share the partitions, the
+	// decisions whose findings span accounts (a merchant outage, a faulty
+	// app version, an address stuffing credentials, a mule payee, stuck
+	// payments at a merchant): the member that decides partition 0 raises
+	// their alerts from every member's, once (docs/scaling.md).
+	FindingsTopic string `yaml:"findings_topic"`
 }
 
 // HTTP is the API and metrics listener.
@@ -283,6 +289,7 @@ func Default() Config {
 			DecisionsTopic:     "walletguard.decisions",
 			CommandsTopic:      "walletguard.account-commands",
 			ActionsTopic:       "walletguard.account-actions",
+			FindingsTopic:      "walletguard.findings",
 			SessionTimeout:     Duration(10 * time.Second),
 			CommitInterval:     Duration(time.Second),
 			ShutdownTimeout:    Duration(15 * time.Second),
@@ -408,6 +415,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.SharePartitions && c.Kafka.ChangelogTopic == "" {
 		bad("kafka.share_partitions: needs kafka.changelog_topic, through which a partition's state moves to its next owner")
+	}
+	if c.Kafka.SharePartitions && c.Kafka.FindingsTopic == "" {
+		bad("kafka.share_partitions: needs kafka.findings_topic, through which the alerts that span accounts are raised once")
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen: %q is not host:port", c.HTTP.Listen)

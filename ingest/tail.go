@@ -19,6 +19,12 @@ import (
 // a standby takes over with. A topic that does not exist yet is looked for
 // again every few seconds.
 func Tail(ctx context.Context, brokers []string, topic string, log *slog.Logger, handle func(partition int, m kafka.Message)) {
+	TailFrom(ctx, brokers, topic, func(int) int64 { return kafka.FirstOffset }, log, handle)
+}
+
+// TailFrom is Tail reading each partition from the offset start gives it
+// (kafka.FirstOffset: from the first record held).
+func TailFrom(ctx context.Context, brokers []string, topic string, start func(partition int) int64, log *slog.Logger, handle func(partition int, m kafka.Message)) {
 	var parts []kafka.Partition
 	for {
 		var err error
@@ -37,7 +43,7 @@ func Tail(ctx context.Context, brokers []string, topic string, log *slog.Logger,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tailPartition(ctx, brokers, topic, p.ID, log, handle)
+			tailPartition(ctx, brokers, topic, p.ID, start(p.ID), log, handle)
 		}()
 	}
 	wg.Wait()
@@ -57,8 +63,8 @@ func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partiti
 	return ps, nil
 }
 
-func tailPartition(ctx context.Context, brokers []string, topic string, partition int, log *slog.Logger, handle func(int, kafka.Message)) {
-	err := readRange(ctx, brokers, topic, partition, kafka.FirstOffset, math.MaxInt64, log, func(m kafka.Message) error {
+func tailPartition(ctx context.Context, brokers []string, topic string, partition int, from int64, log *slog.Logger, handle func(int, kafka.Message)) {
+	err := readRange(ctx, brokers, topic, partition, from, math.MaxInt64, log, func(m kafka.Message) error {
 		handle(partition, m)
 		return nil
 	})
