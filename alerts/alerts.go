@@ -302,6 +302,30 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	return m.update(a, d, h, out)
 }
 
+// Repeats lists the dedup keys of list (alerts as delivered, the last
+// version of each id) that were raised more than once for one incident:
+// two alerts with one key, the later created before the earlier had been
+// quiet for quietAfter. One manager never does that; instances raising
+// the same incident each for their own accounts would.
+func Repeats(list []Alert) []string {
+	byKey := map[string][]Alert{}
+	for _, a := range list {
+		byKey[a.DedupKey] = append(byKey[a.DedupKey], a)
+	}
+	var out []string
+	for key, as := range byKey {
+		sort.Slice(as, func(i, j int) bool { return as[i].CreatedAt.Before(as[j].CreatedAt) })
+		for i := 1; i < len(as); i++ {
+			if as[i].CreatedAt.Sub(as[i-1].UpdatedAt) < quietAfter {
+				out = append(out, key)
+				break
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Raise opens (or refreshes) an alert walletguard raises about itself or an
 // action, not from a rule: the freeze-storm breaker, a 2FA lockout. key is
 // its dedup key; a repeat while it is open updates it. reason says what
@@ -774,16 +798,17 @@ func (m *Manager) put(key string, a *Alert) {
 	}
 }
 
-// DropSpanning forgets the alerts that span accounts (IsSpanning), from
-// the store too at the next save: another instance raises them now. It
-// returns how many it dropped.
-func (m *Manager) DropSpanning() int {
-	n := 0
+// DropSpanning forgets the alerts that span accounts (IsSpanning):
+// another instance raises them now. It returns their keys. The next save
+// does not delete them — in a changelog the records of those keys are the
+// new lead's — so the caller deletes them from its store (DeleteRecords).
+func (m *Manager) DropSpanning() []string {
+	var keys []string
 	for key, a := range m.open {
 		if a.IsSpanning() {
 			delete(m.open, key)
-			m.dirty[key] = true
-			n++
+			delete(m.dirty, key)
+			keys = append(keys, key)
 		}
 	}
 	for k, key := range m.outages {
@@ -792,7 +817,22 @@ func (m *Manager) DropSpanning() int {
 		}
 	}
 	m.reindex()
-	return n
+	slices.Sort(keys)
+	return keys
+}
+
+// DeleteRecords deletes the alerts under keys from the store.
+func DeleteRecords(tx *bolt.Tx, keys []string) error {
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil
+	}
+	for _, k := range keys {
+		if err := b.Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // AdoptSpanning replaces the alerts that span accounts with those of recs
@@ -809,7 +849,9 @@ func (m *Manager) AdoptSpanning(recs map[string][]byte) (int, error) {
 			taken[key] = a
 		}
 	}
-	m.DropSpanning()
+	for _, key := range m.DropSpanning() {
+		m.dirty[key] = true // deleted where it is not taken again: the lead's own records
+	}
 	for key, a := range taken {
 		m.put(key, a)
 		m.dirty[key] = true

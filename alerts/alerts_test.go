@@ -364,7 +364,7 @@ func TestSplitManagersRaiseWhatSpansAccountsOnce(t *testing.T) {
 			t.Errorf("the adopted outage counts %d accounts after one more, want 31", a.AffectedAccounts)
 		}
 	}
-	if n := next.DropSpanning(); n != len(lead.All()) {
-		t.Errorf("dropped %d alerts that span accounts, want %d", n, len(lead.All()))
+	if keys := next.DropSpanning(); len(keys) != len(lead.All()) {
+		t.Errorf("dropped %d alerts that span accounts, want %d", len(keys), len(lead.All()))
 	}
 }

@@ -120,6 +120,7 @@ type App struct {
 
 	clog  *changelog // nil without kafka.changelog_topic
 	share *sharing   // nil unless kafka.share_partitions
+	spans *spanning  // nil unless kafka.share_partitions
 
 	reloadMu sync.Mutex
 	cleanup  []func()
@@ -145,6 +146,8 @@ type appMetrics struct {
 	deadPruned          prometheus.Counter
 	manualAdopted       prometheus.Counter
 	manualRead          prometheus.Counter
+	spanningLead        prometheus.Gauge
+	findings            *prometheus.CounterVec
 	takeovers           *prometheus.CounterVec
 	watermark           prometheus.Gauge
 	lastCheckpoint      prometheus.Gauge
@@ -204,6 +207,14 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 			Name: "walletguard_manual_actions_adopted_total",
 			Help: "Manual actions made on another instance (freezes, unfreezes, 2FA, alert and breaker changes) adopted from kafka.actions_topic.",
 		}),
+		spanningLead: f.NewGauge(prometheus.GaugeOpts{
+			Name: "walletguard_spanning_alerts_lead",
+			Help: "1 while this member raises the alerts that span accounts (it decides partition 0 of instances sharing the partitions).",
+		}),
+		findings: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "walletguard_findings_read_total",
+			Help: "Findings that span accounts read from kafka.findings_topic by the lead: folded into alerts, or a repeat of a decision made again after a takeover.",
+		}, []string{"result"}),
 		manualRead: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_manual_actions_read_total",
 			Help: "Records read from kafka.actions_topic, this instance's own included; each is adopted once its place is reached, or skipped if not newer.",
@@ -332,6 +343,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		if cfg.Kafka.ActionsTopic != "" {
 			topics = append(topics, cfg.Kafka.ActionsTopic)
 		}
+		if cfg.Kafka.SharePartitions {
+			topics = append(topics, cfg.Kafka.FindingsTopic)
+		}
 		a.broker, err = ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: cfg.Kafka.EmbeddedListen, Dir: filepath.Join(cfg.DataDir, "broker"),
 			Partitions: cfg.Kafka.EmbeddedPartitions, Topics: topics}, log)
 		if err != nil {
@@ -362,6 +376,14 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 			return nil, err
 		}
 		a.clog.salt = a.share.salt
+		a.spans = &spanning{wake: make(chan struct{}, 1), seen: map[string]struct{}{}}
+		if err := a.store.DB().View(func(tx *bolt.Tx) (err error) {
+			a.spans.stored, err = loadFindings(tx)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		a.proc.Alerts.SetSplit(true)
 		// With nothing of its own, the first partitions this member gains
 		// bring the entity state too (restoreShared).
 		a.share.cold.Store(len(offsets) == 0 && len(a.share.local) == 0)
@@ -519,6 +541,13 @@ func (a *App) Run(ctx context.Context) error {
 	scoresDone := make(chan struct{})
 	go func() { a.publishScores(ctx, writeCtx); close(scoresDone) }()
 	pipeErr := a.pipeline(writeCtx, a.source.Records())
+	if a.spans != nil {
+		a.procMu.Lock()
+		if a.spans.stop != nil {
+			a.spans.stop() // the findings tail: nothing folds them any more
+		}
+		a.procMu.Unlock()
+	}
 	<-scoresDone
 	srcErr := <-srcDone
 
@@ -587,6 +616,9 @@ func (a *App) prepareCheckpoint(offsets detector.Offsets, retry *ckptWork) (*ckp
 	}
 	if a.share != nil {
 		w.writers = append(w.writers, func(tx *bolt.Tx) error { return putDecided(tx, w.parts) })
+		if write := a.prepareFindings(); write != nil {
+			w.writers = append(w.writers, write)
+		}
 	}
 	if retry != nil {
 		return w, nil
@@ -963,6 +995,11 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					a.adoptManual(next)
 					a.procMu.Unlock()
 				}
+				if a.spans != nil && a.spans.waiting.Load() {
+					a.procMu.Lock()
+					a.foldFindings()
+					a.procMu.Unlock()
+				}
 				flush(false)
 				if time.Since(lastCkpt) >= interval {
 					checkpoint(false)
@@ -972,6 +1009,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				case rec, ok = <-records:
 				case next := <-freeIfPending():
 					handOver(next)
+					continue
+				case <-a.findingsWake():
 					continue
 				case <-time.After(interval):
 					if time.Since(lastCkpt) >= interval {
@@ -1037,6 +1076,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		ps[rec.Partition] = rec.Offset + 1
 		if a.manualWaiting.Load() || len(a.manualPending) > 0 {
 			a.adoptManual(next)
+		}
+		if a.spans != nil && a.spans.waiting.Load() {
+			a.foldFindings()
 		}
 		batch++
 		if copying != nil && batch%copyEvery == 0 {
@@ -1133,6 +1175,11 @@ func (a *App) encodeOutputs(msgs []ingest.Message, buf []byte, out *Outputs) ([]
 		// Cut after this decision's appends: a later one may move buf to
 		// a new array, and these records keep the old one.
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+		if a.spans != nil && spansAccounts(d) {
+			// For the lead, which raises the alerts that span accounts
+			// (spanning.go); written before the checkpoint that covers it.
+			msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.FindingsTopic, Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+		}
 	}
 	for i := range out.Commands {
 		c := &out.Commands[i]

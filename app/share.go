@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/ingest"
@@ -197,6 +198,10 @@ type shareGroup struct {
 	engine *detector.Engine
 	states map[string][]byte // account security states, by account
 	owed   map[string][]byte // the writer's outbox records yet to deliver, by outbox key
+	// With partition 0: the writer's alerts, by key (the lead's alerts
+	// that span accounts among them), and its place in the findings topic.
+	alerts   map[string][]byte
+	findings map[int]int64
 }
 
 // partMarker is a marker of the changelog: a member's "marker/<p>" or the
@@ -415,6 +420,10 @@ func setOffset(o map[string]map[int]int64, topic string, p int, at int64) {
 // the same epoch, with accounts since gone.
 func (a *App) readShared(ctx context.Context, m *partMarker, parts []int, ends map[int]int64) (*shareGroup, error) {
 	g := &shareGroup{mark: m, parts: parts, engine: a.proc.Engine.Fresh(), states: map[string][]byte{}, owed: map[string][]byte{}}
+	leads := slices.Contains(parts, 0)
+	if leads {
+		g.alerts = map[string][]byte{}
+	}
 	r, err := g.engine.BeginRestore(m.msg.Value)
 	if err != nil {
 		return nil, fmt.Errorf("changelog %s: marker at %d/%d: %w", a.clog.topic, m.msg.Partition, m.msg.Offset, err)
@@ -431,6 +440,20 @@ func (a *App) readShared(ctx context.Context, m *partMarker, parts []int, ends m
 				return fmt.Errorf("changelog %s: record at %d/%d: %w", topic, msg.Partition, msg.Offset, err)
 			}
 			switch kind := msg.Key[0]; {
+			case leads && kind == clogAlert && len(msg.Key) > 1:
+				k := string(msg.Key[1:])
+				if len(msg.Value) == 0 {
+					delete(g.alerts, k)
+				} else if err := alerts.CheckRecord(k, msg.Value); err != nil {
+					return damaged(err)
+				} else {
+					g.alerts[k] = msg.Value
+				}
+			case leads && string(msg.Key) == clogFindings:
+				g.findings = nil
+				if err := json.Unmarshal(msg.Value, &g.findings); err != nil {
+					return damaged(err)
+				}
 			case kind == clogState && len(msg.Key) > 1:
 				if err := enforce.CheckRecord(string(msg.Key[1:]), msg.Value); err != nil {
 					return damaged(err)
@@ -602,11 +625,53 @@ func (a *App) applyShareChange(ch *shareChange, next map[string]map[int]int64) e
 			setOffset(sh.start, t, p, o)
 		}
 	}
+	if err := a.leadOrNot(ch, sh.local[0]); err != nil {
+		return err
+	}
 	sh.local = nil
 	sh.cold.Store(false)
 	if ch.whole > 0 {
 		a.proc.Planner.SetShare(len(sh.deciding), ch.whole)
 	}
+	return nil
+}
+
+// leadOrNot makes this member the lead — it raises the alerts that span
+// accounts (spanning.go) — when it decides partition 0, with the alerts
+// and place in the findings topic of the state it took partition 0 with:
+// the previous lead's from the changelog, or this store's (local). Under
+// the sharing's mu.
+func (a *App) leadOrNot(ch *shareChange, local bool) error {
+	sp := a.spans
+	defer func() { sp.stored = nil }()
+	if _, leads := a.share.deciding[0]; !leads {
+		a.setLead(false, nil)
+		return nil
+	}
+	if sp.lead {
+		return nil
+	}
+	read, adopted := map[int]int64(nil), false
+	if local {
+		read = sp.stored
+	}
+	for _, g := range ch.groups {
+		if !slices.Contains(g.parts, 0) {
+			continue
+		}
+		n, err := a.proc.Alerts.AdoptSpanning(g.alerts)
+		if err != nil {
+			return fmt.Errorf("alerts that span accounts: %w", err)
+		}
+		read, adopted = g.findings, true
+		a.log.Info("alerts that span accounts taken over from the changelog with partition 0", "alerts", n, "findings_from", read, "epoch", g.mark.epoch, "seq", g.mark.seq)
+	}
+	if !adopted && !local {
+		// No state of partition 0 anywhere: a new group. What this store
+		// holds of those alerts, if anything, is of another time.
+		a.setLead(false, nil)
+	}
+	a.setLead(true, read)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/api"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
@@ -93,6 +94,52 @@ func plannerState(r *running, account string) enforce.State {
 	return st
 }
 
+// heldSpanning counts the alerts that span accounts member r holds.
+func heldSpanning(r *running) int {
+	r.app.procMu.Lock()
+	defer r.app.procMu.Unlock()
+	n := 0
+	for _, al := range r.app.proc.Alerts.All() {
+		if al.IsSpanning() {
+			n++
+		}
+	}
+	return n
+}
+
+// spanningDelivered maps the alert ids of the alerts that span accounts
+// rc received to their dedup keys.
+func spanningDelivered(t *testing.T, rc *receiver) map[string]string {
+	t.Helper()
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	out := map[string]string{}
+	for _, b := range rc.bodies {
+		var al alerts.Alert
+		if err := json.Unmarshal(b, &al); err != nil {
+			t.Fatal(err)
+		}
+		if al.IsSpanning() {
+			out[al.AlertID] = al.DedupKey
+		}
+	}
+	return out
+}
+
+// settled is true once rc received nothing new for two seconds.
+func settled(rc *receiver) func() bool {
+	last, since := -1, time.Now()
+	return func() bool {
+		rc.mu.Lock()
+		n := len(rc.bodies)
+		rc.mu.Unlock()
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return time.Since(since) > 2*time.Second
+	}
+}
+
 func accountOf(t *testing.T, value []byte) string {
 	t.Helper()
 	var e struct {
@@ -106,19 +153,24 @@ func accountOf(t *testing.T, value []byte) string {
 
 func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 	msgs, evs := simMessages(t, 400, 17, 9000)
-	cut := []int{0, 4000, 7000, len(msgs)}
+	// Phase 1, decided by two, holds a credential-stuffing wave over many
+	// accounts (events 8,490–8,690).
+	cut := []int{0, 4000, 8800, len(msgs)}
 	phase := func(i int) []kafka.Message { return msgs[cut[i]:cut[i+1]] }
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
-	run := func(share bool) (decisions map[string]string, movedFrozen bool, decidedBySecond float64) {
+	run := func(share bool) (decisions map[string]string, movedFrozen bool, decidedBySecond float64, spanning map[string]int) {
 		broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer broker.Close()
 		totpKey := enforceConfig(t, t.TempDir()).Enforce.TOTP.KeyFile // every member opens the secrets
+		rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
+		hook := httptestServer(t, rc)
 		cfg := func() config.Config {
 			c := testConfig(t, t.TempDir())
+			c.Alerts.Webhooks = []config.Webhook{{URL: hook + "/hook", Secret: "hook-secret", Name: "support", Language: "en"}}
 			c.Enforce.TOTP.KeyFile = totpKey
 			c.Kafka.Brokers = []string{broker.Addr()}
 			c.Kafka.ChangelogTopic = "walletguard.changelog"
@@ -266,6 +318,15 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			if sa, sb := entityStats(a), entityStats(b); sa != sb {
 				t.Errorf("entity state after phase 1: the first holds %+v, the second %+v", sa, sb)
 			}
+			// The alerts that span accounts are the lead's alone: the
+			// member that decides partition 0.
+			for _, m := range []*running{a, b} {
+				_, leads := deciding(m)[0]
+				n := heldSpanning(m)
+				if leads != (n > 0) || leads != (metric(t, m.app.HTTPAddr(), "walletguard_spanning_alerts_lead") == 1) {
+					t.Errorf("a member that decides partition 0 (%v) holds %d alerts that span accounts", leads, n)
+				}
+			}
 		}
 		b.stop(t)
 		if share {
@@ -280,7 +341,14 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 		}
 		produce(t, broker.Addr(), "wallet.events", phase(2)...)
 		waitFor(t, 60*time.Second, "phase 2 to be decided", func() bool { return decided(a, b) == float64(len(msgs)) })
+		waitFor(t, 60*time.Second, "the alerts to be delivered", settled(rc))
 		a.stop(t)
+		// Alerts that span accounts, by dedup key: how many incidents
+		// (alert ids) support was told of.
+		spanning = map[string]int{}
+		for _, key := range spanningDelivered(t, rc) {
+			spanning[key]++
+		}
 		if share {
 			// What an operator sees: the state of every partition, as the
 			// member that decided it last published it, taken at its end.
@@ -321,16 +389,39 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 				t.Fatalf("event %s has %d decisions, want exactly 1", ev.EventID, perEvent[ev.EventID])
 			}
 		}
-		return decisions, movedFrozen, decidedBySecond
+		return decisions, movedFrozen, decidedBySecond, spanning
 	}
 
 	// Alone, the second stands by: the first decides everything — the
 	// reference.
-	want, _, standby := run(false)
+	want, _, standby, wantSpanning := run(false)
 	if standby != 0 {
 		t.Fatalf("a standby decided %v events", standby)
 	}
-	got, moved, second := run(true)
+	got, moved, second, gotSpanning := run(true)
+	// Support hears of each incident that spans accounts once, as from one
+	// walletguard, not once per member that decided some of its accounts.
+	t.Logf("alerts that span accounts: one walletguard %v; sharing %v", wantSpanning, gotSpanning)
+	if len(wantSpanning) == 0 {
+		t.Error("the stream raised no alert that spans accounts")
+	}
+	// Which payees and addresses cross a threshold can differ at the
+	// margin with how the partitions interleave (see "Limits" in
+	// docs/scaling.md); how many alerts one incident makes cannot.
+	both := 0
+	for key, n := range gotSpanning {
+		if w, ok := wantSpanning[key]; ok {
+			both++
+			if n != w {
+				t.Errorf("%s: support was told of %d incidents sharing, %d by one walletguard", key, n, w)
+			}
+		} else if n != 1 {
+			t.Errorf("%s: support was told of %d incidents sharing, want 1", key, n)
+		}
+	}
+	if both == 0 {
+		t.Errorf("no alert that spans accounts raised both sharing (%v) and by one walletguard (%v)", gotSpanning, wantSpanning)
+	}
 	if !moved {
 		t.Error("freezes and unfreezes did not follow their partitions")
 	}
