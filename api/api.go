@@ -17,6 +17,8 @@ import (
 	"net/http/httputil"
 	"net/http/pprof"
 	"net/url"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -119,6 +121,9 @@ type Backend interface {
 	// Peers lists where the API of each other member that shares the
 	// partitions answers; nil when instances do not share them.
 	Peers() []string
+	// HoldsAlert reports whether this instance holds the alert: always,
+	// unless instances share the partitions.
+	HoldsAlert(id string) bool
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision
 	Alerts(status string) []alerts.Alert
@@ -185,8 +190,8 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/enroll", s.auth(s.owner(s.byAccount(pathAccount, s.enroll)), "gateway"))
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/verify", s.auth(s.owner(s.byAccount(pathAccount, s.verify)), "gateway"))
 	mux.HandleFunc("POST /v1/accounts/{id}/2fa/unlock", s.auth(s.owner(s.byAccount(pathAccount, s.unlock)), "support"))
-	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.owner(s.alertLifecycle("ack")), "support"))
-	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.owner(s.alertLifecycle("resolve")), "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.owner(s.byAlert(s.alertLifecycle("ack"))), "support"))
+	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.owner(s.byAlert(s.alertLifecycle("resolve"))), "support"))
 	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
 	mux.HandleFunc("GET /v1/log/level", s.auth(s.getLogLevel))
 	mux.HandleFunc("PUT /v1/log/level", s.auth(s.setLogLevel))
@@ -357,6 +362,29 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		out = append(out, a)
+	}
+	if q.Get("account_id") == "" {
+		// Members that share the partitions each hold their own alerts:
+		// support's list is all of theirs.
+		s.fromPeers(r, func(body []byte) error {
+			var theirs struct {
+				Alerts []alerts.Alert `json:"alerts"`
+			}
+			if err := json.Unmarshal(body, &theirs); err != nil {
+				return err
+			}
+			out = append(out, theirs.Alerts...)
+			return nil
+		})
+		sort.SliceStable(out, func(i, j int) bool { return out[i].UpdatedAt.After(out[j].UpdatedAt) })
+		// One alert held by two (a partition's previous owner still
+		// holding what it raised before a takeover): the newest copy.
+		seen := map[string]bool{}
+		out = slices.DeleteFunc(out, func(a alerts.Alert) bool {
+			dup := seen[a.AlertID]
+			seen[a.AlertID] = true
+			return dup
+		})
 	}
 	if out == nil {
 		out = []alerts.Alert{}

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -16,10 +17,18 @@ import (
 // others in turn (a member not deciding it answers 421), and remembered.
 // When none does — an account no member has seen, or one idle past the
 // detector's expiry — the instance asked answers from its own state.
+// Alerts are held where they were raised — an account's where the account
+// is decided, those that span accounts by the member deciding partition 0
+// — and a call about one alert is passed on the same way. Support's list
+// of alerts is gathered from every member.
 
-// routedHeaderValue marks a request passed on by account: the member asked
-// answers it only if it decides the account.
-const routedHeaderValue = "account"
+// routedHeaderValue marks a request passed on by account (or alert): the
+// member asked answers it only if it decides the account (holds the
+// alert); localHeaderValue one asking for the member's own part of a list.
+const (
+	routedHeaderValue = "account"
+	localHeaderValue  = "local"
+)
 
 // routes remembers which member answered for an account, so that the next
 // request goes there first; a member that no longer decides it answers 421
@@ -68,6 +77,18 @@ func bodyAccount(_ *http.Request, body []byte) string {
 // byAccount sends a request about an account to the member that decides
 // it, when members share the partitions.
 func (s *server) byAccount(account func(*http.Request, []byte) string, h http.HandlerFunc) http.HandlerFunc {
+	return s.routed("account", account, s.b.Decides, h)
+}
+
+// byAlert sends a request about the alert in its path to the member that
+// holds it, when members share the partitions.
+func (s *server) byAlert(h http.HandlerFunc) http.HandlerFunc {
+	return s.routed("alert", pathAccount, s.b.HoldsAlert, h)
+}
+
+// routed answers a request here if this member has the thing it names
+// (what: "account" or "alert"), or passes it on to the member that has.
+func (s *server) routed(what string, named func(*http.Request, []byte) string, has func(string) bool, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var body []byte
 		if r.Body != nil && r.Body != http.NoBody {
@@ -78,14 +99,14 @@ func (s *server) byAccount(account func(*http.Request, []byte) string, h http.Ha
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
-		id := account(r, body)
-		if id == "" || s.b.Decides(id) {
+		id := named(r, body)
+		if id == "" || has(id) {
 			h(w, r)
 			return
 		}
 		switch r.Header.Get(forwardedHeader) {
 		case routedHeaderValue:
-			writeErr(w, http.StatusMisdirectedRequest, "this instance does not decide account "+id)
+			writeErr(w, http.StatusMisdirectedRequest, "this instance does not hold "+what+" "+id)
 			return
 		case "":
 		default: // passed on by a standby, which knows no better
@@ -111,6 +132,39 @@ func (s *server) byAccount(account func(*http.Request, []byte) string, h http.Ha
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		h(w, r)
+	}
+}
+
+// fromPeers asks every other member sharing the partitions for its own part
+// of the list r asks for, and hands each answer's body to add. It asks no
+// one when r was itself passed on by a member, or when this member shares
+// with none. Members that do not answer are left out (logged).
+func (s *server) fromPeers(r *http.Request, add func(body []byte) error) {
+	if r.Header.Get(forwardedHeader) != "" {
+		return
+	}
+	for _, addr := range s.b.Peers() {
+		out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), nil)
+		if err != nil {
+			continue
+		}
+		out.Header = r.Header.Clone()
+		out.Header.Set(forwardedHeader, localHeaderValue)
+		resp, err := forwarding.RoundTrip(out)
+		if err != nil {
+			s.log.Warn("member sharing the partitions did not answer; its part of the list is left out", "addr", addr, "err", err)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			err = add(body)
+		} else if err == nil {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if err != nil {
+			s.log.Warn("member sharing the partitions answered no list; its part is left out", "addr", addr, "err", err)
+		}
 	}
 }
 

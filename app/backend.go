@@ -122,6 +122,18 @@ func (b backend) Peers() []string {
 	})
 }
 
+// HoldsAlert: a member that shares the partitions holds the alerts it
+// raised — its accounts', and, leading, those that span accounts.
+func (b backend) HoldsAlert(id string) bool {
+	if b.a.share == nil {
+		return true
+	}
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	_, ok := b.a.proc.Alerts.Get(id)
+	return ok
+}
+
 func (b backend) Account(id string) api.Account {
 	b.a.procMu.Lock()
 	st, _ := b.a.proc.Planner.Get(id)

@@ -327,6 +327,27 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 					t.Errorf("a member that decides partition 0 (%v) holds %d alerts that span accounts", leads, n)
 				}
 			}
+			// Support may use either: each lists every member's alerts,
+			// and an acknowledgement asked of the other reaches the lead.
+			lead, other := a, b
+			if _, ok := deciding(b)[0]; ok {
+				lead, other = b, a
+			}
+			_, listed := call(t, other.app.HTTPAddr(), "GET", "/v1/alerts?status=all", "viewer-token", "")
+			stuffing := ""
+			for _, x := range listed["alerts"].([]any) {
+				if al := x.(map[string]any); al["category"] == "credential_stuffing" && al["ip"] != nil {
+					stuffing = al["alert_id"].(string)
+				}
+			}
+			if stuffing == "" {
+				t.Errorf("the member that does not lead lists no credential-stuffing alert: %v", listed)
+			} else {
+				code, body, h := callH(t, other.app.HTTPAddr(), "POST", "/v1/alerts/"+stuffing+"/ack", "admin-token", `{"reason":"on it"}`)
+				if code != http.StatusOK || body["status"] != "acknowledged" || h.Get(api.ForwardedToHeader) != lead.app.HTTPAddr() {
+					t.Errorf("acknowledging the wave's alert through the other member: %d %v, made by %q, want by the lead", code, body, h.Get(api.ForwardedToHeader))
+				}
+			}
 		}
 		b.stop(t)
 		if share {
