@@ -445,6 +445,10 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		HandedOver: a.handedOver,
 		Assigning:  a.restoreOnTakeover,
 		Advertise:  a.advertise,
+		Skew:       cfg.Kafka.PartitionSkew.D(),
+	}
+	if scfg.Skew == 0 {
+		scfg.Skew = -1 // configured off
 	}
 	if a.share != nil {
 		scfg.Share, scfg.Follow, scfg.Assigning = true, false, nil

@@ -119,6 +119,12 @@ type Kafka struct {
 	// payments at a merchant): the member that decides partition 0 raises
 	// their alerts from every member's, once (docs/scaling.md).
 	FindingsTopic string `yaml:"findings_topic"`
+	// PartitionSkew bounds how far apart in event time the partitions are
+	// read: catching up on a backlog, a record waits while another
+	// partition with records to read is older by more than this, so that
+	// what spans accounts is counted in order (ingest.DefaultSkew). 0 reads
+	// each partition as fast as it is fetched.
+	PartitionSkew Duration `yaml:"partition_skew"`
 }
 
 // HTTP is the API and metrics listener.
@@ -290,6 +296,7 @@ func Default() Config {
 			CommandsTopic:      "walletguard.account-commands",
 			ActionsTopic:       "walletguard.account-actions",
 			FindingsTopic:      "walletguard.findings",
+			PartitionSkew:      Duration(time.Minute), // ingest.DefaultSkew
 			SessionTimeout:     Duration(10 * time.Second),
 			CommitInterval:     Duration(time.Second),
 			ShutdownTimeout:    Duration(15 * time.Second),
@@ -409,6 +416,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.SessionTimeout.D() < time.Second {
 		bad("kafka.session_timeout: %s is below 1s", c.Kafka.SessionTimeout.D())
+	}
+	if c.Kafka.PartitionSkew.D() < 0 {
+		bad("kafka.partition_skew must not be negative (0 reads the partitions unaligned)")
 	}
 	if c.Kafka.CommitInterval.D() <= 0 || c.Kafka.ShutdownTimeout.D() <= 0 {
 		bad("kafka.commit_interval and kafka.shutdown_timeout must be positive")

@@ -60,7 +60,7 @@ func (s *Source) follow(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.fetchPartition(ctx, tp.topic, tp.partition, start, fetchPlan{limits: limits, followBelow: -1, observeBelow: -1, seenBelow: -1})
+			s.fetchPartition(ctx, tp.topic, tp.partition, start, fetchPlan{limits: limits, followBelow: -1, observeBelow: -1, seenBelow: -1}, nil)
 		}()
 	}
 	wg.Wait()

@@ -25,6 +25,8 @@ type Metrics struct {
 	CommitErrors prometheus.Counter
 	ProduceErrs  *prometheus.CounterVec
 	Latency      prometheus.Histogram
+	AlignWaits   prometheus.Counter
+	AlignOverdue prometheus.Counter
 
 	consumed [event.NumTypes]prometheus.Counter
 }
@@ -80,6 +82,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ProduceErrs: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "walletguard_produce_errors_total", Help: "Failed writes of walletguard's own records to Kafka (retried), by stream.",
 		}, []string{"stream"}),
+		AlignWaits: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_partition_align_waits_total",
+			Help: "Records held back because another partition with records still to read was older in event time by more than kafka.partition_skew (catching up on a backlog).",
+		}),
+		AlignOverdue: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_partition_align_overdue_total",
+			Help: "Records handed on after waiting 5 s for an older partition that did not move (its fetches failing); that partition holds none back until it moves again.",
+		}),
 		Latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "walletguard_event_processing_seconds",
 			Help: "Time from an event's arrival at walletguard to its outputs being durable.",

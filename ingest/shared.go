@@ -176,7 +176,8 @@ func balance(parts []int, members []string, owns func(string) []int) map[string]
 // handed on its records (it decided or observed it before), or else where
 // ObserveFrom says, handing the records on marked Observe. It returns when
 // ctx ends (the generation does).
-func (s *Source) observe(ctx context.Context) {
+func (s *Source) observe(ctx context.Context, gate *lane) {
+	defer s.align.leave(gate)
 	parts, err := s.partitions(ctx)
 	if err != nil {
 		return // ctx ended
@@ -198,12 +199,14 @@ func (s *Source) observe(ctx context.Context) {
 			}
 		}
 		n++
+		ln := s.align.join()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.fetchPartition(ctx, tp.topic, tp.partition, start, fetchPlan{observe: true, followBelow: -1, observeBelow: -1, seenBelow: -1})
+			s.fetchPartition(ctx, tp.topic, tp.partition, start, fetchPlan{observe: true, followBelow: -1, observeBelow: -1, seenBelow: -1}, ln)
 		}()
 	}
+	s.align.leave(gate)
 	s.log.Debug("observing the partitions other members decide", "group", s.cfg.GroupID, "partitions", n)
 	wg.Wait()
 }

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -119,6 +120,10 @@ type SourceConfig struct {
 	// decides.
 	Advertise func() string
 	Now       func() time.Time
+	// Skew bounds how far apart in event time the partitions' records are
+	// handed on (see DefaultSkew, used when zero); negative hands each on
+	// as soon as it is fetched.
+	Skew time.Duration
 }
 
 // Source consumes the event topics as a member of a consumer group, one
@@ -130,6 +135,7 @@ type Source struct {
 	log     *slog.Logger
 	metrics *Metrics
 	out     chan Record
+	align   *aligner // nil when unaligned
 
 	mu       sync.Mutex
 	cg       *kafka.ConsumerGroup
@@ -162,7 +168,7 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 	if cfg.Held == nil {
 		cfg.Held = func() int64 { return 0 }
 	}
-	return &Source{
+	s := &Source{
 		cfg: cfg, log: log, metrics: m, started: time.Now().UnixNano(),
 		out:      make(chan Record, 8192),
 		handled:  map[topicPartition]int64{},
@@ -172,6 +178,10 @@ func NewSource(cfg SourceConfig, m *Metrics, log *slog.Logger) *Source {
 		followed: map[topicPartition]bool{},
 		observed: map[topicPartition]bool{},
 	}
+	if skew := cmp.Or(cfg.Skew, DefaultSkew); skew > 0 {
+		s.align = newAligner(skew, m.AlignWaits, m.AlignOverdue)
+	}
+	return s
 }
 
 // Records is the stream of consumed records. It is closed when Run returns.
@@ -332,6 +342,9 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 	case parts > 0 && s.cfg.Assigning != nil:
 		s.cfg.Assigning(fetchCtx)
 	}
+	// The gate holds every partition back until all the generation reads
+	// have joined the alignment (observing, too, looks its partitions up).
+	gate := s.align.join()
 	var wg sync.WaitGroup
 	for topic, as := range gen.Assignments {
 		for _, a := range as {
@@ -387,10 +400,11 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 				s.log.Info("partition taken over from another member: deciding again what it decided after the state restored",
 					"topic", topic, "partition", a.ID, "from", start, "observed_to", plan.seenBelow)
 			}
+			ln := s.align.join()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.fetchPartition(fetchCtx, topic, a.ID, start, plan)
+				s.fetchPartition(fetchCtx, topic, a.ID, start, plan, ln)
 			}()
 		}
 	}
@@ -398,8 +412,10 @@ func (s *Source) runGeneration(ctx context.Context, gen *kafka.Generation, tick 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.observe(fetchCtx)
+			s.observe(fetchCtx, gate)
 		}()
+	} else {
+		s.align.leave(gate)
 	}
 	if parts == 0 && s.cfg.Follow && !s.cfg.Share {
 		wg.Add(1)
@@ -456,7 +472,9 @@ type fetchPlan struct {
 
 // fetchPartition hands on the partition's records from start, marked as
 // plan says.
-func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, plan fetchPlan) {
+// ln is its lane among the partitions aligned in event time (nil: not
+// aligned), which it leaves when it returns.
+func (s *Source) fetchPartition(ctx context.Context, topic string, partition int, start int64, plan fetchPlan, ln *lane) {
 	r := PartitionReader(s.cfg.Brokers, topic, partition, s.log)
 	defer r.Close()
 	if err := r.SetOffset(start); err != nil {
@@ -465,6 +483,10 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	}
 	s.log.Debug("fetching partition", "topic", topic, "partition", partition, "from", start)
 	pl := s.metrics.partitionLabel(partition)
+	defer s.align.leave(ln)
+	if ln != nil {
+		s.align.started(ln, s.behind(ctx, r))
+	}
 	next := start
 	for {
 		m, ok := nextMessage(ctx, r, s.log)
@@ -491,11 +513,16 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		rec := Record{Topic: topic, Partition: partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Arrived: now,
 			Follow: follow, Observe: observe, Seen: !observe && m.Offset < plan.seenBelow}
 		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
-		if lag := m.HighWaterMark - m.Offset - 1; lag >= 0 && plan.limits == nil && !observe {
+		lag := m.HighWaterMark - m.Offset - 1
+		if lag >= 0 && plan.limits == nil && !observe {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
+		}
+		if rec.Err == nil && !s.align.hold(ctx, ln, rec.Event.TS) {
+			return
 		}
 		select {
 		case s.out <- rec:
+			s.align.handed(ln, lag > 0)
 			s.mu.Lock()
 			s.fetched[tp] = m.Offset + 1
 			if follow {
@@ -515,6 +542,16 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			return
 		}
 	}
+}
+
+// behind reports whether the partition r starts reading has records to
+// hand on already; false when that cannot be learnt, so that a partition
+// whose leader is away holds no other back.
+func (s *Source) behind(ctx context.Context, r *kafka.Reader) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	lag, err := r.ReadLag(ctx)
+	return err == nil && lag > 0
 }
 
 // PartitionReader reads one partition, outside any consumer group, as

@@ -44,6 +44,7 @@ func cmdBench(args []string) int {
 	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics, and of the run's topic on --brokers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
+	skew := fs.Duration("partition-skew", config.Default().Kafka.PartitionSkew.D(), "kafka.partition_skew of the daemon (0: partitions read unaligned)")
 	changelog := fs.Bool("changelog", false, "publish checkpoints to a changelog topic, and time a restore from it into an empty data_dir at the end")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -123,6 +124,7 @@ func cmdBench(args []string) int {
 	cfg := config.Default()
 	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir.Path, bs, []string{topic}
 	cfg.Kafka.GroupID = "bench-" + topic
+	cfg.Kafka.PartitionSkew = config.Duration(*skew)
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	if *changelog {
 		cfg.Kafka.ChangelogTopic = "bench.changelog." + topic
