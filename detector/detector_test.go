@@ -48,6 +48,57 @@ func TestSlidingWindowOnEventTime(t *testing.T) {
 	}
 }
 
+// An event far older than a merchant's 10-minute windows — delivered late,
+// or decided again after a takeover behind what was counted since — is not
+// judged by the later minutes they hold: their failing users and the
+// current bucket's failure rate read together as an outage that never was.
+func TestALateAttemptIsNotJudgedByLaterMinutes(t *testing.T) {
+	e := newEngine(t, time.Minute)
+	t0 := time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC)
+	n := 0
+	attempt := func(at time.Time, acc, status string) []Decision {
+		n++
+		ev := event.Event{EventID: fmt.Sprintf("pa-%d", n), Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: at,
+			AccountID: acc, PaymentID: fmt.Sprintf("pay-%d", n), Attempt: 1, Status: status, MerchantID: "m-late",
+			Amount: 50_000, Currency: "IDR", BalanceAfter: -1}
+		if status == "failed" {
+			ev.ErrorCode = "MERCHANT_UNAVAILABLE"
+		}
+		out, _ := e.Process(&ev, nil)
+		return out
+	}
+	spike := func(ds []Decision) bool {
+		for _, d := range ds {
+			for _, h := range d.Rules {
+				if h.ID == "merchant_failure_spike" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	// Three hours of a merchant failing one attempt in ten, each failure a
+	// different user's; then a new bucket opens with two failures.
+	for i := range 180 {
+		status := "succeeded"
+		if i%10 == 0 {
+			status = "failed"
+		}
+		if ds := attempt(t0.Add(time.Duration(i)*time.Minute), fmt.Sprintf("acc-%d", i), status); spike(ds) {
+			t.Fatalf("an outage at minute %d of a merchant failing one attempt in ten", i)
+		}
+	}
+	now := t0.Add(180 * time.Minute)
+	for i := range 2 {
+		if spike(attempt(now.Add(time.Duration(i)*time.Second), fmt.Sprintf("acc-new-%d", i), "failed")) {
+			t.Fatal("an outage from two failing users")
+		}
+	}
+	if spike(attempt(now.Add(-2*time.Hour), "acc-late", "failed")) {
+		t.Error("a failed attempt two hours late read the minutes after it as a merchant outage")
+	}
+}
+
 func newEngine(t testing.TB, lateness time.Duration) *Engine {
 	t.Helper()
 	set, err := rules.Load(nil)

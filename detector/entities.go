@@ -151,14 +151,20 @@ func (m *merchantState) view(v *rules.MerchantView, now uint32, syms *symbols) {
 	if m.first == 0 {
 		return
 	}
+	v.BaselineFailRate = float64(m.baseline)
+	if m.baseN < 3 {
+		v.BaselineFailRate = 0.05 // too young to know: assume a typical 5%
+	}
+	if now+min10 < m.attempts10m.start {
+		// The windows hold later minutes only: an event this late (or
+		// decided again after a takeover, behind what was counted since)
+		// is not judged by them, as they no longer count it (addTo).
+		return
+	}
 	v.Attempts10m = m.attempts10m.count(now, min10)
 	v.Failures10m = m.failures10m.count(now, min10)
 	if v.Attempts10m > 0 {
 		v.FailureRate10m = min(1, float64(v.Failures10m)/float64(v.Attempts10m))
-	}
-	v.BaselineFailRate = float64(m.baseline)
-	if m.baseN < 3 {
-		v.BaselineFailRate = 0.05 // too young to know: assume a typical 5%
 	}
 	v.FailingAccounts10m = countSince(m.failing[:], since(now, min10))
 	var best errCount
