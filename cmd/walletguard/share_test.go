@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -319,6 +321,35 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	}
 	if r := alerts.Repeats(wantAlerts); len(r) > 0 {
 		t.Errorf("one walletguard told support of one incident more than once: %v", r)
+	}
+	// Catching up on the backlog, each reads the partitions in step in
+	// event time (ingest.DefaultSkew): support hears of the merchant
+	// outages and faulty app versions the traffic has, and of no merchant
+	// failing where none did (windows read out of order, or judging events
+	// decided again after the kill).
+	g := sim.New(scfg)
+	for _, ok := g.Next(); ok; _, ok = g.Next() {
+	}
+	incidents := map[string]bool{} // dedup keys
+	for _, l := range g.Labels() {
+		switch l.Kind {
+		case sim.KindMerchantOutage:
+			incidents["merchant_outage|merchant:"+l.MerchantID] = true
+		case sim.KindAppFault:
+			incidents["app_fault|app:"+l.AppVersion] = true
+		}
+	}
+	for who, keys := range map[string]map[string]int{"the members": gotKeys, "one walletguard": wantKeys} {
+		for key := range incidents {
+			if keys[key] == 0 {
+				t.Errorf("%s did not tell support of %s", who, key)
+			}
+		}
+		for key := range keys {
+			if strings.HasPrefix(key, sim.KindMerchantOutage+"|") && !incidents[key] {
+				t.Errorf("%s told support of %s; the traffic's outages and faults: %v", who, key, slices.Sorted(maps.Keys(incidents)))
+			}
+		}
 	}
 	both := 0
 	for key := range gotKeys {
