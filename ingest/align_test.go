@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 // record comes more than the skew after a newer one, though each partition
 // is fetched a megabyte (hours of events) at a time. Unaligned, the same
 // backlog goes back hours — a merchant's ten-minute windows read out of
-// order.
+// order. An event dated ahead of when it was produced stands where it was
+// produced: otherwise its partition would wait for all the others to
+// catch up, hours behind them from then on.
 func TestBacklogIsHandedOnInEventTimeOrder(t *testing.T) {
 	ctx, brokers := eventsBroker(t, 90*time.Second)
 	p := NewProducer(brokers, NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
@@ -24,16 +27,23 @@ func TestBacklogIsHandedOnInEventTimeOrder(t *testing.T) {
 	base := time.Now().Add(-13 * time.Hour).UTC()
 	var msgs []Message
 	for i := range n {
+		// Produced as they happened (the record's time), the backlog of a
+		// consumer that was away; a few events come dated most of a day
+		// ahead of their clock, as event.MaxFutureSkew allows.
 		ts := base.Add(time.Duration(i) * 12 * time.Hour / n)
-		msgs = append(msgs, Message{Topic: "events", Key: fmt.Appendf(nil, "acc-%d", i%977), Value: fmt.Appendf(nil,
-			`{"event_id":"e-%d","type":"login","ts":%q,"account_id":"acc-%d","result":"success","method":"password","device_id":"d-%d","ip":"10.0.%d.%d"}`,
-			i, ts.Format(time.RFC3339Nano), i%977, i%977, i%200, i%250)})
+		id, at := fmt.Sprintf("e-%d", i), ts
+		if i%8000 == 4000 {
+			id, at = fmt.Sprintf("ahead-%d", i), ts.Add(20*time.Hour)
+		}
+		msgs = append(msgs, Message{Topic: "events", Key: fmt.Appendf(nil, "acc-%d", i%977), Time: ts, Value: fmt.Appendf(nil,
+			`{"event_id":%q,"type":"login","ts":%q,"account_id":"acc-%d","result":"success","method":"password","device_id":"d-%d","ip":"10.0.%d.%d"}`,
+			id, at.Format(time.RFC3339Nano), i%977, i%977, i%200, i%250)})
 	}
 	if err := p.Write(ctx, "test", msgs); err != nil {
 		t.Fatal(err)
 	}
 
-	reachBack := func(group string, skew time.Duration) (time.Duration, float64) {
+	reachBack := func(group string, skew time.Duration) (back time.Duration, waits, overdue float64) {
 		m := NewMetrics(prometheus.NewRegistry())
 		src := NewSource(SourceConfig{Brokers: brokers, Topics: []string{"events"}, GroupID: group,
 			SessionTimeout: 6 * time.Second, CommitInterval: time.Second, Skew: skew}, m, slog.New(slog.DiscardHandler))
@@ -41,7 +51,6 @@ func TestBacklogIsHandedOnInEventTimeOrder(t *testing.T) {
 		defer cancel()
 		go func() { _ = src.Run(rctx) }()
 		var newest time.Time
-		var back time.Duration
 		next := map[int]int64{}
 		for got := 0; got < n; got++ {
 			var r Record
@@ -57,6 +66,9 @@ func TestBacklogIsHandedOnInEventTimeOrder(t *testing.T) {
 				t.Fatalf("%s: partition %d handed on offset %d, want %d", group, r.Partition, r.Offset, next[r.Partition])
 			}
 			next[r.Partition]++
+			if strings.HasPrefix(r.Event.EventID, "ahead-") {
+				continue
+			}
 			if r.Event.TS.After(newest) {
 				newest = r.Event.TS
 			}
@@ -65,17 +77,20 @@ func TestBacklogIsHandedOnInEventTimeOrder(t *testing.T) {
 		cancel()
 		for range src.Records() {
 		}
-		return back, testutil.ToFloat64(m.AlignWaits)
+		return back, testutil.ToFloat64(m.AlignWaits), testutil.ToFloat64(m.AlignOverdue)
 	}
 
-	back, waits := reachBack("aligned", 0)
+	back, waits, overdue := reachBack("aligned", 0)
 	if back > DefaultSkew {
 		t.Errorf("aligned: a record came %v after a newer one, want at most %v", back, DefaultSkew)
 	}
 	if waits == 0 {
 		t.Errorf("aligned: no record was held back (walletguard_partition_align_waits_total 0)")
 	}
-	unaligned, _ := reachBack("unaligned", -1)
+	if overdue != 0 {
+		t.Errorf("aligned: %v records waited out the 5 s for a partition that did not move; the events dated ahead held their partitions back", overdue)
+	}
+	unaligned, _, _ := reachBack("unaligned", -1)
 	if unaligned <= DefaultSkew {
 		t.Errorf("unaligned: records came at most %v after a newer one; the backlog does not show what aligning is for", unaligned)
 	}

@@ -517,7 +517,7 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		if lag >= 0 && plan.limits == nil && !observe {
 			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
 		}
-		if rec.Err == nil && !s.align.hold(ctx, ln, rec.Event.TS) {
+		if rec.Err == nil && !s.align.hold(ctx, ln, alignTime(rec.Event.TS, m.Time, now)) {
 			return
 		}
 		select {
@@ -542,6 +542,20 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 			return
 		}
 	}
+}
+
+// alignTime is where a record stands among the partitions in event time:
+// its event's time, but no later than when it was produced or read. An
+// event dated ahead of its clock (accepted up to event.MaxFutureSkew) would
+// otherwise hold its partition back until every other caught up.
+func alignTime(ts, produced, arrived time.Time) time.Time {
+	if produced.After(event.MinTS) && produced.Before(ts) {
+		ts = produced
+	}
+	if arrived.Before(ts) {
+		ts = arrived
+	}
+	return ts
 }
 
 // behind reports whether the partition r starts reading has records to
