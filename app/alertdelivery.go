@@ -317,7 +317,7 @@ func (a *App) pruneDead(now time.Time) {
 	var n int
 	err := a.store.DB().Update(func(tx *bolt.Tx) error {
 		var err error
-		n, err = outbox.PruneDead(tx, now.Add(-keep), 100_000, func(v []byte) {
+		n, err = a.box.PruneDead(tx, now.Add(-keep), 100_000, func(v []byte) {
 			if a.clog != nil {
 				gone = append(gone, deadRecord(a.clog.topic, v, true))
 			}

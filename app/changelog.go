@@ -481,7 +481,7 @@ func (a *App) restoreChangelog(ctx context.Context, held detector.Offsets) (dete
 // epoch with it, and what the owner still owed waits for takeOver.
 func (a *App) adoptRestored(r *clogRestore, why string) error {
 	a.writeMu.Lock()
-	err := a.store.DB().Update(r.replace)
+	err := a.store.DB().Update(func(tx *bolt.Tx) error { return r.replace(tx, a.box) })
 	if err == nil {
 		a.clog.saved = nil // the new epoch publishes the whole state
 	}
@@ -762,8 +762,8 @@ func (r *clogRestore) take(m *kafka.Message, apply func(byte, uint64, []byte) er
 }
 
 // replace puts the account states and alerts into the store in place of
-// those it held.
-func (r *clogRestore) replace(tx *bolt.Tx) error {
+// those it held, and adds the dead letters it lacks to box.
+func (r *clogRestore) replace(tx *bolt.Tx, box *outbox.Box) error {
 	if err := enforce.DropRecords(tx); err != nil {
 		return err
 	}
@@ -785,7 +785,7 @@ func (r *clogRestore) replace(tx *bolt.Tx) error {
 	}
 	// Sorted by key: each outbox's letters in the order they were put.
 	var err error
-	r.deadAdded, err = outbox.AddDead(tx, slices.Collect(func(yield func([]byte) bool) {
+	r.deadAdded, err = box.AddDead(tx, slices.Collect(func(yield func([]byte) bool) {
 		for _, k := range slices.Sorted(maps.Keys(r.dead)) {
 			if !yield(r.dead[k]) {
 				return

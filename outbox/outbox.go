@@ -46,7 +46,14 @@ type Box struct {
 	wake     map[string]chan struct{}
 	onDead   func(key, stored []byte)
 	onChange func(key, stored []byte)
+	// counts are the records each destination has, pending and dead:
+	// counted once on Open, then kept as changes commit, so that metrics
+	// do not read every record on each scrape — a receiver down for hours
+	// leaves millions waiting.
+	counts map[string]*tally
 }
+
+type tally struct{ pending, dead int }
 
 // Open prepares the outbox buckets in db.
 func Open(db *bolt.DB) (*Box, error) {
@@ -61,7 +68,46 @@ func Open(db *bolt.DB) (*Box, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open outbox: %w", err)
 	}
-	return &Box{db: db, wake: map[string]chan struct{}{}}, nil
+	b := &Box{db: db, wake: map[string]chan struct{}{}, counts: map[string]*tally{}}
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, bk := range []struct {
+			name []byte
+			dead bool
+		}{{bucketPending, false}, {bucketDead, true}} {
+			c := tx.Bucket(bk.name).Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				if dest, ok := KeyDest(k); ok {
+					b.count(dest, bk.dead, 1)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open outbox: count records: %w", err)
+	}
+	return b, nil
+}
+
+// count adds n to dest's pending (or dead) records.
+func (b *Box) count(dest string, dead bool, n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.counts[dest]
+	if t == nil {
+		t = &tally{}
+		b.counts[dest] = t
+	}
+	if dead {
+		t.dead += n
+	} else {
+		t.pending += n
+	}
+}
+
+// countOnCommit counts n more (or fewer) of dest's records once tx commits.
+func (b *Box) countOnCommit(tx *bolt.Tx, dest string, dead bool, n int) {
+	tx.OnCommit(func() { b.count(dest, dead, n) })
 }
 
 func key(dest string, seq uint64) []byte {
@@ -94,6 +140,7 @@ func (b *Box) Put(tx *bolt.Tx, dest, id string, payload []byte, now time.Time) e
 		return err
 	}
 	b.changedOnCommit(tx, k, v)
+	b.countOnCommit(tx, dest, false, 1)
 	return nil
 }
 
@@ -197,6 +244,7 @@ func (b *Box) Drain(tx *bolt.Tx, dest string) ([]Item, error) {
 		}
 		b.changedOnCommit(tx, k, nil)
 	}
+	b.countOnCommit(tx, dest, false, -len(keys))
 	return items, nil
 }
 
@@ -218,35 +266,28 @@ func pending(tx *bolt.Tx, dest string) ([]Item, [][]byte, error) {
 }
 
 // Stats reports, per destination, the pending records, the oldest one's
-// age and the dead-letter count: for metrics.
+// age and the dead-letter count: for metrics. It reads one record per
+// destination with records waiting.
 func (b *Box) Stats() map[string]DestStats {
 	out := map[string]DestStats{}
+	b.mu.Lock()
+	for dest, t := range b.counts {
+		out[dest] = DestStats{Pending: t.pending, Dead: t.dead}
+	}
+	b.mu.Unlock()
 	now := time.Now()
 	_ = b.db.View(func(tx *bolt.Tx) error {
-		for _, bk := range []struct {
-			name []byte
-			dead bool
-		}{{bucketPending, false}, {bucketDead, true}} {
-			c := tx.Bucket(bk.name).Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				i := len(k) - 9
-				if i < 0 {
-					continue
-				}
-				dest := string(k[:i])
-				s := out[dest]
-				if bk.dead {
-					s.Dead++
-				} else {
-					if s.Pending == 0 {
-						var it Item
-						if json.Unmarshal(v, &it) == nil {
-							s.OldestAge = now.Sub(it.AddedAt)
-						}
-					}
-					s.Pending++
-				}
-				out[dest] = s
+		c := tx.Bucket(bucketPending).Cursor()
+		for dest, st := range out {
+			if st.Pending == 0 {
+				continue
+			}
+			prefix := append([]byte(dest), 0)
+			k, v := c.Seek(prefix)
+			var it Item
+			if k != nil && hasPrefix(k, prefix) && json.Unmarshal(v, &it) == nil {
+				st.OldestAge = now.Sub(it.AddedAt)
+				out[dest] = st
 			}
 		}
 		return nil
@@ -450,6 +491,12 @@ func (b *Box) remove(k []byte, dead *Item) error {
 			return err
 		}
 		b.changedOnCommit(tx, k, nil)
+		if dest, ok := KeyDest(k); ok {
+			b.countOnCommit(tx, dest, false, -1)
+			if dead != nil {
+				b.countOnCommit(tx, dest, true, 1)
+			}
+		}
 		return nil
 	})
 	if err == nil && v != nil {
@@ -482,7 +529,7 @@ func (b *Box) EachDead(fn func(key, stored []byte) error) error {
 // PruneDead deletes, in the caller's transaction, up to limit dead letters
 // given up on before cut, telling gone each one's stored form; it returns
 // how many it deleted.
-func PruneDead(tx *bolt.Tx, cut time.Time, limit int, gone func(stored []byte)) (int, error) {
+func (b *Box) PruneDead(tx *bolt.Tx, cut time.Time, limit int, gone func(stored []byte)) (int, error) {
 	dead := tx.Bucket(bucketDead)
 	if dead == nil {
 		return 0, nil
@@ -500,6 +547,9 @@ func PruneDead(tx *bolt.Tx, cut time.Time, limit int, gone func(stored []byte)) 
 		if err := dead.Delete(k); err != nil {
 			return 0, err
 		}
+		if d, ok := KeyDest(k); ok {
+			b.countOnCommit(tx, d, true, -1)
+		}
 		if gone != nil {
 			gone(vals[i])
 		}
@@ -516,11 +566,11 @@ func CheckDead(stored []byte) error {
 	return err
 }
 
-// AddDead adds to the dead-letter list of the outbox in tx's database, in
-// the caller's transaction, the dead letters given (as EachDead gave them,
+// AddDead adds to the dead-letter list, in the caller's transaction (of
+// the box's database), the dead letters given (as EachDead gave them,
 // of this outbox or another's) that it does not hold already; it returns
 // how many it added.
-func AddDead(tx *bolt.Tx, stored [][]byte) (int, error) {
+func (b *Box) AddDead(tx *bolt.Tx, stored [][]byte) (int, error) {
 	if len(stored) == 0 {
 		return 0, nil
 	}
@@ -558,6 +608,7 @@ func AddDead(tx *bolt.Tx, stored [][]byte) (int, error) {
 		if err := dead.Put(key(it.Dest, seq), v); err != nil {
 			return added, err
 		}
+		b.countOnCommit(tx, it.Dest, true, 1)
 		have[string(v)] = true
 		added++
 	}

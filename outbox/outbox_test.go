@@ -262,7 +262,7 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	}
 	for round, want := range []int{2, 0} {
 		var added int
-		if err := db2.Update(func(tx *bolt.Tx) (err error) { added, err = AddDead(tx, letters); return err }); err != nil {
+		if err := db2.Update(func(tx *bolt.Tx) (err error) { added, err = b.AddDead(tx, letters); return err }); err != nil {
 			t.Fatal(err)
 		}
 		if added != want {
@@ -285,7 +285,7 @@ func TestDeadLettersMoveToAnotherOutbox(t *testing.T) {
 	prune := func(cut time.Time, limit int) (n int, gone []string) {
 		t.Helper()
 		err := db2.Update(func(tx *bolt.Tx) (err error) {
-			n, err = PruneDead(tx, cut, limit, func(v []byte) {
+			n, err = b.PruneDead(tx, cut, limit, func(v []byte) {
 				it, _ := decodeStored(v)
 				gone = append(gone, it.ID)
 			})
@@ -367,4 +367,202 @@ func TestOnChangeTellsWhatCommits(t *testing.T) {
 	if len(want) != 1 || !maps.Equal(mirror, want) {
 		t.Errorf("what OnChange told leaves %d records, the outbox holds %d: %v", len(mirror), len(want), mirror)
 	}
+}
+
+// scanStats reads every record of the store at db, as Stats once did.
+func scanStats(t testing.TB, db *bolt.DB) map[string]DestStats {
+	t.Helper()
+	out := map[string]DestStats{}
+	err := db.View(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketPending, bucketDead} {
+			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+				dest, _ := KeyDest(k)
+				s := out[dest]
+				if bytes.Equal(name, bucketDead) {
+					s.Dead++
+				} else {
+					if s.Pending == 0 {
+						it, err := decodeStored(v)
+						if err != nil {
+							return err
+						}
+						s.OldestAge = time.Since(it.AddedAt)
+					}
+					s.Pending++
+				}
+				out[dest] = s
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// sameStats compares Stats with what the store holds, leaving out the
+// destinations that hold nothing (Stats keeps reporting them, as 0).
+func sameStats(t *testing.T, step string, got, want map[string]DestStats) {
+	t.Helper()
+	for dest, g := range got {
+		w := want[dest]
+		if g.Pending != w.Pending || g.Dead != w.Dead {
+			t.Errorf("%s: %s has %d pending, %d dead; the store holds %d, %d", step, dest, g.Pending, g.Dead, w.Pending, w.Dead)
+		}
+		// The age is read a moment later than the store's.
+		if d := w.OldestAge - g.OldestAge; w.Pending > 0 && (d > time.Second || d < -time.Second) {
+			t.Errorf("%s: %s's oldest record is %v old; the store's %v", step, dest, g.OldestAge, w.OldestAge)
+		}
+	}
+	for dest, w := range want {
+		if _, ok := got[dest]; !ok {
+			t.Errorf("%s: %s, with %d pending and %d dead, is not reported", step, dest, w.Pending, w.Dead)
+		}
+	}
+}
+
+// Stats counts as changes commit rather than reading every record on each
+// scrape; it agrees with the store through puts, rolled-back puts, a
+// digest's drain, deliveries, refusals, dead letters moved in and pruned,
+// and a restart.
+func TestStatsFollowEveryChange(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "o.db")
+	db := openDB(t, path)
+	b, err := Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string) { t.Helper(); sameStats(t, step, b.Stats(), scanStats(t, db)) }
+
+	old := time.Now().Add(-time.Hour)
+	err = db.Update(func(tx *bolt.Tx) error {
+		for i := range 30 {
+			dest := []string{"alerts/support", "commands/accounts", "digest/support"}[i%3]
+			if err := b.Put(tx, dest, "r"+strconv.Itoa(i), []byte(`{}`), old.Add(time.Duration(i)*time.Second)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("30 records put")
+	rolledBack := errors.New("rolled back")
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := b.Put(tx, "alerts/support", "never", []byte(`{}`), time.Now()); err != nil {
+			return err
+		}
+		return rolledBack
+	})
+	if !errors.Is(err, rolledBack) {
+		t.Fatal(err)
+	}
+	check("a put rolled back")
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := b.Drain(tx, "digest/support"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	check("a digest drained")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n int
+	go b.Deliver(ctx, "alerts/support", func(context.Context, *Item) error {
+		if n++; n%3 == 0 {
+			return &PermanentError{Err: errors.New("410 gone")}
+		}
+		return nil
+	}, Policy{})
+	for waiting, _ := b.Pending("alerts/support"); waiting > 0; waiting, _ = b.Pending("alerts/support") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	check("delivered, and some refused")
+	if got := b.Stats()["alerts/support"]; got.Pending != 0 || got.Dead != 3 || got.OldestAge != 0 {
+		t.Errorf("alerts/support after delivery: %+v, want nothing pending and 3 dead", got)
+	}
+
+	var letters [][]byte
+	if err := b.EachDead(func(_, v []byte) error { letters = append(letters, bytes.Clone(v)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	db2, b2 := openBox(t, filepath.Join(dir, "b.db"))
+	if err := db2.Update(func(tx *bolt.Tx) error { _, err := b2.AddDead(tx, letters); return err }); err != nil {
+		t.Fatal(err)
+	}
+	sameStats(t, "dead letters moved to another outbox", b2.Stats(), scanStats(t, db2))
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := b.PruneDead(tx, time.Now().Add(time.Hour), 2, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check("dead letters pruned")
+
+	db.Close()
+	db = openDB(t, path)
+	defer db.Close()
+	if b, err = Open(db); err != nil {
+		t.Fatal(err)
+	}
+	check("reopened")
+	if got := b.Stats()["commands/accounts"]; got.Pending != 10 || got.OldestAge < time.Hour-time.Minute {
+		t.Errorf("commands/accounts after a restart: %+v, want 10 pending, the oldest an hour old", got)
+	}
+}
+
+// statsBox is an outbox holding n records for three destinations, as after
+// a receiver outage.
+func statsBox(b *testing.B, n int) (*bolt.DB, *Box) {
+	b.Helper()
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "o.db"), 0o600, &bolt.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	box, err := Open(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := []byte(`{"command_id":"cmd-0123456789","account_id":"acc-0001234","command":"freeze"}`)
+	for start := 0; start < n; start += 10_000 {
+		err := db.Update(func(tx *bolt.Tx) error {
+			for i := start; i < min(n, start+10_000); i++ {
+				if err := box.Put(tx, []string{"commands/accounts", "alerts/support", "alerts/oncall"}[i%3], "r"+strconv.Itoa(i), payload, time.Now()); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return db, box
+}
+
+// A scrape of the outbox's metrics with 300k records waiting: Stats, and
+// the read of every record it replaces.
+func BenchmarkStats(b *testing.B) {
+	db, box := statsBox(b, 300_000)
+	b.Run("counted", func(b *testing.B) {
+		for b.Loop() {
+			if box.Stats()["commands/accounts"].Pending != 100_000 {
+				b.Fatal("wrong count")
+			}
+		}
+	})
+	b.Run("read whole", func(b *testing.B) {
+		for b.Loop() {
+			if scanStats(b, db)["commands/accounts"].Pending != 100_000 {
+				b.Fatal("wrong count")
+			}
+		}
+	})
 }
