@@ -144,13 +144,7 @@ func (s *server) fromPeers(r *http.Request, add func(body []byte) error) {
 		return
 	}
 	for _, addr := range s.b.Peers() {
-		out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), nil)
-		if err != nil {
-			continue
-		}
-		out.Header = r.Header.Clone()
-		out.Header.Set(forwardedHeader, localHeaderValue)
-		resp, err := forwarding.RoundTrip(out)
+		resp, err := askMember(r, nil, addr, localHeaderValue)
 		if err != nil {
 			s.log.Warn("member sharing the partitions did not answer; its part of the list is left out", "addr", addr, "err", err)
 			continue
@@ -173,13 +167,7 @@ func (s *server) fromPeers(r *http.Request, add func(body []byte) error) {
 // cannot be reached. The caller's credentials go with it: the member
 // checks them again.
 func (s *server) passOn(w http.ResponseWriter, r *http.Request, body []byte, addr string) bool {
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
-	if err != nil {
-		return false
-	}
-	out.Header = r.Header.Clone()
-	out.Header.Set(forwardedHeader, routedHeaderValue)
-	resp, err := forwarding.RoundTrip(out)
+	resp, err := askMember(r, body, addr, routedHeaderValue)
 	if err != nil {
 		s.log.Warn("member sharing the partitions did not answer", "addr", addr, "err", err)
 		return false
@@ -197,4 +185,16 @@ func (s *server) passOn(w http.ResponseWriter, r *http.Request, body []byte, add
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
 	return true
+}
+
+// askMember sends r, with body, to the member at addr, with the caller's
+// credentials and the forwarded header set to how.
+func askMember(r *http.Request, body []byte, addr, how string) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	out.Header = r.Header.Clone()
+	out.Header.Set(forwardedHeader, how)
+	return forwarding.RoundTrip(out)
 }

@@ -64,7 +64,7 @@ func newAligner(skew time.Duration, waits, overdue prometheus.Counter) *aligner 
 }
 
 // join adds a lane that holds every other back until it learns where it
-// is (started, hold): fetchers of a generation join before any of them
+// is (handed, hold): fetchers of a generation join before any of them
 // hands a record on. Nil on a nil aligner, as are all lanes then.
 func (a *aligner) join() *lane {
 	if a == nil {
@@ -78,14 +78,6 @@ func (a *aligner) join() *lane {
 	a.recompute()
 	a.mu.Unlock()
 	return l
-}
-
-// started tells whether the lane's partition has records to hand on from
-// where its fetcher starts.
-func (a *aligner) started(l *lane, behind bool) {
-	if l != nil {
-		a.handed(l, behind)
-	}
 }
 
 // leave removes a lane when its fetcher stops.
@@ -168,10 +160,7 @@ func (a *aligner) handed(l *lane, more bool) {
 // the lock) but not downwards, or a partition falling behind after being
 // caught up would not hold the others back.
 func (a *aligner) lower(ns int64) {
-	want := ns + a.skew
-	if ns == unknownAt {
-		want = unknownAt
-	}
+	want := a.limitFor(ns)
 	for {
 		cur := a.limit.Load()
 		if cur <= want || a.limit.CompareAndSwap(cur, want) {
@@ -213,14 +202,20 @@ func (a *aligner) recompute() {
 			oldest = min(oldest, l.at.Load())
 		}
 	}
-	switch {
-	case oldest == math.MaxInt64:
+	if oldest == math.MaxInt64 { // no lane behind
 		a.limit.Store(math.MaxInt64)
-	case oldest == unknownAt:
-		a.limit.Store(unknownAt)
-	default:
-		a.limit.Store(oldest + a.skew)
+		return
 	}
+	a.limit.Store(a.limitFor(oldest))
+}
+
+// limitFor is the newest event time that may go while the oldest lane
+// behind is at ns.
+func (a *aligner) limitFor(ns int64) int64 {
+	if ns == unknownAt {
+		return unknownAt
+	}
+	return ns + a.skew
 }
 
 // broadcast wakes every waiting lane to look again; a.mu held.

@@ -108,8 +108,8 @@ func TestLanesWaitForTheOldestPartition(t *testing.T) {
 	t0 := time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)
 
 	old, young := a.join(), a.join()
-	a.started(old, true)
-	a.started(young, true)
+	a.handed(old, true)
+	a.handed(young, true)
 	passed := make(chan time.Time, 1)
 	go func() {
 		a.hold(ctx, young, t0.Add(2*time.Minute))

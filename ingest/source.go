@@ -485,7 +485,8 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	pl := s.metrics.partitionLabel(partition)
 	defer s.align.leave(ln)
 	if ln != nil {
-		s.align.started(ln, s.behind(ctx, r))
+		// Whether the partition has records to hand on from start.
+		s.align.handed(ln, s.behind(ctx, r))
 	}
 	next := start
 	for {

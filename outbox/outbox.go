@@ -282,10 +282,8 @@ func (b *Box) Stats() map[string]DestStats {
 			if st.Pending == 0 {
 				continue
 			}
-			prefix := append([]byte(dest), 0)
-			k, v := c.Seek(prefix)
 			var it Item
-			if k != nil && hasPrefix(k, prefix) && json.Unmarshal(v, &it) == nil {
+			if _, v := firstIn(c, dest); v != nil && json.Unmarshal(v, &it) == nil {
 				st.OldestAge = now.Sub(it.AddedAt)
 				out[dest] = st
 			}
@@ -303,21 +301,30 @@ type DestStats struct {
 
 // Pending reports how many records wait for dest and when the oldest was added.
 func (b *Box) Pending(dest string) (n int, oldest time.Time) {
-	prefix := append([]byte(dest), 0)
-	_ = b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketPending).Cursor()
-		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-			if n == 0 {
-				var it Item
-				if json.Unmarshal(v, &it) == nil {
-					oldest = it.AddedAt
-				}
+	b.mu.Lock()
+	if t := b.counts[dest]; t != nil {
+		n = t.pending
+	}
+	b.mu.Unlock()
+	if n > 0 {
+		_ = b.db.View(func(tx *bolt.Tx) error {
+			var it Item
+			if _, v := firstIn(tx.Bucket(bucketPending).Cursor(), dest); v != nil && json.Unmarshal(v, &it) == nil {
+				oldest = it.AddedAt
 			}
-			n++
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 	return n, oldest
+}
+
+// firstIn is dest's oldest waiting record in c's bucket; nil if none.
+func firstIn(c *bolt.Cursor, dest string) (k, v []byte) {
+	prefix := append([]byte(dest), 0)
+	if k, v = c.Seek(prefix); k == nil || !hasPrefix(k, prefix) {
+		return nil, nil
+	}
+	return k, v
 }
 
 // Waiting returns the records still waiting for dest, oldest first.
@@ -457,13 +464,11 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 func (b *Box) first(dest string) ([]byte, *Item, error) {
-	prefix := append([]byte(dest), 0)
 	var k []byte
 	var it *Item
 	err := b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketPending).Cursor()
-		kk, v := c.Seek(prefix)
-		if kk == nil || !hasPrefix(kk, prefix) {
+		kk, v := firstIn(tx.Bucket(bucketPending).Cursor(), dest)
+		if kk == nil {
 			return nil
 		}
 		k = append([]byte(nil), kk...)
