@@ -1181,8 +1181,9 @@ func (a *App) encodeOutputs(msgs []ingest.Message, buf []byte, out *Outputs) ([]
 		msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.DecisionsTopic, Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
 		if a.spans != nil && spansAccounts(d) {
 			// For the lead, which raises the alerts that span accounts
-			// (spanning.go); written before the checkpoint that covers it.
-			msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.FindingsTopic, Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+			// (spanning.go); written before the checkpoint that covers it,
+			// under one key: one partition, one order for every lead.
+			msgs = append(msgs, ingest.Message{Topic: a.cfg.Kafka.FindingsTopic, Key: findingsKey, Value: buf[mid:len(buf):len(buf)]})
 		}
 	}
 	for i := range out.Commands {

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -470,5 +471,42 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 	t.Logf("%d events, %d decisions; the second member decided %v of phase 1's %d; %d decisions differ from one walletguard's", len(msgs), len(want), second, cut[2]-cut[1], differ)
 	if differ != 0 || len(got) != len(want) {
 		t.Errorf("%d of %d decisions differ from one walletguard's (%d made)", differ, len(want), len(got))
+	}
+}
+
+// TestFindingsGoToOnePartition: the findings topic is one ordered stream,
+// whatever its partition count and whichever accounts the findings are
+// of. A lead that takes over folds again what the previous lead folded
+// after its last checkpoint; read from several partitions it would fold
+// them in another interleaving, and an outage's first finding — which
+// names its alert — could be another one: support would get the incident
+// twice, under two alert ids.
+func TestFindingsGoToOnePartition(t *testing.T) {
+	a := &App{cfg: testConfig(t, t.TempDir()), spans: &spanning{}}
+	a.cfg.Kafka.FindingsTopic = "walletguard.findings"
+	var out Outputs
+	for i := range 40 {
+		out.Decisions = append(out.Decisions, detector.Decision{
+			DecisionID: fmt.Sprintf("dec-%d", i), AccountID: fmt.Sprintf("acc-%04d", i), MerchantID: "m-0087",
+			TS: time.Date(2026, 3, 1, 12, i, 0, 0, time.UTC), Action: "allow",
+			Rules: []detector.Hit{{ID: "merchant_outage", Category: "merchant_outage", Severity: "high", Group: "merchant:m-0087"}},
+		})
+	}
+	msgs, _ := a.encodeOutputs(nil, nil, &out)
+	for _, n := range []int{4, 12} {
+		parts := map[int]int{} // findings by partition
+		accounts := map[int]bool{}
+		for _, m := range msgs {
+			if m.Topic == a.cfg.Kafka.FindingsTopic {
+				parts[ingest.KeyPartition(m.Key, n)]++
+				accounts[ingest.KeyPartition([]byte(accountOf(t, m.Value)), n)] = true
+			}
+		}
+		if len(accounts) < 2 {
+			t.Fatalf("the findings' accounts fall in %d of %d partitions: the check covers nothing", len(accounts), n)
+		}
+		if len(parts) != 1 {
+			t.Errorf("findings of accounts in %d partitions spread over %d of the findings topic's %d: %v", len(accounts), len(parts), n, parts)
+		}
 	}
 }

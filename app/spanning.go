@@ -39,6 +39,17 @@ import (
 // clogFindings is the changelog key of the lead's place in the findings topic.
 const clogFindings = "findings"
 
+// findingsKey is the key of every record of the findings topic. One key
+// puts them in one partition, whatever the topic's count: one order, which
+// every lead folds them in. Alerts depend on that order — which finding of
+// a merchant's opens its outage alert (and names it), which stuck payments
+// an outage takes in — and a lead taking over folds again what the
+// previous lead folded after its last checkpoint: read in another
+// interleaving of several partitions, it would raise one incident under a
+// second alert id. Findings are few (decisions whose findings span
+// accounts), so one partition carries them.
+var findingsKey = []byte("findings")
+
 var keyFindings = []byte("findings")
 
 // recentFindings is how many decision ids the lead remembers to fold a

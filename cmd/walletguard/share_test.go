@@ -90,6 +90,7 @@ func accountViews(t *testing.T, broker, topic string) (views map[string]string, 
 // alone. What the killed member decided after its last published state is
 // decided again, under the same ids.
 func TestSharingMembersSurviveAKill(t *testing.T) {
+	fail := newRecap(t)
 	bin := buildBinary(t)
 	brokerAddr := freePort(t)
 	brokerCmd := runBroker(t, bin, brokerAddr, 4, "")
@@ -210,7 +211,7 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	t.Logf("%d events; the member killed had decided %v; %d events decided again after the kill; %d decisions, %d differ from one walletguard's, %d missing, %d more",
 		len(msgs), killedAt, again, len(want), differ, missing, extra)
 	if killedAt == 0 {
-		t.Error("the member killed had decided nothing: the test does not cover a takeover")
+		fail.Errorf("the member killed had decided nothing: the test does not cover a takeover")
 	}
 	// The member that joined on an empty volume took what spans accounts
 	// from the changelog with its partitions: in the end every member holds
@@ -243,10 +244,10 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	t.Logf("the member joining after %d events observed %v; devices, IPs, payees, merchants held by each member alive: %v",
 		joinedAt, metricSum(joined.http, "walletguard_events_observed_total"), counts)
 	if !sameEntities() {
-		t.Errorf("the members alive hold different entity state, the one that joined on an empty volume last: %v", counts)
+		fail.Errorf("the members alive hold different entity state, the one that joined on an empty volume last: %v", counts)
 	}
 	if differ+missing+extra != 0 {
-		t.Errorf("the members' decisions differ from one walletguard's: %d otherwise, %d missing, %d more", differ, missing, extra)
+		fail.Errorf("the members' decisions differ from one walletguard's: %d otherwise, %d missing, %d more", differ, missing, extra)
 	}
 
 	// The gateway may ask any member about any account: each answers
@@ -286,7 +287,7 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 			}
 			got, to := accountFrozen(t, m.http, id)
 			if got != frozen[id] {
-				t.Errorf("asked of the member at %s, account %s reads frozen=%v; its commands say %v", m.http, id, got, frozen[id])
+				fail.Errorf("asked of the member at %s, account %s reads frozen=%v; its commands say %v", m.http, id, got, frozen[id])
 			}
 			if to != "" {
 				passed++
@@ -295,7 +296,7 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	}
 	t.Logf("%d accounts asked of every member alive (%d frozen); %d answers passed on to the member deciding the account", len(asked), nFrozen, passed)
 	if nFrozen == 0 || passed == 0 {
-		t.Errorf("%d frozen accounts, %d answers passed on: the check covers nothing", nFrozen, passed)
+		fail.Errorf("%d frozen accounts, %d answers passed on: the check covers nothing", nFrozen, passed)
 	}
 
 	// Support hears of each incident that spans accounts (a merchant
@@ -317,10 +318,10 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	gotKeys, wantKeys := byKey(gotAlerts), byKey(wantAlerts)
 	t.Logf("alerts that span accounts, incidents by dedup key: members %v; one walletguard %v", gotKeys, wantKeys)
 	if r := alerts.Repeats(gotAlerts); len(r) > 0 {
-		t.Errorf("the members told support of one incident more than once: %v", r)
+		fail.Errorf("the members told support of one incident more than once: %v", r)
 	}
 	if r := alerts.Repeats(wantAlerts); len(r) > 0 {
-		t.Errorf("one walletguard told support of one incident more than once: %v", r)
+		fail.Errorf("one walletguard told support of one incident more than once: %v", r)
 	}
 	// Catching up on the backlog, each reads the partitions in step in
 	// event time (ingest.DefaultSkew): support hears of the merchant
@@ -342,12 +343,12 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 	for who, keys := range map[string]map[string]int{"the members": gotKeys, "one walletguard": wantKeys} {
 		for key := range incidents {
 			if keys[key] == 0 {
-				t.Errorf("%s did not tell support of %s", who, key)
+				fail.Errorf("%s did not tell support of %s", who, key)
 			}
 		}
 		for key := range keys {
 			if strings.HasPrefix(key, sim.KindMerchantOutage+"|") && !incidents[key] {
-				t.Errorf("%s told support of %s; the traffic's outages and faults: %v", who, key, slices.Sorted(maps.Keys(incidents)))
+				fail.Errorf("%s told support of %s; the traffic's outages and faults: %v", who, key, slices.Sorted(maps.Keys(incidents)))
 			}
 		}
 	}
@@ -358,11 +359,37 @@ func TestSharingMembersSurviveAKill(t *testing.T) {
 		}
 	}
 	if both == 0 {
-		t.Error("no alert that spans accounts was raised both by the members and by one walletguard: the check covers nothing")
+		fail.Errorf("no alert that spans accounts was raised both by the members and by one walletguard: the check covers nothing")
 	}
 	if n := metricSum(victim.http, "walletguard_spanning_alerts_lead"); n != 0 {
-		t.Errorf("the member killed still leads: %v", n)
+		fail.Errorf("the member killed still leads: %v", n)
 	}
+}
+
+// recap repeats a test's failures at its end, after the logs of the
+// daemons its cleanups print: an excerpt of a long output that keeps its
+// head and tail still shows what failed.
+type recap struct {
+	t    *testing.T
+	msgs []string
+}
+
+// newRecap is called first in a test, so that its cleanup runs last.
+func newRecap(t *testing.T) *recap {
+	r := &recap{t: t}
+	t.Cleanup(func() {
+		if len(r.msgs) > 0 {
+			t.Logf("what failed, again:\n%s", strings.Join(r.msgs, "\n"))
+		}
+	})
+	return r
+}
+
+func (r *recap) Errorf(format string, args ...any) {
+	r.t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	r.msgs = append(r.msgs, msg)
+	r.t.Error(msg)
 }
 
 // alertReceiver is support's webhook: the alerts it was sent, by id.
