@@ -510,3 +510,82 @@ func TestFindingsGoToOnePartition(t *testing.T) {
 		}
 	}
 }
+
+// TestLeadRemembersWhatItFoldedBeforeARestart: a decision made again after
+// a takeover reaches the findings topic twice under one id. The lead folds
+// it once — also when its first copy came before the place the lead starts
+// from (after a restart, or taking over from another lead) and its second
+// after: it reads back the decisions before that place to remember them.
+// Support sees an alert's count as one lead throughout would have kept it.
+func TestLeadRemembersWhatItFoldedBeforeARestart(t *testing.T) {
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	cfg := testConfig(t, t.TempDir())
+	cfg.Kafka.Brokers = []string{broker.Addr()}
+	cfg.Kafka.ChangelogTopic = "walletguard.changelog"
+	cfg.Kafka.SharePartitions = true
+	msgs, _ := simMessages(t, 400, 17, 9000) // with a credential-stuffing wave
+	produce(t, broker.Addr(), "wallet.events", msgs...)
+
+	counts := func(r *running) (alerts, findings int) {
+		r.app.procMu.Lock()
+		defer r.app.procMu.Unlock()
+		for _, al := range r.app.proc.Alerts.All() {
+			if al.IsSpanning() {
+				alerts++
+				findings += al.Count
+			}
+		}
+		return alerts, findings
+	}
+	read := func(r *running, result string) float64 {
+		return metric(t, r.app.HTTPAddr(), `walletguard_findings_read_total{result="`+result+`"}`)
+	}
+	a := start(t, cfg)
+	waitFor(t, 60*time.Second, "every event to be decided", func() bool { return a.app.Snapshot().Consumed == float64(len(msgs)) })
+	var folded float64
+	waitFor(t, 30*time.Second, "the lead to fold the findings", func() bool {
+		n := read(a, "folded")
+		settledNow := n > 0 && n == folded
+		folded = n
+		return settledNow
+	})
+	alertsBefore, findingsBefore := counts(a)
+	a.stop(t)
+
+	// The first finding, written again: as by a member that decided its
+	// event again after taking its partition over.
+	first := readAll(t, broker.Addr(), cfg.Kafka.FindingsTopic, int(folded), 30*time.Second)[0]
+	// A transport of its own: the shared one's metadata, cached when the
+	// events were produced, lacks the findings topic for a few seconds.
+	w := &kafka.Writer{Addr: kafka.TCP(broker.Addr()), Topic: cfg.Kafka.FindingsTopic, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, Transport: &kafka.Transport{}}
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: first.Key, Value: first.Value}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+
+	b := start(t, cfg) // on the same volume: it leads from the place it stopped at
+	waitFor(t, 30*time.Second, "the restarted lead to read the finding written again", func() bool {
+		return read(b, "repeat")+read(b, "folded") >= 1
+	})
+	// The copy is the last record of the findings' one partition: what
+	// came before it is folded too.
+	alertsAfter, findingsAfter := counts(b)
+	repeats, refolded := read(b, "repeat"), read(b, "folded")
+	b.stop(t) // before the broker
+	t.Logf("%v findings folded, into %d alerts that span accounts counting %d; after the restart %d alerts counting %d; read again: %v repeat, %v folded",
+		folded, alertsBefore, findingsBefore, alertsAfter, findingsAfter, repeats, refolded)
+	if alertsBefore == 0 {
+		t.Fatal("the stream raised no alert that spans accounts")
+	}
+	if alertsAfter != alertsBefore || findingsAfter != findingsBefore {
+		t.Errorf("a decision folded before the restart, read again after it, changed the alerts that span accounts: %d counting %d, then %d counting %d",
+			alertsBefore, findingsBefore, alertsAfter, findingsAfter)
+	}
+	if repeats != 1 {
+		t.Errorf("the finding written again was not taken for a repeat: %v repeats, %v folded", repeats, refolded)
+	}
+}

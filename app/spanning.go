@@ -79,6 +79,9 @@ type finding struct {
 	partition int
 	offset    int64
 	value     []byte
+	// recalled: a decision folded before the place a lead starts from,
+	// whose id (in value) it remembers, not folds.
+	recalled bool
 }
 
 // loadFindings reads the lead's place in the findings topic this store's
@@ -154,15 +157,10 @@ func (a *App) setLead(on bool, read map[int]int64) {
 	sp.stop = stop
 	a.amet.spanningLead.Set(1)
 	a.log.Info("raising the alerts that span accounts, from every member's findings", "topic", a.cfg.Kafka.FindingsTopic, "from", start)
-	go ingest.TailFrom(ctx, a.brokers, a.cfg.Kafka.FindingsTopic, func(p int) int64 {
-		if o, ok := start[p]; ok {
-			return o
-		}
-		return kafka.FirstOffset
-	}, a.log, func(p int, m kafka.Message) {
+	hand := func(f finding) {
 		sp.mu.Lock()
 		if sp.gen == gen {
-			sp.in = append(sp.in, finding{p, m.Offset, m.Value})
+			sp.in = append(sp.in, f)
 			sp.waiting.Store(true)
 			select {
 			case sp.wake <- struct{}{}:
@@ -170,7 +168,58 @@ func (a *App) setLead(on bool, read map[int]int64) {
 			}
 		}
 		sp.mu.Unlock()
-	})
+	}
+	go func() {
+		a.recallFindings(ctx, start, hand)
+		ingest.TailFrom(ctx, a.brokers, a.cfg.Kafka.FindingsTopic, func(p int) int64 {
+			if o, ok := start[p]; ok {
+				return o
+			}
+			return kafka.FirstOffset
+		}, a.log, func(p int, m kafka.Message) { hand(finding{partition: p, offset: m.Offset, value: m.Value}) })
+	}()
+}
+
+// recallFindings hands on the ids of the decisions up to recentFindings
+// before the place a lead starts from: those the lead before it (or this
+// store's, before a restart) remembered having folded. A decision made
+// again after a takeover whose first copy came before that place, and
+// whose second after, is then folded once, as by one lead throughout.
+func (a *App) recallFindings(ctx context.Context, start map[int]int64, hand func(finding)) {
+	n := 0
+	for p, o := range start {
+		err := ingest.ReadBack(ctx, a.brokers, a.cfg.Kafka.FindingsTopic, p, o, recentFindings, a.log, func(m kafka.Message) error {
+			var d struct {
+				DecisionID string `json:"decision_id"`
+			}
+			if err := gojson.Unmarshal(m.Value, &d); err == nil {
+				hand(finding{partition: p, offset: m.Offset, value: []byte(d.DecisionID), recalled: true})
+				n++
+			}
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			// Folding goes on: a decision made twice across the place may
+			// count twice in its alert.
+			a.log.Warn("findings before the lead's place not read back", "topic", a.cfg.Kafka.FindingsTopic, "partition", p, "err", err)
+		}
+	}
+	if n > 0 {
+		a.log.Info("remembering the decisions folded before the lead's place", "decisions", n)
+	}
+}
+
+// remember adds a decision id to those the lead folded, forgetting the
+// oldest once it holds recentFindings.
+func (sp *spanning) remember(id string) {
+	if len(sp.ring) < recentFindings {
+		sp.ring = append(sp.ring, id)
+	} else {
+		delete(sp.seen, sp.ring[sp.next])
+		sp.ring[sp.next] = id
+		sp.next = (sp.next + 1) % recentFindings
+	}
+	sp.seen[id] = struct{}{}
 }
 
 // foldFindings raises the alerts of the findings read so far. Pipeline
@@ -186,6 +235,12 @@ func (a *App) foldFindings() {
 	sp.mu.Unlock()
 	var out []alerts.Alert
 	for _, f := range in {
+		if f.recalled {
+			if _, dup := sp.seen[string(f.value)]; !dup {
+				sp.remember(string(f.value))
+			}
+			continue
+		}
 		sp.read[f.partition] = f.offset + 1
 		var d detector.Decision
 		if err := gojson.Unmarshal(f.value, &d); err != nil {
@@ -196,14 +251,7 @@ func (a *App) foldFindings() {
 			a.amet.findings.WithLabelValues("repeat").Inc()
 			continue
 		}
-		if len(sp.ring) < recentFindings {
-			sp.ring = append(sp.ring, d.DecisionID)
-		} else {
-			delete(sp.seen, sp.ring[sp.next])
-			sp.ring[sp.next] = d.DecisionID
-			sp.next = (sp.next + 1) % recentFindings
-		}
-		sp.seen[d.DecisionID] = struct{}{}
+		sp.remember(d.DecisionID)
 		a.amet.findings.WithLabelValues("folded").Inc()
 		out = a.proc.Alerts.ObserveSpanning(&d, out)
 	}

@@ -163,6 +163,17 @@ func LastMatching(ctx context.Context, brokers []string, topic string, partition
 	return nil, nil
 }
 
+// ReadBack hands handle, in order, the last n records of one partition of
+// topic below end (fewer if the partition holds fewer), and returns when
+// the record before end is handled, handle fails, or ctx ends.
+func ReadBack(ctx context.Context, brokers []string, topic string, partition int, end, n int64, log *slog.Logger, handle func(kafka.Message) error) error {
+	first, err := listOffsets(ctx, brokers, topic, []int{partition}, kafka.FirstOffsetOf)
+	if err != nil {
+		return fmt.Errorf("read %s/%d: %w", topic, partition, err)
+	}
+	return readRange(ctx, brokers, topic, partition, max(first[partition], end-n), end, log, handle)
+}
+
 // readRange hands handle the records of one partition from offset from (or
 // kafka.FirstOffset) up to end, in order.
 func readRange(ctx context.Context, brokers []string, topic string, partition int, from, end int64, log *slog.Logger, handle func(kafka.Message) error) error {
