@@ -293,10 +293,15 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	}
 	if a == nil {
 		a = m.create(key, d, h)
-		out = append(out, a.copy())
+		// Sent once, first, with the users of the alerts it takes in
+		// (which follow it): a version before grouping and one after were
+		// two deliveries, identical when it took in only its own account.
+		at := len(out)
+		out = append(out, Alert{})
 		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" || a.Category == "theft" {
 			out = m.groupUnder(a, out)
 		}
+		out[at] = a.copy()
 		return out
 	}
 	return m.update(a, d, h, out)
@@ -396,9 +401,6 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 		m.dirty[key] = true
 		outage.addAccount(a.AccountID)
 		out = append(out, a.copy())
-	}
-	if len(keys) > 0 {
-		out = append(out, outage.copy())
 	}
 	return out
 }
