@@ -79,6 +79,19 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 	}
 }
 
+// eventBroker starts an embedded broker with the event topic of
+// partitions partitions, and topics; it closes when the test's cleanups
+// end, after the walletguards started later stop.
+func eventBroker(t *testing.T, partitions int, topics ...string) *ingest.EmbeddedBroker {
+	t.Helper()
+	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: partitions, Topics: append([]string{"wallet.events"}, topics...)}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(broker.Close)
+	return broker
+}
+
 // metric reads one sample from /metrics; name may include labels.
 func metric(t *testing.T, addr, series string) float64 {
 	t.Helper()
@@ -258,11 +271,7 @@ func simMessages(t *testing.T, accounts int, seed uint64, n int) ([]kafka.Messag
 // consuming a backlog from a broker that stays up, starts it again on the same
 // data directory, and checks that every event got exactly one decision.
 func TestRestartMidStreamHandlesEachEventOnce(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := eventBroker(t, 4)
 	cfg := testConfig(t, t.TempDir())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
 	msgs, evs := simMessages(t, 2000, 3, 40000)
@@ -344,10 +353,7 @@ func TestEmbeddedBrokerKeepsDataAcrossRestart(t *testing.T) {
 // daemon; SIGTERM still ends it within the shutdown timeout (outputs not yet
 // written are not checkpointed, so nothing is lost: it is redone next start).
 func TestStopIsBoundedWhenTheBrokerIsGone(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 2, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	broker := eventBroker(t, 2)
 	cfg := testConfig(t, t.TempDir())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
 	cfg.Kafka.ShutdownTimeout = config.Duration(2 * time.Second)

@@ -391,11 +391,7 @@ func TestOnlyTheOwnerWritesTheChangelog(t *testing.T) {
 // data_dir dir.
 func changelogBroker(t *testing.T, partitions int) (*ingest.EmbeddedBroker, func(dir string) config.Config) {
 	t.Helper()
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: partitions, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(broker.Close)
+	broker := eventBroker(t, partitions)
 	return broker, func(dir string) config.Config {
 		cfg := testConfig(t, dir)
 		cfg.Kafka.Brokers = []string{broker.Addr()}

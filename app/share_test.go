@@ -161,11 +161,7 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
 	run := func(share bool) (decisions map[string]string, movedFrozen bool, decidedBySecond float64, spanning map[string]int) {
-		broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer broker.Close()
+		broker := eventBroker(t, 4)
 		totpKey := enforceConfig(t, t.TempDir()).Enforce.TOTP.KeyFile // every member opens the secrets
 		rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
 		hook := httptestServer(t, rc)
@@ -518,11 +514,7 @@ func TestFindingsGoToOnePartition(t *testing.T) {
 // after: it reads back the decisions before that place to remember them.
 // Support sees an alert's count as one lead throughout would have kept it.
 func TestLeadRemembersWhatItFoldedBeforeARestart(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := eventBroker(t, 4)
 	cfg := testConfig(t, t.TempDir())
 	cfg.Kafka.Brokers = []string{broker.Addr()}
 	cfg.Kafka.ChangelogTopic = "walletguard.changelog"

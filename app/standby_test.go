@@ -15,7 +15,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/walletguard/walletguard/api"
-	"github.com/walletguard/walletguard/ingest"
 )
 
 // TestSecondInstanceStandsByAndTakesOver runs two walletguards in one
@@ -26,11 +25,7 @@ import (
 // the standby built meanwhile, it takes the partitions back. Each event
 // gets exactly one decision across the two.
 func TestSecondInstanceStandsByAndTakesOver(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := eventBroker(t, 4)
 	msgs, evs := simMessages(t, 500, 11, 9000)
 	// Phases: the first alone; the second standing by; the second alone
 	// for a few events; the first back.
@@ -204,11 +199,7 @@ func committedOffsets(t *testing.T, broker string) int64 {
 // refuses the change with 503 and says why, within seconds; nothing is
 // changed anywhere.
 func TestStandbyRefusesWhatItCannotPassOn(t *testing.T) {
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 1, Topics: []string{"wallet.events"}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := eventBroker(t, 1)
 	cfgA, cfgB := testConfig(t, t.TempDir()), testConfig(t, t.TempDir())
 	cfgA.Kafka.Brokers, cfgB.Kafka.Brokers = []string{broker.Addr()}, []string{broker.Addr()}
 	cfgA.HTTP.Advertise = freePort(t) // nothing listens there

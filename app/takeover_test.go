@@ -16,7 +16,6 @@ import (
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
-	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/outbox"
 )
 
@@ -121,11 +120,7 @@ func TestPlannedHandoverSendsNothingTwice(t *testing.T) {
 
 func plannedHandover(t *testing.T, followedNothing bool) {
 	actions := config.Default().Kafka.ActionsTopic
-	broker, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Listen: "127.0.0.1:0", Partitions: 4, Topics: []string{"wallet.events", actions}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := eventBroker(t, 4, actions)
 	rc := &receiver{secret: "hook-secret", ids: map[string]int{}}
 	hook := httptestServer(t, rc)
 	instance := func() config.Config {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -22,6 +23,7 @@ type EmbeddedBroker struct {
 	cluster *kfake.Cluster
 	addr    string
 	tmp     *scratch.Dir // the log's directory if the broker made it, removed on Close
+	closing sync.Once
 }
 
 // EmbeddedConfig says how to run the embedded broker.
@@ -104,10 +106,13 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 // Addr is the broker's host:port.
 func (b *EmbeddedBroker) Addr() string { return b.addr }
 
-// Close stops the broker; clients connected to it see their connections drop.
+// Close stops the broker; clients connected to it see their connections
+// drop. A second call does nothing.
 func (b *EmbeddedBroker) Close() {
-	b.cluster.Close()
-	if b.tmp != nil {
-		b.tmp.Remove()
-	}
+	b.closing.Do(func() {
+		b.cluster.Close()
+		if b.tmp != nil {
+			b.tmp.Remove()
+		}
+	})
 }
