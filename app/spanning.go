@@ -50,6 +50,7 @@ const clogFindings = "findings"
 // accounts), so one partition carries them.
 var findingsKey = []byte("findings")
 
+// keyFindings is the store key of the lead's place in the findings topic.
 var keyFindings = []byte("findings")
 
 // recentFindings is how many decision ids the lead remembers to fold a
