@@ -294,8 +294,9 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	if a == nil {
 		a = m.create(key, d, h)
 		// Sent once, first, with the users of the alerts it takes in
-		// (which follow it): a version before grouping and one after were
-		// two deliveries, identical when it took in only its own account.
+		// (which follow it): a version before grouping and another after
+		// would be two deliveries, identical when it takes in only alerts
+		// of its own account.
 		at := len(out)
 		out = append(out, Alert{})
 		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" || a.Category == "theft" {
