@@ -61,8 +61,8 @@ func (rt *routes) set(account, addr string) {
 	rt.m[account] = addr
 }
 
-// Where a request names its account.
-func pathAccount(r *http.Request, _ []byte) string  { return r.PathValue("id") }
+// Where a request names its account (pathID: or the alert in its path).
+func pathID(r *http.Request, _ []byte) string       { return r.PathValue("id") }
 func queryAccount(r *http.Request, _ []byte) string { return r.URL.Query().Get("account_id") }
 func bodyAccount(_ *http.Request, body []byte) string {
 	var e struct {
@@ -83,7 +83,7 @@ func (s *server) byAccount(account func(*http.Request, []byte) string, h http.Ha
 // byAlert sends a request about the alert in its path to the member that
 // holds it, when members share the partitions.
 func (s *server) byAlert(h http.HandlerFunc) http.HandlerFunc {
-	return s.routed("alert", pathAccount, s.b.HoldsAlert, h)
+	return s.routed("alert", pathID, s.b.HoldsAlert, h)
 }
 
 // routed answers a request here if this member has the thing it names
