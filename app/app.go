@@ -135,6 +135,10 @@ type appMetrics struct {
 	// checkpointsDeferred counts checkpoints put off because the previous
 	// write was still running.
 	checkpointsDeferred prometheus.Counter
+	// pipelineBusy is the time the pipeline spends deciding, rather than
+	// waiting for events or for its outputs to be written (pipelineWait).
+	pipelineBusy        prometheus.Counter
+	pipelineWait        prometheus.Counter
 	reloadOK            prometheus.Gauge
 	reloads             *prometheus.CounterVec
 	commands            *prometheus.CounterVec
@@ -165,6 +169,14 @@ func newAppMetrics(reg prometheus.Registerer) *appMetrics {
 		}),
 		checkpointsDeferred: f.NewCounter(prometheus.CounterOpts{
 			Name: "walletguard_checkpoints_deferred_total", Help: "Checkpoints put off to a later batch because the previous one was still being written.",
+		}),
+		pipelineBusy: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_pipeline_busy_seconds_total",
+			Help: "Time the pipeline, which decides every event on one goroutine, spent working rather than waiting for events or outputs; a rate near 1 means it is saturated.",
+		}),
+		pipelineWait: f.NewCounter(prometheus.CounterOpts{
+			Name: "walletguard_pipeline_output_wait_seconds_total",
+			Help: "Time the pipeline waited for earlier outputs to be written to Kafka before deciding more: the writes, not the deciding, held it back.",
 		}),
 		checkpointSecs: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "walletguard_checkpoint_seconds", Help: "Time to write a state checkpoint.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10),
@@ -695,6 +707,8 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		buf     []byte // the records' bytes, reused once they are written
 		arrived []time.Time
 	}
+	busy := busyClock{busy: a.amet.pipelineBusy, outputWait: a.amet.pipelineWait, from: time.Now()}
+	defer busy.pause()
 	free := make(chan *outBatch, 2) // batches the writer is done with
 	free <- &outBatch{}
 	jobs := make(chan *outBatch, 1)
@@ -759,8 +773,10 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	// settle flushes and waits until every output so far is written: what
 	// a checkpoint's offsets cover must be in Kafka before it is saved.
 	settle := func() {
-		flush(true)
-		inflight.Wait()
+		busy.waitOutputs(func() {
+			flush(true)
+			inflight.Wait()
+		})
 		failed = failed || writeFailed.Load()
 	}
 	// Runs last, after the final checkpoint has settled every write.
@@ -975,6 +991,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 	defer unlock()
 	ahead := recordsAhead{in: records, engine: a.proc.Engine}
 	for {
+		busy.resume()
 		rec, ok, got := ahead.take()
 		if !got {
 			select {
@@ -1009,6 +1026,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					checkpoint(false)
 				}
 				batch = 0
+				busy.pause()
 				select {
 				case rec, ok = <-records:
 				case next := <-freeIfPending():
@@ -1017,17 +1035,20 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 				case <-a.findingsWake():
 					continue
 				case <-time.After(interval):
+					busy.resume()
 					if time.Since(lastCkpt) >= interval {
 						checkpoint(false)
 					}
 					continue
 				case done := <-a.flushes():
+					busy.resume()
 					checkpoint(true)
 					ckptSlot <- struct{}{} // its write, and publish, done
 					<-ckptSlot
 					close(done)
 					continue
 				case ch := <-a.shareChanges():
+					busy.resume()
 					quiesce()
 					a.procMu.Lock()
 					err := a.applyShareChange(ch, next)
@@ -1036,6 +1057,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					ch.done <- err
 					continue
 				case r := <-a.restores:
+					busy.resume()
 					// Taking over without the state (restoreOnTakeover):
 					// no checkpoint of the state held is written after
 					// the restored one replaces it in the store.
@@ -1048,6 +1070,7 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 					r.done <- err
 					continue
 				}
+				busy.resume()
 			}
 		}
 		if !ok {
@@ -1093,12 +1116,51 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 		}
 		if batch >= maxBatch {
 			unlock()
-			flush(true)
+			busy.waitOutputs(func() { flush(true) }) // and, saturated, it never waits for events: counted as it goes
 			batch = 0
 			if time.Since(lastCkpt) >= interval {
 				checkpoint(false)
 			}
 		}
+	}
+}
+
+// busyClock counts the pipeline's time: deciding (busy), waiting for its
+// outputs to be written (outputWait), or waiting for events (neither). It
+// reads the clock as the pipeline starts and stops waiting, and around a
+// wait for outputs, which a full batch makes: never per event.
+type busyClock struct {
+	busy, outputWait prometheus.Counter
+	from             time.Time // when the pipeline last resumed deciding
+	waiting          bool      // for events
+}
+
+func (b *busyClock) pause() {
+	if !b.waiting {
+		b.busy.Add(time.Since(b.from).Seconds())
+		b.waiting = true
+	}
+}
+
+func (b *busyClock) resume() {
+	if b.waiting {
+		b.from = time.Now()
+		b.waiting = false
+	}
+}
+
+// waitOutputs runs wait, which waits for outputs to be written, and counts
+// its time apart from deciding.
+func (b *busyClock) waitOutputs(wait func()) {
+	start := time.Now()
+	if !b.waiting {
+		b.busy.Add(start.Sub(b.from).Seconds())
+	}
+	wait()
+	now := time.Now()
+	b.outputWait.Add(now.Sub(start).Seconds())
+	if !b.waiting {
+		b.from = now
 	}
 }
 

@@ -306,6 +306,46 @@ func TestRestartMidStreamHandlesEachEventOnce(t *testing.T) {
 	t.Logf("first run handled %v events, the second %v", first, r2.app.Snapshot().Consumed)
 }
 
+// TestPipelineBusyTellsWorkFromWaiting: walletguard_pipeline_busy_seconds_total
+// is what an SRE reads to tell a saturated instance from one waiting for
+// events. Working off a backlog it grows with the time spent, as does the
+// time waiting for outputs beside it, the two never more than the time
+// passed; idle, it stays still.
+func TestPipelineBusyTellsWorkFromWaiting(t *testing.T) {
+	broker := eventBroker(t, 4)
+	cfg := testConfig(t, t.TempDir())
+	cfg.Kafka.Brokers = []string{broker.Addr()}
+	msgs, _ := simMessages(t, 2000, 5, 30000)
+	produce(t, broker.Addr(), "wallet.events", msgs...)
+
+	started := time.Now()
+	r := start(t, cfg)
+	busy := func() float64 { return metric(t, r.app.HTTPAddr(), "walletguard_pipeline_busy_seconds_total") }
+	waited := func() float64 { return metric(t, r.app.HTTPAddr(), "walletguard_pipeline_output_wait_seconds_total") }
+	waitFor(t, 60*time.Second, "the backlog worked off", func() bool { return r.app.Snapshot().Consumed >= float64(len(msgs)) })
+	elapsed := time.Since(started).Seconds()
+	time.Sleep(200 * time.Millisecond) // the last batch's outputs, and the pipeline back to waiting
+	worked, wait := busy(), waited()
+	if worked <= 0 || worked+wait > elapsed {
+		t.Fatalf("pipeline busy %.3fs and waiting for outputs %.3fs while %d events were decided in %.3fs since the start", worked, wait, len(msgs), elapsed)
+	}
+
+	time.Sleep(2 * time.Second)
+	if idle := busy() - worked; idle > 0.2 {
+		t.Errorf("pipeline busy %.3fs of 2s with no event to decide", idle)
+	}
+	// One more event: the time spent on it counts, however short.
+	produce(t, broker.Addr(), "wallet.events", kafka.Message{Key: []byte("acc-1"), Value: []byte(validEvents[0])})
+	waitFor(t, 10*time.Second, "one more event", func() bool { return r.app.Snapshot().Consumed > float64(len(msgs)) })
+	waitFor(t, 10*time.Second, "its time counted", func() bool { return busy() > worked })
+	time.Sleep(200 * time.Millisecond)
+	if one := busy() - worked; one > 1 {
+		t.Errorf("pipeline busy %.3fs more for one event after 2s of waiting: the wait was counted", one)
+	}
+	t.Logf("busy %.3fs, waiting for outputs %.3fs, of %.3fs working off %d events", worked, wait, elapsed, len(msgs))
+	r.stop(t)
+}
+
 var decisionRE = regexp.MustCompile(`"event_id":"([^"]+)".*"trigger":"([a-z]+)"`)
 
 // eventDecisions counts event-triggered decisions per event id.
