@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -142,13 +143,21 @@ func cmdBench(args []string) int {
 	for a.Snapshot().Consumed == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	start := time.Now()
+	const busyName, waitName = "walletguard_pipeline_busy_seconds_total", "walletguard_pipeline_output_wait_seconds_total"
+	start, cpuStart, busyStart, waitStart := time.Now(), cpuTime(), counterOf(a, busyName), counterOf(a, waitName)
 	for a.Snapshot().Consumed < float64(len(msgs)) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	full := float64(len(msgs)) / time.Since(start).Seconds()
+	wall := time.Since(start)
+	full := float64(len(msgs)) / wall.Seconds()
 	fmt.Printf("walletguard end to end (decode, state, %d rules, decisions written to Kafka, checkpoints): %.0f events/s — %.0f%% of the bare reader\n",
 		len(mustRules().Rules), full, 100*full/bare)
+	// What limits the run: the pipeline's one goroutine deciding, its
+	// writes to Kafka, or the machine's CPUs, shared with the embedded broker.
+	cpu := cpuTime() - cpuStart
+	fmt.Printf("  pipeline deciding %.0f%% of the run, waiting for its outputs to be written %.0f%%; the process used %.2f of %d CPUs, %.1fµs of CPU per event\n",
+		100*(counterOf(a, busyName)-busyStart)/wall.Seconds(), 100*(counterOf(a, waitName)-waitStart)/wall.Seconds(),
+		cpu.Seconds()/wall.Seconds(), runtime.NumCPU(), float64(cpu.Microseconds())/float64(len(msgs)))
 
 	// The daemon's histograms also hold the throughput run's backlog: only
 	// what the latency run adds describes the offered rate.
@@ -510,6 +519,29 @@ type histogram struct {
 	bounds []float64
 	counts []uint64
 	total  uint64 // with the observations past the last bound
+}
+
+// counterOf reads a counter of the daemon's registry (0 if absent).
+func counterOf(a *app.App, name string) float64 {
+	mfs, err := a.Registry().Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func histogramOf(a *app.App, name string) histogram {

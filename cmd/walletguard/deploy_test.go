@@ -13,6 +13,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -315,6 +316,19 @@ func TestBenchRuns(t *testing.T) {
 		}
 		if m := regexp.MustCompile(`detection state: (\d+) bytes per account`).FindSubmatch(out); m == nil {
 			t.Errorf("no positive state size in:\n%s", out)
+		}
+		// Where the run's time went: shares of the run that add up to at
+		// most all of it, and a process that used some CPU.
+		m := regexp.MustCompile(`pipeline deciding (\d+)% of the run, waiting for its outputs to be written (\d+)%; the process used ([0-9.]+) of \d+ CPUs`).FindSubmatch(out)
+		if m == nil {
+			t.Errorf("bench %v does not say what limited the run:\n%s", extra, out)
+			continue
+		}
+		deciding, _ := strconv.Atoi(string(m[1]))
+		waiting, _ := strconv.Atoi(string(m[2]))
+		cpus, _ := strconv.ParseFloat(string(m[3]), 64)
+		if deciding+waiting > 101 || cpus <= 0 {
+			t.Errorf("bench %v: pipeline deciding %d%% and waiting %d%% of the run, with %v CPUs used", extra, deciding, waiting, cpus)
 		}
 	}
 }
