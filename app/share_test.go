@@ -32,11 +32,7 @@ var acrossAccounts = func() map[string]bool {
 	if err != nil {
 		panic(err)
 	}
-	spans := map[string]bool{}
-	for _, r := range set.Rules {
-		spans[r.ID] = r.SpansAccounts()
-	}
-	return spans
+	return set.AcrossAccounts()
 }()
 
 // accountView is what of a decision its account's own history decides:

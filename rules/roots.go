@@ -62,3 +62,14 @@ func (s *Set) Uses(t event.Type, v Root) bool { return s.uses[t]&v != 0 }
 // and not only its event, its account and its payment. What such a rule
 // sees depends on how the events of different accounts interleave.
 func (r *Rule) SpansAccounts() bool { return r.roots()&^RootPayment != 0 }
+
+// AcrossAccounts is the ids of the set's rules that span accounts
+// (Rule.SpansAccounts), for comparing what instances that split the
+// accounts decide.
+func (s *Set) AcrossAccounts() map[string]bool {
+	spans := make(map[string]bool, len(s.Rules))
+	for _, r := range s.Rules {
+		spans[r.ID] = r.SpansAccounts()
+	}
+	return spans
+}

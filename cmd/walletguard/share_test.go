@@ -32,11 +32,7 @@ var acrossAccounts = func() map[string]bool {
 	if err != nil {
 		panic(err)
 	}
-	spans := map[string]bool{}
-	for _, r := range set.Rules {
-		spans[r.ID] = r.SpansAccounts()
-	}
-	return spans
+	return set.AcrossAccounts()
 }()
 
 // accountViews reads a decisions topic: by decision id, what of each
