@@ -309,7 +309,7 @@ func TestBenchRuns(t *testing.T) {
 		if err != nil {
 			t.Fatalf("walletguard %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		for _, want := range []string{"bare kafka-go reader + decode:", "walletguard end to end", "event-to-decision latency at", "p99.9", "bytes per account"} {
+		for _, want := range []string{"bare kafka-go reader + decode:", "of CPU per event (this process", "walletguard end to end", "event-to-decision latency at", "p99.9", "bytes per account"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("bench %v output lacks %q:\n%s", extra, want, out)
 			}
