@@ -1183,11 +1183,15 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 	}
 	a.imet.CountConsumed(rec.Event.Type)
 	nd, na := len(out.Decisions), len(out.Alerts)
-	handle := a.proc.HandleFrom
-	if rec.Seen {
-		handle = a.proc.HandleObservedFrom // its entities counted it when it was observed
+	// Called directly, not through a func value, which would move every
+	// record to the heap: the compiler cannot see what such a call keeps.
+	var dup bool
+	if src := SourceID(rec.Topic, rec.Partition); rec.Seen {
+		dup = a.proc.HandleObservedFrom(src, &rec.Event, out) // its entities counted it when it was observed
+	} else {
+		dup = a.proc.HandleFrom(src, &rec.Event, out)
 	}
-	if handle(SourceID(rec.Topic, rec.Partition), &rec.Event, out) {
+	if dup {
 		a.imet.Duplicates.Inc()
 		return
 	}
