@@ -46,8 +46,13 @@ func cmdBench(args []string) int {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	skew := fs.Duration("partition-skew", config.Default().Kafka.PartitionSkew.D(), "kafka.partition_skew of the daemon (0: partitions read unaligned)")
+	ckptEvery := fs.Duration("checkpoint-interval", config.Default().Detector.CheckpointInterval.D(), "detector.checkpoint_interval of the daemon")
 	changelog := fs.Bool("changelog", false, "publish checkpoints to a changelog topic, and time a restore from it into an empty data_dir at the end")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *ckptEvery <= 0 {
+		fmt.Fprintln(os.Stderr, "bench: --checkpoint-interval must be more than 0")
 		return 2
 	}
 	if *cpuProfile != "" {
@@ -132,9 +137,14 @@ func cmdBench(args []string) int {
 	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir.Path, bs, []string{topic}
 	cfg.Kafka.GroupID = "bench-" + topic
 	cfg.Kafka.PartitionSkew = config.Duration(*skew)
+	cfg.Detector.CheckpointInterval = config.Duration(*ckptEvery)
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	if *changelog {
 		cfg.Kafka.ChangelogTopic = "bench.changelog." + topic
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 2
 	}
 	a, err := app.New(cfg, log, app.Options{})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -303,6 +304,13 @@ func TestDeployManifestsMatchTheCode(t *testing.T) {
 // topic first): every stage reports a number.
 func TestBenchRuns(t *testing.T) {
 	bin := buildBinary(t)
+	// A setting the daemon would refuse is refused before minutes of
+	// traffic are generated.
+	out, err := osexec.Command(bin, "bench", "--checkpoint-interval", "0s").CombinedOutput()
+	var exit *osexec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "--checkpoint-interval") {
+		t.Errorf("bench --checkpoint-interval 0s: %v\n%s", err, out)
+	}
 	for _, extra := range [][]string{nil, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
 		args := append([]string{"bench", "--accounts", "5000", "--events", "30000", "--latency-seconds", "3"}, extra...)
 		out, err := osexec.Command(bin, args...).CombinedOutput()
