@@ -1112,11 +1112,14 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 			copyCheckpoint(copyRows)
 		}
 		if batch%64 == 0 {
+			// A saturated pipeline never waits for events: its time is
+			// counted as it goes.
+			busy.lap()
 			flush(false) // under steady load too, a batch goes as soon as the writer is free
 		}
 		if batch >= maxBatch {
 			unlock()
-			busy.waitOutputs(func() { flush(true) }) // and, saturated, it never waits for events: counted as it goes
+			busy.waitOutputs(func() { flush(true) })
 			batch = 0
 			if time.Since(lastCkpt) >= interval {
 				checkpoint(false)
@@ -1127,8 +1130,9 @@ func (a *App) pipeline(ctx context.Context, records <-chan ingest.Record) error 
 
 // busyClock counts the pipeline's time: deciding (busy), waiting for its
 // outputs to be written (outputWait), or waiting for events (neither). It
-// reads the clock as the pipeline starts and stops waiting, and around a
-// wait for outputs, which a full batch makes: never per event.
+// reads the clock as the pipeline starts and stops waiting, around a wait
+// for outputs, and every 64 events, so that the counters are at most that
+// far behind: never per event.
 type busyClock struct {
 	busy, outputWait prometheus.Counter
 	from             time.Time // when the pipeline last resumed deciding
@@ -1147,6 +1151,13 @@ func (b *busyClock) resume() {
 		b.from = time.Now()
 		b.waiting = false
 	}
+}
+
+// lap counts the time decided since the last reading.
+func (b *busyClock) lap() {
+	now := time.Now()
+	b.busy.Add(now.Sub(b.from).Seconds())
+	b.from = now
 }
 
 // waitOutputs runs wait, which waits for outputs to be written, and counts
