@@ -221,9 +221,12 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 	for k, mr := range e.merchants {
 		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr, e.syms)})
 	}
-	e.accounts.beginSnapshot(appendRaw[account], rawSize[account]())
-	e.devices.beginSnapshot(appendRaw[deviceState], rawSize[deviceState]())
-	e.payees.beginSnapshot(appendRaw[payeeState], rawSize[payeeState]())
+	// Packed rows are stored packed: a copy of their bytes, and at a
+	// million accounts about 40% of the plain rows' bytes to write, merge
+	// and read back.
+	e.accounts.beginSnapshot(nil, rawSize[account]()/2)
+	e.devices.beginSnapshot(nil, rawSize[deviceState]()/2)
+	e.payees.beginSnapshot(nil, rawSize[payeeState]()/2)
 	e.ips.beginSnapshot(appendIP, rawSize[ipFlat]())
 	syms := e.syms
 	e.chains.beginSnapshot(func(dst []byte, c *chain) []byte { return appendChain(dst, c, syms) }, 128)
@@ -583,11 +586,11 @@ func (e *Engine) rowApplier(timers map[uint64]*timer) func(kind byte, key uint64
 	return func(kind byte, key uint64, v []byte) error {
 		switch kind {
 		case rowAccount:
-			return applyTableRow("accounts", e.accounts, key, v, fromRaw[account])
+			return applyTableRow("accounts", e.accounts, key, v, e.accounts.pk.decodeStored)
 		case rowDevice:
-			return applyTableRow("devices", e.devices, key, v, fromRaw[deviceState])
+			return applyTableRow("devices", e.devices, key, v, e.devices.pk.decodeStored)
 		case rowPayee:
-			return applyTableRow("payees", e.payees, key, v, fromRaw[payeeState])
+			return applyTableRow("payees", e.payees, key, v, e.payees.pk.decodeStored)
 		case rowIP:
 			return applyTableRow("ips", e.ips, key, v, decodeIP)
 		case rowTimer:

@@ -587,6 +587,10 @@ func BenchmarkCheckpointRestore1M(b *testing.B) {
 			b.Fatal(err)
 		}
 		write := time.Since(start)
+		var size int64
+		for _, f := range st.rows.files {
+			size += f.Size
+		}
 		start = time.Now()
 		r := newEngine(b, time.Minute)
 		if _, err := r.Restore(st); err != nil {
@@ -599,6 +603,7 @@ func BenchmarkCheckpointRestore1M(b *testing.B) {
 		st.Close()
 		b.ReportMetric(write.Seconds(), "checkpoint-s")
 		b.ReportMetric(restore.Seconds(), "restore-s")
+		b.ReportMetric(float64(size)/1e6, "rowfile-MB")
 	}
 }
 

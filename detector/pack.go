@@ -1,6 +1,8 @@
 package detector
 
 import (
+	"encoding/binary"
+	"fmt"
 	"math/bits"
 	"unsafe"
 )
@@ -247,4 +249,95 @@ func (p *packing[T]) prefetchRows(i uint32, n int) {
 		}
 		i++
 	}
+}
+
+// packedRow starts a row a checkpoint holds as its packed encoding. Such a
+// value is one byte and whole words long, so never the length of a plain
+// row, which is whole words: a store or changelog written with plain rows
+// reads as before, and both may hold versions of one key.
+const packedRow = 'p'
+
+// appendStored appends row i (its encoding at l) to dst as a checkpoint
+// holds it: packedRow, then the encoding's words. Most of a row is zero,
+// so this is well under half of the plain row, and copying it needs no
+// decoding.
+func (p *packing[T]) appendStored(dst []byte, i, l uint32) []byte {
+	var enc []uint32
+	switch {
+	case p.open == i+1:
+		enc = p.encode(&p.cur)
+	case l == 0:
+		enc = p.buf[:p.hdr]
+		clear(enc)
+	default:
+		enc = p.at(l)[:p.sizeAt(l)]
+	}
+	dst = append(dst, packedRow)
+	return append(dst, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(enc))), 4*len(enc))...)
+}
+
+// decodeStored decodes a row as a checkpoint holds it: packed
+// (appendStored) or, from an older checkpoint, plain.
+func (p *packing[T]) decodeStored(b []byte, dst *T) error {
+	if len(b)%4 != 1 || b[0] != packedRow {
+		return fromRaw(b, dst)
+	}
+	if err := checkStored(b, p.words); err != nil {
+		return err
+	}
+	ws := wordsOf(dst, p.words)
+	clear(ws)
+	j := p.hdr
+	for k := range p.hdr {
+		for bm := storedAt(b, k); bm != 0; bm &= bm - 1 {
+			ws[k<<5+bits.TrailingZeros32(bm)] = storedAt(b, j)
+			j++
+		}
+	}
+	return nil
+}
+
+// storedAt is word k of a packed row's encoding.
+func storedAt(b []byte, k int) uint32 { return binary.NativeEndian.Uint32(b[1+4*k:]) }
+
+// checkStored checks that b is a whole packed row of a row type of words
+// words: its bitmap marks as many words as follow, all within the row.
+func checkStored(b []byte, words int) error {
+	hdr := (words + 31) / 32
+	n := (len(b) - 1) / 4
+	if n < hdr || n > hdr+words {
+		return fmt.Errorf("packed state row of %d bytes, for a row of %d words", len(b), words)
+	}
+	set := 0
+	for k := range hdr {
+		bm := storedAt(b, k)
+		if rest := words - k<<5; rest < 32 && bm>>rest != 0 {
+			return fmt.Errorf("packed state row marks words past the row's %d", words)
+		}
+		set += bits.OnesCount32(bm)
+	}
+	if hdr+set != n {
+		return fmt.Errorf("packed state row of %d bytes marks %d words", len(b), set)
+	}
+	return nil
+}
+
+// storedWord reads word w of a stored row of a row type of words words,
+// plain or packed, without decoding the rest.
+func storedWord(b []byte, words, w int) (uint32, bool) {
+	if len(b) == 4*words {
+		return binary.NativeEndian.Uint32(b[4*w:]), true
+	}
+	if len(b)%4 != 1 || b[0] != packedRow || checkStored(b, words) != nil {
+		return 0, false
+	}
+	bm := storedAt(b, w>>5)
+	if bm&(1<<(w&31)) == 0 {
+		return 0, true
+	}
+	j := (words + 31) / 32
+	for k := range w >> 5 {
+		j += bits.OnesCount32(storedAt(b, k))
+	}
+	return storedAt(b, j+bits.OnesCount32(bm&(1<<(w&31)-1))), true
 }

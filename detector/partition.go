@@ -49,10 +49,13 @@ func RowPartition(kind byte, v []byte) (partition int, ok bool) {
 	switch kind {
 	case rowAccount:
 		off := unsafe.Offsetof(account{}.part)
-		if len(v) != rawSize[account]() {
+		w, ok := storedWord(v, rawSize[account]()/4, int(off/4))
+		if !ok {
 			return 0, false
 		}
-		tag = partTag(binary.NativeEndian.Uint16(v[off:]))
+		var word [4]byte
+		binary.NativeEndian.PutUint32(word[:], w)
+		tag = partTag(binary.NativeEndian.Uint16(word[off%4:]))
 	case rowChain:
 		tag = chainTag(v)
 	case rowTimer:

@@ -638,7 +638,7 @@ func (l *rowLog) read(f rowFile, apply func(kind byte, key uint64, v []byte) err
 			return nil
 		}
 		if err := apply(c.r.kind, c.r.key, c.r.v); err != nil {
-			return err
+			return fmt.Errorf("checkpoint file %s: %w", c.path, err)
 		}
 	}
 }

@@ -167,7 +167,8 @@ func (t *table[T]) markAllChanged() {
 // since the last checkpoint, as they are now. Only flags change here; the
 // rows are copied by copySome, or by upsert and remove before they touch
 // one. Changes from now on belong to the next checkpoint. enc encodes a
-// row, usually in size bytes.
+// row, usually in size bytes; nil stores a packed table's rows as they are
+// packed (packing.appendStored).
 func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 	sn := &snapshot[T]{enc: enc, pending: t.changed, size: size}
 	for _, i := range t.changed {
@@ -185,7 +186,11 @@ func (t *table[T]) beginSnapshot(enc func([]byte, *T) []byte, size int) {
 func (t *table[T]) copyRow(i uint32) {
 	sn := t.snap
 	sn.rows.grow(sn.size)
-	sn.rows.buf = sn.enc(sn.rows.buf, t.read(i))
+	if sn.enc == nil {
+		sn.rows.buf = t.pk.appendStored(sn.rows.buf, i, t.pk.loc[i])
+	} else {
+		sn.rows.buf = sn.enc(sn.rows.buf, t.read(i))
+	}
 	sn.rows.done(t.keys[i])
 	t.flags[i] = t.flags[i]&^rowPending | rowSaved
 }
