@@ -309,6 +309,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		return nil, err
 	}
 	a.store.SetLogger(log)
+	registerStateFileMetrics(a.reg, a.store)
 	a.cleanup = append(a.cleanup, func() { a.store.Close() })
 
 	a.box, err = outbox.Open(a.store.DB())

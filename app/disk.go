@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/walletguard/walletguard/detector"
 )
 
 // registerDiskMetrics exports the free and total space of the filesystem
@@ -28,4 +30,32 @@ func registerDiskMetrics(reg prometheus.Registerer, dir string) {
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "walletguard_data_dir_size_bytes", Help: "Size of the filesystem of data_dir.",
 	}, func() float64 { return stat(false) })
+}
+
+// registerStateFileMetrics exports the size of the detection state's row
+// files and what checkpoints write to them: disk to provision, and the
+// write load checkpoints put on it.
+func registerStateFileMetrics(reg prometheus.Registerer, store *detector.Store) {
+	f := promauto.With(reg)
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "walletguard_state_files",
+		Help: "Row files of the detection state the last checkpoint lists (data_dir/state/rows): what a restart reads back.",
+	}, func() float64 { return float64(store.FileStats().Files) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "walletguard_state_file_bytes",
+		Help: "Bytes of the row files the last checkpoint lists; merges in the background keep them to about twice the state at most.",
+	}, func() float64 { return float64(store.FileStats().Bytes) })
+	for _, by := range []string{"checkpoint", "merge"} {
+		f.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "walletguard_state_written_bytes_total",
+			Help:        "Bytes written to the detection state's row files since start, by checkpoints and by the merges of their files.",
+			ConstLabels: prometheus.Labels{"by": by},
+		}, func() float64 {
+			st := store.FileStats()
+			if by == "merge" {
+				return float64(st.Merged)
+			}
+			return float64(st.Written)
+		})
+	}
 }

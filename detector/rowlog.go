@@ -95,8 +95,11 @@ type rowLog struct {
 	merged  *mergedFile
 	merging bool
 	merges  int // completed, for tests
-	wg      sync.WaitGroup
-	closed  atomic.Bool
+	// Bytes written to row files since the store opened, by checkpoints
+	// and by merges: what checkpoints cost the disk.
+	written, mergeWritten int64
+	wg                    sync.WaitGroup
+	closed                atomic.Bool
 }
 
 // mergedFile is a merge of the listed files up to seq upto.
@@ -231,7 +234,9 @@ func (l *rowLog) write(tx *bolt.Tx, sets []rowSet, base bool) error {
 		path := filepath.Join(l.dir, f.name())
 		l.pending = append(l.pending, path)
 		var err error
-		if f.Size, f.CRC, err = writeRowFile(path, sortedRecords(sets)); err != nil {
+		f.Size, f.CRC, err = writeRowFile(path, sortedRecords(sets))
+		l.written += f.Size
+		if err != nil {
 			return fmt.Errorf("checkpoint file %s: %w", path, err)
 		}
 		files = append(slices.Clip(files), f)
@@ -292,6 +297,7 @@ func (l *rowLog) maybeMerge() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.merging = false
+		l.mergeWritten += out.Size
 		if err == nil && (len(l.files) < len(in) || !slices.Equal(l.files[:len(in)], in)) {
 			// A checkpoint of the whole state replaced the files meanwhile.
 			os.Remove(filepath.Join(l.dir, out.name()))
@@ -641,4 +647,27 @@ func (l *rowLog) read(f rowFile, apply func(kind byte, key uint64, v []byte) err
 			return fmt.Errorf("checkpoint file %s: %w", c.path, err)
 		}
 	}
+}
+
+// FileStats describes a store's row files.
+type FileStats struct {
+	// Files and Bytes are those the last checkpoint lists: what a restore
+	// reads.
+	Files int
+	Bytes int64
+	// Written and Merged are the bytes written to row files since the
+	// store opened, by checkpoints and by the merges of their files.
+	Written, Merged int64
+}
+
+// FileStats reports the store's row files.
+func (s *Store) FileStats() FileStats {
+	l := s.rows
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := FileStats{Files: len(l.files), Written: l.written, Merged: l.mergeWritten}
+	for _, f := range l.files {
+		st.Bytes += f.Size
+	}
+	return st
 }

@@ -410,3 +410,65 @@ func TestPackedRowsAreStoredPacked(t *testing.T) {
 	}
 	t.Logf("first checkpoint: %d bytes packed, %d plain", size[0], size[1])
 }
+
+// TestFileStatsTellTheDisk: the store reports the row files a restore
+// reads as they lie on disk, and every byte checkpoints and merges wrote.
+func TestFileStatsTellTheDisk(t *testing.T) {
+	dir := t.TempDir()
+	evs := genEvents(t, 200, 5, 1)
+	e := newEngine(t, 5*time.Minute)
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.rows.minLog = 0 // merge as soon as the newer files outweigh the oldest
+	size := func(f rowFile) int64 {
+		fi, err := os.Stat(filepath.Join(dir, "rows", f.name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	var written, merged int64
+	seen := map[uint64]bool{}
+	const steps = 10
+	step := len(evs) / steps
+	for i := range steps {
+		for j := i * step; j < (i+1)*step; j++ {
+			e.Process(&evs[j], nil)
+		}
+		st.rows.wait() // a merge under way is listed by this checkpoint
+		if _, err := e.Checkpoint(st, Offsets{"t": {0: int64((i + 1) * step)}}); err != nil {
+			t.Fatal(err)
+		}
+		files := slices.Clone(st.rows.files)
+		var listed int64
+		for k, f := range files {
+			listed += size(f)
+			if !seen[f.Seq] {
+				seen[f.Seq] = true
+				if k == len(files)-1 {
+					written += size(f)
+				} else {
+					merged += size(f) // a merge, listed in place of the files it holds
+				}
+			}
+		}
+		if fs := st.FileStats(); fs.Files != len(files) || fs.Bytes != listed {
+			t.Fatalf("checkpoint %d: reported %d files of %d bytes; %d files of %d bytes listed on disk", i, fs.Files, fs.Bytes, len(files), listed)
+		}
+	}
+	st.rows.wait()
+	if m := st.rows.merged; m != nil {
+		merged += size(m.file) // done, and listed by the next checkpoint
+	}
+	fs := st.FileStats()
+	if fs.Written != written || fs.Merged != merged {
+		t.Fatalf("reported %d bytes written by checkpoints and %d by merges; the files hold %d and %d", fs.Written, fs.Merged, written, merged)
+	}
+	if merged == 0 || fs.Files >= steps {
+		t.Fatalf("%d merges wrote %d bytes, %d files listed: the test did not merge", st.rows.merges, merged, fs.Files)
+	}
+	t.Logf("%d checkpoints wrote %d bytes, %d merges %d; %d files of %d bytes listed", steps, written, st.rows.merges, merged, fs.Files, fs.Bytes)
+}
