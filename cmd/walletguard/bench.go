@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/walletguard/walletguard/app"
@@ -161,6 +162,8 @@ func cmdBench(args []string) int {
 	}
 	const busyName, waitName = "walletguard_pipeline_busy_seconds_total", "walletguard_pipeline_output_wait_seconds_total"
 	start, busyStart, waitStart := time.Now(), counterOf(a, busyName), counterOf(a, waitName)
+	const writtenName = "walletguard_state_written_bytes_total"
+	ckptBytes, mergeBytes := counterOf(a, writtenName, "by", "checkpoint"), counterOf(a, writtenName, "by", "merge")
 	cpuStart = cpuTime()
 	for a.Snapshot().Consumed < float64(len(msgs)) {
 		time.Sleep(20 * time.Millisecond)
@@ -175,6 +178,9 @@ func cmdBench(args []string) int {
 	fmt.Printf("  pipeline deciding %.0f%% of the run, waiting for its outputs to be written %.0f%%; the process used %.2f of %d CPUs, %.1fµs of CPU per event\n",
 		100*(counterOf(a, busyName)-busyStart)/wall.Seconds(), 100*(counterOf(a, waitName)-waitStart)/wall.Seconds(),
 		cpu.Seconds()/wall.Seconds(), runtime.NumCPU(), float64(cpu.Microseconds())/float64(len(msgs)))
+	ckptBytes, mergeBytes = counterOf(a, writtenName, "by", "checkpoint")-ckptBytes, counterOf(a, writtenName, "by", "merge")-mergeBytes
+	fmt.Printf("  checkpoints wrote %.0f MB of state files, and merging them %.0f MB more: %.0f bytes per event\n",
+		ckptBytes/1e6, mergeBytes/1e6, (ckptBytes+mergeBytes)/float64(len(msgs)))
 
 	// The daemon's histograms also hold the throughput run's backlog: only
 	// what the latency run adds describes the offered rate.
@@ -538,18 +544,31 @@ type histogram struct {
 	total  uint64 // with the observations past the last bound
 }
 
-// counterOf reads a counter of the daemon's registry (0 if absent).
-func counterOf(a *app.App, name string) float64 {
+// counterOf reads a counter of the daemon's registry (0 if absent): the sum
+// of its series with the label given as name, value pairs.
+func counterOf(a *app.App, name string, label ...string) float64 {
 	mfs, err := a.Registry().Gather()
 	if err != nil {
 		return 0
 	}
+	sum := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(label); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == label[i] && l.GetValue() == label[i+1]
+				}) {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 // cpuTime is the CPU time the process has used, user and system.

@@ -311,7 +311,9 @@ func TestBenchRuns(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "--checkpoint-interval") {
 		t.Errorf("bench --checkpoint-interval 0s: %v\n%s", err, out)
 	}
-	for _, extra := range [][]string{nil, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
+	// Checkpoints every 50 ms on the embedded broker: the run reports what
+	// they wrote.
+	for _, extra := range [][]string{{"--checkpoint-interval", "50ms"}, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
 		args := append([]string{"bench", "--accounts", "5000", "--events", "30000", "--latency-seconds", "3"}, extra...)
 		out, err := osexec.Command(bin, args...).CombinedOutput()
 		if err != nil {
@@ -337,6 +339,12 @@ func TestBenchRuns(t *testing.T) {
 		cpus, _ := strconv.ParseFloat(string(m[3]), 64)
 		if deciding+waiting > 102 || cpus <= 0 {
 			t.Errorf("bench %v: pipeline deciding %d%% and waiting %d%% of the run, with %v CPUs used", extra, deciding, waiting, cpus)
+		}
+		m = regexp.MustCompile(`checkpoints wrote \d+ MB of state files, and merging them \d+ MB more: (\d+) bytes per event`).FindSubmatch(out)
+		if m == nil {
+			t.Errorf("bench %v does not say what checkpoints wrote:\n%s", extra, out)
+		} else if n, _ := strconv.Atoi(string(m[1])); extra[0] == "--checkpoint-interval" && n == 0 {
+			t.Errorf("bench %v: checkpoints every 50 ms wrote nothing:\n%s", extra, out)
 		}
 	}
 }
