@@ -45,17 +45,13 @@ func registerStateFileMetrics(reg prometheus.Registerer, store *detector.Store) 
 		Name: "walletguard_state_file_bytes",
 		Help: "Bytes of the row files the last checkpoint lists; merges in the background keep them to about twice the state at most.",
 	}, func() float64 { return float64(store.FileStats().Bytes) })
-	for _, by := range []string{"checkpoint", "merge"} {
+	written := func(by string, bytes func(detector.FileStats) int64) {
 		f.NewCounterFunc(prometheus.CounterOpts{
 			Name:        "walletguard_state_written_bytes_total",
 			Help:        "Bytes written to the detection state's row files since start, by checkpoints and by the merges of their files.",
 			ConstLabels: prometheus.Labels{"by": by},
-		}, func() float64 {
-			st := store.FileStats()
-			if by == "merge" {
-				return float64(st.Merged)
-			}
-			return float64(st.Written)
-		})
+		}, func() float64 { return float64(bytes(store.FileStats())) })
 	}
+	written("checkpoint", func(st detector.FileStats) int64 { return st.Written })
+	written("merge", func(st detector.FileStats) int64 { return st.Merged })
 }

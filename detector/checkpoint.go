@@ -221,9 +221,8 @@ func (e *Engine) BeginCheckpoint(offsets Offsets) (*Capture, error) {
 	for k, mr := range e.merchants {
 		c.merchants = append(c.merchants, kv{k, encodeMerchant(mr, e.syms)})
 	}
-	// Packed rows are stored packed: a copy of their bytes, and at a
-	// million accounts about 40% of the plain rows' bytes to write, merge
-	// and read back.
+	// Packed rows are stored packed: a copy of their bytes, and 40-55%
+	// fewer bytes than the plain rows to write, merge and read back.
 	e.accounts.beginSnapshot(nil, rawSize[account]()/2)
 	e.devices.beginSnapshot(nil, rawSize[deviceState]()/2)
 	e.payees.beginSnapshot(nil, rawSize[payeeState]()/2)
@@ -586,11 +585,11 @@ func (e *Engine) rowApplier(timers map[uint64]*timer) func(kind byte, key uint64
 	return func(kind byte, key uint64, v []byte) error {
 		switch kind {
 		case rowAccount:
-			return applyTableRow("accounts", e.accounts, key, v, e.accounts.pk.decodeStored)
+			return applyTableRow("accounts", e.accounts, key, v, decodeStored[account])
 		case rowDevice:
-			return applyTableRow("devices", e.devices, key, v, e.devices.pk.decodeStored)
+			return applyTableRow("devices", e.devices, key, v, decodeStored[deviceState])
 		case rowPayee:
-			return applyTableRow("payees", e.payees, key, v, e.payees.pk.decodeStored)
+			return applyTableRow("payees", e.payees, key, v, decodeStored[payeeState])
 		case rowIP:
 			return applyTableRow("ips", e.ips, key, v, decodeIP)
 		case rowTimer:

@@ -277,67 +277,38 @@ func (p *packing[T]) appendStored(dst []byte, i, l uint32) []byte {
 }
 
 // decodeStored decodes a row as a checkpoint holds it: packed
-// (appendStored) or, from an older checkpoint, plain.
-func (p *packing[T]) decodeStored(b []byte, dst *T) error {
+// (appendStored) or, from an older checkpoint, plain. A packed row is read
+// in place, checked as it goes: its bitmap must mark as many words as
+// follow it, all within the row.
+func decodeStored[T any](b []byte, dst *T) error {
 	if len(b)%4 != 1 || b[0] != packedRow {
 		return fromRaw(b, dst)
 	}
-	if err := checkStored(b, p.words); err != nil {
-		return err
+	ws := wordsOf(dst, int(unsafe.Sizeof(*dst)/4))
+	hdr, n := (len(ws)+31)/32, (len(b)-1)/4
+	if n < hdr {
+		return fmt.Errorf("packed state row of %d bytes, shorter than its bitmap", len(b))
 	}
-	ws := wordsOf(dst, p.words)
 	clear(ws)
-	j := p.hdr
-	for k := range p.hdr {
-		for bm := storedAt(b, k); bm != 0; bm &= bm - 1 {
+	j := hdr
+	for k := range hdr {
+		bm := storedAt(b, k)
+		if rest := len(ws) - k<<5; rest < 32 && bm>>rest != 0 {
+			return fmt.Errorf("packed state row marks words past the row's %d", len(ws))
+		}
+		for ; bm != 0; bm &= bm - 1 {
+			if j == n {
+				return fmt.Errorf("packed state row of %d bytes marks more words than it holds", len(b))
+			}
 			ws[k<<5+bits.TrailingZeros32(bm)] = storedAt(b, j)
 			j++
 		}
+	}
+	if j != n {
+		return fmt.Errorf("packed state row of %d bytes holds %d words it does not mark", len(b), n-j)
 	}
 	return nil
 }
 
 // storedAt is word k of a packed row's encoding.
 func storedAt(b []byte, k int) uint32 { return binary.NativeEndian.Uint32(b[1+4*k:]) }
-
-// checkStored checks that b is a whole packed row of a row type of words
-// words: its bitmap marks as many words as follow, all within the row.
-func checkStored(b []byte, words int) error {
-	hdr := (words + 31) / 32
-	n := (len(b) - 1) / 4
-	if n < hdr || n > hdr+words {
-		return fmt.Errorf("packed state row of %d bytes, for a row of %d words", len(b), words)
-	}
-	set := 0
-	for k := range hdr {
-		bm := storedAt(b, k)
-		if rest := words - k<<5; rest < 32 && bm>>rest != 0 {
-			return fmt.Errorf("packed state row marks words past the row's %d", words)
-		}
-		set += bits.OnesCount32(bm)
-	}
-	if hdr+set != n {
-		return fmt.Errorf("packed state row of %d bytes marks %d words", len(b), set)
-	}
-	return nil
-}
-
-// storedWord reads word w of a stored row of a row type of words words,
-// plain or packed, without decoding the rest.
-func storedWord(b []byte, words, w int) (uint32, bool) {
-	if len(b) == 4*words {
-		return binary.NativeEndian.Uint32(b[4*w:]), true
-	}
-	if len(b)%4 != 1 || b[0] != packedRow || checkStored(b, words) != nil {
-		return 0, false
-	}
-	bm := storedAt(b, w>>5)
-	if bm&(1<<(w&31)) == 0 {
-		return 0, true
-	}
-	j := (words + 31) / 32
-	for k := range w >> 5 {
-		j += bits.OnesCount32(storedAt(b, k))
-	}
-	return storedAt(b, j+bits.OnesCount32(bm&(1<<(w&31)-1))), true
-}

@@ -3,10 +3,8 @@ package detector
 import (
 	"cmp"
 	"container/heap"
-	"encoding/binary"
 	"errors"
 	"slices"
-	"unsafe"
 
 	"github.com/walletguard/walletguard/event"
 )
@@ -48,14 +46,11 @@ func RowPartition(kind byte, v []byte) (partition int, ok bool) {
 	var tag partTag
 	switch kind {
 	case rowAccount:
-		off := unsafe.Offsetof(account{}.part)
-		w, ok := storedWord(v, rawSize[account]()/4, int(off/4))
-		if !ok {
+		var a account
+		if decodeStored(v, &a) != nil {
 			return 0, false
 		}
-		var word [4]byte
-		binary.NativeEndian.PutUint32(word[:], w)
-		tag = partTag(binary.NativeEndian.Uint16(word[off%4:]))
+		tag = a.part
 	case rowChain:
 		tag = chainTag(v)
 	case rowTimer:

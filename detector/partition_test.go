@@ -194,13 +194,12 @@ func TestEnginesSharingPartitionsDecideAsOne(t *testing.T) {
 func rowsOf(t *testing.T, log []changelogRow, lo, hi int) {
 	t.Helper()
 	placed := map[byte]int{}
-	accounts := newPackedTable[account](4)
 	for _, r := range log {
 		p, ok := RowPartition(r.kind, r.v)
 		if r.kind == rowAccount && r.v != nil {
 			// An earlier release wrote the plain row: placed alike.
 			var a account
-			if err := accounts.pk.decodeStored(r.v, &a); err != nil {
+			if err := decodeStored(r.v, &a); err != nil {
 				t.Fatal(err)
 			}
 			if q, qok := RowPartition(r.kind, raw(&a)); q != p || qok != ok {
