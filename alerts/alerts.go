@@ -68,6 +68,7 @@ type Alert struct {
 	// is only ever appended to, so a checkpoint takes it without a copy.
 	accountList []string
 	rev         uint64 // see Revision
+	filed       int64  // 1 + the hour of Manager.expiry it is filed under; 0: not filed
 }
 
 // addAccount counts account among those the alert affects.
@@ -108,6 +109,13 @@ type Manager struct {
 	// payments by "merchant:<id>" and "app:<version>", account alerts by
 	// "account:<id>". Keys may be stale (grouped, pruned); users check.
 	related map[string][]string
+	// expiry files each alert held under the hour of its last news
+	// (UpdatedAt), so that prune visits only the alerts old enough to go:
+	// a pass over every alert held took the pipeline tens of milliseconds
+	// once tens of thousands were held. An alert whose news moves to
+	// another hour is filed again there; its older entry is stale
+	// (Alert.filed says which is current) and prune drops it.
+	expiry map[int64][]string
 	// changelog, if set, receives every alert saved (nil: deleted), as stored.
 	changelog func(key string, v []byte)
 	// split: Observe leaves the findings that span accounts to
@@ -168,6 +176,7 @@ func DropRecords(tx *bolt.Tx) error {
 // store whose records a changelog's replaced (DropRecords, PutRecord).
 func (m *Manager) Reset() {
 	m.open, m.outages, m.dirty, m.related = map[string]*Alert{}, map[string]string{}, map[string]bool{}, map[string][]string{}
+	m.expiry = map[int64][]string{}
 	m.seen = 0
 }
 
@@ -341,6 +350,7 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 	if a != nil && a.Status != "resolved" {
 		a.Count++
 		a.UpdatedAt = at
+		m.file(key, a)
 		if len(a.Evidence) < maxEvidence {
 			a.Evidence = append(a.Evidence, at.UTC().Format("2006-01-02 15:04:05Z")+": "+reason)
 		}
@@ -355,6 +365,7 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 			a.addAccount(accountID)
 		}
 		m.open[key] = a
+		m.file(key, a)
 	}
 	a.Reason = reason
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
@@ -444,24 +455,55 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
 	m.open[key] = a
+	m.file(key, a)
 	m.index(key, a)
 	return a
 }
 
 // index files an alert under what a later incident alert would look for.
 func (m *Manager) index(key string, a *Alert) {
+	for _, idx := range relatedOf(a) {
+		m.related[idx] = append(m.related[idx], key)
+	}
+}
+
+// relatedOf names the entries of Manager.related an alert is filed under.
+func relatedOf(a *Alert) []string {
 	if a.Category == "stuck_retry" {
+		var idx []string
 		if a.MerchantID != "" {
-			m.related["merchant:"+a.MerchantID] = append(m.related["merchant:"+a.MerchantID], key)
+			idx = append(idx, "merchant:"+a.MerchantID)
 		}
 		if a.AppVersion != "" {
-			m.related["app:"+a.AppVersion] = append(m.related["app:"+a.AppVersion], key)
+			idx = append(idx, "app:"+a.AppVersion)
 		}
-		return
+		return idx
 	}
 	if a.AccountID != "" && a.Category != "theft" {
-		m.related["account:"+a.AccountID] = append(m.related["account:"+a.AccountID], key)
+		return []string{"account:" + a.AccountID}
 	}
+	return nil
+}
+
+// file files the alert under the hour of its last news in m.expiry, unless
+// it is filed there already.
+func (m *Manager) file(key string, a *Alert) {
+	h := hourOf(a.UpdatedAt)
+	if a.filed == h+1 {
+		return
+	}
+	a.filed = h + 1
+	m.expiry[h] = append(m.expiry[h], key)
+}
+
+// hourOf numbers the hour t falls in (hours since 1970, rounded down).
+func hourOf(t time.Time) int64 {
+	s := t.Unix()
+	h := s / 3600
+	if s < 0 && s%3600 != 0 {
+		h--
+	}
+	return h
 }
 
 func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []Alert) []Alert {
@@ -469,6 +511,7 @@ func (m *Manager) update(a *Alert, d *detector.Decision, h *detector.Hit, out []
 	a.Count++
 	if d.TS.After(a.UpdatedAt) {
 		a.UpdatedAt = d.TS
+		m.file(a.DedupKey, a)
 	}
 	if !contains(a.Rules, h.ID) {
 		a.Rules = append(a.Rules, h.ID)
@@ -568,19 +611,53 @@ func contains(l []string, v string) bool {
 	return false
 }
 
-// prune forgets alerts not updated since cut.
+// prune forgets alerts not updated since cut. It visits only the hours of
+// m.expiry up to cut's, and takes the alerts it forgets out of the related
+// entries they were filed under.
 func (m *Manager) prune(cut time.Time) {
 	m.seen = 0
-	defer m.reindex()
-	for key, a := range m.open {
-		if a.UpdatedAt.Before(cut) {
+	last := hourOf(cut)
+	var lost map[string]bool // related entries that lost an alert
+	for h, keys := range m.expiry {
+		if h > last {
+			continue
+		}
+		kept := keys[:0]
+		for _, key := range keys {
+			a := m.open[key]
+			if a == nil || a.filed != h+1 {
+				continue // gone, or filed under another hour since
+			}
+			if !a.UpdatedAt.Before(cut) {
+				kept = append(kept, key) // cut's own hour, news after cut
+				continue
+			}
 			delete(m.open, key)
 			m.dirty[key] = true // Save deletes it
-			for k, v := range m.outages {
-				if v == key {
+			for _, k := range [...]string{"merchant:" + a.MerchantID, "app:" + a.AppVersion} {
+				if m.outages[k] == key {
 					delete(m.outages, k)
 				}
 			}
+			for _, idx := range relatedOf(a) {
+				if lost == nil {
+					lost = map[string]bool{}
+				}
+				lost[idx] = true
+			}
+		}
+		if len(kept) == 0 {
+			delete(m.expiry, h)
+		} else {
+			m.expiry[h] = kept
+		}
+	}
+	for idx := range lost {
+		keys := slices.DeleteFunc(m.related[idx], func(k string) bool { return m.open[k] == nil })
+		if len(keys) == 0 {
+			delete(m.related, idx)
+		} else {
+			m.related[idx] = keys
 		}
 	}
 }
@@ -793,6 +870,7 @@ func decodeStored(key string, v []byte) (*Alert, error) {
 // put holds a as the alert under key, as stored; the caller reindexes.
 func (m *Manager) put(key string, a *Alert) {
 	m.open[key] = a
+	m.file(key, a)
 	switch {
 	case a.AccountID == "" && a.AppVersion != "":
 		m.outages["app:"+a.AppVersion] = key

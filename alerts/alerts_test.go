@@ -414,3 +414,87 @@ func TestAnIncidentAlertIsSentOnceAsItOpens(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneForgetsExactlyTheQuietAlerts: alerts whose last news is older
+// than the cut are forgotten — with their outage and grouping entries —
+// and every other alert is kept, whatever order their news came in:
+// alerts refreshed later, refreshed by a late event (news moving back),
+// raised again, and created in the cut's own hour on either side of it.
+func TestPruneForgetsExactlyTheQuietAlerts(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	rnd := uint64(7)
+	next := func(n int) int {
+		rnd = rnd*6364136223846793005 + 1442695040888963407
+		return int(rnd>>33) % n
+	}
+	at := func() time.Duration { return time.Duration(next(10*24*60)) * time.Minute }
+	for i := range 3000 {
+		switch next(4) {
+		case 0, 1: // a user's stuck payment, at one of a few merchants
+			d := stuck(fmt.Sprintf("acc-%04d", next(800)), fmt.Sprintf("pay-%d", next(3)), fmt.Sprintf("m-%d", next(5)), at(), 3)
+			out = m.Observe(&d, out[:0])
+		case 2: // a merchant outage, which takes stuck payments in
+			d := stuck(fmt.Sprintf("acc-%04d", next(800)), "pay-o", fmt.Sprintf("m-%d", next(5)), at(), 3)
+			d.Rules[0].Group = "merchant:" + d.MerchantID
+			out = m.Observe(&d, out[:0])
+		default: // raised by walletguard itself, news in any order
+			out = m.Raise(fmt.Sprintf("breaker|%d", next(50)), "freeze_storm", "high", "", "storm", t0.Add(at()), out[:0])
+		}
+		if i%500 == 499 {
+			cut := t0.Add(at())
+			// Either side of the cut, in its hour.
+			out = m.Raise(fmt.Sprintf("edge|%d|before", i), "freeze_storm", "high", "", "storm", cut.Add(-time.Second), out[:0])
+			out = m.Raise(fmt.Sprintf("edge|%d|at", i), "freeze_storm", "high", "", "storm", cut, out[:0])
+			want := map[string]bool{}
+			for k, a := range m.open {
+				if !a.UpdatedAt.Before(cut) {
+					want[k] = true
+				}
+			}
+			m.prune(cut)
+			if len(m.open) != len(want) {
+				t.Fatalf("after a prune at %s: %d alerts held, want %d", cut, len(m.open), len(want))
+			}
+			for k := range want {
+				if m.open[k] == nil {
+					t.Fatalf("alert %s, with news after the cut, was forgotten", k)
+				}
+			}
+			for idx, keys := range m.related {
+				for _, k := range keys {
+					if m.open[k] == nil {
+						t.Fatalf("related entry %s still lists forgotten alert %s", idx, k)
+					}
+				}
+			}
+			for o, k := range m.outages {
+				if m.open[k] == nil {
+					t.Fatalf("outage %s still names forgotten alert %s", o, k)
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkPrune times one prune among 100,000 alerts held over three
+// days, whose cut falls in their first hour: what the pipeline pays every
+// 10,000 observations.
+func BenchmarkPrune(b *testing.B) {
+	const held = 100_000
+	m := NewManager()
+	var out []Alert
+	for i := range held {
+		d := stuck(fmt.Sprintf("acc-%06d", i), "pay-1", fmt.Sprintf("m-%03d", i%500), time.Duration(i)*(3*24*time.Hour/held), 3)
+		out = m.Observe(&d, out[:0])
+	}
+	n := len(m.open)
+	cut := t0 // in their first hour, before any: each pass costs the same
+	for b.Loop() {
+		m.prune(cut)
+	}
+	if len(m.open) != n {
+		b.Fatalf("%d alerts held after the prunes, want %d", len(m.open), n)
+	}
+	b.ReportMetric(float64(n), "alerts-held")
+}
