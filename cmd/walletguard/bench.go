@@ -372,17 +372,80 @@ type latencies struct {
 	post50, post99 time.Duration // from that acknowledgement to the decision being readable
 }
 
+// offer is the latency run's traffic, generated before the run and held
+// without pointers: keys and values back to back in one buffer, and event
+// ids hashed to their place. The bench shares its process with the daemon,
+// so its own heap is collected with the daemon's: a million messages kept
+// as kafka.Message values, with maps keyed by id strings, made each
+// collection mark for a second or more, and the daemon stalled beside it.
+type offer struct {
+	buf    []byte
+	bounds []int // message i: key buf[bounds[2i]:bounds[2i+1]], value up to bounds[2i+2]
+	seq    map[uint64]int32
+}
+
+func newOffer(topic string, accounts, n int) offer {
+	msgs, _ := benchTraffic(topic, accounts, n, 2) // other ids than the throughput run's
+	size := 0
+	for i := range msgs {
+		size += len(msgs[i].Key) + len(msgs[i].Value)
+	}
+	o := offer{buf: make([]byte, 0, size), bounds: make([]int, 0, 2*len(msgs)+1), seq: make(map[uint64]int32, len(msgs))}
+	for i := range msgs {
+		o.bounds = append(o.bounds, len(o.buf))
+		o.buf = append(o.buf, msgs[i].Key...)
+		o.bounds = append(o.bounds, len(o.buf))
+		o.buf = append(o.buf, msgs[i].Value...)
+		o.seq[idHash(eventIDOf(msgs[i].Value))] = int32(i)
+	}
+	o.bounds = append(o.bounds, len(o.buf))
+	return o
+}
+
+func (o *offer) len() int { return len(o.bounds) / 2 }
+
+// messages appends messages [from, to) to dst, sharing the offer's bytes.
+func (o *offer) messages(dst []kafka.Message, topic string, from, to int) []kafka.Message {
+	for i := from; i < to; i++ {
+		k, v, e := o.bounds[2*i], o.bounds[2*i+1], o.bounds[2*i+2]
+		dst = append(dst, kafka.Message{Topic: topic, Key: o.buf[k:v:v], Value: o.buf[v:e:e]})
+	}
+	return dst
+}
+
+// lookup finds the offered message a decision's event id names.
+func (o *offer) lookup(id []byte) (int, bool) {
+	i, ok := o.seq[idHash(id)]
+	return int(i), ok
+}
+
+// idHash is FNV-1a over an event id: 64 bits leave no collision among a
+// run's few million ids in practice, and keep the map free of pointers.
+func idHash(id []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range id {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
+}
+
 // benchLatency offers fresh events at rate for d and measures, for each,
 // the time from producing it to its decision being readable on the
 // decisions topic.
 func benchLatency(brokers []string, topic, decisions string, accounts int, rate float64, d time.Duration) (latencies, error) {
 	var res latencies
-	n := int(rate * d.Seconds())
-	msgs, _ := benchTraffic(topic, accounts, n, 2) // other ids than the throughput run's
-
-	sent := make(map[string]time.Time, len(msgs))    // produced, not decided yet
-	ackedAt := make(map[string]time.Time, len(msgs)) // acknowledged by the broker
-	var mu sync.Mutex
+	o := newOffer(topic, accounts, int(rate*d.Seconds()))
+	n := o.len()
+	// Per offered message, nanoseconds since start: when it was produced,
+	// when the broker acknowledged it (0 until then), and whether its
+	// decision was seen.
+	var (
+		mu      sync.Mutex
+		sentAt  = make([]int64, n)
+		ackedAt = make([]int64, n)
+		decided = make([]bool, n)
+	)
 	// Watch the decisions topic from its end.
 	conn, err := kafka.Dial("tcp", brokers[0])
 	if err != nil {
@@ -393,11 +456,12 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	if err != nil {
 		return res, err
 	}
-	lat := make([]time.Duration, 0, len(msgs))
-	afterAck := make([]time.Duration, 0, len(msgs))
+	lat := make([]time.Duration, 0, n)
+	afterAck := make([]time.Duration, 0, n)
 	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
 	defer cancel()
 	var got atomic.Int64
+	start := time.Now()
 	for _, p := range parts {
 		r := ingest.PartitionReader(brokers, decisions, p.ID, slog.New(slog.DiscardHandler))
 		r.SetOffset(kafka.LastOffset)
@@ -408,31 +472,38 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 				if err != nil {
 					return
 				}
-				now := time.Now()
-				id := eventIDOf(m.Value)
+				now := int64(time.Since(start))
+				i, ok := o.lookup(eventIDOf(m.Value))
+				if !ok {
+					continue
+				}
 				mu.Lock()
-				if t, ok := sent[id]; ok {
-					lat = append(lat, now.Sub(t))
+				if sentAt[i] != 0 && !decided[i] {
+					decided[i] = true
+					lat = append(lat, time.Duration(now-sentAt[i]))
 					// The daemon may read an event before the producer
 					// hears the broker's acknowledgement: then 0.
 					var since time.Duration
-					if a, ok := ackedAt[id]; ok {
-						since = max(0, now.Sub(a))
+					if a := ackedAt[i]; a != 0 {
+						since = time.Duration(max(0, now-a))
 					}
 					afterAck = append(afterAck, since)
-					delete(sent, id)
 					got.Add(1)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
+	if f, err := os.Create("/tmp/latonly.prof"); err == nil {
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	time.Sleep(500 * time.Millisecond) // readers positioned at the end
 	// Each slice is written on its own goroutine, so that the offer holds
 	// its rate whatever the broker's acknowledgements take: a synchronous
 	// write per slice made the rate fall short whenever one took longer
 	// than the slice.
-	acks := make([]time.Duration, 0, len(msgs)) // guarded by mu
+	acks := make([]time.Duration, 0, n) // guarded by mu
 	var failed atomic.Int64
 	var writes sync.WaitGroup
 	p := benchProducer(brokers)
@@ -441,14 +512,15 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	per := max(1, int(rate/100))
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	start := time.Now()
-	for i := 0; i < len(msgs); i += per {
+	offerStart := time.Now()
+	for from := 0; from < n; from += per {
 		<-tick.C
-		batch := msgs[i:min(i+per, len(msgs))]
-		now := time.Now()
+		to := min(from+per, n)
+		batch := o.messages(make([]kafka.Message, 0, to-from), topic, from, to)
+		sent := max(1, int64(time.Since(start))) // 0 means "not sent"
 		mu.Lock()
-		for j := range batch {
-			sent[eventIDOf(batch[j].Value)] = now
+		for i := from; i < to; i++ {
+			sentAt[i] = sent
 		}
 		mu.Unlock()
 		writes.Add(1)
@@ -458,23 +530,23 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 				failed.Add(int64(len(batch)))
 				return
 			}
-			acked := time.Now()
+			acked := int64(time.Since(start))
 			mu.Lock()
-			for j := range batch {
-				acks = append(acks, acked.Sub(now))
-				if id := eventIDOf(batch[j].Value); sent[id] != (time.Time{}) { // not decided yet
-					ackedAt[id] = acked
+			for i := from; i < to; i++ {
+				acks = append(acks, time.Duration(acked-sent))
+				if !decided[i] {
+					ackedAt[i] = acked
 				}
 			}
 			mu.Unlock()
 		}()
 	}
-	res.offered = float64(len(msgs)) / time.Since(start).Seconds()
+	res.offered = float64(n) / time.Since(offerStart).Seconds()
 	writes.Wait()
 	if n := failed.Load(); n > 0 {
-		return res, fmt.Errorf("%d of %d events could not be produced", n, len(msgs))
+		return res, fmt.Errorf("%d of %d events could not be produced", n, o.len())
 	}
-	for got.Load() < int64(len(msgs)) && ctx.Err() == nil {
+	for got.Load() < int64(n) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
 	mu.Lock()
@@ -499,18 +571,19 @@ func quantile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))].Round(10 * time.Microsecond)
 }
 
-// eventIDOf pulls "event_id" out of an event or decision record.
-func eventIDOf(b []byte) string {
+// eventIDOf pulls "event_id" out of an event or decision record, sharing
+// its bytes.
+func eventIDOf(b []byte) []byte {
 	k := []byte(`"event_id":"`)
 	i := bytes.Index(b, k)
 	if i < 0 {
-		return ""
+		return nil
 	}
 	b = b[i+len(k):]
 	if j := bytes.IndexByte(b, '"'); j >= 0 {
-		return string(b[:j])
+		return b[:j]
 	}
-	return ""
+	return nil
 }
 
 // benchStateMemory feeds the events to a detector alone and returns its
