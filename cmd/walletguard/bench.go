@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"sync"
@@ -46,6 +47,8 @@ func cmdBench(args []string) int {
 	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics, and of the run's topic on --brokers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
+	stallTrace := fs.String("stall-trace", "", "write an execution trace (go tool trace) of the seconds around the latency run's first stall to this file")
+	stallOver := fs.Duration("stall-over", 200*time.Millisecond, "with --stall-trace: a decision later than this after its event was produced is a stall")
 	skew := fs.Duration("partition-skew", config.Default().Kafka.PartitionSkew.D(), "kafka.partition_skew of the daemon (0: partitions read unaligned)")
 	ckptEvery := fs.Duration("checkpoint-interval", config.Default().Detector.CheckpointInterval.D(), "detector.checkpoint_interval of the daemon")
 	changelog := fs.Bool("changelog", false, "publish checkpoints to a changelog topic, and time a restore from it into an empty data_dir at the end")
@@ -187,7 +190,7 @@ func cmdBench(args []string) int {
 	procBefore := histogramOf(a, "walletguard_event_processing_seconds")
 	ckptBefore := histogramOf(a, "walletguard_checkpoint_seconds")
 	captureBefore := histogramOf(a, "walletguard_checkpoint_capture_seconds")
-	lat, err := benchLatency(bs, topic, decisions, *accounts, full**share, time.Duration(*latencySecs)*time.Second)
+	lat, err := benchLatency(bs, topic, decisions, *accounts, full**share, time.Duration(*latencySecs)*time.Second, &stallRecorder{path: *stallTrace, over: *stallOver})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: latency: %v\n", err)
 		return 1
@@ -201,6 +204,9 @@ func cmdBench(args []string) int {
 	fmt.Printf("event-to-decision latency at %.0f events/s (%s), produce to decision readable on %s: p50 %s  p99 %s  p99.9 %s  (%d events)\n",
 		lat.offered, aim, decisions, lat.p50, lat.p99, lat.p999, lat.n)
 
+	if lat.stall != "" {
+		fmt.Printf("  %s\n", lat.stall)
+	}
 	fmt.Printf("  of which producing, until the broker acknowledged: p50 %s  p99 %s\n", lat.ack50, lat.ack99)
 	fmt.Printf("  from the broker's acknowledgement to the decision readable: p50 %s  p99 %s\n", lat.post50, lat.post99)
 	p50, p99 := histogramOf(a, "walletguard_event_processing_seconds").since(procBefore).quantiles()
@@ -370,6 +376,66 @@ type latencies struct {
 	offered        float64       // events/s actually offered
 	ack50, ack99   time.Duration // from producing an event to the broker's acknowledgement
 	post50, post99 time.Duration // from that acknowledgement to the decision being readable
+	stall          string        // what --stall-trace wrote, if it did
+}
+
+// stallRecorder keeps a flight recorder of the latency run when path is
+// set, and writes what it holds to path a second after the first decision
+// later than over: the seconds before the stall and the stall itself,
+// for go tool trace. Off by default: recording costs the run some speed.
+type stallRecorder struct {
+	path string
+	over time.Duration
+
+	fr    *trace.FlightRecorder
+	taken atomic.Bool
+	done  chan string
+}
+
+func (s *stallRecorder) start() error {
+	if s.path == "" {
+		return nil
+	}
+	s.fr = trace.NewFlightRecorder(trace.FlightRecorderConfig{MinAge: 5 * time.Second, MaxBytes: 256 << 20})
+	s.done = make(chan string, 1)
+	return s.fr.Start()
+}
+
+// saw is told of every decision's latency; the first over the bound
+// writes the recording, once.
+func (s *stallRecorder) saw(lat time.Duration, at time.Duration) {
+	if s.fr == nil || lat <= s.over || !s.taken.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		time.Sleep(time.Second) // the stall's end, too
+		f, err := os.Create(s.path)
+		if err == nil {
+			_, err = s.fr.WriteTo(f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			s.done <- fmt.Sprintf("stall trace: %v", err)
+			return
+		}
+		s.done <- fmt.Sprintf("first stall: an event produced %s into the run was decided %s later; the seconds around it are traced in %s (go tool trace %s)",
+			at.Round(time.Millisecond), lat.Round(time.Millisecond), s.path, s.path)
+	}()
+}
+
+// stop ends the recording and says what it wrote.
+func (s *stallRecorder) stop() string {
+	if s.fr == nil {
+		return ""
+	}
+	msg := fmt.Sprintf("no decision took longer than %s: no stall trace written", s.over)
+	if s.taken.Load() {
+		msg = <-s.done
+	}
+	s.fr.Stop()
+	return msg
 }
 
 // offer is the latency run's traffic, generated before the run and held
@@ -433,8 +499,7 @@ func idHash(id []byte) uint64 {
 // benchLatency offers fresh events at rate for d and measures, for each,
 // the time from producing it to its decision being readable on the
 // decisions topic.
-func benchLatency(brokers []string, topic, decisions string, accounts int, rate float64, d time.Duration) (latencies, error) {
-	var res latencies
+func benchLatency(brokers []string, topic, decisions string, accounts int, rate float64, d time.Duration, stall *stallRecorder) (res latencies, err error) {
 	o := newOffer(topic, accounts, int(rate*d.Seconds()))
 	n := o.len()
 	// Per offered message, nanoseconds since start: when it was produced,
@@ -462,6 +527,7 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	defer cancel()
 	var got atomic.Int64
 	start := time.Now()
+	var offerFrom atomic.Int64 // since start
 	for _, p := range parts {
 		r := ingest.PartitionReader(brokers, decisions, p.ID, slog.New(slog.DiscardHandler))
 		r.SetOffset(kafka.LastOffset)
@@ -481,6 +547,7 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 				if sentAt[i] != 0 && !decided[i] {
 					decided[i] = true
 					lat = append(lat, time.Duration(now-sentAt[i]))
+					stall.saw(time.Duration(now-sentAt[i]), time.Duration(sentAt[i]-offerFrom.Load()))
 					// The daemon may read an event before the producer
 					// hears the broker's acknowledgement: then 0.
 					var since time.Duration
@@ -499,6 +566,10 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 		defer pprof.StopCPUProfile()
 	}
 	time.Sleep(500 * time.Millisecond) // readers positioned at the end
+	if err := stall.start(); err != nil {
+		return res, fmt.Errorf("stall trace: %w", err)
+	}
+	defer func() { res.stall = stall.stop() }()
 	// Each slice is written on its own goroutine, so that the offer holds
 	// its rate whatever the broker's acknowledgements take: a synchronous
 	// write per slice made the rate fall short whenever one took longer
@@ -513,6 +584,7 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	offerStart := time.Now()
+	offerFrom.Store(int64(offerStart.Sub(start)))
 	for from := 0; from < n; from += per {
 		<-tick.C
 		to := min(from+per, n)

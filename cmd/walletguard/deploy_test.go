@@ -14,6 +14,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -312,8 +313,10 @@ func TestBenchRuns(t *testing.T) {
 		t.Errorf("bench --checkpoint-interval 0s: %v\n%s", err, out)
 	}
 	// Checkpoints every 50 ms on the embedded broker: the run reports what
-	// they wrote.
-	for _, extra := range [][]string{{"--checkpoint-interval", "50ms"}, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
+	// they wrote. Any decision counts as a stall there, so the first is
+	// traced.
+	stallTrace := filepath.Join(t.TempDir(), "stall.trace")
+	for _, extra := range [][]string{{"--checkpoint-interval", "50ms", "--stall-trace", stallTrace, "--stall-over", "1ns"}, {"--brokers", startBroker(t, bin), "--partitions", "4"}} {
 		args := append([]string{"bench", "--accounts", "5000", "--events", "30000", "--latency-seconds", "3"}, extra...)
 		out, err := osexec.Command(bin, args...).CombinedOutput()
 		if err != nil {
@@ -345,6 +348,15 @@ func TestBenchRuns(t *testing.T) {
 			t.Errorf("bench %v does not say what checkpoints wrote:\n%s", extra, out)
 		} else if n, _ := strconv.Atoi(string(m[1])); extra[0] == "--checkpoint-interval" && n == 0 {
 			t.Errorf("bench %v: checkpoints every 50 ms wrote nothing:\n%s", extra, out)
+		}
+		if slices.Contains(extra, "--stall-trace") {
+			if !strings.Contains(string(out), "first stall: an event produced") || !strings.Contains(string(out), "go tool trace "+stallTrace) {
+				t.Errorf("bench %v does not name its stall trace:\n%s", extra, out)
+			}
+			// An execution trace opens with its Go version.
+			if b, err := os.ReadFile(stallTrace); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) {
+				t.Errorf("stall trace: %v, %d bytes, starting %q", err, len(b), b[:min(len(b), 16)])
+			}
 		}
 	}
 }
