@@ -561,10 +561,6 @@ func benchLatency(brokers []string, topic, decisions string, accounts int, rate 
 			}
 		}()
 	}
-	if f, err := os.Create("/tmp/latonly.prof"); err == nil {
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
 	time.Sleep(500 * time.Millisecond) // readers positioned at the end
 	if err := stall.start(); err != nil {
 		return res, fmt.Errorf("stall trace: %w", err)
