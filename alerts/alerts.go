@@ -99,8 +99,13 @@ const (
 
 // Manager groups findings into alerts. Driven by the pipeline goroutine.
 type Manager struct {
-	tpl     *Templates
-	open    map[string]*Alert // by dedup key
+	tpl  *Templates
+	open map[string]*Alert // by dedup key
+	// ids finds an alert held by its id (alert id -> dedup key) for the
+	// API's get, acknowledge and resolve: they run under the pipeline's
+	// lock, and a walk over every alert held paused it for a millisecond
+	// or more once tens of thousands were held.
+	ids     map[string]string
 	outages map[string]string // "merchant:<id>" or "app:<version>" -> dedup key of its open outage or app-fault alert
 	dirty   map[string]bool
 	seen    int // observations since the last prune
@@ -176,6 +181,7 @@ func DropRecords(tx *bolt.Tx) error {
 // store whose records a changelog's replaced (DropRecords, PutRecord).
 func (m *Manager) Reset() {
 	m.open, m.outages, m.dirty, m.related = map[string]*Alert{}, map[string]string{}, map[string]bool{}, map[string][]string{}
+	m.ids = map[string]string{}
 	m.expiry = map[int64][]string{}
 	m.seen = 0
 }
@@ -297,7 +303,7 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 	key := h.Category + "|" + h.Group
 	a := m.open[key]
 	if a != nil && d.TS.Sub(a.UpdatedAt) >= quietAfter {
-		delete(m.open, key)
+		m.forget(key)
 		a = nil
 	}
 	if a == nil {
@@ -364,8 +370,7 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 		if accountID != "" {
 			a.addAccount(accountID)
 		}
-		m.open[key] = a
-		m.file(key, a)
+		m.hold(key, a)
 	}
 	a.Reason = reason
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
@@ -454,10 +459,29 @@ func (m *Manager) create(key string, d *detector.Decision, h *detector.Hit) *Ale
 	a.Reason = h.Reason
 	a.Title, a.Summary, a.RecommendedActions = m.tpl.Render("en", a)
 	m.dirty[key] = true
-	m.open[key] = a
-	m.file(key, a)
+	m.hold(key, a)
 	m.index(key, a)
 	return a
+}
+
+// hold keeps a as the alert under key, in place of any held there before,
+// and files it (m.ids, m.expiry).
+func (m *Manager) hold(key string, a *Alert) {
+	if old := m.open[key]; old != nil && old != a {
+		delete(m.ids, old.AlertID)
+	}
+	m.open[key] = a
+	m.ids[a.AlertID] = key
+	m.file(key, a)
+}
+
+// forget drops the alert under key from memory; the caller marks it
+// dirty if the store should lose it too.
+func (m *Manager) forget(key string) {
+	if a := m.open[key]; a != nil {
+		delete(m.ids, a.AlertID)
+		delete(m.open, key)
+	}
 }
 
 // index files an alert under what a later incident alert would look for.
@@ -632,7 +656,7 @@ func (m *Manager) prune(cut time.Time) {
 				kept = append(kept, key) // cut's own hour, news after cut
 				continue
 			}
-			delete(m.open, key)
+			m.forget(key)
 			m.dirty[key] = true // Save deletes it
 			for _, k := range [...]string{"merchant:" + a.MerchantID, "app:" + a.AppVersion} {
 				if m.outages[k] == key {
@@ -717,10 +741,8 @@ func (m *Manager) Get(id string) (Alert, bool) {
 }
 
 func (m *Manager) byID(id string) *Alert {
-	for _, a := range m.open {
-		if a.AlertID == id {
-			return a
-		}
+	if a := m.open[m.ids[id]]; a != nil && a.AlertID == id {
+		return a
 	}
 	return nil
 }
@@ -869,8 +891,7 @@ func decodeStored(key string, v []byte) (*Alert, error) {
 
 // put holds a as the alert under key, as stored; the caller reindexes.
 func (m *Manager) put(key string, a *Alert) {
-	m.open[key] = a
-	m.file(key, a)
+	m.hold(key, a)
 	switch {
 	case a.AccountID == "" && a.AppVersion != "":
 		m.outages["app:"+a.AppVersion] = key
@@ -887,7 +908,7 @@ func (m *Manager) DropSpanning() []string {
 	var keys []string
 	for key, a := range m.open {
 		if a.IsSpanning() {
-			delete(m.open, key)
+			m.forget(key)
 			delete(m.dirty, key)
 			keys = append(keys, key)
 		}

@@ -477,6 +477,112 @@ func TestPruneForgetsExactlyTheQuietAlerts(t *testing.T) {
 	}
 }
 
+// TestAlertsAreFoundByTheirIDs acknowledges, resolves and gets alerts by
+// id, as support does through the API, while alerts are created, replaced
+// by a new incident under the same key, pruned, and loaded from the
+// store: an id finds its alert exactly while that alert is held.
+func TestAlertsAreFoundByTheirIDs(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	rnd := uint64(11)
+	next := func(n int) int {
+		rnd = rnd*6364136223846793005 + 1442695040888963407
+		return int(rnd>>33) % n
+	}
+	seen := map[string]bool{} // every id ever handed out
+	check := func(when string, m *Manager) {
+		t.Helper()
+		held := map[string]string{} // id -> key, by walking every alert
+		for k, a := range m.open {
+			held[a.AlertID] = k
+		}
+		if len(m.ids) != len(m.open) {
+			t.Fatalf("%s: %d ids filed for %d alerts held", when, len(m.ids), len(m.open))
+		}
+		for id := range seen {
+			a, ok := m.Get(id)
+			switch key, want := held[id]; {
+			case want && !ok:
+				t.Fatalf("%s: alert %s (%s) is held but Get does not find it", when, id, key)
+			case !want && ok:
+				t.Fatalf("%s: Get finds alert %s, which is no longer held", when, id)
+			case ok && a.AlertID != id:
+				t.Fatalf("%s: Get(%s) returned alert %s", when, id, a.AlertID)
+			}
+			if _, err := m.Ack(id, "agent", t0); ok != (err == nil) {
+				t.Fatalf("%s: Ack(%s) = %v, held %v", when, id, err, ok)
+			}
+		}
+	}
+	for i := range 4000 {
+		at := time.Duration(i) * 5 * time.Minute // 14 days; quiet keys come back as new incidents
+		switch next(3) {
+		case 0:
+			d := stuck(fmt.Sprintf("acc-%03d", next(300)), "pay-1", fmt.Sprintf("m-%d", next(4)), at, 3)
+			out = m.Observe(&d, out[:0])
+		case 1:
+			out = m.Raise(fmt.Sprintf("breaker|%d", next(20)), "freeze_storm", "high", "", "storm", t0.Add(at), out[:0])
+		default:
+			// Support resolves one; a repeat of its key opens a new alert.
+			for _, a := range m.open {
+				if next(2) == 0 {
+					if _, err := m.Resolve(a.AlertID, "agent", "done", t0.Add(at)); err != nil {
+						t.Fatal(err)
+					}
+					break
+				}
+			}
+		}
+		for _, a := range out {
+			seen[a.AlertID] = true
+		}
+		if i%400 == 399 {
+			check(fmt.Sprintf("event %d", i), m)
+			m.prune(t0.Add(at - 2*24*time.Hour))
+			check(fmt.Sprintf("prune after event %d", i), m)
+		}
+	}
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(m.Save); err != nil {
+		t.Fatal(err)
+	}
+	loaded := NewManager()
+	if err := loaded.Load(db); err != nil {
+		t.Fatal(err)
+	}
+	if len(loaded.open) == 0 || len(loaded.open) != len(m.open) {
+		t.Fatalf("%d alerts loaded, %d held", len(loaded.open), len(m.open))
+	}
+	check("loaded from the store", loaded)
+}
+
+// BenchmarkGet finds one alert by id among 100,000 held: what an
+// acknowledgement from support holds the pipeline for.
+func BenchmarkGet(b *testing.B) {
+	const held = 100_000
+	m := NewManager()
+	var out []Alert
+	var ids []string
+	for i := range held {
+		d := stuck(fmt.Sprintf("acc-%06d", i), "pay-1", fmt.Sprintf("m-%03d", i%500), time.Duration(i)*time.Second, 3)
+		out = m.Observe(&d, out[:0])
+		for _, a := range out {
+			ids = append(ids, a.AlertID)
+		}
+	}
+	i := 0
+	for b.Loop() {
+		if _, ok := m.Get(ids[i%len(ids)]); !ok {
+			b.Fatal("an alert held was not found")
+		}
+		i++
+	}
+}
+
 // BenchmarkPrune times one prune among 100,000 alerts held over three
 // days, whose cut falls in their first hour: what the pipeline pays every
 // 10,000 observations.
