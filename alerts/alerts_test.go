@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -560,6 +561,71 @@ func TestAlertsAreFoundByTheirIDs(t *testing.T) {
 	check("loaded from the store", loaded)
 }
 
+// TestListPicksAndOrders lists alerts by status, category, account and
+// merchant, with and without a limit, and checks each listing against a
+// walk over every alert held: the right ones, newest first, ties in a
+// fixed order, the newest first when limited.
+func TestListPicksAndOrders(t *testing.T) {
+	m := NewManager()
+	var out []Alert
+	for i := range 600 {
+		// Every tenth shares a time with the one before: ties.
+		at := time.Duration(i-i%10/9) * time.Minute
+		d := stuck(fmt.Sprintf("acc-%03d", i%200), fmt.Sprintf("pay-%d", i%3), fmt.Sprintf("m-%d", i%7), at, 3)
+		if i%5 == 0 {
+			d.Rules[0].Category, d.Rules[0].Group = "velocity", "account:"+d.AccountID
+		}
+		out = m.Observe(&d, out[:0])
+	}
+	n := 0
+	for _, a := range m.open {
+		switch n++; n % 4 {
+		case 0:
+			if _, err := m.Ack(a.AlertID, "agent", t0); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if _, err := m.Resolve(a.AlertID, "agent", "done", t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, q := range []Query{
+		{}, {Status: "all"}, {Status: "resolved"}, {Status: "acknowledged", Category: "velocity"},
+		{Category: "stuck_retry", MerchantID: "m-3"}, {Status: "all", AccountID: "acc-042"},
+		{Limit: 25}, {Status: "all", Limit: 1}, {Category: "velocity", Limit: 1000},
+	} {
+		var want []*Alert
+		for _, a := range m.open {
+			queue := a.Status == "open" || a.Status == "acknowledged"
+			if (q.Status == "" && queue || q.Status == "all" || q.Status == a.Status) &&
+				(q.Category == "" || q.Category == a.Category) &&
+				(q.AccountID == "" || q.AccountID == a.AccountID) &&
+				(q.MerchantID == "" || q.MerchantID == a.MerchantID) {
+				want = append(want, a)
+			}
+		}
+		sort.Slice(want, func(i, j int) bool {
+			if !want[i].UpdatedAt.Equal(want[j].UpdatedAt) {
+				return want[i].UpdatedAt.After(want[j].UpdatedAt)
+			}
+			return want[i].AlertID < want[j].AlertID
+		})
+		if q.Limit > 0 && len(want) > q.Limit {
+			want = want[:q.Limit]
+		}
+		got := m.List(q)
+		if len(want) == 0 || len(got) != len(want) {
+			t.Fatalf("%+v: %d listed, want %d (and some)", q, len(got), len(want))
+		}
+		for i := range got {
+			if got[i].AlertID != want[i].AlertID {
+				t.Fatalf("%+v: listing %d is %s (%s), want %s (%s)", q, i, got[i].AlertID, got[i].UpdatedAt, want[i].AlertID, want[i].UpdatedAt)
+			}
+		}
+	}
+}
+
 // BenchmarkGet finds one alert by id among 100,000 held: what an
 // acknowledgement from support holds the pipeline for.
 func BenchmarkGet(b *testing.B) {
@@ -580,6 +646,32 @@ func BenchmarkGet(b *testing.B) {
 			b.Fatal("an alert held was not found")
 		}
 		i++
+	}
+}
+
+// BenchmarkList lists alerts among 100,000 held, as the API does under
+// the pipeline's lock: support's whole queue, its first page, and one
+// account's.
+func BenchmarkList(b *testing.B) {
+	const held = 100_000
+	m := NewManager()
+	var out []Alert
+	for i := range held {
+		d := stuck(fmt.Sprintf("acc-%06d", i), "pay-1", fmt.Sprintf("m-%03d", i%500), time.Duration(i)*time.Second, 3)
+		out = m.Observe(&d, out[:0])
+	}
+	for _, c := range []struct {
+		name string
+		q    Query
+		want int
+	}{{"queue", Query{}, held}, {"queue-page", Query{Limit: 1000}, 1000}, {"account", Query{AccountID: "acc-012345"}, 1}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if n := len(m.List(c.q)); n != c.want {
+					b.Fatalf("%d alerts listed, want %d", n, c.want)
+				}
+			}
+		})
 	}
 }
 

@@ -126,7 +126,8 @@ type Backend interface {
 	HoldsAlert(id string) bool
 	Account(id string) Account
 	Decisions(accountID string, limit int) []detector.Decision
-	Alerts(status string) []alerts.Alert
+	// Alerts lists the alerts q picks, newest first.
+	Alerts(q alerts.Query) []alerts.Alert
 	Rules() *rules.Set
 	ReloadRules() (*rules.Set, error)
 	Score(ev *event.Event) (detector.Decision, error)
@@ -350,22 +351,21 @@ func (s *server) decisions(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var out []alerts.Alert
-	for _, a := range s.b.Alerts(q.Get("status")) {
-		if c := q.Get("category"); c != "" && a.Category != c {
-			continue
+	aq := alerts.Query{Status: q.Get("status"), Category: q.Get("category"), AccountID: q.Get("account_id"), MerchantID: q.Get("merchant_id")}
+	// limit: the newest that many. Without it, every alert picked; a
+	// console polling during a large incident asks for a page.
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			writeErr(w, http.StatusBadRequest, "limit must be a positive number")
+			return
 		}
-		if c := q.Get("account_id"); c != "" && a.AccountID != c {
-			continue
-		}
-		if c := q.Get("merchant_id"); c != "" && a.MerchantID != c {
-			continue
-		}
-		out = append(out, a)
+		aq.Limit = n
 	}
-	if q.Get("account_id") == "" {
+	out := s.b.Alerts(aq)
+	if aq.AccountID == "" {
 		// Members that share the partitions each hold their own alerts:
-		// support's list is all of theirs.
+		// support's list is all of theirs (each its newest, if limited).
 		s.fromPeers(r, func(body []byte) error {
 			var theirs struct {
 				Alerts []alerts.Alert `json:"alerts"`
@@ -376,7 +376,7 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 			out = append(out, theirs.Alerts...)
 			return nil
 		})
-		sort.SliceStable(out, func(i, j int) bool { return out[i].UpdatedAt.After(out[j].UpdatedAt) })
+		sort.SliceStable(out, func(i, j int) bool { return alerts.Newer(&out[i], &out[j]) })
 		// One alert held by two (a partition's previous owner still
 		// holding what it raised before a takeover): the newest copy.
 		seen := map[string]bool{}
@@ -385,6 +385,9 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 			seen[a.AlertID] = true
 			return dup
 		})
+		if aq.Limit > 0 && len(out) > aq.Limit {
+			out = out[:aq.Limit]
+		}
 	}
 	if out == nil {
 		out = []alerts.Alert{}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,6 +212,38 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 		l, _ := m["alerts"].([]any)
 		return len(l) == 6
 	})
+	// Listing: filters pick, limit pages the newest, in a stable order.
+	ids := func(path string) []string {
+		t.Helper()
+		code, m := call(t, addr, "GET", path, "viewer-token", "")
+		if code != 200 {
+			t.Fatalf("GET %s: %d %v", path, code, m)
+		}
+		var out []string
+		for _, a := range m["alerts"].([]any) {
+			out = append(out, a.(map[string]any)["alert_id"].(string))
+		}
+		return out
+	}
+	all := ids("/v1/alerts?status=all")
+	if len(all) < 6 {
+		t.Fatalf("%d alerts held, want at least the 6 stuck payments", len(all))
+	}
+	if got := ids("/v1/alerts?status=all&limit=3"); !slices.Equal(got, all[:3]) {
+		t.Errorf("limit=3 gave %v, want the newest three of %v", got, all)
+	}
+	if got := ids("/v1/alerts?merchant_id=m-stuck-2"); len(got) != 1 || !slices.Contains(all, got[0]) {
+		t.Errorf("alerts at merchant m-stuck-2: %v, want one", got)
+	}
+	_, m := call(t, addr, "GET", "/v1/alerts?account_id=stuck-4&status=all", "viewer-token", "")
+	if l := m["alerts"].([]any); len(l) != 1 || l[0].(map[string]any)["account_id"] != "stuck-4" {
+		t.Errorf("alerts of account stuck-4: %v", l)
+	}
+	for _, bad := range []string{"0", "-1", "ten"} {
+		if code, m := call(t, addr, "GET", "/v1/alerts?limit="+bad, "viewer-token", ""); code != 400 || m["error"] == nil {
+			t.Errorf("limit=%s: %d %v, want 400 with an error", bad, code, m)
+		}
+	}
 	waitFor(t, 20*time.Second, "limited receiver got individual alerts and a digest", func() bool {
 		limited.mu.Lock()
 		defer limited.mu.Unlock()
@@ -248,7 +281,7 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	})
 
 	// Lifecycle.
-	_, m := call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
+	_, m = call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
 	theft := m["alerts"].([]any)[0].(map[string]any)
 	id := theft["alert_id"].(string)
 	if code, _ := call(t, addr, "POST", "/v1/alerts/"+id+"/ack", "viewer-token", ""); code != 403 {

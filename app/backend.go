@@ -173,22 +173,11 @@ func (b backend) Stats() api.Stats {
 	return st
 }
 
-// Alerts lists alerts by status: "" is the support queue (open and
-// acknowledged), "all" everything held, otherwise that status.
-func (b backend) Alerts(status string) []alerts.Alert {
+// Alerts lists the alerts q picks, newest first.
+func (b backend) Alerts(q alerts.Query) []alerts.Alert {
 	b.a.procMu.Lock()
-	all := b.a.proc.Alerts.All()
-	b.a.procMu.Unlock()
-	var out []alerts.Alert
-	for _, a := range all {
-		switch {
-		case status == "all", status == a.Status,
-			status == "" && (a.Status == "open" || a.Status == "acknowledged"):
-			out = append(out, a)
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].UpdatedAt.After(out[j].UpdatedAt) })
-	return out
+	defer b.a.procMu.Unlock()
+	return b.a.proc.Alerts.List(q)
 }
 
 func (b backend) Rules() *rules.Set { return b.a.proc.Engine.Rules() }
