@@ -47,6 +47,15 @@ try {
   await page.screenshot({ path: `${shots}/alerts.png`, fullPage: false });
   const firstSev = await page.locator("#alerts-table tbody tr .sev").first().textContent();
   check(firstSev.trim() === "critical", "the most severe alerts come first");
+  const cats = await page.locator("#alert-category option").allTextContents();
+  check(["theft", "stuck_retry", "velocity"].every((c) => cats.includes(c)), "the category filter offers the rules' categories: " + cats.join(" "));
+  await page.selectOption("#alert-category", "theft");
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#alerts-table tbody tr")];
+    return rows.length > 0 && rows.every((r) => r.dataset.category === "theft");
+  }, null, { timeout: 15000 });
+  check(true, "filtering by category lists only that category");
+  await page.selectOption("#alert-category", "");
 
   const account = (await row.locator("td:nth-child(3) a").textContent()).trim();
   await row.locator("td:nth-child(3) a").click();

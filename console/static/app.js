@@ -72,18 +72,25 @@ async function renderBreakerBadge() {
 }
 
 // ---- alerts
+const alertPage = 1000;
+let ruleCategories = null;
 async function renderAlerts() {
   const cat = $("#alert-category").value, status = $("#alert-status").value;
   const q = new URLSearchParams();
   if (status) q.set("status", status);
   if (cat) q.set("category", cat);
+  // A page of the newest: in a large incident the queue holds tens of
+  // thousands, more than a table can show every few seconds.
+  q.set("limit", alertPage);
   const data = await api("GET", "/v1/alerts?" + q);
-  const all = await api("GET", "/v1/alerts?status=all");
-  const cats = [...new Set(all.alerts.map((a) => a.category))].sort();
+  // Categories to filter by: those the rules raise, and any listed.
+  if (!ruleCategories) ruleCategories = ((await api("GET", "/v1/rules")).rules || []).map((r) => r.category);
+  const cats = [...new Set([...ruleCategories, ...data.alerts.map((a) => a.category)])].sort();
   const sel = $("#alert-category");
   for (const c of cats) {
     if (![...sel.options].some((o) => o.value === c)) sel.add(new Option(c, c));
   }
+  $("#alerts-more").hidden = data.alerts.length < alertPage;
   const list = data.alerts.slice().sort((a, b) => (sevRank[b.severity] - sevRank[a.severity]) || (b.updated_at > a.updated_at ? 1 : -1));
   const tb = $("#alerts-table tbody");
   tb.innerHTML = list.map((a) => {
