@@ -756,6 +756,10 @@ type Query struct {
 	Category   string
 	AccountID  string
 	MerchantID string
+	// MinSeverity, if set, picks alerts at least this severe (low,
+	// medium, high, critical): in a large incident support looks at the
+	// critical ones first, however old.
+	MinSeverity string
 	// Limit, if above 0, lists only that many, the newest.
 	Limit int
 }
@@ -767,7 +771,8 @@ func (q Query) Match(a *Alert) bool {
 		q.Status != "" && q.Status != "all" && a.Status != q.Status,
 		q.Category != "" && a.Category != q.Category,
 		q.AccountID != "" && a.AccountID != q.AccountID,
-		q.MerchantID != "" && a.MerchantID != q.MerchantID:
+		q.MerchantID != "" && a.MerchantID != q.MerchantID,
+		q.MinSeverity != "" && rules.SeverityRank(a.Severity) < rules.SeverityRank(q.MinSeverity):
 		return false
 	}
 	return true
@@ -785,7 +790,7 @@ func (m *Manager) List(q Query) []Alert {
 		a  *Alert
 	}
 	var picked []entry
-	if q.Category == "" && q.AccountID == "" && q.MerchantID == "" {
+	if q.Category == "" && q.AccountID == "" && q.MerchantID == "" && q.MinSeverity == "" {
 		picked = make([]entry, 0, len(m.open)) // most are picked
 	}
 	for _, a := range m.open {

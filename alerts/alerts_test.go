@@ -575,6 +575,7 @@ func TestListPicksAndOrders(t *testing.T) {
 		if i%5 == 0 {
 			d.Rules[0].Category, d.Rules[0].Group = "velocity", "account:"+d.AccountID
 		}
+		d.Rules[0].Severity = [...]string{"low", "medium", "high", "critical"}[i%4]
 		out = m.Observe(&d, out[:0])
 	}
 	n := 0
@@ -594,6 +595,7 @@ func TestListPicksAndOrders(t *testing.T) {
 		{}, {Status: "all"}, {Status: "resolved"}, {Status: "acknowledged", Category: "velocity"},
 		{Category: "stuck_retry", MerchantID: "m-3"}, {Status: "all", AccountID: "acc-042"},
 		{Limit: 25}, {Status: "all", Limit: 1}, {Category: "velocity", Limit: 1000},
+		{Status: "all", MinSeverity: "high"}, {MinSeverity: "medium", Limit: 30},
 	} {
 		var want []*Alert
 		for _, a := range m.open {
@@ -601,7 +603,9 @@ func TestListPicksAndOrders(t *testing.T) {
 			if (q.Status == "" && queue || q.Status == "all" || q.Status == a.Status) &&
 				(q.Category == "" || q.Category == a.Category) &&
 				(q.AccountID == "" || q.AccountID == a.AccountID) &&
-				(q.MerchantID == "" || q.MerchantID == a.MerchantID) {
+				(q.MerchantID == "" || q.MerchantID == a.MerchantID) &&
+				(q.MinSeverity == "" || a.Severity == "critical" || a.Severity == q.MinSeverity ||
+					q.MinSeverity == "medium" && a.Severity == "high") {
 				want = append(want, a)
 			}
 		}

@@ -351,7 +351,14 @@ func (s *server) decisions(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	aq := alerts.Query{Status: q.Get("status"), Category: q.Get("category"), AccountID: q.Get("account_id"), MerchantID: q.Get("merchant_id")}
+	aq := alerts.Query{Status: q.Get("status"), Category: q.Get("category"), AccountID: q.Get("account_id"),
+		MerchantID: q.Get("merchant_id"), MinSeverity: q.Get("min_severity")}
+	switch aq.MinSeverity {
+	case "", "low", "medium", "high", "critical":
+	default:
+		writeErr(w, http.StatusBadRequest, "min_severity must be low, medium, high or critical")
+		return
+	}
 	// limit: the newest that many. Without it, every alert picked; a
 	// console polling during a large incident asks for a page.
 	if v := q.Get("limit"); v != "" {

@@ -280,6 +280,21 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 		return false
 	})
 
+	// The critical ones, however many newer alerts there are.
+	var critical []string
+	_, m = call(t, addr, "GET", "/v1/alerts?status=all", "viewer-token", "")
+	for _, a := range m["alerts"].([]any) {
+		if a := a.(map[string]any); a["severity"] == "critical" {
+			critical = append(critical, a["alert_id"].(string))
+		}
+	}
+	if got := ids("/v1/alerts?status=all&min_severity=critical"); len(critical) == 0 || !slices.Equal(got, critical) {
+		t.Errorf("min_severity=critical listed %v, want %v", got, critical)
+	}
+	if code, _ := call(t, addr, "GET", "/v1/alerts?min_severity=urgent", "viewer-token", ""); code != 400 {
+		t.Errorf("min_severity=urgent: %d, want 400", code)
+	}
+
 	// Lifecycle.
 	_, m = call(t, addr, "GET", "/v1/alerts?category=theft", "viewer-token", "")
 	theft := m["alerts"].([]any)[0].(map[string]any)

@@ -56,6 +56,13 @@ try {
   }, null, { timeout: 15000 });
   check(true, "filtering by category lists only that category");
   await page.selectOption("#alert-category", "");
+  await page.selectOption("#alert-severity", "critical");
+  await page.waitForFunction(() => {
+    const sevs = [...document.querySelectorAll("#alerts-table tbody tr .sev")].map((e) => e.textContent.trim());
+    return sevs.length > 0 && sevs.every((s) => s === "critical");
+  }, null, { timeout: 15000 });
+  check(true, "filtering by severity lists only the critical");
+  await page.selectOption("#alert-severity", "");
 
   const account = (await row.locator("td:nth-child(3) a").textContent()).trim();
   await row.locator("td:nth-child(3) a").click();

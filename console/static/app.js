@@ -75,10 +75,11 @@ async function renderBreakerBadge() {
 const alertPage = 1000;
 let ruleCategories = null;
 async function renderAlerts() {
-  const cat = $("#alert-category").value, status = $("#alert-status").value;
+  const cat = $("#alert-category").value, status = $("#alert-status").value, sev = $("#alert-severity").value;
   const q = new URLSearchParams();
   if (status) q.set("status", status);
   if (cat) q.set("category", cat);
+  if (sev) q.set("min_severity", sev);
   // A page of the newest: in a large incident the queue holds tens of
   // thousands, more than a table can show every few seconds.
   q.set("limit", alertPage);
@@ -250,6 +251,7 @@ $("#signin-form").addEventListener("submit", async (ev) => {
 });
 $("#signout").addEventListener("click", signOut);
 $("#alert-category").addEventListener("change", renderAlerts);
+$("#alert-severity").addEventListener("change", renderAlerts);
 $("#alert-status").addEventListener("change", renderAlerts);
 window.addEventListener("hashchange", show);
 show();
