@@ -416,6 +416,15 @@ func TestAnIncidentAlertIsSentOnceAsItOpens(t *testing.T) {
 	}
 }
 
+// draws returns a seeded pseudo-random source: each call gives a number
+// in [0, n), the same sequence for the same seed on every run.
+func draws(seed uint64) func(n int) int {
+	return func(n int) int {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		return int(seed>>33) % n
+	}
+}
+
 // TestPruneForgetsExactlyTheQuietAlerts: alerts whose last news is older
 // than the cut are forgotten — with their outage and grouping entries —
 // and every other alert is kept, whatever order their news came in:
@@ -424,11 +433,7 @@ func TestAnIncidentAlertIsSentOnceAsItOpens(t *testing.T) {
 func TestPruneForgetsExactlyTheQuietAlerts(t *testing.T) {
 	m := NewManager()
 	var out []Alert
-	rnd := uint64(7)
-	next := func(n int) int {
-		rnd = rnd*6364136223846793005 + 1442695040888963407
-		return int(rnd>>33) % n
-	}
+	next := draws(7)
 	at := func() time.Duration { return time.Duration(next(10*24*60)) * time.Minute }
 	for i := range 3000 {
 		switch next(4) {
@@ -485,11 +490,7 @@ func TestPruneForgetsExactlyTheQuietAlerts(t *testing.T) {
 func TestAlertsAreFoundByTheirIDs(t *testing.T) {
 	m := NewManager()
 	var out []Alert
-	rnd := uint64(11)
-	next := func(n int) int {
-		rnd = rnd*6364136223846793005 + 1442695040888963407
-		return int(rnd>>33) % n
-	}
+	next := draws(11)
 	seen := map[string]bool{} // every id ever handed out
 	check := func(when string, m *Manager) {
 		t.Helper()
