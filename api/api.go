@@ -334,15 +334,31 @@ func (s *server) account(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.b.Account(r.PathValue("id")))
 }
 
-func limitParam(r *http.Request, def int) int {
-	if n, err := strconv.Atoi(r.URL.Query().Get("limit")); err == nil && n > 0 && n <= 1000 {
-		return n
+// limitParam reads ?limit=: def when absent, at most most (0: no bound).
+// Anything but a positive whole number is answered with a 400, and ok is
+// false.
+func limitParam(w http.ResponseWriter, r *http.Request, def, most int) (n int, ok bool) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return def, true
 	}
-	return def
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		writeErr(w, http.StatusBadRequest, "limit "+strconv.Quote(v)+": want a positive whole number")
+		return 0, false
+	}
+	if most > 0 {
+		n = min(n, most)
+	}
+	return n, true
 }
 
 func (s *server) decisions(w http.ResponseWriter, r *http.Request) {
-	ds := s.b.Decisions(r.URL.Query().Get("account_id"), limitParam(r, 100))
+	limit, ok := limitParam(w, r, 100, 1000)
+	if !ok {
+		return
+	}
+	ds := s.b.Decisions(r.URL.Query().Get("account_id"), limit)
 	if ds == nil {
 		ds = []detector.Decision{}
 	}
@@ -361,13 +377,9 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 	}
 	// limit: the newest that many. Without it, every alert picked; a
 	// console polling during a large incident asks for a page.
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			writeErr(w, http.StatusBadRequest, "limit must be a positive number")
-			return
-		}
-		aq.Limit = n
+	var ok bool
+	if aq.Limit, ok = limitParam(w, r, 0, 0); !ok {
+		return
 	}
 	out := s.b.Alerts(aq)
 	if aq.AccountID == "" {
@@ -603,7 +615,11 @@ func (s *server) alertLifecycle(verb string) http.HandlerFunc {
 }
 
 func (s *server) deadAlerts(w http.ResponseWriter, r *http.Request) {
-	items := s.b.DeadAlerts(limitParam(r, 100))
+	limit, ok := limitParam(w, r, 100, 1000)
+	if !ok {
+		return
+	}
+	items := s.b.DeadAlerts(limit)
 	if items == nil {
 		items = []outbox.Item{}
 	}
@@ -656,7 +672,11 @@ func (s *server) setLogLevel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) audit(w http.ResponseWriter, r *http.Request) {
-	entries, err := s.b.Audit(r.URL.Query().Get("account_id"), limitParam(r, 100))
+	limit, ok := limitParam(w, r, 100, 1000)
+	if !ok {
+		return
+	}
+	entries, err := s.b.Audit(r.URL.Query().Get("account_id"), limit)
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -79,6 +80,16 @@ func TestAPIRolesAndScoring(t *testing.T) {
 	}
 	if code, _ := call(t, addr, "GET", "/v1/decisions?account_id=acc-1", "viewer-token", ""); code != 200 {
 		t.Errorf("decisions: %d", code)
+	}
+	for _, p := range []string{"/v1/decisions", "/v1/audit", "/v1/alerts", "/v1/alerts/dead-letters"} {
+		for _, bad := range []string{"0", "-3", "ten", "1.5"} {
+			if code, m := call(t, addr, "GET", p+"?limit="+bad, "viewer-token", ""); code != 400 || !strings.Contains(fmt.Sprint(m["error"]), "limit") {
+				t.Errorf("GET %s?limit=%s: %d %v, want 400 naming the limit", p, bad, code, m)
+			}
+		}
+		if code, _ := call(t, addr, "GET", p+"?limit=5000", "viewer-token", ""); code != 200 {
+			t.Errorf("GET %s?limit=5000: %d, want 200 (at most 1,000 listed)", p, code)
+		}
 	}
 	if code, _ := call(t, addr, "GET", "/v1/nope", "viewer-token", ""); code != 404 {
 		t.Errorf("unknown endpoint: %d", code)
