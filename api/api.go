@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -128,6 +129,8 @@ type Backend interface {
 	Decisions(accountID string, limit int) []detector.Decision
 	// Alerts lists the alerts q picks, newest first.
 	Alerts(q alerts.Query) []alerts.Alert
+	// Alert returns the alert with id, as held now.
+	Alert(id string) (alerts.Alert, bool)
 	Rules() *rules.Set
 	ReloadRules() (*rules.Set, error)
 	Score(ev *event.Event) (detector.Decision, error)
@@ -194,6 +197,7 @@ func New(b Backend, tokens []config.Token, reg *prometheus.Registry, log *slog.L
 	mux.HandleFunc("POST /v1/alerts/{id}/ack", s.auth(s.owner(s.byAlert(s.alertLifecycle("ack"))), "support"))
 	mux.HandleFunc("POST /v1/alerts/{id}/resolve", s.auth(s.owner(s.byAlert(s.alertLifecycle("resolve"))), "support"))
 	mux.HandleFunc("GET /v1/alerts/dead-letters", s.auth(s.deadAlerts, "viewer", "support"))
+	mux.HandleFunc("GET /v1/alerts/{id}", s.auth(s.byAlert(s.alert), "viewer", "support"))
 	mux.HandleFunc("GET /v1/log/level", s.auth(s.getLogLevel))
 	mux.HandleFunc("PUT /v1/log/level", s.auth(s.setLogLevel))
 	mux.HandleFunc("GET /v1/audit", s.auth(s.byAccount(queryAccount, s.audit), "viewer", "support"))
@@ -612,6 +616,17 @@ func (s *server) alertLifecycle(verb string) http.HandlerFunc {
 			writeJSON(w, http.StatusOK, al)
 		}
 	}
+}
+
+// alert answers one alert as held now: a support agent holding an alert
+// id from a webhook sees who acknowledged it and what it has grown to.
+func (s *server) alert(w http.ResponseWriter, r *http.Request) {
+	al, ok := s.b.Alert(r.PathValue("id"))
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("alert %s: %w", r.PathValue("id"), alerts.ErrNoAlert).Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, al)
 }
 
 func (s *server) deadAlerts(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -309,9 +310,22 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	if code != 200 || al["status"] != "acknowledged" || al["acknowledged_by"] != "support desk (rina)" || al["acknowledged_at"] == nil {
 		t.Fatalf("ack: %d %v", code, al)
 	}
+	code, al = call(t, addr, "GET", "/v1/alerts/"+id, "viewer-token", "")
+	if code != 200 || al["alert_id"] != id || al["status"] != "acknowledged" || al["acknowledged_by"] != "support desk (rina)" {
+		t.Errorf("GET the acknowledged alert: %d %v", code, al)
+	}
+	if code, m := call(t, addr, "GET", "/v1/alerts/alt_nope", "viewer-token", ""); code != 404 || !strings.Contains(fmt.Sprint(m["error"]), "alt_nope") {
+		t.Errorf("GET an unknown alert: %d %v, want 404 naming it", code, m)
+	}
+	if code, _ := call(t, addr, "GET", "/v1/alerts/"+id, "gateway-token", ""); code != 403 {
+		t.Errorf("the gateway reading an alert: %d, want 403", code)
+	}
 	code, al = call(t, addr, "POST", "/v1/alerts/"+id+"/resolve", "support-token", `{"reason":"owner confirmed; account recovered"}`)
 	if code != 200 || al["status"] != "resolved" || al["resolution"] != "owner confirmed; account recovered" {
 		t.Fatalf("resolve: %d %v", code, al)
+	}
+	if _, al := call(t, addr, "GET", "/v1/alerts/"+id, "viewer-token", ""); al["status"] != "resolved" || al["resolution"] != "owner confirmed; account recovered" {
+		t.Errorf("GET the resolved alert: %v", al)
 	}
 	_, m = call(t, addr, "GET", "/v1/alerts?status=resolved", "viewer-token", "")
 	if l := m["alerts"].([]any); len(l) != 1 || l[0].(map[string]any)["alert_id"] != id {

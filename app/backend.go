@@ -180,6 +180,12 @@ func (b backend) Alerts(q alerts.Query) []alerts.Alert {
 	return b.a.proc.Alerts.List(q)
 }
 
+func (b backend) Alert(id string) (alerts.Alert, bool) {
+	b.a.procMu.Lock()
+	defer b.a.procMu.Unlock()
+	return b.a.proc.Alerts.Get(id)
+}
+
 func (b backend) Rules() *rules.Set { return b.a.proc.Engine.Rules() }
 
 func (b backend) ReloadRules() (*rules.Set, error) { return b.a.ReloadRules() }

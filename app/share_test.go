@@ -341,6 +341,10 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 				if code != http.StatusOK || body["status"] != "acknowledged" || h.Get(api.ForwardedToHeader) != lead.app.HTTPAddr() {
 					t.Errorf("acknowledging the wave's alert through the other member: %d %v, made by %q, want by the lead", code, body, h.Get(api.ForwardedToHeader))
 				}
+				code, body, h = callH(t, other.app.HTTPAddr(), "GET", "/v1/alerts/"+stuffing, "viewer-token", "")
+				if code != http.StatusOK || body["status"] != "acknowledged" || h.Get(api.ForwardedToHeader) != lead.app.HTTPAddr() {
+					t.Errorf("reading the wave's alert through the other member: %d %v, answered by %q, want by the lead", code, body, h.Get(api.ForwardedToHeader))
+				}
 			}
 		}
 		b.stop(t)
