@@ -3,6 +3,7 @@ package alerts
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -33,12 +34,34 @@ func (t *Templates) Localize(lang string, a Alert) Alert {
 	return a
 }
 
+// Link is where a support agent acts on a in the console at console (its
+// address, alerts.console_url): the account's page for an alert about one
+// account, else the queue. Empty without a console.
+func Link(console string, a *Alert) string {
+	switch {
+	case console == "":
+		return ""
+	case a.AccountID != "":
+		return console + "#/account/" + url.PathEscape(a.AccountID)
+	default:
+		return console + "#/alerts"
+	}
+}
+
+// linked is an alert as a json receiver gets it: with its console link.
+type linked struct {
+	Alert
+	URL string `json:"url,omitempty"`
+}
+
 // Payload renders alerts for a receiver's format: json (one alert, or a
-// digest of several), slack, or alertmanager (always an array).
-func Payload(format string, t *Templates, lang string, list []Alert, digest bool) ([]byte, error) {
-	loc := make([]Alert, len(list))
+// digest of several), slack, or alertmanager (always an array). console is
+// the support console's address for links (Link); empty, none.
+func Payload(format string, t *Templates, lang string, list []Alert, digest bool, console string) ([]byte, error) {
+	loc := make([]linked, len(list))
 	for i := range list {
-		loc[i] = t.Localize(lang, list[i])
+		loc[i].Alert = t.Localize(lang, list[i])
+		loc[i].URL = Link(console, &loc[i].Alert)
 	}
 	switch format {
 	case "slack":
@@ -48,9 +71,9 @@ func Payload(format string, t *Templates, lang string, list []Alert, digest bool
 	default:
 		if digest {
 			return json.Marshal(struct {
-				Digest bool    `json:"digest"`
-				Count  int     `json:"count"`
-				Alerts []Alert `json:"alerts"`
+				Digest bool     `json:"digest"`
+				Count  int      `json:"count"`
+				Alerts []linked `json:"alerts"`
 			}{true, len(loc), loc})
 		}
 		if len(loc) != 1 {
@@ -62,7 +85,7 @@ func Payload(format string, t *Templates, lang string, list []Alert, digest bool
 
 var severityEmoji = map[string]string{"critical": ":rotating_light:", "high": ":warning:", "medium": ":large_orange_diamond:", "low": ":information_source:"}
 
-func slackPayload(list []Alert, digest bool) ([]byte, error) {
+func slackPayload(list []linked, digest bool) ([]byte, error) {
 	type text struct {
 		Type string `json:"type"`
 		Text string `json:"text"`
@@ -78,15 +101,19 @@ func slackPayload(list []Alert, digest bool) ([]byte, error) {
 		blocks = append(blocks, block{Type: "header", Text: &text{"plain_text", fmt.Sprintf("walletguard: %d more alerts this minute", len(list))}})
 	}
 	for _, a := range list {
-		line := fmt.Sprintf("%s *%s* [%s, %s]", severityEmoji[a.Severity], a.Title, a.Severity, a.Status)
+		title := slackEscape(a.Title)
+		if a.URL != "" {
+			title = "<" + a.URL + "|" + title + ">"
+		}
+		line := fmt.Sprintf("%s *%s* [%s, %s]", severityEmoji[a.Severity], title, a.Severity, a.Status)
 		fallback = append(fallback, fmt.Sprintf("[%s] %s", strings.ToUpper(a.Severity), a.Title))
 		if digest {
 			blocks = append(blocks, block{Type: "section", Text: &text{"mrkdwn", line}})
 			continue
 		}
-		blocks = append(blocks, block{Type: "section", Text: &text{"mrkdwn", line + "\n" + a.Summary}})
+		blocks = append(blocks, block{Type: "section", Text: &text{"mrkdwn", line + "\n" + slackEscape(a.Summary)}})
 		if len(a.RecommendedActions) > 0 {
-			blocks = append(blocks, block{Type: "section", Text: &text{"mrkdwn", "• " + strings.Join(a.RecommendedActions, "\n• ")}})
+			blocks = append(blocks, block{Type: "section", Text: &text{"mrkdwn", "• " + slackEscape(strings.Join(a.RecommendedActions, "\n• "))}})
 		}
 		blocks = append(blocks, block{Type: "context", Elements: []text{{"mrkdwn", fmt.Sprintf("`%s` · %s · %d findings · %s",
 			a.AlertID, a.Category, a.Count, a.UpdatedAt.UTC().Format("2006-01-02 15:04Z"))}}})
@@ -97,7 +124,12 @@ func slackPayload(list []Alert, digest bool) ([]byte, error) {
 // alertmanagerPayload is the body of Alertmanager's POST /api/v2/alerts. An
 // open alert stays firing for a day unless re-sent or resolved; a resolved
 // one ends when it was resolved.
-func alertmanagerPayload(list []Alert) ([]byte, error) {
+// slackEscape escapes the three characters Slack's mrkdwn reads as
+// control characters: text from events (an account id, a merchant's name,
+// a reason) must not open a link or a mention.
+var slackEscape = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace
+
+func alertmanagerPayload(list []linked) ([]byte, error) {
 	type amAlert struct {
 		Labels       map[string]string `json:"labels"`
 		Annotations  map[string]string `json:"annotations"`
@@ -126,7 +158,7 @@ func alertmanagerPayload(list []Alert) ([]byte, error) {
 			Labels: labels,
 			Annotations: map[string]string{"summary": a.Title, "description": a.Summary, "alert_id": a.AlertID, "status": a.Status,
 				"recommended_actions": strings.Join(a.RecommendedActions, "\n"), "evidence": strings.Join(a.Evidence, "\n")},
-			StartsAt: a.CreatedAt.UTC(), EndsAt: end.UTC(),
+			StartsAt: a.CreatedAt.UTC(), EndsAt: end.UTC(), GeneratorURL: a.URL,
 		})
 	}
 	return json.Marshal(out)

@@ -74,7 +74,7 @@ func TestReceiverPayloads(t *testing.T) {
 	a := Alert{AlertID: "alt_1", DedupKey: "theft|account:acc-1", Category: "theft", Severity: "critical", AccountID: "acc-1",
 		Reason: "92% of the balance moved out", Count: 1, Status: "open", Action: "freeze",
 		CreatedAt: time.Now(), UpdatedAt: time.Now(), Evidence: []string{"e1"}}
-	b, err := Payload("alertmanager", tpl, "en", []Alert{a}, false)
+	b, err := Payload("alertmanager", tpl, "en", []Alert{a}, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestReceiverPayloads(t *testing.T) {
 		am[0].Annotations["alert_id"] != "alt_1" || !am[0].EndsAt.After(time.Now()) {
 		t.Errorf("alertmanager alert %+v", am[0])
 	}
-	b, _ = Payload("slack", tpl, "zh", []Alert{a}, false)
+	b, _ = Payload("slack", tpl, "zh", []Alert{a}, false, "")
 	var sl struct {
 		Text   string           `json:"text"`
 		Blocks []map[string]any `json:"blocks"`
@@ -98,12 +98,83 @@ func TestReceiverPayloads(t *testing.T) {
 	if err := json.Unmarshal(b, &sl); err != nil || !strings.Contains(sl.Text, "疑似账户被盗") || len(sl.Blocks) < 2 {
 		t.Errorf("slack payload %s", b)
 	}
-	b, _ = Payload("json", tpl, "id", []Alert{a, a}, true)
+	b, _ = Payload("json", tpl, "id", []Alert{a, a}, true, "")
 	var dg struct {
 		Digest bool    `json:"digest"`
 		Alerts []Alert `json:"alerts"`
 	}
 	if err := json.Unmarshal(b, &dg); err != nil || !dg.Digest || len(dg.Alerts) != 2 || !strings.Contains(dg.Alerts[0].Title, "pengambilalihan") {
 		t.Errorf("json digest %s", b)
+	}
+}
+
+// TestReceiverPayloadsLinkToTheConsole: with alerts.console_url set, every
+// format links an account's alert to its page in the console and any
+// other to the queue; without it, none links. Text from events is escaped
+// for Slack, so it can neither break the link nor mention anyone.
+func TestReceiverPayloadsLinkToTheConsole(t *testing.T) {
+	tpl := DefaultTemplates()
+	const console = "https://wg.example.com/console/"
+	theft := Alert{AlertID: "alt_1", Category: "theft", Severity: "critical", AccountID: "acc 7/<x>", Count: 1, Status: "open",
+		Reason: "balance moved out <!here> & more", CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	outage := Alert{AlertID: "alt_2", Category: "merchant_outage", Severity: "high", MerchantID: "m-1", Count: 1, Status: "open",
+		CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	wantTheft, wantOutage := console+"#/account/acc%207%2F%3Cx%3E", console+"#/alerts"
+
+	for _, c := range []struct {
+		a    Alert
+		want string
+	}{{theft, wantTheft}, {outage, wantOutage}} {
+		b, err := Payload("json", tpl, "en", []Alert{c.a}, false, console)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			AlertID string `json:"alert_id"`
+			URL     string `json:"url"`
+		}
+		if err := json.Unmarshal(b, &got); err != nil || got.URL != c.want || got.AlertID != c.a.AlertID {
+			t.Errorf("json payload of %s: url %q, want %q (%s)", c.a.AlertID, got.URL, c.want, b)
+		}
+		b, _ = Payload("alertmanager", tpl, "en", []Alert{c.a}, false, console)
+		var am []struct {
+			GeneratorURL string `json:"generatorURL"`
+		}
+		if err := json.Unmarshal(b, &am); err != nil || len(am) != 1 || am[0].GeneratorURL != c.want {
+			t.Errorf("alertmanager payload of %s: %s, want generatorURL %q", c.a.AlertID, b, c.want)
+		}
+	}
+	b, _ := Payload("json", tpl, "en", []Alert{theft, outage}, true, console)
+	var dg struct {
+		Alerts []struct {
+			URL string `json:"url"`
+		} `json:"alerts"`
+	}
+	if err := json.Unmarshal(b, &dg); err != nil || len(dg.Alerts) != 2 || dg.Alerts[0].URL != wantTheft || dg.Alerts[1].URL != wantOutage {
+		t.Errorf("json digest: %s", b)
+	}
+
+	b, _ = Payload("slack", tpl, "en", []Alert{theft}, false, console)
+	var sl struct {
+		Blocks []struct {
+			Text struct {
+				Text string `json:"text"`
+			} `json:"text"`
+		} `json:"blocks"`
+	}
+	if err := json.Unmarshal(b, &sl); err != nil || len(sl.Blocks) == 0 {
+		t.Fatalf("slack payload %s: %v", b, err)
+	}
+	head := sl.Blocks[0].Text.Text
+	if !strings.Contains(head, "<"+wantTheft+"|") || !strings.Contains(head, "acc 7/&lt;x&gt;") || strings.Contains(head, "<!here>") ||
+		!strings.Contains(head, "&lt;!here&gt; &amp; more") {
+		t.Errorf("slack section %q: want the title linked to %s, and the event's text escaped", head, wantTheft)
+	}
+
+	for _, format := range []string{"json", "alertmanager", "slack"} {
+		b, _ := Payload(format, tpl, "en", []Alert{theft}, false, "")
+		if strings.Contains(string(b), "wg.example.com") || strings.Contains(string(b), `"url"`) || strings.Contains(string(b), "generatorURL\":\"h") {
+			t.Errorf("%s payload links without a console: %s", format, b)
+		}
 	}
 }

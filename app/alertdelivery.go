@@ -155,7 +155,7 @@ func (a *App) renderAlerts(list []alerts.Alert) ([]delivery, error) {
 			if dest == digestDest(w.Name) {
 				body, err = gojson.Marshal(al) // the digest is rendered when the minute ends
 			} else {
-				body, err = alerts.Payload(w.Format, a.tpl, w.Language, []alerts.Alert{*al}, false)
+				body, err = alerts.Payload(w.Format, a.tpl, w.Language, []alerts.Alert{*al}, false, a.cfg.Alerts.ConsoleURL)
 			}
 			if err != nil {
 				return nil, fmt.Errorf("render alert %s for %s: %w", al.AlertID, w.Name, err)
@@ -277,7 +277,7 @@ func (a *App) sendDigests() {
 				}
 				list = append(list, al)
 			}
-			body, err := alerts.Payload(w.Format, a.tpl, w.Language, list, true)
+			body, err := alerts.Payload(w.Format, a.tpl, w.Language, list, true, a.cfg.Alerts.ConsoleURL)
 			if err != nil {
 				return err
 			}

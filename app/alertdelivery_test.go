@@ -195,6 +195,7 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 		{URL: limitedSrv + "/hook", Secret: "s1", Name: "limited", RateLimit: 2, Categories: []string{"stuck_retry"}},
 		{URL: chatSrv + "/slack", Name: "chat", Format: "slack", Language: "id", MinSeverity: "critical"},
 	}
+	cfg.Alerts.ConsoleURL = "https://wg.example.com/console/"
 	a := mustNew(t, cfg, Options{DeliveryBackoff: 50 * time.Millisecond, DigestEvery: 300 * time.Millisecond})
 	r := run(t, a)
 	addr := r.app.HTTPAddr()
@@ -264,17 +265,21 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 			if !strings.Contains(string(b), `"category":"stuck_retry"`) {
 				t.Errorf("a stuck_retry-only receiver got %s", b)
 			}
+			if !strings.Contains(string(b), `"url":"https://wg.example.com/console/#/account/stuck-`) {
+				t.Errorf("an alert about a user's payment does not link to the user's page in the console: %s", b)
+			}
 		}
 	}
 	limited.mu.Unlock()
 	if single > 2 {
 		t.Errorf("%d single alerts within a minute to a receiver limited to 2", single)
 	}
-	waitFor(t, 20*time.Second, "the chat room heard of the takeover", func() bool {
+	waitFor(t, 20*time.Second, "the chat room heard of the takeover, linked to the account's page", func() bool {
 		chat.mu.Lock()
 		defer chat.mu.Unlock()
 		for _, b := range chatBodies {
-			if strings.Contains(string(b), "pengambilalihan akun") && strings.Contains(string(b), `"blocks"`) {
+			if strings.Contains(string(b), "pengambilalihan akun") && strings.Contains(string(b), `"blocks"`) &&
+				strings.Contains(string(b), `\u003chttps://wg.example.com/console/#/account/`) { // "<url|title>", JSON-escaped
 				return true
 			}
 		}
@@ -383,6 +388,7 @@ func TestAlertsReachAlertmanager(t *testing.T) {
 
 	cfg := enforceConfig(t, filepath.Join(dir, "wg"))
 	cfg.Alerts.Webhooks = []config.Webhook{{URL: "http://" + amAddr + "/api/v2/alerts", Name: "oncall", Format: "alertmanager", MinSeverity: "high"}}
+	cfg.Alerts.ConsoleURL = "https://wg.example.com/console/"
 	a := mustNew(t, cfg, Options{DeliveryBackoff: 50 * time.Millisecond})
 	r := run(t, a)
 	produce(t, r.app.BrokerAddr(), "wallet.events", takeoverEvents(t)...)
@@ -393,8 +399,9 @@ func TestAlertsReachAlertmanager(t *testing.T) {
 		out, err = exec.Command("amtool", "alert", "query", "--alertmanager.url=http://"+amAddr, "-o", "json", "alertname=walletguard_theft").Output()
 		return err == nil && strings.Contains(string(out), `"account_id":"acc-1"`) && strings.Contains(string(out), `"severity":"critical"`)
 	})
-	if !strings.Contains(string(out), "Likely account takeover") {
-		t.Errorf("amtool shows %s", out)
+	if !strings.Contains(string(out), "Likely account takeover") ||
+		!strings.Contains(string(out), `"generatorURL":"https://wg.example.com/console/#/account/acc-1"`) {
+		t.Errorf("amtool shows %s; want the takeover, linked to acc-1's page in the console", out)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -186,6 +187,12 @@ type Alerts struct {
 	// account service's too) before they are deleted, with their copy in
 	// the changelog. 0 keeps them all.
 	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
+	// ConsoleURL is the support console's address as agents reach it
+	// (e.g. https://walletguard.example.com/console/). Alerts sent to
+	// receivers then link to the account they are about, or to the
+	// queue: the generator URL of Alertmanager, the title in chat, a
+	// "url" field in JSON. Empty: no links.
+	ConsoleURL string `yaml:"console_url"`
 }
 
 // Webhook is one receiver: of support alerts (alerts.webhooks) or of
@@ -510,6 +517,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Alerts.DeadLetterRetention.D() < 0 {
 		bad("alerts.dead_letter_retention: must not be negative (0 keeps every dead letter)")
+	}
+	if u := c.Alerts.ConsoleURL; u != "" {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.Fragment != "" {
+			bad("alerts.console_url: %q is not an http(s) URL without a #fragment", u)
+		}
 	}
 	d := c.Detector
 	if d.MaxAccounts < 1000 {

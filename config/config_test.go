@@ -70,16 +70,25 @@ func TestStrictErrorsNameTheKey(t *testing.T) {
 		"detector:\n  thresholds: {review: 90, step_up: 60, freeze: 85}\n": "detector.thresholds",
 		"alerts:\n  webhooks:\n    - {url: ftp://x}\n":                     "alerts.webhooks[0].url",
 		"http:\n  listen: ${WG_NOT_SET_ANYWHERE}\n":                        "WG_NOT_SET_ANYWHERE",
-		"kafka: [1, 2]\n":                          "decode",
-		"alerts:\n  takeover_redeliver: -1m\n":     "alerts.takeover_redeliver",
-		"alerts:\n  dead_letter_retention: -24h\n": "alerts.dead_letter_retention",
-		"enforce:\n  audit_retention: 1.5d\n":      "duration",
+		"kafka: [1, 2]\n":                                             "decode",
+		"alerts:\n  takeover_redeliver: -1m\n":                        "alerts.takeover_redeliver",
+		"alerts:\n  dead_letter_retention: -24h\n":                    "alerts.dead_letter_retention",
+		"enforce:\n  audit_retention: 1.5d\n":                         "duration",
+		"alerts:\n  console_url: wg.example.com/console/\n":           "alerts.console_url",
+		"alerts:\n  console_url: https://wg.example.com/console/#/\n": "alerts.console_url",
 	}
 	for doc, want := range cases {
 		_, err := Parse([]byte(doc))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to mention %s", doc, err, want)
 		}
+	}
+}
+
+func TestConsoleURL(t *testing.T) {
+	c, err := Parse([]byte("alerts:\n  console_url: https://wg.example.com/console/\n"))
+	if err != nil || c.Alerts.ConsoleURL != "https://wg.example.com/console/" {
+		t.Errorf("console_url parsed as %q, %v", c.Alerts.ConsoleURL, err)
 	}
 }
 
