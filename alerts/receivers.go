@@ -34,18 +34,14 @@ func (t *Templates) Localize(lang string, a Alert) Alert {
 	return a
 }
 
-// Link is where a support agent acts on a in the console at console (its
-// address, alerts.console_url): the account's page for an alert about one
-// account, else the queue. Empty without a console.
+// Link is the alert's page in the support console at console (its
+// address, alerts.console_url): what to do, the evidence, the account,
+// and the buttons to acknowledge and resolve. Empty without a console.
 func Link(console string, a *Alert) string {
-	switch {
-	case console == "":
+	if console == "" {
 		return ""
-	case a.AccountID != "":
-		return console + "#/account/" + url.PathEscape(a.AccountID)
-	default:
-		return console + "#/alerts"
 	}
+	return console + "#/alert/" + url.PathEscape(a.AlertID)
 }
 
 // linked is an alert as a json receiver gets it: with its console link.

@@ -109,8 +109,8 @@ func TestReceiverPayloads(t *testing.T) {
 }
 
 // TestReceiverPayloadsLinkToTheConsole: with alerts.console_url set, every
-// format links an account's alert to its page in the console and any
-// other to the queue; without it, none links. Text from events is escaped
+// format links each alert to its page in the console; without it, none
+// links. Text from events is escaped
 // for Slack, so it can neither break the link nor mention anyone.
 func TestReceiverPayloadsLinkToTheConsole(t *testing.T) {
 	tpl := DefaultTemplates()
@@ -119,7 +119,7 @@ func TestReceiverPayloadsLinkToTheConsole(t *testing.T) {
 		Reason: "balance moved out <!here> & more", CreatedAt: time.Now(), UpdatedAt: time.Now()}
 	outage := Alert{AlertID: "alt_2", Category: "merchant_outage", Severity: "high", MerchantID: "m-1", Count: 1, Status: "open",
 		CreatedAt: time.Now(), UpdatedAt: time.Now()}
-	wantTheft, wantOutage := console+"#/account/acc%207%2F%3Cx%3E", console+"#/alerts"
+	wantTheft, wantOutage := console+"#/alert/alt_1", console+"#/alert/alt_2"
 
 	for _, c := range []struct {
 		a    Alert

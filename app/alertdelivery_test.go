@@ -265,8 +265,12 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 			if !strings.Contains(string(b), `"category":"stuck_retry"`) {
 				t.Errorf("a stuck_retry-only receiver got %s", b)
 			}
-			if !strings.Contains(string(b), `"url":"https://wg.example.com/console/#/account/stuck-`) {
-				t.Errorf("an alert about a user's payment does not link to the user's page in the console: %s", b)
+			var al struct {
+				AlertID string `json:"alert_id"`
+				URL     string `json:"url"`
+			}
+			if json.Unmarshal(b, &al) != nil || al.URL != "https://wg.example.com/console/#/alert/"+al.AlertID {
+				t.Errorf("an alert does not link to its page in the console: %s", b)
 			}
 		}
 	}
@@ -274,12 +278,12 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	if single > 2 {
 		t.Errorf("%d single alerts within a minute to a receiver limited to 2", single)
 	}
-	waitFor(t, 20*time.Second, "the chat room heard of the takeover, linked to the account's page", func() bool {
+	waitFor(t, 20*time.Second, "the chat room heard of the takeover, linked to its page in the console", func() bool {
 		chat.mu.Lock()
 		defer chat.mu.Unlock()
 		for _, b := range chatBodies {
 			if strings.Contains(string(b), "pengambilalihan akun") && strings.Contains(string(b), `"blocks"`) &&
-				strings.Contains(string(b), `\u003chttps://wg.example.com/console/#/account/`) { // "<url|title>", JSON-escaped
+				strings.Contains(string(b), `\u003chttps://wg.example.com/console/#/alert/alt_`) { // "<url|title>", JSON-escaped
 				return true
 			}
 		}
@@ -400,8 +404,8 @@ func TestAlertsReachAlertmanager(t *testing.T) {
 		return err == nil && strings.Contains(string(out), `"account_id":"acc-1"`) && strings.Contains(string(out), `"severity":"critical"`)
 	})
 	if !strings.Contains(string(out), "Likely account takeover") ||
-		!strings.Contains(string(out), `"generatorURL":"https://wg.example.com/console/#/account/acc-1"`) {
-		t.Errorf("amtool shows %s; want the takeover, linked to acc-1's page in the console", out)
+		!strings.Contains(string(out), `"generatorURL":"https://wg.example.com/console/#/alert/alt_`) {
+		t.Errorf("amtool shows %s; want the takeover, linked to its page in the console", out)
 	}
 }
 

@@ -64,6 +64,23 @@ try {
   check(true, "filtering by severity lists only the critical");
   await page.selectOption("#alert-severity", "");
 
+  // The alert's own page: what a link in a delivered alert opens.
+  const alertID = await row.getAttribute("data-alert");
+  await row.locator("a.title").click();
+  await page.waitForSelector("#alert-todo li");
+  check(page.url().endsWith("#/alert/" + alertID), "an alert's title opens its page: " + page.url());
+  const todo = await page.locator("#alert-todo li").count();
+  const evidence = await page.locator("#alert-evidence li").count();
+  const facts = await page.textContent("#alert-facts");
+  check(todo > 0 && evidence > 0 && facts.includes(alertID) && /Subject/.test(facts) && (await page.locator("#alert-facts a[href^='#/account/']").count()) === 1,
+    `the alert's page shows what to do (${todo}), the evidence (${evidence}) and links the account`);
+  await page.screenshot({ path: `${shots}/alert.png`, fullPage: true });
+  await page.goto(new URL("#/alert/alt_nope", url).href);
+  await page.waitForSelector("#alert-missing:not([hidden])");
+  check((await page.textContent("#alert-missing")).includes("alt_nope"), "an alert not held says so");
+  await page.click("a[data-page='alerts']");
+  await row.waitFor();
+
   const account = (await row.locator("td:nth-child(3) a").textContent()).trim();
   await row.locator("td:nth-child(3) a").click();
   await page.waitForSelector("#frozen-flag:has-text('FROZEN')");

@@ -7,6 +7,7 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const sevRank = { critical: 4, high: 3, medium: 2, low: 1 };
 const colors = { allow: "#9aa3b2", review: "#b7791f", step_up: "#d9480f", freeze: "#b42318" };
 let timer = null;
+let rerender = null; // the page shown, drawn again after an action
 
 function token() { return sessionStorage.getItem("wg-token"); }
 
@@ -54,10 +55,14 @@ async function show() {
     $("#who").textContent = me.name + " (" + me.role + ")";
   } catch (e) { return; }
   const [page, arg] = (location.hash.replace(/^#\//, "") || "alerts").split("/");
-  document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
+  document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (page === "alert" ? "alerts" : page)));
   const el = $("#page-" + page) || $("#page-alerts");
   el.hidden = false;
-  const render = { alerts: renderAlerts, account: () => renderAccount(decodeURIComponent(arg || "")), overview: renderOverview, rules: renderRules }[page] || renderAlerts;
+  const render = {
+    alerts: renderAlerts, alert: () => renderAlert(decodeURIComponent(arg || "")),
+    account: () => renderAccount(decodeURIComponent(arg || "")), overview: renderOverview, rules: renderRules,
+  }[page] || renderAlerts;
+  rerender = render;
   const tick = async () => { try { await render(); await renderBreakerBadge(); } catch (e) { toast(e.message); } };
   await tick();
   // Live: outages grow, alerts arrive. The account page only refreshes on demand.
@@ -95,20 +100,66 @@ async function renderAlerts() {
   const list = data.alerts.slice().sort((a, b) => (sevRank[b.severity] - sevRank[a.severity]) || (b.updated_at > a.updated_at ? 1 : -1));
   const tb = $("#alerts-table tbody");
   tb.innerHTML = list.map((a) => {
-    const subject = a.account_id ? `<a href="#/account/${encodeURIComponent(a.account_id)}">${esc(a.account_id)}</a>`
-      : a.app_version ? "app " + esc(a.app_version) : a.ip ? "IP " + esc(a.ip) : "merchant " + esc(a.merchant_id);
-    const buttons = a.status === "resolved" ? "" :
-      (a.status !== "acknowledged" ? `<button data-ack="${esc(a.alert_id)}">Acknowledge</button> ` : "") +
-      `<button data-resolve="${esc(a.alert_id)}">Resolve</button>`;
     return `<tr data-alert="${esc(a.alert_id)}" data-category="${esc(a.category)}">
       <td><span class="sev ${esc(a.severity)}">${esc(a.severity)}</span></td>
-      <td><strong>${esc(a.title)}</strong><div class="summary">${esc(a.summary)}</div></td>
-      <td>${subject}</td><td class="affected">${a.affected_accounts || ""}</td><td>${a.count}</td>
+      <td><a class="title" href="#/alert/${encodeURIComponent(a.alert_id)}"><strong>${esc(a.title)}</strong></a><div class="summary">${esc(a.summary)}</div></td>
+      <td>${subjectOf(a)}</td><td class="affected">${a.affected_accounts || ""}</td><td>${a.count}</td>
       <td>${when(a.updated_at)}</td><td class="status">${esc(a.status)}${a.acknowledged_by ? "<div class=muted>by " + esc(a.acknowledged_by) + "</div>" : ""}</td>
-      <td>${buttons}</td></tr>`;
+      <td>${lifecycleButtons(a)}</td></tr>`;
   }).join("");
   $("#alerts-empty").hidden = list.length > 0;
   $("#alerts-updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+function lifecycleButtons(a) {
+  return a.status === "resolved" ? "" :
+    (a.status !== "acknowledged" ? `<button data-ack="${esc(a.alert_id)}">Acknowledge</button> ` : "") +
+    `<button data-resolve="${esc(a.alert_id)}">Resolve</button>`;
+}
+
+function subjectOf(a) {
+  return a.account_id ? `<a href="#/account/${encodeURIComponent(a.account_id)}">${esc(a.account_id)}</a>`
+    : a.app_version ? "app " + esc(a.app_version) : a.ip ? "IP " + esc(a.ip) : "merchant " + esc(a.merchant_id);
+}
+
+// ---- one alert: what a link in a delivered alert opens
+async function renderAlert(id) {
+  let a;
+  try {
+    a = await api("GET", "/v1/alerts/" + encodeURIComponent(id));
+  } catch (e) {
+    $("#alert-view").hidden = true;
+    $("#alert-title").textContent = "Alert " + id;
+    $("#alert-sev").innerHTML = "";
+    const m = $("#alert-missing");
+    m.hidden = false;
+    m.textContent = "Not held here: " + e.message + ". Alerts are forgotten seven days after their last news; ClickHouse keeps every one.";
+    return;
+  }
+  $("#alert-missing").hidden = true;
+  $("#alert-view").hidden = false;
+  $("#alert-title").textContent = a.title;
+  $("#alert-sev").innerHTML = `<span class="sev ${esc(a.severity)}">${esc(a.severity)}</span>`;
+  $("#alert-summary").textContent = a.summary;
+  $("#alert-todo").innerHTML = (a.recommended_actions || []).map((x) => `<li>${esc(x)}</li>`).join("") || "<li class=muted>nothing suggested</li>";
+  $("#alert-buttons").innerHTML = lifecycleButtons(a);
+  const row = (k, v) => (v === "" || v === undefined || v === null ? "" : `<tr><th>${k}</th><td>${v}</td></tr>`);
+  $("#alert-facts").innerHTML = [
+    row("Subject", subjectOf(a)),
+    row("Status", esc(a.status) + (a.grouped_under ? ` under <a href="#/alert/${encodeURIComponent(a.grouped_under)}">${esc(a.grouped_under)}</a>` : "")),
+    row("Category", esc(a.category)),
+    row("Likely cause", esc(a.cause)),
+    row("Action taken", esc(a.action)),
+    row("Findings", a.count),
+    row("Users affected", a.affected_accounts || ""),
+    row("Opened", when(a.created_at)),
+    row("Last news", when(a.updated_at)),
+    row("Acknowledged", a.acknowledged_by ? esc(a.acknowledged_by) + " at " + when(a.acknowledged_at) : ""),
+    row("Resolved", a.resolved_by ? esc(a.resolved_by) + " at " + when(a.resolved_at) + (a.resolution ? ": " + esc(a.resolution) : "") : ""),
+    row("Rules", (a.rules || []).map((r) => `<code>${esc(r)}</code>`).join(" ")),
+    row("Alert id", `<code>${esc(a.alert_id)}</code>`),
+  ].join("");
+  $("#alert-evidence").innerHTML = (a.evidence || []).map((x) => `<li>${esc(x)}</li>`).join("");
 }
 
 document.addEventListener("click", async (ev) => {
@@ -121,7 +172,7 @@ document.addEventListener("click", async (ev) => {
         if (note === null) return;
         await api("POST", `/v1/alerts/${t.dataset.resolve}/resolve`, { reason: note });
       }
-      await renderAlerts();
+      await (rerender || renderAlerts)();
     } catch (e) { toast(e.message); }
   }
 });
