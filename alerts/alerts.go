@@ -261,7 +261,21 @@ func (m *Manager) observe(d *detector.Decision, out []Alert, spanning bool) []Al
 	if m.seen++; m.seen >= 10000 {
 		m.prune(d.TS.Add(-keepFor))
 	}
+	// The most serious findings first: the alert an account's incident
+	// needs is opened before the lesser findings of the same event, which
+	// then fold into it, rather than each opening an alert to be grouped
+	// a moment later.
+	var byRank [8]int
+	order := byRank[:0]
 	for i := range d.Rules {
+		order = append(order, i)
+	}
+	if len(order) > 1 {
+		slices.SortStableFunc(order, func(i, j int) int {
+			return incidentRank(d.Rules[j].Category) - incidentRank(d.Rules[i].Category)
+		})
+	}
+	for _, i := range order {
 		h := &d.Rules[i]
 		if m.split && Spanning(d, h) != spanning {
 			continue
@@ -294,11 +308,15 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 			}
 		}
 	}
-	// Other findings about an account that is being taken over are part of
-	// the takeover: one alert for the incident, not one per category.
-	if h.Category != "theft" && h.Category != "stuck_retry" && strings.HasPrefix(h.Group, "account:") {
-		if t := m.open["theft|"+h.Group]; t != nil && t.Status != "resolved" && d.TS.Sub(t.UpdatedAt) < quietAfter {
-			return m.update(t, d, h, out)
+	// Findings about one account are one incident for support: the most
+	// serious alert open on the account leads it (incidentRank), and a
+	// later finding no more serious folds into it. A stolen password shows
+	// as credential stuffing, a new country and impossible travel at once:
+	// one alert to act on, not three. A more serious finding opens its own
+	// alert, which takes the earlier ones in (groupUnder).
+	if h.Category != "stuck_retry" && strings.HasPrefix(h.Group, "account:") {
+		if lead := m.accountIncident(h.Group, d.TS); lead != nil && folds(h.Category, lead.Category) {
+			return m.update(lead, d, h, out)
 		}
 	}
 	key := h.Category + "|" + h.Group
@@ -315,13 +333,71 @@ func (m *Manager) observeHit(d *detector.Decision, h *detector.Hit, out []Alert)
 		// of its own account.
 		at := len(out)
 		out = append(out, Alert{})
-		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" || a.Category == "theft" {
+		if a.MerchantID != "" && a.AccountID == "" || a.AppVersion != "" && a.AccountID == "" || leadsIncident(a) {
 			out = m.groupUnder(a, out)
 		}
 		out[at] = a.copy()
 		return out
 	}
 	return m.update(a, d, h, out)
+}
+
+// incidentRank orders the categories of findings about one account by how
+// much they say the account is in someone else's hands. Categories it does
+// not know (a team's own rules) rank 0: they fold only into a takeover.
+func incidentRank(category string) int {
+	switch category {
+	case "theft":
+		return 4
+	case "credential_stuffing":
+		return 3
+	case "impossible_travel", "brute_force":
+		return 2
+	case "abnormal", "velocity":
+		return 1
+	}
+	return 0
+}
+
+// folds reports whether a finding of category belongs to the account's
+// open incident alert of category lead.
+func folds(category, lead string) bool {
+	return lead == category || lead == "theft" ||
+		incidentRank(category) > 0 && incidentRank(category) <= incidentRank(lead)
+}
+
+// leadsIncident reports whether a, just opened, takes in the account's
+// earlier alerts it outranks.
+func leadsIncident(a *Alert) bool {
+	return a.AccountID != "" && a.Category != "stuck_retry" && incidentRank(a.Category) > 1 &&
+		strings.HasPrefix(a.DedupKey, a.Category+"|account:")
+}
+
+// accountIncident returns the alert leading the incident of the account
+// group names ("account:<id>"): of those open or acknowledged with news
+// within quietAfter of at, the highest ranked, then the first opened.
+// nil if there is none.
+func (m *Manager) accountIncident(group string, at time.Time) *Alert {
+	var lead *Alert
+	consider := func(a *Alert) {
+		if a == nil || a.Status != "open" && a.Status != "acknowledged" || at.Sub(a.UpdatedAt) >= quietAfter ||
+			!strings.HasSuffix(a.DedupKey, "|"+group) {
+			return
+		}
+		if lead == nil {
+			lead = a
+			return
+		}
+		ra, rl := incidentRank(a.Category), incidentRank(lead.Category)
+		if ra > rl || ra == rl && (a.CreatedAt.Before(lead.CreatedAt) || a.CreatedAt.Equal(lead.CreatedAt) && a.DedupKey < lead.DedupKey) {
+			lead = a
+		}
+	}
+	consider(m.open["theft|"+group])
+	for _, key := range m.related[group] {
+		consider(m.open[key])
+	}
+	return lead
 }
 
 // Repeats lists the dedup keys of list (alerts as delivered, the last
@@ -386,7 +462,7 @@ func (m *Manager) Raise(key, category, severity, accountID, reason string, at ti
 func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 	var idx string
 	switch {
-	case outage.Category == "theft":
+	case outage.AccountID != "":
 		idx = "account:" + outage.AccountID
 	case outage.AppVersion != "":
 		idx = "app:" + outage.AppVersion
@@ -400,10 +476,11 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 			continue
 		}
 		switch {
-		case outage.Category == "theft":
-			// A takeover recognised after earlier findings on the account
-			// (a new device, an odd amount) takes them in.
-			if a.Category != "stuck_retry" && outage.CreatedAt.Sub(a.UpdatedAt) < quietAfter {
+		case outage.AccountID != "":
+			// An account's incident recognised after earlier findings on
+			// it (a new device, an odd amount) takes in those it outranks.
+			if a.Category != "stuck_retry" && outage.CreatedAt.Sub(a.UpdatedAt) < quietAfter &&
+				a.Category != outage.Category && folds(a.Category, outage.Category) {
 				keys = append(keys, key)
 			}
 		case a.Category != "stuck_retry" || outage.CreatedAt.Sub(a.UpdatedAt) >= time.Hour:
@@ -411,8 +488,14 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 			keys = append(keys, key)
 		}
 	}
-	delete(m.related, idx) // what was not taken in now never will be
-	sort.Strings(keys)     // map order must not leak into the output
+	if outage.AccountID == "" {
+		delete(m.related, idx) // what was not taken in now never will be
+	} else {
+		// The account's other alerts stay listed: a later, more serious
+		// finding may take them in.
+		m.related[idx] = slices.DeleteFunc(m.related[idx], func(k string) bool { return slices.Contains(keys, k) })
+	}
+	sort.Strings(keys) // map order must not leak into the output
 	for _, key := range keys {
 		a := m.open[key]
 		a.Status, a.GroupedUnder = "grouped", outage.AlertID

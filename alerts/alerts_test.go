@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -163,6 +164,85 @@ func TestTakeoverIsOneAlert(t *testing.T) {
 	}
 	if grouped != 1 {
 		t.Errorf("%d earlier alerts grouped under the takeover, want 1", grouped)
+	}
+}
+
+// TestOneAlertPerAccountIncident: findings about one account make one
+// alert for support, led by the most serious: a stolen password's login
+// (credential stuffing, a new country and impossible travel in one event)
+// opens one alert; a later, more serious finding takes the earlier alert
+// in; a team's own category stays apart unless the account is taken over;
+// findings after the incident has been quiet open a new one.
+func TestOneAlertPerAccountIncident(t *testing.T) {
+	hit := func(id, cat string) detector.Hit {
+		return detector.Hit{ID: id, Category: cat, Severity: "high", Group: "account:acc-9", Reason: id + " fired"}
+	}
+	decide := func(m *Manager, id string, at time.Duration, hits ...detector.Hit) []Alert {
+		d := detector.Decision{DecisionID: "d-" + id, AccountID: "acc-9", TS: t0.Add(at), Action: "step_up", Rules: hits}
+		return m.Observe(&d, nil)
+	}
+	open := func(m *Manager) (cats []string) {
+		for _, a := range m.Open() {
+			cats = append(cats, a.Category)
+		}
+		sort.Strings(cats)
+		return cats
+	}
+
+	// One event, three findings: one alert, led by the stuffing, holding
+	// every rule; nothing opened and grouped on the way.
+	m := NewManager()
+	out := decide(m, "login", 0, hit("new_country", "abnormal"), hit("impossible_travel", "impossible_travel"),
+		hit("credential_stuffing_login", "credential_stuffing"))
+	if got := open(m); !slices.Equal(got, []string{"credential_stuffing"}) {
+		t.Fatalf("open alerts after a stuffed login: %v, want one credential_stuffing", got)
+	}
+	if a := m.Open()[0]; a.Count != 3 || len(a.Rules) != 3 || len(out) != 1 || len(m.All()) != 1 {
+		t.Errorf("the login's alert: count %d, rules %v; %d delivered, %d held; want 3 findings, 3 rules, 1 and 1", a.Count, a.Rules, len(out), len(m.All()))
+	}
+
+	// Lesser findings first, a more serious one later: it takes them in.
+	m = NewManager()
+	decide(m, "pay", 0, hit("amount_far_above_habit", "abnormal"))
+	decide(m, "burst", time.Minute, hit("velocity_burst", "velocity")) // folds into the abnormal alert
+	if got := open(m); !slices.Equal(got, []string{"abnormal"}) {
+		t.Fatalf("open alerts after two lesser findings: %v, want the first", got)
+	}
+	first := m.Open()[0]
+	out = decide(m, "travel", 2*time.Minute, hit("impossible_travel", "impossible_travel"))
+	if got := open(m); !slices.Equal(got, []string{"impossible_travel"}) {
+		t.Fatalf("open alerts after impossible travel: %v, want it alone", got)
+	}
+	if g, ok := m.Get(first.AlertID); !ok || g.Status != "grouped" || g.GroupedUnder != m.Open()[0].AlertID {
+		t.Errorf("the earlier alert: %+v, want grouped under the impossible travel", g)
+	}
+	if len(out) != 2 || out[0].Category != "impossible_travel" || out[1].Status != "grouped" {
+		t.Errorf("delivered %+v, want the new alert then the one it took in", out)
+	}
+	decide(m, "again", 3*time.Minute, hit("amount_far_above_habit", "abnormal"))
+	if a := m.Open(); len(a) != 1 || a[0].Count != 2 {
+		t.Errorf("a lesser finding after: %+v, want it folded into the impossible travel", a)
+	}
+
+	// A team's own category stays its own alert; a takeover takes it in.
+	m = NewManager()
+	decide(m, "aml", 0, hit("structuring", "aml"))
+	decide(m, "odd", time.Minute, hit("amount_far_above_habit", "abnormal"))
+	if got := open(m); !slices.Equal(got, []string{"abnormal", "aml"}) {
+		t.Fatalf("open alerts: %v, want the team's category apart", got)
+	}
+	decide(m, "drain", 2*time.Minute, hit("balance_drain_after_takeover", "theft"))
+	decide(m, "aml2", 3*time.Minute, hit("structuring", "aml"))
+	if got := open(m); !slices.Equal(got, []string{"theft"}) || m.Open()[0].Count != 2 {
+		t.Fatalf("open alerts after the takeover: %v (%+v), want the takeover alone, holding the later finding", got, m.Open())
+	}
+
+	// Quiet for quietAfter: a new incident.
+	m = NewManager()
+	decide(m, "stuffed", 0, hit("credential_stuffing_login", "credential_stuffing"))
+	decide(m, "later", quietAfter+time.Minute, hit("new_country", "abnormal"))
+	if got := open(m); !slices.Equal(got, []string{"abnormal", "credential_stuffing"}) {
+		t.Errorf("open alerts after a quiet spell: %v, want a new one beside the old", got)
 	}
 }
 

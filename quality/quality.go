@@ -45,6 +45,11 @@ type Kind struct {
 	OutageAlerts, UserAlerts int
 	// Stuffing: compromised accounts and how many of them were stepped up.
 	Compromised, CompromisedStepped int
+	// Takeovers and stuffing: the alerts about the accounts in the
+	// incident (its victims) that support has to handle — not grouped
+	// under another — and how many accounts those are. One an account is
+	// the aim: one case to work, not one per rule category.
+	VictimAlerts, Victims int
 }
 
 // Honest is what happened to accounts that no incident touched.
@@ -227,6 +232,8 @@ func judge(k *Kind, l *sim.Label, outcome map[string]*acctOutcome, all []alerts.
 	switch l.Kind {
 	case sim.KindTakeover:
 		acc := l.Accounts[0]
+		k.Victims++
+		k.VictimAlerts += toHandle(all, l.Accounts, l.Start, l.End.Add(time.Hour))
 		for _, id := range l.LossEventIDs {
 			k.Attempted += lossAmount[id]
 			if !lossStopped[id] {
@@ -301,6 +308,8 @@ func judge(k *Kind, l *sim.Label, outcome map[string]*acctOutcome, all []alerts.
 		}
 	case sim.KindStuffing:
 		k.Compromised += len(l.Compromised)
+		k.Victims += len(l.Compromised)
+		k.VictimAlerts += toHandle(all, l.Compromised, l.Start, l.End.Add(time.Hour))
 		for _, acc := range l.Compromised {
 			if o := outcome[acc]; o != nil && (o.stepped || o.frozen) {
 				k.CompromisedStepped++
@@ -334,6 +343,36 @@ func judge(k *Kind, l *sim.Label, outcome map[string]*acctOutcome, all []alerts.
 		k.Found++
 		k.Delays = append(k.Delays, o.steppedAt.Sub(l.Start))
 	}
+}
+
+// toHandle counts the alerts about accounts, created from from to to, that
+// support has to handle: by the last version delivered, not grouped under
+// another.
+func toHandle(all []alerts.Alert, accounts []string, from, to time.Time) int {
+	from = from.Add(-time.Second) // events carry their times to the millisecond; labels, to the nanosecond
+	last := map[string]string{}   // alert id -> status
+	for i := range all {
+		a := &all[i]
+		if slices.Contains(accounts, a.AccountID) && !a.CreatedAt.Before(from) && !a.CreatedAt.After(to) {
+			last[a.AlertID] = a.Status
+		}
+	}
+	n := 0
+	for _, st := range last {
+		if st != "grouped" {
+			n++
+		}
+	}
+	return n
+}
+
+// AlertsPerVictim is how many alerts support has to handle for each
+// account a takeover or stuffing got into.
+func (k *Kind) AlertsPerVictim() float64 {
+	if k == nil || k.Victims == 0 {
+		return 0
+	}
+	return float64(k.VictimAlerts) / float64(k.Victims)
 }
 
 // ruleOf is the rule id a command's reason starts with ("rule: why").
@@ -380,6 +419,8 @@ func (r *Report) Merge(other Report) {
 		m.UserAlerts += k.UserAlerts
 		m.Compromised += k.Compromised
 		m.CompromisedStepped += k.CompromisedStepped
+		m.VictimAlerts += k.VictimAlerts
+		m.Victims += k.Victims
 	}
 	h := &r.Honest
 	h.Accounts += other.Honest.Accounts
@@ -436,8 +477,8 @@ func (r Report) Print(w io.Writer) {
 		detail := ""
 		switch name {
 		case sim.KindTakeover:
-			detail = fmt.Sprintf("frozen; %.1f%% of the money kept from thieves (%s of %s IDR moved)",
-				100*k.KeptShare(), idr(k.Stolen), idr(k.Attempted))
+			detail = fmt.Sprintf("frozen; %.1f%% of the money kept from thieves (%s of %s IDR moved); %.2f alerts to handle a victim",
+				100*k.KeptShare(), idr(k.Stolen), idr(k.Attempted), k.AlertsPerVictim())
 		case sim.KindStuckRetry:
 			detail = fmt.Sprintf("alerted with the right cause; %d with a wrong cause", k.WrongCause)
 		case sim.KindMerchantOutage:
@@ -445,7 +486,7 @@ func (r Report) Print(w io.Writer) {
 		case sim.KindAppFault:
 			detail = fmt.Sprintf("one app-version alert each: %d app alerts, %d separate user alerts", k.OutageAlerts, k.UserAlerts)
 		case sim.KindStuffing:
-			detail = fmt.Sprintf("IP alerted; %d/%d compromised accounts stepped up", k.CompromisedStepped, k.Compromised)
+			detail = fmt.Sprintf("IP alerted; %d/%d compromised accounts stepped up; %.2f alerts to handle each", k.CompromisedStepped, k.Compromised, k.AlertsPerVictim())
 		case sim.KindSpendingSpike:
 			detail = "stepped up"
 		}

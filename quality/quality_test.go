@@ -59,6 +59,13 @@ func TestBuiltInRulesMeetTheTargets(t *testing.T) {
 	if k := total.Kinds[sim.KindStuffing]; k.CompromisedStepped != k.Compromised {
 		t.Errorf("%d of %d accounts the stuffing IP got into were stepped up", k.CompromisedStepped, k.Compromised)
 	}
+	// One case for support per account an attacker got into, not one per
+	// rule category its events set off.
+	for _, name := range []string{sim.KindTakeover, sim.KindStuffing} {
+		if k := total.Kinds[name]; k.AlertsPerVictim() < 1 || k.AlertsPerVictim() > 1.05 {
+			t.Errorf("%s: %.2f alerts to handle per account it got into (%d for %d); want one each", name, k.AlertsPerVictim(), k.VictimAlerts, k.Victims)
+		}
+	}
 	h := total.Honest
 	if h.Accounts < 5000 {
 		t.Fatalf("only %d honest accounts: the traffic is too small to judge", h.Accounts)
