@@ -776,7 +776,9 @@ func (m *Manager) reindex() {
 	// and sorts what it takes, so the order within an entry never shows.
 	m.related = make(map[string][]string, len(m.related))
 	for k, a := range m.open {
-		if a.Status == "open" {
+		// Acknowledged ones too: one may lead its account's incident
+		// (accountIncident), as it did before the restart.
+		if a.Status == "open" || a.Status == "acknowledged" {
 			m.index(k, a)
 		}
 	}

@@ -237,6 +237,32 @@ func TestOneAlertPerAccountIncident(t *testing.T) {
 		t.Fatalf("open alerts after the takeover: %v (%+v), want the takeover alone, holding the later finding", got, m.Open())
 	}
 
+	// An acknowledged alert still leads: support is on it, also after a
+	// restart.
+	m = NewManager()
+	decide(m, "travel", 0, hit("impossible_travel", "impossible_travel"))
+	if _, err := m.Ack(m.Open()[0].AlertID, "agent", t0); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "alerts.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(m.Save); err != nil {
+		t.Fatal(err)
+	}
+	restarted := NewManager()
+	if err := restarted.Load(db); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*Manager{"running": m, "restarted": restarted} {
+		decide(m, "odd", time.Minute, hit("amount_far_above_habit", "abnormal"))
+		if a := m.Open(); len(a) != 1 || a[0].Status != "acknowledged" || a[0].Count != 2 {
+			t.Errorf("%s: a lesser finding after an acknowledgement: %+v, want it folded into the acknowledged alert", name, a)
+		}
+	}
+
 	// Quiet for quietAfter: a new incident.
 	m = NewManager()
 	decide(m, "stuffed", 0, hit("credential_stuffing_login", "credential_stuffing"))
