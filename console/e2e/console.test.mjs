@@ -65,10 +65,16 @@ try {
   await page.selectOption("#alert-severity", "");
 
   // The alert's own page: what a link in a delivered alert opens.
-  const alertID = await row.getAttribute("data-alert");
-  await row.locator("a.title").click();
-  await page.waitForSelector("#alert-todo li");
-  check(page.url().endsWith("#/alert/" + alertID), "an alert's title opens its page: " + page.url());
+  // The queue re-renders every few seconds and may reorder under a
+  // pointer: find the title and click it in one step.
+  const alertID = await page.evaluate(() => {
+    const a = document.querySelector("#alerts-table tr[data-category='theft'] a.title");
+    a.click();
+    return a.closest("tr").dataset.alert;
+  });
+  await page.waitForFunction((id) => location.hash === "#/alert/" + id && document.querySelector("#alert-todo li") &&
+    document.querySelector("#alert-facts").textContent.includes(id), alertID, { timeout: 15000 });
+  check(true, "an alert's title opens its page: " + page.url());
   const todo = await page.locator("#alert-todo li").count();
   const evidence = await page.locator("#alert-evidence li").count();
   const facts = await page.textContent("#alert-facts");
