@@ -244,18 +244,7 @@ func TestOneAlertPerAccountIncident(t *testing.T) {
 	if _, err := m.Ack(m.Open()[0].AlertID, "agent", t0); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "alerts.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Update(m.Save); err != nil {
-		t.Fatal(err)
-	}
-	restarted := NewManager()
-	if err := restarted.Load(db); err != nil {
-		t.Fatal(err)
-	}
+	restarted := saveAndLoad(t, m)
 	for name, m := range map[string]*Manager{"running": m, "restarted": restarted} {
 		decide(m, "odd", time.Minute, hit("amount_far_above_habit", "abnormal"))
 		if a := m.Open(); len(a) != 1 || a[0].Status != "acknowledged" || a[0].Count != 2 {
@@ -522,6 +511,25 @@ func TestAnIncidentAlertIsSentOnceAsItOpens(t *testing.T) {
 	}
 }
 
+// saveAndLoad saves m into a new store and loads it into a new manager:
+// what a restart holds.
+func saveAndLoad(t *testing.T, m *Manager) *Manager {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "alerts.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(m.Save); err != nil {
+		t.Fatal(err)
+	}
+	loaded := NewManager()
+	if err := loaded.Load(db); err != nil {
+		t.Fatal(err)
+	}
+	return loaded
+}
+
 // draws returns a seeded pseudo-random source: each call gives a number
 // in [0, n), the same sequence for the same seed on every run.
 func draws(seed uint64) func(n int) int {
@@ -650,18 +658,7 @@ func TestAlertsAreFoundByTheirIDs(t *testing.T) {
 			check(fmt.Sprintf("prune after event %d", i), m)
 		}
 	}
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Update(m.Save); err != nil {
-		t.Fatal(err)
-	}
-	loaded := NewManager()
-	if err := loaded.Load(db); err != nil {
-		t.Fatal(err)
-	}
+	loaded := saveAndLoad(t, m)
 	if len(loaded.open) == 0 || len(loaded.open) != len(m.open) {
 		t.Fatalf("%d alerts loaded, %d held", len(loaded.open), len(m.open))
 	}
