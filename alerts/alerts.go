@@ -501,9 +501,43 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 		a.Status, a.GroupedUnder = "grouped", outage.AlertID
 		m.dirty[key] = true
 		outage.addAccount(a.AccountID)
+		if outage.AccountID != "" {
+			takeIn(outage, a)
+		}
 		out = append(out, a.copy())
 	}
+	if len(keys) > 0 && outage.AccountID != "" {
+		outage.Title, outage.Summary, outage.RecommendedActions = m.tpl.Render("en", outage)
+	}
 	return out
+}
+
+// takeIn folds an account's earlier alert a into the alert now leading its
+// incident: its findings, rules and evidence, so that the one alert support
+// works from tells the whole story (the new country and the impossible
+// travel before the takeover).
+func takeIn(lead, a *Alert) {
+	lead.Count += a.Count
+	for _, r := range a.Rules {
+		if !contains(lead.Rules, r) {
+			lead.Rules = append(lead.Rules, r)
+		}
+	}
+	for _, id := range a.DecisionIDs {
+		if len(lead.DecisionIDs) < maxEvidence && !contains(lead.DecisionIDs, id) {
+			lead.DecisionIDs = append(lead.DecisionIDs, id)
+		}
+	}
+	// Each line starts with its finding's time (evidence): sorted, they
+	// read in the order things happened; the first ones are kept.
+	ev := append(slices.Clone(a.Evidence), lead.Evidence...)
+	slices.Sort(ev)
+	ev = slices.Compact(ev)
+	lead.Evidence = ev[:min(len(ev), maxEvidence)]
+	lead.Severity = maxSeverity(lead.Severity, a.Severity)
+	if rules.ActionRank(a.Action) > rules.ActionRank(lead.Action) {
+		lead.Action = a.Action
+	}
 }
 
 func alertID(key, decisionID string) string { return detector.StableID("alt_", key, decisionID) }

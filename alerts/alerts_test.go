@@ -150,8 +150,8 @@ func TestTakeoverIsOneAlert(t *testing.T) {
 		out = m.Observe(&d, out)
 	}
 	open := m.Open()
-	if len(open) != 1 || open[0].Category != "theft" || open[0].Count != 2 {
-		t.Fatalf("want one theft alert holding the later finding, got %+v", open)
+	if len(open) != 1 || open[0].Category != "theft" || open[0].Count != 3 || !slices.Contains(open[0].Rules, "impossible_travel") {
+		t.Fatalf("want one theft alert holding the earlier and the later finding, got %+v", open)
 	}
 	grouped := 0
 	for _, a := range m.All() {
@@ -217,10 +217,19 @@ func TestOneAlertPerAccountIncident(t *testing.T) {
 		t.Errorf("the earlier alert: %+v, want grouped under the impossible travel", g)
 	}
 	if len(out) != 2 || out[0].Category != "impossible_travel" || out[1].Status != "grouped" {
-		t.Errorf("delivered %+v, want the new alert then the one it took in", out)
+		t.Fatalf("delivered %+v, want the new alert then the one it took in", out)
+	}
+	// The lead tells the whole story: the findings it took in, in the
+	// order they happened.
+	lead := out[0]
+	wantRules := []string{"amount_far_above_habit", "impossible_travel", "velocity_burst"}
+	if got := slices.Sorted(slices.Values(lead.Rules)); lead.Count != 3 || !slices.Equal(got, wantRules) ||
+		len(lead.Evidence) != 3 || !slices.IsSorted(lead.Evidence) || !strings.Contains(lead.Summary, "3 findings") {
+		t.Errorf("the new alert as delivered: count %d, rules %v, evidence %q, summary %q; want the 3 findings it took in, in order",
+			lead.Count, lead.Rules, lead.Evidence, lead.Summary)
 	}
 	decide(m, "again", 3*time.Minute, hit("amount_far_above_habit", "abnormal"))
-	if a := m.Open(); len(a) != 1 || a[0].Count != 2 {
+	if a := m.Open(); len(a) != 1 || a[0].Count != 4 {
 		t.Errorf("a lesser finding after: %+v, want it folded into the impossible travel", a)
 	}
 
@@ -233,7 +242,7 @@ func TestOneAlertPerAccountIncident(t *testing.T) {
 	}
 	decide(m, "drain", 2*time.Minute, hit("balance_drain_after_takeover", "theft"))
 	decide(m, "aml2", 3*time.Minute, hit("structuring", "aml"))
-	if got := open(m); !slices.Equal(got, []string{"theft"}) || m.Open()[0].Count != 2 {
+	if got := open(m); !slices.Equal(got, []string{"theft"}) || m.Open()[0].Count != 4 {
 		t.Fatalf("open alerts after the takeover: %v (%+v), want the takeover alone, holding the later finding", got, m.Open())
 	}
 
