@@ -373,6 +373,12 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	aq := alerts.Query{Status: q.Get("status"), Category: q.Get("category"), AccountID: q.Get("account_id"),
 		MerchantID: q.Get("merchant_id"), MinSeverity: q.Get("min_severity")}
+	switch aq.Status {
+	case "", "open", "acknowledged", "resolved", "grouped", "all":
+	default:
+		writeErr(w, http.StatusBadRequest, "status must be open, acknowledged, resolved, grouped or all")
+		return
+	}
 	switch aq.MinSeverity {
 	case "", "low", "medium", "high", "critical":
 	default:

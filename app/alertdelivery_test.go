@@ -301,8 +301,10 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	if got := ids("/v1/alerts?status=all&min_severity=critical"); len(critical) == 0 || !slices.Equal(got, critical) {
 		t.Errorf("min_severity=critical listed %v, want %v", got, critical)
 	}
-	if code, _ := call(t, addr, "GET", "/v1/alerts?min_severity=urgent", "viewer-token", ""); code != 400 {
-		t.Errorf("min_severity=urgent: %d, want 400", code)
+	for _, bad := range []string{"min_severity=urgent", "status=opne"} {
+		if code, m := call(t, addr, "GET", "/v1/alerts?"+bad, "viewer-token", ""); code != 400 || m["error"] == nil {
+			t.Errorf("%s: %d %v, want 400 with an error", bad, code, m)
+		}
 	}
 
 	// Lifecycle.
