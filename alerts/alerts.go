@@ -942,6 +942,22 @@ func Newer(a, b *Alert) bool {
 	return a.AlertID < b.AlertID
 }
 
+// Statuses are the states an alert held can be in.
+var Statuses = []string{"open", "acknowledged", "grouped", "resolved"}
+
+// Held counts the alerts held by status and then severity: the size of
+// support's queue, for the metrics.
+func (m *Manager) Held() map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for _, a := range m.open {
+		if out[a.Status] == nil {
+			out[a.Status] = map[string]int{}
+		}
+		out[a.Status][a.Severity]++
+	}
+	return out
+}
+
 // All lists every alert held (any status), newest first.
 func (m *Manager) All() []Alert { return m.List(Query{Status: "all"}) }
 

@@ -301,6 +301,25 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	if got := ids("/v1/alerts?status=all&min_severity=critical"); len(critical) == 0 || !slices.Equal(got, critical) {
 		t.Errorf("min_severity=critical listed %v, want %v", got, critical)
 	}
+	// The queue's size, for Prometheus: what the API lists, by status
+	// and severity, zeros too.
+	want := map[string]int{}
+	for _, a := range m["alerts"].([]any) {
+		a := a.(map[string]any)
+		want[a["status"].(string)+"/"+a["severity"].(string)]++
+	}
+	for _, st := range []string{"open", "acknowledged", "grouped", "resolved"} {
+		for _, sev := range []string{"low", "medium", "high", "critical"} {
+			series := `walletguard_alerts_held{severity="` + sev + `",status="` + st + `"}`
+			if got := metric(t, addr, series); got != float64(want[st+"/"+sev]) {
+				t.Errorf("%s = %v, want %d (GET /v1/alerts?status=all)", series, got, want[st+"/"+sev])
+			}
+		}
+	}
+	if want["open/critical"] == 0 || want["open/medium"] == 0 {
+		t.Errorf("alerts held %v: want open critical and medium ones to count", want)
+	}
+
 	for _, bad := range []string{"min_severity=urgent", "status=opne"} {
 		if code, m := call(t, addr, "GET", "/v1/alerts?"+bad, "viewer-token", ""); code != 400 || m["error"] == nil {
 			t.Errorf("%s: %d %v, want 400 with an error", bad, code, m)

@@ -328,6 +328,7 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	}
 	a.proc = NewProcessor(cfg, set, a.dmet, log)
 	a.proc.Alerts.SetTemplates(a.tpl)
+	registerHeldAlerts(a)
 	if err := a.openSink(); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ var (
 	severities = []string{"low", "medium", "high", "critical"}
 	scopes     = []string{"account", "payment", "merchant", "ip", "device", "payee", "app_version"}
 )
+
+// Severities lists the severities from the least.
+func Severities() []string { return slices.Clone(severities) }
 
 // SeverityRank orders severities; unknown ranks 0.
 func SeverityRank(s string) int {
