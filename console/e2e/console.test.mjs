@@ -91,6 +91,10 @@ try {
   await row.locator("td:nth-child(3) a").click();
   await page.waitForSelector("#frozen-flag:has-text('FROZEN')");
   check(true, `account ${account} shows as frozen`);
+  await page.waitForSelector("#account-alerts tbody tr[data-alert]");
+  const accountAlerts = await page.locator("#account-alerts tbody tr[data-alert] a.title").allTextContents();
+  check(accountAlerts.some((t) => /takeover/i.test(t) && t.includes(account)),
+    `the account page lists its alerts, the takeover among them: ${accountAlerts.join("; ")}`);
   const habit = await page.textContent("#profile");
   check(/usually pays [\d,.]+ [A-Z]{3}/.test(habit) && /home [A-Z]{2}/.test(habit) && /known device/.test(habit),
     "the account's learned habit is shown: " + habit.trim().slice(0, 120));

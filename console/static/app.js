@@ -210,6 +210,15 @@ async function renderAccount(id) {
   if (chainCount > 1) $("#timeline").insertAdjacentHTML("afterbegin", `<li class="chain"><strong>${chainCount} steps of a takeover chain</strong> are highlighted below.</li>`);
   $("#audit-table tbody").innerHTML = acc.recent_actions.map((e) => `<tr><td>${when(e.at)}</td><td>${esc(e.action)}</td><td>${esc(e.origin)}</td>
     <td>${esc(e.actor)}</td><td>${esc(e.reason)}</td><td>${esc(e.outcome)}</td></tr>`).join("");
+  // The account's alerts: the incident support is working, and the ones
+  // it took in (grouped), each opening its own page.
+  const al = await api("GET", "/v1/alerts?status=all&limit=20&account_id=" + encodeURIComponent(id));
+  $("#account-alerts tbody").innerHTML = al.alerts.map((a) => `<tr data-alert="${esc(a.alert_id)}">
+    <td><span class="sev ${esc(a.severity)}">${esc(a.severity)}</span></td>
+    <td><a class="title" href="#/alert/${encodeURIComponent(a.alert_id)}"><strong>${esc(a.title)}</strong></a></td>
+    <td>${a.count}</td><td>${when(a.updated_at)}</td>
+    <td class="status">${esc(a.status)}${a.grouped_under ? ` under <a href="#/alert/${encodeURIComponent(a.grouped_under)}">its incident</a>` : ""}</td></tr>`).join("")
+    || "<tr><td colspan=5 class=muted>No alert about this account is held.</td></tr>";
 }
 
 // profileHTML is the account's habit as the detector learned it: what a
