@@ -369,8 +369,7 @@ func folds(category, lead string) bool {
 // leadsIncident reports whether a, just opened, takes in the account's
 // earlier alerts it outranks.
 func leadsIncident(a *Alert) bool {
-	return a.AccountID != "" && a.Category != "stuck_retry" && incidentRank(a.Category) > 1 &&
-		strings.HasPrefix(a.DedupKey, a.Category+"|account:")
+	return incidentRank(a.Category) > 1 && strings.HasPrefix(a.DedupKey, a.Category+"|account:")
 }
 
 // accountIncident returns the alert leading the incident of the account
@@ -379,9 +378,10 @@ func leadsIncident(a *Alert) bool {
 // nil if there is none.
 func (m *Manager) accountIncident(group string, at time.Time) *Alert {
 	var lead *Alert
+	suffix := "|" + group // alerts grouped by the account, not by its devices or payees
 	consider := func(a *Alert) {
 		if a == nil || a.Status != "open" && a.Status != "acknowledged" || at.Sub(a.UpdatedAt) >= quietAfter ||
-			!strings.HasSuffix(a.DedupKey, "|"+group) {
+			!strings.HasSuffix(a.DedupKey, suffix) {
 			return
 		}
 		if lead == nil {

@@ -128,9 +128,7 @@ func (b backend) HoldsAlert(id string) bool {
 	if b.a.share == nil {
 		return true
 	}
-	b.a.procMu.Lock()
-	defer b.a.procMu.Unlock()
-	_, ok := b.a.proc.Alerts.Get(id)
+	_, ok := b.Alert(id)
 	return ok
 }
 

@@ -97,6 +97,7 @@ async function renderAlerts() {
     if (![...sel.options].some((o) => o.value === c)) sel.add(new Option(c, c));
   }
   $("#alerts-more").hidden = data.alerts.length < alertPage;
+  $("#alerts-more").textContent = `Showing the ${alertPage.toLocaleString("en")} most recently updated; pick a category, severity or status to narrow the list.`;
   const list = data.alerts.slice().sort((a, b) => (sevRank[b.severity] - sevRank[a.severity]) || (b.updated_at > a.updated_at ? 1 : -1));
   const tb = $("#alerts-table tbody");
   tb.innerHTML = list.map((a) => {
