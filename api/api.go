@@ -471,7 +471,11 @@ func (s *server) score(w http.ResponseWriter, r *http.Request) {
 	}
 	ev, err := event.DecodeOwned(body, time.Now())
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error(), "reason": string(event.ReasonOf(err))})
+		resp := map[string]string{"error": err.Error(), "reason": string(event.ReasonOf(err))}
+		if re := (*event.RejectError)(nil); errors.As(err, &re) && re.Field != "" {
+			resp["field"] = re.Field
+		}
+		writeJSON(w, http.StatusBadRequest, resp)
 		return
 	}
 	d, err := s.b.Score(&ev)

@@ -63,7 +63,7 @@ func TestAPIRolesAndScoring(t *testing.T) {
 	if code, _ := call(t, addr, "POST", "/v1/score", "gateway-token", validEvents[1]); code != 409 {
 		t.Errorf("scoring the same event again: %d, want 409", code)
 	}
-	if code, m := call(t, addr, "POST", "/v1/score", "gateway-token", invalidEvents[1]); code != 400 || m["reason"] != "negative_amount" {
+	if code, m := call(t, addr, "POST", "/v1/score", "gateway-token", invalidEvents[1]); code != 400 || m["reason"] != "negative_amount" || m["field"] != "amount" {
 		t.Errorf("invalid event: %d %v", code, m)
 	}
 	code, acc := call(t, addr, "GET", "/v1/accounts/acc-1", "gateway-token", "")

@@ -1182,16 +1182,16 @@ func (b *busyClock) waitOutputs(wait func()) {
 func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 	if rec.Err != nil {
 		reason := event.ReasonOf(rec.Err)
-		var detail string
+		var field, detail string
 		var re *event.RejectError
 		if errors.As(rec.Err, &re) {
-			detail = re.Detail
+			field, detail = re.Field, re.Detail
 		}
 		a.imet.Rejected.WithLabelValues(string(reason)).Inc()
 		a.imet.DeadLettered.Inc()
-		a.log.Warn("event rejected to dead-letter topic", "reason", reason, "detail", detail,
+		a.log.Warn("event rejected to dead-letter topic", "reason", reason, "field", field, "detail", detail,
 			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
-		*msgs = append(*msgs, ingest.DeadLetter(a.cfg.Kafka.DLQTopic, rec, string(reason), detail))
+		*msgs = append(*msgs, ingest.DeadLetter(a.cfg.Kafka.DLQTopic, rec, string(reason), field, detail))
 		return
 	}
 	a.imet.CountConsumed(rec.Event.Type)

@@ -49,13 +49,17 @@ func Reasons() []Reason {
 // RejectError says why bytes are not a valid event.
 type RejectError struct {
 	Reason Reason
+	// Field is the field at fault ("ts", "geo.country", "amount"), empty
+	// when the value as a whole is (not JSON, too large). It names what a
+	// producer's fix is about, so dead letters are grouped by it.
+	Field  string
 	Detail string
 }
 
 func (e *RejectError) Error() string { return string(e.Reason) + ": " + e.Detail }
 
-func reject(r Reason, format string, args ...any) error {
-	return &RejectError{Reason: r, Detail: fmt.Sprintf(format, args...)}
+func reject(r Reason, field, format string, args ...any) error {
+	return &RejectError{Reason: r, Field: field, Detail: fmt.Sprintf(format, args...)}
 }
 
 // ReasonOf returns the rejection reason of err, or "" if err is not a rejection.
@@ -119,13 +123,13 @@ func decodeStd(b []byte, now time.Time) (Event, error) {
 
 func decodeWith(unmarshal func([]byte, any) error, b []byte, now time.Time) (Event, error) {
 	if len(b) > MaxSize {
-		return Event{}, reject(ReasonOversize, "event is %d bytes, the limit is %d", len(b), MaxSize)
+		return Event{}, reject(ReasonOversize, "", "event is %d bytes, the limit is %d", len(b), MaxSize)
 	}
 	if !startsObject(b) {
-		return Event{}, reject(ReasonInvalidJSON, "value is not a JSON object")
+		return Event{}, reject(ReasonInvalidJSON, "", "value is not a JSON object")
 	}
 	if !utf8.Valid(b) {
-		return Event{}, reject(ReasonInvalidJSON, "value is not valid UTF-8")
+		return Event{}, reject(ReasonInvalidJSON, "", "value is not valid UTF-8")
 	}
 	var w wire
 	w.Amount, w.Attempt, w.BalanceAfter, w.LatencyMS = missingInt, missingInt, missingInt, missingInt
@@ -156,13 +160,13 @@ func startsObject(b []byte) bool {
 func classifyJSONError(err error) error {
 	var gte *gojson.UnmarshalTypeError
 	if errors.As(err, &gte) {
-		return reject(ReasonWrongType, "field %q: %s is not %s", fieldName(gte.Field), gte.Value, gte.Type)
+		return reject(ReasonWrongType, gte.Field, "field %q: %s is not %s", fieldName(gte.Field), gte.Value, gte.Type)
 	}
 	var ste *stdjson.UnmarshalTypeError
 	if errors.As(err, &ste) {
-		return reject(ReasonWrongType, "field %q: %s is not %s", fieldName(ste.Field), ste.Value, ste.Type)
+		return reject(ReasonWrongType, ste.Field, "field %q: %s is not %s", fieldName(ste.Field), ste.Value, ste.Type)
 	}
-	return reject(ReasonInvalidJSON, "%s", err.Error())
+	return reject(ReasonInvalidJSON, "", "%s", err.Error())
 }
 
 func fieldName(f string) string {
@@ -195,11 +199,11 @@ func oneOf(m map[string]struct{}, v string) bool { _, ok := m[v]; return ok }
 
 func validate(ev *Event, ts string, now time.Time) error {
 	if ev.TypeName == "" {
-		return reject(ReasonMissingField, "type is required")
+		return reject(ReasonMissingField, "type", "type is required")
 	}
 	ev.Type = ParseType(ev.TypeName)
 	if ev.Type == TypeUnknown {
-		return reject(ReasonUnknownType, "type %q is not one of login, transaction, payment_attempt, account_change", clip(ev.TypeName))
+		return reject(ReasonUnknownType, "type", "type %q is not one of login, transaction, payment_attempt, account_change", clip(ev.TypeName))
 	}
 	if err := idField("event_id", ev.EventID); err != nil {
 		return err
@@ -208,33 +212,33 @@ func validate(ev *Event, ts string, now time.Time) error {
 		return err
 	}
 	if ts == "" {
-		return reject(ReasonMissingField, "ts is required")
+		return reject(ReasonMissingField, "ts", "ts is required")
 	}
 	t, err := time.Parse(time.RFC3339Nano, ts)
 	if err != nil {
-		return reject(ReasonInvalidValue, "ts %q is not RFC 3339 with an offset", clip(ts))
+		return reject(ReasonInvalidValue, "ts", "ts %q is not RFC 3339 with an offset", clip(ts))
 	}
 	if t.Before(MinTS) {
-		return reject(ReasonInvalidValue, "ts %s is before %s, the earliest accepted (a device clock that was never set?)", ts, MinTS.Format(time.DateOnly))
+		return reject(ReasonInvalidValue, "ts", "ts %s is before %s, the earliest accepted (a device clock that was never set?)", ts, MinTS.Format(time.DateOnly))
 	}
 	if t.After(now.Add(MaxFutureSkew)) {
-		return reject(ReasonFutureTS, "ts %s is more than 24h after arrival %s", ts, now.UTC().Format(time.RFC3339))
+		return reject(ReasonFutureTS, "ts", "ts %s is more than 24h after arrival %s", ts, now.UTC().Format(time.RFC3339))
 	}
 	ev.TS = t
 	if ev.IP != "" {
 		if _, err := netip.ParseAddr(ev.IP); err != nil {
-			return reject(ReasonInvalidValue, "ip %q is not an IPv4 or IPv6 literal", clip(ev.IP))
+			return reject(ReasonInvalidValue, "ip", "ip %q is not an IPv4 or IPv6 literal", clip(ev.IP))
 		}
 	}
 	if ev.Channel != "" && !oneOf(channels, ev.Channel) {
-		return reject(ReasonInvalidValue, "channel %q is not one of app, web, api, merchant", clip(ev.Channel))
+		return reject(ReasonInvalidValue, "channel", "channel %q is not one of app, web, api, merchant", clip(ev.Channel))
 	}
 	if g := ev.Geo; g != (Geo{}) {
 		if g.Country != "" && !isCountry(g.Country) {
-			return reject(ReasonInvalidValue, "geo.country %q is not an ISO 3166-1 alpha-2 code", clip(g.Country))
+			return reject(ReasonInvalidValue, "geo.country", "geo.country %q is not an ISO 3166-1 alpha-2 code", clip(g.Country))
 		}
 		if g.Lat < -90 || g.Lat > 90 || g.Lon < -180 || g.Lon > 180 {
-			return reject(ReasonInvalidValue, "geo lat/lon %g,%g out of range", g.Lat, g.Lon)
+			return reject(ReasonInvalidValue, "geo", "geo lat/lon %g,%g out of range", g.Lat, g.Lon)
 		}
 	}
 	// Integers that this type does not require default to zero (or -1 for an
@@ -253,16 +257,16 @@ func validate(ev *Event, ts string, now time.Time) error {
 	if ev.LatencyMS == missingInt {
 		ev.LatencyMS = 0
 	} else if ev.LatencyMS < 0 {
-		return reject(ReasonInvalidValue, "latency_ms %d is negative", ev.LatencyMS)
+		return reject(ReasonInvalidValue, "latency_ms", "latency_ms %d is negative", ev.LatencyMS)
 	}
 	if ev.Amount < 0 {
-		return reject(ReasonNegativeAmount, "amount %d is negative", ev.Amount)
+		return reject(ReasonNegativeAmount, "amount", "amount %d is negative", ev.Amount)
 	}
 	if ev.Currency != "" && !isCurrency(ev.Currency) {
-		return reject(ReasonInvalidValue, "currency %q is not an ISO 4217 code", clip(ev.Currency))
+		return reject(ReasonInvalidValue, "currency", "currency %q is not an ISO 4217 code", clip(ev.Currency))
 	}
 	if ev.CounterpartyCountry != "" && !isCountry(ev.CounterpartyCountry) {
-		return reject(ReasonInvalidValue, "counterparty_country %q is not an ISO 3166-1 alpha-2 code", clip(ev.CounterpartyCountry))
+		return reject(ReasonInvalidValue, "counterparty_country", "counterparty_country %q is not an ISO 3166-1 alpha-2 code", clip(ev.CounterpartyCountry))
 	}
 
 	switch ev.Type {
@@ -275,29 +279,29 @@ func validate(ev *Event, ts string, now time.Time) error {
 		}
 	case TypeTransaction:
 		if ev.TxID == "" {
-			return reject(ReasonMissingField, "tx_id is required for a transaction")
+			return reject(ReasonMissingField, "tx_id", "tx_id is required for a transaction")
 		}
 		if err := enumField("kind", ev.Kind, kinds, true); err != nil {
 			return err
 		}
 		if !amountSet {
-			return reject(ReasonMissingField, "amount is required for a transaction")
+			return reject(ReasonMissingField, "amount", "amount is required for a transaction")
 		}
 		if ev.Currency == "" {
-			return reject(ReasonMissingField, "currency is required for a transaction")
+			return reject(ReasonMissingField, "currency", "currency is required for a transaction")
 		}
 		if err := enumField("status", ev.Status, txStatuses, true); err != nil {
 			return err
 		}
 	case TypePaymentAttempt:
 		if ev.PaymentID == "" {
-			return reject(ReasonMissingField, "payment_id is required for a payment_attempt")
+			return reject(ReasonMissingField, "payment_id", "payment_id is required for a payment_attempt")
 		}
 		if !attemptSet {
-			return reject(ReasonMissingField, "attempt is required for a payment_attempt")
+			return reject(ReasonMissingField, "attempt", "attempt is required for a payment_attempt")
 		}
 		if ev.Attempt < 1 {
-			return reject(ReasonInvalidValue, "attempt %d is below 1", ev.Attempt)
+			return reject(ReasonInvalidValue, "attempt", "attempt %d is below 1", ev.Attempt)
 		}
 		if err := enumField("status", ev.Status, attStatuses, true); err != nil {
 			return err
@@ -312,10 +316,10 @@ func validate(ev *Event, ts string, now time.Time) error {
 
 func idField(name, v string) error {
 	if v == "" {
-		return reject(ReasonMissingField, "%s is required", name)
+		return reject(ReasonMissingField, name, "%s is required", name)
 	}
 	if len(v) > 128 && utf8.RuneCountInString(v) > 128 {
-		return reject(ReasonInvalidValue, "%s is longer than 128 characters", name)
+		return reject(ReasonInvalidValue, name, "%s is longer than 128 characters", name)
 	}
 	return nil
 }
@@ -323,12 +327,12 @@ func idField(name, v string) error {
 func enumField(name, v string, allowed map[string]struct{}, required bool) error {
 	if v == "" {
 		if required {
-			return reject(ReasonMissingField, "%s is required", name)
+			return reject(ReasonMissingField, name, "%s is required", name)
 		}
 		return nil
 	}
 	if !oneOf(allowed, v) {
-		return reject(ReasonInvalidValue, "%s %q is not an allowed value", name, clip(v))
+		return reject(ReasonInvalidValue, name, "%s %q is not an allowed value", name, clip(v))
 	}
 	return nil
 }

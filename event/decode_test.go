@@ -1,6 +1,7 @@
 package event
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -44,43 +45,44 @@ func TestDecodeRejects(t *testing.T) {
 		name, in string
 		want     Reason
 		detail   string
+		field    string // what dead letters are grouped by
 	}{
-		{"not json", `{"event_id":`, ReasonInvalidJSON, ""},
-		{"array", `[1,2]`, ReasonInvalidJSON, "object"},
-		{"bad utf8", "{\"event_id\":\"\xff\"}", ReasonInvalidJSON, "UTF-8"},
-		{"oversize", `{"x":"` + strings.Repeat("a", MaxSize) + `"}`, ReasonOversize, "65536"},
-		{"no type", `{"event_id":"e","ts":"2026-11-21T10:00:00Z","account_id":"a"}`, ReasonMissingField, "type"},
-		{"unknown type", base("refund_request", ""), ReasonUnknownType, "refund_request"},
-		{"no event id", `{"type":"login","ts":"2026-11-21T10:00:00Z","account_id":"a","result":"success"}`, ReasonMissingField, "event_id"},
-		{"long event id", `{"event_id":"` + strings.Repeat("x", 129) + `","type":"login","ts":"2026-11-21T10:00:00Z","account_id":"a","result":"success"}`, ReasonInvalidValue, "event_id"},
-		{"no account", `{"event_id":"e","type":"login","ts":"2026-11-21T10:00:00Z","result":"success"}`, ReasonMissingField, "account_id"},
-		{"no ts", `{"event_id":"e","type":"login","account_id":"a","result":"success"}`, ReasonMissingField, "ts"},
-		{"ts without offset", `{"event_id":"e","type":"login","ts":"2026-11-21T10:00:00","account_id":"a","result":"success"}`, ReasonInvalidValue, "ts"},
-		{"future ts", `{"event_id":"e","type":"login","ts":"2026-11-23T10:00:00Z","account_id":"a","result":"success"}`, ReasonFutureTS, "24h"},
-		{"amount is string", base("transaction", `,"tx_id":"t","kind":"payment","amount":"100","currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
-		{"amount is float", base("transaction", `,"tx_id":"t","kind":"payment","amount":1.5,"currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
-		{"negative amount", base("transaction", `,"tx_id":"t","kind":"payment","amount":-5,"currency":"IDR","status":"success"`), ReasonNegativeAmount, "-5"},
-		{"missing amount", base("transaction", `,"tx_id":"t","kind":"payment","currency":"IDR","status":"success"`), ReasonMissingField, "amount"},
-		{"missing tx_id", base("transaction", `,"kind":"payment","amount":5,"currency":"IDR","status":"success"`), ReasonMissingField, "tx_id"},
-		{"bad kind", base("transaction", `,"tx_id":"t","kind":"gift","amount":5,"currency":"IDR","status":"success"`), ReasonInvalidValue, "kind"},
-		{"bad currency", base("transaction", `,"tx_id":"t","kind":"payment","amount":5,"currency":"rupiah","status":"success"`), ReasonInvalidValue, "currency"},
-		{"missing result", base("login", ""), ReasonMissingField, "result"},
-		{"bad ip", base("login", `,"result":"success","ip":"999.1.1.1"`), ReasonInvalidValue, "ip"},
-		{"bad country", base("login", `,"result":"success","geo":{"country":"Indonesia"}`), ReasonInvalidValue, "country"},
-		{"geo wrong type", base("login", `,"result":"success","geo":"ID"`), ReasonWrongType, "geo"},
-		{"attempt zero", base("payment_attempt", `,"payment_id":"p","attempt":0,"status":"retrying"`), ReasonInvalidValue, "attempt"},
-		{"attempt missing", base("payment_attempt", `,"payment_id":"p","status":"retrying"`), ReasonMissingField, "attempt"},
-		{"bad attempt status", base("payment_attempt", `,"payment_id":"p","attempt":1,"status":"success"`), ReasonInvalidValue, "status"},
-		{"bad change", base("account_change", `,"change":"nickname"`), ReasonInvalidValue, "change"},
-		{"ts in 1970", `{"event_id":"e","type":"login","ts":"1970-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonInvalidValue, "2020-01-01"},
-		{"ts in 2100", `{"event_id":"e","type":"login","ts":"2100-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonFutureTS, "2100"},
-		{"NaN amount", base("transaction", `,"tx_id":"t","kind":"payment","amount":NaN,"currency":"IDR","status":"success"`), ReasonInvalidJSON, "'N'"},
-		{"amount 1e400", base("transaction", `,"tx_id":"t","kind":"payment","amount":1e400,"currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
-		{"amount past int64", base("transaction", `,"tx_id":"t","kind":"payment","amount":123456789012345678901234567890,"currency":"IDR","status":"success"`), ReasonWrongType, "amount"},
-		{"lat 1e400", base("login", `,"result":"success","geo":{"country":"ID","lat":1e400}`), ReasonWrongType, "geo.lat"},
-		{"deeply nested", base("login", `,"result":"success","x":`+strings.Repeat("[", 30000)+strings.Repeat("]", 30000)), ReasonInvalidJSON, "depth"},
-		{"truncated", `{"event_id":"e","type":"login","ts":"2026-`, ReasonInvalidJSON, ""},
-		{"null", `null`, ReasonInvalidJSON, "object"},
+		{"not json", `{"event_id":`, ReasonInvalidJSON, "", ""},
+		{"array", `[1,2]`, ReasonInvalidJSON, "object", ""},
+		{"bad utf8", "{\"event_id\":\"\xff\"}", ReasonInvalidJSON, "UTF-8", ""},
+		{"oversize", `{"x":"` + strings.Repeat("a", MaxSize) + `"}`, ReasonOversize, "65536", ""},
+		{"no type", `{"event_id":"e","ts":"2026-11-21T10:00:00Z","account_id":"a"}`, ReasonMissingField, "type", "type"},
+		{"unknown type", base("refund_request", ""), ReasonUnknownType, "refund_request", "type"},
+		{"no event id", `{"type":"login","ts":"2026-11-21T10:00:00Z","account_id":"a","result":"success"}`, ReasonMissingField, "event_id", "event_id"},
+		{"long event id", `{"event_id":"` + strings.Repeat("x", 129) + `","type":"login","ts":"2026-11-21T10:00:00Z","account_id":"a","result":"success"}`, ReasonInvalidValue, "event_id", "event_id"},
+		{"no account", `{"event_id":"e","type":"login","ts":"2026-11-21T10:00:00Z","result":"success"}`, ReasonMissingField, "account_id", "account_id"},
+		{"no ts", `{"event_id":"e","type":"login","account_id":"a","result":"success"}`, ReasonMissingField, "ts", "ts"},
+		{"ts without offset", `{"event_id":"e","type":"login","ts":"2026-11-21T10:00:00","account_id":"a","result":"success"}`, ReasonInvalidValue, "ts", "ts"},
+		{"future ts", `{"event_id":"e","type":"login","ts":"2026-11-23T10:00:00Z","account_id":"a","result":"success"}`, ReasonFutureTS, "24h", "ts"},
+		{"amount is string", base("transaction", `,"tx_id":"t","kind":"payment","amount":"100","currency":"IDR","status":"success"`), ReasonWrongType, "amount", "amount"},
+		{"amount is float", base("transaction", `,"tx_id":"t","kind":"payment","amount":1.5,"currency":"IDR","status":"success"`), ReasonWrongType, "amount", "amount"},
+		{"negative amount", base("transaction", `,"tx_id":"t","kind":"payment","amount":-5,"currency":"IDR","status":"success"`), ReasonNegativeAmount, "-5", "amount"},
+		{"missing amount", base("transaction", `,"tx_id":"t","kind":"payment","currency":"IDR","status":"success"`), ReasonMissingField, "amount", "amount"},
+		{"missing tx_id", base("transaction", `,"kind":"payment","amount":5,"currency":"IDR","status":"success"`), ReasonMissingField, "tx_id", "tx_id"},
+		{"bad kind", base("transaction", `,"tx_id":"t","kind":"gift","amount":5,"currency":"IDR","status":"success"`), ReasonInvalidValue, "kind", "kind"},
+		{"bad currency", base("transaction", `,"tx_id":"t","kind":"payment","amount":5,"currency":"rupiah","status":"success"`), ReasonInvalidValue, "currency", "currency"},
+		{"missing result", base("login", ""), ReasonMissingField, "result", "result"},
+		{"bad ip", base("login", `,"result":"success","ip":"999.1.1.1"`), ReasonInvalidValue, "ip", "ip"},
+		{"bad country", base("login", `,"result":"success","geo":{"country":"Indonesia"}`), ReasonInvalidValue, "country", "geo.country"},
+		{"geo wrong type", base("login", `,"result":"success","geo":"ID"`), ReasonWrongType, "geo", "geo"},
+		{"attempt zero", base("payment_attempt", `,"payment_id":"p","attempt":0,"status":"retrying"`), ReasonInvalidValue, "attempt", "attempt"},
+		{"attempt missing", base("payment_attempt", `,"payment_id":"p","status":"retrying"`), ReasonMissingField, "attempt", "attempt"},
+		{"bad attempt status", base("payment_attempt", `,"payment_id":"p","attempt":1,"status":"success"`), ReasonInvalidValue, "status", "status"},
+		{"bad change", base("account_change", `,"change":"nickname"`), ReasonInvalidValue, "change", "change"},
+		{"ts in 1970", `{"event_id":"e","type":"login","ts":"1970-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonInvalidValue, "2020-01-01", "ts"},
+		{"ts in 2100", `{"event_id":"e","type":"login","ts":"2100-01-01T00:00:00Z","account_id":"a","result":"success"}`, ReasonFutureTS, "2100", "ts"},
+		{"NaN amount", base("transaction", `,"tx_id":"t","kind":"payment","amount":NaN,"currency":"IDR","status":"success"`), ReasonInvalidJSON, "'N'", ""},
+		{"amount 1e400", base("transaction", `,"tx_id":"t","kind":"payment","amount":1e400,"currency":"IDR","status":"success"`), ReasonWrongType, "amount", "amount"},
+		{"amount past int64", base("transaction", `,"tx_id":"t","kind":"payment","amount":123456789012345678901234567890,"currency":"IDR","status":"success"`), ReasonWrongType, "amount", "amount"},
+		{"lat 1e400", base("login", `,"result":"success","geo":{"country":"ID","lat":1e400}`), ReasonWrongType, "geo.lat", "geo.lat"},
+		{"deeply nested", base("login", `,"result":"success","x":`+strings.Repeat("[", 30000)+strings.Repeat("]", 30000)), ReasonInvalidJSON, "depth", ""},
+		{"truncated", `{"event_id":"e","type":"login","ts":"2026-`, ReasonInvalidJSON, "", ""},
+		{"null", `null`, ReasonInvalidJSON, "object", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -93,6 +95,9 @@ func TestDecodeRejects(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), c.detail) {
 				t.Fatalf("error %q does not mention %q", err, c.detail)
+			}
+			if re := (*RejectError)(nil); !errors.As(err, &re) || re.Field != c.field {
+				t.Fatalf("field of %v is not %q", err, c.field)
 			}
 		})
 	}

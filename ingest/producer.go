@@ -294,38 +294,3 @@ func (p *Producer) Close() error {
 	p.transport.CloseIdleConnections()
 	return nil
 }
-
-// Dead letters carry at most this much of the original key and value. A
-// record far past the event size limit (a 10 MB message) cannot be replayed
-// anyway, and in full it would exceed what the producer and the broker accept
-// in one batch: the write would fail on every retry and stall the pipeline.
-const (
-	maxDeadLetterValue = 256 << 10
-	maxDeadLetterKey   = 1 << 10
-)
-
-// DeadLetter builds the dead-letter record for a rejected record: the original
-// key and bytes (cut to a bound, with the original size in a header), and
-// why, in headers a human can read with kcat.
-func DeadLetter(topic string, r *Record, reason, detail string) Message {
-	m := Message{
-		Topic: topic,
-		Key:   r.Key,
-		Value: r.Value,
-		Headers: []Header{
-			{Key: "walletguard-reject-reason", Value: []byte(reason)},
-			{Key: "walletguard-reject-detail", Value: []byte(detail)},
-			{Key: "walletguard-source", Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
-			{Key: "walletguard-rejected-at", Value: []byte(r.Arrived.UTC().Format(time.RFC3339Nano))},
-		},
-	}
-	if len(m.Value) > maxDeadLetterValue {
-		m.Value = m.Value[:maxDeadLetterValue]
-		m.Headers = append(m.Headers, Header{Key: "walletguard-truncated-value", Value: fmt.Appendf(nil, "%d", len(r.Value))})
-	}
-	if len(m.Key) > maxDeadLetterKey {
-		m.Key = m.Key[:maxDeadLetterKey]
-		m.Headers = append(m.Headers, Header{Key: "walletguard-truncated-key", Value: fmt.Appendf(nil, "%d", len(r.Key))})
-	}
-	return m
-}

@@ -230,11 +230,3 @@ func orDefault(v, d string) string {
 	}
 	return v
 }
-
-func clipText(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}

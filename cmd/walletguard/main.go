@@ -20,6 +20,7 @@ Usage:
   walletguard rules test DIR               run rule test cases
   walletguard config check FILE            validate a config file
   walletguard changelog status             what kafka.changelog_topic holds for a restore
+  walletguard dlq [--since 2h --export F]  what the dead-letter topic holds, by fault; export to fix and resend
   walletguard sim [--accounts N --days D]  generate wallet traffic as NDJSON
   walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development)
   walletguard version                      build information
@@ -49,6 +50,8 @@ func dispatch(cmd string, args []string) int {
 		return cmdRules(args)
 	case "config":
 		return cmdConfig(args)
+	case "dlq":
+		return cmdDLQ(args)
 	case "changelog":
 		return cmdChangelog(args)
 	case "sim":
