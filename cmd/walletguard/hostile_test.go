@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -151,5 +153,38 @@ func TestHostileInputThroughKafka(t *testing.T) {
 	}
 	if len(dlq) != len(hostile) {
 		t.Errorf("%d dead letters for %d hostile records", len(dlq), len(hostile))
+	}
+
+	// walletguard dlq reads them all back: every byte of what was kept,
+	// invalid UTF-8 included, and the original size of what was cut.
+	out, err := exec.Command(bin, "dlq", "--config", cfgPath, "--export", "-").Output()
+	if err != nil {
+		t.Fatalf("walletguard dlq --export -: %v", err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	if len(lines) != len(hostile) {
+		t.Fatalf("walletguard dlq exported %d dead letters, want %d", len(lines), len(hostile))
+	}
+	for _, l := range lines {
+		var x struct {
+			Key, Reason string
+			Value       *string
+			ValueBase64 []byte `json:"value_base64"`
+			Truncated   bool
+			ValueSize   int `json:"value_size"`
+		}
+		if err := json.Unmarshal(l, &x); err != nil {
+			t.Fatalf("export line %.200s: %v", l, err)
+		}
+		i, _ := strconv.Atoi(strings.TrimPrefix(x.Key, "hostile-"))
+		h := hostile[i]
+		kept := x.ValueBase64
+		if x.Value != nil {
+			kept = []byte(*x.Value)
+		}
+		if x.Reason != h.reason || x.ValueSize != len(h.value) || x.Truncated != (len(h.value) > 256<<10) ||
+			!bytes.HasPrefix([]byte(h.value), kept) || (!x.Truncated && len(kept) != len(h.value)) {
+			t.Errorf("exported %s: reason %s, %d bytes kept of %d (truncated %v)", x.Key, x.Reason, len(kept), x.ValueSize, x.Truncated)
+		}
 	}
 }
