@@ -1192,6 +1192,9 @@ func (a *App) handle(rec *ingest.Record, out *Outputs, msgs *[]ingest.Message) {
 		a.log.Warn("event rejected to dead-letter topic", "reason", reason, "field", field, "detail", detail,
 			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
 		*msgs = append(*msgs, ingest.DeadLetter(a.cfg.Kafka.DLQTopic, rec, string(reason), field, detail))
+		if a.sink != nil {
+			a.sink.Add(store.Batch{Rejected: []store.RejectedRow{store.NewRejectedRow(rec, string(reason), field, detail, time.Now())}})
+		}
 		return
 	}
 	a.imet.CountConsumed(rec.Event.Type)

@@ -359,3 +359,28 @@ func clip(s string) string {
 	}
 	return strings.ToValidUTF8(s[:64], "") + "…"
 }
+
+// Hints are what a rejected value still says about its producer: the event
+// type, app build and channel it claims, when it is a JSON object that
+// holds them as strings, whatever else is wrong with it. They group dead
+// letters by where they came from.
+type Hints struct {
+	Type, AppVersion, Channel string
+}
+
+// HintsOf reads the hints of a value; a value that is not a JSON object
+// has none.
+func HintsOf(b []byte) Hints {
+	var m map[string]gojson.RawMessage
+	if !startsObject(b) || gojson.Unmarshal(b, &m) != nil {
+		return Hints{}
+	}
+	str := func(k string) string {
+		var s string
+		if gojson.Unmarshal(m[k], &s) != nil {
+			return ""
+		}
+		return clip(s)
+	}
+	return Hints{Type: str("type"), AppVersion: str("app_version"), Channel: str("channel")}
+}

@@ -168,3 +168,23 @@ func benchDecode(b *testing.B, dec func([]byte, time.Time) (Event, error)) {
 func BenchmarkDecode(b *testing.B)       { benchDecode(b, Decode) }
 func BenchmarkDecodeGoJSON(b *testing.B) { benchDecode(b, decodeGoJSON) }
 func BenchmarkDecodeStdlib(b *testing.B) { benchDecode(b, decodeStd) }
+
+// TestHintsOfRejectedValues: a value rejected for one field still names
+// its producer's build and channel; one that is not a JSON object names none.
+func TestHintsOfRejectedValues(t *testing.T) {
+	cases := []struct {
+		in   string
+		want Hints
+	}{
+		{`{"type":"transaction","amount":"15000","app_version":"5.1.0","channel":"app"}`, Hints{"transaction", "5.1.0", "app"}},
+		{`{"type":"login","app_version":5,"channel":["web"]}`, Hints{Type: "login"}},
+		{`{"type":"login","ts":"2026-`, Hints{}},
+		{`[{"type":"login"}]`, Hints{}},
+		{`{"app_version":"` + strings.Repeat("9", 200) + `"}`, Hints{AppVersion: strings.Repeat("9", 64) + "…"}},
+	}
+	for _, c := range cases {
+		if got := HintsOf([]byte(c.in)); got != c.want {
+			t.Errorf("HintsOf(%.60s) = %+v, want %+v", c.in, got, c.want)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
 	"github.com/walletguard/walletguard/store"
@@ -100,6 +101,21 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 	}
 	e := enforce.AuditEntry{At: time.Now(), Action: "unfreeze", Origin: "manual", Actor: "support desk", AccountID: frozen.rows[0][0], Reason: "owner verified"}
 	w.Add(store.Batch{Actions: []store.ActionRow{store.NewActionRow(&e, time.Now())}})
+	// A build that sends amounts as strings (12 records of 6 accounts), and
+	// 3 records that are not JSON, one of them rejected again after a crash.
+	var rejected []store.RejectedRow
+	for i := range 12 {
+		acc := "acc-" + strconv.Itoa(i%6)
+		rec := ingest.Record{Topic: "wallet.events", Partition: i % 4, Offset: int64(100 + i), Key: []byte(acc), Arrived: time.Now(),
+			Value: []byte(`{"event_id":"b` + strconv.Itoa(i) + `","type":"transaction","account_id":"` + acc + `","app_version":"5.1.0","channel":"app","amount":"100"}`)}
+		rejected = append(rejected, store.NewRejectedRow(&rec, "wrong_type", "amount", `field "amount": string is not int64`, time.Now()))
+	}
+	for i := range 4 {
+		rec := ingest.Record{Topic: "wallet.events", Partition: 1, Offset: int64(200 + min(i, 2)), Key: []byte("x"), Value: []byte(`{"event_id":`),
+			Arrived: time.Now().Add(time.Duration(i) * time.Second)}
+		rejected = append(rejected, store.NewRejectedRow(&rec, "invalid_json", "", "unexpected end of JSON input", time.Now()))
+	}
+	w.Add(store.Batch{Rejected: rejected})
 	if err := w.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +176,16 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 		"risky_ips_and_devices.sql": func(tb table) {
 			if len(tb.rows) == 0 || tb.rows[0][tb.col("id")] != stuffingIP {
 				t.Errorf("the stuffing IP %s is not the riskiest: %v", stuffingIP, tb.rows)
+			}
+		},
+		"rejected_by_producer.sql": func(tb table) {
+			got := map[string]string{}
+			for _, r := range tb.rows {
+				got[r[tb.col("reason")]+" "+r[tb.col("field")]+" "+r[tb.col("app_version")]] = r[tb.col("records")] + " " + r[tb.col("accounts")]
+			}
+			if len(tb.rows) != 2 || got["wrong_type amount 5.1.0"] != "12 6" || got["invalid_json  "] != "3 1" ||
+				tb.rows[0][tb.col("reason")] != "wrong_type" {
+				t.Errorf("rejected records by fault and producer: %v, want wrong_type amount from 5.1.0: 12 records of 6 accounts, then 3 invalid_json of 1", tb.rows)
 			}
 		},
 		"alerts_by_category.sql": func(tb table) {

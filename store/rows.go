@@ -1,12 +1,15 @@
 package store
 
 import (
+	"fmt"
+	"math"
 	"time"
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 )
 
 // Table names and their insert columns (named explicitly: ClickHouse 18.16
@@ -17,6 +20,7 @@ const (
 	TableDecisions = "decisions"
 	TableActions   = "actions"
 	TableAlerts    = "alerts"
+	TableRejected  = "rejected"
 )
 
 var columns = map[string][]string{
@@ -31,6 +35,8 @@ var columns = map[string][]string{
 	TableAlerts: {"alert_id", "dedup_key", "status", "severity", "category", "account_id", "merchant_id", "app_version", "ip",
 		"title", "summary", "reason", "cause", "action", "count", "affected_accounts", "rules", "created_at", "updated_at",
 		"updated_ms", "version", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at", "resolution", "grouped_under", "written_at"},
+	TableRejected: {"source", "source_topic", "source_partition", "source_offset", "rejected_at", "rejected_ms", "reason", "field",
+		"detail", "record_key", "event_type", "app_version", "channel", "value", "value_size", "written_at"},
 }
 
 // EventRow is one event as analysts see it: common fields as columns, the
@@ -180,4 +186,41 @@ func NewAlertRow(a *alerts.Alert, now time.Time) AlertRow {
 		Version: uint64(max(a.UpdatedAt.UnixMilli(), 0))*4 + statusOrder[a.Status],
 		AckBy:   a.AcknowledgedBy, AckAt: orEpoch(a.AcknowledgedAt), ResolvedBy: a.ResolvedBy, ResolvedAt: orEpoch(a.ResolvedAt),
 		Resolution: a.Resolution, GroupedUnder: a.GroupedUnder, WrittenAt: now.UTC()}
+}
+
+// maxRejectedValue bounds the start of a rejected record a row keeps:
+// enough to see what was wrong (an event is at most 64 KiB), not the 10 MB
+// a broken producer may send.
+const maxRejectedValue = 16 << 10
+
+// RejectedRow is one record rejected as invalid (and dead-lettered): why,
+// where it came from, what it says of its producer, and its start.
+type RejectedRow struct {
+	Source, SourceTopic           string
+	SourcePartition               uint32
+	SourceOffset                  uint64
+	RejectedAt                    time.Time
+	RejectedMs                    uint64
+	Reason, Field, Detail         string
+	Key, EventType, AppV, Channel string
+	Value                         string
+	ValueSize                     uint32
+	WrittenAt                     time.Time
+}
+
+func (r *RejectedRow) values() []any {
+	return []any{r.Source, r.SourceTopic, r.SourcePartition, r.SourceOffset, r.RejectedAt, r.RejectedMs, r.Reason, r.Field,
+		r.Detail, r.Key, r.EventType, r.AppV, r.Channel, r.Value, r.ValueSize, r.WrittenAt}
+}
+
+// NewRejectedRow makes the row of a rejected record. Its place in Kafka
+// is its id: the same record rejected again after a crash is the same row.
+func NewRejectedRow(rec *ingest.Record, reason, field, detail string, now time.Time) RejectedRow {
+	h := event.HintsOf(rec.Value)
+	v := rec.Value[:min(len(rec.Value), maxRejectedValue)]
+	return RejectedRow{Source: fmt.Sprintf("%s/%d/%d", rec.Topic, rec.Partition, rec.Offset), SourceTopic: rec.Topic,
+		SourcePartition: uint32(max(rec.Partition, 0)), SourceOffset: uint64(max(rec.Offset, 0)),
+		RejectedAt: rec.Arrived.UTC(), RejectedMs: uint64(max(rec.Arrived.UnixMilli(), 0)), Reason: reason, Field: field, Detail: detail,
+		Key: string(rec.Key[:min(len(rec.Key), 1024)]), EventType: h.Type, AppV: h.AppVersion, Channel: h.Channel,
+		Value: string(v), ValueSize: uint32(min(len(rec.Value), math.MaxUint32)), WrittenAt: now.UTC()}
 }

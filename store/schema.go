@@ -1,8 +1,8 @@
 // Package store owns walletguard's analytics sink in ClickHouse: the schema
 // and its versioned migrations, and a Writer that batches events,
-// decisions, actions and alert changes in its own goroutine, spills them to
-// a local spool while ClickHouse is down or slow, and writes the spool back
-// in order when it returns. Tables are ReplacingMergeTree keyed by the
+// decisions, actions, alert changes and rejected records in its own
+// goroutine, spills them to a local spool while ClickHouse is down or slow,
+// and writes the spool back in order when it returns. Tables are ReplacingMergeTree keyed by the
 // records' own ids, so a row written twice (a redelivery after a crash, a
 // spool retried after a timeout that had in fact succeeded) collapses to one:
 // queries read with FINAL (or count distinct ids). The schema works on the
@@ -57,6 +57,16 @@ var migrations = []migration{
 			acknowledged_by String, acknowledged_at DateTime, resolved_by String, resolved_at DateTime,
 			resolution String, grouped_under String, written_at DateTime
 		) ENGINE = ReplacingMergeTree(written_at) PARTITION BY toYYYYMMDD(created_at) ORDER BY (alert_id, version)`,
+	}},
+	// Monthly, keyed by the record's place in Kafka: a record rejected
+	// again after a crash has a later rejected_at but the same place.
+	{2, "rejected", []string{
+		`CREATE TABLE IF NOT EXISTS {db}.rejected (
+			source String, source_topic String, source_partition UInt32, source_offset UInt64,
+			rejected_at DateTime, rejected_ms UInt64, reason String, field String, detail String,
+			record_key String, event_type String, app_version String, channel String,
+			value String, value_size UInt32, written_at DateTime
+		) ENGINE = ReplacingMergeTree(written_at) PARTITION BY toYYYYMM(rejected_at) ORDER BY (source_topic, source_partition, source_offset)`,
 	}},
 }
 

@@ -98,7 +98,7 @@ func TestMigrateIsIdempotentAndVersioned(t *testing.T) {
 		t.Errorf("second migration applied %v, %v; want nothing", applied, err)
 	}
 	out, _ := s.Query(ctx, "SELECT version, name FROM wg2.schema_migrations ORDER BY version; SHOW TABLES FROM wg2")
-	for _, want := range []string{"1\tevents, decisions, actions, alerts", "actions", "alerts", "decisions", "events"} {
+	for _, want := range []string{"1\tevents, decisions, actions, alerts", "2\trejected", "actions", "alerts", "decisions", "events", "rejected"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("schema lacks %q:\n%s", want, out)
 		}

@@ -41,10 +41,13 @@ type Batch struct {
 	Decisions []DecisionRow `json:"decisions,omitempty"`
 	Actions   []ActionRow   `json:"actions,omitempty"`
 	Alerts    []AlertRow    `json:"alerts,omitempty"`
+	Rejected  []RejectedRow `json:"rejected,omitempty"`
 }
 
 // Len is the number of rows.
-func (b *Batch) Len() int { return len(b.Events) + len(b.Decisions) + len(b.Actions) + len(b.Alerts) }
+func (b *Batch) Len() int {
+	return len(b.Events) + len(b.Decisions) + len(b.Actions) + len(b.Alerts) + len(b.Rejected)
+}
 
 // ErrSpoolFull means rows were refused because the spool reached its limit.
 var ErrSpoolFull = errors.New("analytics spool is full")
@@ -125,7 +128,7 @@ func Open(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Writer, err
 		func() float64 { return float64(w.spoolBytes.Load()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "walletguard_clickhouse_spool_limit_bytes", Help: "Spool size at which rows are refused."},
 		func() float64 { return float64(cfg.SpoolLimit) })
-	for _, t := range []string{TableEvents, TableDecisions, TableActions, TableAlerts} {
+	for _, t := range []string{TableEvents, TableDecisions, TableActions, TableAlerts, TableRejected} {
 		w.m.rows.WithLabelValues(t)
 	}
 	go w.loop()
@@ -146,6 +149,7 @@ func (w *Writer) Add(b Batch) {
 	w.cur.Decisions = append(w.cur.Decisions, b.Decisions...)
 	w.cur.Actions = append(w.cur.Actions, b.Actions...)
 	w.cur.Alerts = append(w.cur.Alerts, b.Alerts...)
+	w.cur.Rejected = append(w.cur.Rejected, b.Rejected...)
 	full := w.cur.Len() >= w.cfg.BatchRows
 	w.mu.Unlock()
 	if full {
@@ -276,7 +280,8 @@ func (w *Writer) write(b *Batch) error {
 			insert(ctx, w, TableEvents, b.Events),
 			insert(ctx, w, TableDecisions, b.Decisions),
 			insert(ctx, w, TableActions, b.Actions),
-			insert(ctx, w, TableAlerts, b.Alerts))
+			insert(ctx, w, TableAlerts, b.Alerts),
+			insert(ctx, w, TableRejected, b.Rejected))
 	}
 	if err != nil {
 		w.m.failures.Inc()

@@ -22,6 +22,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 )
 
@@ -138,9 +139,7 @@ func (f *deadLetterFilter) match(r *ingest.Rejected) bool {
 		(f.field == "" || r.Field == f.field)
 }
 
-// hintFields are the event fields that point at a producer: which kind of
-// event, from which app build, through which channel. They are read from
-// rejected values that are JSON objects, whatever else is wrong with them.
+// hintFields name event.Hints as the summary shows them.
 var hintFields = []string{"type", "app_version", "channel"}
 
 // deadLetterGroup is the dead letters of one reason and field: most often
@@ -185,15 +184,14 @@ func (s *deadLetterSummary) add(r *ingest.Rejected) {
 	} else if g.detail == "" {
 		g.detail = r.Detail
 	}
-	var hint map[string]any
-	if json.Unmarshal(r.Value, &hint) == nil {
-		for _, f := range hintFields {
-			if v, ok := hint[f].(string); ok && v != "" {
-				if g.hints[f] == nil {
-					g.hints[f] = map[string]int{}
-				}
-				g.hints[f][v]++
+	h := event.HintsOf(r.Value)
+	for i, v := range []string{h.Type, h.AppVersion, h.Channel} {
+		if v != "" {
+			f := hintFields[i]
+			if g.hints[f] == nil {
+				g.hints[f] = map[string]int{}
 			}
+			g.hints[f][v]++
 		}
 	}
 	if s.samples > 0 {
