@@ -296,6 +296,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	a.emet = enforce.NewMetrics(a.reg)
 	a.ckptErr.Store("")
 
+	if err := SecureKafka(cfg, log); err != nil {
+		return nil, err
+	}
 	set, err := rules.Load(cfg.Rules.Paths)
 	if err != nil {
 		return nil, fmt.Errorf("load rules: %w", err)
@@ -1350,6 +1353,9 @@ func (a *App) ready() (bool, string) {
 		return false, restoringReason
 	}
 	if !a.source.Ready() {
+		if err := a.source.JoinError(); err != nil {
+			return false, "not consuming yet: joining the consumer group fails: " + err.Error()
+		}
 		return false, "not consuming yet (joining the consumer group)"
 	}
 	if e := a.ckptErr.Load().(string); e != "" {

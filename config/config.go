@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -73,11 +74,43 @@ type TOTP struct {
 	MaxWrongCodes int `yaml:"max_wrong_codes"`
 }
 
+// KafkaTLS is TLS to the brokers.
+type KafkaTLS struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM bundle of the authorities that sign the brokers'
+	// certificates; empty: the system's.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate and its key, for
+	// brokers that authenticate clients by certificate (mutual TLS).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name verified in the brokers' certificates when it
+	// is not the host of their address.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate: for a test cluster only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// KafkaSASL is the login to the brokers.
+type KafkaSASL struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: none.
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+}
+
+// SASLMechanisms are the values kafka.sasl.mechanism accepts.
+var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
 // Kafka is where events come from and where walletguard's own records go.
 type Kafka struct {
 	// Brokers of an external cluster; empty starts the embedded broker.
-	Brokers        []string `yaml:"brokers"`
-	EmbeddedListen string   `yaml:"embedded_listen"`
+	Brokers []string `yaml:"brokers"`
+	// TLS and SASL secure the connections to Brokers (a managed cluster
+	// takes nothing else); the embedded broker speaks plaintext.
+	TLS            KafkaTLS  `yaml:"tls"`
+	SASL           KafkaSASL `yaml:"sasl"`
+	EmbeddedListen string    `yaml:"embedded_listen"`
 	// EmbeddedPartitions is the partition count of topics the embedded broker creates.
 	EmbeddedPartitions int      `yaml:"embedded_partitions"`
 	Topics             []string `yaml:"topics"`
@@ -409,6 +442,7 @@ func (c *Config) Validate() error {
 			bad("kafka.embedded_listen: %q is not host:port", c.Kafka.EmbeddedListen)
 		}
 	}
+	c.validateKafkaSecurity(bad)
 	if c.Kafka.EmbeddedPartitions < 1 || c.Kafka.EmbeddedPartitions > 1024 {
 		bad("kafka.embedded_partitions: %d is not between 1 and 1024", c.Kafka.EmbeddedPartitions)
 	}
@@ -578,4 +612,38 @@ func validRole(r string) bool {
 		}
 	}
 	return false
+}
+
+func (c *Config) validateKafkaSecurity(bad func(string, ...any)) {
+	t, sl := c.Kafka.TLS, c.Kafka.SASL
+	secured := t.Enabled || sl.Mechanism != ""
+	if secured && len(c.Kafka.Brokers) == 0 {
+		bad("kafka.tls, kafka.sasl: they secure kafka.brokers, which is empty; the embedded broker speaks plaintext")
+	}
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		bad("kafka.tls: settings given but enabled is false")
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad("kafka.tls: cert_file and key_file go together")
+	}
+	for name, f := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			bad("kafka.tls.%s: %v", name, err)
+		}
+	}
+	if sl.Mechanism == "" {
+		if sl.Username != "" || sl.Password != "" {
+			bad("kafka.sasl: username or password given without a mechanism (%s)", strings.Join(SASLMechanisms, ", "))
+		}
+		return
+	}
+	if !slices.Contains(SASLMechanisms, sl.Mechanism) {
+		bad("kafka.sasl.mechanism: %q is not one of %s", sl.Mechanism, strings.Join(SASLMechanisms, ", "))
+	}
+	if sl.Username == "" || sl.Password == "" {
+		bad("kafka.sasl: %s needs username and password", sl.Mechanism)
+	}
 }

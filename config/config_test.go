@@ -140,3 +140,33 @@ func TestDeployExampleIsValid(t *testing.T) {
 		t.Fatalf("example parsed wrong: %+v", c)
 	}
 }
+
+// TestKafkaSecurity: a managed cluster's TLS and SASL settings parse, and a
+// half-given or contradictory one is refused with the key that is wrong.
+func TestKafkaSecurity(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WG_KAFKA_PASSWORD", "s3cret")
+	good := "kafka:\n  brokers: [b1:9093]\n  tls: {enabled: true, ca_file: " + ca + "}\n" +
+		"  sasl:\n    mechanism: SCRAM-SHA-512\n    username: walletguard\n    password: ${WG_KAFKA_PASSWORD}\n"
+	c, err := Parse([]byte(good))
+	if err != nil || !c.Kafka.TLS.Enabled || c.Kafka.TLS.CAFile != ca || c.Kafka.SASL.Password != "s3cret" {
+		t.Errorf("parsed %+v %+v, %v", c.Kafka.TLS, c.Kafka.SASL, err)
+	}
+	bad := map[string]string{
+		"kafka:\n  tls: {enabled: true}\n":                                                "kafka.brokers, which is empty",
+		"kafka:\n  brokers: [b]\n  tls: {ca_file: " + ca + "}\n":                          "enabled is false",
+		"kafka:\n  brokers: [b]\n  tls: {enabled: true, cert_file: " + ca + "}\n":         "cert_file and key_file go together",
+		"kafka:\n  brokers: [b]\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem}\n":  "kafka.tls.ca_file",
+		"kafka:\n  brokers: [b]\n  sasl: {mechanism: GSSAPI, username: u, password: p}\n": "kafka.sasl.mechanism",
+		"kafka:\n  brokers: [b]\n  sasl: {mechanism: SCRAM-SHA-256, username: u}\n":       "needs username and password",
+		"kafka:\n  brokers: [b]\n  sasl: {username: u, password: p}\n":                    "without a mechanism",
+	}
+	for doc, want := range bad {
+		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %q", doc, err, want)
+		}
+	}
+}

@@ -109,7 +109,7 @@ type committedOffsets struct {
 // CommittedOffsets returns the offsets group has committed of the
 // partitions asked for, by topic; a partition with none is left out.
 func CommittedOffsets(ctx context.Context, brokers []string, group string, partitions map[string][]int) (map[string]map[int]int64, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	client := newClient(brokers, 10*time.Second)
 	resp, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: partitions})
 	if err == nil {
 		err = resp.Error

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
@@ -56,10 +55,7 @@ const (
 
 // NewProducer makes a producer for the brokers.
 func NewProducer(brokers []string, m *Metrics, log *slog.Logger) *Producer {
-	t := &kafka.Transport{
-		Dial:        (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
-		DialTimeout: 3 * time.Second,
-	}
+	t := newTransport() // its own: Close drops its connections
 	return &Producer{
 		client:    &kafka.Client{Addr: kafka.TCP(brokers...), Transport: t, Timeout: produceTimeout},
 		transport: t,

@@ -145,7 +145,7 @@ func GroupOwner(ctx context.Context, brokers []string, group string) (addr, memb
 // describeGroup lists the members of a consumer group, with their
 // metadata and assignments.
 func describeGroup(ctx context.Context, brokers []string, group string) ([]kafka.DescribeGroupsResponseMember, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	client := newClient(brokers, 5*time.Second)
 	resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
 		return nil, fmt.Errorf("describe consumer group %s: %w", group, err)

@@ -145,6 +145,7 @@ type Source struct {
 	commited map[topicPartition]int64
 	fetched  map[topicPartition]int64 // next offset after the last record handed on
 	ready    bool
+	joinErr  error // the last failed attempt to join the group, nil once joined
 	assigned map[topicPartition]bool
 	// followed holds the partitions whose records were last handed on as a
 	// standby's: fetched is then exactly where the state is.
@@ -194,6 +195,14 @@ func (s *Source) Ready() bool {
 	return s.ready && len(s.assigned) > 0
 }
 
+// JoinError is why the last attempt to join the consumer group failed
+// (the brokers unreachable, a TLS or SASL login refused); nil once joined.
+func (s *Source) JoinError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.joinErr
+}
+
 // Standby reports whether the source is in its group with no partition:
 // another walletguard owns them all (see soleOwner).
 func (s *Source) Standby() bool {
@@ -236,6 +245,7 @@ func (s *Source) Run(ctx context.Context) error {
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                     s.cfg.GroupID,
 		Brokers:                s.cfg.Brokers,
+		Dialer:                 dialer(),
 		Topics:                 s.cfg.Topics,
 		SessionTimeout:         s.cfg.SessionTimeout,
 		HeartbeatInterval:      s.cfg.SessionTimeout / 5,
@@ -264,6 +274,9 @@ func (s *Source) Run(ctx context.Context) error {
 				return nil
 			}
 			s.log.Warn("consumer group join failed; retrying", "group", s.cfg.GroupID, "err", err)
+			s.mu.Lock()
+			s.joinErr = err
+			s.mu.Unlock()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -271,6 +284,9 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		s.mu.Lock()
+		s.joinErr = nil
+		s.mu.Unlock()
 		s.runGeneration(ctx, gen, commitTick.C)
 		if ctx.Err() != nil {
 			return nil
@@ -574,6 +590,7 @@ func (s *Source) behind(ctx context.Context, r *kafka.Reader) bool {
 func PartitionReader(brokers []string, topic string, partition int, log *slog.Logger) *kafka.Reader {
 	return kafka.NewReader(kafka.ReaderConfig{
 		Brokers:   brokers,
+		Dialer:    dialer(),
 		Topic:     topic,
 		Partition: partition,
 		MinBytes:  1,

@@ -50,8 +50,7 @@ func TailFrom(ctx context.Context, brokers []string, topic string, start func(pa
 }
 
 func topicPartitions(ctx context.Context, broker, topic string) ([]kafka.Partition, error) {
-	var d kafka.Dialer
-	conn, err := d.DialContext(ctx, "tcp", broker)
+	conn, err := dialer().DialContext(ctx, "tcp", broker)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", broker, err)
 	}
@@ -108,7 +107,7 @@ func listOffsets(ctx context.Context, brokers []string, topic string, partitions
 	for i, p := range partitions {
 		req[i] = which(p)
 	}
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	c := newClient(brokers, 10*time.Second)
 	resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: req}})
 	if err != nil {
 		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
@@ -209,7 +208,7 @@ func readRange(ctx context.Context, brokers []string, topic string, partition in
 // key, keeping every record at least minLag before compaction may replace
 // it. A topic that exists is left as it is.
 func CreateCompacted(ctx context.Context, brokers []string, topic string, partitions int, minLag time.Duration) error {
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	c := newClient(brokers, 10*time.Second)
 	resp, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
 		Topic: topic, NumPartitions: partitions, ReplicationFactor: -1,
 		ConfigEntries: []kafka.ConfigEntry{

@@ -38,6 +38,10 @@ func cmdChangelog(args []string) int {
 		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
 		return 2
 	}
+	if err := app.SecureKafka(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	st, err := app.ReadChangelogStatus(ctx, cfg, *records, slog.New(slog.DiscardHandler))

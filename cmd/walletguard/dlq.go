@@ -21,6 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
@@ -42,6 +43,10 @@ func cmdDLQ(args []string) int {
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+		return 2
+	}
+	if err := app.SecureKafka(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
 		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
 		return 2
 	}
