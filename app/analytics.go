@@ -3,10 +3,14 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walletguard/walletguard/alerts"
+	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
@@ -19,14 +23,27 @@ func (a *App) openSink() error {
 	if ch.Addr == "" {
 		return nil
 	}
-	w, err := store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password,
-		SpoolDir: filepath.Join(a.cfg.DataDir, "spool"), SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
-		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, a.log, a.reg)
+	w, err := openStore(ch, filepath.Join(a.cfg.DataDir, "spool"), a.log, a.reg)
 	if err != nil {
-		return fmt.Errorf("clickhouse: %w", err)
+		return err
 	}
 	a.sink = w
 	return nil
+}
+
+// openStore starts a ClickHouse writer as ch says, spooling in spoolDir.
+func openStore(ch config.ClickHouse, spoolDir string, log *slog.Logger, reg prometheus.Registerer) (*store.Writer, error) {
+	tlsCfg, err := ch.TLS.Client()
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse.%w", err)
+	}
+	w, err := store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password, TLS: tlsCfg,
+		SpoolDir: spoolDir, SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
+		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: %w", err)
+	}
+	return w, nil
 }
 
 // toSink hands what one event (or action) produced to the analytics

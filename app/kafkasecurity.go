@@ -1,6 +1,7 @@
 package app
 
 import (
+	"fmt"
 	"log/slog"
 
 	"github.com/walletguard/walletguard/config"
@@ -16,8 +17,11 @@ func SecureKafka(cfg config.Config, log *slog.Logger) error {
 		ingest.Secure(ingest.Security{})
 		return nil
 	}
-	sec, err := ingest.NewSecurity(k.TLS.Enabled, ingest.TLSFiles{CAFile: k.TLS.CAFile, CertFile: k.TLS.CertFile, KeyFile: k.TLS.KeyFile,
-		ServerName: k.TLS.ServerName, InsecureSkipVerify: k.TLS.InsecureSkipVerify}, k.SASL.Mechanism, k.SASL.Username, k.SASL.Password)
+	tlsCfg, err := k.TLS.Client()
+	if err != nil {
+		return fmt.Errorf("kafka.%w", err)
+	}
+	sec, err := ingest.NewSecurity(tlsCfg, k.SASL.Mechanism, k.SASL.Username, k.SASL.Password)
 	if err != nil {
 		return err
 	}

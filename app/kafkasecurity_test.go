@@ -2,20 +2,12 @@ package app
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/walletguard/walletguard/config"
+	"github.com/walletguard/walletguard/internal/testcert"
 )
 
 // TestSecuredClusters: managed clusters take only TLS connections, most
@@ -40,7 +33,8 @@ func TestSecuredClusters(t *testing.T) {
 		t.Fatal("kcat is required (Debian package kcat; the test script installs it)")
 	}
 	dir := t.TempDir()
-	caFile, serverTLS := testCertificates(t, dir)
+	certs := testcert.New(t, dir)
+	caFile, serverTLS := certs.CAFile, certs.Server
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(readFileT(t, caFile)))
 	var in []string
@@ -57,7 +51,7 @@ func TestSecuredClusters(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			return string(out), err
 		}
-		checkSecured(t, broker, config.KafkaTLS{Enabled: true, CAFile: caFile}, config.KafkaSASL{},
+		checkSecured(t, broker, config.TLS{Enabled: true, CAFile: caFile}, config.KafkaSASL{},
 			func() {
 				if out, err := kcatRun(strings.Join(in, "\n")+"\n", "-P", "-t", "wallet.events"); err != nil {
 					t.Fatalf("kcat -P over TLS: %v: %s", err, out)
@@ -96,7 +90,7 @@ func TestSecuredClusters(t *testing.T) {
 			}
 			return out.String()
 		}
-		checkSecured(t, broker, config.KafkaTLS{Enabled: true, CAFile: caFile},
+		checkSecured(t, broker, config.TLS{Enabled: true, CAFile: caFile},
 			config.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "walletguard", Password: "s3cret"},
 			func() {
 				cl := client("s3cret", kgo.DefaultProduceTopic("wallet.events"))
@@ -119,7 +113,7 @@ func TestSecuredClusters(t *testing.T) {
 		}
 		cfg := testConfig(t, t.TempDir())
 		cfg.Kafka.Brokers = []string{broker}
-		cfg.Kafka.TLS = config.KafkaTLS{Enabled: true, CAFile: caFile}
+		cfg.Kafka.TLS = config.TLS{Enabled: true, CAFile: caFile}
 		cfg.Kafka.SASL = config.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "walletguard", Password: "wrong"}
 		a, err := New(cfg, slog.New(slog.DiscardHandler), Options{})
 		if err != nil {
@@ -155,7 +149,7 @@ func securedBroker(t *testing.T, opts ...kfake.Opt) string {
 // has produce send validEvents and invalidEvents, and checks through read
 // (an outside client's view of a topic) that the decisions and dead letters
 // came out there, and that the group committed its offsets.
-func checkSecured(t *testing.T, broker string, tlsCfg config.KafkaTLS, saslCfg config.KafkaSASL, produce func(), read func(topic string) string) {
+func checkSecured(t *testing.T, broker string, tlsCfg config.TLS, saslCfg config.KafkaSASL, produce func(), read func(topic string) string) {
 	t.Helper()
 	cfg := testConfig(t, t.TempDir())
 	cfg.Kafka.Brokers = []string{broker}
@@ -188,39 +182,4 @@ func readFileT(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// testCertificates makes a CA and a certificate it signs for 127.0.0.1
-// and localhost; it writes the CA to dir and returns its file and the
-// server's TLS config.
-func testCertificates(t *testing.T, dir string) (caFile string, server *tls.Config) {
-	t.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey, srvKey := key(), key()
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "walletguard test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srv, ca, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}}, MinVersion: tls.VersionTLS12}
 }

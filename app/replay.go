@@ -86,11 +86,8 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 		// A backtest can land in ClickHouse too, for analysts; its spool
 		// lives beside the outputs.
 		var err error
-		sink, err = store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password,
-			SpoolDir: filepath.Join(outDir, "spool"), SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
-			FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, log, prometheus.NewRegistry())
-		if err != nil {
-			return sum, fmt.Errorf("clickhouse: %w", err)
+		if sink, err = openStore(ch, filepath.Join(outDir, "spool"), log, prometheus.NewRegistry()); err != nil {
+			return sum, err
 		}
 		sum.ClickHouse = ch.Addr + "/" + ch.Database
 	}

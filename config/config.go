@@ -5,6 +5,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -74,21 +76,65 @@ type TOTP struct {
 	MaxWrongCodes int `yaml:"max_wrong_codes"`
 }
 
-// KafkaTLS is TLS to the brokers.
-type KafkaTLS struct {
+// TLS is a client's TLS to a server: the Kafka brokers, ClickHouse.
+type TLS struct {
 	Enabled bool `yaml:"enabled"`
-	// CAFile is a PEM bundle of the authorities that sign the brokers'
+	// CAFile is a PEM bundle of the authorities that sign the server's
 	// certificates; empty: the system's.
 	CAFile string `yaml:"ca_file"`
 	// CertFile and KeyFile are a client certificate and its key, for
-	// brokers that authenticate clients by certificate (mutual TLS).
+	// servers that authenticate clients by certificate (mutual TLS).
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
-	// ServerName is the name verified in the brokers' certificates when it
-	// is not the host of their address.
+	// ServerName is the name verified in the server's certificate when it
+	// is not the host of its address.
 	ServerName string `yaml:"server_name"`
-	// InsecureSkipVerify accepts any certificate: for a test cluster only.
+	// InsecureSkipVerify accepts any certificate: for a test server only.
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Client makes the TLS configuration t describes, reading its files; nil
+// when TLS is not enabled.
+func (t TLS) Client() (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate in it", t.CAFile)
+		}
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+func validateTLS(key string, t TLS, bad func(string, ...any)) {
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		bad("%s: settings given but enabled is false", key)
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad("%s: cert_file and key_file go together", key)
+	}
+	for name, f := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			bad("%s.%s: %v", key, name, err)
+		}
+	}
 }
 
 // KafkaSASL is the login to the brokers.
@@ -108,7 +154,7 @@ type Kafka struct {
 	Brokers []string `yaml:"brokers"`
 	// TLS and SASL secure the connections to Brokers (a managed cluster
 	// takes nothing else); the embedded broker speaks plaintext.
-	TLS            KafkaTLS  `yaml:"tls"`
+	TLS            TLS       `yaml:"tls"`
 	SASL           KafkaSASL `yaml:"sasl"`
 	EmbeddedListen string    `yaml:"embedded_listen"`
 	// EmbeddedPartitions is the partition count of topics the embedded broker creates.
@@ -189,6 +235,9 @@ type ClickHouse struct {
 	Database string `yaml:"database"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// TLS to the server (its secure native port, 9440 by default): what a
+	// managed ClickHouse takes.
+	TLS TLS `yaml:"tls"`
 	// Rows are written in batches of BatchRows or every FlushInterval.
 	BatchRows     int      `yaml:"batch_rows"`
 	FlushInterval Duration `yaml:"flush_interval"`
@@ -443,6 +492,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateKafkaSecurity(bad)
+	validateTLS("clickhouse.tls", c.ClickHouse.TLS, bad)
+	if c.ClickHouse.TLS.Enabled && c.ClickHouse.Addr == "" {
+		bad("clickhouse.tls: it secures clickhouse.addr, which is empty")
+	}
 	if c.Kafka.EmbeddedPartitions < 1 || c.Kafka.EmbeddedPartitions > 1024 {
 		bad("kafka.embedded_partitions: %d is not between 1 and 1024", c.Kafka.EmbeddedPartitions)
 	}
@@ -620,20 +673,7 @@ func (c *Config) validateKafkaSecurity(bad func(string, ...any)) {
 	if secured && len(c.Kafka.Brokers) == 0 {
 		bad("kafka.tls, kafka.sasl: they secure kafka.brokers, which is empty; the embedded broker speaks plaintext")
 	}
-	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
-		bad("kafka.tls: settings given but enabled is false")
-	}
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		bad("kafka.tls: cert_file and key_file go together")
-	}
-	for name, f := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
-		if f == "" {
-			continue
-		}
-		if _, err := os.Stat(f); err != nil {
-			bad("kafka.tls.%s: %v", name, err)
-		}
-	}
+	validateTLS("kafka.tls", t, bad)
 	if sl.Mechanism == "" {
 		if sl.Username != "" || sl.Password != "" {
 			bad("kafka.sasl: username or password given without a mechanism (%s)", strings.Join(SASLMechanisms, ", "))

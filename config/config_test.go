@@ -141,8 +141,9 @@ func TestDeployExampleIsValid(t *testing.T) {
 	}
 }
 
-// TestKafkaSecurity: a managed cluster's TLS and SASL settings parse, and a
-// half-given or contradictory one is refused with the key that is wrong.
+// TestKafkaSecurity: a managed cluster's TLS and SASL settings (and a
+// managed ClickHouse's TLS) parse, and a half-given or contradictory one is
+// refused with the key that is wrong.
 func TestKafkaSecurity(t *testing.T) {
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, []byte("-"), 0o600); err != nil {
@@ -163,6 +164,8 @@ func TestKafkaSecurity(t *testing.T) {
 		"kafka:\n  brokers: [b]\n  sasl: {mechanism: GSSAPI, username: u, password: p}\n": "kafka.sasl.mechanism",
 		"kafka:\n  brokers: [b]\n  sasl: {mechanism: SCRAM-SHA-256, username: u}\n":       "needs username and password",
 		"kafka:\n  brokers: [b]\n  sasl: {username: u, password: p}\n":                    "without a mechanism",
+		"clickhouse:\n  tls: {enabled: true}\n":                                           "clickhouse.addr, which is empty",
+		"clickhouse:\n  addr: ch:9440\n  tls: {enabled: true, key_file: " + ca + "}\n":    "clickhouse.tls: cert_file and key_file",
 	}
 	for doc, want := range bad {
 		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {

@@ -2,10 +2,8 @@ package ingest
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -23,38 +21,10 @@ type Security struct {
 	SASL sasl.Mechanism
 }
 
-// TLSFiles locate what TLS to the brokers needs.
-type TLSFiles struct {
-	CAFile, CertFile, KeyFile string // PEM; an empty CAFile: the system's roots
-	ServerName                string
-	InsecureSkipVerify        bool
-}
-
-// NewSecurity reads the files and makes the mechanism. useTLS false
-// ignores files; an empty mechanism is no login.
-func NewSecurity(useTLS bool, files TLSFiles, mechanism, username, password string) (Security, error) {
-	var s Security
-	if useTLS {
-		c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: files.ServerName, InsecureSkipVerify: files.InsecureSkipVerify}
-		if files.CAFile != "" {
-			pem, err := os.ReadFile(files.CAFile)
-			if err != nil {
-				return s, fmt.Errorf("kafka tls ca_file: %w", err)
-			}
-			c.RootCAs = x509.NewCertPool()
-			if !c.RootCAs.AppendCertsFromPEM(pem) {
-				return s, fmt.Errorf("kafka tls ca_file %s: no PEM certificate in it", files.CAFile)
-			}
-		}
-		if files.CertFile != "" {
-			cert, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
-			if err != nil {
-				return s, fmt.Errorf("kafka tls client certificate: %w", err)
-			}
-			c.Certificates = []tls.Certificate{cert}
-		}
-		s.TLS = c
-	}
+// NewSecurity is TLS with tlsCfg (nil: none) and a login with mechanism
+// (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; empty: none).
+func NewSecurity(tlsCfg *tls.Config, mechanism, username, password string) (Security, error) {
+	s := Security{TLS: tlsCfg}
 	switch mechanism {
 	case "":
 	case "PLAIN":

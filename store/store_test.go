@@ -10,8 +10,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/internal/testcert"
 	"github.com/walletguard/walletguard/store/chserver"
 )
 
@@ -104,4 +106,49 @@ func TestMigrateIsIdempotentAndVersioned(t *testing.T) {
 		}
 	}
 	w.Close(ctx)
+}
+
+// TestWriterOverTLS: a managed ClickHouse serves its native protocol only
+// over TLS. Rows written with clickhouse.tls land there; without TLS, or
+// trusting another authority, nothing is written and the rows wait in the
+// spool instead of being lost.
+func TestWriterOverTLS(t *testing.T) {
+	certs := testcert.New(t, t.TempDir())
+	s := chserver.StartTLS(t, certs.CertFile, certs.KeyFile)
+	open := func(tlsCfg config.TLS) *Writer {
+		c, err := tlsCfg.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := Open(Config{Addr: s.Secure, Database: "walletguard", Username: "default", TLS: c, SpoolDir: t.TempDir(),
+			FlushEvery: 100 * time.Millisecond, WriteTimeout: 3 * time.Second}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	ctx := context.Background()
+	w := open(config.TLS{Enabled: true, CAFile: certs.CAFile})
+	w.Add(eventRows(0, 300))
+	if err := w.Sync(ctx); err != nil || w.SpoolBytes() != 0 || w.LastError() != "" {
+		t.Fatalf("over TLS: %v, spool %d bytes, last error %q", err, w.SpoolBytes(), w.LastError())
+	}
+	if got := counts(t, s); got != "300 300 300 300" {
+		t.Errorf("over TLS ClickHouse holds %s, want 300 events and decisions", got)
+	}
+	w.Close(ctx)
+
+	other := testcert.New(t, t.TempDir())
+	for name, c := range map[string]config.TLS{"plaintext": {}, "another authority": {Enabled: true, CAFile: other.CAFile}} {
+		w := open(c)
+		w.Add(eventRows(1000, 10))
+		w.Sync(ctx)
+		if w.SpoolBytes() == 0 || w.LastError() == "" {
+			t.Errorf("%s to the TLS port: spool %d bytes, last error %q; want the rows spooled", name, w.SpoolBytes(), w.LastError())
+		}
+		w.Close(ctx)
+	}
+	if got := counts(t, s); got != "300 300 300 300" {
+		t.Errorf("after the refused writers ClickHouse holds %s", got)
+	}
 }

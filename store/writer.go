@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 // Config configures the Writer.
 type Config struct {
 	Addr, Database, Username, Password string
+	TLS                                *tls.Config // nil: plaintext
 	// SpoolDir holds batches ClickHouse could not take; SpoolLimit bounds
 	// it (bytes): past it rows are refused, Sync fails and the daemon's
 	// checkpoints with it, so the events behind them are read again later.
@@ -250,7 +252,7 @@ func (w *Writer) connect(ctx context.Context) error {
 			// The database may not exist yet: connect to default and
 			// name tables in full.
 			Auth:        clickhouse.Auth{Database: "default", Username: w.cfg.Username, Password: w.cfg.Password},
-			DialTimeout: 3 * time.Second, ReadTimeout: w.cfg.WriteTimeout,
+			DialTimeout: 3 * time.Second, ReadTimeout: w.cfg.WriteTimeout, TLS: w.cfg.TLS,
 		})
 		if err != nil {
 			return fmt.Errorf("clickhouse %s: %w", w.cfg.Addr, err)

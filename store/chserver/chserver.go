@@ -18,11 +18,12 @@ import (
 
 // Server is a running ClickHouse.
 type Server struct {
-	Addr string // native protocol, host:port
-	HTTP string // host:port
-	dir  string
-	cmd  *exec.Cmd
-	t    testing.TB
+	Addr   string // native protocol, host:port
+	Secure string // native protocol over TLS, host:port; empty unless StartTLS
+	HTTP   string // host:port
+	dir    string
+	cmd    *exec.Cmd
+	t      testing.TB
 }
 
 const users = `<?xml version="1.0"?>
@@ -38,7 +39,7 @@ const config = `<?xml version="1.0"?>
   <logger><level>warning</level><console>1</console></logger>
   <tcp_port>%d</tcp_port>
   <http_port>%d</http_port>
-  <listen_host>127.0.0.1</listen_host>
+  <listen_host>127.0.0.1</listen_host>%[4]s
   <path>%[3]s/data/</path>
   <tmp_path>%[3]s/tmp/</tmp_path>
   <user_files_path>%[3]s/user_files/</user_files_path>
@@ -63,9 +64,23 @@ func Binary() ([]string, error) {
 	return nil, fmt.Errorf("clickhouse-server not found (Debian package clickhouse-server; the test script installs it)")
 }
 
+// secure is the config of a native port over TLS, as a managed ClickHouse
+// serves it.
+const secure = `
+  <tcp_port_secure>%d</tcp_port_secure>
+  <openSSL><server><certificateFile>%s</certificateFile><privateKeyFile>%s</privateKeyFile>
+    <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>
+    <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols></server></openSSL>`
+
 // Start runs a server for the test and stops it when the test ends. A test
 // that needs ClickHouse fails without one: it never skips.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return start(t, "", "") }
+
+// StartTLS is Start with a native port over TLS too (Secure), serving the
+// certificate and key in the PEM files.
+func StartTLS(t testing.TB, certFile, keyFile string) *Server { return start(t, certFile, keyFile) }
+
+func start(t testing.TB, certFile, keyFile string) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -77,7 +92,13 @@ func Start(t testing.TB) *Server {
 	if err := os.WriteFile(filepath.Join(s.dir, "users.xml"), []byte(users), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(s.dir, "config.xml"), []byte(fmt.Sprintf(config, tcp, http, s.dir)), 0o644); err != nil {
+	extra := ""
+	if certFile != "" {
+		port := freePort(t)
+		s.Secure = "127.0.0.1:" + strconv.Itoa(port)
+		extra = fmt.Sprintf(secure, port, certFile, keyFile)
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, "config.xml"), []byte(fmt.Sprintf(config, tcp, http, s.dir, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.cmd = exec.Command(bin[0], append(bin[1:], "--config-file="+filepath.Join(s.dir, "config.xml"))...)
@@ -94,17 +115,19 @@ func (s *Server) start() {
 		s.t.Fatalf("start clickhouse: %v", err)
 	}
 	deadline := time.Now().Add(60 * time.Second)
-	for {
-		c, err := net.Dial("tcp", s.Addr)
-		if err == nil {
-			c.Close()
-			return
+	for _, addr := range []string{s.Addr, s.Secure} {
+		for addr != "" {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+				s.t.Fatalf("clickhouse did not listen on %s within 60s:\n%s", addr, b)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-			s.t.Fatalf("clickhouse did not listen on %s within 60s:\n%s", s.Addr, b)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
