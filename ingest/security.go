@@ -57,7 +57,9 @@ var (
 // before the first one; clients made before keep what they had.
 func Secure(s Security) {
 	security.Store(&s)
-	transport.Store(newTransport())
+	if old := transport.Swap(newTransport()); old != nil {
+		old.CloseIdleConnections()
+	}
 }
 
 // newTransport makes a kafka-go Transport with the process's security.

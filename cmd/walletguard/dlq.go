@@ -112,7 +112,11 @@ func cmdDLQ(args []string) int {
 		err = file.Close()
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "walletguard: dead letters on %s: %v\n", strings.Join(brokers, ","), err)
+		hint := ""
+		if len(cfg.Kafka.Brokers) == 0 {
+			hint = " (kafka.brokers is empty: the dead letters are on the embedded broker of a running walletguard with this config)"
+		}
+		fmt.Fprintf(os.Stderr, "walletguard: dead letters on %s: %v%s\n", strings.Join(brokers, ","), err, hint)
 		return 1
 	}
 	sum.held = held
