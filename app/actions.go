@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -141,7 +140,7 @@ func (a *App) deliverCommands(ctx context.Context) {
 		return a.producer.Write(ctx, "commands", []ingest.Message{{Topic: a.cfg.Kafka.CommandsTopic, Key: []byte(c.AccountID), Value: it.Payload}})
 	}, outbox.Policy{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second, Observe: a.observeDelivery(destCommands)})
 	if svc := a.cfg.Enforce.AccountService; svc.URL != "" {
-		p := &outbox.Poster{URL: svc.URL, Secret: svc.Secret, Client: &http.Client{Timeout: 10 * time.Second}}
+		p := &outbox.Poster{URL: svc.URL, Secret: svc.Secret, Client: a.receivers[destAccountService]}
 		go a.box.Deliver(ctx, destAccountService, p.Send,
 			// A freeze waits on the account service: once it is back, the
 			// next attempt comes within half a minute (or when its

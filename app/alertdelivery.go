@@ -216,7 +216,7 @@ func (a *App) notifyReceivers() {
 func (a *App) deliverAlerts(ctx context.Context) {
 	for i := range a.cfg.Alerts.Webhooks {
 		w := a.cfg.Alerts.Webhooks[i]
-		p := &outbox.Poster{URL: w.URL, Client: &http.Client{Timeout: 10 * time.Second}}
+		p := &outbox.Poster{URL: w.URL, Client: a.receivers[alertDest(w.Name)]}
 		if w.Format == "json" || w.Secret != "" {
 			p.Secret = w.Secret
 		}
@@ -346,4 +346,36 @@ func (a *App) deadAlerts(limit int) []outbox.Item {
 		}
 	}
 	return out
+}
+
+// receiverClients makes the HTTP client of each webhook and of the account
+// service, keyed by outbox destination: a receiver's own TLS (an authority
+// of the organisation's, a client certificate) on the system's defaults.
+func receiverClients(cfg config.Config) (map[string]*http.Client, error) {
+	clients := map[string]*http.Client{}
+	add := func(dest, key string, w config.Webhook) error {
+		c := &http.Client{Timeout: 10 * time.Second}
+		tlsCfg, err := w.TLS.Client()
+		if err != nil {
+			return fmt.Errorf("%s.%w", key, err)
+		}
+		if tlsCfg != nil {
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = tlsCfg
+			c.Transport = t
+		}
+		clients[dest] = c
+		return nil
+	}
+	for i, w := range cfg.Alerts.Webhooks {
+		if err := add(alertDest(w.Name), fmt.Sprintf("alerts.webhooks[%d]", i), w); err != nil {
+			return nil, err
+		}
+	}
+	if svc := cfg.Enforce.AccountService; svc.URL != "" {
+		if err := add(destAccountService, "enforce.account_service", svc); err != nil {
+			return nil, err
+		}
+	}
+	return clients, nil
 }

@@ -67,7 +67,8 @@ type App struct {
 	// spoolAlerted is set once the analytics spool alert went out (pipeline only).
 	spoolAlerted bool
 	tpl          *alerts.Templates
-	alertQ       *queue[alerts.Alert] // alert records waiting for the next checkpoint to enter the outbox
+	alertQ       *queue[alerts.Alert]    // alert records waiting for the next checkpoint to enter the outbox
+	receivers    map[string]*http.Client // by outbox destination: the webhooks' and the account service's clients
 	// direct records the alerts a manual action wrote straight to the
 	// outbox, so that an older version of one, still waiting for (or
 	// retrying) its checkpoint, is not delivered after the newer one.
@@ -297,6 +298,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 	a.ckptErr.Store("")
 
 	if err := SecureKafka(cfg, log); err != nil {
+		return nil, err
+	}
+	if a.receivers, err = receiverClients(cfg); err != nil {
 		return nil, err
 	}
 	set, err := rules.Load(cfg.Rules.Paths)

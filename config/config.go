@@ -120,6 +120,13 @@ func (t TLS) Client() (*tls.Config, error) {
 	return c, nil
 }
 
+func validateWebhookTLS(key string, w *Webhook, bad func(string, ...any)) {
+	validateTLS(key+".tls", w.TLS, bad)
+	if w.TLS.Enabled && !strings.HasPrefix(w.URL, "https://") {
+		bad("%s.tls: the url %q is not https", key, w.URL)
+	}
+}
+
 func validateTLS(key string, t TLS, bad func(string, ...any)) {
 	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
 		bad("%s: settings given but enabled is false", key)
@@ -278,10 +285,14 @@ type Alerts struct {
 }
 
 // Webhook is one receiver: of support alerts (alerts.webhooks) or of
-// account commands (enforce.account_service, which uses URL and Secret).
+// account commands (enforce.account_service, which uses URL, Secret and TLS).
 type Webhook struct {
 	URL    string `yaml:"url"`
 	Secret string `yaml:"secret"`
+	// TLS adds to an https URL an authority of the organisation's own
+	// (ca_file) and a client certificate for a receiver that requires one
+	// (cert_file, key_file): mutual TLS.
+	TLS TLS `yaml:"tls"`
 	// Name labels the receiver in metrics and the API; default receiver-N.
 	Name string `yaml:"name"`
 	// Format: json (signed, CONTRACT §2), slack (incoming-webhook message)
@@ -598,6 +609,7 @@ func (c *Config) Validate() error {
 		if w.RateLimit < 0 || w.GiveUpAfter.D() < 0 {
 			bad("alerts.webhooks[%d]: rate_limit and give_up_after must not be negative", i)
 		}
+		validateWebhookTLS(fmt.Sprintf("alerts.webhooks[%d]", i), w, bad)
 	}
 	if c.Alerts.TakeoverRedeliver.D() < 0 {
 		bad("alerts.takeover_redeliver: must not be negative")
@@ -644,6 +656,7 @@ func (c *Config) Validate() error {
 		if e.AccountService.Secret == "" {
 			bad("enforce.account_service.secret: must not be empty (commands are signed)")
 		}
+		validateWebhookTLS("enforce.account_service", &e.AccountService, bad)
 	}
 	switch c.Log.Format {
 	case "", "json", "text":

@@ -141,9 +141,9 @@ func TestDeployExampleIsValid(t *testing.T) {
 	}
 }
 
-// TestKafkaSecurity: a managed cluster's TLS and SASL settings (and a
-// managed ClickHouse's TLS) parse, and a half-given or contradictory one is
-// refused with the key that is wrong.
+// TestKafkaSecurity: a managed cluster's TLS and SASL settings (and the TLS
+// of a managed ClickHouse and of receivers) parse, and a half-given or
+// contradictory one is refused with the key that is wrong.
 func TestKafkaSecurity(t *testing.T) {
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ca, []byte("-"), 0o600); err != nil {
@@ -157,15 +157,17 @@ func TestKafkaSecurity(t *testing.T) {
 		t.Errorf("parsed %+v %+v, %v", c.Kafka.TLS, c.Kafka.SASL, err)
 	}
 	bad := map[string]string{
-		"kafka:\n  tls: {enabled: true}\n":                                                "kafka.brokers, which is empty",
-		"kafka:\n  brokers: [b]\n  tls: {ca_file: " + ca + "}\n":                          "enabled is false",
-		"kafka:\n  brokers: [b]\n  tls: {enabled: true, cert_file: " + ca + "}\n":         "cert_file and key_file go together",
-		"kafka:\n  brokers: [b]\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem}\n":  "kafka.tls.ca_file",
-		"kafka:\n  brokers: [b]\n  sasl: {mechanism: GSSAPI, username: u, password: p}\n": "kafka.sasl.mechanism",
-		"kafka:\n  brokers: [b]\n  sasl: {mechanism: SCRAM-SHA-256, username: u}\n":       "needs username and password",
-		"kafka:\n  brokers: [b]\n  sasl: {username: u, password: p}\n":                    "without a mechanism",
-		"clickhouse:\n  tls: {enabled: true}\n":                                           "clickhouse.addr, which is empty",
-		"clickhouse:\n  addr: ch:9440\n  tls: {enabled: true, key_file: " + ca + "}\n":    "clickhouse.tls: cert_file and key_file",
+		"kafka:\n  tls: {enabled: true}\n":                                                                          "kafka.brokers, which is empty",
+		"kafka:\n  brokers: [b]\n  tls: {ca_file: " + ca + "}\n":                                                    "enabled is false",
+		"kafka:\n  brokers: [b]\n  tls: {enabled: true, cert_file: " + ca + "}\n":                                   "cert_file and key_file go together",
+		"kafka:\n  brokers: [b]\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem}\n":                            "kafka.tls.ca_file",
+		"kafka:\n  brokers: [b]\n  sasl: {mechanism: GSSAPI, username: u, password: p}\n":                           "kafka.sasl.mechanism",
+		"kafka:\n  brokers: [b]\n  sasl: {mechanism: SCRAM-SHA-256, username: u}\n":                                 "needs username and password",
+		"kafka:\n  brokers: [b]\n  sasl: {username: u, password: p}\n":                                              "without a mechanism",
+		"clickhouse:\n  tls: {enabled: true}\n":                                                                     "clickhouse.addr, which is empty",
+		"alerts:\n  webhooks:\n    - {url: http://h/x, secret: s, tls: {enabled: true}}\n":                          "alerts.webhooks[0].tls: the url",
+		"enforce:\n  account_service: {url: https://a/c, secret: s, tls: {enabled: true, cert_file: " + ca + "}}\n": "enforce.account_service.tls: cert_file and key_file",
+		"clickhouse:\n  addr: ch:9440\n  tls: {enabled: true, key_file: " + ca + "}\n":                              "clickhouse.tls: cert_file and key_file",
 	}
 	for doc, want := range bad {
 		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
