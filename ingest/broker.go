@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -40,6 +41,12 @@ type EmbeddedConfig struct {
 	// MaxMessageBytes is the largest record batch accepted (Kafka's
 	// message.max.bytes); 0 keeps Kafka's default of about 1 MB.
 	MaxMessageBytes int
+	// TLS, if set, makes the broker take only TLS connections; User and
+	// Password, if set, only clients logged in as User with any of
+	// PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512: a managed cluster's security,
+	// to develop and test a config for one.
+	TLS            *tls.Config
+	User, Password string
 }
 
 // StartEmbedded starts the broker with the configured topics created up front.
@@ -89,6 +96,15 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*EmbeddedBroker, error
 		brokerCfg["message.max.bytes"] = strconv.Itoa(cfg.MaxMessageBytes)
 	}
 	opts = append(opts, kfake.BrokerConfigs(brokerCfg))
+	if cfg.TLS != nil {
+		opts = append(opts, kfake.TLS(cfg.TLS))
+	}
+	if cfg.User != "" {
+		opts = append(opts, kfake.EnableSASL())
+		for _, m := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
+			opts = append(opts, kfake.Superuser(m, cfg.User, cfg.Password))
+		}
+	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		if tmp != nil {

@@ -22,7 +22,7 @@ Usage:
   walletguard changelog status             what kafka.changelog_topic holds for a restore
   walletguard dlq [--since 2h --export F]  what the dead-letter topic holds, by fault; export to fix and resend
   walletguard sim [--accounts N --days D]  generate wallet traffic as NDJSON
-  walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development)
+  walletguard broker [--listen ADDR]       only the embedded Kafka-protocol broker (development; --tls-cert, --sasl-user)
   walletguard version                      build information
 `
 
