@@ -33,13 +33,8 @@ func cmdChangelog(args []string) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
-		return 2
-	}
-	if err := app.SecureKafka(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
-		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+	cfg, ok := brokersConfig(*cfgPath)
+	if !ok {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -127,4 +122,19 @@ func printChangelogStatus(w io.Writer, st *app.ChangelogStatus, group string, no
 	if c.UnknownRecords > 0 {
 		fmt.Fprintf(w, "  %d records of kinds this release does not know (written by a later release?) would be left out\n", c.UnknownRecords)
 	}
+}
+
+// brokersConfig loads the config of a command that reads the brokers
+// outside the daemon, and secures its connections as kafka.tls and
+// kafka.sasl say; false: it is not usable, and why was printed.
+func brokersConfig(path string) (config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err == nil {
+		err = app.SecureKafka(cfg, newLogger("text", "info"))
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+		return cfg, false
+	}
+	return cfg, true
 }

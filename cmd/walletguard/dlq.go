@@ -21,8 +21,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/walletguard/walletguard/app"
-	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 )
@@ -41,17 +39,13 @@ func cmdDLQ(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
-		return 2
-	}
-	if err := app.SecureKafka(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
-		fmt.Fprintf(os.Stderr, "walletguard: %v\n", err)
+	cfg, ok := brokersConfig(*cfgPath)
+	if !ok {
 		return 2
 	}
 	sel := deadLetterFilter{field: *field}
 	if *since != "" {
+		var err error
 		if sel.since, err = parseSince(*since, time.Now()); err != nil {
 			fmt.Fprintf(os.Stderr, "walletguard: --since: %v\n", err)
 			return 2
@@ -74,6 +68,7 @@ func cmdDLQ(args []string) int {
 	summaryTo := io.Writer(os.Stdout)
 	var exp *deadLetterExport
 	var file *os.File
+	var err error
 	switch *export {
 	case "":
 	case "-":
