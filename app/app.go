@@ -682,13 +682,14 @@ type ckptWork struct {
 }
 
 // While a checkpoint is being copied, the pipeline copies copyRows rows
-// after every copyEvery events: pauses of a millisecond or two (a row
-// scattered over a large state costs one to two microseconds to copy), and
-// the copy done long before the next checkpoint is due (an event changes at
-// most a handful of rows; 16 are copied per event).
+// after every copyEvery events: pauses of a few hundred microseconds (a row
+// scattered over a large state costs one to two microseconds to copy; 1,024
+// at a time held events for 2–8 ms), and the copy done long before the next
+// checkpoint is due (an event changes at most a handful of rows; 16 are
+// copied per event).
 const (
-	copyEvery = 64
-	copyRows  = 1024
+	copyEvery = 16
+	copyRows  = 256
 )
 
 // pipeline is the single goroutine that owns detection state.
