@@ -92,8 +92,12 @@ func cmdDemo(args []string) int {
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
-	fmt.Printf("walletguard demo\n  support console: http://%s/console/  (sign in with token %q)\n  Kafka (embedded, for development: data not yet flushed is lost if the process dies): %s   topics: %s\n  API: http://%s  metrics: http://%s/metrics\n  state: %s\n  Ctrl-C to stop.\n\n",
-		a.HTTPAddr(), firstToken(cfg), a.BrokerAddr(), strings.Join(cfg.Kafka.Topics, ","), a.HTTPAddr(), a.HTTPAddr(), cfg.DataDir)
+	dlq := "walletguard dlq"
+	if *cfgPath != "" {
+		dlq += " --config " + *cfgPath
+	}
+	fmt.Printf("walletguard demo\n  support console: http://%s/console/  (sign in with token %q)\n  Kafka (embedded, for development: data not yet flushed is lost if the process dies): %s   topics: %s\n  API: http://%s  metrics: http://%s/metrics\n  rejected events, by fault: %s\n  state: %s\n  Ctrl-C to stop.\n\n",
+		a.HTTPAddr(), firstToken(cfg), a.BrokerAddr(), strings.Join(cfg.Kafka.Topics, ","), a.HTTPAddr(), a.HTTPAddr(), dlq, cfg.DataDir)
 
 	scfg := sim.DefaultConfig(*accounts)
 	scfg.Seed, scfg.Duration, scfg.InvalidRate = *seed, time.Duration(*days*24*float64(time.Hour)), 0.0005
