@@ -76,7 +76,8 @@ type TOTP struct {
 	MaxWrongCodes int `yaml:"max_wrong_codes"`
 }
 
-// TLS is a client's TLS to a server: the Kafka brokers, ClickHouse.
+// TLS is a client's TLS to a server: the Kafka brokers, ClickHouse, a
+// webhook receiver.
 type TLS struct {
 	Enabled bool `yaml:"enabled"`
 	// CAFile is a PEM bundle of the authorities that sign the server's
@@ -134,12 +135,12 @@ func validateTLS(key string, t TLS, bad func(string, ...any)) {
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		bad("%s: cert_file and key_file go together", key)
 	}
-	for name, f := range map[string]string{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile} {
-		if f == "" {
+	for _, f := range [][2]string{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+		if f[1] == "" {
 			continue
 		}
-		if _, err := os.Stat(f); err != nil {
-			bad("%s.%s: %v", key, name, err)
+		if _, err := os.Stat(f[1]); err != nil {
+			bad("%s.%s: %v", key, f[0], err)
 		}
 	}
 }
