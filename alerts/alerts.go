@@ -488,13 +488,11 @@ func (m *Manager) groupUnder(outage *Alert, out []Alert) []Alert {
 			keys = append(keys, key)
 		}
 	}
-	if outage.AccountID == "" {
-		delete(m.related, idx) // what was not taken in now never will be
-	} else {
-		// The account's other alerts stay listed: a later, more serious
-		// finding may take them in.
-		m.related[idx] = slices.DeleteFunc(m.related[idx], func(k string) bool { return slices.Contains(keys, k) })
-	}
+	// What was not taken in stays listed, as a restart's reindex lists it:
+	// a later incident may take it in — an account's more serious finding,
+	// an app fault raised again once a payment's failures became the app's
+	// — and a restarted instance must decide that as the running one does.
+	m.related[idx] = slices.DeleteFunc(m.related[idx], func(k string) bool { return slices.Contains(keys, k) })
 	sort.Strings(keys) // map order must not leak into the output
 	for _, key := range keys {
 		a := m.open[key]

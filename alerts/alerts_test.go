@@ -813,3 +813,56 @@ func BenchmarkPrune(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "alerts-held")
 }
+
+// TestARestartGroupsAsTheRunningManagerDoes: a stuck payment an app-fault
+// alert did not take in (its failures were the network's then) goes on
+// failing, with app errors hours later, when the fault is raised again. A
+// manager restarted from a checkpoint in between must group it as the
+// running one does: restarts may not change what support is sent.
+func TestARestartGroupsAsTheRunningManagerDoes(t *testing.T) {
+	payment := func(cause, code string, at time.Duration) detector.Decision {
+		d := stuck("u-a", "p", "m-1", at, 3)
+		d.AppVersion = "5.1.0"
+		d.Rules[0].Reason = "payment p failed 3 of 3 attempts; likely cause: " + cause + " (" + code + "); ask the user"
+		return d
+	}
+	appFault := func(at time.Duration) detector.Decision {
+		return detector.Decision{DecisionID: "af" + at.String(), AccountID: "u-x", TS: t0.Add(at), Action: "allow", AppVersion: "5.1.0",
+			Rules: []detector.Hit{{ID: "app_version_error_spike", Category: "app_fault", Severity: "high", Group: "app:5.1.0",
+				Reason: "app 5.1.0 failing"}}}
+	}
+	running := NewManager()
+	for _, d := range []detector.Decision{payment("network", "NETWORK_TIMEOUT", 0), appFault(10 * time.Minute)} {
+		running.Observe(&d, nil)
+	}
+	if got := len(running.Open()); got != 2 {
+		t.Fatalf("%d alerts open, want the network-stuck payment beside the app fault", got)
+	}
+	restarted := saveAndLoad(t, running)
+	states := map[string]string{}
+	for name, m := range map[string]*Manager{"running": running, "restarted": restarted} {
+		for _, d := range []detector.Decision{payment("network", "NETWORK_TIMEOUT", 3*time.Hour),
+			payment("app", "APP_ERROR", 6*time.Hour+20*time.Minute), appFault(6*time.Hour + 30*time.Minute)} {
+			m.Observe(&d, nil)
+		}
+		all := m.All()
+		var got []string
+		for _, a := range all {
+			s := a.Category + " " + a.Status
+			for _, p := range all {
+				if p.AlertID == a.GroupedUnder {
+					s += " under " + p.Category
+				}
+			}
+			got = append(got, s)
+		}
+		sort.Strings(got)
+		states[name] = strings.Join(got, ", ")
+	}
+	if states["running"] != states["restarted"] {
+		t.Errorf("after the second app fault:\n running:   %s\n restarted: %s", states["running"], states["restarted"])
+	}
+	if want := "app_fault open, stuck_retry grouped under app_fault"; states["running"] != want {
+		t.Errorf("after the second app fault: %s, want %s", states["running"], want)
+	}
+}
