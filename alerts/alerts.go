@@ -907,12 +907,34 @@ func (m *Manager) List(q Query) []Alert {
 		a  *Alert
 	}
 	var picked []entry
-	if q.Category == "" && q.AccountID == "" && q.MerchantID == "" && q.MinSeverity == "" {
-		picked = make([]entry, 0, len(m.open)) // most are picked
-	}
-	for _, a := range m.open {
-		if q.Match(a) {
-			picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
+	if q.Limit > 0 && q.AccountID == "" && q.MerchantID == "" {
+		// A page of the queue, newest first: walk the hours of m.expiry
+		// from the latest, and stop after the hour in which the page
+		// filled — every alert filed in an earlier hour is older than all
+		// picked. A page of 1,000 of 100,000 alerts took the pipeline's
+		// lock for 30 ms when every alert was sorted. (An account's or a
+		// merchant's few alerts are found faster by the walk below.)
+		hours := slices.Sorted(maps.Keys(m.expiry))
+		seen := map[*Alert]bool{} // a key may be filed twice in one hour
+		for i := len(hours) - 1; i >= 0 && len(picked) < q.Limit; i-- {
+			h := hours[i]
+			for _, key := range m.expiry[h] {
+				a := m.open[key]
+				if a == nil || a.filed != h+1 || seen[a] || !q.Match(a) {
+					continue
+				}
+				seen[a] = true
+				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
+			}
+		}
+	} else {
+		if q.Category == "" && q.AccountID == "" && q.MerchantID == "" && q.MinSeverity == "" {
+			picked = make([]entry, 0, len(m.open)) // most are picked
+		}
+		for _, a := range m.open {
+			if q.Match(a) {
+				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
+			}
 		}
 	}
 	slices.SortFunc(picked, func(x, y entry) int {

@@ -866,3 +866,55 @@ func TestARestartGroupsAsTheRunningManagerDoes(t *testing.T) {
 		t.Errorf("after the second app fault: %s, want %s", states["running"], want)
 	}
 }
+
+// TestPagesMatchTheWholeListing: a page of the queue (a listing with a
+// limit, found by walking the hours of the alerts' last news) is the
+// head of the whole listing, sorted, whatever the news did: alerts
+// refreshed hours later, refreshed by a late event or moved back by a
+// repeat, acknowledged and resolved, raised again after a quiet spell.
+func TestPagesMatchTheWholeListing(t *testing.T) {
+	for seed := range uint64(20) {
+		draw := draws(seed)
+		m := NewManager()
+		var out []Alert
+		for i := range 400 {
+			at := time.Duration(draw(72*60)) * time.Minute
+			acct := fmt.Sprintf("acc-%03d", draw(150))
+			switch draw(4) {
+			case 0:
+				out = m.Raise("system|"+acct, "twofa_lockout", "high", acct, "locked", t0.Add(at), out[:0])
+			case 1:
+				d := stuck(acct, "p", fmt.Sprintf("m-%d", draw(5)), at, 3)
+				d.Rules[0].Category, d.Rules[0].Group = "velocity", "account:"+acct
+				out = m.Observe(&d, out[:0])
+			default:
+				d := stuck(acct, fmt.Sprintf("pay-%d", draw(3)), fmt.Sprintf("m-%d", draw(5)), at, 3)
+				out = m.Observe(&d, out[:0])
+			}
+			if i%7 == 0 && len(out) > 0 {
+				if draw(2) == 0 {
+					m.Ack(out[0].AlertID, "agent", t0)
+				} else {
+					m.Resolve(out[0].AlertID, "agent", "done", t0)
+				}
+			}
+		}
+		for _, q := range []Query{{}, {Status: "all"}, {Status: "resolved"}, {Category: "stuck_retry"}, {MinSeverity: "high"}} {
+			whole := m.List(q)
+			for _, limit := range []int{1, 7, 50, 1000} {
+				q.Limit = limit
+				page := m.List(q)
+				want := whole[:min(limit, len(whole))]
+				if len(page) != len(want) {
+					t.Fatalf("seed %d, %+v: %d listed, want %d", seed, q, len(page), len(want))
+				}
+				for i := range page {
+					if page[i].AlertID != want[i].AlertID {
+						t.Fatalf("seed %d, %+v: listing %d is %s (%s), want %s (%s)", seed, q, i,
+							page[i].AlertID, page[i].UpdatedAt, want[i].AlertID, want[i].UpdatedAt)
+					}
+				}
+			}
+		}
+	}
+}
