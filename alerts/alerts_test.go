@@ -869,9 +869,11 @@ func TestARestartGroupsAsTheRunningManagerDoes(t *testing.T) {
 
 // TestPagesMatchTheWholeListing: a page of the queue (a listing with a
 // limit, found by walking the hours of the alerts' last news) is the
-// head of the whole listing, sorted, whatever the news did: alerts
-// refreshed hours later, refreshed by a late event or moved back by a
-// repeat, acknowledged and resolved, raised again after a quiet spell.
+// head of the whole listing, sorted, and an account's listing (found by
+// its own index) that listing's alerts of the account, whatever the news
+// did: alerts refreshed hours later, refreshed by a late event or moved
+// back by a repeat, acknowledged and resolved, raised again after a quiet
+// spell, forgotten by a prune.
 func TestPagesMatchTheWholeListing(t *testing.T) {
 	for seed := range uint64(20) {
 		draw := draws(seed)
@@ -899,6 +901,30 @@ func TestPagesMatchTheWholeListing(t *testing.T) {
 				}
 			}
 		}
+		// An account's listing, found through its own index, is the whole
+		// listing's alerts of that account — also once a prune forgot some.
+		checkAccounts := func(when string) {
+			whole := m.List(Query{Status: "all"})
+			for i := range 150 {
+				acct := fmt.Sprintf("acc-%03d", i)
+				var want []string
+				for _, a := range whole {
+					if a.AccountID == acct {
+						want = append(want, a.AlertID)
+					}
+				}
+				var got []string
+				for _, a := range m.List(Query{Status: "all", AccountID: acct}) {
+					got = append(got, a.AlertID)
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("seed %d, %s: %s's alerts %v, want %v", seed, when, acct, got, want)
+				}
+			}
+		}
+		checkAccounts("before a prune")
+		m.prune(t0.Add(36 * time.Hour))
+		checkAccounts("after a prune")
 		for _, q := range []Query{{}, {Status: "all"}, {Status: "resolved"}, {Category: "stuck_retry"}, {MinSeverity: "high"}} {
 			whole := m.List(q)
 			for _, limit := range []int{1, 7, 50, 1000} {
