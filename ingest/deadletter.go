@@ -28,10 +28,17 @@ const (
 // record far past the event size limit (a 10 MB message) cannot be replayed
 // anyway, and in full it would exceed what the producer and the broker accept
 // in one batch: the write would fail on every retry and stall the pipeline.
-const (
-	maxDeadLetterValue = 256 << 10
-	maxDeadLetterKey   = 1 << 10
-)
+const maxDeadLetterValue = 256 << 10
+
+// MaxDeadLetterKey bounds the key kept of a rejected record, in a dead
+// letter and in analytics: an account id is at most 128 characters.
+const MaxDeadLetterKey = 1 << 10
+
+// Place names where a record is in Kafka, as dead letters and analysts
+// see it: topic/partition/offset.
+func Place(topic string, partition int, offset int64) string {
+	return topic + "/" + strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
+}
 
 // DeadLetter builds the dead-letter record for a rejected record: the original
 // key and bytes (cut to a bound, with the original size in a header), and
@@ -44,7 +51,7 @@ func DeadLetter(topic string, r *Record, reason, field, detail string) Message {
 		Headers: []Header{
 			{Key: HeaderRejectReason, Value: []byte(reason)},
 			{Key: HeaderRejectDetail, Value: []byte(detail)},
-			{Key: HeaderSource, Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
+			{Key: HeaderSource, Value: []byte(Place(r.Topic, r.Partition, r.Offset))},
 			{Key: HeaderRejectedAt, Value: []byte(r.Arrived.UTC().Format(time.RFC3339Nano))},
 		},
 	}
@@ -55,8 +62,8 @@ func DeadLetter(topic string, r *Record, reason, field, detail string) Message {
 		m.Value = m.Value[:maxDeadLetterValue]
 		m.Headers = append(m.Headers, Header{Key: HeaderTruncatedValue, Value: fmt.Appendf(nil, "%d", len(r.Value))})
 	}
-	if len(m.Key) > maxDeadLetterKey {
-		m.Key = m.Key[:maxDeadLetterKey]
+	if len(m.Key) > MaxDeadLetterKey {
+		m.Key = m.Key[:MaxDeadLetterKey]
 		m.Headers = append(m.Headers, Header{Key: HeaderTruncatedKey, Value: fmt.Appendf(nil, "%d", len(r.Key))})
 	}
 	return m
@@ -85,7 +92,7 @@ func (r *Rejected) Truncated() bool { return r.ValueSize > len(r.Value) || r.Key
 // its headers (written by something else) reads with empty reasons.
 func ReadRejected(m *kafka.Message) Rejected {
 	r := Rejected{
-		At:  fmt.Sprintf("%s/%d/%d", m.Topic, m.Partition, m.Offset),
+		At:  Place(m.Topic, m.Partition, m.Offset),
 		Key: m.Key, Value: m.Value, KeySize: len(m.Key), ValueSize: len(m.Value),
 	}
 	for _, h := range m.Headers {

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"fmt"
 	"math"
 	"time"
 
@@ -218,9 +217,9 @@ func (r *RejectedRow) values() []any {
 func NewRejectedRow(rec *ingest.Record, reason, field, detail string, now time.Time) RejectedRow {
 	h := event.HintsOf(rec.Value)
 	v := rec.Value[:min(len(rec.Value), maxRejectedValue)]
-	return RejectedRow{Source: fmt.Sprintf("%s/%d/%d", rec.Topic, rec.Partition, rec.Offset), SourceTopic: rec.Topic,
+	return RejectedRow{Source: ingest.Place(rec.Topic, rec.Partition, rec.Offset), SourceTopic: rec.Topic,
 		SourcePartition: uint32(max(rec.Partition, 0)), SourceOffset: uint64(max(rec.Offset, 0)),
 		RejectedAt: rec.Arrived.UTC(), RejectedMs: uint64(max(rec.Arrived.UnixMilli(), 0)), Reason: reason, Field: field, Detail: detail,
-		Key: string(rec.Key[:min(len(rec.Key), 1024)]), EventType: h.Type, AppV: h.AppVersion, Channel: h.Channel,
+		Key: string(rec.Key[:min(len(rec.Key), ingest.MaxDeadLetterKey)]), EventType: h.Type, AppV: h.AppVersion, Channel: h.Channel,
 		Value: string(v), ValueSize: uint32(min(len(rec.Value), math.MaxUint32)), WrittenAt: now.UTC()}
 }
