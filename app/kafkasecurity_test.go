@@ -3,10 +3,8 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"log/slog"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -35,8 +33,7 @@ func TestSecuredClusters(t *testing.T) {
 	dir := t.TempDir()
 	certs := testcert.New(t, dir)
 	caFile, serverTLS := certs.CAFile, certs.Server
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(readFileT(t, caFile)))
+	pool := certs.CA
 	var in []string
 	in = append(append(in, validEvents...), invalidEvents...)
 
@@ -173,13 +170,4 @@ func checkSecured(t *testing.T, broker string, tlsCfg config.TLS, saslCfg config
 	waitFor(t, 10*time.Second, "offsets committed", func() bool {
 		return metric(t, r.app.HTTPAddr(), "walletguard_offset_commits_total") > 0
 	})
-}
-
-func readFileT(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
