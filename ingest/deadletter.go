@@ -126,12 +126,20 @@ func ReadRejected(m *kafka.Message) Rejected {
 	return r
 }
 
-// ReadDeadLetters hands handle, in batches, every dead letter topic holds
-// up to its end when called: one partition's in order (one account's
-// records keep their order, as the topic is keyed by account), partitions
-// interleaved. It returns how many records the topic held; a topic that
-// does not exist holds none.
-func ReadDeadLetters(ctx context.Context, brokers []string, topic string, log *slog.Logger, handle func([]Rejected) error) (int64, error) {
+// sinceSlack is how much earlier than asked ReadDeadLetters begins: a dead
+// letter is written after its record was rejected, but a broker stamping
+// records with its own clock (LogAppendTime) may run behind walletguard's.
+const sinceSlack = 5 * time.Minute
+
+// ReadDeadLetters hands handle, in batches, the dead letters topic holds up
+// to its end when called — all of them, or with since set, those written
+// from a little before since on (the broker's time index finds where each
+// partition's begin, so asking for the last hour of a large topic reads
+// about an hour of it; the caller filters on RejectedAt). One partition's
+// come in order (one account's records keep their order, as the topic is
+// keyed by account), partitions interleaved. It returns how many records
+// the topic held; a topic that does not exist holds none.
+func ReadDeadLetters(ctx context.Context, brokers []string, topic string, since time.Time, log *slog.Logger, handle func([]Rejected) error) (int64, error) {
 	ends, err := EndOffsets(ctx, brokers, topic)
 	if errors.Is(err, kafka.UnknownTopicOrPartition) || (err == nil && len(ends) == 0) {
 		return 0, nil
@@ -147,8 +155,19 @@ func ReadDeadLetters(ctx context.Context, brokers []string, topic string, log *s
 	for p, end := range ends {
 		held += end - firsts[p]
 	}
+	from := firsts
+	if !since.IsZero() {
+		if from, err = OffsetsAt(ctx, brokers, topic, since.Add(-sinceSlack)); err != nil {
+			return held, err
+		}
+		for p, end := range ends {
+			if _, ok := from[p]; !ok {
+				from[p] = end // nothing written that late
+			}
+		}
+	}
 	var out []Rejected
-	err = ReadPartitions(ctx, brokers, topic, ends, log, func(_ int, batch []kafka.Message) error {
+	err = ReadPartitionsFrom(ctx, brokers, topic, from, ends, log, func(_ int, batch []kafka.Message) error {
 		out = out[:0]
 		for i := range batch {
 			out = append(out, ReadRejected(&batch[i]))

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,5 +51,55 @@ func TestDeadLettersReadBackAsWritten(t *testing.T) {
 				t.Errorf("truncated %v, key %d of %d, value %d of %d", r.Truncated(), len(r.Key), r.KeySize, len(r.Value), r.ValueSize)
 			}
 		})
+	}
+}
+
+// TestDeadLettersSinceBeginWhereTheBrokerSays: asked for the dead letters
+// since a time, the read begins where the broker's time index puts it —
+// last week's are not read at all — and the topic's whole count still
+// comes back; a time after every dead letter reads none.
+func TestDeadLettersSinceBeginWhereTheBrokerSays(t *testing.T) {
+	const topic = "walletguard.dlq"
+	ctx, brokers, p := stateBroker(t, topic)
+	now := time.Now()
+	letters := func(n int, at time.Time, key string) []Message {
+		var out []Message
+		for i := range n {
+			rec := Record{Topic: "wallet.events", Offset: int64(i), Key: []byte(key), Value: []byte("{"), Arrived: at}
+			m := DeadLetter(topic, &rec, "malformed_json", "", "unexpected end of JSON input")
+			m.Time = at
+			out = append(out, m)
+		}
+		return out
+	}
+	// The broker keeps the times of a partition's records in order, as
+	// a producer writes them.
+	for _, batch := range [][]Message{letters(300, now.Add(-7*24*time.Hour), "old"), letters(40, now, "new")} {
+		if err := p.Write(ctx, "test", batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(since time.Time) (map[string]int, int64) {
+		t.Helper()
+		keys := map[string]int{}
+		held, err := ReadDeadLetters(ctx, brokers, topic, since, slog.New(slog.DiscardHandler), func(batch []Rejected) error {
+			for _, r := range batch {
+				keys[string(r.Key)]++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys, held
+	}
+	if keys, held := read(time.Time{}); keys["old"] != 300 || keys["new"] != 40 || held != 340 {
+		t.Errorf("all of them: read %v of %d held", keys, held)
+	}
+	if keys, held := read(now.Add(-time.Hour)); keys["old"] != 0 || keys["new"] != 40 || held != 340 {
+		t.Errorf("since an hour ago: read %v of %d held, want only the 40 new of 340", keys, held)
+	}
+	if keys, held := read(now.Add(time.Hour)); len(keys) != 0 || held != 340 {
+		t.Errorf("since an hour from now: read %v of %d held, want none", keys, held)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"sync"
 	"time"
@@ -85,6 +86,20 @@ func FirstOffsets(ctx context.Context, brokers []string, topic string) (map[int]
 	return offsetsOf(ctx, brokers, topic, kafka.FirstOffsetOf)
 }
 
+// OffsetsAt returns, per partition of topic, the first offset whose record
+// was written at or after t; a partition with no such record has no entry.
+// A broker finds it in its time index, so a reader can begin there rather
+// than at the partition's first record.
+func OffsetsAt(ctx context.Context, brokers []string, topic string, t time.Time) (map[int]int64, error) {
+	found, err := offsetsOf(ctx, brokers, topic, func(p int) kafka.OffsetRequest { return kafka.TimeOffsetOf(p, t) })
+	if err != nil {
+		return nil, err
+	}
+	// A partition without a record that late answers offset -1.
+	maps.DeleteFunc(found, func(_ int, o int64) bool { return o < 0 })
+	return found, nil
+}
+
 func offsetsOf(ctx context.Context, brokers []string, topic string, which func(int) kafka.OffsetRequest) (map[int]int64, error) {
 	if len(brokers) == 0 {
 		return nil, fmt.Errorf("offsets of %s: no broker", topic)
@@ -117,7 +132,13 @@ func listOffsets(ctx context.Context, brokers []string, topic string, partitions
 		if p.Error != nil {
 			return nil, fmt.Errorf("offset of %s/%d: %w", topic, p.Partition, p.Error)
 		}
-		offsets[p.Partition] = max(p.FirstOffset, p.LastOffset) // the one asked for; the other is -1
+		// The one asked for; the others are -1. kafka-go files an offset
+		// found by time under the time of its record.
+		o := max(p.FirstOffset, p.LastOffset)
+		for at := range p.Offsets {
+			o = max(o, at)
+		}
+		offsets[p.Partition] = o
 	}
 	return offsets, nil
 }
@@ -231,6 +252,13 @@ func CreateCompacted(ctx context.Context, brokers []string, topic string, partit
 // order, different partitions' interleaved. It returns when all are
 // handled, or at the first error.
 func ReadPartitions(ctx context.Context, brokers []string, topic string, ends map[int]int64, log *slog.Logger, handle func(partition int, batch []kafka.Message) error) error {
+	return ReadPartitionsFrom(ctx, brokers, topic, nil, ends, log, handle)
+}
+
+// ReadPartitionsFrom is ReadPartitions beginning each partition at its
+// offset in from (OffsetsAt); a partition not in from is read from its
+// first record.
+func ReadPartitionsFrom(ctx context.Context, brokers []string, topic string, from, ends map[int]int64, log *slog.Logger, handle func(partition int, batch []kafka.Message) error) error {
 	const batchLen = 1024
 	type batch struct {
 		partition int
@@ -254,12 +282,18 @@ func ReadPartitions(ctx context.Context, brokers []string, topic string, ends ma
 					return context.Cause(ctx)
 				}
 			}
-			err := ReadPartition(ctx, brokers, topic, p, end, log, func(m kafka.Message) error {
+			add := func(m kafka.Message) error {
 				if msgs = append(msgs, m); len(msgs) == batchLen {
 					return send()
 				}
 				return nil
-			})
+			}
+			var err error
+			if first, ok := from[p]; ok {
+				err = readRange(ctx, brokers, topic, p, first, end, log, add)
+			} else {
+				err = ReadPartition(ctx, brokers, topic, p, end, log, add)
+			}
 			if err == nil && len(msgs) > 0 {
 				err = send()
 			}

@@ -85,7 +85,7 @@ func cmdDLQ(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	sum := newDeadLetterSummary(*samples)
-	held, err := ingest.ReadDeadLetters(ctx, brokers, cfg.Kafka.DLQTopic, slog.New(slog.DiscardHandler), func(batch []ingest.Rejected) error {
+	held, err := ingest.ReadDeadLetters(ctx, brokers, cfg.Kafka.DLQTopic, sel.since, slog.New(slog.DiscardHandler), func(batch []ingest.Rejected) error {
 		for i := range batch {
 			r := &batch[i]
 			if !sel.match(r) {
