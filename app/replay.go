@@ -2,13 +2,18 @@ package app
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +25,7 @@ import (
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/store"
 )
@@ -27,10 +33,13 @@ import (
 // ReplaySummary is what a replay saw and decided.
 type ReplaySummary struct {
 	Lines, Events, Rejected, Duplicates int
-	ByAction                            map[string]int
-	RuleHits                            map[string]int
-	Commands, Alerts                    int
-	Elapsed                             time.Duration
+	// RejectedBy counts the rejected lines by reason and field
+	// ("wrong_type amount"); the lines are in rejected.ndjson.
+	RejectedBy       map[string]int
+	ByAction         map[string]int
+	RuleHits         map[string]int
+	Commands, Alerts int
+	Elapsed          time.Duration
 	// ClickHouse is set when the replay also wrote to clickhouse.addr.
 	ClickHouse     string
 	RulesetVersion string
@@ -58,22 +67,25 @@ func NewProcessor(cfg config.Config, set *rules.Set, m *detector.Metrics, log *s
 }
 
 // Replay scores newline-delimited events from r without Kafka (CONTRACT §5)
-// and writes decisions, alerts and commands as NDJSON into outDir.
-func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *slog.Logger) (ReplaySummary, error) {
+// and writes decisions, alerts and commands as NDJSON into outDir, and the
+// lines that are not valid events, with why, into outDir/rejected.ndjson
+// (the shape of walletguard dlq --export). name is where r comes from, as
+// the rejected lines' source says it: name:line.
+func Replay(cfg config.Config, set *rules.Set, r io.Reader, name, outDir string, log *slog.Logger) (ReplaySummary, error) {
 	start := time.Now()
-	sum := ReplaySummary{ByAction: map[string]int{}, RuleHits: map[string]int{}, RulesetVersion: set.Version}
+	sum := ReplaySummary{ByAction: map[string]int{}, RuleHits: map[string]int{}, RejectedBy: map[string]int{}, RulesetVersion: set.Version}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return sum, fmt.Errorf("create output dir: %w", err)
 	}
 	files := map[string]*bufio.Writer{}
 	var closers []*os.File
-	for _, name := range []string{"decisions", "alerts", "commands"} {
-		f, err := os.Create(filepath.Join(outDir, name+".ndjson"))
+	for _, out := range []string{"decisions", "alerts", "commands", "rejected"} {
+		f, err := os.Create(filepath.Join(outDir, out+".ndjson"))
 		if err != nil {
-			return sum, fmt.Errorf("create %s output: %w", name, err)
+			return sum, fmt.Errorf("create %s output: %w", out, err)
 		}
 		closers = append(closers, f)
-		files[name] = bufio.NewWriterSize(f, 1<<20)
+		files[out] = bufio.NewWriterSize(f, 1<<20)
 	}
 	defer func() {
 		for _, f := range closers {
@@ -127,7 +139,8 @@ func Replay(cfg config.Config, set *rules.Set, r io.Reader, outDir string, log *
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 256<<10), event.MaxSize+1024)
-	in := replayInput{sc: sc, sum: &sum, log: log, engine: p.Engine, keepLines: sink != nil, now: time.Now()}
+	in := replayInput{sc: sc, sum: &sum, log: log, engine: p.Engine, keepLines: sink != nil, now: time.Now(),
+		name: name, rejected: files["rejected"], sink: sink}
 	for {
 		ev, line, ok := in.next()
 		if !ok {
@@ -209,6 +222,15 @@ func (s ReplaySummary) Print(w io.Writer) {
 	rate := float64(s.Events) / max(s.Elapsed.Seconds(), 1e-9)
 	fmt.Fprintf(w, "replayed %d events in %s (%.0f events/s), rule set %s\n", s.Events, s.Elapsed.Round(time.Millisecond), rate, s.RulesetVersion)
 	fmt.Fprintf(w, "rejected %d, duplicates %d\n", s.Rejected, s.Duplicates)
+	if s.Rejected > 0 {
+		why := slices.SortedFunc(maps.Keys(s.RejectedBy), func(a, b string) int {
+			return cmp.Or(s.RejectedBy[b]-s.RejectedBy[a], strings.Compare(a, b))
+		})
+		fmt.Fprintf(w, "rejected lines, by reason and field (each with its line in rejected.ndjson):\n")
+		for _, k := range why {
+			fmt.Fprintf(w, "  %6d  %s\n", s.RejectedBy[k], k)
+		}
+	}
 	if s.ClickHouse != "" {
 		fmt.Fprintf(w, "events, decisions, actions and alerts written to ClickHouse %s\n", s.ClickHouse)
 	}
@@ -248,8 +270,13 @@ type replayInput struct {
 	// A backtest file may lie in the future of the wall clock (generated
 	// traffic): "too far in the future" is judged against the file's own
 	// clock, the newest event time accepted so far, when that is later.
-	now  time.Time
-	ring [3]struct {
+	now time.Time
+	// Where rejected lines go: name is the input's, for their source.
+	name     string
+	rejected *bufio.Writer
+	sink     *store.Writer
+	buf      []byte
+	ring     [3]struct {
 		ev   event.Event
 		line []byte
 	}
@@ -286,8 +313,7 @@ func (r *replayInput) read() bool {
 		}
 		ev, err := event.Decode(line, r.now)
 		if err != nil {
-			r.sum.Rejected++
-			r.log.Warn("replay: event rejected", "line", r.sum.Lines, "reason", event.ReasonOf(err), "err", err)
+			r.reject(line, err)
 			continue
 		}
 		r.sum.Events++
@@ -304,4 +330,33 @@ func (r *replayInput) read() bool {
 		return true
 	}
 	return false
+}
+
+// reject counts a line that is not a valid event and keeps it, with why:
+// in rejected.ndjson, and in ClickHouse's rejected table when the replay
+// writes there, as the daemon's dead letters are.
+func (r *replayInput) reject(line []byte, err error) {
+	reason := event.ReasonOf(err)
+	var field, detail string
+	if re, ok := errors.AsType[*event.RejectError](err); ok {
+		field, detail = re.Field, re.Detail
+	} else {
+		detail = err.Error()
+	}
+	r.sum.Rejected++
+	r.sum.RejectedBy[strings.TrimSpace(string(reason)+" "+field)]++
+	r.log.Warn("replay: event rejected", "line", r.sum.Lines, "reason", reason, "field", field, "detail", detail)
+	now := time.Now()
+	rej := ingest.Rejected{Source: r.name + ":" + strconv.Itoa(r.sum.Lines), SourceTopic: r.name, RejectedAt: now,
+		Reason: string(reason), Field: field, Detail: detail, Value: line, ValueSize: len(line)}
+	// A write error shows when the file is flushed at the end.
+	if r.buf, err = rej.AppendJSON(r.buf[:0]); err == nil {
+		r.rejected.Write(r.buf)
+	}
+	if r.sink != nil {
+		rec := ingest.Record{Topic: r.name, Offset: int64(r.sum.Lines), Value: line, Arrived: now}
+		row := store.NewRejectedRow(&rec, string(reason), field, detail, now)
+		row.Source = rej.Source
+		r.sink.Add(store.Batch{Rejected: []store.RejectedRow{row}})
+	}
 }

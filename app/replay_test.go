@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func replayFile(t *testing.T, path, out string, set *rules.Set) ReplaySummary {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	sum, err := Replay(config.Default(), set, f, out, slog.New(slog.DiscardHandler))
+	sum, err := Replay(config.Default(), set, f, filepath.Base(path), out, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,5 +232,83 @@ func TestReplaySkipsBadLinesAndKeepsOrder(t *testing.T) {
 	}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("decisions for %v, want %v in file order", got, want)
+	}
+}
+
+// TestReplayKeepsTheLinesItRejects: a backtest file with bad lines among
+// good ones decides the good ones and keeps each bad one in
+// rejected.ndjson — the line number, why, and the line itself (in base64
+// when it is not UTF-8) — and the summary counts them by reason and field.
+func TestReplayKeepsTheLinesItRejects(t *testing.T) {
+	ts := time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)
+	good := `{"event_id":"g1","type":"login","account_id":"acc-1","ts":"` + ts + `","device_id":"d1","ip":"10.0.0.1","result":"success"}`
+	lines := []string{
+		good,
+		`{"event_id":"b1","type":"transaction","account_id":"acc-2","ts":"` + ts + `","amount":"100"}`,
+		`{"event_id":"b2","type":"login",`,
+		"",
+		`{"event_id":"b3","type":"login","account_id":"acc-` + "\xff\xfe" + `","ts":"` + ts + `"}`,
+		`{"event_id":"b4","type":"transaction","account_id":"acc-3","ts":"` + ts + `","amount":"7"}`,
+	}
+	set, err := rules.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	sum, err := Replay(config.Default(), set, strings.NewReader(strings.Join(lines, "\n")+"\n"), "backtest.ndjson", out, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Events != 1 || sum.Rejected != 4 || sum.RejectedBy["wrong_type amount"] != 2 || sum.RejectedBy["invalid_json"] != 2 {
+		t.Errorf("events %d, rejected %d by %v; want 1 event, 4 rejected: 2 wrong_type amount, 2 invalid_json", sum.Events, sum.Rejected, sum.RejectedBy)
+	}
+	var text strings.Builder
+	sum.Print(&text)
+	if !strings.Contains(text.String(), "2  wrong_type amount") {
+		t.Errorf("the summary does not count the rejected lines by reason:\n%s", text.String())
+	}
+
+	type rejected struct {
+		Source      string  `json:"source"`
+		Reason      string  `json:"reason"`
+		Field       string  `json:"field"`
+		Detail      string  `json:"detail"`
+		Value       *string `json:"value"`
+		ValueBase64 []byte  `json:"value_base64"`
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "rejected.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []rejected
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var r rejected
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("rejected.ndjson line %q: %v", l, err)
+		}
+		got = append(got, r)
+	}
+	wantLine := map[string]int{"wrong_type": 0, "invalid_json": 0}
+	if len(got) != 4 {
+		t.Fatalf("rejected.ndjson holds %d lines, want 4:\n%s", len(got), raw)
+	}
+	for i, n := range []int{2, 3, 5, 6} {
+		r := got[i]
+		if r.Source != "backtest.ndjson:"+strconv.Itoa(n) || r.Reason == "" || r.Detail == "" {
+			t.Errorf("rejected line %d: source %q reason %q detail %q", n, r.Source, r.Reason, r.Detail)
+		}
+		var v []byte
+		if r.Value != nil {
+			v = []byte(*r.Value)
+		} else {
+			v = r.ValueBase64
+		}
+		if string(v) != lines[n-1] {
+			t.Errorf("rejected line %d holds %q, the file had %q", n, v, lines[n-1])
+		}
+		wantLine[r.Reason]++
+	}
+	if wantLine["wrong_type"] != 2 || wantLine["invalid_json"] != 2 || got[0].Field != "amount" {
+		t.Errorf("reasons %v, first field %q", wantLine, got[0].Field)
 	}
 }

@@ -2,12 +2,15 @@ package ingest
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -87,6 +90,50 @@ type Rejected struct {
 // Truncated reports whether the dead letter holds only the beginning of the
 // rejected record.
 func (r *Rejected) Truncated() bool { return r.ValueSize > len(r.Value) || r.KeySize > len(r.Key) }
+
+// exportedRejected is one line of an export. Value is the rejected record
+// as it was sent when that is valid UTF-8 (a JSON string, so that jq can
+// read it with fromjson), otherwise ValueBase64; Key likewise.
+type exportedRejected struct {
+	DeadLetter  string    `json:"dead_letter,omitempty"`
+	Source      string    `json:"source"`
+	RejectedAt  time.Time `json:"rejected_at,omitzero"`
+	Reason      string    `json:"reason"`
+	Field       string    `json:"field,omitempty"`
+	Detail      string    `json:"detail"`
+	Key         string    `json:"key"`
+	KeyBase64   string    `json:"key_base64,omitempty"`
+	Value       *string   `json:"value,omitempty"`
+	ValueBase64 string    `json:"value_base64,omitempty"`
+	// Truncated: the dead letter holds only the first bytes of a record
+	// of ValueSize bytes.
+	Truncated bool `json:"truncated,omitempty"`
+	ValueSize int  `json:"value_size"`
+}
+
+// AppendJSON appends r to b as one line of NDJSON, newline included: the
+// shape walletguard dlq --export and a replay's rejected.ndjson share, so
+// that one script fixes the records of both.
+func (r *Rejected) AppendJSON(b []byte) ([]byte, error) {
+	x := exportedRejected{DeadLetter: r.At, Source: r.Source, RejectedAt: r.RejectedAt, Reason: r.Reason, Field: r.Field,
+		Detail: r.Detail, Truncated: r.Truncated(), ValueSize: r.ValueSize}
+	if utf8.Valid(r.Key) {
+		x.Key = string(r.Key)
+	} else {
+		x.KeyBase64 = base64.StdEncoding.EncodeToString(r.Key)
+	}
+	if utf8.Valid(r.Value) {
+		v := string(r.Value)
+		x.Value = &v
+	} else {
+		x.ValueBase64 = base64.StdEncoding.EncodeToString(r.Value)
+	}
+	js, err := json.Marshal(&x)
+	if err != nil {
+		return b, fmt.Errorf("export rejected %s: %w", r.Source, err)
+	}
+	return append(append(b, js...), '\n'), nil
+}
 
 // ReadRejected reads a dead letter written by DeadLetter. A record without
 // its headers (written by something else) reads with empty reasons.

@@ -74,13 +74,25 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 		b, _ := event.Marshal(&it.Event)
 		in.Write(append(b, '\n'))
 	}
+	// Two lines from a build that sends an event type the contract does
+	// not know: the replay keeps them in the rejected table too.
+	for i := range 2 {
+		in.WriteString(`{"event_id":"u` + strconv.Itoa(i) + `","type":"refund","account_id":"acc-u","ts":"` + scfg.Start.Format(time.RFC3339) + `","app_version":"6.0.0-beta"}` + "\n")
+	}
 	cfg := config.Default()
 	cfg.ClickHouse.Addr = s.Addr
 	set, _ := rules.Load(nil)
 	out := t.TempDir()
-	sum, err := app.Replay(cfg, set, &in, out, slog.New(slog.DiscardHandler))
+	sum, err := app.Replay(cfg, set, &in, "events.ndjson", out, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sum.Rejected != 2 {
+		t.Fatalf("replay rejected %d lines, want the 2 refunds", sum.Rejected)
+	}
+	rej := query(t, s, "SELECT source, reason, field, app_version FROM walletguard.rejected FINAL WHERE source_topic = 'events.ndjson' ORDER BY source")
+	if len(rej.rows) != 2 || !strings.HasPrefix(rej.rows[0][0], "events.ndjson:") || strings.Join(rej.rows[0][1:], " ") != "unknown_type type 6.0.0-beta" {
+		t.Fatalf("the replay's rejected lines in ClickHouse: %v, want 2 of unknown_type type from 6.0.0-beta", rej.rows)
 	}
 	decisions := strings.Count(readFile(t, filepath.Join(out, "decisions.ndjson")), "\n")
 	got := query(t, s, "SELECT (SELECT count() FROM walletguard.events FINAL) AS events, (SELECT uniqExact(event_id) FROM walletguard.events) AS event_ids, "+
@@ -183,9 +195,9 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 			for _, r := range tb.rows {
 				got[r[tb.col("reason")]+" "+r[tb.col("field")]+" "+r[tb.col("app_version")]] = r[tb.col("records")] + " " + r[tb.col("accounts")]
 			}
-			if len(tb.rows) != 2 || got["wrong_type amount 5.1.0"] != "12 6" || got["invalid_json  "] != "3 1" ||
+			if len(tb.rows) != 3 || got["wrong_type amount 5.1.0"] != "12 6" || got["invalid_json  "] != "3 1" || got["unknown_type type 6.0.0-beta"] != "2 1" ||
 				tb.rows[0][tb.col("reason")] != "wrong_type" {
-				t.Errorf("rejected records by fault and producer: %v, want wrong_type amount from 5.1.0: 12 records of 6 accounts, then 3 invalid_json of 1", tb.rows)
+				t.Errorf("rejected records by fault and producer: %v, want wrong_type amount from 5.1.0: 12 records of 6 accounts, then 3 invalid_json of 1, and the replay's 2 unknown_type", tb.rows)
 			}
 		},
 		"alerts_by_category.sql": func(tb table) {

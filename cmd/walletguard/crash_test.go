@@ -303,7 +303,7 @@ func newReference(t *testing.T, broker string, scfg sim.Config, parts int, after
 		r.pos[e.EventID] = i
 	}
 	set, _ := rules.Load(nil)
-	sum, err := app.Replay(config.Default(), set, bytes.NewReader(file.Bytes()), r.dir, slog.New(slog.DiscardHandler))
+	sum, err := app.Replay(config.Default(), set, bytes.NewReader(file.Bytes()), "stream", r.dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"cmp"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -291,44 +289,11 @@ type deadLetterExport struct {
 	buf []byte
 }
 
-// exportedDeadLetter is one line of an export. Value is the rejected
-// record as it was sent when that is valid UTF-8 (a JSON string, so that
-// jq can read it with fromjson), otherwise ValueBase64; Key likewise.
-type exportedDeadLetter struct {
-	DeadLetter  string    `json:"dead_letter"`
-	Source      string    `json:"source"`
-	RejectedAt  time.Time `json:"rejected_at,omitzero"`
-	Reason      string    `json:"reason"`
-	Field       string    `json:"field,omitempty"`
-	Detail      string    `json:"detail"`
-	Key         string    `json:"key"`
-	KeyBase64   string    `json:"key_base64,omitempty"`
-	Value       *string   `json:"value,omitempty"`
-	ValueBase64 string    `json:"value_base64,omitempty"`
-	// Truncated: the dead letter holds only the first bytes of a record
-	// of ValueSize bytes.
-	Truncated bool `json:"truncated,omitempty"`
-	ValueSize int  `json:"value_size"`
-}
-
 func (e *deadLetterExport) write(r *ingest.Rejected) error {
-	x := exportedDeadLetter{DeadLetter: r.At, Source: r.Source, RejectedAt: r.RejectedAt, Reason: r.Reason, Field: r.Field,
-		Detail: r.Detail, Truncated: r.Truncated(), ValueSize: r.ValueSize}
-	if utf8.Valid(r.Key) {
-		x.Key = string(r.Key)
-	} else {
-		x.KeyBase64 = base64.StdEncoding.EncodeToString(r.Key)
+	var err error
+	if e.buf, err = r.AppendJSON(e.buf[:0]); err != nil {
+		return err
 	}
-	if utf8.Valid(r.Value) {
-		v := string(r.Value)
-		x.Value = &v
-	} else {
-		x.ValueBase64 = base64.StdEncoding.EncodeToString(r.Value)
-	}
-	b, err := json.Marshal(&x)
-	if err != nil {
-		return fmt.Errorf("export %s: %w", r.At, err)
-	}
-	e.w.Write(b)
-	return e.w.WriteByte('\n')
+	_, err = e.w.Write(e.buf)
+	return err
 }

@@ -14,7 +14,7 @@ import (
 
 func cmdReplay(args []string) int {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	out := fs.String("out", "", "output directory for decisions.ndjson, alerts.ndjson, commands.ndjson (required)")
+	out := fs.String("out", "", "output directory for decisions.ndjson, alerts.ndjson, commands.ndjson and rejected.ndjson (required)")
 	cfgPath := fs.String("config", "", "config file (thresholds, allow-list, rules.paths)")
 	rulePaths := fs.String("rules", "", "comma-separated rule files or directories to use instead of the configured ones")
 	compare := fs.String("compare", "", "a previous replay's --out directory (the baseline): report what this rule set decides differently, into DIR/changes.ndjson")
@@ -48,7 +48,9 @@ func cmdReplay(args []string) int {
 		return 2
 	}
 	var in io.Reader = os.Stdin
+	name := "stdin"
 	if file != "-" {
+		name = file
 		f, err := os.Open(file)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "replay: %v\n", err)
@@ -57,13 +59,13 @@ func cmdReplay(args []string) int {
 		defer f.Close()
 		in = f
 	}
-	sum, err := app.Replay(cfg, set, in, *out, newLogger("text", "warn"))
+	sum, err := app.Replay(cfg, set, in, name, *out, newLogger("text", "warn"))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
 		return 1
 	}
 	sum.Print(os.Stdout)
-	fmt.Printf("wrote %s/decisions.ndjson, alerts.ndjson, commands.ndjson\n", strings.TrimRight(*out, "/"))
+	fmt.Printf("wrote %s/decisions.ndjson, alerts.ndjson, commands.ndjson, rejected.ndjson\n", strings.TrimRight(*out, "/"))
 	if *compare != "" {
 		c, err := app.CompareDecisions(*compare, *out)
 		if err != nil {
