@@ -1,8 +1,10 @@
 package store
 
 import (
+	"encoding/json"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/walletguard/walletguard/alerts"
 	"github.com/walletguard/walletguard/detector"
@@ -195,21 +197,22 @@ const maxRejectedValue = 16 << 10
 // RejectedRow is one record rejected as invalid (and dead-lettered): why,
 // where it came from, what it says of its producer, and its start.
 type RejectedRow struct {
-	Source, SourceTopic           string
-	SourcePartition               uint32
-	SourceOffset                  uint64
-	RejectedAt                    time.Time
-	RejectedMs                    uint64
-	Reason, Field, Detail         string
-	Key, EventType, AppV, Channel string
-	Value                         string
-	ValueSize                     uint32
-	WrittenAt                     time.Time
+	Source, SourceTopic      string
+	SourcePartition          uint32
+	SourceOffset             uint64
+	RejectedAt               time.Time
+	RejectedMs               uint64
+	Reason, Field, Detail    string
+	Key                      Bytes
+	EventType, AppV, Channel string
+	Value                    Bytes
+	ValueSize                uint32
+	WrittenAt                time.Time
 }
 
 func (r *RejectedRow) values() []any {
 	return []any{r.Source, r.SourceTopic, r.SourcePartition, r.SourceOffset, r.RejectedAt, r.RejectedMs, r.Reason, r.Field,
-		r.Detail, r.Key, r.EventType, r.AppV, r.Channel, r.Value, r.ValueSize, r.WrittenAt}
+		r.Detail, string(r.Key), r.EventType, r.AppV, r.Channel, string(r.Value), r.ValueSize, r.WrittenAt}
 }
 
 // NewRejectedRow makes the row of a rejected record. Its place in Kafka
@@ -220,6 +223,42 @@ func NewRejectedRow(rec *ingest.Record, reason, field, detail string, now time.T
 	return RejectedRow{Source: ingest.Place(rec.Topic, rec.Partition, rec.Offset), SourceTopic: rec.Topic,
 		SourcePartition: uint32(max(rec.Partition, 0)), SourceOffset: uint64(max(rec.Offset, 0)),
 		RejectedAt: rec.Arrived.UTC(), RejectedMs: uint64(max(rec.Arrived.UnixMilli(), 0)), Reason: reason, Field: field, Detail: detail,
-		Key: string(rec.Key[:min(len(rec.Key), ingest.MaxDeadLetterKey)]), EventType: h.Type, AppV: h.AppVersion, Channel: h.Channel,
-		Value: string(v), ValueSize: uint32(min(len(rec.Value), math.MaxUint32)), WrittenAt: now.UTC()}
+		Key: Bytes(rec.Key[:min(len(rec.Key), ingest.MaxDeadLetterKey)]), EventType: h.Type, AppV: h.AppVersion, Channel: h.Channel,
+		Value: Bytes(v), ValueSize: uint32(min(len(rec.Value), math.MaxUint32)), WrittenAt: now.UTC()}
+}
+
+// Bytes is a column of any bytes — a rejected record's key and value may be
+// invalid UTF-8 — that keeps them exact through the spool: a JSON string
+// when they are valid UTF-8 (as a person reading the spool expects), else
+// {"base64": …}, where a plain string would turn each bad byte into U+FFFD.
+type Bytes string
+
+type bytesBase64 struct {
+	Base64 []byte `json:"base64"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (b Bytes) MarshalJSON() ([]byte, error) {
+	if utf8.ValidString(string(b)) {
+		return json.Marshal(string(b))
+	}
+	return json.Marshal(bytesBase64{[]byte(b)})
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (b *Bytes) UnmarshalJSON(data []byte) error {
+	if len(data) > 0 && data[0] == '{' {
+		var x bytesBase64
+		if err := json.Unmarshal(data, &x); err != nil {
+			return err
+		}
+		*b = Bytes(x.Base64)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return err
+	}
+	*b = Bytes(s)
+	return nil
 }

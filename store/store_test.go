@@ -13,6 +13,7 @@ import (
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
 	"github.com/walletguard/walletguard/event"
+	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/internal/testcert"
 	"github.com/walletguard/walletguard/store/chserver"
 )
@@ -67,6 +68,15 @@ func TestWriterSurvivesAClickHouseOutage(t *testing.T) {
 		t.Fatalf("spool %d bytes, last error %q", w.SpoolBytes(), w.LastError())
 	}
 	w.Add(eventRows(1500, 1000)) // overlaps: 500 rows written twice
+	// Rejected records keep their bytes through the spool, invalid UTF-8
+	// included: an analyst sees what the producer sent.
+	bad := []ingest.Record{
+		{Topic: "wallet.events", Offset: 1, Key: []byte("acc-\xff"), Value: []byte("{\"note\":\"\xc3\x28\"}"), Arrived: time.Now()},
+		{Topic: "wallet.events", Offset: 2, Key: []byte("acc-é"), Value: []byte(`{"amount":"1"}`), Arrived: time.Now()},
+	}
+	for i := range bad {
+		w.Add(Batch{Rejected: []RejectedRow{NewRejectedRow(&bad[i], "invalid_json", "", "value is not valid UTF-8", time.Now())}})
+	}
 	w.Sync(ctx)
 	s.Restart()
 	deadline := time.Now().Add(30 * time.Second)
@@ -78,6 +88,17 @@ func TestWriterSurvivesAClickHouseOutage(t *testing.T) {
 	}
 	if got := counts(t, s); got != "2500 2500 2500 2500" {
 		t.Errorf("after the outage: %s, want 2500 distinct events and decisions, each once", got)
+	}
+	got, err := s.Query(ctx, "SELECT hex(record_key), hex(value) FROM walletguard.rejected FINAL ORDER BY source_offset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for _, r := range bad {
+		fmt.Fprintf(&want, "%X\t%X\n", r.Key, r.Value)
+	}
+	if got != want.String() {
+		t.Errorf("rejected records after the spool, hex:\n%s\nwant the bytes sent:\n%s", got, want.String())
 	}
 	if err := w.Close(ctx); err != nil {
 		t.Error(err)
