@@ -46,7 +46,8 @@ func cmdBench(args []string) int {
 	latencySecs := fs.Int("latency-seconds", 20, "length of the latency run")
 	brokers := fs.String("brokers", "", "comma-separated brokers (default: the embedded broker)")
 	partitions := fs.Int("partitions", 8, "partitions of the embedded broker's topics, and of the run's topic on --brokers")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (or of --profile-phase) to this file")
+	phase := fs.String("profile-phase", "all", "what --cpuprofile covers: all, or end-to-end (the daemon's throughput run alone, without generating, producing and the bare reader)")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	stallTrace := fs.String("stall-trace", "", "write an execution trace (go tool trace) of the seconds around the latency run's first stall to this file")
 	stallOver := fs.Duration("stall-over", 200*time.Millisecond, "with --stall-trace: a decision later than this after its event was produced is a stall")
@@ -60,6 +61,12 @@ func cmdBench(args []string) int {
 		fmt.Fprintln(os.Stderr, "bench: --checkpoint-interval must be more than 0")
 		return 2
 	}
+	if *phase != "all" && *phase != "end-to-end" {
+		fmt.Fprintln(os.Stderr, "bench: --profile-phase is all or end-to-end")
+		return 2
+	}
+	// profile starts the CPU profile when the phase it covers begins.
+	profile := func(string) {}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -67,9 +74,14 @@ func cmdBench(args []string) int {
 			return 1
 		}
 		defer f.Close()
-		pprof.StartCPUProfile(f)
+		profile = func(begins string) {
+			if begins == *phase {
+				pprof.StartCPUProfile(f)
+			}
+		}
 		defer pprof.StopCPUProfile()
 	}
+	profile("all")
 	if *memProfile != "" {
 		defer func() {
 			f, err := os.Create(*memProfile)
@@ -169,10 +181,14 @@ func cmdBench(args []string) int {
 	const writtenName = "walletguard_state_written_bytes_total"
 	ckptBytes, mergeBytes := counterOf(a, writtenName, "by", "checkpoint"), counterOf(a, writtenName, "by", "merge")
 	cpuStart = cpuTime()
+	profile("end-to-end")
 	for a.Snapshot().Consumed < float64(len(msgs)) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	wall := time.Since(start)
+	if *phase == "end-to-end" {
+		pprof.StopCPUProfile()
+	}
 	full := float64(len(msgs)) / wall.Seconds()
 	fmt.Printf("walletguard end to end (decode, state, %d rules, decisions written to Kafka, checkpoints): %.0f events/s — %.0f%% of the bare reader\n",
 		len(mustRules().Rules), full, 100*full/bare)
