@@ -74,14 +74,7 @@ func cmdDemo(args []string) int {
 	a, err := app.New(cfg, log, app.Options{Observer: func(o app.Outputs) {
 		mu.Lock()
 		defer mu.Unlock()
-		for _, c := range o.Commands {
-			notes = append(notes, fmt.Sprintf("  %-11s %s — %s", strings.ToUpper(c.Command), c.AccountID, clipText(c.Reason, 150)))
-		}
-		for _, al := range o.Alerts {
-			if rules.SeverityRank(al.Severity) >= 3 || al.Category == "stuck_retry" || al.Category == "merchant_outage" {
-				notes = append(notes, fmt.Sprintf("  ALERT %-8s %s: %s", al.Severity, al.Title, clipText(al.Summary, 150)))
-			}
-		}
+		notes = appendDemoNotes(notes, &o)
 	}})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
@@ -233,4 +226,24 @@ func orDefault(v, d string) string {
 		return d
 	}
 	return v
+}
+
+// appendDemoNotes appends the lines the demo prints for one batch of
+// outputs: every command, and the alerts support would look at first.
+func appendDemoNotes(notes []string, o *app.Outputs) []string {
+	for _, c := range o.Commands {
+		notes = append(notes, fmt.Sprintf("  %-11s %s — %s", strings.ToUpper(c.Command), c.AccountID, clipText(c.Reason, 150)))
+	}
+	for _, al := range o.Alerts {
+		if rules.SeverityRank(al.Severity) >= 3 || al.Category == "stuck_retry" || al.Category == "merchant_outage" {
+			// An alert grows as its incident does: the same alert again,
+			// with more attempts or accounts, not a new one.
+			what := "ALERT  "
+			if al.UpdatedAt.After(al.CreatedAt) {
+				what = "UPDATED"
+			}
+			notes = append(notes, fmt.Sprintf("  %s %-8s %s: %s", what, al.Severity, al.Title, clipText(al.Summary, 150)))
+		}
+	}
+	return notes
 }
