@@ -7,12 +7,14 @@ package alerts
 
 import (
 	"cmp"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -906,6 +908,49 @@ type Query struct {
 	MinSeverity string
 	// Limit, if above 0, lists only that many, the newest.
 	Limit int
+	// After, if set, lists only the alerts after it in the listing's
+	// order: the page after the one that ended there.
+	After Cursor
+}
+
+// Cursor is a place in a listing of alerts (Newer's order): where a page
+// ended, so that the next one begins after it. An alert updated between
+// two pages moves to the top of the listing, and a later page leaves it
+// out rather than showing it twice.
+type Cursor struct {
+	UpdatedAt int64 // unix nanoseconds
+	AlertID   string
+}
+
+// CursorOf is the place of a in a listing.
+func CursorOf(a *Alert) Cursor { return Cursor{a.UpdatedAt.UnixNano(), a.AlertID} }
+
+// IsZero reports whether c is no place: a listing from its start.
+func (c Cursor) IsZero() bool { return c.UpdatedAt == 0 && c.AlertID == "" }
+
+// passed reports whether a comes after c in a listing.
+func (c Cursor) passed(a *Alert) bool {
+	at := a.UpdatedAt.UnixNano()
+	return at < c.UpdatedAt || at == c.UpdatedAt && a.AlertID > c.AlertID
+}
+
+// String writes c as an opaque token for a URL.
+func (c Cursor) String() string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d.%s", c.UpdatedAt, c.AlertID))
+}
+
+// ParseCursor reads a token written by Cursor.String.
+func ParseCursor(s string) (Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("cursor %q: not a listing's token", s)
+	}
+	at, id, ok := strings.Cut(string(b), ".")
+	n, err := strconv.ParseInt(at, 10, 64)
+	if !ok || err != nil || id == "" {
+		return Cursor{}, fmt.Errorf("cursor %q: not a listing's token", s)
+	}
+	return Cursor{n, id}, nil
 }
 
 // Match reports whether q picks a.
@@ -945,9 +990,12 @@ func (m *Manager) List(q Query) []Alert {
 		seen := map[*Alert]bool{} // a key may be filed twice in one hour
 		for i := len(hours) - 1; i >= 0 && len(picked) < q.Limit; i-- {
 			h := hours[i]
+			if !q.After.IsZero() && h > hourOf(time.Unix(0, q.After.UpdatedAt)) {
+				continue // every alert filed there is before the cursor
+			}
 			for _, key := range m.expiry[h] {
 				a := m.open[key]
-				if a == nil || a.filed != h+1 || seen[a] || !q.Match(a) {
+				if a == nil || a.filed != h+1 || seen[a] || !q.Match(a) || !q.After.IsZero() && !q.After.passed(a) {
 					continue
 				}
 				seen[a] = true
@@ -956,7 +1004,7 @@ func (m *Manager) List(q Query) []Alert {
 		}
 	} else if q.AccountID != "" {
 		for _, key := range m.byAccount[q.AccountID] {
-			if a := m.open[key]; a != nil && q.Match(a) {
+			if a := m.open[key]; a != nil && q.Match(a) && (q.After.IsZero() || q.After.passed(a)) {
 				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
 			}
 		}
@@ -965,7 +1013,7 @@ func (m *Manager) List(q Query) []Alert {
 			picked = make([]entry, 0, len(m.open)) // most are picked
 		}
 		for _, a := range m.open {
-			if q.Match(a) {
+			if q.Match(a) && (q.After.IsZero() || q.After.passed(a)) {
 				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
 			}
 		}

@@ -925,7 +925,7 @@ func TestPagesMatchTheWholeListing(t *testing.T) {
 		checkAccounts("before a prune")
 		m.prune(t0.Add(36 * time.Hour))
 		checkAccounts("after a prune")
-		for _, q := range []Query{{}, {Status: "all"}, {Status: "resolved"}, {Category: "stuck_retry"}, {MinSeverity: "high"}} {
+		for _, q := range []Query{{}, {Status: "all"}, {Status: "resolved"}, {Category: "stuck_retry"}, {MinSeverity: "high"}, {Status: "all", AccountID: "acc-007"}} {
 			whole := m.List(q)
 			for _, limit := range []int{1, 7, 50, 1000} {
 				q.Limit = limit
@@ -940,7 +940,46 @@ func TestPagesMatchTheWholeListing(t *testing.T) {
 							page[i].AlertID, page[i].UpdatedAt, want[i].AlertID, want[i].UpdatedAt)
 					}
 				}
+				// Page after page, each beginning after the token the one
+				// before ended with, lists the whole listing once, in order.
+				var walked []string
+				for q.After = (Cursor{}); ; {
+					page := m.List(q)
+					for i := range page {
+						walked = append(walked, page[i].AlertID)
+					}
+					if len(page) < limit {
+						break
+					}
+					c, err := ParseCursor(CursorOf(&page[len(page)-1]).String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					q.After = c
+				}
+				q.After = Cursor{}
+				var all []string
+				for i := range whole {
+					all = append(all, whole[i].AlertID)
+				}
+				if !slices.Equal(walked, all) {
+					t.Fatalf("seed %d, %+v: pages walked %d alerts, the whole listing has %d, or in another order", seed, q, len(walked), len(all))
+				}
 			}
+		}
+	}
+}
+
+// TestCursorTokensAreChecked: a token a listing wrote reads back; anything
+// else is refused with why.
+func TestCursorTokensAreChecked(t *testing.T) {
+	c := Cursor{UpdatedAt: t0.UnixNano(), AlertID: "al-1.x"}
+	if got, err := ParseCursor(c.String()); err != nil || got != c {
+		t.Fatalf("token %q read back as %+v, %v", c.String(), got, err)
+	}
+	for _, bad := range []string{"", "%%%", "bm90LWEtdG9rZW4", "MTIzLg"} {
+		if _, err := ParseCursor(bad); err == nil {
+			t.Errorf("token %q accepted", bad)
 		}
 	}
 }

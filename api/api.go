@@ -382,10 +382,18 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// limit: the newest that many. Without it, every alert picked; a
-	// console polling during a large incident asks for a page.
+	// console polling during a large incident asks for a page, and the
+	// next with after, the token the page ended with.
 	var ok bool
 	if aq.Limit, ok = limitParam(w, r, 0, 0); !ok {
 		return
+	}
+	if v := q.Get("after"); v != "" {
+		var err error
+		if aq.After, err = alerts.ParseCursor(v); err != nil {
+			writeErr(w, http.StatusBadRequest, "after: "+err.Error())
+			return
+		}
 	}
 	out := s.b.Alerts(aq)
 	mine := len(out)
@@ -420,7 +428,12 @@ func (s *server) alerts(w http.ResponseWriter, r *http.Request) {
 	if out == nil {
 		out = []alerts.Alert{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"alerts": out})
+	resp := map[string]any{"alerts": out}
+	if aq.Limit > 0 && len(out) == aq.Limit {
+		// A full page: there may be more after it.
+		resp["next"] = alerts.CursorOf(&out[len(out)-1]).String()
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 type ruleInfo struct {

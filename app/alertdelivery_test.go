@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -233,6 +234,12 @@ func TestAlertLifecycleAndRateLimit(t *testing.T) {
 	}
 	if got := ids("/v1/alerts?status=all&limit=3"); !slices.Equal(got, all[:3]) {
 		t.Errorf("limit=3 gave %v, want the newest three of %v", got, all)
+	}
+	if got := walkAlertPages(t, addr, "status=all", 4); !slices.Equal(got, all) {
+		t.Errorf("pages of 4 walked with next gave %v, want the whole listing %v", got, all)
+	}
+	if code, m := call(t, addr, "GET", "/v1/alerts?limit=2&after=not-a-token", "viewer-token", ""); code != 400 || !strings.Contains(fmt.Sprint(m["error"]), "after") {
+		t.Errorf("after=not-a-token: %d %v, want 400 naming after", code, m)
 	}
 	if got := ids("/v1/alerts?merchant_id=m-stuck-2"); len(got) != 1 || !slices.Contains(all, got[0]) {
 		t.Errorf("alerts at merchant m-stuck-2: %v, want one", got)
@@ -492,5 +499,39 @@ func TestAnAcknowledgedAlertIsNotDeliveredOpenAfterwards(t *testing.T) {
 	}
 	if !acked {
 		t.Error("the acknowledgement was never delivered")
+	}
+}
+
+// walkAlertPages lists the alerts query picks page by page, each asked
+// with the next token of the one before, as a console pages back through a
+// large queue; it returns their ids in order.
+func walkAlertPages(t *testing.T, addr, query string, limit int) []string {
+	t.Helper()
+	var ids []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > 1000 {
+			t.Fatalf("GET /v1/alerts?%s: more than 1,000 pages of %d", query, limit)
+		}
+		path := fmt.Sprintf("/v1/alerts?%s&limit=%d", query, limit)
+		if after != "" {
+			path += "&after=" + url.QueryEscape(after)
+		}
+		code, m := call(t, addr, "GET", path, "viewer-token", "")
+		if code != 200 {
+			t.Fatalf("GET %s: %d %v", path, code, m)
+		}
+		page := m["alerts"].([]any)
+		for _, a := range page {
+			ids = append(ids, a.(map[string]any)["alert_id"].(string))
+		}
+		next, _ := m["next"].(string)
+		if (next != "") != (len(page) == limit) {
+			t.Fatalf("GET %s: %d alerts listed, next %q: want a next token exactly when the page is full", path, len(page), next)
+		}
+		if next == "" {
+			return ids
+		}
+		after = next
 	}
 }

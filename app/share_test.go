@@ -328,6 +328,13 @@ func TestMembersSharePartitionsAndTheirState(t *testing.T) {
 			// Support may use either: each lists every member's alerts,
 			// and an acknowledgement asked of the other reaches the lead.
 			_, listed := call(t, other.app.HTTPAddr(), "GET", "/v1/alerts?status=all", "viewer-token", "")
+			var whole []string
+			for _, x := range listed["alerts"].([]any) {
+				whole = append(whole, x.(map[string]any)["alert_id"].(string))
+			}
+			if paged := walkAlertPages(t, other.app.HTTPAddr(), "status=all", 3); !slices.Equal(paged, whole) {
+				t.Errorf("pages of 3 through the member that does not lead: %v, want the whole listing %v", paged, whole)
+			}
 			stuffing := ""
 			for _, x := range listed["alerts"].([]any) {
 				if al := x.(map[string]any); al["category"] == "credential_stuffing" && al["ip"] != nil {
