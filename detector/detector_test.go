@@ -1305,3 +1305,60 @@ func FuzzRestoreChangelogRow(f *testing.F) {
 		_ = c.EachRow(func(byte, uint64, []byte) error { return nil })
 	})
 }
+
+// TestTimerReasonReadsWhatItsConfirmDoesNot: a timer's confirm is checked
+// on the views it reads, and a confirmed timer's reason still quotes the
+// views only the reason reads — the account's and its device's — as they
+// are when it fires; an unconfirmed one decides nothing.
+func TestTimerReasonReadsWhatItsConfirmDoesNot(t *testing.T) {
+	set, err := rules.Compile([]rules.Source{{Name: "team.yaml", Content: []byte(`
+rules:
+  - id: retried_and_unsettled
+    on: [payment_attempt]
+    when: event.status == "failed"
+    timer:
+      after: 10m
+      scope: payment
+      confirm: payment.attempts >= 2
+    score: 10
+    category: stuck_retry
+    severity: low
+    reason: "{payment.attempts} attempts; the account has {account.events_seen} events and {account.known_devices} devices"
+`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := set.ByID("retried_and_unsettled")
+	if r.ConfirmReads() != rules.RootPayment || r.Reads()&rules.RootAccount == 0 {
+		t.Fatalf("confirm reads %b, the rule %b: want the payment alone, and the account too", r.ConfirmReads(), r.Reads())
+	}
+	e := New(Config{AllowedLateness: time.Minute, IdleExpiry: 30 * 24 * time.Hour,
+		Thresholds: Thresholds{Review: 40, StepUp: 60, Freeze: 85}}, set, nil, slog.New(slog.DiscardHandler))
+	base := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	seq := 0
+	att := func(acc, pid, dev, status string, at time.Duration) event.Event {
+		seq++
+		return event.Event{EventID: fmt.Sprintf("e%d", seq), Type: event.TypePaymentAttempt, TypeName: "payment_attempt", TS: base.Add(at),
+			AccountID: acc, PaymentID: pid, DeviceID: dev, Attempt: 1, Status: status, ErrorCode: "NETWORK_TIMEOUT", BalanceAfter: -1, MerchantID: "m"}
+	}
+	var fired []Decision
+	for _, ev := range []event.Event{
+		att("twice", "p-1", "d-1", "failed", 0),
+		att("twice", "p-1", "d-2", "failed", time.Minute),
+		att("once", "p-2", "d-3", "failed", time.Minute),
+		att("other", "p-3", "d-4", "succeeded", 20*time.Minute), // moves event time past both timers
+	} {
+		out, _ := e.Process(&ev, nil)
+		for _, d := range out {
+			if d.Trigger == "timer" {
+				fired = append(fired, d)
+			}
+		}
+	}
+	if len(fired) != 1 || fired[0].AccountID != "twice" {
+		t.Fatalf("timer decisions %+v, want one, for the payment tried twice", fired)
+	}
+	if got, want := fired[0].Rules[0].Reason, "2 attempts; the account has 2 events and 2 devices"; got != want {
+		t.Errorf("reason %q, want %q", got, want)
+	}
+}

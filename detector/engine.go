@@ -818,42 +818,19 @@ func (e *Engine) timerDecision(r *rules.Rule, t *timer, set *rules.Set) (Decisio
 	ev := &t.ev
 	env := e.env
 	env.Event.Fill(ev)
-	now := t.due
-	if a := e.accounts.get(t.account); a != nil {
-		a.view(&env.Account, ev, now)
-	} else {
-		env.Account = rules.AccountView{}
-	}
-	env.Device, env.IP, env.Payee = rules.DeviceView{}, rules.IPView{}, rules.PayeeView{}
-	if ev.DeviceID != "" {
-		if d := e.devices.get(key64(ev.DeviceID)); d != nil {
-			d.view(&env.Device, now)
-		}
-	}
-	if ev.IP != "" {
-		if ip := e.ips.get(key64(ev.IP)); ip != nil {
-			ip.view(&env.IP, now)
-		}
-	}
-	env.Merchant, env.App = rules.MerchantView{}, rules.MerchantView{}
-	if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
-		m.view(&env.Merchant, now, e.syms)
-	}
-	if m := e.merchants[appKey(ev.AppVersion)]; m != nil && ev.AppVersion != "" {
-		m.view(&env.App, now, e.syms)
-	}
-	env.Payment = rules.PaymentView{}
-	if t.paymentID != "" {
-		if c := e.chains.get(chainKey(ev.AccountID, t.paymentID)); c != nil {
-			c.view(&env.Payment, t.paymentID, now, e.syms)
-		}
-	}
+	// Most timers that fire are not confirmed (a failed login's stuffing
+	// check reads its IP alone, and most IPs were one user mistyping): the
+	// views the confirm reads are filled first, the rest of what the rule
+	// reads only for one confirmed. Each view is rows to find in memory.
+	need := r.ConfirmReads()
+	e.timerViews(env, t, need)
 	if ok, err := e.eval.Confirm(r, env); err != nil || !ok {
 		if err != nil {
 			e.ruleError(r, err)
 		}
 		return Decision{}, false
 	}
+	e.timerViews(env, t, r.Reads()&^need)
 	h := e.hit(r, env, ev)
 	if e.metrics != nil && !e.following {
 		e.metrics.hit(r)
@@ -884,6 +861,58 @@ func (e *Engine) Flush(out []Decision) []Decision {
 		out = e.fireDue(src, e.srcMax[src], out)
 	}
 	return out
+}
+
+// timerViews fills the views of env that need names, as they are at the
+// timer's due time, for the event that set it.
+func (e *Engine) timerViews(env *rules.Env, t *timer, need rules.Root) {
+	ev, now := &t.ev, t.due
+	if need&rules.RootAccount != 0 {
+		if a := e.accounts.get(t.account); a != nil {
+			a.view(&env.Account, ev, now)
+		} else {
+			env.Account = rules.AccountView{}
+		}
+	}
+	if need&rules.RootDevice != 0 {
+		env.Device = rules.DeviceView{}
+		if ev.DeviceID != "" {
+			if d := e.devices.get(key64(ev.DeviceID)); d != nil {
+				d.view(&env.Device, now)
+			}
+		}
+	}
+	if need&rules.RootIP != 0 {
+		env.IP = rules.IPView{}
+		if ev.IP != "" {
+			if ip := e.ips.get(key64(ev.IP)); ip != nil {
+				ip.view(&env.IP, now)
+			}
+		}
+	}
+	if need&rules.RootPayee != 0 {
+		env.Payee = rules.PayeeView{}
+	}
+	if need&rules.RootMerchant != 0 {
+		env.Merchant = rules.MerchantView{}
+		if m := e.merchants[key64(ev.MerchantID)]; m != nil && ev.MerchantID != "" {
+			m.view(&env.Merchant, now, e.syms)
+		}
+	}
+	if need&rules.RootApp != 0 {
+		env.App = rules.MerchantView{}
+		if m := e.merchants[appKey(ev.AppVersion)]; m != nil && ev.AppVersion != "" {
+			m.view(&env.App, now, e.syms)
+		}
+	}
+	if need&rules.RootPayment != 0 {
+		env.Payment = rules.PaymentView{}
+		if t.paymentID != "" {
+			if c := e.chains.get(chainKey(ev.AccountID, t.paymentID)); c != nil {
+				c.view(&env.Payment, t.paymentID, now, e.syms)
+			}
+		}
+	}
 }
 
 func heapInit(h *timerHeap) { heap.Init(h) }

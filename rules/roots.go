@@ -10,7 +10,7 @@ import (
 // Root is one of the entity views of the environment, as a bit.
 type Root uint8
 
-// The entity views a rule can read besides event and account.
+// The views a rule can read besides its event.
 const (
 	RootDevice Root = 1 << iota
 	RootIP
@@ -18,10 +18,11 @@ const (
 	RootApp
 	RootPayee
 	RootPayment
+	RootAccount
 )
 
 var rootNames = map[string]Root{"device": RootDevice, "ip": RootIP, "merchant": RootMerchant,
-	"app": RootApp, "payee": RootPayee, "payment": RootPayment}
+	"app": RootApp, "payee": RootPayee, "payment": RootPayment, "account": RootAccount}
 
 // rootsOf lists the views a compiled expression reads.
 func rootsOf(p *vm.Program) Root {
@@ -42,8 +43,15 @@ func (c *rootCollector) Visit(n *ast.Node) {
 	}
 }
 
-// roots is every view the rule reads: its condition, timer conditions and
+// Reads is every view the rule reads: its condition, timer conditions and
 // reason.
+func (r *Rule) Reads() Root { return r.reads }
+
+// ConfirmReads is the views the rule's timer confirm condition reads: a
+// timer that fires needs only these to be confirmed or dropped, and the
+// rest of Reads for its reason once confirmed.
+func (r *Rule) ConfirmReads() Root { return r.confirmReads }
+
 func (r *Rule) roots() Root {
 	v := rootsOf(r.when) | rootsOf(r.until) | rootsOf(r.confirm)
 	for _, p := range r.reason {
@@ -61,7 +69,7 @@ func (s *Set) Uses(t event.Type, v Root) bool { return s.uses[t]&v != 0 }
 // many accounts — a device, an IP, a merchant, an app version, a payee —
 // and not only its event, its account and its payment. What such a rule
 // sees depends on how the events of different accounts interleave.
-func (r *Rule) SpansAccounts() bool { return r.roots()&^RootPayment != 0 }
+func (r *Rule) SpansAccounts() bool { return r.reads&^(RootPayment|RootAccount) != 0 }
 
 // AcrossAccounts is the ids of the set's rules that span accounts
 // (Rule.SpansAccounts), for comparing what instances that split the

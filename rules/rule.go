@@ -116,6 +116,7 @@ type Rule struct {
 	// The conditions compiled to Go, nil where one needs the VM.
 	whenFn, untilFn, confirmFn cond
 	reason                     template
+	reads, confirmReads        Root // see Reads
 }
 
 // Set is a loaded, validated rule set.
@@ -172,7 +173,7 @@ func Compile(files []Source) (*Set, error) {
 		return nil, err
 	}
 	for _, r := range set.Rules {
-		roots := r.roots()
+		roots := r.reads
 		for _, t := range r.Types {
 			set.byType[t] = append(set.byType[t], r)
 			set.uses[t] |= roots
@@ -308,6 +309,7 @@ func compileRule(s Spec, file string, line int) (*Rule, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	r.reads, r.confirmReads = r.roots(), rootsOf(r.confirm)
 	return r, nil
 }
 
