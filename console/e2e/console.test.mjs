@@ -64,6 +64,22 @@ try {
   check(true, "filtering by severity lists only the critical");
   await page.selectOption("#alert-severity", "");
 
+  // Paging back through the queue, 20 alerts a page.
+  const shown = () => page.evaluate(() => [...document.querySelectorAll("#alerts-table tbody tr")].map((r) => r.dataset.alert));
+  await page.selectOption("#alert-status", "all");
+  await page.selectOption("#alert-page-size", "20");
+  await page.waitForSelector("#alerts-older:not([disabled])", { timeout: 15000 });
+  const newest = await shown();
+  await page.click("#alerts-older");
+  await page.waitForFunction(() => document.querySelector("#alerts-page").textContent.startsWith("alerts 21"), null, { timeout: 15000 });
+  const older = await shown();
+  check(newest.length === 20 && older.length > 0 && older.every((id) => !newest.includes(id)) && !(await page.locator("#alerts-newer").isDisabled()),
+    `the queue pages back: ${newest.length} newest, then ${older.length} older, none twice`);
+  await page.click("#alerts-newest");
+  await page.waitForFunction(() => document.querySelector("#alerts-page").textContent.startsWith("alerts 1–"), null, { timeout: 15000 });
+  await page.selectOption("#alert-page-size", "1000");
+  await page.selectOption("#alert-status", "");
+
   // The alert's own page: what a link in a delivered alert opens.
   // The queue re-renders every few seconds and may reorder under a
   // pointer: find the title and click it in one step.

@@ -77,17 +77,22 @@ async function renderBreakerBadge() {
 }
 
 // ---- alerts
-const alertPage = 1000;
 let ruleCategories = null;
+// Pages of the queue: the tokens older pages begin after (the API's
+// next), the newest page first. In a large incident the queue holds tens
+// of thousands, more than a table can show every few seconds; the page
+// shown stays where it is while the queue refreshes.
+let alertPages = [""];
 async function renderAlerts() {
   const cat = $("#alert-category").value, status = $("#alert-status").value, sev = $("#alert-severity").value;
+  const alertPage = Number($("#alert-page-size").value);
   const q = new URLSearchParams();
   if (status) q.set("status", status);
   if (cat) q.set("category", cat);
   if (sev) q.set("min_severity", sev);
-  // A page of the newest: in a large incident the queue holds tens of
-  // thousands, more than a table can show every few seconds.
   q.set("limit", alertPage);
+  const at = alertPages.length - 1;
+  if (alertPages[at]) q.set("after", alertPages[at]);
   const data = await api("GET", "/v1/alerts?" + q);
   // Categories to filter by: those the rules raise, and any listed.
   if (!ruleCategories) ruleCategories = ((await api("GET", "/v1/rules")).rules || []).map((r) => r.category);
@@ -96,8 +101,15 @@ async function renderAlerts() {
   for (const c of cats) {
     if (![...sel.options].some((o) => o.value === c)) sel.add(new Option(c, c));
   }
-  $("#alerts-more").hidden = data.alerts.length < alertPage;
-  $("#alerts-more").textContent = `Showing the ${alertPage.toLocaleString("en")} most recently updated; pick a category, severity or status to narrow the list.`;
+  const next = data.next || "";
+  $("#alerts-more").hidden = !next || at > 0;
+  $("#alerts-more").textContent = `Showing the ${alertPage.toLocaleString("en")} most recently updated; pick a category, severity or status to narrow the list, or page back.`;
+  $("#alerts-pager").hidden = !next && at === 0;
+  $("#alerts-older").disabled = !next;
+  $("#alerts-older").dataset.next = next;
+  $("#alerts-newer").disabled = $("#alerts-newest").disabled = at === 0;
+  const from = at * alertPage + 1;
+  $("#alerts-page").textContent = data.alerts.length ? `alerts ${from.toLocaleString("en")}–${(from + data.alerts.length - 1).toLocaleString("en")}, newest first` : "";
   const list = data.alerts.slice().sort((a, b) => (sevRank[b.severity] - sevRank[a.severity]) || (b.updated_at > a.updated_at ? 1 : -1));
   const tb = $("#alerts-table tbody");
   tb.innerHTML = list.map((a) => {
@@ -311,8 +323,18 @@ $("#signin-form").addEventListener("submit", async (ev) => {
   }
 });
 $("#signout").addEventListener("click", signOut);
-$("#alert-category").addEventListener("change", renderAlerts);
-$("#alert-severity").addEventListener("change", renderAlerts);
-$("#alert-status").addEventListener("change", renderAlerts);
+// A new filter or page size lists from the newest again.
+const relist = () => { alertPages = [""]; return renderAlerts(); };
+for (const f of ["#alert-category", "#alert-severity", "#alert-status", "#alert-page-size"]) $(f).addEventListener("change", relist);
+$("#alerts-older").addEventListener("click", (e) => {
+  if (!e.target.dataset.next) return;
+  alertPages.push(e.target.dataset.next);
+  renderAlerts().catch((err) => toast(err.message));
+});
+$("#alerts-newer").addEventListener("click", () => {
+  if (alertPages.length > 1) alertPages.pop();
+  renderAlerts().catch((err) => toast(err.message));
+});
+$("#alerts-newest").addEventListener("click", () => relist().catch((err) => toast(err.message)));
 window.addEventListener("hashchange", show);
 show();
