@@ -3,6 +3,7 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -211,6 +212,65 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 				}
 			}
 		},
+	}
+	// The latest hour's matches per rule, and the same hour a day before,
+	// counted from the replay's own decisions.
+	type ruleHour struct{ last, yesterday int }
+	byRule := map[string]*ruleHour{}
+	var latest time.Time
+	type decision struct {
+		TS    time.Time `json:"ts"`
+		Rules []struct {
+			ID string `json:"id"`
+		} `json:"rules"`
+	}
+	var decs []decision
+	for _, line := range strings.Split(strings.TrimSpace(readFile(t, filepath.Join(out, "decisions.ndjson"))), "\n") {
+		var d decision
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatal(err)
+		}
+		decs = append(decs, d)
+		if d.TS.After(latest) {
+			latest = d.TS
+		}
+	}
+	for _, d := range decs {
+		for _, h := range d.Rules {
+			if byRule[h.ID] == nil {
+				byRule[h.ID] = &ruleHour{}
+			}
+			switch age := latest.Truncate(time.Second).Sub(d.TS.Truncate(time.Second)); {
+			case age < time.Hour:
+				byRule[h.ID].last++
+			case age >= 24*time.Hour && age < 25*time.Hour:
+				byRule[h.ID].yesterday++
+			}
+		}
+	}
+	pack["rule_surges.sql"] = func(tb table) {
+		got := map[string]*ruleHour{}
+		for _, r := range tb.rows {
+			id := r[tb.col("rule")]
+			if got[id] == nil {
+				got[id] = &ruleHour{}
+			}
+			got[id].last += int(num(r[tb.col("last_hour")]))
+			got[id].yesterday += int(num(r[tb.col("same_hour_yesterday")]))
+		}
+		matched := 0
+		for id, want := range byRule {
+			if want.last == 0 {
+				continue
+			}
+			matched++
+			if g := got[id]; g == nil || *g != *want {
+				t.Errorf("rule %s: the query counts %+v in the latest hour and the same hour yesterday, the replay's decisions %+v", id, g, *want)
+			}
+		}
+		if matched == 0 || len(got) != matched {
+			t.Errorf("%d rules matched in the latest hour, the query lists %d", matched, len(got))
+		}
 	}
 	files, _ := filepath.Glob("../deploy/clickhouse/queries/*.sql")
 	if len(files) != len(pack) {
