@@ -18,6 +18,8 @@ func cmdReplay(args []string) int {
 	cfgPath := fs.String("config", "", "config file (thresholds, allow-list, rules.paths)")
 	rulePaths := fs.String("rules", "", "comma-separated rule files or directories to use instead of the configured ones")
 	compare := fs.String("compare", "", "a previous replay's --out directory (the baseline): report what this rule set decides differently, into DIR/changes.ndjson")
+	toCH := fs.Bool("clickhouse", false, "also write the events, decisions, actions, alerts and rejected lines to clickhouse.addr of --config: "+
+		"a scratch server or database, never the one the daemon writes to (a backtest's decisions carry the ids of the live decisions of the same events, and replace them)")
 	// Accept the file before or after the flags: "replay FILE --out DIR".
 	var file string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -30,12 +32,21 @@ func cmdReplay(args []string) int {
 		file = fs.Arg(0)
 	}
 	if file == "" || *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR]")
+		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR] [--clickhouse]")
 		return 2
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
+		return 2
+	}
+	// A backtest is often run with the production config, for its
+	// thresholds and allow-list: its ClickHouse is the live one.
+	if !*toCH && cfg.ClickHouse.Addr != "" {
+		fmt.Fprintf(os.Stderr, "replay: not writing to ClickHouse %s (--clickhouse to write there)\n", cfg.ClickHouse.Addr)
+		cfg.ClickHouse.Addr = ""
+	} else if *toCH && cfg.ClickHouse.Addr == "" {
+		fmt.Fprintln(os.Stderr, "replay: --clickhouse needs clickhouse.addr in --config")
 		return 2
 	}
 	paths := cfg.Rules.Paths
