@@ -33,17 +33,27 @@ func (a *App) openSink() error {
 
 // openStore starts a ClickHouse writer as ch says, spooling in spoolDir.
 func openStore(ch config.ClickHouse, spoolDir string, log *slog.Logger, reg prometheus.Registerer) (*store.Writer, error) {
-	tlsCfg, err := ch.TLS.Client()
+	cfg, err := StoreConfig(ch)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse.%w", err)
+		return nil, err
 	}
-	w, err := store.Open(store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password, TLS: tlsCfg,
-		SpoolDir: spoolDir, SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
-		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, log, reg)
+	cfg.SpoolDir = spoolDir
+	w, err := store.Open(cfg, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: %w", err)
 	}
 	return w, nil
+}
+
+// StoreConfig is the analytics store's side of the clickhouse settings.
+func StoreConfig(ch config.ClickHouse) (store.Config, error) {
+	tlsCfg, err := ch.TLS.Client()
+	if err != nil {
+		return store.Config{}, fmt.Errorf("clickhouse.%w", err)
+	}
+	return store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password, TLS: tlsCfg,
+		SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
+		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, nil
 }
 
 // toSink hands what one event (or action) produced to the analytics

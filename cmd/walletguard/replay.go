@@ -1,15 +1,19 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/rules"
+	"github.com/walletguard/walletguard/store"
 )
 
 func cmdReplay(args []string) int {
@@ -18,6 +22,8 @@ func cmdReplay(args []string) int {
 	cfgPath := fs.String("config", "", "config file (thresholds, allow-list, rules.paths)")
 	rulePaths := fs.String("rules", "", "comma-separated rule files or directories to use instead of the configured ones")
 	compare := fs.String("compare", "", "a previous replay's --out directory (the baseline): report what this rule set decides differently, into DIR/changes.ndjson")
+	fromCH := fs.String("from-clickhouse", "", "read the events from the events table of clickhouse.addr of --config instead of a file: "+
+		"those since then, a duration back from now (168h) or an RFC 3339 time")
 	toCH := fs.Bool("clickhouse", false, "also write the events, decisions, actions, alerts and rejected lines to clickhouse.addr of --config: "+
 		"a scratch server or database, never the one the daemon writes to (a backtest's decisions carry the ids of the live decisions of the same events, and replace them)")
 	// Accept the file before or after the flags: "replay FILE --out DIR".
@@ -31,14 +37,21 @@ func cmdReplay(args []string) int {
 	if file == "" && fs.NArg() > 0 {
 		file = fs.Arg(0)
 	}
-	if file == "" || *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|- --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR] [--clickhouse]")
+	if (file == "") == (*fromCH == "") || *out == "" {
+		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|-|--from-clickhouse SINCE --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR] [--clickhouse]")
 		return 2
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
 		return 2
+	}
+	var events *clickHouseEvents
+	if *fromCH != "" {
+		if events, err = newClickHouseEvents(cfg, *fromCH, *toCH); err != nil {
+			fmt.Fprintf(os.Stderr, "replay: --from-clickhouse: %v\n", err)
+			return 2
+		}
 	}
 	// A backtest is often run with the production config, for its
 	// thresholds and allow-list: its ClickHouse is the live one.
@@ -60,7 +73,10 @@ func cmdReplay(args []string) int {
 	}
 	var in io.Reader = os.Stdin
 	name := "stdin"
-	if file != "-" {
+	if events != nil {
+		in, name = events.start(), events.name
+		defer events.stop()
+	} else if file != "-" {
 		name = file
 		f, err := os.Open(file)
 		if err != nil {
@@ -71,6 +87,9 @@ func cmdReplay(args []string) int {
 		in = f
 	}
 	sum, err := app.Replay(cfg, set, in, name, *out, newLogger("text", "warn"))
+	if err == nil && events != nil {
+		err = events.stop()
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "replay: %v\n", err)
 		return 1
@@ -87,4 +106,61 @@ func cmdReplay(args []string) int {
 		fmt.Printf("wrote %s/changes.ndjson\n", strings.TrimRight(*out, "/"))
 	}
 	return 0
+}
+
+// clickHouseEvents streams the events the daemon stored in ClickHouse into
+// a replay, a day at a time.
+type clickHouseEvents struct {
+	cfg      store.Config
+	from, to time.Time
+	name     string
+	done     chan error
+	err      error
+	pr       *io.PipeReader
+}
+
+func newClickHouseEvents(cfg config.Config, since string, writeBack bool) (*clickHouseEvents, error) {
+	if cfg.ClickHouse.Addr == "" {
+		return nil, fmt.Errorf("needs clickhouse.addr in --config")
+	}
+	if writeBack {
+		return nil, fmt.Errorf("with --clickhouse, the backtest's decisions would replace the live ones it read: write it to another server's config")
+	}
+	now := time.Now()
+	from, err := parseSince(since, now)
+	if err != nil {
+		return nil, err
+	}
+	scfg, err := app.StoreConfig(cfg.ClickHouse)
+	if err != nil {
+		return nil, err
+	}
+	return &clickHouseEvents{cfg: scfg, from: from, to: now,
+		name: fmt.Sprintf("clickhouse %s/%s.events since %s", scfg.Addr, scfg.Database, from.UTC().Format(time.RFC3339))}, nil
+}
+
+// start begins reading and returns the events as NDJSON.
+func (c *clickHouseEvents) start() io.Reader {
+	pr, pw := io.Pipe()
+	c.pr, c.done = pr, make(chan error, 1)
+	go func() {
+		_, err := store.ReadEvents(context.Background(), c.cfg, c.from, c.to, pw)
+		pw.CloseWithError(err)
+		c.done <- err
+	}()
+	return pr
+}
+
+// stop ends the read, if the replay stopped first, and says whether it
+// failed.
+func (c *clickHouseEvents) stop() error {
+	if c.done == nil {
+		return nil
+	}
+	c.pr.Close()
+	c.err, c.done = <-c.done, nil
+	if c.err != nil && !errors.Is(c.err, io.ErrClosedPipe) {
+		return c.err
+	}
+	return nil
 }
