@@ -26,17 +26,8 @@ func writeSim(t *testing.T, accounts int, seed uint64) (string, []*sim.Label) {
 	cfg.Duration = 36 * time.Hour
 	g := sim.New(cfg)
 	var b bytes.Buffer
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		j, err := event.Marshal(&it.Event)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Write(j)
-		b.WriteByte('\n')
+	if _, err := g.WriteNDJSON(&b); err != nil {
+		t.Fatal(err)
 	}
 	p := filepath.Join(t.TempDir(), "events.ndjson")
 	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {

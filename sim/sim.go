@@ -11,8 +11,10 @@
 package sim
 
 import (
+	"bufio"
 	"container/heap"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -305,6 +307,36 @@ func (g *Generator) historySession(s histSlot) {
 		g.emit(tx)
 	}
 	a.lastTS, a.lastPlace = t, a.home
+}
+
+// WriteNDJSON writes the rest of the traffic to w, one record a line as a
+// producer sends it (an invalid one, where the config asks for some, as its
+// raw bytes), and returns how many it wrote.
+func (g *Generator) WriteNDJSON(w io.Writer) (int, error) {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	n := 0
+	for {
+		it, ok := g.Next()
+		if !ok {
+			break
+		}
+		b := it.Raw
+		if b == nil {
+			var err error
+			if b, err = event.Marshal(&it.Event); err != nil {
+				return n, fmt.Errorf("event %s: %w", it.Event.EventID, err)
+			}
+		}
+		bw.Write(b)
+		if err := bw.WriteByte('\n'); err != nil {
+			return n, fmt.Errorf("write traffic: %w", err)
+		}
+		n++
+	}
+	if err := bw.Flush(); err != nil {
+		return n, fmt.Errorf("write traffic: %w", err)
+	}
+	return n, nil
 }
 
 // Next returns the next item in event-time order.

@@ -17,7 +17,6 @@ import (
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/enforce"
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/sim"
@@ -67,13 +66,8 @@ func TestReplayLandsInClickHouseAndTheQueryPackAnswers(t *testing.T) {
 	scfg.Start = time.Now().UTC().Add(-60 * time.Hour).Truncate(time.Hour)
 	g := sim.New(scfg)
 	var in bytes.Buffer
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		b, _ := event.Marshal(&it.Event)
-		in.Write(append(b, '\n'))
+	if _, err := g.WriteNDJSON(&in); err != nil {
+		t.Fatal(err)
 	}
 	// Two lines from a build that sends an event type the contract does
 	// not know: the replay keeps them in the rejected table too.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -9,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/sim"
 	"github.com/walletguard/walletguard/store/chserver"
 )
@@ -23,22 +23,13 @@ func TestABacktestWritesToClickHouseOnlyWhenAsked(t *testing.T) {
 	dir := t.TempDir()
 	scfg := sim.DefaultConfig(300)
 	scfg.Seed, scfg.Duration, scfg.HistoryDays = 4, 12*time.Hour, 1
-	g := sim.New(scfg)
-	var lines []string
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		b, err := event.Marshal(&it.Event)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
+	var traffic bytes.Buffer
+	if _, err := sim.New(scfg).WriteNDJSON(&traffic); err != nil {
+		t.Fatal(err)
 	}
 	events := filepath.Join(dir, "events.ndjson")
 	cfg := filepath.Join(dir, "prod.yaml")
-	if err := os.WriteFile(events, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(events, traffic.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(cfg, []byte("clickhouse: {addr: \""+s.Addr+"\"}\n"), 0o644); err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"os"
@@ -9,7 +8,6 @@ import (
 
 	gojson "github.com/goccy/go-json"
 
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/sim"
 )
 
@@ -44,27 +42,10 @@ func cmdSim(args []string) int {
 		defer f.Close()
 		w = f
 	}
-	bw := bufio.NewWriterSize(w, 1<<20)
 	g := sim.New(cfg)
-	n := 0
-	for {
-		it, ok := g.Next()
-		if !ok {
-			break
-		}
-		b := it.Raw
-		if b == nil {
-			if b, err = event.Marshal(&it.Event); err != nil {
-				fmt.Fprintf(os.Stderr, "sim: %v\n", err)
-				return 1
-			}
-		}
-		bw.Write(b)
-		bw.WriteByte('\n')
-		n++
-	}
-	if err := bw.Flush(); err != nil {
-		fmt.Fprintf(os.Stderr, "sim: write: %v\n", err)
+	n, err := g.WriteNDJSON(w)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sim: %v\n", err)
 		return 1
 	}
 	if *labels != "" {
