@@ -15,6 +15,10 @@ type Snapshot struct {
 	Alerts                                       float64
 }
 
+// Consumed is Snapshot().Consumed without gathering every series: for a
+// caller that polls it often (walletguard bench waits on it).
+func (a *App) Consumed() float64 { return a.imet.ConsumedTotal() }
+
 // Snapshot reads the headline numbers.
 func (a *App) Snapshot() Snapshot {
 	s := Snapshot{Decisions: map[string]float64{}, Commands: map[string]float64{}}

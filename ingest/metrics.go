@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/walletguard/walletguard/event"
 )
@@ -36,6 +37,19 @@ func (m *Metrics) CountConsumed(t event.Type) {
 	if c := m.consumed[t]; c != nil { // valid events always have a known type
 		c.Inc()
 	}
+}
+
+// ConsumedTotal is how many valid events were consumed, of every type: a
+// read of a few counters, where gathering the registry reads every series.
+func (m *Metrics) ConsumedTotal() float64 {
+	var sum float64
+	var d dto.Metric
+	for _, c := range m.consumed {
+		if c != nil && c.Write(&d) == nil {
+			sum += d.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // NewMetrics registers ingest's series on reg.

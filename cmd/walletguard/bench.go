@@ -173,7 +173,7 @@ func cmdBench(args []string) int {
 	go func() { done <- a.Run(ctx) }()
 	stop := sync.OnceFunc(func() { cancel(); <-done })
 	defer stop()
-	for a.Snapshot().Consumed == 0 {
+	for a.Consumed() == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	const busyName, waitName = "walletguard_pipeline_busy_seconds_total", "walletguard_pipeline_output_wait_seconds_total"
@@ -182,7 +182,7 @@ func cmdBench(args []string) int {
 	ckptBytes, mergeBytes := counterOf(a, writtenName, "by", "checkpoint"), counterOf(a, writtenName, "by", "merge")
 	cpuStart = cpuTime()
 	profile("end-to-end")
-	for a.Snapshot().Consumed < float64(len(msgs)) {
+	for a.Consumed() < float64(len(msgs)) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	wall := time.Since(start)
