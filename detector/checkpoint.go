@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"slices"
@@ -330,17 +331,40 @@ type kv struct {
 
 // sortKV orders rows by key: bbolt fills B+tree pages in order far faster
 // than at random.
+// sortKV orders rows by key. The keys are hashes, spread evenly: a large
+// set is dealt into buckets by the top bits of its keys, in one pass, and
+// each bucket, a handful of rows, sorted on its own — a few times faster
+// than comparison sorting half a million rows, which took the checkpoint
+// write tens of milliseconds of CPU beside the pipeline.
 func sortKV(rows []kv) {
-	slices.SortFunc(rows, func(a, b kv) int {
-		switch {
-		case a.k < b.k:
-			return -1
-		case a.k > b.k:
-			return 1
+	if len(rows) < 1<<12 {
+		slices.SortFunc(rows, compareKV)
+		return
+	}
+	shift := 64 - uint(bits.Len(uint(len(rows)/4))) // about 4 rows a bucket
+	counts := make([]int32, 1<<(64-shift)+1)
+	for i := range rows {
+		counts[rows[i].k>>shift+1]++
+	}
+	for b := 1; b < len(counts); b++ {
+		counts[b] += counts[b-1]
+	}
+	dealt := make([]kv, len(rows))
+	next := slices.Clone(counts[:len(counts)-1])
+	for i := range rows {
+		b := rows[i].k >> shift
+		dealt[next[b]] = rows[i]
+		next[b]++
+	}
+	copy(rows, dealt)
+	for b := 0; b < len(counts)-1; b++ {
+		if lo, hi := counts[b], counts[b+1]; hi-lo > 1 {
+			slices.SortFunc(rows[lo:hi], compareKV)
 		}
-		return 0
-	})
+	}
 }
+
+func compareKV(a, b kv) int { return cmp.Compare(a.k, b.k) }
 
 func appendRaw[T any](dst []byte, r *T) []byte { return append(dst, raw(r)...) }
 

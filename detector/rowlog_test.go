@@ -472,3 +472,42 @@ func TestFileStatsTellTheDisk(t *testing.T) {
 	}
 	t.Logf("%d checkpoints wrote %d bytes, %d merges %d; %d files of %d bytes listed", steps, written, st.rows.merges, merged, fs.Files, fs.Bytes)
 }
+
+// TestSortKVOrdersAnySpreadOfKeys: rows come out in key order whether the
+// keys are hashes spread evenly, crowd into a few values, or sit all in the
+// low bits — the deal by top bits must not lose or reorder any.
+func TestSortKVOrdersAnySpreadOfKeys(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 9))
+	spreads := map[string]func() uint64{
+		"hashes":   r.Uint64,
+		"few":      func() uint64 { return r.Uint64N(5) << 60 },
+		"low bits": func() uint64 { return r.Uint64N(1 << 20) },
+	}
+	for name, key := range spreads {
+		for _, n := range []int{0, 1, 4095, 4096, 50000} {
+			rows := make([]kv, n)
+			for i := range rows {
+				rows[i] = kv{k: key(), v: []byte{byte(i)}}
+			}
+			want := slices.Clone(rows)
+			slices.SortStableFunc(want, compareKV)
+			sortKV(rows)
+			if !slices.IsSortedFunc(rows, compareKV) {
+				t.Fatalf("%s, %d rows: not in key order", name, n)
+			}
+			// The same rows, each once: compare as multisets of (key, value).
+			count := map[[2]uint64]int{}
+			for _, x := range want {
+				count[[2]uint64{x.k, uint64(x.v[0])}]++
+			}
+			for _, x := range rows {
+				count[[2]uint64{x.k, uint64(x.v[0])}]--
+			}
+			for k, c := range count {
+				if c != 0 {
+					t.Fatalf("%s, %d rows: row %v appears %d times too many", name, n, k, -c)
+				}
+			}
+		}
+	}
+}
