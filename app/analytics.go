@@ -53,7 +53,8 @@ func StoreConfig(ch config.ClickHouse) (store.Config, error) {
 	}
 	return store.Config{Addr: ch.Addr, Database: ch.Database, Username: ch.Username, Password: ch.Password, TLS: tlsCfg,
 		SpoolLimit: int64(ch.SpoolLimitMB) << 20, BatchRows: ch.BatchRows,
-		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D()}, nil
+		FlushEvery: ch.FlushInterval.D(), WriteTimeout: ch.WriteTimeout.D(),
+		Retention: ch.Retention.D(), AuditRetention: ch.AuditRetention.D()}, nil
 }
 
 // toSink hands what one event (or action) produced to the analytics

@@ -256,6 +256,13 @@ type ClickHouse struct {
 	// and checkpoints wait (the events are read again later).
 	SpoolAlertMB int `yaml:"spool_alert_mb"`
 	SpoolLimitMB int `yaml:"spool_limit_mb"`
+	// Retention, if set, drops the days of events, decisions, alerts and
+	// rejected records older than it: raw events hold personal data (IPs,
+	// devices) that a privacy policy keeps only so long. AuditRetention
+	// does the same for actions, the audit trail, which is usually kept
+	// longer. 0 keeps everything.
+	Retention      Duration `yaml:"retention"`
+	AuditRetention Duration `yaml:"audit_retention"`
 }
 
 // Alerts configures support-alert delivery.
@@ -566,6 +573,11 @@ func (c *Config) Validate() error {
 		}
 		if ch.SpoolLimitMB < 1 || ch.SpoolAlertMB < 1 || ch.SpoolAlertMB > ch.SpoolLimitMB {
 			bad("clickhouse: need 1 ≤ spool_alert_mb (%d) ≤ spool_limit_mb (%d)", ch.SpoolAlertMB, ch.SpoolLimitMB)
+		}
+		for name, d := range map[string]Duration{"retention": ch.Retention, "audit_retention": ch.AuditRetention} {
+			if d.D() != 0 && d.D() < 24*time.Hour {
+				bad("clickhouse.%s: %s is less than a day; the tables are dropped a day at a time (0 keeps everything)", name, d.D())
+			}
 		}
 	}
 	names := map[string]bool{}

@@ -76,6 +76,8 @@ func TestStrictErrorsNameTheKey(t *testing.T) {
 		"enforce:\n  audit_retention: 1.5d\n":                         "duration",
 		"alerts:\n  console_url: wg.example.com/console/\n":           "alerts.console_url",
 		"alerts:\n  console_url: https://wg.example.com/console/#/\n": "alerts.console_url",
+		"clickhouse:\n  addr: ch:9000\n  retention: 12h\n":            "clickhouse.retention",
+		"clickhouse:\n  addr: ch:9000\n  audit_retention: -24h\n":     "clickhouse.audit_retention",
 	}
 	for doc, want := range cases {
 		_, err := Parse([]byte(doc))
@@ -97,6 +99,9 @@ func TestDurationsInDays(t *testing.T) {
 	c, err := Parse([]byte("enforce:\n  audit_retention: 400d\n"))
 	if err != nil || c.Enforce.AuditRetention.D() != 400*24*time.Hour {
 		t.Errorf("audit_retention: 400d parsed as %v, %v", c.Enforce.AuditRetention.D(), err)
+	}
+	if c, err := Parse([]byte("clickhouse:\n  addr: ch:9000\n  retention: 90d\n")); err != nil || c.ClickHouse.Retention.D() != 90*24*time.Hour {
+		t.Errorf("clickhouse.retention: 90d parsed as %v, %v", c.ClickHouse.Retention.D(), err)
 	}
 	if c, err := Parse([]byte("enforce:\n  audit_retention: 0d\n")); err != nil || c.Enforce.AuditRetention != 0 {
 		t.Errorf("audit_retention: 0d parsed as %v, %v", c.Enforce.AuditRetention.D(), err)

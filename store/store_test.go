@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/detector"
+	"github.com/walletguard/walletguard/enforce"
 	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/ingest"
 	"github.com/walletguard/walletguard/internal/testcert"
@@ -171,5 +173,68 @@ func TestWriterOverTLS(t *testing.T) {
 	}
 	if got := counts(t, s); got != "300 300 300 300" {
 		t.Errorf("after the refused writers ClickHouse holds %s", got)
+	}
+}
+
+// TestRetentionDropsOnlyWhatIsPastIt: with clickhouse.retention of 30 days,
+// the days of events and the months of rejected records wholly older than
+// it go, a day's margin kept for the server's time zone, and the rest stay;
+// the audit trail, without a retention of its own, is kept whole.
+func TestRetentionDropsOnlyWhatIsPastIt(t *testing.T) {
+	s := chserver.Start(t)
+	w, err := Open(Config{Addr: s.Addr, Database: "walletguard", Username: "default", SpoolDir: t.TempDir(),
+		FlushEvery: 100 * time.Millisecond, Retention: 30 * 24 * time.Hour}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	now := time.Now()
+	var b Batch
+	for _, age := range []int{100, 40, 10, 0} { // days
+		at := now.AddDate(0, 0, -age)
+		ev := event.Event{EventID: fmt.Sprintf("ev-%d", age), Type: event.TypeLogin, TS: at, AccountID: "acc-1", Result: "success", BalanceAfter: -1}
+		b.Events = append(b.Events, NewEventRow(&ev, []byte(`{}`), now))
+		e := enforce.AuditEntry{At: at, Action: "freeze", Origin: "manual", Actor: "desk", AccountID: "acc-1", Reason: fmt.Sprint(age)}
+		b.Actions = append(b.Actions, NewActionRow(&e, now))
+		rec := ingest.Record{Topic: "wallet.events", Offset: int64(age), Value: []byte("{"), Arrived: at}
+		b.Rejected = append(b.Rejected, NewRejectedRow(&rec, "invalid_json", "", "unexpected end of JSON input", now))
+	}
+	w.Add(b)
+	if err := w.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	count := func() string {
+		out, err := s.Query(context.Background(), `SELECT arraySort(groupArray(event_id)) FROM walletguard.events;
+SELECT count() FROM walletguard.actions; SELECT arraySort(groupArray(source_offset)) FROM walletguard.rejected`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(strings.Fields(out), " ")
+	}
+	const want = "['ev-0','ev-10'] 4 [0,10]"
+	deadline := time.Now().Add(20 * time.Second)
+	for got := count(); got != want; got = count() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retention pass: events, actions, rejected offsets %s; want %s", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(w.m.dropped.WithLabelValues(TableEvents)); n != 2 {
+		t.Errorf("walletguard_clickhouse_partitions_dropped_total{table=events} = %v, want 2", n)
+	}
+}
+
+// TestPartitionEnds: the schema's partition values read as the day or
+// month they cover; anything else is left alone.
+func TestPartitionEnds(t *testing.T) {
+	for p, want := range map[string]string{"20261203": "2026-12-04", "202612": "2027-01-01", "20240229": "2024-03-01"} {
+		if end, ok := partitionEnd(p); !ok || end.Format(time.DateOnly) != want {
+			t.Errorf("partition %s ends %v (%v), want %s", p, end, ok, want)
+		}
+	}
+	for _, p := range []string{"", "tuple()", "2026120", "20261340", "'20261203'", "-20261203"} {
+		if _, ok := partitionEnd(p); ok {
+			t.Errorf("partition %q read as a date", p)
+		}
 	}
 }

@@ -35,6 +35,10 @@ type Config struct {
 	// WriteTimeout bounds one insert: a slow ClickHouse spills instead of
 	// holding detection up.
 	WriteTimeout time.Duration
+	// Retention drops the partitions of events, decisions, alerts and
+	// rejected records once all of their rows are older than it;
+	// AuditRetention those of actions. 0 keeps them.
+	Retention, AuditRetention time.Duration
 }
 
 // Batch is rows for the four tables.
@@ -83,6 +87,7 @@ type metrics struct {
 	batchSec prometheus.Histogram
 	failures prometheus.Counter
 	spooled  prometheus.Counter
+	dropped  *prometheus.CounterVec
 }
 
 // Open starts a writer. ClickHouse need not be up: rows spool until it is.
@@ -124,7 +129,9 @@ func Open(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Writer, err
 		batchSec: f.NewHistogram(prometheus.HistogramOpts{Name: "walletguard_clickhouse_batch_seconds", Help: "Time to write one batch to ClickHouse.",
 			Buckets: prometheus.ExponentialBuckets(0.002, 3, 9)}),
 		failures: f.NewCounter(prometheus.CounterOpts{Name: "walletguard_clickhouse_write_failures_total", Help: "Batches ClickHouse did not take (they spool)."}),
-		spooled:  f.NewCounter(prometheus.CounterOpts{Name: "walletguard_clickhouse_spooled_batches_total", Help: "Batches written to the local spool."}),
+		dropped: f.NewCounterVec(prometheus.CounterOpts{Name: "walletguard_clickhouse_partitions_dropped_total",
+			Help: "Partitions (days; months of rejected records) dropped for being past clickhouse.retention or audit_retention, by table."}, []string{"table"}),
+		spooled: f.NewCounter(prometheus.CounterOpts{Name: "walletguard_clickhouse_spooled_batches_total", Help: "Batches written to the local spool."}),
 	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "walletguard_clickhouse_spool_bytes", Help: "Bytes waiting in the local spool for ClickHouse."},
 		func() float64 { return float64(w.spoolBytes.Load()) })
@@ -202,12 +209,17 @@ func (w *Writer) loop() {
 	defer close(w.done)
 	t := time.NewTicker(w.cfg.FlushEvery)
 	defer t.Stop()
+	var expired time.Time // when partitions were last looked over
 	for {
 		select {
 		case <-w.stop:
 			return
 		case <-t.C:
 			w.flush()
+			if w.conn != nil && time.Since(expired) >= retentionEvery {
+				expired = time.Now()
+				w.dropExpired(expired)
+			}
 		case <-w.kick:
 			w.flush()
 		case reply := <-w.syncReq:
