@@ -232,7 +232,7 @@ func (s ReplaySummary) Print(w io.Writer) {
 		}
 	}
 	if s.ClickHouse != "" {
-		fmt.Fprintf(w, "events, decisions, actions and alerts written to ClickHouse %s\n", s.ClickHouse)
+		fmt.Fprintf(w, "events, decisions, actions, alerts and rejected lines written to ClickHouse %s\n", s.ClickHouse)
 	}
 	fmt.Fprintf(w, "decisions:")
 	for _, a := range []string{rules.ActionAllow, rules.ActionReview, rules.ActionStepUp, rules.ActionFreeze} {

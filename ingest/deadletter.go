@@ -180,10 +180,10 @@ const sinceSlack = 5 * time.Minute
 
 // ReadDeadLetters hands handle, in batches, the dead letters topic holds up
 // to its end when called — all of them, or with since set, those written
-// from a little before since on (the broker's time index finds where each
-// partition's begin, so asking for the last hour of a large topic reads
-// about an hour of it; the caller filters on RejectedAt). One partition's
-// come in order (one account's records keep their order, as the topic is
+// from a little before since on (the broker's time index finds where they
+// begin in each partition, so asking for the last hour of a large topic
+// reads about an hour of it; the caller filters on RejectedAt). One
+// partition's come in order (one account's records keep their order, as the topic is
 // keyed by account), partitions interleaved. It returns how many records
 // the topic held; a topic that does not exist holds none.
 func ReadDeadLetters(ctx context.Context, brokers []string, topic string, since time.Time, log *slog.Logger, handle func([]Rejected) error) (int64, error) {
