@@ -115,7 +115,6 @@ type clickHouseEvents struct {
 	from, to time.Time
 	name     string
 	done     chan error
-	err      error
 	pr       *io.PipeReader
 }
 
@@ -158,9 +157,10 @@ func (c *clickHouseEvents) stop() error {
 		return nil
 	}
 	c.pr.Close()
-	c.err, c.done = <-c.done, nil
-	if c.err != nil && !errors.Is(c.err, io.ErrClosedPipe) {
-		return c.err
+	err := <-c.done
+	c.done = nil
+	if err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		return err
 	}
 	return nil
 }
