@@ -729,10 +729,15 @@ func isMilestone(n int) bool {
 func (a *Alert) copy() Alert {
 	c := *a
 	c.rev = revisions.Add(1)
-	c.Evidence = append([]string(nil), a.Evidence...)
-	c.Rules = append([]string(nil), a.Rules...)
-	c.DecisionIDs = append([]string(nil), a.DecisionIDs...)
-	c.RecommendedActions = append([]string(nil), a.RecommendedActions...)
+	// The lists are shared, clipped to their length: the manager only
+	// appends to them or replaces them whole, never writes an element a
+	// copy can see, and an append to a clipped copy moves it away. A copy
+	// of each list for each alert listed or sent was four allocations an
+	// alert: 400,000 for a listing of 100,000, with the pipeline waiting.
+	c.Evidence = slices.Clip(a.Evidence)
+	c.Rules = slices.Clip(a.Rules)
+	c.DecisionIDs = slices.Clip(a.DecisionIDs)
+	c.RecommendedActions = slices.Clip(a.RecommendedActions)
 	c.accounts, c.accountList = nil, nil
 	return c
 }
