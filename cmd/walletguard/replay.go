@@ -24,6 +24,7 @@ func cmdReplay(args []string) int {
 	compare := fs.String("compare", "", "a previous replay's --out directory (the baseline): report what this rule set decides differently, into DIR/changes.ndjson")
 	fromCH := fs.String("from-clickhouse", "", "read the events from the events table of clickhouse.addr of --config instead of a file: "+
 		"those since then, a duration back from now (168h) or an RFC 3339 time")
+	until := fs.String("until", "", "with --from-clickhouse: only the events before then, a duration back from now or an RFC 3339 time (default: now) — an incident's window")
 	toCH := fs.Bool("clickhouse", false, "also write the events, decisions, actions, alerts and rejected lines to clickhouse.addr of --config: "+
 		"a scratch server or database, never the one the daemon writes to (a backtest's decisions carry the ids of the live decisions of the same events, and replace them)")
 	// Accept the file before or after the flags: "replay FILE --out DIR".
@@ -38,7 +39,7 @@ func cmdReplay(args []string) int {
 		file = fs.Arg(0)
 	}
 	if (file == "") == (*fromCH == "") || *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|-|--from-clickhouse SINCE --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR] [--clickhouse]")
+		fmt.Fprintln(os.Stderr, "usage: walletguard replay FILE|-|--from-clickhouse SINCE [--until UNTIL] --out DIR [--rules PATHS] [--config FILE] [--compare BASELINE_DIR] [--clickhouse]")
 		return 2
 	}
 	cfg, err := config.Load(*cfgPath)
@@ -47,8 +48,12 @@ func cmdReplay(args []string) int {
 		return 2
 	}
 	var events *clickHouseEvents
+	if *until != "" && *fromCH == "" {
+		fmt.Fprintln(os.Stderr, "replay: --until goes with --from-clickhouse")
+		return 2
+	}
 	if *fromCH != "" {
-		if events, err = newClickHouseEvents(cfg, *fromCH, *toCH); err != nil {
+		if events, err = newClickHouseEvents(cfg, *fromCH, *until, *toCH); err != nil {
 			fmt.Fprintf(os.Stderr, "replay: --from-clickhouse: %v\n", err)
 			return 2
 		}
@@ -118,7 +123,7 @@ type clickHouseEvents struct {
 	pr       *io.PipeReader
 }
 
-func newClickHouseEvents(cfg config.Config, since string, writeBack bool) (*clickHouseEvents, error) {
+func newClickHouseEvents(cfg config.Config, since, until string, writeBack bool) (*clickHouseEvents, error) {
 	if cfg.ClickHouse.Addr == "" {
 		return nil, fmt.Errorf("needs clickhouse.addr in --config")
 	}
@@ -130,12 +135,21 @@ func newClickHouseEvents(cfg config.Config, since string, writeBack bool) (*clic
 	if err != nil {
 		return nil, err
 	}
+	to := now
+	if until != "" {
+		if to, err = parseSince(until, now); err != nil {
+			return nil, fmt.Errorf("--until: %w", err)
+		}
+		if !to.After(from) {
+			return nil, fmt.Errorf("--until %s is not after the start, %s", to.UTC().Format(time.RFC3339), from.UTC().Format(time.RFC3339))
+		}
+	}
 	scfg, err := app.StoreConfig(cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}
-	return &clickHouseEvents{cfg: scfg, from: from, to: now,
-		name: fmt.Sprintf("clickhouse %s/%s.events since %s", scfg.Addr, scfg.Database, from.UTC().Format(time.RFC3339))}, nil
+	return &clickHouseEvents{cfg: scfg, from: from, to: to,
+		name: fmt.Sprintf("clickhouse %s/%s.events from %s to %s", scfg.Addr, scfg.Database, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))}, nil
 }
 
 // start begins reading and returns the events as NDJSON.
