@@ -142,7 +142,9 @@ type Backend interface {
 	Unlock2FA(id, actor, reason string) (enforce.State, error)
 	Breaker() enforce.BreakerStatus
 	ResetBreaker(actor, reason string) (enforce.BreakerStatus, error)
-	Audit(account string, limit int) ([]enforce.AuditEntry, error)
+	// Audit lists the trail newest first, from before on (0: the newest),
+	// and returns where the next page begins (0: the trail ends).
+	Audit(account string, limit int, before uint64) ([]enforce.AuditEntry, uint64, error)
 	// AlertLifecycle acknowledges (verb "ack") or resolves an alert.
 	AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error)
 	DeadAlerts(limit int) []outbox.Item
@@ -713,7 +715,18 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	entries, err := s.b.Audit(r.URL.Query().Get("account_id"), limit)
+	var before uint64
+	if v := r.URL.Query().Get("after"); v != "" {
+		// The token a page ended with: the place of its last entry in the
+		// stored trail.
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			writeErr(w, http.StatusBadRequest, "after "+strconv.Quote(v)+": not a page's next token")
+			return
+		}
+		before = n
+	}
+	entries, next, err := s.b.Audit(r.URL.Query().Get("account_id"), limit, before)
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
@@ -721,7 +734,11 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) {
 	if entries == nil {
 		entries = []enforce.AuditEntry{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+	resp := map[string]any{"entries": entries}
+	if next != 0 {
+		resp["next"] = strconv.FormatUint(next, 10)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (s *server) breaker(w http.ResponseWriter, _ *http.Request) {

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -146,7 +147,7 @@ func (b backend) Account(id string) api.Account {
 	if acc.RecentDecisions == nil {
 		acc.RecentDecisions = []api.TimelineEntry{}
 	}
-	acc.RecentActions, _ = b.Audit(id, 20)
+	acc.RecentActions, _, _ = b.Audit(id, 20, 0)
 	if acc.RecentActions == nil {
 		acc.RecentActions = []enforce.AuditEntry{}
 	}
@@ -318,15 +319,26 @@ func (b backend) ResetBreaker(actor, reason string) (enforce.BreakerStatus, erro
 }
 
 // Audit lists the trail newest first: automatic actions the next
-// checkpoint will save, then what is stored.
-func (b backend) Audit(account string, limit int) ([]enforce.AuditEntry, error) {
-	b.a.procMu.Lock()
-	pending := b.a.proc.Planner.PendingAudit(account)
-	b.a.procMu.Unlock()
-	stored, err := enforce.ListAudit(b.a.store.DB(), account, limit)
+// checkpoint will save, then what is stored — or, from a page's next on,
+// what is stored before it. next is where the page after begins, 0 at the
+// end of the trail. The first page holds every unsaved action (a
+// checkpoint interval's, at most), even past limit: they have no place in
+// the stored trail for a next page to begin after.
+func (b backend) Audit(account string, limit int, before uint64) ([]enforce.AuditEntry, uint64, error) {
+	var pending []enforce.AuditEntry
+	if before == 0 {
+		b.a.procMu.Lock()
+		pending = b.a.proc.Planner.PendingAudit(account)
+		b.a.procMu.Unlock()
+	}
+	var stored []enforce.AuditEntry
+	next, err := uint64(math.MaxUint64), error(nil) // the stored trail from its newest
+	if n := limit - len(pending); n > 0 {
+		stored, next, err = enforce.ListAudit(b.a.store.DB(), account, n, before)
+	}
 	out := append(pending, stored...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].At.After(out[j].At) })
-	return out[:min(len(out), limit)], err
+	return out, next, err
 }
 
 func (b backend) AlertLifecycle(id, actor, verb, note string) (alerts.Alert, error) {

@@ -156,7 +156,7 @@ func auditTrail(t *testing.T, path string, db *bolt.DB) []string {
 		}
 		defer db.Close()
 	}
-	entries, err := enforce.ListAudit(db, "", 1_000_000)
+	entries, _, err := enforce.ListAudit(db, "", 1_000_000, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

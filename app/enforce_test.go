@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,6 +139,36 @@ func TestTheftThroughKafkaFreezesAndSupportUnfreezes(t *testing.T) {
 	}
 	if first["action"] != "require_2fa" || first["origin"] != "auto" || first["decision_id"] == "" {
 		t.Errorf("first audit entry %v", first)
+	}
+	// Page by page, one entry a page, the trail is the same: what a
+	// script undoing a bad rule's freezes walks when they are thousands.
+	var whole, paged []string
+	for _, e := range entries {
+		whole = append(whole, fmt.Sprint(e.(map[string]any)["action"], " ", e.(map[string]any)["at"]))
+	}
+	for after, pages := "", 0; ; pages++ {
+		path := "/v1/audit?account_id=acc-1&limit=1"
+		if after != "" {
+			path += "&after=" + after
+		}
+		code, page := call(t, addr, "GET", path, "viewer-token", "")
+		if code != 200 || pages > len(whole)+1 {
+			t.Fatalf("GET %s: %d %v after %d pages", path, code, page, pages)
+		}
+		for _, e := range page["entries"].([]any) {
+			paged = append(paged, fmt.Sprint(e.(map[string]any)["action"], " ", e.(map[string]any)["at"]))
+		}
+		next, _ := page["next"].(string)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if !slices.Equal(paged, whole) {
+		t.Errorf("the audit trail in pages of 1: %v, want %v", paged, whole)
+	}
+	if code, m := call(t, addr, "GET", "/v1/audit?after=x", "viewer-token", ""); code != 400 || !strings.Contains(fmt.Sprint(m["error"]), "after") {
+		t.Errorf("after=x: %d %v, want 400 naming after", code, m)
 	}
 	if v := metric(t, addr, `walletguard_actions_total{action="unfreeze",origin="manual"}`); v != 1 {
 		t.Errorf("manual unfreezes counted %v", v)
@@ -316,6 +347,30 @@ func TestBreakerOpensUnderAFreezeFlood(t *testing.T) {
 	})
 	if v := metric(t, addr, "walletguard_manual_actions_adopted_total"); v != 0 {
 		t.Errorf("the owner adopted %v of its own manual actions", v)
+	}
+
+	// The cleanup the runbook gives, reading the audit trail two entries a
+	// page: every account the rule froze is unfrozen, once.
+	var frozen []string
+	for _, m := range all {
+		var c enforce.Command
+		json.Unmarshal(m.Value, &c)
+		if c.Command == enforce.CmdFreeze {
+			frozen = append(frozen, c.AccountID)
+		}
+	}
+	cmd := exec.Command("bash", "../deploy/ops/unfreeze-by-rule", "freeze_everyone", "frozen by freeze_everyone (INC-1)")
+	cmd.Env = append(os.Environ(), "WG=http://"+addr, "TOKEN=support-token", "PAGE=2")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "unfroze 5 accounts frozen by freeze_everyone (0 failed)") {
+		t.Errorf("deploy/ops/unfreeze-by-rule: %v\n%s", err, out)
+	}
+	for _, acc := range frozen {
+		if _, st := call(t, addr, "GET", "/v1/accounts/"+acc, "gateway-token", ""); st["frozen"] != false {
+			t.Errorf("%s, frozen by the bad rule, after the cleanup: %v", acc, st)
+		}
+	}
+	if v := metric(t, addr, `walletguard_actions_total{action="unfreeze",origin="manual"}`); v != 5 {
+		t.Errorf("manual unfreezes counted %v, want the 5", v)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -353,7 +354,7 @@ func TestPruneAuditKeepsTheRecentTrail(t *testing.T) {
 	if strings.Join(gone, ",") != "acc-0,acc-1" {
 		t.Errorf("pruned %v, want acc-0 and acc-1, in order", gone)
 	}
-	kept, err := ListAudit(db, "", 10)
+	kept, _, err := ListAudit(db, "", 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,5 +443,87 @@ func TestSharingMembersSplitTheBreakersLimit(t *testing.T) {
 	// One instance alone freezes 30 and holds the rest; the three, 31.
 	if freezes < 30 || freezes > 33 {
 		t.Errorf("the members froze %d accounts in the flood; one instance with the same limit freezes 30", freezes)
+	}
+}
+
+// TestAuditPagesWalkTheWholeTrail: page after page, each begun where the
+// one before ended, lists every entry once, newest first — the whole trail
+// or one account's — also when the entry a page ended on was pruned before
+// the next was asked for.
+func TestAuditPagesWalkTheWholeTrail(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "audit.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	var entries []AuditEntry
+	for i := range 25 {
+		entries = append(entries, AuditEntry{At: start.Add(time.Duration(i) * time.Minute), Action: CmdFreeze, Origin: "auto", Actor: Auto,
+			AccountID: []string{"acc-a", "acc-b"}[i%2], Reason: fmt.Sprint(i)})
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return AppendAudit(tx, nil, entries...) }); err != nil {
+		t.Fatal(err)
+	}
+	walk := func(account string, limit int, between func()) []string {
+		var got []string
+		var before uint64
+		for pages := 0; pages < 100; pages++ {
+			page, next, err := ListAudit(db, account, limit, before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page {
+				got = append(got, e.Reason)
+			}
+			if next == 0 {
+				return got
+			}
+			if between != nil {
+				between()
+			}
+			before = next
+		}
+		t.Fatalf("%q: no end after 100 pages", account)
+		return nil
+	}
+	want := func(account string) []string {
+		var w []string
+		for i := len(entries) - 1; i >= 0; i-- {
+			if account == "" || entries[i].AccountID == account {
+				w = append(w, entries[i].Reason)
+			}
+		}
+		return w
+	}
+	for _, c := range []struct {
+		account string
+		limit   int
+	}{{"", 4}, {"", 25}, {"", 100}, {"acc-a", 3}, {"acc-b", 1}} {
+		if got := walk(c.account, c.limit, nil); !slices.Equal(got, want(c.account)) {
+			t.Errorf("%q in pages of %d: %v, want %v", c.account, c.limit, got, want(c.account))
+		}
+	}
+	// The newest two pruned away while a reader pages from the newest:
+	// the pages go on below them, nothing listed twice or missed.
+	pruned := false
+	got := walk("", 5, func() {
+		if !pruned {
+			pruned = true
+			if err := db.Update(func(tx *bolt.Tx) error {
+				c := tx.Bucket(bucketAudit).Cursor()
+				k, _ := c.Last()
+				k, _ = c.Prev()
+				k, _ = c.Prev()
+				k, _ = c.Prev()
+				k, _ = c.Prev() // the fifth newest: where the first page ended
+				return tx.Bucket(bucketAudit).Delete(slices.Clone(k))
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if w := want(""); !slices.Equal(got, w) {
+		t.Errorf("paged across a prune of the page's last entry: %v, want %v", got, w)
 	}
 }

@@ -397,20 +397,35 @@ func PruneAudit(tx *bolt.Tx, before time.Time, limit int, gone func(v []byte)) (
 // pruneLookPast is how many newer audit entries in a row end a prune.
 const pruneLookPast = 10_000
 
-// ListAudit returns audit entries, newest first, of one account (all for "").
-func ListAudit(db *bolt.DB, account string, limit int) ([]AuditEntry, error) {
+// ListAudit returns audit entries, newest first, of one account (all for
+// ""), at most limit of them, stored before the entry numbered before (0:
+// from the newest), and where a next page begins (0: the trail has no
+// more). One account's entries are looked for among 200,000 a page.
+func ListAudit(db *bolt.DB, account string, limit int, before uint64) ([]AuditEntry, uint64, error) {
 	var out []AuditEntry
+	var next uint64
 	err := db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
 			return nil
 		}
 		c := b.Cursor()
-		scanned := 0
-		// One account's entries are looked for among the latest 200,000:
-		// older ones are for ClickHouse, not for a support lookup.
-		for k, v := c.Last(); k != nil && len(out) < limit && scanned < 200_000; k, v = c.Prev() {
+		k, v := c.Last()
+		if before > 0 {
+			var seek [8]byte
+			binary.BigEndian.PutUint64(seek[:], before)
+			if k, v = c.Seek(seek[:]); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+		}
+		for scanned := 0; k != nil; k, v = c.Prev() {
+			if len(out) == limit || scanned == 200_000 {
+				return nil // next is the last one looked at
+			}
 			scanned++
+			next = binary.BigEndian.Uint64(k)
 			var e AuditEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("audit entry %x: %w", k, err)
@@ -419,9 +434,10 @@ func ListAudit(db *bolt.DB, account string, limit int) ([]AuditEntry, error) {
 				out = append(out, e)
 			}
 		}
+		next = 0 // the oldest was looked at
 		return nil
 	})
-	return out, err
+	return out, next, err
 }
 
 // ForwardPending hands the automatic commands not yet forwarded to Forward
