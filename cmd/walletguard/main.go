@@ -13,7 +13,8 @@ const usage = `walletguard protects wallet accounts in real time.
 Usage:
   walletguard run [--config FILE]          the daemon
   walletguard demo [--accounts N]          the daemon plus generated traffic with incidents
-  walletguard replay FILE --out DIR        score NDJSON events without Kafka (backtest)
+  walletguard replay FILE --out DIR        score NDJSON events without Kafka (backtest);
+                                           --from-clickhouse 168h: the live traffic ClickHouse stored
   walletguard eval [--seeds 1,2,3]         detection quality on labelled generated traffic
   walletguard bench [--accounts N]         throughput and latency through Kafka, state per account
   walletguard rules check FILE...          validate rule files
