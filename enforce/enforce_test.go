@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os/exec"
 	"path/filepath"
@@ -503,6 +504,11 @@ func TestAuditPagesWalkTheWholeTrail(t *testing.T) {
 		if got := walk(c.account, c.limit, nil); !slices.Equal(got, want(c.account)) {
 			t.Errorf("%q in pages of %d: %v, want %v", c.account, c.limit, got, want(c.account))
 		}
+	}
+	// A page begun after a place past every entry (what the API hands on
+	// when unsaved actions filled the first page) starts at the newest.
+	if page, _, err := ListAudit(db, "", 3, math.MaxUint64); err != nil || len(page) != 3 || page[0].Reason != "24" || page[2].Reason != "22" {
+		t.Errorf("a page after the end of the trail: %+v, %v; want the 3 newest", page, err)
 	}
 	// The newest two pruned away while a reader pages from the newest:
 	// the pages go on below them, nothing listed twice or missed.
