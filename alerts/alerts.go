@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -958,7 +959,7 @@ func ParseCursor(s string) (Cursor, error) {
 	return Cursor{n, id}, nil
 }
 
-// Match reports whether q picks a.
+// Match reports whether q picks a (after its cursor, if it has one).
 func (q Query) Match(a *Alert) bool {
 	switch {
 	case q.Status == "" && a.Status != "open" && a.Status != "acknowledged",
@@ -966,7 +967,8 @@ func (q Query) Match(a *Alert) bool {
 		q.Category != "" && a.Category != q.Category,
 		q.AccountID != "" && a.AccountID != q.AccountID,
 		q.MerchantID != "" && a.MerchantID != q.MerchantID,
-		q.MinSeverity != "" && rules.SeverityRank(a.Severity) < rules.SeverityRank(q.MinSeverity):
+		q.MinSeverity != "" && rules.SeverityRank(a.Severity) < rules.SeverityRank(q.MinSeverity),
+		!q.After.IsZero() && !q.After.passed(a):
 		return false
 	}
 	return true
@@ -992,15 +994,19 @@ func (m *Manager) List(q Query) []Alert {
 		// lock for 30 ms when every alert was sorted. (An account's
 		// alerts are found by m.byAccount, a merchant's by the walk below.)
 		hours := slices.Sorted(maps.Keys(m.expiry))
-		seen := map[*Alert]bool{} // a key may be filed twice in one hour
+		seen := map[*Alert]bool{}    // a key may be filed twice in one hour
+		last := int64(math.MaxInt64) // the latest hour a page may hold
+		if !q.After.IsZero() {
+			last = hourOf(time.Unix(0, q.After.UpdatedAt)) // the ones after are before the cursor
+		}
 		for i := len(hours) - 1; i >= 0 && len(picked) < q.Limit; i-- {
 			h := hours[i]
-			if !q.After.IsZero() && h > hourOf(time.Unix(0, q.After.UpdatedAt)) {
-				continue // every alert filed there is before the cursor
+			if h > last {
+				continue
 			}
 			for _, key := range m.expiry[h] {
 				a := m.open[key]
-				if a == nil || a.filed != h+1 || seen[a] || !q.Match(a) || !q.After.IsZero() && !q.After.passed(a) {
+				if a == nil || a.filed != h+1 || seen[a] || !q.Match(a) {
 					continue
 				}
 				seen[a] = true
@@ -1009,7 +1015,7 @@ func (m *Manager) List(q Query) []Alert {
 		}
 	} else if q.AccountID != "" {
 		for _, key := range m.byAccount[q.AccountID] {
-			if a := m.open[key]; a != nil && q.Match(a) && (q.After.IsZero() || q.After.passed(a)) {
+			if a := m.open[key]; a != nil && q.Match(a) {
 				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
 			}
 		}
@@ -1018,7 +1024,7 @@ func (m *Manager) List(q Query) []Alert {
 			picked = make([]entry, 0, len(m.open)) // most are picked
 		}
 		for _, a := range m.open {
-			if q.Match(a) && (q.After.IsZero() || q.After.passed(a)) {
+			if q.Match(a) {
 				picked = append(picked, entry{a.UpdatedAt.UnixNano(), a})
 			}
 		}
