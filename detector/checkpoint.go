@@ -329,13 +329,12 @@ type kv struct {
 	v []byte
 }
 
-// sortKV orders rows by key: bbolt fills B+tree pages in order far faster
-// than at random.
-// sortKV orders rows by key. The keys are hashes, spread evenly: a large
-// set is dealt into buckets by the top bits of its keys, in one pass, and
-// each bucket, a handful of rows, sorted on its own — a few times faster
-// than comparison sorting half a million rows, which took the checkpoint
-// write tens of milliseconds of CPU beside the pipeline.
+// sortKV orders rows by key, the order row files and bbolt are written in.
+// The keys are hashes, spread evenly: a large set is dealt into buckets by
+// the top bits of its keys, in one pass, and each bucket, a handful of
+// rows, sorted on its own — a few times faster than comparison sorting
+// half a million rows, which took the checkpoint write tens of
+// milliseconds of CPU beside the pipeline.
 func sortKV(rows []kv) {
 	if len(rows) < 1<<12 {
 		slices.SortFunc(rows, compareKV)
