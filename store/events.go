@@ -7,8 +7,6 @@ import (
 	"io"
 	"strings"
 	"time"
-
-	"github.com/ClickHouse/clickhouse-go/v2"
 )
 
 // ReadEvents writes the events of the events table whose time lies in
@@ -18,13 +16,9 @@ import (
 // time, so ClickHouse sorts at most a day of events at once, and returns
 // how many it wrote.
 func ReadEvents(ctx context.Context, cfg Config, from, to time.Time, w io.Writer) (int, error) {
-	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        []string{cfg.Addr},
-		Auth:        clickhouse.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
-		DialTimeout: 3 * time.Second, TLS: cfg.TLS,
-	})
+	conn, err := dial(cfg, 0)
 	if err != nil {
-		return 0, fmt.Errorf("clickhouse %s: %w", cfg.Addr, err)
+		return 0, err
 	}
 	defer conn.Close()
 	out := bufio.NewWriterSize(w, 1<<20)

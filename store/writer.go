@@ -257,17 +257,26 @@ func (w *Writer) flush() error {
 	return nil
 }
 
+// dial opens a connection to cfg's server, waiting up to readTimeout for
+// an answer (0: the driver's default). The database may not exist yet:
+// it connects to default, and queries name tables in full.
+func dial(cfg Config, readTimeout time.Duration) (driver.Conn, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:        []string{cfg.Addr},
+		Auth:        clickhouse.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
+		DialTimeout: 3 * time.Second, ReadTimeout: readTimeout, TLS: cfg.TLS,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse %s: %w", cfg.Addr, err)
+	}
+	return conn, nil
+}
+
 func (w *Writer) connect(ctx context.Context) error {
 	if w.conn == nil {
-		conn, err := clickhouse.Open(&clickhouse.Options{
-			Addr: []string{w.cfg.Addr},
-			// The database may not exist yet: connect to default and
-			// name tables in full.
-			Auth:        clickhouse.Auth{Database: "default", Username: w.cfg.Username, Password: w.cfg.Password},
-			DialTimeout: 3 * time.Second, ReadTimeout: w.cfg.WriteTimeout, TLS: w.cfg.TLS,
-		})
+		conn, err := dial(w.cfg, w.cfg.WriteTimeout)
 		if err != nil {
-			return fmt.Errorf("clickhouse %s: %w", w.cfg.Addr, err)
+			return err
 		}
 		w.conn = conn
 	}
