@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,8 +43,10 @@ type aligner struct {
 	limit   atomic.Int64
 	waiting atomic.Int32
 
-	mu    sync.Mutex
-	lanes map[*lane]struct{}
+	mu sync.Mutex
+	// lanes is a slice, not a map: every record of a backlog walks it
+	// while another lane waits.
+	lanes []*lane
 	wake  chan struct{}
 }
 
@@ -58,7 +61,7 @@ type lane struct {
 const unknownAt = math.MinInt64
 
 func newAligner(skew time.Duration, waits, overdue prometheus.Counter) *aligner {
-	a := &aligner{skew: int64(skew), maxHold: maxHold, waits: waits, overdue: overdue, lanes: map[*lane]struct{}{}, wake: make(chan struct{})}
+	a := &aligner{skew: int64(skew), maxHold: maxHold, waits: waits, overdue: overdue, wake: make(chan struct{})}
 	a.limit.Store(math.MaxInt64)
 	return a
 }
@@ -74,7 +77,7 @@ func (a *aligner) join() *lane {
 	l.at.Store(unknownAt)
 	l.behind.Store(true)
 	a.mu.Lock()
-	a.lanes[l] = struct{}{}
+	a.lanes = append(a.lanes, l)
 	a.recompute()
 	a.mu.Unlock()
 	return l
@@ -86,9 +89,10 @@ func (a *aligner) leave(l *lane) {
 		return
 	}
 	a.mu.Lock()
-	delete(a.lanes, l)
+	if i := slices.Index(a.lanes, l); i >= 0 {
+		a.lanes = slices.Delete(a.lanes, i, i+1)
+	}
 	a.recompute()
-	a.broadcast()
 	a.mu.Unlock()
 }
 
@@ -176,7 +180,6 @@ func (a *aligner) changed() {
 	}
 	a.mu.Lock()
 	a.recompute()
-	a.broadcast()
 	a.mu.Unlock()
 }
 
@@ -185,28 +188,33 @@ func (a *aligner) changed() {
 func (a *aligner) release(ns int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for l := range a.lanes {
+	for _, l := range a.lanes {
 		if at := l.at.Load(); l.behind.Load() && (at == unknownAt || at+a.skew < ns) {
 			l.behind.Store(false)
 		}
 	}
 	a.recompute()
-	a.broadcast()
 }
 
-// recompute sets limit from the lanes behind; a.mu held.
+// recompute sets limit from the lanes behind, and wakes the waiting lanes
+// if it rose; a.mu held. A waiter looked at the limit under mu before it
+// waited and only recompute raises it (lower only lowers), so a limit no
+// higher than before frees none: waking them on every move of every lane
+// cost a backlog more than decoding its records.
 func (a *aligner) recompute() {
 	oldest := int64(math.MaxInt64)
-	for l := range a.lanes {
+	for _, l := range a.lanes {
 		if l.behind.Load() {
 			oldest = min(oldest, l.at.Load())
 		}
 	}
-	if oldest == math.MaxInt64 { // no lane behind
-		a.limit.Store(math.MaxInt64)
-		return
+	limit := int64(math.MaxInt64) // no lane behind
+	if oldest != math.MaxInt64 {
+		limit = a.limitFor(oldest)
 	}
-	a.limit.Store(a.limitFor(oldest))
+	if limit > a.limit.Swap(limit) {
+		a.broadcast()
+	}
 }
 
 // limitFor is the newest event time that may go while the oldest lane
