@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/walletguard/walletguard/event"
@@ -499,6 +500,9 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	}
 	s.log.Debug("fetching partition", "topic", topic, "partition", partition, "from", start)
 	pl := s.metrics.partitionLabel(partition)
+	// Looked up once, when first set: by label values on every record it
+	// cost more than the aligner.
+	var lagGauge prometheus.Gauge
 	defer s.align.leave(ln)
 	if ln != nil {
 		// Whether the partition has records to hand on from start.
@@ -532,7 +536,10 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 		rec.Event, rec.Err = event.DecodeOwned(m.Value, now) // kafka-go gives each record its own buffer
 		lag := m.HighWaterMark - m.Offset - 1
 		if lag >= 0 && plan.limits == nil && !observe {
-			s.metrics.Lag.WithLabelValues(topic, pl).Set(float64(lag))
+			if lagGauge == nil {
+				lagGauge = s.metrics.Lag.WithLabelValues(topic, pl)
+			}
+			lagGauge.Set(float64(lag))
 		}
 		if rec.Err == nil && !s.align.hold(ctx, ln, alignTime(rec.Event.TS, m.Time, now)) {
 			return
