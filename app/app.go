@@ -376,6 +376,9 @@ func New(cfg config.Config, log *slog.Logger, opts Options) (_ *App, err error) 
 		a.brokers = []string{a.broker.Addr()}
 	}
 	a.producer = ingest.NewProducer(a.brokers, a.imet, log)
+	if err := a.producer.Compress(cfg.Kafka.Compression); err != nil {
+		return nil, fmt.Errorf("kafka.compression: %w", err)
+	}
 	a.cleanup = append(a.cleanup, func() { a.producer.Close() })
 	if cfg.Kafka.ChangelogTopic != "" {
 		a.clog = &changelog{topic: cfg.Kafka.ChangelogTopic}

@@ -3,7 +3,10 @@ package app
 import (
 	"bytes"
 	"context"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,13 +14,16 @@ import (
 
 // TestKcatProducesAndReadsDeadLetters drives the daemon from librdkafka, an
 // outside Kafka client: kcat produces 3 valid and 2 invalid events to the
-// embedded broker, and reads the 2 dead letters back with their reasons.
+// embedded broker, and reads the 2 dead letters back with their reasons —
+// and the decisions, all written compressed (kafka.compression: zstd).
 func TestKcatProducesAndReadsDeadLetters(t *testing.T) {
 	kcat, err := exec.LookPath("kcat")
 	if err != nil {
 		t.Fatal("kcat is required (Debian package kcat; the test script installs it)")
 	}
-	r := start(t, testConfig(t, t.TempDir()))
+	cfg := testConfig(t, t.TempDir())
+	cfg.Kafka.Compression = "zstd"
+	r := start(t, cfg)
 	broker := r.app.BrokerAddr()
 	var in bytes.Buffer
 	for _, v := range append(append([]string{}, validEvents...), invalidEvents...) {
@@ -56,5 +62,21 @@ func TestKcatProducesAndReadsDeadLetters(t *testing.T) {
 	out, err := exec.CommandContext(ctx, kcat, "-C", "-b", broker, "-t", "walletguard.decisions", "-o", "beginning", "-e", "-q").Output()
 	if err != nil || strings.Count(string(out), `"decision_id"`) != 3 {
 		t.Errorf("kcat read decisions: %v\n%s", err, out)
+	}
+	// On the broker's disk they are compressed: no decision in plain text.
+	var stored int
+	filepath.WalkDir(filepath.Join(cfg.DataDir, "broker"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.Contains(path, cfg.Kafka.DecisionsTopic) {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, []byte(`"decision_id"`)) {
+			t.Errorf("%s holds decisions uncompressed", path)
+		}
+		stored += len(b)
+		return nil
+	})
+	if stored == 0 {
+		t.Error("no file of the decisions topic on the embedded broker's disk")
 	}
 }

@@ -213,6 +213,12 @@ type Kafka struct {
 	// what spans accounts is counted in order (ingest.DefaultSkew). 0 reads
 	// each partition as fast as it is fetched.
 	PartitionSkew Duration `yaml:"partition_skew"`
+	// Compression is the codec of every batch walletguard produces
+	// (decisions, commands, dead letters, changelog): none, gzip, snappy,
+	// lz4 or zstd, as Kafka's compression.type. Decisions are JSON, one per
+	// event: compressed they take a fraction of the brokers' disk and
+	// network, for some CPU here.
+	Compression string `yaml:"compression"`
 }
 
 // HTTP is the API and metrics listener.
@@ -405,6 +411,7 @@ func Default() Config {
 			ActionsTopic:       "walletguard.account-actions",
 			FindingsTopic:      "walletguard.findings",
 			PartitionSkew:      Duration(time.Minute), // ingest.DefaultSkew
+			Compression:        "none",
 			SessionTimeout:     Duration(10 * time.Second),
 			CommitInterval:     Duration(time.Second),
 			ShutdownTimeout:    Duration(15 * time.Second),
@@ -532,6 +539,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.PartitionSkew.D() < 0 {
 		bad("kafka.partition_skew must not be negative (0 reads the partitions unaligned)")
+	}
+	if !slices.Contains([]string{"none", "gzip", "snappy", "lz4", "zstd"}, c.Kafka.Compression) {
+		bad("kafka.compression: %q is not one of none, gzip, snappy, lz4 and zstd", c.Kafka.Compression)
 	}
 	if c.Kafka.CommitInterval.D() <= 0 || c.Kafka.ShutdownTimeout.D() <= 0 {
 		bad("kafka.commit_interval and kafka.shutdown_timeout must be positive")

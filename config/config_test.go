@@ -78,6 +78,7 @@ func TestStrictErrorsNameTheKey(t *testing.T) {
 		"alerts:\n  console_url: https://wg.example.com/console/#/\n": "alerts.console_url",
 		"clickhouse:\n  addr: ch:9000\n  retention: 12h\n":            "clickhouse.retention",
 		"clickhouse:\n  addr: ch:9000\n  audit_retention: -24h\n":     "clickhouse.audit_retention",
+		"kafka:\n  compression: brotli\n":                             "kafka.compression",
 	}
 	for doc, want := range cases {
 		_, err := Parse([]byte(doc))

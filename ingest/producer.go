@@ -39,8 +39,27 @@ type Producer struct {
 	// Murmur2 places keys on the same partitions as Java clients do, so
 	// an account's commands stay ordered for any consumer.
 	balancer kafka.Murmur2Balancer
+	codec    kafka.Compression // of every batch; 0: none
 	log      *slog.Logger
 	metrics  *Metrics
+}
+
+// Compressions are the codecs kafka.compression names, as Kafka's
+// compression.type does.
+var Compressions = map[string]kafka.Compression{
+	"none": 0, "gzip": kafka.Gzip, "snappy": kafka.Snappy, "lz4": kafka.Lz4, "zstd": kafka.Zstd,
+}
+
+// Compress makes the producer compress every batch it sends with the codec
+// Compressions names; call it before the first Write. Consumers of any
+// Kafka client decompress on their own; brokers store the batches as sent.
+func (p *Producer) Compress(name string) error {
+	c, ok := Compressions[name]
+	if !ok {
+		return fmt.Errorf("unknown compression %q (none, gzip, snappy, lz4 or zstd)", name)
+	}
+	p.codec = c
+	return nil
 }
 
 // Limits of one produce request. Kafka's default message.max.bytes is 1 MB
@@ -194,7 +213,7 @@ func (p *Producer) send(ctx context.Context, msgs []Message) error {
 // produce sends one request and waits for the brokers' acknowledgement.
 func (p *Producer) produce(ctx context.Context, msgs []Message, r *request, now time.Time) error {
 	res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
-		Topic: r.topic, Partition: r.partition, RequiredAcks: kafka.RequireAll,
+		Topic: r.topic, Partition: r.partition, RequiredAcks: kafka.RequireAll, Compression: p.codec,
 		Records: &records{msgs: msgs, idx: r.idx, now: now},
 	})
 	switch {

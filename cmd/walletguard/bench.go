@@ -52,6 +52,7 @@ func cmdBench(args []string) int {
 	stallTrace := fs.String("stall-trace", "", "write an execution trace (go tool trace) of the seconds around the latency run's first stall to this file")
 	stallOver := fs.Duration("stall-over", 200*time.Millisecond, "with --stall-trace: a decision later than this after its event was produced is a stall")
 	skew := fs.Duration("partition-skew", config.Default().Kafka.PartitionSkew.D(), "kafka.partition_skew of the daemon (0: partitions read unaligned)")
+	compression := fs.String("compression", config.Default().Kafka.Compression, "kafka.compression of the daemon's outputs: none, gzip, snappy, lz4 or zstd")
 	ckptEvery := fs.Duration("checkpoint-interval", config.Default().Detector.CheckpointInterval.D(), "detector.checkpoint_interval of the daemon")
 	changelog := fs.Bool("changelog", false, "publish checkpoints to a changelog topic, and time a restore from it into an empty data_dir at the end")
 	if err := fs.Parse(args); err != nil {
@@ -154,6 +155,7 @@ func cmdBench(args []string) int {
 	cfg.DataDir, cfg.Kafka.Brokers, cfg.Kafka.Topics = dir.Path, bs, []string{topic}
 	cfg.Kafka.GroupID = "bench-" + topic
 	cfg.Kafka.PartitionSkew = config.Duration(*skew)
+	cfg.Kafka.Compression = *compression
 	cfg.Detector.CheckpointInterval = config.Duration(*ckptEvery)
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	if *changelog {
