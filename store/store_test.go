@@ -3,8 +3,11 @@ package store
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -236,5 +239,95 @@ func TestPartitionEnds(t *testing.T) {
 		if _, ok := partitionEnd(p); ok {
 			t.Errorf("partition %q read as a date", p)
 		}
+	}
+}
+
+// countingRelay passes TCP connections on to addr, counting the bytes
+// clients send: what the writer puts on the network.
+func countingRelay(t *testing.T, addr string) (string, *atomic.Int64) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var sent atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() {
+				io.Copy(countingWriter{s, &sent}, c)
+				s.Close()
+			}()
+			go func() {
+				io.Copy(c, s)
+				c.Close()
+			}()
+		}
+	}()
+	return l.Addr().String(), &sent
+}
+
+// countingWriter counts what it has passed on: once the server answers a
+// write, its bytes are counted.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// Rows go to ClickHouse compressed: 5,000 events with their raw JSON
+// (about 330 bytes each) and their decisions cross the network in a
+// fraction of the raw JSON's bytes alone.
+func TestRowsTravelCompressed(t *testing.T) {
+	s := chserver.Start(t)
+	relay, sent := countingRelay(t, s.Addr)
+	w, err := Open(Config{Addr: relay, Database: "walletguard", Username: "default", SpoolDir: t.TempDir(), BatchRows: 1000,
+		FlushEvery: 100 * time.Millisecond, WriteTimeout: 10 * time.Second}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	var b Batch
+	var rawBytes int
+	now := time.Now()
+	for i := range n {
+		ev := event.Event{EventID: fmt.Sprintf("ev-%08d", i), Type: event.TypeTransaction, TS: time.Date(2026, 11, 20, 10, 0, i%60, 0, time.UTC),
+			AccountID: fmt.Sprintf("acc-%d", i%500), DeviceID: fmt.Sprintf("dev-%d", i%700), IP: fmt.Sprintf("10.1.%d.%d", i%7, i%250),
+			Kind: "payment", Amount: int64(i%97) * 1500, Currency: "IDR", Status: "success", MerchantID: fmt.Sprintf("m-%d", i%40), BalanceAfter: -1}
+		raw := fmt.Appendf(nil, `{"event_id":%q,"type":"transaction","ts":%q,"account_id":%q,"device_id":%q,"ip":%q,"kind":"payment","amount":%d,"currency":"IDR","status":"success","merchant_id":%q,"channel":"app","app_version":"5.12.0","country":"ID"}`,
+			ev.EventID, ev.TS.Format(time.RFC3339Nano), ev.AccountID, ev.DeviceID, ev.IP, ev.Amount, ev.MerchantID)
+		rawBytes += len(raw)
+		b.Events = append(b.Events, NewEventRow(&ev, raw, now))
+		d := detector.Decision{DecisionID: fmt.Sprintf("dec-%08d", i), EventID: ev.EventID, AccountID: ev.AccountID, TS: ev.TS, Score: i % 100,
+			Action: "allow", Trigger: "event", Rules: []detector.Hit{{ID: "amount_far_above_habit", Score: 30, Reason: "amount 12x the account's median"}}}
+		b.Decisions = append(b.Decisions, NewDecisionRow(&d, now))
+	}
+	ctx := context.Background()
+	w.Add(b)
+	if err := w.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := counts(t, s); got != "5000 5000 5000 5000" {
+		t.Fatalf("rows written: %s", got)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d events (%d bytes of raw JSON) and their decisions: %d bytes sent", n, rawBytes, sent.Load())
+	if got := sent.Load(); got == 0 || got*2 > int64(rawBytes) {
+		t.Errorf("the writer sent %d bytes for rows whose raw JSON alone is %d: want under half", got, rawBytes)
 	}
 }

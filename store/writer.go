@@ -265,6 +265,10 @@ func dial(cfg Config, readTimeout time.Duration) (driver.Conn, error) {
 		Addr:        []string{cfg.Addr},
 		Auth:        clickhouse.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
 		DialTimeout: 3 * time.Second, ReadTimeout: readTimeout, TLS: cfg.TLS,
+		// Blocks travel LZ4-compressed both ways, as clickhouse-client sends
+		// them: rows of events and decisions are repetitive text, and the
+		// server may be a network away.
+		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: %w", cfg.Addr, err)
