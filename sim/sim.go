@@ -94,6 +94,19 @@ type Item struct {
 	Raw   []byte
 }
 
+// Value is the record as a producer sends it: Raw when the item is an
+// invalid one, else the event encoded.
+func (it *Item) Value() ([]byte, error) {
+	if it.Raw != nil {
+		return it.Raw, nil
+	}
+	b, err := event.Marshal(&it.Event)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: %w", it.Event.EventID, err)
+	}
+	return b, nil
+}
+
 type city struct {
 	name, country string
 	lat, lon      float64
@@ -320,12 +333,9 @@ func (g *Generator) WriteNDJSON(w io.Writer) (int, error) {
 		if !ok {
 			break
 		}
-		b := it.Raw
-		if b == nil {
-			var err error
-			if b, err = event.Marshal(&it.Event); err != nil {
-				return n, fmt.Errorf("event %s: %w", it.Event.EventID, err)
-			}
+		b, err := it.Value()
+		if err != nil {
+			return n, err
 		}
 		bw.Write(b)
 		if err := bw.WriteByte('\n'); err != nil {

@@ -20,7 +20,6 @@ import (
 	"github.com/walletguard/walletguard/app"
 	"github.com/walletguard/walletguard/config"
 	"github.com/walletguard/walletguard/enforce"
-	"github.com/walletguard/walletguard/event"
 	"github.com/walletguard/walletguard/rules"
 	"github.com/walletguard/walletguard/scratch"
 	"github.com/walletguard/walletguard/sim"
@@ -197,12 +196,9 @@ func produce(ctx context.Context, broker, topic string, gen *sim.Generator, rate
 		if !ok {
 			break
 		}
-		v := it.Raw
-		if v == nil {
-			var err error
-			if v, err = event.Marshal(&it.Event); err != nil {
-				continue
-			}
+		v, err := it.Value()
+		if err != nil {
+			continue
 		}
 		batch = append(batch, kafka.Message{Key: []byte(it.Event.AccountID), Value: v})
 		n++
