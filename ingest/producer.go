@@ -44,17 +44,17 @@ type Producer struct {
 	metrics  *Metrics
 }
 
-// Compressions are the codecs kafka.compression names, as Kafka's
+// compressions are the codecs kafka.compression names, as Kafka's
 // compression.type does.
-var Compressions = map[string]kafka.Compression{
+var compressions = map[string]kafka.Compression{
 	"none": 0, "gzip": kafka.Gzip, "snappy": kafka.Snappy, "lz4": kafka.Lz4, "zstd": kafka.Zstd,
 }
 
 // Compress makes the producer compress every batch it sends with the codec
-// Compressions names; call it before the first Write. Consumers of any
+// compressions names; call it before the first Write. Consumers of any
 // Kafka client decompress on their own; brokers store the batches as sent.
 func (p *Producer) Compress(name string) error {
-	c, ok := Compressions[name]
+	c, ok := compressions[name]
 	if !ok {
 		return fmt.Errorf("unknown compression %q (none, gzip, snappy, lz4 or zstd)", name)
 	}
